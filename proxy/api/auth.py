@@ -1,0 +1,40 @@
+"""Bearer tenant keys on every /v1 call, and model names (with strategy suffixes) to models."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from proxy.api.errors import ApiError
+from proxy.billing.keys import KeyRecord
+from proxy.catalog import STRATEGIES, Catalog, Model
+from proxy.services import Services
+
+
+async def authenticate(request: Request, services: Services) -> KeyRecord:
+    """The tenant key's record, or a 401 as OpenAI sends it (never echoing the key)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: "
+                            "Bearer <key>' (create one: switchyard keys create NAME)",
+                       code="missing_api_key")
+    record = await services.keys.find(token)
+    if record is None:
+        raise ApiError(401, "Incorrect API key provided, or the key was revoked.",
+                       code="invalid_api_key")
+    request.scope["state"]["key_id"] = record.id
+    return record
+
+
+def resolve_model(catalog: Catalog, name: str) -> tuple[Model, str | None]:
+    """The model and the strategy its suffix asks for ('demo-image:fastest'), or a 404."""
+    model = catalog.resolve(name)
+    if model is not None:
+        return model, None
+    base, sep, strategy = name.rpartition(":")
+    model = catalog.resolve(base) if sep and strategy in STRATEGIES else None
+    if model is None:
+        raise ApiError(404, f"The model '{name}' does not exist or you do not have access to "
+                            "it. GET /v1/models lists the models served here.",
+                       param="model", code="model_not_found")
+    return model, strategy

@@ -1,0 +1,82 @@
+"""Every error a client can see, in OpenAI's shape, with the status the SDKs expect.
+
+This is the one place an internal condition becomes an HTTP error; handlers raise ApiError and
+the app's exception handlers render it. No traceback or secret ever reaches the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.failures import Failure, Kind
+
+log = logging.getLogger("switchyard")
+
+
+class ApiError(Exception):
+    """An error response: status, OpenAI error fields, and extra headers."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+
+def bad_request(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def render(error: ApiError) -> Response:
+    """The error as a response; the request-context middleware adds x-request-id."""
+    body = {"error": {"message": error.message, "type": error.type,
+                      "param": error.param, "code": error.code}}
+    return Response(orjson.dumps(body), error.status, error.headers, "application/json")
+
+
+INTERNAL = ApiError(500, "internal error in Switchyard; the x-request-id header identifies it "
+                         "in the server's log", type="server_error", code="internal_error")
+
+# What the client sees when every route failed, by the class of the last failure.
+_UPSTREAM: dict[Kind, tuple[int, str, str]] = {
+    Kind.BAD_REQUEST: (400, "invalid_request_error", "upstream_rejected_request"),
+    Kind.CONTENT_BLOCKED: (400, "image_generation_user_error", "moderation_blocked"),
+    Kind.AUTH: (502, "upstream_error", "upstream_auth_failed"),
+    Kind.RATE_LIMITED: (429, "upstream_error", "upstream_rate_limited"),
+    Kind.OVERLOADED: (503, "upstream_error", "upstream_overloaded"),
+    Kind.TIMEOUT: (504, "upstream_error", "upstream_timeout"),
+    Kind.UPSTREAM_BROKEN: (502, "upstream_error", "upstream_error"),
+}
+
+
+def from_failure(failure: Failure, attempts: int) -> ApiError:
+    status, type_, code = _UPSTREAM[failure.kind]
+    tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+    headers = {}
+    if failure.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(failure.retry_after_s)))
+    return ApiError(status, f"{failure.message}{tried}", type=type_, code=code, headers=headers)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    error = ApiError(exc.status_code, str(exc.detail), param=None, code=code,
+                     headers=exc.headers)
+    return render(error)
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return render(exc)

@@ -1,0 +1,187 @@
+"""OpenAI images bodies to ImageRequest, field for field as in OpenAI's published spec.
+
+Every rejection names the offending parameter; nothing is silently clamped or dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from proxy import geometry
+from proxy.api.errors import bad_request
+from proxy.api.uploads import image_ref
+from proxy.catalog import BACKGROUNDS, Model
+from proxy.domain import (
+    ASPECT_RATIOS,
+    OUTPUT_FORMATS,
+    TIERS,
+    Geometry,
+    ImageRequest,
+    InputImage,
+    Kind,
+)
+
+MAX_PROMPT = 32_000
+MAX_IMAGES = 16
+_ENUMS: dict[str, tuple[str, ...]] = {
+    "response_format": ("b64_json", "url"),
+    "output_format": OUTPUT_FORMATS,
+    "background": BACKGROUNDS,
+    "moderation": ("low", "auto"),
+    "style": ("vivid", "natural"),
+    "input_fidelity": ("high", "low"),
+}
+_QUALITY = {
+    "generate": ("standard", "hd", "low", "medium", "high", "auto"),
+    "edit": ("standard", "low", "medium", "high", "auto"),
+}
+_COMMON = frozenset({
+    "model", "prompt", "n", "size", "quality", "response_format", "output_format",
+    "output_compression", "background", "user", "stream", "partial_images",
+    # Switchyard extensions, sent by the SDK through extra_body.
+    "aspect_ratio", "resolution", "seed", "image_urls",
+})
+FIELDS: dict[str, frozenset[str]] = {
+    "generate": _COMMON | {"moderation", "style"},
+    "edit": _COMMON | {"image", "image[]", "images", "mask", "input_fidelity", "moderation"},
+}
+
+
+class Body:
+    """Typed reads from a JSON object or from form fields (where every value is a string)."""
+
+    def __init__(self, data: Mapping[str, Any], form: bool) -> None:
+        self.data = data
+        self.form = form
+
+    def string(self, name: str, default: str | None = None) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise bad_request(name, f"'{name}' must be a string")
+        return value
+
+    def enum(self, name: str, allowed: tuple[str, ...], default: str | None = None) -> str | None:
+        value = self.string(name, default)
+        if value is not None and value not in allowed:
+            raise bad_request(name, f"'{name}' must be one of {', '.join(allowed)}; "
+                                    f"got {value!r}")
+        return value
+
+    def integer(self, name: str, low: int, high: int, default: int | None = None) -> int | None:
+        value = self.data.get(name)
+        if value is None or (self.form and value == ""):
+            return default
+        if self.form and isinstance(value, str) and value.lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise bad_request(name, f"'{name}' must be an integer from {low} to {high}")
+        return value
+
+    def boolean(self, name: str) -> bool:
+        value = self.data.get(name)
+        if self.form and isinstance(value, str):
+            value = {"true": True, "false": False, "": None}.get(value.lower(), value)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise bad_request(name, f"'{name}' must be a boolean")
+        return value
+
+
+def model_name(data: Mapping[str, Any]) -> str:
+    value = data.get("model")
+    if not isinstance(value, str) or not value:
+        raise bad_request("model", "'model' is required: one of the names GET /v1/models lists",
+                          code="missing_required_parameter")
+    return value
+
+
+def parse(kind: Kind, body: Body, model: Model, strategy: str | None,
+          images: tuple[InputImage, ...] = (), mask: InputImage | None = None) -> ImageRequest:
+    """Validate every field of an images request against the spec and the model's shapes."""
+    for name in body.data:
+        if name not in FIELDS[kind] and not name.startswith("image["):
+            raise bad_request(name, f"unrecognized request argument supplied: {name}",
+                              code="unknown_parameter")
+    if body.boolean("stream"):
+        raise bad_request("stream", "streaming responses are not supported yet; "
+                                    "omit 'stream' or set it to false", code="unsupported_value")
+    body.integer("partial_images", 0, 3)
+    urls = _image_urls(body)
+    return ImageRequest(
+        kind=kind, model=model.name, prompt=_prompt(body), n=body.integer("n", 1, 10, 1) or 1,
+        geometry=_geometry(body, model),
+        output_format=body.enum("output_format", OUTPUT_FORMATS, "png") or "png",
+        response_format="url" if body.enum("response_format", _ENUMS["response_format"]) == "url"
+        else "b64_json",
+        quality=body.enum("quality", _QUALITY[kind], "auto") or "auto",
+        background=body.enum("background", BACKGROUNDS, "auto") or "auto",
+        output_compression=body.integer("output_compression", 0, 100),
+        moderation=body.enum("moderation", _ENUMS["moderation"]),
+        style=body.enum("style", _ENUMS["style"]),
+        user=body.string("user"),
+        seed=body.integer("seed", 0, 2**32 - 1),
+        input_fidelity=body.enum("input_fidelity", _ENUMS["input_fidelity"]),
+        images=images + urls, mask=mask, strategy=strategy,
+    )
+
+
+def _prompt(body: Body) -> str:
+    prompt = body.string("prompt")
+    if prompt is None or not prompt.strip():
+        raise bad_request("prompt", "'prompt' is required and must not be empty",
+                          code="missing_required_parameter" if prompt is None else "empty_prompt")
+    if len(prompt) > MAX_PROMPT:
+        raise bad_request("prompt", f"'prompt' is {len(prompt)} characters; "
+                                    f"the maximum is {MAX_PROMPT}", code="string_above_max_length")
+    return prompt
+
+
+def _geometry(body: Body, model: Model) -> Geometry:
+    size = body.string("size")
+    ratio = body.enum("aspect_ratio", ASPECT_RATIOS)
+    tier = _resolution(body)
+    ratios, tiers = model.aspect_ratios(), model.tiers()
+    if size not in (None, "auto") and (ratio or tier):
+        raise bad_request("size", "give either 'size' or 'aspect_ratio'/'resolution', not both")
+    if ratio or tier:
+        return Geometry(ratio or "1:1", tier or _default_tier(tiers), None, "aspect_ratio")
+    if size in (None, "auto"):
+        return Geometry("1:1" if "1:1" in ratios else ratios[0], _default_tier(tiers), None,
+                        "default")
+    assert size is not None
+    try:
+        width, height = geometry.parse_size(size)
+    except ValueError:
+        raise bad_request("size", f"'size' must be 'auto' or WIDTHxHEIGHT (each 1 to "
+                                  f"{geometry.MAX_EDGE}); got {size!r}") from None
+    return Geometry(geometry.nearest_ratio(width, height, ratios),
+                    geometry.nearest_tier(width, height, tiers), f"{width}x{height}", "size")
+
+
+def _resolution(body: Body) -> str | None:
+    value = body.string("resolution")
+    if value is None:
+        return None
+    canonical = {t.lower(): t for t in TIERS}.get(value.strip().lower())
+    if canonical is None:
+        raise bad_request("resolution", f"'resolution' must be one of {', '.join(TIERS)}")
+    return canonical
+
+
+def _default_tier(tiers: tuple[str, ...]) -> str:
+    return "1K" if "1K" in tiers else tiers[0]
+
+
+def _image_urls(body: Body) -> tuple[InputImage, ...]:
+    value = body.data.get("image_urls")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_IMAGES or \
+            not all(isinstance(url, str) for url in value):
+        raise bad_request("image_urls", f"'image_urls' must be a list of at most {MAX_IMAGES} "
+                                        "https or data: URLs")
+    return tuple(image_ref(url, f"image_urls[{i}]") for i, url in enumerate(value))

@@ -1,0 +1,105 @@
+"""build_app(config) -> Starlette. The one place where the parts are wired together.
+
+The lifespan builds the catalog, store, pooled upstream clients, router and background tasks
+once and hands them to handlers as typed state; nothing lives in module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from proxy import catalog as catalog_module
+from proxy.api import health, images, models
+from proxy.api.context import RequestContext
+from proxy.api.errors import ApiError, on_api_error, on_http_exception
+from proxy.billing.keys import KeyFinder
+from proxy.billing.store import Store
+from proxy.catalog import Catalog
+from proxy.config import Config
+from proxy.media import MediaStore, load_or_create_secret
+from proxy.providers import ADAPTERS, flows
+from proxy.routing.router import Router
+from proxy.services import Services
+
+log = logging.getLogger("switchyard")
+
+SWEEP_INTERVAL_S = 60.0
+
+
+def load_catalog(config: Config, env: Mapping[str, str] | None = None) -> Catalog:
+    return catalog_module.load(config.routes_dir, os.environ if env is None else env,
+                               config.demo, ADAPTERS)
+
+
+def describe(catalog: Catalog) -> list[str]:
+    """Lines for the startup log: which models and routes are live, and whether they are real."""
+    lines = []
+    if catalog.demo:
+        lines.append("demo catalog ON: these upstreams are SIMULATED in-process (no network, "
+                     "no provider account); set a provider key to serve real models")
+    for model in catalog.models:
+        routes = ", ".join(f"{r.provider.name} ({r.provider.protocol})" for r in model.routes)
+        lines.append(f"model {model.name} [{model.default_strategy}]: {routes}")
+    if not catalog.models:
+        lines.append("no live model: set a provider key (see routes/providers.toml) or "
+                     "SWITCHYARD_DEMO=1")
+    return lines
+
+
+def build_app(config: Config, catalog: Catalog | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        live = catalog or load_catalog(config)
+        store = Store(config.database_path)
+        clients = flows.build_clients(live.providers, ADAPTERS, config.simulation_time_scale)
+        media = MediaStore(config.data_dir / "images",
+                           load_or_create_secret(config.data_dir / "url-signing.key"),
+                           config.image_url_ttl_s)
+        app.state.services = Services(
+            config=config, catalog=live,
+            router=Router(ADAPTERS, clients, config.request_timeout_s),
+            store=store, keys=KeyFinder(store), media=media,
+        )
+        for line in describe(live):
+            log.info("%s", line)
+        sweeper = asyncio.create_task(_sweep(media))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            for client in clients.values():
+                await client.aclose()
+            store.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/images/generations", images.generations, methods=["POST"]),
+            Route("/v1/images/edits", images.edits, methods=["POST"]),
+            Route("/v1/models", models.list_models, methods=["GET"]),
+            Route("/v1/models/{model}", models.get_model, methods=["GET"]),
+            Route("/images/{name}", images.image_file, methods=["GET"]),
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/metrics", health.metrics, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestContext, max_body_bytes=config.max_body_bytes)],
+        exception_handlers={HTTPException: on_http_exception, ApiError: on_api_error},
+        lifespan=lifespan,
+    )
+
+
+async def _sweep(media: MediaStore) -> None:
+    """Delete expired image files now and then, off the event loop."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(media.sweep)

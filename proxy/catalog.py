@@ -1,0 +1,240 @@
+"""Load and validate routes/ at startup: the one place vendor facts come from.
+
+A mistake in the catalog stops the server with a message naming the file and the field, rather
+than surfacing as a strange error on some later request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from proxy.config import Secret
+from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS
+
+STRATEGIES: tuple[str, ...] = ("cheapest", "fastest", "balanced", "ordered")
+BACKGROUNDS: tuple[str, ...] = ("auto", "opaque", "transparent")
+
+
+class CatalogError(ValueError):
+    """The catalog is wrong; the message names the file and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """One upstream host: how to reach it and with which credential."""
+
+    name: str
+    protocol: str
+    base_url: str
+    key: Secret | None = None
+    key_env: str | None = None
+    timeout_s: float = 120.0
+    max_in_flight: int = 16
+    allowed_hosts: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a route can serve; the router ranks only routes whose capabilities fit a request."""
+
+    tiers: tuple[str, ...]
+    aspect_ratios: tuple[str, ...]
+    max_n: int = 1
+    edits: bool = False
+    max_reference_images: int = 0
+    output_formats: tuple[str, ...] = ("png",)
+    backgrounds: tuple[str, ...] = ("auto",)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One way to serve a public model: a provider, its model id, prices and capabilities."""
+
+    id: str
+    model: str
+    provider: Provider
+    upstream_model: str
+    price_per_image: Mapping[str, Decimal]
+    capabilities: Capabilities
+    typical_latency_s: float = 10.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    aliases: tuple[str, ...]
+    owned_by: str
+    created: int
+    default_strategy: str
+    routes: tuple[Route, ...]
+    description: str = ""
+    shutdown_date: str | None = None
+
+    def tiers(self) -> tuple[str, ...]:
+        return tuple(t for t in TIERS if any(t in r.capabilities.tiers for r in self.routes))
+
+    def aspect_ratios(self) -> tuple[str, ...]:
+        seen = {a for r in self.routes for a in r.capabilities.aspect_ratios}
+        return tuple(a for a in ASPECT_RATIOS if a in seen)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    models: tuple[Model, ...]
+    providers: tuple[Provider, ...]
+    demo: bool
+    _index: Mapping[str, Model] = field(default_factory=dict, repr=False)
+
+    def resolve(self, name: str) -> Model | None:
+        """A public model by its name or one of its aliases."""
+        return self._index.get(name)
+
+
+def load(routes_dir: Path, env: Mapping[str, str], demo: bool | None,
+         protocols: Collection[str]) -> Catalog:
+    """The live catalog: real providers whose key is set, plus the demo when it is on.
+
+    demo=None means "auto": the simulated demo runs only while no real provider is configured,
+    so simulated routes never mix silently with real ones.
+    """
+    real = _load_tree(routes_dir, env, protocols) if (routes_dir / "providers.toml").exists() \
+        else ([], [])
+    use_demo = demo if demo is not None else not real[0]
+    providers, models = list(real[0]), list(real[1])
+    if use_demo:
+        demo_providers, demo_models = _load_tree(routes_dir / "demo", env, protocols)
+        providers += demo_providers
+        models += demo_models
+    return _index(models, providers, use_demo)
+
+
+def _index(models: list[Model], providers: list[Provider], demo: bool) -> Catalog:
+    index: dict[str, Model] = {}
+    for model in models:
+        for name in (model.name, *model.aliases):
+            if name in index:
+                raise CatalogError(f"model name or alias {name!r} is defined twice")
+            index[name] = model
+    return Catalog(tuple(models), tuple(providers), demo, index)
+
+
+def _load_tree(root: Path, env: Mapping[str, str],
+               protocols: Collection[str]) -> tuple[list[Provider], list[Model]]:
+    path = root / "providers.toml"
+    table = _read(path)
+    every = {name: _provider(name, spec, env, protocols, path) for name, spec in table.items()}
+    live = {name: p for name, p in every.items() if p.key is not None or not p.key_env}
+    models = []
+    for model_path in sorted((root / "models").glob("*.toml"), key=lambda p: p.stem):
+        model = _model(_read(model_path), every, live, model_path)
+        if model.routes:
+            models.append(model)
+    used = {r.provider.name for m in models for r in m.routes}
+    return [p for name, p in live.items() if name in used], models
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise CatalogError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{path}: {exc}") from None
+
+
+def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collection[str],
+              path: Path) -> Provider:
+    where = f"{path} [{name}]"
+    if not isinstance(spec, dict):
+        raise CatalogError(f"{where}: expected a table")
+    protocol = _require(spec, "protocol", str, where)
+    if protocol not in protocols:
+        raise CatalogError(f"{where}: unknown protocol {protocol!r} "
+                           f"(known: {', '.join(sorted(protocols))})")
+    key_env = spec.get("key_env") or None
+    key = Secret(env[key_env]) if key_env and env.get(key_env) else None
+    return Provider(
+        name=name, protocol=protocol, base_url=_require(spec, "base_url", str, where).rstrip("/"),
+        key=key, key_env=key_env, timeout_s=float(spec.get("timeout_s", 120.0)),
+        max_in_flight=int(spec.get("max_in_flight", 16)),
+        allowed_hosts=tuple(spec.get("allowed_hosts", ())), options=dict(spec.get("options", {})),
+    )
+
+
+def _model(spec: dict[str, Any], every: Mapping[str, Provider], live: Mapping[str, Provider],
+           path: Path) -> Model:
+    name = _require(spec, "name", str, str(path))
+    strategy = spec.get("default_strategy", "cheapest")
+    if strategy not in STRATEGIES:
+        raise CatalogError(f"{path}: default_strategy {strategy!r} is not one of {STRATEGIES}")
+    base_caps = spec.get("capabilities", {})
+    routes = []
+    for i, route in enumerate(spec.get("routes", [])):
+        where = f"{path} routes[{i}]"
+        provider = _require(route, "provider", str, where)
+        if provider not in every:
+            raise CatalogError(f"{where}: provider {provider!r} is not in providers.toml")
+        if provider in live:
+            routes.append(_route(name, route, live[provider], base_caps, where))
+    created = spec.get("created", dt.date(2026, 1, 1))
+    return Model(
+        name=name, aliases=tuple(spec.get("aliases", ())),
+        owned_by=str(spec.get("owned_by", "switchyard")),
+        created=int(dt.datetime.combine(created, dt.time(), dt.UTC).timestamp()),
+        default_strategy=strategy, routes=tuple(routes),
+        description=str(spec.get("description", "")),
+        shutdown_date=str(spec["shutdown_date"]) if spec.get("shutdown_date") else None,
+    )
+
+
+def _route(model: str, spec: dict[str, Any], provider: Provider, base_caps: Mapping[str, Any],
+           where: str) -> Route:
+    prices = spec.get("price", {}).get("per_image")
+    if not isinstance(prices, dict) or not prices:
+        raise CatalogError(f"{where}: price.per_image needs a price for at least one tier")
+    for tier in prices:
+        if tier not in TIERS:
+            raise CatalogError(f"{where}: unknown tier {tier!r} (known: {', '.join(TIERS)})")
+    caps = _capabilities({**base_caps, **spec.get("capabilities", {})}, tuple(prices), where)
+    return Route(
+        id=f"{model}/{provider.name}", model=model, provider=provider,
+        upstream_model=_require(spec, "upstream_model", str, where),
+        price_per_image={t: Decimal(str(p)) for t, p in prices.items()},
+        capabilities=caps, typical_latency_s=float(spec.get("typical_latency_s", 10.0)),
+        options=dict(spec.get("options", {})),
+    )
+
+
+def _capabilities(spec: Mapping[str, Any], tiers: tuple[str, ...], where: str) -> Capabilities:
+    caps = Capabilities(
+        tiers=tuple(t for t in TIERS if t in tiers),
+        aspect_ratios=tuple(spec.get("aspect_ratios", ("1:1",))),
+        max_n=int(spec.get("max_n", 1)), edits=bool(spec.get("edits", False)),
+        max_reference_images=int(spec.get("max_reference_images", 0)),
+        output_formats=tuple(spec.get("output_formats", ("png",))),
+        backgrounds=tuple(spec.get("backgrounds", ("auto",))),
+    )
+    for value, known, label in ((caps.aspect_ratios, ASPECT_RATIOS, "aspect_ratios"),
+                                (caps.output_formats, OUTPUT_FORMATS, "output_formats"),
+                                (caps.backgrounds, BACKGROUNDS, "backgrounds")):
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise CatalogError(f"{where}: unknown {label} {unknown}")
+    if not 1 <= caps.max_n <= 10:
+        raise CatalogError(f"{where}: max_n must be 1..10")
+    return caps
+
+
+def _require(spec: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = spec.get(key)
+    if not isinstance(value, kind) or value == "":
+        raise CatalogError(f"{where}: missing or invalid {key!r}")
+    return value

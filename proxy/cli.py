@@ -1,0 +1,134 @@
+"""The `switchyard` command: serve, keys. Thin: parsing and printing over library calls."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy import __version__
+from proxy.billing.store import Store
+from proxy.catalog import Catalog, CatalogError
+from proxy.config import Config, ConfigError, load
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load(args.config, data_dir=args.data_dir,
+                      **({"host": args.host, "port": args.port} if args.command == "serve"
+                         else {}))
+        result: int = args.run(config, args)
+        return result
+    except (ConfigError, CatalogError) as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchyard", description=(
+        "An OpenAI-compatible routing proxy for image generation."))
+    parser.add_argument("--version", action="version", version=f"switchyard {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML config file (or SWITCHYARD_CONFIG)")
+    common.add_argument("--data-dir", type=Path,
+                        help="where keys and images live (or SWITCHYARD_DATA_DIR; "
+                             "default ~/.local/share/switchyard)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="run the proxy")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8080)")
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="manage tenant API keys").add_subparsers(
+        dest="action", required=True)
+    create = keys.add_parser("create", parents=[common],
+                             help="create a key; prints it once, alone on the last line")
+    create.add_argument("name")
+    create.set_defaults(run=_keys_create)
+    keys.add_parser("list", parents=[common], help="one key per line, id first (never the "
+                                                   "key itself)").set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key by its id")
+    revoke.add_argument("id")
+    revoke.set_defaults(run=_keys_revoke)
+    return parser
+
+
+def _keys_create(config: Config, args: argparse.Namespace) -> int:
+    store = Store(config.database_path)
+    record, key = store.create_key(args.name)
+    print(f"created {record.id} ({record.name}); the key is shown once, store it now:")
+    print(key)
+    return 0
+
+
+def _keys_list(config: Config, args: argparse.Namespace) -> int:
+    for record in Store(config.database_path).list_keys():
+        state = "active" if record.active else "revoked"
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created_at))
+        print(f"{record.id}\t{state}\t{record.name}\t{record.hint}\t{created}")
+    return 0
+
+
+def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
+    if Store(config.database_path).revoke_key(args.id):
+        print(f"revoked {args.id}")
+        return 0
+    print(f"switchyard: no active key with id {args.id!r}", file=sys.stderr)
+    return 1
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import build_app, describe, load_catalog
+
+    if not is_loopback(config.host) and config.admin_key is None:
+        print(f"switchyard: refusing to listen on {config.host}, which is reachable from other "
+              "machines, without an admin key. Set SWITCHYARD_ADMIN_KEY (or admin_key in the "
+              "config file), or bind to 127.0.0.1.", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    catalog = load_catalog(config)
+    _banner(config, catalog, describe(catalog))
+    uvicorn.run(build_app(config, catalog), host=config.host, port=config.port,
+                access_log=config.access_log, log_level="info")
+    return 0
+
+
+def _banner(config: Config, catalog: Catalog, lines: list[str]) -> None:
+    """What a first-time user sees: where it runs, what it serves, and a key to try it with."""
+    base = f"http://{config.host}:{config.port}/v1"
+    print(f"Switchyard {__version__}: OpenAI-compatible images API at {base}")
+    for line in lines:
+        print(f"  {line}")
+    store = Store(config.database_path)
+    if store.count_keys() == 0:
+        record, key = store.create_key("default")
+        model = catalog.models[0].name if catalog.models else "MODEL"
+        print(f"\nFirst start: created tenant key {record.id} ('default'). It is shown once "
+              f"and stored hashed in {config.data_dir}.\n\n    {key}\n")
+        print("Try it from another shell:\n")
+        print(f"    export OPENAI_BASE_URL={base} OPENAI_API_KEY={key}")
+        print(f"    {sys.executable} -c \"import base64, openai; "
+              f"r = openai.OpenAI().images.generate(model='{model}', prompt='a lighthouse'); "
+              "open('image.png', 'wb').write(base64.b64decode(r.data[0].b64_json))\"\n")
+    else:
+        print("\nTenant keys: `switchyard keys list`; a new one: `switchyard keys create NAME`.\n")
+    store.close()
+    sys.stdout.flush()

@@ -1,0 +1,147 @@
+"""Frozen configuration from an optional TOML file and SWITCHYARD_* environment variables.
+
+Precedence: command-line flags > environment > config file > defaults. Secrets are wrapped so
+that no repr, log line or traceback ever shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported at startup with a message that says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A string that never prints itself."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "switchyard"
+
+
+def default_routes_dir() -> Path:
+    """The catalog shipped in the wheel, or the repository's routes/ in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_routes", here.parent / "routes"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "routes"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=default_data_dir)
+    routes_dir: Path = field(default_factory=default_routes_dir)
+    # None: the demo catalog runs only while no real provider is configured.
+    demo: bool | None = None
+    admin_key: Secret | None = None
+    public_base_url: str | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    image_url_ttl_s: int = 3600
+    request_timeout_s: float = 300.0
+    # Multiplies simulated upstream latencies: 0 makes the demo instant (tests), 1 is realistic.
+    simulation_time_scale: float = 1.0
+    access_log: bool = False
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "switchyard.db"
+
+
+_ENV: dict[str, str] = {
+    "host": "SWITCHYARD_HOST",
+    "port": "SWITCHYARD_PORT",
+    "data_dir": "SWITCHYARD_DATA_DIR",
+    "routes_dir": "SWITCHYARD_ROUTES_DIR",
+    "demo": "SWITCHYARD_DEMO",
+    "admin_key": "SWITCHYARD_ADMIN_KEY",
+    "public_base_url": "SWITCHYARD_PUBLIC_BASE_URL",
+    "max_body_bytes": "SWITCHYARD_MAX_BODY_BYTES",
+    "image_url_ttl_s": "SWITCHYARD_IMAGE_URL_TTL_S",
+    "request_timeout_s": "SWITCHYARD_REQUEST_TIMEOUT_S",
+    "simulation_time_scale": "SWITCHYARD_SIMULATION_TIME_SCALE",
+    "access_log": "SWITCHYARD_ACCESS_LOG",
+}
+
+
+def _coerce(name: str, raw: object) -> object:
+    """Turn a TOML or environment value into the field's type, or say which setting is wrong."""
+    try:
+        if name in ("port", "max_body_bytes", "image_url_ttl_s"):
+            value: object = int(str(raw))
+            if int(str(raw)) <= 0:
+                raise ValueError
+            return value
+        if name in ("request_timeout_s", "simulation_time_scale"):
+            number = float(str(raw))
+            if number < 0:
+                raise ValueError
+            return number
+        if name in ("demo", "access_log"):
+            return _boolean(raw)
+        if name in ("data_dir", "routes_dir"):
+            return Path(str(raw)).expanduser()
+        if name == "admin_key":
+            return Secret(str(raw)) if str(raw) else None
+        if name == "public_base_url":
+            return str(raw).rstrip("/") or None
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name!r} has an invalid value") from None
+
+
+def _boolean(raw: object) -> bool | None:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    if text in ("", "auto"):
+        return None
+    raise ValueError(text)
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None,
+         **overrides: Any) -> Config:
+    """Build the Config: defaults, then the TOML file, then the environment, then overrides."""
+    env = os.environ if env is None else env
+    path = path or (Path(env["SWITCHYARD_CONFIG"]) if env.get("SWITCHYARD_CONFIG") else None)
+    values: dict[str, object] = {}
+    known = {f.name for f in fields(Config)}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+        values.update({k: _coerce(k, v) for k, v in data.items()})
+    for name, var in _ENV.items():
+        if var in env:
+            values[name] = _coerce(name, env[var])
+    values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+    return replace(Config(), **values)  # type: ignore[arg-type]

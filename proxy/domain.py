@@ -1,0 +1,116 @@
+"""The value types every layer shares: what was asked, what came back, what it took."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+TIERS: tuple[str, ...] = ("0.5K", "1K", "2K", "4K")
+# Long edge of a square image at each tier; other aspect ratios keep about the same pixel count.
+TIER_EDGE: dict[str, int] = {"0.5K": 512, "1K": 1024, "2K": 2048, "4K": 4096}
+ASPECT_RATIOS: tuple[str, ...] = (
+    "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
+    "1:4", "4:1", "1:8", "8:1",
+)
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+
+Kind = Literal["generate", "edit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Requested shape: an aspect ratio and a resolution tier, plus the exact size if one was given.
+
+    `source` names the request parameter the shape came from, so a route that cannot serve it
+    is reported against that parameter.
+    """
+
+    aspect_ratio: str
+    tier: str
+    exact_size: str | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    """A reference image: uploaded bytes, or a URL (https or data:) to hand on as given."""
+
+    mime: str
+    data: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """One validated images request, independent of how it arrived (JSON or multipart)."""
+
+    kind: Kind
+    model: str
+    prompt: str
+    n: int
+    geometry: Geometry
+    output_format: str
+    response_format: Literal["b64_json", "url"]
+    quality: str = "auto"
+    background: str = "auto"
+    output_compression: int | None = None
+    moderation: str | None = None
+    style: str | None = None
+    user: str | None = None
+    seed: int | None = None
+    input_fidelity: str | None = None
+    images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None
+    strategy: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One delivered image, its base64 text passed through untouched."""
+
+    mime: str
+    b64: str
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the upstream reported them (token-priced hosts bill from these)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """What an adapter returns: the images, and what the upstream said about them."""
+
+    images: tuple[Image, ...]
+    size: str | None = None
+    upstream_id: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at one route, successful or not: the response headers list every attempt."""
+
+    route_id: str
+    provider: str
+    failure: str | None
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A request's successful outcome: the result, the route that produced it and its cost."""
+
+    result: ImageResult
+    route_id: str
+    provider: str
+    upstream_model: str
+    cost_usd: Decimal
+    attempts: tuple[Attempt, ...]

@@ -1,0 +1,1 @@
+"""Choosing routes: which can serve a request, in what order, and running that plan."""

@@ -1,0 +1,30 @@
+"""The shared objects the lifespan builds once and every handler receives, typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from proxy.billing.keys import KeyFinder
+from proxy.billing.store import Store
+from proxy.catalog import Catalog
+from proxy.config import Config
+from proxy.media import MediaStore
+from proxy.routing.router import Router
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    config: Config
+    catalog: Catalog
+    router: Router
+    store: Store
+    keys: KeyFinder
+    media: MediaStore
+
+
+def services(request: Request) -> Services:
+    found = request.app.state.services
+    assert isinstance(found, Services)
+    return found

@@ -1,0 +1,159 @@
+"""proxy.imaging: our encoders' output must decode, with the right size and colours, in Pillow."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+Image = pytest.importorskip("PIL.Image")
+
+from proxy.imaging import dimensions, encode, palette, sniff  # noqa: E402
+
+FORMATS = ("png", "jpeg", "webp")
+SIZES = [(1, 1), (7, 13), (512, 512), (1024, 768), (1536, 1024), (2048, 2048)]
+PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+SEED = "a lighthouse at dusk, oil painting"
+JPEG_TOLERANCE = 6
+
+
+def _decode(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def _close(got: tuple[int, ...], want: tuple[int, int, int], tol: int) -> bool:
+    return all(abs(g - w) <= tol for g, w in zip(got[:3], want, strict=True))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_encode_decodes_with_right_size_and_colour(fmt: str, width: int, height: int) -> None:
+    data = encode(width, height, fmt, SEED)
+    im = _decode(data)
+    assert im.format == PIL_NAMES[fmt]
+    assert im.size == (width, height)
+    rgb = im.convert("RGB")
+    a, b = palette(SEED)
+    tol = JPEG_TOLERANCE if fmt == "jpeg" else 0
+    near = min(3, width - 1), min(3, height - 1)  # PNG changes colour every row, JPEG per MCU
+    for x, y in {(0, 0), (near[0], 0), near if fmt != "png" else (0, 0)}:
+        assert _close(rgb.getpixel((x, y)), a, tol), (x, y, rgb.getpixel((x, y)), a)
+    if fmt == "png" and height > 1:
+        for x in {0, width // 2, width - 1}:
+            assert rgb.getpixel((x, height - 1)) == b
+    if fmt == "jpeg" and height > 16:  # more than one MCU row, so the last row is colour B
+        assert _close(rgb.getpixel((width - 1, height - 1)), b, JPEG_TOLERANCE)
+    if fmt == "webp":  # solid colour: the far corner too
+        assert rgb.getpixel((width - 1, height - 1)) == a
+    assert dimensions(data) == im.size
+    assert sniff(data) == fmt
+
+
+def test_png_gradient_runs_top_to_bottom() -> None:
+    rgb = _decode(encode(4, 256, "png", "gradient")).convert("RGB")
+    column = [rgb.getpixel((0, y)) for y in range(256)]
+    a, b = palette("gradient")
+    for channel in range(3):
+        values = [px[channel] for px in column]
+        assert values == sorted(values, reverse=a[channel] > b[channel])
+
+
+def test_jpeg_large_and_odd_sizes_decode() -> None:
+    # Odd sizes pad the last MCU; a tall image exercises the row-bit cache and 0xFF stuffing.
+    for width, height in [(17, 33), (4095, 31), (15, 4000)]:
+        for seed in ("", "white", "black", "stuffing"):
+            im = _decode(encode(width, height, "jpeg", seed))
+            assert im.size == (width, height)
+
+
+def test_palette_is_deterministic_and_seed_dependent() -> None:
+    assert palette("x") == palette("x")
+    assert palette("x") != palette("y")
+    for colour in palette("anything"):
+        assert len(colour) == 3
+        assert all(0 <= c <= 255 for c in colour)
+
+
+def test_encode_is_deterministic() -> None:
+    for fmt in FORMATS:
+        assert encode(64, 48, fmt, SEED) == encode(64, 48, fmt, SEED)
+
+
+def test_sniff() -> None:
+    for fmt in FORMATS:
+        assert sniff(encode(8, 8, fmt, SEED)) == fmt
+    assert sniff(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;") == "gif"
+    assert sniff(b"GIF87a\x01\x00\x01\x00") == "gif"
+    assert sniff(b"hello, this is plain text") is None
+    assert sniff(b"") is None
+    assert sniff(b"RIFF\x00\x00\x00\x00WAVE") is None
+
+
+def _pillow_bytes(fmt: str, size: tuple[int, int], mode: str = "RGB", **options: object) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, (10, 200, 30, 128)[: len(mode)]).save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("JPEG", "RGB", {}),
+        ("JPEG", "RGB", {"progressive": True}),  # SOF2
+        ("JPEG", "RGB", {"exif": b"Exif\x00\x00" + b"\x00" * 32}),  # APP1 before the frame
+        ("WEBP", "RGB", {}),  # lossy: VP8
+        ("WEBP", "RGB", {"lossless": True}),  # VP8L
+        ("WEBP", "RGBA", {}),  # alpha: VP8X + ALPH + VP8
+    ],
+)
+def test_dimensions_of_files_pillow_writes(fmt: str, mode: str, options: dict[str, object]) -> None:
+    for size in [(1, 1), (123, 45), (640, 480), (3000, 17)]:
+        data = _pillow_bytes(fmt, size, mode, **options)
+        assert _decode(data).size == size
+        assert dimensions(data) == size
+        assert sniff(data) == fmt.lower()
+
+
+def test_dimensions_of_garbage_is_none() -> None:
+    assert dimensions(b"") is None
+    assert dimensions(b"not an image at all") is None
+    assert dimensions(b"GIF89a\x01\x00\x01\x00") is None
+    assert dimensions(b"\x89PNG\r\n\x1a\n") is None  # truncated before IHDR
+    assert dimensions(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # truncated before SOF
+    assert dimensions(b"RIFF\x00\x00\x00\x00WEBPVP8L") is None
+    jpeg = encode(20, 10, "jpeg", SEED)
+    assert dimensions(jpeg[: jpeg.index(b"\xff\xc0")]) is None
+
+
+@pytest.mark.parametrize("fmt", ["gif", "bmp", "PNG", "jpg", ""])
+def test_encode_rejects_unknown_format(fmt: str) -> None:
+    with pytest.raises(ValueError, match="format"):
+        encode(8, 8, fmt, SEED)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(0, 8), (8, 0), (-1, 8), (8, -5), (8193, 8), (8, 8193), (8, True)]
+)
+def test_encode_rejects_bad_size(width: int, height: int) -> None:
+    with pytest.raises(ValueError, match="must be an integer"):
+        encode(width, height, "png", SEED)
+
+
+def test_encode_accepts_the_maximum_side() -> None:
+    data = encode(8192, 1, "png", SEED)
+    assert dimensions(data) == (8192, 1)
+    assert _decode(data).size == (8192, 1)
+
+
+if __name__ == "__main__":
+    for fmt in FORMATS:
+        for side in (1024, 4096):
+            start = time.perf_counter()
+            out = encode(side, side, fmt, SEED)
+            ms = (time.perf_counter() - start) * 1000
+            print(f"{fmt:5} {side}x{side}: {ms:7.1f} ms, {len(out):>8} bytes")
