@@ -1,7 +1,5 @@
 """Cheap, real PNG/JPEG/WebP images for the simulated upstream, plus header sniffing."""
 
-from __future__ import annotations
-
 import hashlib
 import itertools
 import struct

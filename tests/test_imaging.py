@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import time
+import zlib
 
 import pytest
 
@@ -38,13 +40,13 @@ def test_encode_decodes_with_right_size_and_colour(fmt: str, width: int, height:
     rgb = im.convert("RGB")
     a, b = palette(SEED)
     tol = JPEG_TOLERANCE if fmt == "jpeg" else 0
-    near = min(3, width - 1), min(3, height - 1)  # PNG changes colour every row, JPEG per MCU
+    near = min(3, width - 1), min(3, height - 1)  # PNG changes colour every row, JPEG per 8
     for x, y in {(0, 0), (near[0], 0), near if fmt != "png" else (0, 0)}:
         assert _close(rgb.getpixel((x, y)), a, tol), (x, y, rgb.getpixel((x, y)), a)
     if fmt == "png" and height > 1:
         for x in {0, width // 2, width - 1}:
             assert rgb.getpixel((x, height - 1)) == b
-    if fmt == "jpeg" and height > 16:  # more than one MCU row, so the last row is colour B
+    if fmt == "jpeg" and height > 8:  # more than one 8-px band, so the last band is colour B
         assert _close(rgb.getpixel((width - 1, height - 1)), b, JPEG_TOLERANCE)
     if fmt == "webp":  # solid colour: the far corner too
         assert rgb.getpixel((width - 1, height - 1)) == a
@@ -61,12 +63,42 @@ def test_png_gradient_runs_top_to_bottom() -> None:
         assert values == sorted(values, reverse=a[channel] > b[channel])
 
 
-def test_jpeg_large_and_odd_sizes_decode() -> None:
-    # Odd sizes pad the last MCU; a tall image exercises the row-bit cache and 0xFF stuffing.
-    for width, height in [(17, 33), (4095, 31), (15, 4000)]:
-        for seed in ("", "white", "black", "stuffing"):
+def test_jpeg_odd_sizes_decode() -> None:
+    # Odd sizes pad the last MCU; long and tall images exercise the cached row bit strings.
+    for width, height in [(9, 17), (4095, 31), (15, 4000)]:
+        for seed in ("", "white", "black"):
             im = _decode(encode(width, height, "jpeg", seed))
             assert im.size == (width, height)
+
+
+def test_jpeg_byte_stuffing() -> None:
+    # A near-black to near-white jump is the one case where eight 1-bits in the scan land on a
+    # byte boundary (a luma DC diff of +127 followed by EOB, at 4 MCUs wide), so 0xFF must be
+    # stuffed as 0xFF 0x00 or the decoder would read a marker.
+    from proxy.imaging import _jpeg
+
+    a, b = (0, 0, 3), (254, 254, 254)
+    data = _jpeg(32, 16, a, b)
+    scan = data[data.index(b"\xff\xda") + 14 : -2]
+    assert b"\xff\x00" in scan
+    assert scan.count(b"\xff") == scan.count(b"\xff\x00")
+    rgb = _decode(data).convert("RGB")
+    assert _close(rgb.getpixel((0, 0)), a, JPEG_TOLERANCE)
+    assert _close(rgb.getpixel((31, 15)), b, JPEG_TOLERANCE)
+
+
+def test_png_chunks_have_correct_crcs() -> None:
+    # Pillow skips the IDAT CRC check, so walk the chunks and verify every CRC ourselves.
+    data = encode(300, 200, "png", SEED)
+    pos, kinds = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body), kind
+        kinds.append(kind)
+        pos += 12 + length
+    assert kinds == [b"IHDR", b"IDAT", b"IEND"]
 
 
 def test_palette_is_deterministic_and_seed_dependent() -> None:

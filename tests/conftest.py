@@ -1,0 +1,112 @@
+"""Shared fixtures: a real Switchyard server on a loopback port, keys, and the OpenAI schemas."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+import referencing
+import uvicorn
+
+from proxy.app import build_app
+from proxy.billing.store import Store
+from proxy.config import Config, load
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SCHEMAS = json.loads((FIXTURES / "openai_schemas.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def validate() -> Callable[[str, Any], None]:
+    """validate('ImagesResponse', body) against OpenAI's official schema."""
+    resource = referencing.Resource.from_contents(
+        SCHEMAS, default_specification=referencing.jsonschema.DRAFT202012)
+    registry = referencing.Registry().with_resource("openai.json", resource)
+
+    def check(name: str, body: Any) -> None:
+        schema = {"$ref": f"openai.json#/components/schemas/{name}"}
+        jsonschema.Draft202012Validator(schema, registry=registry).validate(body)
+
+    return check
+
+
+@dataclass
+class Running:
+    base_url: str
+    config: Config
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def new_key(self, name: str = "test") -> str:
+        store = Store(self.config.database_path)
+        try:
+            return store.create_key(name)[1]
+        finally:
+            store.close()
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serve(config: Config) -> Iterator[Running]:
+    """Run build_app(config) under uvicorn in a thread, on a real socket, until the block ends."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(config), log_level="warning",
+                                           access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield Running(f"http://127.0.0.1:{port}", config)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def make_config(data_dir: Path, **overrides: Any) -> Config:
+    return load(env={}, data_dir=data_dir, routes_dir=FIXTURES / "routes",
+                simulation_time_scale=0, **overrides)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One server per test module, on the deterministic test catalog, with a 4 MiB body cap."""
+    config = make_config(tmp_path_factory.mktemp("data"), max_body_bytes=4 * 1024 * 1024)
+    with serve(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api_key(server: Running) -> str:
+    return server.new_key("module")
+
+
+@pytest.fixture
+def client(server: Running, api_key: str) -> Iterator[openai.OpenAI]:
+    """The official SDK, unmodified, pointed at Switchyard; no retries so failures show."""
+    with openai.OpenAI(base_url=server.v1, api_key=api_key, max_retries=0) as sdk:
+        yield sdk
+
