@@ -1,37 +1,54 @@
-"""The adapter contract: a wire protocol as a few pure functions and one value.
+"""The adapter contract: a wire protocol as pure functions and one value.
 
-An adapter knows one protocol and nothing of routing, billing, config or serving. flows.py is
-the only code that performs the I/O these functions describe.
+An adapter knows one protocol and nothing of routing, billing, config or serving. Its `flow`
+is a generator in the manner of httpx's auth flows: it yields the calls to make (and pauses to
+take), receives each reply, and returns the ImageResult or raises UpstreamError. flows.py is
+the only code that performs the I/O, so one async driver serves sync, submit-then-poll and
+fetch-the-result protocols alike, and every adapter is testable from recorded replies alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
 
 from proxy.catalog import Provider, Route
 from proxy.domain import ImageRequest, ImageResult
-from proxy.failures import Failure
+from proxy.failures import Failure, Kind, UpstreamError
+
+# submit: may start paid work, so never re-sent; poll and fetch: safe to repeat.
+CallKind = Literal["submit", "poll", "fetch", "cancel"]
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamCall:
-    """One HTTP request to send: the adapter's translation of an ImageRequest."""
+    """One HTTP request to send: the adapter's translation of (part of) an ImageRequest."""
 
     method: str
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     json: Any = None
     content: bytes | None = None
+    # Multipart uploads: form fields and (field, (filename, bytes, mime)) files.
+    form: Mapping[str, str] | None = None
+    files: tuple[tuple[str, tuple[str, bytes, str]], ...] = ()
+    kind: CallKind = "submit"
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Pause before the next call (poll intervals); the driver caps it at the deadline."""
+
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
-    """One HTTP response as received; `json()` decodes the body with orjson once."""
+    """One HTTP response as received; `json()` decodes the body with orjson."""
 
     status: int
     headers: httpx.Headers
@@ -41,13 +58,36 @@ class UpstreamReply:
         return orjson.loads(self.body) if self.body else None
 
 
+Step = UpstreamCall | Sleep
+Flow = Generator[Step, UpstreamReply | None, ImageResult]
+
+
 @dataclass(frozen=True, slots=True)
 class Adapter:
-    """A wire protocol. `classify` returns None when the reply is a success to `parse`."""
+    """A wire protocol: `flow(request, route)` drives one attempt at one route."""
 
     protocol: str
-    build: Callable[[ImageRequest, Route], UpstreamCall]
-    parse: Callable[[UpstreamReply, ImageRequest], ImageResult]
-    classify: Callable[[UpstreamReply], Failure | None]
+    flow: Callable[[ImageRequest, Route], Flow]
     # Set only by in-process upstreams (the simulated demo): the transport that answers calls.
     transport: Callable[[Provider, float], httpx.AsyncBaseTransport] | None = None
+    # How many images one upstream call can return; n above it runs parallel flows.
+    images_per_call: int = 10
+
+
+def check(reply: UpstreamReply | None, classify: Callable[[UpstreamReply], Failure | None]
+          ) -> UpstreamReply:
+    """The reply if it is a success, else raise its classified failure."""
+    if reply is None:
+        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "no reply"))
+    failure = classify(reply)
+    if failure is not None:
+        raise UpstreamError(failure)
+    return reply
+
+
+def exchange(call: UpstreamCall, classify: Callable[[UpstreamReply], Failure | None],
+             parse: Callable[[UpstreamReply, ImageRequest], ImageResult],
+             request: ImageRequest) -> Flow:
+    """The flow of a synchronous protocol: one call, one reply."""
+    reply = check((yield call), classify)
+    return parse(reply, request)

@@ -1,9 +1,18 @@
-"""The only code that calls upstreams: send a call, classify the reply, parse the result."""
+"""The only code that calls upstreams: drive an adapter's flow within a deadline.
+
+Submits are sent once: a submit that may have been accepted is never repeated (the router
+fails over to another host instead). Polls and fetches are idempotent and tolerate transient
+errors until the deadline. URLs a provider hands back are checked against its allowed hosts
+before any request goes there.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -11,7 +20,9 @@ import orjson
 from proxy.catalog import Provider, Route
 from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
-from proxy.providers.base import Adapter, UpstreamCall, UpstreamReply
+from proxy.providers.base import Adapter, Flow, Sleep, UpstreamCall, UpstreamReply
+
+TRANSIENT_RETRY_S = 1.0
 
 
 def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapter],
@@ -30,15 +41,35 @@ def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapte
     return clients
 
 
+def host_allowed(url: str, provider: Provider) -> bool:
+    """A URL may be called if it is https (or the provider's own scheme and host) and its host
+    is the provider's or matches one of its allowed_hosts (`*.example.com` covers subdomains)."""
+    parts = urlsplit(url)
+    base = urlsplit(provider.base_url)
+    host = parts.hostname or ""
+    if (parts.scheme, parts.netloc) == (base.scheme, base.netloc):
+        return True
+    if parts.scheme != "https":
+        return False
+    return any(host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
+               for pattern in provider.allowed_hosts)
+
+
 async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) -> UpstreamReply:
     """Send one call; transport errors become classified UpstreamErrors."""
-    content = call.content if call.json is None else orjson.dumps(call.json)
     headers = dict(call.headers)
+    content = call.content
     if call.json is not None:
+        content = orjson.dumps(call.json)
         headers.setdefault("content-type", "application/json")
     try:
-        response = await client.request(call.method, call.url, content=content, headers=headers,
-                                        timeout=timeout_s)
+        if call.files or call.form:
+            response = await client.request(call.method, call.url, headers=headers,
+                                            data=dict(call.form or {}), files=list(call.files),
+                                            timeout=timeout_s)
+        else:
+            response = await client.request(call.method, call.url, content=content,
+                                            headers=headers, timeout=timeout_s)
     except httpx.TransportError as exc:
         raise UpstreamError(from_transport(exc)) from None
     return UpstreamReply(response.status_code, response.headers, response.content)
@@ -46,20 +77,80 @@ async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) 
 
 async def generate(adapter: Adapter, route: Route, request: ImageRequest,
                    client: httpx.AsyncClient, deadline: float) -> ImageResult:
-    """Run one synchronous request/response exchange against a route, within the deadline."""
+    """One attempt at one route. n beyond what one call returns runs as parallel flows; what
+    they deliver is merged (fewer images than asked is still a success, billed as delivered)."""
+    per_call = max(1, adapter.images_per_call)
+    if request.n <= per_call:
+        return await drive(adapter.flow(request, route), route, client, deadline)
+    counts = [per_call] * (request.n // per_call) + ([request.n % per_call] if
+                                                     request.n % per_call else [])
+    outcomes = await asyncio.gather(*(
+        drive(adapter.flow(_with_n(request, count), route), route, client, deadline)
+        for count in counts), return_exceptions=True)
+    results = [o for o in outcomes if isinstance(o, ImageResult)]
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, UpstreamError):
+            raise outcome
+    if not results:
+        first = next(o for o in outcomes if isinstance(o, UpstreamError))
+        raise first
+    return ImageResult(images=tuple(i for r in results for i in r.images), size=results[0].size,
+                       upstream_id=results[0].upstream_id, usage=results[0].usage)
+
+
+def _with_n(request: ImageRequest, n: int) -> ImageRequest:
+    return replace(request, n=n)
+
+
+async def drive(flow: Flow, route: Route, client: httpx.AsyncClient,
+                deadline: float) -> ImageResult:
+    """Run a flow to its result: send what it yields, sleep when it asks, within the deadline."""
+    reply: UpstreamReply | None = None
+    while True:
+        try:
+            step = flow.send(reply)
+        except StopIteration as done:
+            return _nonempty(done.value)
+        except (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError):
+            raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed",
+                                        status=reply.status if reply else None)) from None
+        if isinstance(step, Sleep):
+            await _sleep(step.seconds, deadline)
+            reply = None
+            continue
+        reply = await _call(step, route, client, deadline)
+
+
+async def _call(call: UpstreamCall, route: Route, client: httpx.AsyncClient,
+                deadline: float) -> UpstreamReply:
+    if call.kind != "submit" and not host_allowed(call.url, route.provider):
+        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN,
+                                    "upstream pointed to a host it is not allowed to use"))
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamError(Failure(Kind.TIMEOUT, "request deadline reached"))
+        try:
+            reply = await send(client, call, min(remaining, route.provider.timeout_s))
+        except UpstreamError as exc:
+            if call.kind == "submit" or not exc.failure.retryable:
+                raise
+            await _sleep(TRANSIENT_RETRY_S, deadline)
+            continue
+        if call.kind in ("poll", "fetch") and (reply.status >= 500 or reply.status == 429):
+            await _sleep(TRANSIENT_RETRY_S, deadline)
+            continue
+        return reply
+
+
+async def _sleep(seconds: float, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise UpstreamError(Failure(Kind.TIMEOUT, "request deadline reached"))
-    reply = await send(client, adapter.build(request, route),
-                       min(remaining, route.provider.timeout_s))
-    failure = adapter.classify(reply)
-    if failure is not None:
-        raise UpstreamError(failure)
-    try:
-        result = adapter.parse(reply, request)
-    except (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError):
-        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed",
-                                    status=reply.status)) from None
+    await asyncio.sleep(min(seconds, remaining))
+
+
+def _nonempty(result: ImageResult) -> ImageResult:
     if not result.images:
         raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream returned no image"))
     return result

@@ -23,7 +23,7 @@ from proxy import geometry, imaging
 from proxy.catalog import Provider, Route
 from proxy.domain import Image, ImageRequest, ImageResult
 from proxy.failures import Failure, from_status
-from proxy.providers.base import Adapter, UpstreamCall, UpstreamReply
+from proxy.providers.base import Adapter, Flow, UpstreamCall, UpstreamReply, exchange
 
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _Z95 = 1.6448536269514722
@@ -105,10 +105,14 @@ def classify(reply: UpstreamReply) -> Failure | None:
     return None if reply.status == 200 else from_status(reply.status, reply.headers)
 
 
+def flow(request: ImageRequest, route: Route) -> Flow:
+    return exchange(build(request, route), classify, parse, request)
+
+
 def _transport(provider: Provider, time_scale: float) -> httpx.AsyncBaseTransport:
     return SimulatedUpstream(provider, time_scale)
 
 
-ADAPTER = Adapter("simulated", build, parse, classify, transport=_transport)
+ADAPTER = Adapter("simulated", flow, transport=_transport)
 
 __all__ = ["ADAPTER", "SimulatedUpstream"]
