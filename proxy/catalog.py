@@ -6,6 +6,7 @@ than surfacing as a strange error on some later request.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import tomllib
 from collections.abc import Collection, Mapping
@@ -163,8 +164,8 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
     key = Secret(env[key_env]) if key_env and env.get(key_env) else None
     return Provider(
         name=name, protocol=protocol, base_url=_require(spec, "base_url", str, where).rstrip("/"),
-        key=key, key_env=key_env, timeout_s=float(spec.get("timeout_s", 120.0)),
-        max_in_flight=int(spec.get("max_in_flight", 16)),
+        key=key, key_env=key_env, timeout_s=_number(spec, "timeout_s", 120.0, where),
+        max_in_flight=int(_number(spec, "max_in_flight", 16, where)),
         allowed_hosts=tuple(spec.get("allowed_hosts", ())), options=dict(spec.get("options", {})),
     )
 
@@ -182,8 +183,10 @@ def _model(spec: dict[str, Any], every: Mapping[str, Provider], live: Mapping[st
         provider = _require(route, "provider", str, where)
         if provider not in every:
             raise CatalogError(f"{where}: provider {provider!r} is not in providers.toml")
+        # Every route is checked, live or not, so a mistake shows before its key is set.
+        checked = _route(name, route, every[provider], base_caps, where)
         if provider in live:
-            routes.append(_route(name, route, live[provider], base_caps, where))
+            routes.append(dataclasses.replace(checked, provider=live[provider]))
     created = spec.get("created", dt.date(2026, 1, 1))
     return Model(
         name=name, aliases=tuple(spec.get("aliases", ())),
@@ -197,7 +200,8 @@ def _model(spec: dict[str, Any], every: Mapping[str, Provider], live: Mapping[st
 
 def _route(model: str, spec: dict[str, Any], provider: Provider, base_caps: Mapping[str, Any],
            where: str) -> Route:
-    prices = spec.get("price", {}).get("per_image")
+    price = spec.get("price", {})
+    prices = price.get("per_image") if isinstance(price, dict) else None
     if not isinstance(prices, dict) or not prices:
         raise CatalogError(f"{where}: price.per_image needs a price for at least one tier")
     for tier in prices:
@@ -207,8 +211,8 @@ def _route(model: str, spec: dict[str, Any], provider: Provider, base_caps: Mapp
     return Route(
         id=f"{model}/{provider.name}", model=model, provider=provider,
         upstream_model=_require(spec, "upstream_model", str, where),
-        price_per_image={t: Decimal(str(p)) for t, p in prices.items()},
-        capabilities=caps, typical_latency_s=float(spec.get("typical_latency_s", 10.0)),
+        price_per_image={t: _price(p, f"{where} price.per_image.{t}") for t, p in prices.items()},
+        capabilities=caps, typical_latency_s=_number(spec, "typical_latency_s", 10.0, where),
         options=dict(spec.get("options", {})),
     )
 
@@ -217,8 +221,8 @@ def _capabilities(spec: Mapping[str, Any], tiers: tuple[str, ...], where: str) -
     caps = Capabilities(
         tiers=tuple(t for t in TIERS if t in tiers),
         aspect_ratios=tuple(spec.get("aspect_ratios", ("1:1",))),
-        max_n=int(spec.get("max_n", 1)), edits=bool(spec.get("edits", False)),
-        max_reference_images=int(spec.get("max_reference_images", 0)),
+        max_n=int(_number(spec, "max_n", 1, where)), edits=bool(spec.get("edits", False)),
+        max_reference_images=int(_number(spec, "max_reference_images", 0, where)),
         output_formats=tuple(spec.get("output_formats", ("png",))),
         backgrounds=tuple(spec.get("backgrounds", ("auto",))),
     )
@@ -238,3 +242,16 @@ def _require(spec: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or value == "":
         raise CatalogError(f"{where}: missing or invalid {key!r}")
     return value
+
+
+def _number(spec: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise CatalogError(f"{where}: {key!r} must be a non-negative number")
+    return float(value)
+
+
+def _price(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise CatalogError(f"{where}: a price must be a non-negative number of US dollars")
+    return Decimal(str(value))

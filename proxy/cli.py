@@ -60,15 +60,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _keys_create(config: Config, args: argparse.Namespace) -> int:
-    store = Store(config.database_path)
-    record, key = store.create_key(args.name)
+    with Store(config.database_path) as store:
+        record, key = store.create_key(args.name)
     print(f"created {record.id} ({record.name}); the key is shown once, store it now:")
     print(key)
     return 0
 
 
 def _keys_list(config: Config, args: argparse.Namespace) -> int:
-    for record in Store(config.database_path).list_keys():
+    with Store(config.database_path) as store:
+        records = store.list_keys()
+    for record in records:
         state = "active" if record.active else "revoked"
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created_at))
         print(f"{record.id}\t{state}\t{record.name}\t{record.hint}\t{created}")
@@ -76,7 +78,9 @@ def _keys_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
-    if Store(config.database_path).revoke_key(args.id):
+    with Store(config.database_path) as store:
+        revoked = store.revoke_key(args.id)
+    if revoked:
         print(f"revoked {args.id}")
         return 0
     print(f"switchyard: no active key with id {args.id!r}", file=sys.stderr)
@@ -117,7 +121,12 @@ def _banner(config: Config, catalog: Catalog, lines: list[str]) -> None:
     print(f"Switchyard {__version__}: OpenAI-compatible images API at {base}")
     for line in lines:
         print(f"  {line}")
-    store = Store(config.database_path)
+    with Store(config.database_path) as store:
+        _first_key(config, catalog, store, base)
+    sys.stdout.flush()
+
+
+def _first_key(config: Config, catalog: Catalog, store: Store, base: str) -> None:
     if store.count_keys() == 0:
         record, key = store.create_key("default")
         model = catalog.models[0].name if catalog.models else "MODEL"
@@ -130,5 +139,3 @@ def _banner(config: Config, catalog: Catalog, lines: list[str]) -> None:
               "open('image.png', 'wb').write(base64.b64decode(r.data[0].b64_json))\"\n")
     else:
         print("\nTenant keys: `switchyard keys list`; a new one: `switchyard keys create NAME`.\n")
-    store.close()
-    sys.stdout.flush()

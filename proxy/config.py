@@ -89,8 +89,8 @@ def _coerce(name: str, raw: object) -> object:
     """Turn a TOML or environment value into the field's type, or say which setting is wrong."""
     try:
         if name in ("port", "max_body_bytes", "image_url_ttl_s"):
-            value: object = int(str(raw))
-            if int(str(raw)) <= 0:
+            value = int(str(raw))
+            if value <= 0 or (name == "port" and value > 65535):
                 raise ValueError
             return value
         if name in ("request_timeout_s", "simulation_time_scale"):
@@ -98,8 +98,13 @@ def _coerce(name: str, raw: object) -> object:
             if number < 0:
                 raise ValueError
             return number
-        if name in ("demo", "access_log"):
+        if name == "demo":
             return _boolean(raw)
+        if name == "access_log":
+            flag = _boolean(raw)
+            if flag is None:
+                raise ValueError
+            return flag
         if name in ("data_dir", "routes_dir"):
             return Path(str(raw)).expanduser()
         if name == "admin_key":

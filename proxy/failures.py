@@ -6,6 +6,8 @@ provider's name or message text.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -23,6 +25,9 @@ class Kind(StrEnum):
     TIMEOUT = "timeout"
     UPSTREAM_BROKEN = "upstream_broken"
 
+
+# An upstream's Retry-After beyond this is read as "not soon": one hour.
+MAX_RETRY_AFTER_S = 3600.0
 
 RETRYABLE: frozenset[Kind] = frozenset(
     {Kind.RATE_LIMITED, Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN}
@@ -54,22 +59,25 @@ class UpstreamError(Exception):
 def retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
     """Seconds from a Retry-After (seconds or HTTP date) or retry-after-ms header, if any."""
     if ms := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):
+            return _bounded(float(ms) / 1000)
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):
+        return _bounded(float(value))
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
-    return max(0.0, when - (time.time() if now is None else now))
+    return _bounded(when - (time.time() if now is None else now))
+
+
+def _bounded(seconds: float) -> float | None:
+    """Clamp a hint to [0, MAX_RETRY_AFTER_S]; NaN is no hint at all."""
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def from_status(status: int, headers: httpx.Headers) -> Failure:

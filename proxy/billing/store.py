@@ -51,6 +51,12 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def create_key(self, name: str, tenant: str | None = None) -> tuple[KeyRecord, str]:
         """A new key; the plain key is returned once and never stored."""
         key = new_key()
@@ -67,7 +73,7 @@ class Store:
     def list_keys(self) -> list[KeyRecord]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id").fetchall()
+                f"SELECT {_COLUMNS} FROM api_keys ORDER BY rowid").fetchall()
         return [KeyRecord(*row) for row in rows]
 
     def revoke_key(self, key_id: str) -> bool:

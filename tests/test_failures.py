@@ -1,0 +1,143 @@
+"""proxy.failures: Retry-After parsing, HTTP status classes and transport-error mapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from proxy.failures import (
+    MAX_RETRY_AFTER_S,
+    RETRYABLE,
+    Failure,
+    Kind,
+    UpstreamError,
+    from_status,
+    from_transport,
+    retry_after,
+)
+
+NOW = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def _http_date(seconds_from_now: int) -> str:
+    return format_datetime(NOW + dt.timedelta(seconds=seconds_from_now), usegmt=True)
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, None),
+    ({"retry-after": "120"}, 120.0),
+    ({"Retry-After": "0"}, 0.0),
+    ({"retry-after": "1.5"}, 1.5),
+    ({"retry-after": "-5"}, 0.0),
+    ({"retry-after": ""}, None),
+    ({"retry-after": _http_date(30)}, 30.0),
+    ({"retry-after": "Fri, 01 May 2026 12:01:30 GMT"}, 90.0),
+    ({"retry-after": _http_date(-30)}, 0.0),  # a date in the past: retry now
+    ({"retry-after-ms": "1500"}, 1.5),
+    ({"retry-after-ms": "-100"}, 0.0),
+    ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise header wins
+    ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),  # a garbled one is skipped
+    ({"retry-after-ms": "soon"}, None),
+    ({"retry-after": "soon"}, None),
+    ({"retry-after": "in a minute or two"}, None),
+    ({"retry-after": "Fri, 99 Foo 2026 99:99:99 GMT"}, None),
+])
+def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    got = retry_after(httpx.Headers(headers), now=NOW.timestamp())
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_retry_after_date_uses_the_clock_by_default() -> None:
+    soon = format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=90), usegmt=True)
+    got = retry_after(httpx.Headers({"retry-after": soon}))
+    assert got is not None and 80 <= got <= 91
+
+
+@pytest.mark.parametrize("value", ["inf", "1e12", "Fri, 01 Jan 2999 00:00:00 GMT"])
+def test_retry_after_is_capped(value: str) -> None:
+    assert retry_after(httpx.Headers({"retry-after": value})) == MAX_RETRY_AFTER_S
+
+
+def test_retry_after_nan_is_no_hint() -> None:
+    assert retry_after(httpx.Headers({"retry-after": "nan"})) is None
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (429, Kind.RATE_LIMITED),
+    (401, Kind.AUTH),
+    (403, Kind.AUTH),
+    (408, Kind.TIMEOUT),
+    (504, Kind.TIMEOUT),
+    (502, Kind.OVERLOADED),
+    (503, Kind.OVERLOADED),
+    (529, Kind.OVERLOADED),
+    (400, Kind.BAD_REQUEST),
+    (404, Kind.BAD_REQUEST),
+    (409, Kind.BAD_REQUEST),
+    (422, Kind.BAD_REQUEST),
+    (500, Kind.UPSTREAM_BROKEN),
+    (501, Kind.UPSTREAM_BROKEN),
+])
+def test_from_status(status: int, kind: Kind) -> None:
+    failure = from_status(status, httpx.Headers())
+    assert failure.kind is kind
+    assert failure.status == status
+    assert failure.retryable is (kind in RETRYABLE)
+    assert failure.message
+    assert failure.retry_after_s is None
+
+
+@pytest.mark.parametrize(("status", "after"), [
+    (429, 7.0), (503, 7.0), (504, 7.0), (500, 7.0), (401, None), (400, None),
+])
+def test_from_status_keeps_retry_after_only_where_it_matters(
+        status: int, after: float | None) -> None:
+    assert from_status(status, httpx.Headers({"retry-after": "7"})).retry_after_s == after
+
+
+def test_from_status_500_message_names_the_status() -> None:
+    assert "500" in from_status(500, httpx.Headers()).message
+
+
+@pytest.mark.parametrize(("kind", "retryable"), [
+    (Kind.BAD_REQUEST, False),
+    (Kind.AUTH, False),
+    (Kind.CONTENT_BLOCKED, False),
+    (Kind.RATE_LIMITED, True),
+    (Kind.OVERLOADED, True),
+    (Kind.TIMEOUT, True),
+    (Kind.UPSTREAM_BROKEN, True),
+])
+def test_retryable(kind: Kind, retryable: bool) -> None:
+    assert Failure(kind, "x").retryable is retryable
+
+
+REQUEST = httpx.Request("POST", "https://upstream.example/v1/images")
+
+
+@pytest.mark.parametrize(("exc", "kind", "word"), [
+    (httpx.ConnectError("refused", request=REQUEST), Kind.OVERLOADED, "connect"),
+    (httpx.ConnectTimeout("slow", request=REQUEST), Kind.TIMEOUT, "ConnectTimeout"),
+    (httpx.ReadTimeout("slow", request=REQUEST), Kind.TIMEOUT, "ReadTimeout"),
+    (httpx.PoolTimeout("busy", request=REQUEST), Kind.TIMEOUT, "PoolTimeout"),
+    (httpx.RemoteProtocolError("bad frame", request=REQUEST), Kind.UPSTREAM_BROKEN,
+     "RemoteProtocolError"),
+    (httpx.ReadError("reset", request=REQUEST), Kind.UPSTREAM_BROKEN, "ReadError"),
+])
+def test_from_transport(exc: httpx.TransportError, kind: Kind, word: str) -> None:
+    failure = from_transport(exc)
+    assert failure.kind is kind
+    assert word in failure.message
+    assert failure.retryable is True
+    assert failure.status is None
+    assert "upstream.example" not in failure.message  # messages never carry URLs
+
+
+def test_upstream_error_carries_the_failure() -> None:
+    failure = Failure(Kind.RATE_LIMITED, "upstream rate limit", 3.0, 429)
+    error = UpstreamError(failure)
+    assert error.failure is failure
+    assert str(error) == "rate_limited: upstream rate limit"
