@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -55,12 +56,16 @@ def describe(catalog: Catalog) -> list[str]:
     return lines
 
 
-def build_app(config: Config, catalog: Catalog | None = None) -> Starlette:
+def build_app(config: Config, catalog: Catalog | None = None,
+              transports: Mapping[str, httpx.AsyncBaseTransport] | None = None) -> Starlette:
+    """The ASGI app. `catalog` defaults to loading routes/; `transports` (provider name ->
+    httpx transport) lets tests put fake upstreams where the network would be."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         live = catalog or load_catalog(config)
         store = Store(config.database_path)
-        clients = flows.build_clients(live.providers, ADAPTERS, config.simulation_time_scale)
+        clients = flows.build_clients(live.providers, ADAPTERS, config.simulation_time_scale,
+                                      transports)
         media = MediaStore(config.data_dir / "images",
                            load_or_create_secret(config.data_dir / "url-signing.key"),
                            config.image_url_ttl_s)

@@ -7,11 +7,12 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -20,6 +21,7 @@ import uvicorn
 
 from proxy.app import build_app
 from proxy.billing.store import Store
+from proxy.catalog import Catalog
 from proxy.config import Config, load
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -65,11 +67,16 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def serve(config: Config) -> Iterator[Running]:
-    """Run build_app(config) under uvicorn in a thread, on a real socket, until the block ends."""
+def serve(config: Config, catalog: Catalog | None = None,
+          transports: Mapping[str, httpx.AsyncBaseTransport] | None = None) -> Iterator[Running]:
+    """Run build_app under uvicorn in a thread, on a real socket, until the block ends.
+
+    `transports` maps provider names to fake upstreams (httpx transports) for adapter tests.
+    """
     sock = free_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(config), log_level="warning",
+    app = build_app(config, catalog, transports)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
                                            access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -26,12 +26,19 @@ TRANSIENT_RETRY_S = 1.0
 
 
 def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapter],
-                  time_scale: float) -> dict[str, httpx.AsyncClient]:
-    """One pooled client per upstream, built once in the app's lifespan."""
+                  time_scale: float,
+                  transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+                  ) -> dict[str, httpx.AsyncClient]:
+    """One pooled client per upstream, built once in the app's lifespan.
+
+    `transports` replaces the network for named providers: tests plug fake upstreams in here.
+    """
     clients = {}
     for provider in providers:
         adapter = adapters[provider.protocol]
-        transport = adapter.transport(provider, time_scale) if adapter.transport else None
+        transport = (transports or {}).get(provider.name)
+        if transport is None and adapter.transport:
+            transport = adapter.transport(provider, time_scale)
         clients[provider.name] = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(provider.timeout_s, connect=10.0),
