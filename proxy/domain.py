@@ -114,3 +114,5 @@ class Served:
     upstream_model: str
     cost_usd: Decimal
     attempts: tuple[Attempt, ...]
+    # The upstream's own format, when Switchyard converted to the asked output_format.
+    converted_from: str | None = None

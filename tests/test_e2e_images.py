@@ -174,3 +174,23 @@ def test_size_beyond_every_route_maps_to_the_nearest_tier_and_says_so(
     assert raw.headers["x-switchyard-resolution"] == "2K"
     assert raw.headers["x-switchyard-size-adjusted"] == "requested=4096x4096; delivered=2048x2048"
     assert decode(raw.parse().data[0].b64_json or "").size == (2048, 2048)
+
+
+def test_format_the_route_cannot_produce_is_converted(client: openai.OpenAI,
+                                                       validate: Callable[[str, Any], None]
+                                                       ) -> None:
+    # test-failover's sim-cheap route declares PNG only; WebP is asked.
+    raw = client.images.with_raw_response.generate(model="test-failover", prompt="x",
+                                                   output_format="webp")
+    validate("ImagesResponse", raw.http_response.json())
+    assert raw.headers["x-switchyard-converted"] == "image/png -> image/webp"
+    assert raw.parse().output_format == "webp"
+    image = decode(raw.parse().data[0].b64_json or "")
+    assert (image.format, image.size) == ("WEBP", (1024, 1024))
+
+
+def test_native_format_is_not_converted(client: openai.OpenAI) -> None:
+    raw = client.images.with_raw_response.generate(model="test-image", prompt="x",
+                                                   output_format="jpeg")
+    assert "x-switchyard-converted" not in raw.headers
+    assert decode(raw.parse().data[0].b64_json or "").format == "JPEG"

@@ -131,6 +131,9 @@ def _headers(asked: ImageRequest, served: Served) -> dict[str, str]:
         "x-switchyard-aspect-ratio": asked.geometry.aspect_ratio,
         **_attempt_headers(served.attempts),
     }
+    if served.converted_from:
+        headers["x-switchyard-converted"] = \
+            f"{served.converted_from} -> {served.result.images[0].mime}"
     delivered = served.result.size
     if delivered:
         headers["x-switchyard-size"] = delivered

@@ -87,9 +87,12 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> h
 
 def build(request: ImageRequest, route: Route) -> UpstreamCall:
     width, height = geometry.pixels(request.geometry.aspect_ratio, request.geometry.tier)
+    # Like a real host, a simulated route only produces the formats it declares.
+    native = route.capabilities.output_formats
+    fmt = request.output_format if request.output_format in native else native[0]
     return UpstreamCall("POST", f"{route.provider.base_url}/v1/generate", json={
         "model": route.upstream_model, "prompt": request.prompt, "n": request.n,
-        "width": width, "height": height, "format": request.output_format,
+        "width": width, "height": height, "format": fmt,
         "seed": request.seed, "references": len(request.images),
     })
 

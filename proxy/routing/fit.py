@@ -23,7 +23,6 @@ CHECKS: tuple[tuple[Check, Callable[[ImageRequest], str]], ...] = (
     (lambda r, q: q.geometry.tier in r.capabilities.tiers, lambda q: _param(q, "resolution")),
     (lambda r, q: q.geometry.aspect_ratio in r.capabilities.aspect_ratios,
      lambda q: _param(q, "aspect_ratio")),
-    (lambda r, q: q.output_format in r.capabilities.output_formats, lambda q: "output_format"),
     (lambda r, q: q.background in r.capabilities.backgrounds, lambda q: "background"),
     (lambda r, q: q.kind != "edit" or r.capabilities.edits, lambda q: "image"),
     (lambda r, q: len(q.images) <= r.capabilities.max_reference_images, _reference_param),

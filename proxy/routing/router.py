@@ -13,6 +13,7 @@ import httpx
 
 from proxy import metrics
 from proxy.catalog import Model, Route
+from proxy.convert import conform
 from proxy.domain import Attempt, ImageRequest, Served
 from proxy.failures import Failure, UpstreamError
 from proxy.providers import flows
@@ -76,9 +77,11 @@ class Router:
                 last = exc.failure
                 continue
             attempts.append(self._record(route, None, started))
+            native = result.images[0].mime
+            result, converted = await conform(result, request)
             cost = route.price_per_image[request.geometry.tier] * len(result.images)
             return Served(result, route.id, route.provider.name, route.upstream_model, cost,
-                          tuple(attempts))
+                          tuple(attempts), native if converted else None)
         raise RoutesFailed(last, tuple(attempts))
 
     def _record(self, route: Route, failure: Failure | None, started: float) -> Attempt:

@@ -1,0 +1,65 @@
+"""Make a delivered result match what was asked: the output format, and a known size.
+
+Hosts that cannot choose the format (the Gemini API returns PNG) are converted here, once, off
+the event loop; base64 is decoded only when a conversion is actually needed. Pillow is imported
+lazily: requests that need no conversion never touch it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from dataclasses import replace
+
+from proxy import imaging
+from proxy.domain import Image, ImageRequest, ImageResult
+
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+# Enough base64 to hold any PNG/WebP header and a JPEG's SOF behind modest EXIF data.
+_HEADER_B64_CHARS = 96 * 1024
+
+
+async def conform(result: ImageResult, request: ImageRequest) -> tuple[ImageResult, bool]:
+    """The result in the asked format with its size known; True if anything was converted."""
+    wanted = MIME[request.output_format]
+    converted = False
+    if any(image.mime != wanted for image in result.images):
+        images = await asyncio.to_thread(_convert_all, result.images, request)
+        result = replace(result, images=images)
+        converted = True
+    if result.size is None:
+        result = replace(result, size=size_of(result.images[0]))
+    return result, converted
+
+
+def size_of(image: Image) -> str | None:
+    """'WxH' read from the image header, decoding only a prefix of the base64."""
+    prefix = image.b64[:_HEADER_B64_CHARS]
+    prefix = prefix[: len(prefix) - len(prefix) % 4]
+    try:
+        found = imaging.dimensions(base64.b64decode(prefix))
+    except ValueError:
+        return None
+    return f"{found[0]}x{found[1]}" if found else None
+
+
+def _convert_all(images: tuple[Image, ...], request: ImageRequest) -> tuple[Image, ...]:
+    wanted = MIME[request.output_format]
+    return tuple(image if image.mime == wanted else _convert(image, request) for image in images)
+
+
+def _convert(image: Image, request: ImageRequest) -> Image:
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(base64.b64decode(image.b64))) as source:
+        source.load()
+        fmt = request.output_format
+        picture = source.convert("RGB") if fmt == "jpeg" and source.mode != "RGB" else source
+        out = io.BytesIO()
+        options: dict[str, int] = {}
+        if fmt in ("jpeg", "webp"):
+            options["quality"] = request.output_compression or 90
+        picture.save(out, _PIL_FORMAT[fmt], **options)
+    return replace(image, mime=MIME[fmt], b64=base64.b64encode(out.getvalue()).decode("ascii"))
