@@ -40,6 +40,11 @@ class Provider:
     allowed_hosts: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def live(self) -> bool:
+        """Configured: its key is set, or it needs none (the simulated demo)."""
+        return self.key is not None or not self.key_env
+
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
@@ -106,15 +111,27 @@ def load(routes_dir: Path, env: Mapping[str, str], demo: bool | None,
     demo=None means "auto": the simulated demo runs only while no real provider is configured,
     so simulated routes never mix silently with real ones.
     """
-    real = _load_tree(routes_dir, env, protocols) if (routes_dir / "providers.toml").exists() \
-        else ([], [])
-    use_demo = demo if demo is not None else not real[0]
-    providers, models = list(real[0]), list(real[1])
-    if use_demo:
-        demo_providers, demo_models = _load_tree(routes_dir / "demo", env, protocols)
-        providers += demo_providers
-        models += demo_models
-    return _index(models, providers, use_demo)
+    real = _live(_load_tree(routes_dir, env, protocols))
+    use_demo = demo if demo is not None else not real
+    demo_models = _load_tree(routes_dir / "demo", env, protocols, required=True) if use_demo \
+        else []
+    models = real + _live(demo_models)
+    providers = {r.provider.name: r.provider for m in models for r in m.routes}
+    return _index(models, list(providers.values()), use_demo)
+
+
+def inventory(routes_dir: Path, env: Mapping[str, str],
+              protocols: Collection[str]) -> list[Model]:
+    """Every model with every route, live or not: what `switchyard routes list` shows."""
+    return (_load_tree(routes_dir, env, protocols)
+            + _load_tree(routes_dir / "demo", env, protocols))
+
+
+def _live(models: list[Model]) -> list[Model]:
+    """Models reduced to the routes whose provider is configured; models left empty go."""
+    kept = [dataclasses.replace(m, routes=tuple(r for r in m.routes if r.provider.live))
+            for m in models]
+    return [m for m in kept if m.routes]
 
 
 def _index(models: list[Model], providers: list[Provider], demo: bool) -> Catalog:
@@ -127,19 +144,17 @@ def _index(models: list[Model], providers: list[Provider], demo: bool) -> Catalo
     return Catalog(tuple(models), tuple(providers), demo, index)
 
 
-def _load_tree(root: Path, env: Mapping[str, str],
-               protocols: Collection[str]) -> tuple[list[Provider], list[Model]]:
+def _load_tree(root: Path, env: Mapping[str, str], protocols: Collection[str],
+               required: bool = False) -> list[Model]:
+    """All models of one tree (routes/ or routes/demo/); none if an optional tree is absent."""
     path = root / "providers.toml"
+    if not path.exists() and not required:
+        return []
     table = _read(path)
-    every = {name: _provider(name, spec, env, protocols, path) for name, spec in table.items()}
-    live = {name: p for name, p in every.items() if p.key is not None or not p.key_env}
-    models = []
-    for model_path in sorted((root / "models").glob("*.toml"), key=lambda p: p.stem):
-        model = _model(_read(model_path), every, live, model_path)
-        if model.routes:
-            models.append(model)
-    used = {r.provider.name for m in models for r in m.routes}
-    return [p for name, p in live.items() if name in used], models
+    providers = {name: _provider(name, spec, env, protocols, path)
+                 for name, spec in table.items()}
+    return [_model(_read(model_path), providers, model_path)
+            for model_path in sorted((root / "models").glob("*.toml"), key=lambda p: p.stem)]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -170,8 +185,7 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
     )
 
 
-def _model(spec: dict[str, Any], every: Mapping[str, Provider], live: Mapping[str, Provider],
-           path: Path) -> Model:
+def _model(spec: dict[str, Any], providers: Mapping[str, Provider], path: Path) -> Model:
     name = _require(spec, "name", str, str(path))
     strategy = spec.get("default_strategy", "cheapest")
     if strategy not in STRATEGIES:
@@ -181,12 +195,10 @@ def _model(spec: dict[str, Any], every: Mapping[str, Provider], live: Mapping[st
     for i, route in enumerate(spec.get("routes", [])):
         where = f"{path} routes[{i}]"
         provider = _require(route, "provider", str, where)
-        if provider not in every:
+        if provider not in providers:
             raise CatalogError(f"{where}: provider {provider!r} is not in providers.toml")
         # Every route is checked, live or not, so a mistake shows before its key is set.
-        checked = _route(name, route, every[provider], base_caps, where)
-        if provider in live:
-            routes.append(dataclasses.replace(checked, provider=live[provider]))
+        routes.append(_route(name, route, providers[provider], base_caps, where))
     created = spec.get("created", dt.date(2026, 1, 1))
     return Model(
         name=name, aliases=tuple(spec.get("aliases", ())),

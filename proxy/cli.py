@@ -12,7 +12,7 @@ from pathlib import Path
 
 from proxy import __version__
 from proxy.billing.store import Store
-from proxy.catalog import Catalog, CatalogError
+from proxy.catalog import Catalog, CatalogError, Provider
 from proxy.config import Config, ConfigError, load
 
 
@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key by its id")
     revoke.add_argument("id")
     revoke.set_defaults(run=_keys_revoke)
+
+    routes = commands.add_parser("routes", help="inspect the provider catalog").add_subparsers(
+        dest="action", required=True)
+    routes.add_parser("list", parents=[common], help="every route: model, provider, protocol, "
+                      "prices by tier, and whether it is live or why not"
+                      ).set_defaults(run=_routes_list)
     return parser
 
 
@@ -85,6 +91,40 @@ def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
         return 0
     print(f"switchyard: no active key with id {args.id!r}", file=sys.stderr)
     return 1
+
+
+def _routes_list(config: Config, args: argparse.Namespace) -> int:
+    import os
+
+    from proxy.app import load_catalog
+    from proxy.catalog import inventory
+    from proxy.domain import TIERS
+    from proxy.providers import ADAPTERS
+
+    demo_on = load_catalog(config).demo
+    header = ["MODEL", "PROVIDER", "PROTOCOL", "UPSTREAM MODEL", *TIERS, "STATUS"]
+    rows = [header]
+    for model in inventory(config.routes_dir, os.environ, ADAPTERS):
+        for route in model.routes:
+            prices = [f"{route.price_per_image[t]:.4f}" if t in route.price_per_image else "-"
+                      for t in TIERS]
+            rows.append([model.name, route.provider.name, route.provider.protocol,
+                         route.upstream_model, *prices, _status(route.provider, demo_on)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+    return 0
+
+
+def _status(provider: Provider, demo_on: bool) -> str:
+    if provider.key_env:
+        return f"live ({provider.key_env} is set)" if provider.live else \
+            f"off: {provider.key_env} is not set"
+    if provider.protocol == "simulated":
+        return "live (simulated demo)" if demo_on else \
+            "off: demo is off while a real provider is configured (SWITCHYARD_DEMO=1 keeps it)"
+    return "live"
 
 
 def is_loopback(host: str) -> bool:

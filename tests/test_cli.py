@@ -204,3 +204,39 @@ def test_banner_creates_one_key_on_first_start_only(
     assert "export OPENAI_BASE_URL=" not in again
     assert KEY_LINE.search(again) is None
     assert "switchyard keys list" in again
+
+
+def _real_tree(root: Path) -> Path:
+    """routes/ with one keyed provider (simulated protocol, standing in for a real host) and the
+    shipped demo beside it."""
+    (root / "models").mkdir(parents=True)
+    (root / "providers.toml").write_text(
+        '[acme]\nprotocol = "simulated"\nbase_url = "http://acme.test"\nkey_env = "ACME_KEY"\n')
+    (root / "models" / "acme-image.toml").write_text(
+        'name = "acme-image"\n[[routes]]\nprovider = "acme"\nupstream_model = "a1"\n'
+        'price.per_image = { "1K" = 0.04, "4K" = 0.2 }\n')
+    (root / "demo").symlink_to(default_routes_dir() / "demo")
+    return root
+
+
+def test_routes_list_says_why_a_route_is_off(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    routes = _real_tree(tmp_path / "routes")
+    monkeypatch.setenv("SWITCHYARD_ROUTES_DIR", str(routes))
+    code, out, _ = _run(capsys, tmp_path / "data", "routes", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["MODEL", "PROVIDER", "PROTOCOL", "UPSTREAM"]
+    acme = next(line for line in lines if line.startswith("acme-image"))
+    assert acme.split()[:8] == ["acme-image", "acme", "simulated", "a1", "-", "0.0400", "-",
+                                "0.2000"]
+    assert acme.endswith("off: ACME_KEY is not set")
+    assert any("sim-thrifty" in line and line.endswith("live (simulated demo)") for line in lines)
+
+    monkeypatch.setenv("ACME_KEY", "secret-value")
+    code, out, _ = _run(capsys, tmp_path / "data", "routes", "list")
+    acme = next(line for line in out.splitlines() if line.startswith("acme-image"))
+    assert acme.endswith("live (ACME_KEY is set)")
+    assert "secret-value" not in out
+    thrifty = next(line for line in out.splitlines() if "sim-thrifty" in line)
+    assert "off: demo is off" in thrifty
