@@ -16,7 +16,7 @@ from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.openai_schema import Body, model_name, parse
 from proxy.catalog import Model
-from proxy.domain import ImageRequest, InputImage, Served
+from proxy.domain import Attempt, ImageRequest, InputImage, Served
 from proxy.media import EXTENSIONS, MIME_TYPES
 from proxy.routing.router import NoRoute, RoutesFailed
 from proxy.services import Services, services
@@ -143,7 +143,7 @@ def _headers(asked: ImageRequest, served: Served) -> dict[str, str]:
     return headers
 
 
-def _attempt_headers(attempts: tuple[Any, ...]) -> dict[str, str]:
+def _attempt_headers(attempts: tuple[Attempt, ...]) -> dict[str, str]:
     log = ", ".join(f"{a.provider}={a.failure or 'ok'}" for a in attempts)
     return {"x-switchyard-attempts": str(len(attempts)), "x-switchyard-attempt-log": log}
 

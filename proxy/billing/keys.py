@@ -75,6 +75,7 @@ class KeyFinder:
         return record if record.active else None
 
     def forget(self, key_hash: str) -> None:
+        """Drop a cached key now: a revocation inside this process takes effect at once."""
         self._cache.pop(key_hash, None)
 
 
