@@ -18,9 +18,11 @@ import httpx
 import orjson
 
 from proxy.catalog import Provider, Route
+from proxy.config import Secret
 from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
 from proxy.providers.base import Adapter, Flow, Sleep, UpstreamCall, UpstreamReply
+from proxy.providers.credentials import Credentials
 
 TRANSIENT_RETRY_S = 1.0
 
@@ -83,9 +85,22 @@ async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) 
 
 
 async def generate(adapter: Adapter, route: Route, request: ImageRequest,
-                   client: httpx.AsyncClient, deadline: float) -> ImageResult:
+                   client: httpx.AsyncClient, deadline: float,
+                   credentials: Credentials | None = None) -> ImageResult:
     """One attempt at one route. n beyond what one call returns runs as parallel flows; what
-    they deliver is merged (fewer images than asked is still a success, billed as delivered)."""
+    they deliver is merged (fewer images than asked is still a success, billed as delivered).
+
+    A provider with a token command gets a fresh-enough token as its key for this attempt; a
+    token the upstream refuses is dropped so the next attempt runs the command again."""
+    command = credentials.command(route.provider.name) if credentials else None
+    if command is not None:
+        keyed = replace(route, provider=replace(route.provider, key=Secret(await command.token())))
+        try:
+            return await generate(adapter, keyed, request, client, deadline)
+        except UpstreamError as exc:
+            if exc.failure.kind is Kind.AUTH:
+                command.invalidate()
+            raise
     per_call = max(1, adapter.images_per_call)
     if request.n <= per_call:
         return await drive(adapter.flow(request, route), route, client, deadline)

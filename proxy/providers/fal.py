@@ -1,0 +1,292 @@
+"""The `fal` protocol: fal's queue API: submit, poll the status URL, fetch the result.
+
+The status, result and cancel URLs come back in the submit reply and are followed as given
+(sub-path endpoints such as `/edit` are not part of them). A request that failed still ends
+COMPLETED: its error only shows when the result is fetched. Result images sit on fal's CDN and
+are downloaded here. Field names, pacing and content-block markers are route data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import orjson
+
+from proxy import geometry
+from proxy.catalog import Route
+from proxy.domain import Image, ImageRequest, ImageResult
+from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
+from proxy.providers.base import Adapter, Flow, Sleep, Step, UpstreamCall, UpstreamReply, check
+
+# Shared result handling; they belong in a common module once a third protocol needs them.
+from proxy.providers.replicate import (
+    classify_download,
+    data_uri,
+    from_data_uri,
+    from_download,
+    own_host,
+    safe_text,
+)
+
+FIELDS = {"prompt": "prompt", "n": "num_images", "images": "image_urls",
+          "aspect_ratio": "aspect_ratio", "resolution": "resolution",
+          "output_format": "output_format", "seed": "seed"}
+OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
+BLOCK_TYPES = ("content_policy_violation",)
+BLOCK_MARKERS = ("nsfw", "content policy", "safety", "flagged")
+# fal's infrastructure error types (`error_type`, X-Fal-Error-Type) that mean "slow", not "down".
+TIMEOUT_TYPES = ("request_timeout", "startup_timeout")
+PENDING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
+
+Poll = Generator[Step, UpstreamReply | None, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to talk to one route: read from the provider's options, then the route's."""
+
+    poll_interval_s: float = 1.0
+    poll_interval_max_s: float = 5.0
+    poll_backoff: float = 1.5
+    max_wait_s: float = 300.0
+    edit_suffix: str = "/edit"  # requests with reference images go to {model}{edit_suffix}
+    edit_aspect_ratio: str = "auto"  # an edit with no size asked keeps the input's shape
+    fields: Mapping[str, str] = field(default_factory=lambda: FIELDS)
+    output_formats: Mapping[str, str] = field(default_factory=lambda: OUTPUT_FORMATS)
+    resolutions: Mapping[str, str] = field(default_factory=dict)
+    extra_input: Mapping[str, Any] = field(default_factory=dict)
+    inline_images: bool = True  # uploaded bytes go as data URIs (fal's CDN docs accept them)
+    result_expiry_s: int | None = None  # ask fal's CDN to drop results after this long
+    block_types: tuple[str, ...] = BLOCK_TYPES
+    block_markers: tuple[str, ...] = BLOCK_MARKERS
+
+    @classmethod
+    def of(cls, route: Route) -> Options:
+        given = {**route.provider.options, **route.options}
+        expiry = given.get("result_expiry_s")
+        return cls(
+            poll_interval_s=float(given.get("poll_interval_s", 1.0)),
+            poll_interval_max_s=float(given.get("poll_interval_max_s", 5.0)),
+            poll_backoff=float(given.get("poll_backoff", 1.5)),
+            max_wait_s=float(given.get("max_wait_s", 300.0)),
+            edit_suffix=str(given.get("edit_suffix", "/edit")),
+            edit_aspect_ratio=str(given.get("edit_aspect_ratio", "auto")),
+            fields={**FIELDS, **given.get("fields", {})},
+            output_formats={**OUTPUT_FORMATS, **given.get("output_formats", {})},
+            resolutions=dict(given.get("resolutions", {})),
+            extra_input=dict(given.get("extra_input", {})),
+            inline_images=bool(given.get("inline_images", True)),
+            result_expiry_s=None if expiry is None else int(expiry),
+            block_types=tuple(given.get("content_block_types", BLOCK_TYPES)),
+            block_markers=tuple(given.get("content_block_markers", BLOCK_MARKERS)),
+        )
+
+
+def api_key(route: Route) -> str:
+    if route.provider.key is None:
+        raise UpstreamError(Failure(Kind.AUTH, f"no API key set for {route.provider.name}"))
+    return route.provider.key.reveal()
+
+
+def arguments(request: ImageRequest, options: Options) -> dict[str, Any]:
+    """The model's input: the request in the endpoint's own vocabulary."""
+    if request.mask is not None:
+        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this model cannot apply a 'mask'; "
+                                                      "describe the edit in the prompt instead"))
+    values: dict[str, Any] = {
+        "prompt": request.prompt, "n": request.n, "seed": request.seed,
+        "aspect_ratio": request.geometry.aspect_ratio,
+        "resolution": options.resolutions.get(request.geometry.tier, request.geometry.tier),
+        "output_format": options.output_formats.get(request.output_format),
+    }
+    if request.kind == "edit" and request.geometry.source == "default":
+        values["aspect_ratio"] = options.edit_aspect_ratio
+    if request.images:
+        values["images"] = [_reference(image.url, image.mime, image.data, options)
+                            for image in request.images]
+    built = dict(options.extra_input)
+    built.update({options.fields[k]: v for k, v in values.items()
+                  if options.fields.get(k) and v is not None})
+    return built
+
+
+def _reference(url: str | None, mime: str, data: bytes | None, options: Options) -> str:
+    if url:
+        return url
+    if not options.inline_images:
+        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this route takes reference images as "
+                                                      "https URLs only ('image_urls')"))
+    return data_uri(mime, data or b"")
+
+
+def build(request: ImageRequest, route: Route, key: str, options: Options) -> UpstreamCall:
+    """The queue submit: the model's endpoint, or its edit endpoint when images are given."""
+    path = route.upstream_model + (options.edit_suffix if request.images else "")
+    headers = {"Authorization": f"Key {key}"}
+    if options.result_expiry_s is not None:
+        headers["X-Fal-Object-Lifecycle-Preference"] = orjson.dumps(
+            {"expiration_duration_seconds": options.result_expiry_s}).decode()
+    return UpstreamCall("POST", f"{route.provider.base_url}/{path}", headers=headers,
+                        json=arguments(request, options))
+
+
+def classify(reply: UpstreamReply, options: Options) -> Failure | None:
+    """An HTTP error as a failure; None for 2xx. Model errors carry `detail` as a list of
+    {loc, msg, type}; infrastructure errors as a string with `error_type`."""
+    if 200 <= reply.status < 300:
+        return None
+    status = reply.status
+    body = _json_or_none(reply)
+    text = _detail_text(body) or safe_text(reply.body.decode("utf-8", "replace")) or "no detail"
+    if _blocked(body, options):
+        return Failure(Kind.CONTENT_BLOCKED, f"fal refused the content: {text}", None, status)
+    if status == 429:
+        return Failure(Kind.RATE_LIMITED, "fal rate limit reached", retry_after(reply.headers),
+                       status)
+    if status in (401, 403):
+        return Failure(Kind.AUTH, f"fal refused the API key: {text}", None, status)
+    if status == 404:
+        return Failure(Kind.UPSTREAM_BROKEN, f"fal has no such endpoint or request: {text}",
+                       None, status)
+    if status in (400, 413, 422):
+        return Failure(Kind.BAD_REQUEST, f"fal rejected the input: {text}", None, status)
+    error_type = reply.headers.get("x-fal-error-type") or (
+        body.get("error_type") if isinstance(body, dict) else None)
+    generic = from_status(status, reply.headers)
+    kind = Kind.TIMEOUT if error_type in TIMEOUT_TYPES else generic.kind
+    return Failure(kind, f"fal error (HTTP {status}): {text}", generic.retry_after_s, status)
+
+
+def _json_or_none(reply: UpstreamReply) -> Any:
+    try:
+        return reply.json()
+    except ValueError:
+        return None
+
+
+def _detail_text(body: Any) -> str:
+    """`detail` as one line: 'body.prompt: field required' for each model error."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        parts = [f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', '')}"
+                 if isinstance(item, dict) else str(item) for item in detail]
+        return safe_text("; ".join(parts))
+    return safe_text(detail) if detail else ""
+
+
+def _blocked(body: Any, options: Options) -> bool:
+    """A content refusal: a blocking error `type`, or a marker in a message (not in `loc`,
+    so a validation error on a field such as safety_tolerance is not taken for one)."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    items = [i for i in detail if isinstance(i, dict)] if isinstance(detail, list) else []
+    if {i.get("type") for i in items} & set(options.block_types):
+        return True
+    messages = [str(i.get("msg", "")) for i in items] if items else [str(detail or "")]
+    return any(m.lower() in text.lower() for m in options.block_markers for text in messages)
+
+
+def _auth(url: str, route: Route, key: str) -> dict[str, str]:
+    return {"Authorization": f"Key {key}"} if own_host(url, route) else {}
+
+
+def _queue_url(submitted: Mapping[str, Any], name: str, route: Route) -> str:
+    """A URL from the submit reply; rebuilt from the app id only if fal left it out."""
+    if submitted.get(name):
+        return str(submitted[name])
+    app = "/".join(route.upstream_model.split("/")[:2])
+    base = f"{route.provider.base_url}/{app}/requests/{submitted['request_id']}"
+    return {"status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}.get(name, base)
+
+
+def wait_done(submitted: Mapping[str, Any], route: Route, key: str, options: Options) -> Poll:
+    """Poll the status URL until COMPLETED. Past the route's max wait, or when the driver
+    throws a timeout in, cancel the request (it is only guaranteed while queued)."""
+    started = time.monotonic()
+    interval = options.poll_interval_s
+    status: dict[str, Any] = {"status": "IN_QUEUE"}
+    try:
+        while status.get("status") in PENDING:
+            if time.monotonic() - started + interval > options.max_wait_s:
+                raise UpstreamError(Failure(Kind.TIMEOUT, f"fal request unfinished after "
+                                                          f"{options.max_wait_s:g} s"))
+            yield Sleep(interval)
+            interval = min(interval * options.poll_backoff, options.poll_interval_max_s)
+            url = _queue_url(submitted, "status_url", route)
+            reply = check((yield UpstreamCall("GET", url, _auth(url, route, key), kind="poll")),
+                          partial(classify, options=options))
+            status = reply.json()
+    except UpstreamError as exc:
+        if exc.failure.kind is Kind.TIMEOUT and status.get("status") in PENDING:
+            url = _queue_url(submitted, "cancel_url", route)
+            yield UpstreamCall("PUT", url, _auth(url, route, key), kind="cancel")
+        raise
+    return status
+
+
+def status_failure(status: Mapping[str, Any], options: Options) -> Failure | None:
+    """A finished status that already names an error (FAILED, or COMPLETED with `error`)."""
+    error = status.get("error")
+    if status.get("status") == "COMPLETED" and not error:
+        return None
+    text = safe_text(error or f"request ended {status.get('status')}")
+    if any(marker.lower() in text.lower() for marker in options.block_markers):
+        return Failure(Kind.CONTENT_BLOCKED, f"fal refused the content: {text}")
+    kind = Kind.TIMEOUT if status.get("error_type") in TIMEOUT_TYPES else Kind.UPSTREAM_BROKEN
+    return Failure(kind, f"fal request failed: {text}")
+
+
+def result_images(output: Mapping[str, Any], options: Options) -> list[dict[str, Any]]:
+    """The output's images, without those fal's safety checker flagged (they are blanks)."""
+    images = [i for i in output.get("images") or [] if isinstance(i, dict) and i.get("url")]
+    flags = output.get("has_nsfw_concepts") or []
+    kept = [image for i, image in enumerate(images) if not (i < len(flags) and flags[i])]
+    if not kept:
+        note = safe_text(output.get("description") or "")
+        if any(flags) or any(m.lower() in note.lower() for m in options.block_markers):
+            raise UpstreamError(Failure(Kind.CONTENT_BLOCKED, f"fal refused the content: "
+                                                              f"{note or 'flagged as unsafe'}"))
+        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "fal returned no image"))
+    return kept
+
+
+def collect(output: Mapping[str, Any], request_id: str, request: ImageRequest,
+            options: Options) -> Flow:
+    """The result's images: data URIs as given, CDN URLs downloaded now (no key sent there)."""
+    found = result_images(output, options)[: request.n]
+    images: list[Image] = []
+    for item in found:
+        url = str(item["url"])
+        if url.startswith("data:"):
+            images.append(from_data_uri(url))
+            continue
+        reply = check((yield UpstreamCall("GET", url, kind="fetch")), classify_download)
+        images.append(from_download(reply))
+    first = found[0]
+    size = geometry.size_text(int(first["width"]), int(first["height"])) \
+        if first.get("width") and first.get("height") else None
+    return ImageResult(images=tuple(images), size=size, upstream_id=request_id)
+
+
+def flow(request: ImageRequest, route: Route) -> Flow:
+    """Submit to the queue, poll to COMPLETED, fetch the result, then its images."""
+    key = api_key(route)
+    options = Options.of(route)
+    classified = partial(classify, options=options)
+    submitted = check((yield build(request, route, key, options)), classified).json()
+    if not isinstance(submitted, dict) or not submitted.get("request_id"):
+        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "fal returned no request id"))
+    status = yield from wait_done(submitted, route, key, options)
+    if (failure := status_failure(status, options)) is not None:
+        raise UpstreamError(failure)
+    url = _queue_url(submitted, "response_url", route)
+    result = yield UpstreamCall("GET", url, _auth(url, route, key), kind="fetch")
+    output = check(result, classified).json()
+    return (yield from collect(output, str(submitted["request_id"]), request, options))
+
+
+# fal's Nano Banana endpoints return 1-4 images per request (`num_images`).
+ADAPTER = Adapter("fal", flow, images_per_call=4)
