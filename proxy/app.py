@@ -28,6 +28,7 @@ from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.media import MediaStore, load_or_create_secret
 from proxy.providers import ADAPTERS, flows
+from proxy.providers.credentials import Credentials
 from proxy.routing.router import Router
 from proxy.services import Services
 
@@ -71,7 +72,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
                            config.image_url_ttl_s)
         app.state.services = Services(
             config=config, catalog=live,
-            router=Router(ADAPTERS, clients, config.request_timeout_s),
+            router=Router(ADAPTERS, clients, config.request_timeout_s,
+                          credentials=Credentials.for_providers(live.providers)),
             store=store, keys=KeyFinder(store), media=media,
         )
         for line in describe(live):

@@ -39,11 +39,24 @@ class Provider:
     max_in_flight: int = 16
     allowed_hosts: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Options without which it cannot be called (Vertex's project); unset keeps it off.
+    required_options: tuple[str, ...] = ()
+    # Option name -> the environment variable it may be set from (for messages).
+    options_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def credentialed(self) -> bool:
+        """Its key is set, a command prints its token, or it needs none (the demo)."""
+        return self.key is not None or bool(self.options.get("token_command")) \
+            or not self.key_env
+
+    def missing_options(self) -> tuple[str, ...]:
+        return tuple(name for name in self.required_options if not self.options.get(name))
 
     @property
     def live(self) -> bool:
-        """Configured: its key is set, or it needs none (the simulated demo)."""
-        return self.key is not None or not self.key_env
+        """Configured: credentialed, and every required option is set."""
+        return self.credentialed and not self.missing_options()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +190,18 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
                            f"(known: {', '.join(sorted(protocols))})")
     key_env = spec.get("key_env") or None
     key = Secret(env[key_env]) if key_env and env.get(key_env) else None
+    options_env = spec.get("options_env", {})
+    if not isinstance(options_env, dict) or not all(isinstance(v, str)
+                                                     for v in options_env.values()):
+        raise CatalogError(f"{where}: options_env maps option names to environment variables")
+    options = {**dict(spec.get("options", {})),
+               **{name: env[var] for name, var in options_env.items() if env.get(var)}}
     return Provider(
         name=name, protocol=protocol, base_url=_require(spec, "base_url", str, where).rstrip("/"),
         key=key, key_env=key_env, timeout_s=_number(spec, "timeout_s", 120.0, where),
         max_in_flight=int(_number(spec, "max_in_flight", 16, where)),
-        allowed_hosts=tuple(spec.get("allowed_hosts", ())), options=dict(spec.get("options", {})),
+        allowed_hosts=tuple(spec.get("allowed_hosts", ())), options=options,
+        required_options=tuple(spec.get("required_options", ())), options_env=options_env,
     )
 
 

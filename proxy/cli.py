@@ -118,13 +118,20 @@ def _routes_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(provider: Provider, demo_on: bool) -> str:
-    if provider.key_env:
-        return f"live ({provider.key_env} is set)" if provider.live else \
-            f"off: {provider.key_env} is not set"
-    if provider.protocol == "simulated":
+    """Whether a provider is live, and if not, what the operator has to set."""
+    if provider.protocol == "simulated" and not provider.key_env:
         return "live (simulated demo)" if demo_on else \
             "off: demo is off while a real provider is configured (SWITCHYARD_DEMO=1 keeps it)"
-    return "live"
+    if not provider.credentialed:
+        command_env = provider.options_env.get("token_command")
+        alternative = f" (nor {command_env})" if command_env else ""
+        return f"off: {provider.key_env} is not set{alternative}"
+    missing = [provider.options_env.get(name, name) for name in provider.missing_options()]
+    if missing:
+        return f"off: {', '.join(missing)} is not set"
+    if provider.key is None and provider.options.get("token_command"):
+        return "live (token command)"
+    return f"live ({provider.key_env} is set)" if provider.key_env else "live"
 
 
 def is_loopback(host: str) -> bool:

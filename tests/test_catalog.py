@@ -222,3 +222,41 @@ def test_provider_secret_never_appears_in_repr(tmp_path: Path) -> None:
     for text in (repr(cat), str(cat), repr(cat.models[0].routes[0]), repr(cat.providers)):
         assert KEY not in text
         assert "Secret('********')" in text
+
+
+HOSTS_LINE = 'allowed_hosts = ["cdn.acme.example"]'
+OPTIONED = PROVIDERS.replace(HOSTS_LINE, HOSTS_LINE + '''
+options = { region = "eu", project = "" }
+options_env = { project = "ACME_PROJECT", region = "ACME_REGION" }
+required_options = ["project"]''')
+
+
+def test_options_from_the_environment_override_the_file(tmp_path: Path) -> None:
+    root = _tree(tmp_path, OPTIONED)
+    cat = _load(root, {"ACME_KEY": "k", "ACME_PROJECT": "p-1", "ACME_REGION": "us"})
+    (provider,) = cat.providers
+    assert provider.options["project"] == "p-1" and provider.options["region"] == "us"
+    assert provider.options_env == {"project": "ACME_PROJECT", "region": "ACME_REGION"}
+
+
+def test_a_required_option_left_unset_keeps_the_provider_off(tmp_path: Path) -> None:
+    root = _tree(tmp_path, OPTIONED)
+    cat = _load(root, {"ACME_KEY": "k"})
+    assert "acme-image" not in _names(cat) and cat.demo
+    (model,) = catalog.inventory(root, {"ACME_KEY": "k"}, ADAPTERS)[:1]
+    provider = model.routes[0].provider
+    assert provider.credentialed and provider.missing_options() == ("project",)
+    assert not provider.live
+
+
+def test_a_token_command_makes_a_provider_live_without_its_key(tmp_path: Path) -> None:
+    root = _tree(tmp_path, PROVIDERS.replace('timeout_s = 45', 'timeout_s = 45\n'
+                                             'options = { token_command = "echo t" }'))
+    assert "acme-image" in _names(_load(root, {}))
+
+
+def test_options_env_must_name_variables(tmp_path: Path) -> None:
+    root = _tree(tmp_path, PROVIDERS.replace('timeout_s = 45', 'timeout_s = 45\n'
+                                             'options_env = { project = 3 }'))
+    with pytest.raises(catalog.CatalogError, match=r"\[acme\]: options_env"):
+        _load(root)

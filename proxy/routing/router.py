@@ -18,6 +18,7 @@ from proxy.domain import Attempt, ImageRequest, Served
 from proxy.failures import Failure, UpstreamError
 from proxy.providers import flows
 from proxy.providers.base import Adapter
+from proxy.providers.credentials import Credentials
 from proxy.routing.fit import fits, unservable_param
 from proxy.routing.strategies import rank
 
@@ -54,11 +55,13 @@ class Router:
     """Runs plans; holds the adapters and pooled clients built in the app's lifespan."""
 
     def __init__(self, adapters: Mapping[str, Adapter], clients: Mapping[str, httpx.AsyncClient],
-                 timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 credentials: Credentials | None = None) -> None:
         self._adapters = adapters
         self._clients = clients
         self._timeout_s = timeout_s
         self._clock = clock
+        self._credentials = credentials
 
     async def serve(self, model: Model, request: ImageRequest) -> Served:
         routes = plan(model, request)
@@ -69,7 +72,7 @@ class Router:
             try:
                 result = await flows.generate(self._adapters[route.provider.protocol], route,
                                               request, self._clients[route.provider.name],
-                                              deadline)
+                                              deadline, self._credentials)
             except UpstreamError as exc:
                 attempts.append(self._record(route, exc.failure, started))
                 if not exc.failure.retryable or self._clock() >= deadline:

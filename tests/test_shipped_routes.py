@@ -1,0 +1,166 @@
+"""The shipped catalog (routes/): every provider protocol is there, each switches on with its
+key alone, and each host serves a real request end to end through the official SDK."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from PIL import Image as PILImage
+
+from proxy import catalog as catalog_module
+from proxy.catalog import Catalog
+from proxy.config import default_routes_dir
+from proxy.providers import ADAPTERS
+from tests.conftest import make_config, serve
+from tests.fakes.fal import FakeFal
+from tests.fakes.gemini import FakeGemini
+from tests.fakes.openai_images import FakeOpenAIImages
+from tests.fakes.replicate import FakeReplicate
+
+ROUTES = default_routes_dir()
+ISSUE_PROTOCOLS = {"gemini", "vertex", "openai_images", "replicate", "fal", "together",
+                   "byteplus"}
+# The GA id and retired preview id of each Nano Banana model: both must resolve to it.
+NANO_BANANA = {"nano-banana": "gemini-2.5-flash-image",
+               "nano-banana-pro": "gemini-3-pro-image",
+               "nano-banana-2": "gemini-3.1-flash-image"}
+
+
+def load(env: Mapping[str, str], demo: bool | None = None) -> Catalog:
+    return catalog_module.load(ROUTES, env, demo, ADAPTERS)
+
+
+def everything() -> list[catalog_module.Model]:
+    return catalog_module.inventory(ROUTES, {}, ADAPTERS)
+
+
+def test_every_protocol_of_the_catalog_is_shipped_with_a_key_variable() -> None:
+    providers = {r.provider.name: r.provider for m in everything() for r in m.routes}
+    assert {p.protocol for p in providers.values()} >= ISSUE_PROTOCOLS
+    real = [p for p in providers.values() if p.protocol != "simulated"]
+    assert all(p.key_env and p.base_url.startswith("https://") for p in real)
+    assert len({p.key_env for p in real}) == len(real), "two providers share a key variable"
+
+
+@pytest.mark.parametrize("name", sorted(NANO_BANANA))
+def test_nano_banana_models_answer_to_their_ga_and_preview_ids(name: str) -> None:
+    live = load({"GEMINI_API_KEY": "k"})
+    ga = NANO_BANANA[name]
+    model = live.resolve(name)
+    assert model is not None and model is live.resolve(ga) is live.resolve(f"{ga}-preview")
+    google = next(r for r in model.routes if r.provider.name == "google")
+    assert google.upstream_model == ga
+
+
+def test_without_keys_only_the_simulated_demo_is_live() -> None:
+    live = load({})
+    assert live.demo
+    assert {r.provider.protocol for m in live.models for r in m.routes} == {"simulated"}
+
+
+KEYS = {"GEMINI_API_KEY": "google", "VERTEX_API_KEY": "vertex", "OPENAI_API_KEY": "openai",
+        "REPLICATE_API_TOKEN": "replicate", "FAL_KEY": "fal", "TOGETHER_API_KEY": "together",
+        "ARK_API_KEY": "byteplus"}
+
+
+@pytest.mark.parametrize("variable", sorted(KEYS))
+def test_a_key_alone_switches_its_provider_on_and_the_demo_off(variable: str) -> None:
+    live = load({variable: "secret"})
+    assert not live.demo
+    assert {p.name for p in live.providers} == {KEYS[variable]}
+    assert live.models and all(r.provider.key is not None for m in live.models
+                               for r in m.routes)
+
+
+def test_vertex_with_a_project_needs_the_project_and_a_token_or_command() -> None:
+    assert not load({"VERTEX_TOKEN_COMMAND": "echo t"}, demo=False).providers
+    assert not load({"GOOGLE_CLOUD_PROJECT": "p"}, demo=False).providers
+    live = load({"VERTEX_TOKEN_COMMAND": "echo t", "GOOGLE_CLOUD_PROJECT": "p"})
+    (provider,) = live.providers
+    assert provider.name == "vertex-project"
+    assert provider.options["project"] == "p" and provider.options["token_command"] == "echo t"
+
+
+def decode(b64: str | None) -> PILImage.Image:
+    image = PILImage.open(io.BytesIO(base64.b64decode(b64 or "")))
+    image.load()
+    return image
+
+
+Start = Callable[[Mapping[str, str], Mapping[str, httpx.AsyncBaseTransport]], openai.OpenAI]
+
+
+@pytest.fixture
+def switchyard(tmp_path: Path) -> Iterator[Start]:
+    """Start Switchyard on the shipped catalog with the given environment and fake upstreams."""
+    count = iter(range(100))
+    with contextlib.ExitStack() as stack:
+        def start(env: Mapping[str, str],
+                  fakes: Mapping[str, httpx.AsyncBaseTransport]) -> openai.OpenAI:
+            n = next(count)
+            config = make_config(tmp_path / f"data{n}")
+            running = stack.enter_context(serve(config, load(env, demo=False), fakes))
+            return stack.enter_context(openai.OpenAI(base_url=running.v1,
+                                                     api_key=running.new_key(), max_retries=0))
+        yield start
+
+
+# provider -> (the environment that makes it live, a fresh fake of it)
+HOSTS: dict[str, tuple[dict[str, str], Callable[[], httpx.AsyncBaseTransport]]] = {
+    "google": ({"GEMINI_API_KEY": "test-key"}, lambda: FakeGemini()),
+    "vertex": ({"VERTEX_API_KEY": "test-key"}, lambda: FakeGemini(vertex=True)),
+    "replicate": ({"REPLICATE_API_TOKEN": "test-key"},
+                  lambda: FakeReplicate(wait_finishes=True)),
+    "fal": ({"FAL_KEY": "test-key"}, lambda: FakeFal(states=("COMPLETED",))),
+}
+
+
+@pytest.mark.parametrize("provider", sorted(HOSTS))
+def test_each_nano_banana_2_host_serves_the_same_request(
+        provider: str, switchyard: Start, validate: Callable[[str, Any], None]) -> None:
+    env, make_fake = HOSTS[provider]
+    sdk = switchyard(env, {provider: make_fake()})
+    raw = sdk.images.with_raw_response.generate(model="nano-banana-2", prompt="a red fox",
+                                                size="1024x1024")
+    validate("ImagesResponse", raw.http_response.json())
+    assert raw.headers["x-switchyard-provider"] == provider
+    route = next(r for r in load(env).resolve("nano-banana-2").routes  # type: ignore[union-attr]
+                 if r.provider.name == provider)
+    assert raw.headers["x-switchyard-cost-usd"] == f"{route.price_per_image['1K']:.6f}"
+    image = decode(raw.parse().data[0].b64_json)  # type: ignore[index]
+    assert image.format == "PNG" and image.size == (1024, 1024)
+
+
+def test_gpt_image_2_through_openai(switchyard: Start,
+                                    validate: Callable[[str, Any], None]) -> None:
+    fake = FakeOpenAIImages()
+    sdk = switchyard({"OPENAI_API_KEY": "test-key"}, {"openai": fake})
+    raw = sdk.images.with_raw_response.generate(model="gpt-image-2", prompt="a red fox",
+                                                size="1536x1024", output_format="webp")
+    validate("ImagesResponse", raw.http_response.json())
+    assert raw.headers["x-switchyard-provider"] == "openai"
+    image = decode(raw.parse().data[0].b64_json)  # type: ignore[index]
+    assert image.format == "WEBP" and image.size == (1536, 1024)
+    assert fake.requests[0].json["model"] == "gpt-image-2"
+
+
+def test_vertex_token_command_supplies_the_bearer_token(switchyard: Start, tmp_path: Path
+                                                        ) -> None:
+    fake = FakeGemini(vertex=True, tokens=("tok-from-command",), project="proj-9")
+    env = {"VERTEX_TOKEN_COMMAND": "echo tok-from-command", "GOOGLE_CLOUD_PROJECT": "proj-9",
+           "PATH": os.environ.get("PATH", "")}
+    sdk = switchyard(env, {"vertex-project": fake})
+    result = sdk.images.generate(model="nano-banana-pro", prompt="a red fox", size="1024x1024")
+    assert decode(result.data[0].b64_json).size == (1024, 1024)  # type: ignore[index]
+    seen = fake.seen[0]
+    assert seen.headers["authorization"] == "Bearer tok-from-command"
+    assert "/projects/proj-9/locations/global/" in str(seen.url)
