@@ -15,7 +15,6 @@ import openai
 import pytest
 from PIL import Image as PILImage
 
-import proxy.app
 from proxy import catalog as catalog_module
 from proxy import geometry
 from proxy.domain import Geometry, InputImage, Usage
@@ -343,16 +342,13 @@ price.per_image = { "0.5K" = 0.04482, "1K" = 0.0672, "2K" = 0.1008, "4K" = 0.151
 
 
 @pytest.fixture
-def google(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-           ) -> Iterator[tuple[Running, FakeGemini]]:
+def google(tmp_path: Path) -> Iterator[tuple[Running, FakeGemini]]:
     routes = tmp_path / "routes"
     (routes / "models").mkdir(parents=True)
     (routes / "providers.toml").write_text(PROVIDERS_TOML)
     (routes / "models" / "nano-banana-2.toml").write_text(MODEL_TOML)
-    adapters = {**ADAPTERS, "gemini": ADAPTER}
-    monkeypatch.setattr(proxy.app, "ADAPTERS", adapters)
     live = catalog_module.load(routes, env={"GEMINI_API_KEY": "test-key"}, demo=False,
-                               protocols=adapters)
+                               protocols=ADAPTERS)
     fake = FakeGemini()
     with serve(make_config(tmp_path / "data"), live, {"google": fake}) as running:
         yield running, fake

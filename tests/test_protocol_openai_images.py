@@ -12,7 +12,6 @@ import openai
 import pytest
 from PIL import Image as PILImage
 
-import proxy.app
 from proxy import catalog as catalog_module
 from proxy.catalog import Catalog
 from proxy.domain import InputImage
@@ -349,7 +348,7 @@ def build_catalog(root: Path) -> Catalog:
     (root / "providers.toml").write_text(PROVIDERS)
     (root / "models" / "gpt-image-2.toml").write_text(MODEL)
     return catalog_module.load(root, env={"OPENAI_API_KEY": "test-key"}, demo=False,
-                               protocols={**ADAPTERS, "openai_images": ADAPTER})
+                               protocols=ADAPTERS)
 
 
 @pytest.fixture
@@ -358,9 +357,7 @@ def upstream() -> FakeOpenAIImages:
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-               upstream: FakeOpenAIImages) -> Iterator[Running]:
-    monkeypatch.setattr(proxy.app, "ADAPTERS", {**ADAPTERS, "openai_images": ADAPTER})
+def switchyard(tmp_path: Path, upstream: FakeOpenAIImages) -> Iterator[Running]:
     config = make_config(tmp_path / "data")
     with serve(config, build_catalog(tmp_path / "routes"), {"openai": upstream}) as running:
         yield running

@@ -19,7 +19,6 @@ import openai
 import pytest
 from PIL import Image as PILImage
 
-import proxy.app
 from proxy import catalog as catalog_module
 from proxy.catalog import Capabilities, Catalog, Provider, Route
 from proxy.config import Secret
@@ -364,13 +363,11 @@ def e2e_catalog(root: Path) -> Catalog:
     (root / "providers.toml").write_text(PROVIDERS_TOML)
     (root / "models" / "nano-banana-2.toml").write_text(MODEL_TOML)
     return catalog_module.load(root, env={"REPLICATE_API_TOKEN": "test-key"}, demo=False,
-                               protocols={**ADAPTERS, "replicate": ADAPTER})
+                               protocols=ADAPTERS)
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-               ) -> Iterator[Callable[[FakeReplicate], openai.OpenAI]]:
-    monkeypatch.setattr(proxy.app, "ADAPTERS", {**ADAPTERS, "replicate": ADAPTER})
+def switchyard(tmp_path: Path) -> Iterator[Callable[[FakeReplicate], openai.OpenAI]]:
     catalog = e2e_catalog(tmp_path / "routes")
     with contextlib.ExitStack() as stack:
         def start(fake: FakeReplicate) -> openai.OpenAI:

@@ -14,7 +14,6 @@ import openai
 import pytest
 from PIL import Image as PILImage
 
-import proxy.app
 from proxy import catalog as catalog_module
 from proxy import geometry
 from proxy.failures import Kind
@@ -233,16 +232,13 @@ price.per_image = { "1K" = 0.1344, "2K" = 0.1344, "4K" = 0.24 }
 
 
 @pytest.fixture
-def google(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-           ) -> Iterator[tuple[Running, FakeGemini]]:
+def google(tmp_path: Path) -> Iterator[tuple[Running, FakeGemini]]:
     routes = tmp_path / "routes"
     (routes / "models").mkdir(parents=True)
     (routes / "providers.toml").write_text(PROVIDERS_TOML)
     (routes / "models" / "nano-banana-pro.toml").write_text(MODEL_TOML)
-    adapters = {**ADAPTERS, "vertex": ADAPTER}
-    monkeypatch.setattr(proxy.app, "ADAPTERS", adapters)
     live = catalog_module.load(routes, env={"VERTEX_ACCESS_TOKEN": "tok-1"}, demo=False,
-                               protocols=adapters)
+                               protocols=ADAPTERS)
     fake = FakeGemini(vertex=True)
     with serve(make_config(tmp_path / "data"), live, {"vertex-global": fake}) as running:
         yield running, fake
