@@ -25,6 +25,7 @@ from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
+from tests.fakes.together import FakeTogether
 
 ROUTES = default_routes_dir()
 ISSUE_PROTOCOLS = {"gemini", "vertex", "openai_images", "replicate", "fal", "together",
@@ -121,6 +122,7 @@ HOSTS: dict[str, tuple[dict[str, str], Callable[[], httpx.AsyncBaseTransport]]] 
     "replicate": ({"REPLICATE_API_TOKEN": "test-key"},
                   lambda: FakeReplicate(wait_finishes=True)),
     "fal": ({"FAL_KEY": "test-key"}, lambda: FakeFal(states=("COMPLETED",))),
+    "together": ({"TOGETHER_API_KEY": "test-key"}, lambda: FakeTogether()),
 }
 
 
@@ -130,7 +132,7 @@ def test_each_nano_banana_2_host_serves_the_same_request(
     env, make_fake = HOSTS[provider]
     sdk = switchyard(env, {provider: make_fake()})
     raw = sdk.images.with_raw_response.generate(model="nano-banana-2", prompt="a red fox",
-                                                size="1024x1024")
+                                                size="1024x1024", output_format="png")
     validate("ImagesResponse", raw.http_response.json())
     assert raw.headers["x-switchyard-provider"] == provider
     route = next(r for r in load(env).resolve("nano-banana-2").routes  # type: ignore[union-attr]
@@ -164,3 +166,13 @@ def test_vertex_token_command_supplies_the_bearer_token(switchyard: Start, tmp_p
     seen = fake.seen[0]
     assert seen.headers["authorization"] == "Bearer tok-from-command"
     assert "/projects/proj-9/locations/global/" in str(seen.url)
+
+
+def test_together_gets_only_sizes_from_its_list(switchyard: Start) -> None:
+    fake = FakeTogether()
+    sdk = switchyard({"TOGETHER_API_KEY": "test-key"}, {"together": fake})
+    raw = sdk.images.with_raw_response.generate(
+        model="nano-banana-2", prompt="a red fox", extra_body={"aspect_ratio": "16:9"})
+    sent = fake.requests[0].json
+    assert (sent["width"], sent["height"]) == (1344, 768)
+    assert raw.headers["x-switchyard-size"] == "1344x768"
