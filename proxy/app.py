@@ -29,7 +29,9 @@ from proxy.config import Config
 from proxy.media import MediaStore, load_or_create_secret
 from proxy.providers import ADAPTERS, flows
 from proxy.providers.credentials import Credentials
+from proxy.routing.health import Health
 from proxy.routing.router import Router
+from proxy.routing.slots import Slots
 from proxy.services import Services
 
 log = logging.getLogger("switchyard")
@@ -73,7 +75,9 @@ def build_app(config: Config, catalog: Catalog | None = None,
         app.state.services = Services(
             config=config, catalog=live,
             router=Router(ADAPTERS, clients, config.request_timeout_s,
-                          credentials=Credentials.for_providers(live.providers)),
+                          credentials=Credentials.for_providers(live.providers),
+                          health=Health(r for m in live.models for r in m.routes),
+                          slots=Slots(live.providers)),
             store=store, keys=KeyFinder(store), media=media,
         )
         for line in describe(live):

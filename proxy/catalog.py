@@ -96,6 +96,7 @@ class Model:
     routes: tuple[Route, ...]
     description: str = ""
     shutdown_date: str | None = None
+    hedge: bool = False  # start a second attempt when the first passes its route's p95
 
     def tiers(self) -> tuple[str, ...]:
         return tuple(t for t in TIERS if any(t in r.capabilities.tiers for r in self.routes))
@@ -227,6 +228,7 @@ def _model(spec: dict[str, Any], providers: Mapping[str, Provider], path: Path) 
         default_strategy=strategy, routes=tuple(routes),
         description=str(spec.get("description", "")),
         shutdown_date=str(spec["shutdown_date"]) if spec.get("shutdown_date") else None,
+        hedge=_flag(spec, "hedge", str(path)),
     )
 
 
@@ -267,6 +269,13 @@ def _capabilities(spec: Mapping[str, Any], tiers: tuple[str, ...], where: str) -
     if not 1 <= caps.max_n <= 10:
         raise CatalogError(f"{where}: max_n must be 1..10")
     return caps
+
+
+def _flag(spec: Mapping[str, Any], key: str, where: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise CatalogError(f"{where}: {key!r} must be true or false")
+    return value
 
 
 def _require(spec: Mapping[str, Any], key: str, kind: type, where: str) -> Any:

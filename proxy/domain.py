@@ -42,6 +42,33 @@ class InputImage:
 
 
 @dataclass(frozen=True, slots=True)
+class Policy:
+    """How to choose among a model's routes: a strategy and optional constraints.
+
+    None (or empty) means "not said here": policies from the request, the key and the model
+    are layered with `over`, the first one that says something winning.
+    """
+
+    strategy: str | None = None
+    max_price: Decimal | None = None  # USD per image
+    max_latency_s: float | None = None  # a route's recent p95 must meet it
+    only: frozenset[str] = frozenset()  # provider names
+    ignore: frozenset[str] = frozenset()
+    hedge: bool | None = None
+
+    def over(self, fallback: Policy) -> Policy:
+        """This policy, with what it leaves unsaid taken from `fallback`."""
+        return Policy(
+            strategy=self.strategy or fallback.strategy,
+            max_price=self.max_price if self.max_price is not None else fallback.max_price,
+            max_latency_s=self.max_latency_s if self.max_latency_s is not None
+            else fallback.max_latency_s,
+            only=self.only or fallback.only, ignore=self.ignore | fallback.ignore,
+            hedge=self.hedge if self.hedge is not None else fallback.hedge,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ImageRequest:
     """One validated images request, independent of how it arrived (JSON or multipart)."""
 
@@ -62,7 +89,7 @@ class ImageRequest:
     input_fidelity: str | None = None
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
-    strategy: str | None = None
+    policy: Policy = Policy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +123,18 @@ class ImageResult:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One try at one route, successful or not: the response headers list every attempt."""
+    """One try at one route, successful or not: the response headers list every attempt.
+
+    `failure` is a failure class, or "hedged" for an attempt cancelled because another won;
+    `cost_usd` is what the upstream is expected to charge for it (a cancelled hedge that was
+    already submitted is counted at its quote: hosts bill work they started).
+    """
 
     route_id: str
     provider: str
     failure: str | None
     seconds: float
+    cost_usd: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +149,10 @@ class Served:
     attempts: tuple[Attempt, ...]
     # The upstream's own format, when Switchyard converted to the asked output_format.
     converted_from: str | None = None
+    strategy: str = "cheapest"
+    quote_usd: Decimal = Decimal(0)  # the chosen route's price for this request, before the call
+
+    @property
+    def hedge_cost_usd(self) -> Decimal:
+        """What attempts that lost a hedge are expected to cost on top of `cost_usd`."""
+        return sum((a.cost_usd for a in self.attempts if a.failure == "hedged"), Decimal(0))

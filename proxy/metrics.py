@@ -34,6 +34,10 @@ UPSTREAM_COST = Counter(
     "switchyard_upstream_cost_usd", "What upstreams charged, in US dollars.",
     ["model", "provider"],
 )
+HEDGES = Counter(
+    "switchyard_hedges", "Second attempts started because the first passed its route's p95.",
+    ["model"],
+)
 FAILOVERS = Counter(
     "switchyard_failovers", "Requests served by a route other than the first one tried.",
     ["model"],

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from proxy.catalog import Capabilities, Provider, Route
-from proxy.domain import Geometry, ImageRequest, InputImage, Kind
+from proxy.domain import Geometry, ImageRequest, InputImage, Kind, Policy
 from proxy.routing import fit, strategies
+from proxy.routing.health import Snapshot, State
 
 
 def _route(name: str, prices: dict[str, str], latency: float = 1.0, **caps: object) -> Route:
@@ -72,15 +73,103 @@ def _ids(routes: list[Route]) -> list[str]:
     ("fastest", (HARE, THRIFTY), "1K", 1, ["thrifty", "hare"]),
     ("fastest", (), "1K", 1, []),
 ])
-def test_rank(strategy: str, routes: tuple[Route, ...], tier: str, n: int,
-              expected: list[str]) -> None:
-    assert _ids(strategies.rank(routes, strategy, _request(tier=tier, n=n))) == expected
+def test_rank_on_priors(strategy: str, routes: tuple[Route, ...], tier: str, n: int,
+                        expected: list[str]) -> None:
+    """With no live evidence, expected latency is the catalog's typical_latency_s."""
+    ranked = strategies.rank(routes, strategy, _request(tier=tier, n=n), _priors(routes))
+    assert _ids(ranked) == expected
+
+
+def _priors(routes: tuple[Route, ...] | list[Route]) -> dict[str, Snapshot]:
+    return {r.id: _snap(expected_s=r.typical_latency_s) for r in routes}
+
+
+def _snap(expected_s: float = 1.0, available: bool = True, stalled: bool = False,
+          success: float = 1.0, p95_s: float | None = None) -> Snapshot:
+    return Snapshot(state=State.CLOSED if available else State.OPEN, available=available,
+                    expected_s=expected_s, p95_s=p95_s or 1.5 * expected_s,
+                    success_ratio=success, in_flight=0, samples=10, stalled=stalled)
+
+
+LIVE = {
+    # thrifty's breaker is open, steady is slow today, swift is stalled.
+    "open": {THRIFTY.id: _snap(available=False), STEADY.id: _snap(2.4), SWIFT.id: _snap(0.4)},
+    "slow-swift": {THRIFTY.id: _snap(1.0), STEADY.id: _snap(2.4), SWIFT.id: _snap(9.0)},
+    "stalled": {THRIFTY.id: _snap(1.0, stalled=True), STEADY.id: _snap(2.4),
+                SWIFT.id: _snap(0.4)},
+    "flaky": {THRIFTY.id: _snap(1.0, success=0.3), STEADY.id: _snap(2.4, success=1.0),
+              SWIFT.id: _snap(0.4)},
+    "all-down": {THRIFTY.id: _snap(available=False), STEADY.id: _snap(available=False),
+                 SWIFT.id: _snap(0.4, available=False)},
+}
+
+
+@pytest.mark.parametrize(("strategy", "live", "expected"), [
+    # An open breaker sends a route to the back, whatever its price.
+    ("cheapest", "open", ["steady", "swift", "thrifty"]),
+    ("fastest", "open", ["swift", "steady", "thrifty"]),
+    ("ordered", "open", ["steady", "swift", "thrifty"]),
+    # Live latency, not the catalog's prior, decides `fastest`.
+    ("fastest", "slow-swift", ["thrifty", "steady", "swift"]),
+    ("cheapest", "slow-swift", ["thrifty", "steady", "swift"]),
+    # A stalled route follows the usable ones but precedes the unavailable.
+    ("cheapest", "stalled", ["steady", "swift", "thrifty"]),
+    # `balanced` divides by the success ratio: 0.035/0.3 loses to 0.062/1.0.
+    ("balanced", "flaky", ["steady", "swift", "thrifty"]),
+    ("cheapest", "flaky", ["thrifty", "steady", "swift"]),
+    # Everything unavailable: still ranked, as last resorts, by the strategy.
+    ("cheapest", "all-down", ["thrifty", "steady", "swift"]),
+])
+def test_rank_on_live_health(strategy: str, live: str, expected: list[str]) -> None:
+    assert _ids(strategies.rank(DEMO, strategy, _request(), LIVE[live])) == expected
 
 
 def test_rank_does_not_reorder_its_input() -> None:
     routes = [SWIFT, THRIFTY]
-    strategies.rank(routes, "cheapest", _request())
+    strategies.rank(routes, "cheapest", _request(), _priors(routes))
     assert routes == [SWIFT, THRIFTY]
+
+
+P95 = {THRIFTY.id: _snap(1.0, p95_s=12.0), STEADY.id: _snap(2.4, p95_s=4.0),
+       SWIFT.id: _snap(0.4, p95_s=0.9)}
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    (Policy(), ["thrifty", "steady", "swift"]),
+    (Policy(only=frozenset({"swift", "steady"})), ["steady", "swift"]),
+    (Policy(ignore=frozenset({"thrifty"})), ["steady", "swift"]),
+    (Policy(max_price=Decimal("0.05")), ["thrifty", "steady"]),
+    (Policy(max_price=Decimal("0.03")), ["thrifty"]),
+    # max_latency_s keeps the routes whose recent p95 meets it.
+    (Policy(max_latency_s=5.0), ["steady", "swift"]),
+    (Policy(max_latency_s=5.0, max_price=Decimal("0.06")), ["steady"]),
+    (Policy(only=frozenset({"nobody"})), "route.only"),
+    (Policy(ignore=frozenset({"thrifty", "steady", "swift"})), "route.ignore"),
+    (Policy(max_price=Decimal("0.01")), "route.max_price"),
+    (Policy(max_latency_s=0.5), "route.max_latency_s"),
+    # The first constraint to empty the list is named.
+    (Policy(max_price=Decimal("0.03"), max_latency_s=5.0), "route.max_latency_s"),
+])
+def test_constrain(policy: Policy, expected: list[str] | str) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(strategies.Unmet) as caught:
+            strategies.constrain(DEMO, policy, _request(), P95)
+        assert caught.value.param == expected
+    else:
+        assert _ids(strategies.constrain(DEMO, policy, _request(), P95)) == expected
+
+
+@pytest.mark.parametrize(("first", "second", "expected"), [
+    (Policy(strategy="fastest"), Policy(strategy="cheapest"), Policy(strategy="fastest")),
+    (Policy(), Policy(strategy="cheapest", hedge=True), Policy(strategy="cheapest", hedge=True)),
+    (Policy(hedge=False), Policy(hedge=True), Policy(hedge=False)),
+    (Policy(max_price=Decimal(0)), Policy(max_price=Decimal(1)), Policy(max_price=Decimal(0))),
+    (Policy(only=frozenset({"a"})), Policy(only=frozenset({"b"})), Policy(only=frozenset({"a"}))),
+    (Policy(ignore=frozenset({"a"})), Policy(ignore=frozenset({"b"})),
+     Policy(ignore=frozenset({"a", "b"}))),
+])
+def test_policy_layers(first: Policy, second: Policy, expected: Policy) -> None:
+    assert first.over(second) == expected
 
 
 def test_every_catalog_strategy_has_a_ranking() -> None:

@@ -15,6 +15,7 @@ from proxy.api import uploads
 from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.openai_schema import Body, model_name, parse
+from proxy.api.policy import HEADER, request_policy
 from proxy.catalog import Model
 from proxy.domain import Attempt, ImageRequest, InputImage, Served
 from proxy.media import EXTENSIONS, MIME_TYPES
@@ -30,8 +31,9 @@ async def generations(request: Request) -> Response:
     svc = services(request)
     await authenticate(request, svc)
     data = await _json_object(request)
-    model, strategy = resolve_model(svc.catalog, model_name(data))
-    image_request = parse("generate", Body(data, form=False), model, strategy)
+    model, suffix = resolve_model(svc.catalog, model_name(data))
+    policy = request_policy(data.get("route"), request.headers.get(HEADER), suffix)
+    image_request = parse("generate", Body(data, form=False), model, policy)
     return await _serve(request, svc, model, image_request)
 
 
@@ -54,8 +56,9 @@ async def edits(request: Request) -> Response:
     if not images:
         raise bad_request("image", "'image' is required: upload at least one image",
                           code="missing_required_parameter")
-    model, strategy = resolve_model(svc.catalog, model_name(body.data))
-    image_request = parse("edit", body, model, strategy, images, mask)
+    model, suffix = resolve_model(svc.catalog, model_name(body.data))
+    policy = request_policy(body.data.get("route"), request.headers.get(HEADER), suffix)
+    image_request = parse("edit", body, model, policy, images, mask)
     return await _serve(request, svc, model, image_request)
 
 
@@ -127,10 +130,14 @@ def _headers(asked: ImageRequest, served: Served) -> dict[str, str]:
         "x-switchyard-route": served.route_id,
         "x-switchyard-upstream-model": served.upstream_model,
         "x-switchyard-cost-usd": f"{served.cost_usd:.6f}",
+        "x-switchyard-strategy": served.strategy,
+        "x-switchyard-quote-usd": f"{served.quote_usd:.6f}",
         "x-switchyard-resolution": asked.geometry.tier,
         "x-switchyard-aspect-ratio": asked.geometry.aspect_ratio,
         **_attempt_headers(served.attempts),
     }
+    if hedged := served.hedge_cost_usd:
+        headers["x-switchyard-hedge-cost-usd"] = f"{hedged:.6f}"
     if served.converted_from:
         headers["x-switchyard-converted"] = \
             f"{served.converted_from} -> {served.result.images[0].mime}"

@@ -20,6 +20,7 @@ from proxy.domain import (
     ImageRequest,
     InputImage,
     Kind,
+    Policy,
 )
 
 MAX_PROMPT = 32_000
@@ -40,7 +41,7 @@ _COMMON = frozenset({
     "model", "prompt", "n", "size", "quality", "response_format", "output_format",
     "output_compression", "background", "user", "stream", "partial_images",
     # Switchyard extensions, sent by the SDK through extra_body.
-    "aspect_ratio", "resolution", "seed", "image_urls",
+    "aspect_ratio", "resolution", "seed", "image_urls", "route",
 })
 FIELDS: dict[str, frozenset[str]] = {
     "generate": _COMMON | {"moderation", "style"},
@@ -99,7 +100,7 @@ def model_name(data: Mapping[str, Any]) -> str:
     return value
 
 
-def parse(kind: Kind, body: Body, model: Model, strategy: str | None,
+def parse(kind: Kind, body: Body, model: Model, policy: Policy,
           images: tuple[InputImage, ...] = (), mask: InputImage | None = None) -> ImageRequest:
     """Validate every field of an images request against the spec and the model's shapes."""
     for name in body.data:
@@ -125,7 +126,7 @@ def parse(kind: Kind, body: Body, model: Model, strategy: str | None,
         user=body.string("user"),
         seed=body.integer("seed", 0, 2**32 - 1),
         input_fidelity=body.enum("input_fidelity", _ENUMS["input_fidelity"]),
-        images=images + urls, mask=mask, strategy=strategy,
+        images=images + urls, mask=mask, policy=policy,
     )
 
 

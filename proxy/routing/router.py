@@ -1,26 +1,38 @@
 """Plan a request over the routes that can serve it, then run the plan with failover.
 
-Retryable failures move on to the next route within the request's deadline; the client's own
-errors (bad request, content blocked) and our own auth failures go straight back.
+Planning is pure given the health snapshots: fit, constrain, rank, maybe probe a stale route.
+Execution is one loop: start the best route; on a retryable failure start the next; with
+hedging on, start one more when the first passes its route's p95; the first image wins. The
+client's own errors (bad request, content blocked) and auth failures go straight back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import httpx
 
 from proxy import metrics
 from proxy.catalog import Model, Route
 from proxy.convert import conform
-from proxy.domain import Attempt, ImageRequest, Served
-from proxy.failures import Failure, UpstreamError
+from proxy.domain import Attempt, ImageRequest, ImageResult, Policy, Served
+from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import flows
 from proxy.providers.base import Adapter
 from proxy.providers.credentials import Credentials
 from proxy.routing.fit import fits, unservable_param
-from proxy.routing.strategies import rank
+from proxy.routing.health import Health
+from proxy.routing.slots import Slots
+from proxy.routing.strategies import Unmet, constrain, quote, rank
+
+# Retry-After for a client turned away because every route is at its concurrency limit.
+SATURATED_RETRY_AFTER_S = 1.0
+# How long past the deadline to wait for flows to end themselves before giving up on them.
+DEADLINE_GRACE_S = 1.0
 
 
 class NoRoute(Exception):
@@ -41,56 +53,195 @@ class RoutesFailed(Exception):
         self.attempts = attempts
 
 
-def plan(model: Model, request: ImageRequest) -> list[Route]:
-    """Routes that fit, best first by the request's (or the model's default) strategy."""
+def effective_policy(model: Model, request: ImageRequest, key_policy: Policy) -> Policy:
+    """The request's policy over the key's over the model's defaults."""
+    return request.policy.over(key_policy).over(
+        Policy(strategy=model.default_strategy, hedge=model.hedge))
+
+
+def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) -> list[Route]:
+    """Routes that fit and meet the policy, best first; a stale route may go first as a probe."""
     candidates = [route for route in model.routes if fits(route, request)]
     if not candidates:
         param = unservable_param(model.routes, request)
         raise NoRoute(param, f"no route of model {model.name!r} can serve this request; "
                              f"change {param!r}")
-    return rank(candidates, request.strategy or model.default_strategy, request)
+    snapshots = health.snapshots(candidates, request.geometry.tier)
+    try:
+        kept = constrain(candidates, policy, request, snapshots)
+    except Unmet as exc:
+        raise NoRoute(exc.param, exc.message) from None
+    ranked = rank(kept, policy.strategy or "cheapest", request, snapshots)
+    probe = health.probe(ranked, snapshots)
+    if probe is not None:
+        ranked.remove(probe)
+        ranked.insert(0, probe)
+    return ranked
+
+
+@dataclass
+class _Live:
+    """An attempt in flight."""
+
+    route: Route
+    token: int
+    started: float
 
 
 class Router:
-    """Runs plans; holds the adapters and pooled clients built in the app's lifespan."""
+    """Runs plans; holds the adapters, pooled clients, health and slots built in the lifespan."""
 
     def __init__(self, adapters: Mapping[str, Adapter], clients: Mapping[str, httpx.AsyncClient],
                  timeout_s: float, clock: Callable[[], float] = time.monotonic,
-                 credentials: Credentials | None = None) -> None:
+                 credentials: Credentials | None = None, health: Health | None = None,
+                 slots: Slots | None = None) -> None:
         self._adapters = adapters
         self._clients = clients
         self._timeout_s = timeout_s
         self._clock = clock
         self._credentials = credentials
+        self.health = health or Health((), clock=clock)
+        self._slots = slots or Slots(())
 
-    async def serve(self, model: Model, request: ImageRequest) -> Served:
-        routes = plan(model, request)
-        deadline = self._clock() + self._timeout_s
-        attempts: list[Attempt] = []
-        for route in routes:
-            started = self._clock()
-            try:
-                result = await flows.generate(self._adapters[route.provider.protocol], route,
-                                              request, self._clients[route.provider.name],
-                                              deadline, self._credentials)
-            except UpstreamError as exc:
-                attempts.append(self._record(route, exc.failure, started))
-                if not exc.failure.retryable or self._clock() >= deadline:
-                    raise RoutesFailed(exc.failure, tuple(attempts)) from None
-                last = exc.failure
+    async def serve(self, model: Model, request: ImageRequest,
+                    key_policy: Policy | None = None) -> Served:
+        policy = effective_policy(model, request, key_policy or Policy())
+        routes = plan(model, request, policy, self.health)
+        run = _Run(self, request, deque(routes), self._clock() + self._timeout_s,
+                   bool(policy.hedge))
+        route, result = await run.execute()
+        native = result.images[0].mime
+        result, converted = await conform(result, request)
+        cost = route.price_per_image[request.geometry.tier] * len(result.images)
+        return Served(result, route.id, route.provider.name, route.upstream_model, cost,
+                      tuple(run.attempts), native if converted else None,
+                      strategy=policy.strategy or "cheapest", quote_usd=quote(route, request))
+
+    def _attempt(self, route: Route, request: ImageRequest,
+                 deadline: float) -> asyncio.Task[ImageResult]:
+        """One attempt as a task that holds a slot of its provider until it is done (a done
+        callback: it runs even for a task cancelled before it started)."""
+        task = asyncio.create_task(flows.generate(
+            self._adapters[route.provider.protocol], route, request,
+            self._clients[route.provider.name], deadline, self._credentials))
+        task.add_done_callback(lambda _: self._slots.release(route.provider))
+        return task
+
+
+class _Run:
+    """One request's execution: the routes still to try, the attempts in flight and made."""
+
+    def __init__(self, router: Router, request: ImageRequest, pending: deque[Route],
+                 deadline: float, hedge: bool) -> None:
+        self.router = router
+        self.request = request
+        self.pending = pending
+        self.deadline = deadline
+        self.hedge = hedge
+        self.running: dict[asyncio.Task[ImageResult], _Live] = {}
+        self.attempts: list[Attempt] = []
+        self.last: Failure | None = None
+        self.saturated = False
+
+    async def execute(self) -> tuple[Route, ImageResult]:
+        try:
+            return await self._loop()
+        finally:
+            self._cancel_all()
+
+    async def _loop(self) -> tuple[Route, ImageResult]:
+        hedge_at: float | None = None
+        while True:
+            if not self.running:
+                if not await self._start_next():
+                    raise RoutesFailed(self._final_failure(), tuple(self.attempts))
+                hedge_at = self._hedge_time()
+            now = self.router._clock()
+            wake = min(self.deadline, hedge_at) if hedge_at is not None else self.deadline
+            done, _ = await asyncio.wait(self.running, timeout=max(0.0, wake - now),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                now = self.router._clock()
+                if hedge_at is not None and now >= hedge_at:
+                    hedge_at = None
+                    metrics.HEDGES.labels(self.request.model).inc()
+                    await self._start_next()
+                elif now >= self.deadline + DEADLINE_GRACE_S:
+                    # The flows end themselves at the deadline; this is the backstop.
+                    raise RoutesFailed(Failure(Kind.TIMEOUT, "request deadline reached"),
+                                       tuple(self.attempts))
                 continue
-            attempts.append(self._record(route, None, started))
-            native = result.images[0].mime
-            result, converted = await conform(result, request)
-            cost = route.price_per_image[request.geometry.tier] * len(result.images)
-            return Served(result, route.id, route.provider.name, route.upstream_model, cost,
-                          tuple(attempts), native if converted else None)
-        raise RoutesFailed(last, tuple(attempts))
+            # Successes first: an image that arrived is never thrown away for a failure.
+            for task in sorted(done, key=lambda t: t.exception() is not None):
+                live = self.running.pop(task)
+                outcome = self._settle(task, live)
+                if outcome is not None:
+                    return live.route, outcome
 
-    def _record(self, route: Route, failure: Failure | None, started: float) -> Attempt:
-        seconds = self._clock() - started
+    def _settle(self, task: asyncio.Task[ImageResult], live: _Live) -> ImageResult | None:
+        """Record a finished attempt; its result if it delivered. Raises when it failed in a
+        way no other route can fix."""
+        health = self.router.health.of(live.route)
+        error = task.exception()
+        if error is None:
+            seconds = health.end(live.token, self.request.geometry.tier, None)
+            self._record(live.route, None, seconds)
+            return task.result()
+        if not isinstance(error, UpstreamError):
+            health.abandon(live.token)
+            raise error
+        failure = error.failure
+        seconds = health.end(live.token, self.request.geometry.tier, failure)
+        self._record(live.route, failure, seconds)
+        if not failure.retryable:
+            raise RoutesFailed(failure, tuple(self.attempts))
+        self.last = failure
+        return None
+
+    async def _start_next(self) -> bool:
+        """Start the next route that has a free slot; False when none is left to start."""
+        while self.pending:
+            route = self.pending.popleft()
+            wait = min(self.router._slots.wait_s, self.deadline - self.router._clock())
+            if not await self.router._slots.acquire(route.provider, wait):
+                self.saturated = True
+                continue
+            token = self.router.health.of(route).begin()
+            task = self.router._attempt(route, self.request, self.deadline)
+            self.running[task] = _Live(route, token, self.router._clock())
+            return True
+        return False
+
+    def _hedge_time(self) -> float | None:
+        """When to start a second attempt: the first one's route p95 for this tier."""
+        if not self.hedge or not self.pending or len(self.running) != 1:
+            return None
+        (live,) = self.running.values()
+        p95 = self.router.health.of(live.route).snapshot(self.request.geometry.tier).p95_s
+        return live.started + p95
+
+    def _final_failure(self) -> Failure:
+        if self.last is not None:
+            return self.last
+        if self.saturated:
+            return Failure(Kind.OVERLOADED, "every route for this model is at its concurrency "
+                                            "limit; retry shortly", SATURATED_RETRY_AFTER_S)
+        return Failure(Kind.UPSTREAM_BROKEN, "no route could be tried")
+
+    def _record(self, route: Route, failure: Failure | None, seconds: float) -> None:
         outcome = failure.kind.value if failure else "success"
         metrics.UPSTREAM_ATTEMPTS.labels(route.provider.name, outcome).inc()
         metrics.UPSTREAM_SECONDS.labels(route.provider.name, outcome).observe(seconds)
-        return Attempt(route.id, route.provider.name, failure.kind.value if failure else None,
-                       seconds)
+        self.attempts.append(Attempt(route.id, route.provider.name,
+                                     failure.kind.value if failure else None, seconds))
+
+    def _cancel_all(self) -> None:
+        """Cancel attempts still in flight (a hedge that lost): no evidence about their
+        routes, but what they started is counted at its quote."""
+        for task, live in self.running.items():
+            task.cancel()
+            self.router.health.of(live.route).abandon(live.token)
+            self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
+                                         self.router._clock() - live.started,
+                                         quote(live.route, self.request)))
+        self.running.clear()

@@ -1,15 +1,27 @@
-"""Ranking strategies: pure functions from candidate routes and a request to an order."""
+"""Ranking: pure functions from candidate routes, a policy and health snapshots to an order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
 from proxy.catalog import Route
-from proxy.domain import ImageRequest
+from proxy.domain import ImageRequest, Policy
+from proxy.routing.health import Snapshot
 
 # What a second of waiting is worth to the `balanced` strategy, in USD per image.
-VALUE_OF_TIME_USD_PER_S = Decimal("0.005")
+VALUE_OF_TIME_USD_PER_S = 0.005
+# `balanced` divides by the success probability; this floor keeps a bad route finite.
+MIN_SUCCESS = 0.05
+
+
+class Unmet(Exception):
+    """A routing constraint that no route able to serve the request meets."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
 
 
 def quote(route: Route, request: ImageRequest) -> Decimal:
@@ -17,27 +29,50 @@ def quote(route: Route, request: ImageRequest) -> Decimal:
     return route.price_per_image[request.geometry.tier] * request.n
 
 
-def _latency(route: Route) -> Decimal:
-    return Decimal(str(route.typical_latency_s))
+def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
+              snapshots: Mapping[str, Snapshot]) -> list[Route]:
+    """The routes that meet the policy's constraints, or Unmet naming the one that empties
+    the list (only, ignore, max_price, max_latency_s: checked in that order)."""
+    tier = request.geometry.tier
+    checks: tuple[tuple[str, bool, Callable[[Route], bool], str], ...] = (
+        ("route.only", bool(policy.only), lambda r: r.provider.name in policy.only,
+         f"no route of this model is on a provider in 'only' ({', '.join(sorted(policy.only))})"),
+        ("route.ignore", bool(policy.ignore), lambda r: r.provider.name not in policy.ignore,
+         "every route of this model is on an ignored provider"),
+        ("route.max_price", policy.max_price is not None,
+         lambda r: r.price_per_image[tier] <= (policy.max_price or 0),
+         f"no route serves {tier} at or below max_price {policy.max_price} USD per image"),
+        ("route.max_latency_s", policy.max_latency_s is not None,
+         lambda r: snapshots[r.id].p95_s <= (policy.max_latency_s or 0),
+         f"no route's recent p95 latency meets max_latency_s {policy.max_latency_s}"),
+    )
+    kept = list(routes)
+    for param, active, keep, message in checks:
+        if active:
+            kept = [r for r in kept if keep(r)]
+            if not kept:
+                raise Unmet(param, message)
+    return kept
 
 
-def _cheapest(route: Route, request: ImageRequest) -> tuple[Decimal, ...]:
-    return (quote(route, request), _latency(route))
+def _cheapest(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
+    return (float(quote(route, request)), snap.expected_s)
 
 
-def _fastest(route: Route, request: ImageRequest) -> tuple[Decimal, ...]:
-    return (_latency(route), quote(route, request))
+def _fastest(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
+    return (snap.expected_s, float(quote(route, request)))
 
 
-def _balanced(route: Route, request: ImageRequest) -> tuple[Decimal, ...]:
-    return (quote(route, request) + VALUE_OF_TIME_USD_PER_S * request.n * _latency(route),)
+def _balanced(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
+    cost = float(quote(route, request)) + VALUE_OF_TIME_USD_PER_S * request.n * snap.expected_s
+    return (cost / max(snap.success_ratio, MIN_SUCCESS),)
 
 
-def _ordered(route: Route, request: ImageRequest) -> tuple[Decimal, ...]:
+def _ordered(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
     return ()
 
 
-KEYS: dict[str, Callable[[Route, ImageRequest], tuple[Decimal, ...]]] = {
+KEYS: dict[str, Callable[[Route, ImageRequest, Snapshot], tuple[float, ...]]] = {
     "cheapest": _cheapest,
     "fastest": _fastest,
     "balanced": _balanced,
@@ -45,7 +80,15 @@ KEYS: dict[str, Callable[[Route, ImageRequest], tuple[Decimal, ...]]] = {
 }
 
 
-def rank(routes: Sequence[Route], strategy: str, request: ImageRequest) -> list[Route]:
-    """Routes best-first by the strategy; ties keep the catalog's order (sorted is stable)."""
+def rank(routes: Sequence[Route], strategy: str, request: ImageRequest,
+         snapshots: Mapping[str, Snapshot]) -> list[Route]:
+    """Routes best-first by the strategy. Routes that cannot take a request now (breaker
+    open, cooling down after a 429, or stalled) follow all others, as a last resort; ties
+    keep the catalog's order (sorted is stable)."""
     key = KEYS[strategy]
-    return sorted(routes, key=lambda route: key(route, request))
+
+    def order(route: Route) -> tuple[bool, bool, tuple[float, ...]]:
+        snap = snapshots[route.id]
+        return not snap.available, snap.stalled, key(route, request, snap)
+
+    return sorted(routes, key=order)

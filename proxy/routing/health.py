@@ -1,0 +1,245 @@
+"""Live health per route: latency by tier, success ratio, in-flight, breaker and cooldowns.
+
+Everything here is a function of the evidence and an injected clock, so ranking is tested
+table-driven and the market benchmark runs the same code on a fake clock. The router reports
+each attempt's start and end; strategies read frozen snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from proxy.catalog import Route
+from proxy.failures import Failure, Kind
+
+# Failures that say something about the route. The client's own (bad request, content
+# blocked) do not; rate limits are a cooldown, not a sign the route is broken.
+COUNTED: frozenset[Kind] = frozenset({Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN,
+                                      Kind.AUTH})
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The health model's knobs; the defaults meet the routing benchmark's targets."""
+
+    window_s: float = 60.0  # success ratio over this sliding window
+    ewma_alpha: float = 0.3  # weight of the newest latency sample
+    latency_window_s: float = 300.0  # p95 from samples this recent
+    p95_samples: int = 64  # at most this many per tier
+    min_p95_samples: int = 5  # below this the p95 is the prior's
+    open_after_failures: int = 5  # consecutive counted failures
+    open_ratio: float = 0.5  # or this failure ratio over the window ...
+    open_min_volume: int = 10  # ... once it holds this many outcomes
+    cooldown_s: float = 5.0  # first open period; doubles on each failed probe
+    max_cooldown_s: float = 30.0
+    rate_limit_cooldown_s: float = 1.0  # a 429 without Retry-After
+    stale_after_s: float = 30.0  # a route with no outcome this long earns a probe
+    probe_share: float = 0.02  # at most this share of requests go to stale routes first
+    stall_floor_s: float = 5.0  # in-flight longer than max(this, 2 x p95) marks a stall
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A route's health as the strategies see it, at one instant."""
+
+    state: State
+    available: bool  # may take a request now (closed and not cooling down, or a free probe)
+    expected_s: float  # EWMA of attempt seconds for the tier (the catalog's prior until data)
+    p95_s: float
+    success_ratio: float  # over the window; 1.0 with no evidence
+    in_flight: int
+    samples: int  # outcomes in the window
+    stalled: bool  # an attempt has been in flight far longer than this route's p95
+
+
+@dataclass
+class _Tier:
+    ewma: float
+    recent: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds)
+
+
+class RouteHealth:
+    """The evidence about one route. Not thread-safe: it lives on the event loop."""
+
+    def __init__(self, route: Route, settings: Settings, clock: Callable[[], float]) -> None:
+        self._prior = route.typical_latency_s
+        self._settings = settings
+        self._clock = clock
+        self._tiers: dict[str, _Tier] = {}
+        self._outcomes: deque[tuple[float, bool]] = deque()
+        self._consecutive = 0
+        self._state = State.CLOSED
+        self._open_until = 0.0
+        self._cooldown = settings.cooldown_s
+        self._probing = False
+        self._resting_until = 0.0  # Retry-After
+        self._starts: dict[int, float] = {}
+        self._next_token = 0
+        self.last_outcome_at = -math.inf
+
+    # --- evidence -----------------------------------------------------------------------
+
+    def begin(self) -> int:
+        """An attempt starts; the token goes back to `end`. A half-open route's attempt is
+        its probe."""
+        now = self._clock()
+        self._refresh(now)
+        if self._state is State.HALF_OPEN:
+            self._probing = True
+        self._next_token += 1
+        self._starts[self._next_token] = now
+        return self._next_token
+
+    def end(self, token: int, tier: str, failure: Failure | None) -> float:
+        """An attempt ended (failure None: it delivered). Returns its seconds."""
+        now = self._clock()
+        seconds = now - self._starts.pop(token, now)
+        if failure is None:
+            self._succeeded(now, tier, seconds)
+        elif failure.kind is Kind.RATE_LIMITED or failure.retry_after_s:
+            rest = failure.retry_after_s or self._settings.rate_limit_cooldown_s
+            self._resting_until = max(self._resting_until, now + rest)
+            if failure.kind in COUNTED:
+                self._failed(now)
+        elif failure.kind in COUNTED:
+            self._failed(now)
+        self._probing = False  # a probe that proved nothing frees the slot for the next
+        return seconds
+
+    def abandon(self, token: int) -> None:
+        """An attempt was cancelled (it lost a hedge): no evidence either way."""
+        self._starts.pop(token, None)
+        self._probing = False
+
+    def _succeeded(self, now: float, tier: str, seconds: float) -> None:
+        entry = self._tiers.setdefault(tier, _Tier(self._prior))
+        entry.ewma += self._settings.ewma_alpha * (seconds - entry.ewma)
+        entry.recent.append((now, seconds))
+        while len(entry.recent) > self._settings.p95_samples:
+            entry.recent.popleft()
+        self._record(now, True)
+        self._consecutive = 0
+        self._state, self._probing, self._cooldown = State.CLOSED, False, \
+            self._settings.cooldown_s
+
+    def _failed(self, now: float) -> None:
+        self._record(now, False)
+        self._consecutive += 1
+        if self._state is State.HALF_OPEN:
+            self._cooldown = min(self._cooldown * 2, self._settings.max_cooldown_s)
+            self._open(now)
+        elif self._state is State.CLOSED and self._should_open():
+            self._open(now)
+
+    def _should_open(self) -> bool:
+        s = self._settings
+        if self._consecutive >= s.open_after_failures:
+            return True
+        volume = len(self._outcomes)
+        failed = sum(1 for _, ok in self._outcomes if not ok)
+        return volume >= s.open_min_volume and failed / volume >= s.open_ratio
+
+    def _open(self, now: float) -> None:
+        self._state, self._probing = State.OPEN, False
+        self._open_until = now + self._cooldown
+
+    def _record(self, now: float, ok: bool) -> None:
+        self._outcomes.append((now, ok))
+        self.last_outcome_at = now
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._outcomes and self._outcomes[0][0] < now - self._settings.window_s:
+            self._outcomes.popleft()
+
+    def _refresh(self, now: float) -> None:
+        if self._state is State.OPEN and now >= self._open_until:
+            self._state = State.HALF_OPEN
+        self._trim(now)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def snapshot(self, tier: str) -> Snapshot:
+        now = self._clock()
+        self._refresh(now)
+        entry = self._tiers.get(tier)
+        expected = entry.ewma if entry else self._prior
+        p95 = self._p95(entry, now)
+        volume = len(self._outcomes)
+        ok = sum(1 for _, good in self._outcomes if good)
+        oldest = min(self._starts.values(), default=now)
+        return Snapshot(
+            state=self._state, available=self._available(now), expected_s=expected, p95_s=p95,
+            success_ratio=ok / volume if volume else 1.0, in_flight=len(self._starts),
+            samples=volume,
+            stalled=now - oldest > max(self._settings.stall_floor_s, 2 * p95),
+        )
+
+    def _available(self, now: float) -> bool:
+        if now < self._resting_until or self._state is State.OPEN:
+            return False
+        return self._state is State.CLOSED or not self._probing
+
+    def _p95(self, entry: _Tier | None, now: float) -> float:
+        horizon = now - self._settings.latency_window_s
+        recent = sorted(s for when, s in entry.recent if when >= horizon) if entry else []
+        if len(recent) < self._settings.min_p95_samples:
+            # Too little evidence: the prior, widened the way image latencies spread.
+            return max(1.5 * self._prior, entry.ewma * 1.5 if entry else 0.0)
+        return recent[min(len(recent) - 1, math.ceil(0.95 * len(recent)) - 1)]
+
+    @property
+    def state(self) -> State:
+        self._refresh(self._clock())
+        return self._state
+
+
+class Health:
+    """Every route's health, by route id; built once in the app's lifespan."""
+
+    def __init__(self, routes: Iterable[Route], settings: Settings | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.settings = settings or Settings()
+        self.clock = clock or time.monotonic
+        self._routes = {r.id: RouteHealth(r, self.settings, self.clock) for r in routes}
+        self._requests = 0
+        self._probes = 0
+        self._last_probe: dict[str, float] = {}
+
+    def of(self, route: Route) -> RouteHealth:
+        found = self._routes.get(route.id)
+        if found is None:  # a route built after startup (tests); tracked from now on
+            found = self._routes[route.id] = RouteHealth(route, self.settings, self.clock)
+        return found
+
+    def snapshots(self, routes: Iterable[Route], tier: str) -> dict[str, Snapshot]:
+        return {r.id: self.of(r).snapshot(tier) for r in routes}
+
+    def probe(self, ranked: list[Route], snapshots: dict[str, Snapshot]) -> Route | None:
+        """A stale route (no outcome for a while) to try first, within the probe share, so a
+        route that lost traffic can earn it back. Counts every request it is asked about."""
+        self._requests += 1
+        now = self.clock()
+        s = self.settings
+        if self._probes + 1 > s.probe_share * self._requests:
+            return None
+        for route in ranked[1:]:
+            snap = snapshots[route.id]
+            stale = now - self.of(route).last_outcome_at >= s.stale_after_s
+            recent = now - self._last_probe.get(route.id, -math.inf) < s.stale_after_s
+            if snap.available and stale and not recent and snap.in_flight == 0:
+                self._probes += 1
+                self._last_probe[route.id] = now
+                return route
+        return None

@@ -1,0 +1,212 @@
+"""proxy.routing.health: breaker transitions, cooldowns, latency and probes on an injected clock."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+import pytest
+
+from proxy.catalog import Capabilities, Provider, Route
+from proxy.failures import Failure, Kind
+from proxy.routing.health import Health, RouteHealth, Settings, State
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _route(name: str = "r", latency: float = 10.0) -> Route:
+    return Route(id=f"m/{name}", model="m",
+                 provider=Provider(name=name, protocol="simulated", base_url=f"http://{name}"),
+                 upstream_model="x", price_per_image={"1K": Decimal("0.01")},
+                 capabilities=Capabilities(tiers=("1K",), aspect_ratios=("1:1",)),
+                 typical_latency_s=latency)
+
+
+def _health(settings: Settings | None = None) -> tuple[RouteHealth, Clock]:
+    clock = Clock()
+    return RouteHealth(_route(), settings or Settings(), clock), clock
+
+
+def _attempt(health: RouteHealth, clock: Clock, failure: Failure | None,
+             seconds: float = 1.0) -> None:
+    token = health.begin()
+    clock.now += seconds
+    health.end(token, "1K", failure)
+
+
+BROKEN = Failure(Kind.UPSTREAM_BROKEN, "x")
+OVERLOADED = Failure(Kind.OVERLOADED, "x")
+
+
+def test_five_consecutive_failures_open_the_breaker() -> None:
+    health, clock = _health()
+    for _ in range(4):
+        _attempt(health, clock, BROKEN)
+    assert health.state is State.CLOSED and health.snapshot("1K").available
+    _attempt(health, clock, BROKEN)
+    snap = health.snapshot("1K")
+    assert snap.state is State.OPEN and not snap.available
+
+
+def test_an_error_ratio_over_the_minimum_volume_opens_the_breaker() -> None:
+    health, clock = _health()
+    for i in range(10):  # alternating: never 5 in a row, but half of 10 failed
+        _attempt(health, clock, BROKEN if i % 2 else None)
+    assert health.state is State.OPEN
+
+
+@pytest.mark.parametrize("kind", [Kind.BAD_REQUEST, Kind.CONTENT_BLOCKED])
+def test_the_clients_own_failures_do_not_count(kind: Kind) -> None:
+    health, clock = _health()
+    for _ in range(20):
+        _attempt(health, clock, Failure(kind, "x"))
+    snap = health.snapshot("1K")
+    assert snap.state is State.CLOSED and snap.available and snap.success_ratio == 1.0
+
+
+def test_open_then_half_open_probe_closes_on_success() -> None:
+    health, clock = _health()
+    for _ in range(5):
+        _attempt(health, clock, BROKEN)
+    clock.now += Settings().cooldown_s
+    assert health.state is State.HALF_OPEN
+    token = health.begin()  # the probe
+    assert not health.snapshot("1K").available, "one probe at a time"
+    clock.now += 1
+    health.end(token, "1K", None)
+    assert health.state is State.CLOSED and health.snapshot("1K").available
+
+
+def test_a_failed_probe_reopens_with_a_doubled_cooldown() -> None:
+    settings = Settings()
+    health, clock = _health(settings)
+    for _ in range(5):
+        _attempt(health, clock, BROKEN)
+    clock.now += settings.cooldown_s
+    _attempt(health, clock, BROKEN)
+    assert health.state is State.OPEN
+    clock.now += settings.cooldown_s  # not enough any more
+    assert health.state is State.OPEN
+    clock.now += settings.cooldown_s
+    assert health.state is State.HALF_OPEN
+
+
+def test_cooldowns_stop_growing_at_the_maximum() -> None:
+    settings = Settings(cooldown_s=5, max_cooldown_s=12)
+    health, clock = _health(settings)
+    for _ in range(5):
+        _attempt(health, clock, BROKEN)
+    for _ in range(4):
+        clock.now += 12
+        _attempt(health, clock, BROKEN, seconds=0)
+    clock.now += 12
+    assert health.state is State.HALF_OPEN
+
+
+def test_a_probe_that_proves_nothing_frees_the_slot() -> None:
+    health, clock = _health()
+    for _ in range(5):
+        _attempt(health, clock, BROKEN)
+    clock.now += Settings().cooldown_s
+    _attempt(health, clock, Failure(Kind.CONTENT_BLOCKED, "x"))
+    assert health.state is State.HALF_OPEN and health.snapshot("1K").available
+
+
+def test_retry_after_rests_the_route_for_that_long() -> None:
+    health, clock = _health()
+    _attempt(health, clock, Failure(Kind.RATE_LIMITED, "slow down", retry_after_s=7.0))
+    assert not health.snapshot("1K").available
+    assert health.state is State.CLOSED, "a rate limit is a pause, not a broken route"
+    clock.now += 6.9
+    assert not health.snapshot("1K").available
+    clock.now += 0.2
+    assert health.snapshot("1K").available
+
+
+def test_a_rate_limit_without_a_hint_rests_briefly() -> None:
+    health, clock = _health()
+    _attempt(health, clock, Failure(Kind.RATE_LIMITED, "x"))
+    assert not health.snapshot("1K").available
+    clock.now += Settings().rate_limit_cooldown_s
+    assert health.snapshot("1K").available
+
+
+def test_latency_starts_at_the_prior_and_follows_the_evidence() -> None:
+    health, clock = _health()
+    assert health.snapshot("1K").expected_s == 10.0
+    assert health.snapshot("1K").p95_s == 15.0  # too few samples: the widened prior
+    for _ in range(20):
+        _attempt(health, clock, None, seconds=2.0)
+    snap = health.snapshot("1K")
+    assert snap.expected_s == pytest.approx(2.0, abs=0.01)
+    assert snap.p95_s == pytest.approx(2.0)
+    assert health.snapshot("2K").expected_s == 10.0, "tiers are tracked apart"
+
+
+def test_p95_is_the_95th_percentile_of_recent_samples() -> None:
+    health, clock = _health()
+    for seconds in [1.0] * 19 + [9.0]:
+        _attempt(health, clock, None, seconds=seconds)
+    assert health.snapshot("1K").p95_s == 1.0
+    _attempt(health, clock, None, seconds=9.0)
+    assert health.snapshot("1K").p95_s == 9.0
+
+
+def test_old_evidence_leaves_the_window() -> None:
+    settings = Settings()
+    health, clock = _health(settings)
+    for _ in range(4):
+        _attempt(health, clock, BROKEN)
+    assert health.snapshot("1K").success_ratio == 0.0
+    clock.now += settings.window_s + 1
+    snap = health.snapshot("1K")
+    assert snap.samples == 0 and snap.success_ratio == 1.0
+
+
+def test_an_attempt_far_past_its_p95_marks_the_route_stalled() -> None:
+    health, clock = _health()
+    for _ in range(10):
+        _attempt(health, clock, None, seconds=2.0)
+    health.begin()
+    clock.now += 4.0
+    assert not health.snapshot("1K").stalled  # under max(5 s, 2 x p95)
+    clock.now += 1.5
+    snap = health.snapshot("1K")
+    assert snap.stalled and snap.in_flight == 1
+
+
+def test_probes_go_to_stale_routes_within_their_share() -> None:
+    clock = Clock()
+    best, stale = _route("best"), _route("stale")
+    health = Health([best, stale], Settings(probe_share=0.1, stale_after_s=30), clock)
+    ranked = [best, stale]
+    probes = []
+    for _ in range(200):
+        clock.now += 1
+        snaps = health.snapshots(ranked, "1K")
+        probe = health.probe(ranked, snaps)
+        if probe is not None:
+            probes.append(clock.now)
+            token = health.of(stale).begin()
+            health.of(stale).end(token, "1K", None)
+    # Never more than one per stale_after_s (the route is fresh after each probe), and the
+    # first only once it has had no outcome for a while.
+    assert probes and len(probes) <= 200 / 30 + 1
+    assert all(b - a >= 30 for a, b in itertools.pairwise(probes))
+
+
+def test_no_probe_for_the_best_route_or_an_unavailable_one() -> None:
+    clock = Clock()
+    best, down = _route("best"), _route("down")
+    health = Health([best, down], Settings(probe_share=1.0), clock)
+    for _ in range(5):
+        _attempt(health.of(down), clock, BROKEN)
+    clock.now += 100  # both stale; down's cooldown is long over, so it is half-open
+    health.of(down).begin()  # … and its probe is already out
+    assert health.probe([best, down], health.snapshots([best, down], "1K")) is None

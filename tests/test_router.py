@@ -1,0 +1,243 @@
+"""proxy.routing.router against scripted upstreams: failover, breaker, Retry-After, hedging,
+backpressure, constraints and deadlines, with the real flows and health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from proxy.catalog import Model, Route
+from proxy.domain import Geometry, ImageRequest, Policy, Served
+from proxy.failures import Kind
+from proxy.routing.health import Health, Settings
+from proxy.routing.router import NoRoute, Router, RoutesFailed
+from proxy.routing.slots import Slots
+from tests.fakes import scripted
+from tests.fakes.scripted import OK, Scripted, Step
+
+T = TypeVar("T")
+
+CHEAP = scripted.route("cheap", "0.02", latency=0.1)
+MID = scripted.route("mid", "0.04", latency=0.1)
+DEAR = scripted.route("dear", "0.08", latency=0.05)
+ROUTES = (CHEAP, MID, DEAR)
+
+
+def request(n: int = 1, policy: Policy | None = None) -> ImageRequest:
+    return ImageRequest(kind="generate", model="m", prompt="a lighthouse", n=n,
+                        geometry=Geometry("1:1", "1K", None, "default"), output_format="png",
+                        response_format="b64_json", policy=policy or Policy())
+
+
+class Later:
+    """The real clock, moved forward on demand: health sees time pass that the loop did not."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def make_router(upstream: Scripted, routes: Sequence[Route] = ROUTES, timeout_s: float = 10.0,
+                slot_wait_s: float = 0.05, clock: Later | None = None) -> Router:
+    clients = {r.provider.name: httpx.AsyncClient(transport=upstream) for r in routes}
+    return Router({"scripted": scripted.ADAPTER}, clients, timeout_s,
+                  health=Health(routes, Settings(), clock or Later()),
+                  slots=Slots((r.provider for r in routes), wait_s=slot_wait_s))
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def serve(router: Router, model: Model, req: ImageRequest | None = None) -> Served:
+    return await router.serve(model, req or request())
+
+
+async def failure(router: Router, model: Model, req: ImageRequest | None = None
+                  ) -> RoutesFailed:
+    with pytest.raises(RoutesFailed) as caught:
+        await router.serve(model, req or request())
+    return caught.value
+
+
+def log(served_or_failed: Served | RoutesFailed) -> list[str]:
+    return [f"{a.provider}={a.failure or 'ok'}" for a in served_or_failed.attempts]
+
+
+def test_cheapest_healthy_route_serves() -> None:
+    upstream = Scripted()
+    served = run(serve(make_router(upstream), scripted.model(ROUTES)))
+    assert served.provider == "cheap" and log(served) == ["cheap=ok"]
+    assert served.cost_usd == Decimal("0.02") and served.quote_usd == Decimal("0.02")
+    assert served.strategy == "cheapest"
+
+
+@pytest.mark.parametrize(("status", "kind"), [(503, "overloaded"), (500, "upstream_broken"),
+                                              (429, "rate_limited"), (504, "timeout")])
+def test_retryable_failures_move_to_the_next_route(status: int, kind: str) -> None:
+    upstream = Scripted()
+    upstream.script("cheap", Step(status))
+    served = run(serve(make_router(upstream), scripted.model(ROUTES)))
+    assert served.provider == "mid" and log(served) == [f"cheap={kind}", "mid=ok"]
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, Kind.BAD_REQUEST), (401, Kind.AUTH)])
+def test_the_clients_failures_go_straight_back(status: int, kind: Kind) -> None:
+    upstream = Scripted()
+    upstream.script("cheap", Step(status))
+    failed = run(failure(make_router(upstream), scripted.model(ROUTES)))
+    assert failed.failure.kind is kind and log(failed) == [f"cheap={kind.value}"]
+    assert upstream.calls["mid"] == 0
+
+
+def test_every_route_failing_returns_the_last_failure() -> None:
+    upstream = Scripted(default=Step(503))
+    failed = run(failure(make_router(upstream), scripted.model(ROUTES)))
+    assert failed.failure.kind is Kind.OVERLOADED
+    assert log(failed) == ["cheap=overloaded", "mid=overloaded", "dear=overloaded"]
+
+
+def test_a_broken_route_is_avoided_after_five_failures_and_returns_after_recovery() -> None:
+    upstream = Scripted()
+    upstream.script("cheap", *[Step(503)] * 5)
+    clock = Later()
+    router = make_router(upstream, clock=clock)
+    model = scripted.model(ROUTES)
+
+    async def go() -> list[str]:
+        providers = [(await serve(router, model)).provider for _ in range(8)]
+        assert upstream.calls["cheap"] == 5, "the open breaker keeps traffic away"
+        # Recovered: after the cooldown one probe goes through and closes the breaker.
+        clock.offset += Settings().cooldown_s + 0.1
+        providers += [(await serve(router, model)).provider for _ in range(2)]
+        return providers
+
+    providers = run(go())
+    assert providers[:5] == ["mid"] * 5 and providers[5:8] == ["mid"] * 3
+    assert providers[8:] == ["cheap", "cheap"]
+
+
+def test_retry_after_keeps_a_route_resting() -> None:
+    upstream = Scripted()
+    upstream.script("cheap", Step(429, retry_after="30"))
+    router = make_router(upstream)
+
+    async def go() -> list[str]:
+        return [(await serve(router, scripted.model(ROUTES))).provider for _ in range(3)]
+
+    assert run(go()) == ["mid", "mid", "mid"]
+    assert upstream.calls["cheap"] == 1
+
+
+def test_a_hedge_starts_past_the_p95_and_the_first_image_wins() -> None:
+    upstream = Scripted()
+    upstream.script("cheap", Step(delay_s=3.0))  # p95 prior: 1.5 x 0.1 s
+    router = make_router(upstream)
+    served = run(serve(router, scripted.model(ROUTES, hedge=True)))
+    assert served.provider == "mid"
+    assert log(served) == ["mid=ok", "cheap=hedged"]
+    assert upstream.cancelled["cheap"] == 1, "the losing attempt is cancelled"
+    assert served.hedge_cost_usd == Decimal("0.02"), "what it started is counted honestly"
+    assert served.cost_usd == Decimal("0.04")
+
+
+def test_no_hedge_unless_asked() -> None:
+    upstream = Scripted()
+    upstream.script("cheap", Step(delay_s=0.4))
+    served = run(serve(make_router(upstream), scripted.model(ROUTES)))
+    assert served.provider == "cheap" and upstream.calls["mid"] == 0
+
+
+def test_the_request_can_ask_for_a_hedge() -> None:
+    upstream = Scripted()
+    upstream.script("cheap", Step(delay_s=3.0))
+    served = run(serve(make_router(upstream), scripted.model(ROUTES),
+                       request(policy=Policy(hedge=True))))
+    assert served.provider == "mid"
+
+
+def test_a_full_provider_sends_the_next_request_to_the_next_route() -> None:
+    upstream = Scripted()
+    cheap = scripted.route("cheap", "0.02", latency=5.0, max_in_flight=1)
+    routes = (cheap, MID)
+    upstream.script("cheap", Step(delay_s=0.3))
+    router = make_router(upstream, routes)
+
+    async def go() -> list[str]:
+        served = await asyncio.gather(*(serve(router, scripted.model(routes))
+                                        for _ in range(2)))
+        return sorted(s.provider for s in served)
+
+    assert run(go()) == ["cheap", "mid"]
+
+
+def test_every_provider_full_is_a_503_with_retry_after() -> None:
+    upstream = Scripted(default=Step(delay_s=0.3))
+    routes = (scripted.route("a", "0.02", max_in_flight=1),
+              scripted.route("b", "0.03", max_in_flight=1))
+    router = make_router(upstream, routes)
+
+    async def go() -> list[Served | BaseException]:
+        return await asyncio.gather(*(serve(router, scripted.model(routes)) for _ in range(3)),
+                                    return_exceptions=True)
+
+    outcomes = run(go())
+    refused = [o for o in outcomes if isinstance(o, RoutesFailed)]
+    assert len(refused) == 1 and len(outcomes) - len(refused) == 2
+    assert refused[0].failure.kind is Kind.OVERLOADED
+    assert refused[0].failure.retry_after_s == 1.0 and refused[0].attempts == ()
+
+
+@pytest.mark.parametrize(("policy", "provider"), [
+    (Policy(strategy="fastest"), "dear"),
+    (Policy(strategy="ordered"), "cheap"),
+    (Policy(only=frozenset({"mid", "dear"})), "mid"),
+    (Policy(ignore=frozenset({"cheap"})), "mid"),
+    (Policy(max_price=Decimal("0.05"), strategy="fastest"), "cheap"),
+])
+def test_the_request_policy_steers_the_choice(policy: Policy, provider: str) -> None:
+    served = run(serve(make_router(Scripted()), scripted.model(ROUTES),
+                       request(policy=policy)))
+    assert served.provider == provider
+    assert served.strategy == (policy.strategy or "cheapest")
+
+
+def test_an_unmet_constraint_is_a_no_route_naming_it() -> None:
+    with pytest.raises(NoRoute) as caught:
+        run(serve(make_router(Scripted()), scripted.model(ROUTES),
+                  request(policy=Policy(max_price=Decimal("0.01")))))
+    assert caught.value.param == "route.max_price"
+
+
+def test_a_slow_upstream_ends_at_the_deadline() -> None:
+    upstream = Scripted(default=Step(delay_s=5.0))
+    failed = run(failure(make_router(upstream, (CHEAP,), timeout_s=0.3), scripted.model((CHEAP,))))
+    assert failed.failure.kind is Kind.TIMEOUT
+
+
+def test_n_images_are_billed_as_delivered() -> None:
+    served = run(serve(make_router(Scripted()), scripted.model(ROUTES), request(n=3)))
+    assert len(served.result.images) == 3 and served.cost_usd == Decimal("0.06")
+
+
+def test_slots_are_released_after_every_outcome() -> None:
+    upstream = Scripted()
+    upstream.script("cheap", Step(503), OK, Step(delay_s=3.0))
+    router = make_router(upstream)
+    model = scripted.model(ROUTES, hedge=True)
+
+    async def go() -> None:
+        for _ in range(3):
+            await serve(router, model)
+        await asyncio.sleep(0.05)  # let cancelled attempts unwind
+        assert all(router._slots.in_use(r.provider) == 0 for r in ROUTES)
+
+    run(go())
