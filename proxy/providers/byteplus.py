@@ -7,6 +7,8 @@ limits differ per model version, so they are route options (`arbitrary_sizes`, `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from typing import Any
 
 from proxy import geometry
@@ -26,6 +28,8 @@ DEFAULT_RULES = api.SizeRules(multiple=1, max_ratio=16.0, min_pixels=921_600,
 # Codes from Ark's docs and client code; routes can add or override with `error_kinds`.
 ERROR_KINDS: dict[str, Kind] = {
     "*SensitiveContentDetected*": Kind.CONTENT_BLOCKED,
+    # Volcengine's ContentSecurityDetection refusals (InputTextRiskDetection, ...): also a 400.
+    "*RiskDetection*": Kind.CONTENT_BLOCKED,
     "AuthenticationError": Kind.AUTH,
     "AccessDenied*": Kind.AUTH,
     "ServiceNotOpen": Kind.AUTH,
@@ -45,7 +49,7 @@ def build(request: ImageRequest, route: Route) -> UpstreamCall:
     """One Seedream call for one image. The watermark Ark adds by default is off unless the
     route says otherwise; `seed` only reaches models that take it (`accepts_seed`)."""
     api.reject_mask(request, route)
-    width, height = api.choose_size(request, route, default_rules=DEFAULT_RULES)
+    width, height = api.choose_size(request, _seedream_sizes(route), default_rules=DEFAULT_RULES)
     body: dict[str, Any] = {
         "model": route.upstream_model, "prompt": request.prompt,
         "size": geometry.size_text(width, height),
@@ -62,6 +66,17 @@ def build(request: ImageRequest, route: Route) -> UpstreamCall:
         body["output_format"] = request.output_format
     return UpstreamCall("POST", api.endpoint(route, "generations_path", "/images/generations"),
                         api.auth_headers(route), json={**body, **api.extra_body(route)})
+
+
+def _seedream_sizes(route: Route) -> Route:
+    """The route with its `arbitrary_sizes` completed from Seedream's limits. A 4.5 route that
+    only raises `min_pixels` must keep Seedream's ratio of 16 and pixel cap, not inherit the
+    generic rules (16-pixel multiples, ratio 3, no cap) that would bend valid sizes."""
+    spec = api.option(route, "arbitrary_sizes")
+    if not spec:
+        return route
+    rules = {**asdict(DEFAULT_RULES), **(spec if isinstance(spec, Mapping) else {})}
+    return replace(route, options={**route.options, "arbitrary_sizes": rules})
 
 
 def flow(request: ImageRequest, route: Route) -> Flow:
