@@ -188,6 +188,9 @@ def test_n_runs_parallel_single_image_calls() -> None:
     assert ADAPTER.images_per_call == 1
     result = attempt(ADAPTER, make_request(n=3), make_route(), fake)
     assert len(result.images) == 3 and len(fake.seen) == 3
+    single = attempt(ADAPTER, make_request(n=1), make_route(), FakeGemini())
+    assert single.usage is not None and result.usage is not None
+    assert result.usage.output_image_tokens == 3 * single.usage.output_image_tokens
     assert all(s.json["generationConfig"]["candidateCount"] == 1 for s in fake.seen)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
+from dataclasses import fields, replace
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,7 +19,7 @@ import orjson
 
 from proxy.catalog import Provider, Route
 from proxy.config import Secret
-from proxy.domain import ImageRequest, ImageResult
+from proxy.domain import ImageRequest, ImageResult, Usage
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
 from proxy.providers.base import Adapter, Flow, Sleep, UpstreamCall, UpstreamReply
 from proxy.providers.credentials import Credentials
@@ -117,7 +117,16 @@ async def generate(adapter: Adapter, route: Route, request: ImageRequest,
         first = next(o for o in outcomes if isinstance(o, UpstreamError))
         raise first
     return ImageResult(images=tuple(i for r in results for i in r.images), size=results[0].size,
-                       upstream_id=results[0].upstream_id, usage=results[0].usage)
+                       upstream_id=results[0].upstream_id,
+                       usage=_total_usage(r.usage for r in results))
+
+
+def _total_usage(usages: Iterable[Usage | None]) -> Usage | None:
+    """Token counts of parallel calls, added up (None if no call reported any)."""
+    known = [u for u in usages if u is not None]
+    if not known:
+        return None
+    return Usage(*(sum(getattr(u, f.name) for u in known) for f in fields(Usage)))
 
 
 def _with_n(request: ImageRequest, n: int) -> ImageRequest:
