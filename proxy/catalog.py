@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from proxy.billing import pricing
 from proxy.config import Secret
 from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS
 
@@ -84,6 +85,8 @@ class Route:
     capabilities: Capabilities
     typical_latency_s: float = 10.0
     options: Mapping[str, Any] = field(default_factory=dict)
+    price_terms: str = "per image"  # how the host itself bills (tokens, credits, packs)
+    usd_per_image_token: Decimal | None = None  # per-token routes bill the reported usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,18 +237,16 @@ def _model(spec: dict[str, Any], providers: Mapping[str, Provider], path: Path) 
 
 def _route(model: str, spec: dict[str, Any], provider: Provider, base_caps: Mapping[str, Any],
            where: str) -> Route:
-    price = spec.get("price", {})
-    prices = price.get("per_image") if isinstance(price, dict) else None
-    if not isinstance(prices, dict) or not prices:
-        raise CatalogError(f"{where}: price.per_image needs a price for at least one tier")
-    for tier in prices:
-        if tier not in TIERS:
-            raise CatalogError(f"{where}: unknown tier {tier!r} (known: {', '.join(TIERS)})")
+    try:
+        prices = pricing.per_image(spec.get("price"), where)
+    except pricing.PriceError as exc:
+        raise CatalogError(str(exc)) from None
     caps = _capabilities({**base_caps, **spec.get("capabilities", {})}, tuple(prices), where)
     return Route(
         id=f"{model}/{provider.name}", model=model, provider=provider,
         upstream_model=_require(spec, "upstream_model", str, where),
-        price_per_image={t: _price(p, f"{where} price.per_image.{t}") for t, p in prices.items()},
+        price_per_image=prices, price_terms=pricing.terms(spec["price"]),
+        usd_per_image_token=pricing.token_rate(spec["price"]),
         capabilities=caps, typical_latency_s=_number(spec, "typical_latency_s", 10.0, where),
         options=dict(spec.get("options", {})),
     )
@@ -290,9 +291,3 @@ def _number(spec: Mapping[str, Any], key: str, default: float, where: str) -> fl
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise CatalogError(f"{where}: {key!r} must be a non-negative number")
     return float(value)
-
-
-def _price(value: Any, where: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise CatalogError(f"{where}: a price must be a non-negative number of US dollars")
-    return Decimal(str(value))

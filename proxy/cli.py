@@ -102,14 +102,15 @@ def _routes_list(config: Config, args: argparse.Namespace) -> int:
     from proxy.providers import ADAPTERS
 
     demo_on = load_catalog(config).demo
-    header = ["MODEL", "PROVIDER", "PROTOCOL", "UPSTREAM MODEL", *TIERS, "STATUS"]
+    header = ["MODEL", "PROVIDER", "PROTOCOL", "UPSTREAM MODEL", *TIERS, "HOST BILLS", "STATUS"]
     rows = [header]
     for model in inventory(config.routes_dir, os.environ, ADAPTERS):
         for route in model.routes:
             prices = [f"{route.price_per_image[t]:.4f}" if t in route.price_per_image else "-"
                       for t in TIERS]
             rows.append([model.name, route.provider.name, route.provider.protocol,
-                         route.upstream_model, *prices, _status(route.provider, demo_on)])
+                         route.upstream_model, *prices, route.price_terms,
+                         _status(route.provider, demo_on)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))

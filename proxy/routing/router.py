@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from proxy import metrics
+from proxy.billing import pricing
 from proxy.catalog import Model, Route
 from proxy.convert import conform
 from proxy.domain import Attempt, ImageRequest, ImageResult, Policy, Served
@@ -112,7 +113,9 @@ class Router:
         route, result = await run.execute()
         native = result.images[0].mime
         result, converted = await conform(result, request)
-        cost = route.price_per_image[request.geometry.tier] * len(result.images)
+        cost = pricing.actual(route.price_per_image[request.geometry.tier], len(result.images),
+                              route.usd_per_image_token,
+                              result.usage.output_image_tokens if result.usage else None)
         return Served(result, route.id, route.provider.name, route.upstream_model, cost,
                       tuple(run.attempts), native if converted else None,
                       strategy=policy.strategy or "cheapest", quote_usd=quote(route, request))

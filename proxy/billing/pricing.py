@@ -1,0 +1,113 @@
+"""Upstream prices in each host's own terms, converted to US dollars per image per tier.
+
+Hosts bill per image, per output token, in credits bought in packs, or from token packs. The
+catalog states a route's price the way its host publishes it; routing and billing only ever
+see dollars per image at each resolution tier. Pure functions: no I/O, exact decimals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from proxy.domain import TIERS
+
+MILLION = Decimal(1_000_000)
+
+
+class PriceError(ValueError):
+    """A price table that cannot be read; the message names the field."""
+
+
+def per_image(price: Any, where: str) -> dict[str, Decimal]:
+    """Dollars per image by tier from a route's `price` table, which holds exactly one of:
+
+    - `per_image = { "1K" = 0.067, ... }`
+    - `per_token = { usd_per_million = 60, tokens = { "1K" = 1120, ... } }` (output image tokens)
+    - `credits = { per_image = { "1K" = 18, ... }, pack_usd = 60, pack_credits = 8000 }`
+      (or `usd_per_credit = 0.0075` in place of the pack)
+    - `token_pack = { pack_usd = 30.10, pack_tokens = 7000000, tokens = { "2K" = 16384 } }`
+    """
+    if not isinstance(price, Mapping):
+        price = {}
+    kinds = [k for k in ("per_image", "per_token", "credits", "token_pack") if k in price]
+    if len(kinds) != 1:
+        raise PriceError(f"{where}: price needs exactly one of price.per_image, "
+                         f"price.per_token, price.credits, price.token_pack")
+    kind = kinds[0]
+    spec = price[kind]
+    at = f"{where} price.{kind}"
+    if kind == "per_image":
+        return _tiers(spec, at, lambda v, w: _amount(v, w))
+    if not isinstance(spec, Mapping):
+        raise PriceError(f"{at}: expected a table")
+    if kind == "per_token":
+        rate = _amount(spec.get("usd_per_million"), f"{at}.usd_per_million") / MILLION
+        return _tiers(spec.get("tokens"), f"{at}.tokens", lambda v, w: _amount(v, w) * rate)
+    if kind == "credits":
+        usd = _unit_price(spec, "usd_per_credit", "pack_credits", at)
+        return _tiers(spec.get("per_image"), f"{at}.per_image", lambda v, w: _amount(v, w) * usd)
+    usd = _unit_price(spec, "usd_per_token", "pack_tokens", at)
+    return _tiers(spec.get("tokens"), f"{at}.tokens", lambda v, w: _amount(v, w) * usd)
+
+
+def token_rate(price: Mapping[str, Any]) -> Decimal | None:
+    """Dollars per output image token, for a per-token route (its bill follows the usage the
+    host reports); None for every other kind of price."""
+    spec = price.get("per_token")
+    return Decimal(str(spec["usd_per_million"])) / MILLION if isinstance(spec, Mapping) else None
+
+
+def actual(per_image_usd: Decimal, images: int, rate: Decimal | None,
+           image_tokens: int | None) -> Decimal:
+    """What a delivered result costs: reported image tokens x rate on a per-token route that
+    reported them, else the per-image price x images delivered."""
+    if rate is not None and image_tokens:
+        return rate * image_tokens
+    return per_image_usd * images
+
+
+def terms(price: Mapping[str, Any]) -> str:
+    """The host's own pricing terms in a few words, for `switchyard routes list`."""
+    if "per_token" in price:
+        spec = price["per_token"]
+        return f"${spec.get('usd_per_million')}/M output tokens"
+    if "credits" in price:
+        spec = price["credits"]
+        if "pack_usd" in spec:
+            return f"credits: ${spec['pack_usd']} per {spec['pack_credits']:,}"
+        return f"credits: ${spec.get('usd_per_credit')} each"
+    if "token_pack" in price:
+        spec = price["token_pack"]
+        return f"token pack: ${spec.get('pack_usd')} per {spec.get('pack_tokens'):,} tokens"
+    return "per image"
+
+
+def _unit_price(spec: Mapping[str, Any], direct: str, count: str, at: str) -> Decimal:
+    """Dollars per unit: given directly, or a pack's price over its size."""
+    if direct in spec:
+        return _amount(spec[direct], f"{at}.{direct}")
+    pack = _amount(spec.get("pack_usd"), f"{at}.pack_usd")
+    size = _amount(spec.get(count), f"{at}.{count}")
+    if size == 0:
+        raise PriceError(f"{at}.{count}: a pack holds more than nothing")
+    return pack / size
+
+
+def _tiers(spec: Any, at: str, convert: Any) -> dict[str, Decimal]:
+    if not isinstance(spec, Mapping) or not spec:
+        raise PriceError(f"{at}: needs a value for at least one tier")
+    unknown = [t for t in spec if t not in TIERS]
+    if unknown:
+        raise PriceError(f"{at}: unknown tier {unknown[0]!r} (known: {', '.join(TIERS)})")
+    return {t: convert(spec[t], f"{at}.{t}") for t in TIERS if t in spec}
+
+
+def _amount(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PriceError(f"{where}: must be a non-negative number")
+    amount = Decimal(str(value))
+    if amount < 0:
+        raise PriceError(f"{where}: must be a non-negative number")
+    return amount
