@@ -117,3 +117,6 @@ def client(server: Running, api_key: str) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=server.v1, api_key=api_key, max_retries=0) as sdk:
         yield sdk
 
+
+
+from tests.databases import database, postgres_url  # noqa: E402,F401  (shared fixtures)

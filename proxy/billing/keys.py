@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Protocol
 
 from cachetools import TTLCache
@@ -18,9 +19,26 @@ from cachetools import TTLCache
 PREFIX = "sy-"
 
 
+PERIODS: tuple[str, ...] = ("total", "monthly", "daily")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What a key may do and spend. None means "no limit" (or "not set")."""
+
+    allowed_models: tuple[str, ...] | None = None  # public model names; None: every model
+    strategy: str | None = None  # the key's default routing strategy
+    plan: str | None = None  # the price plan it pays by; None: the default plan
+    budget_usd: Decimal | None = None
+    budget_period: str = "total"  # total | monthly | daily (UTC)
+    rpm: int | None = None  # requests per minute
+    ipm: int | None = None  # images per minute
+    concurrency: int | None = None  # requests in flight at once
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
-    """A stored key, never its plain text. Later issues add budgets and limits beside it."""
+    """A stored key, never its plain text."""
 
     id: str
     name: str
@@ -28,6 +46,7 @@ class KeyRecord:
     hint: str
     created_at: int
     revoked_at: int | None = None
+    limits: KeyLimits = KeyLimits()
 
     @property
     def active(self) -> bool:

@@ -1,55 +1,42 @@
-"""The embedded SQLite store: tenant keys now; budgets, limits and the ledger slot in later.
+"""The billing store: tenant keys here; budgets and the ledger in money.py, idempotent
+responses in idempotency.py, usage reports in usage.py, all on one database (db.py).
 
-Schema changes are numbered migrations applied at open, so a data directory from an older
-version upgrades in place. WAL mode lets the CLI write while the server reads.
+SQLite in the data directory by default; PostgreSQL when `database_url` says so, which is how
+several replicas share one truth. Synchronous and thread-safe: the server calls it through
+asyncio.to_thread.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
+import json
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from proxy.billing.keys import KeyRecord, digest, hint, new_key, new_key_id
+from proxy.billing import db as db_module
+from proxy.billing.idempotency import Idempotency
+from proxy.billing.keys import KeyLimits, KeyRecord, digest, hint, new_key, new_key_id
+from proxy.billing.money import Money, micros, usd
+from proxy.billing.schema import migrate
+from proxy.billing.usage import Usage
 
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        key_hash TEXT NOT NULL UNIQUE,
-        hint TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        revoked_at INTEGER
-    );
-    """,
-)
-
-_COLUMNS = "id, name, tenant, hint, created_at, revoked_at"
+_COLUMNS = ("id, name, tenant, hint, created_at, revoked_at, allowed_models, strategy, plan, "
+            "budget_micros, budget_period, rpm, ipm, concurrency")
 
 
 class Store:
-    """Synchronous and thread-safe; the server calls it through asyncio.to_thread."""
+    """Opens (and migrates) the database; `money`, `idempotency` and `usage` share it."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                self._db.executescript(f"BEGIN; {script} PRAGMA user_version={number}; COMMIT;")
+    def __init__(self, target: str | Path) -> None:
+        self.db = db_module.connect(target)
+        migrate(self.db)
+        self.money = Money(self.db)
+        self.idempotency = Idempotency(self.db)
+        self.usage = Usage(self.db)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -57,40 +44,83 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_key(self, name: str, tenant: str | None = None) -> tuple[KeyRecord, str]:
+    def create_key(self, name: str, tenant: str | None = None,
+                   limits: KeyLimits | None = None) -> tuple[KeyRecord, str]:
         """A new key; the plain key is returned once and never stored."""
         key = new_key()
-        record = KeyRecord(new_key_id(), name, tenant or name, hint(key), int(time.time()))
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO api_keys (id, name, tenant, key_hash, hint, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (record.id, record.name, record.tenant, digest(key), record.hint,
-                 record.created_at),
-            )
+        record = KeyRecord(new_key_id(), name, tenant or name, hint(key), int(time.time()),
+                           limits=limits or KeyLimits())
+        self.db.execute(
+            f"INSERT INTO api_keys ({_COLUMNS}, key_hash) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*_row(record), digest(key)))
         return record, key
 
     def list_keys(self) -> list[KeyRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM api_keys ORDER BY rowid").fetchall()
-        return [KeyRecord(*row) for row in rows]
+        rows = self.db.query(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [_record(row) for row in rows]
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        rows = self.db.query(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+        return _record(rows[0]) if rows else None
+
+    def update_limits(self, key_id: str, limits: KeyLimits) -> KeyRecord | None:
+        """Replace a key's limits; None if there is no such key."""
+        record = self.get_key(key_id)
+        if record is None:
+            return None
+        updated = replace(record, limits=limits)
+        values = _row(updated)[6:]
+        self.db.execute(
+            "UPDATE api_keys SET allowed_models = ?, strategy = ?, plan = ?, budget_micros = ?, "
+            "budget_period = ?, rpm = ?, ipm = ?, concurrency = ? WHERE id = ?",
+            (*values, key_id))
+        return updated
 
     def revoke_key(self, key_id: str) -> bool:
         """True if an active key with that id was revoked."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (int(time.time()), key_id))
-        return cursor.rowcount == 1
+        return self.db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (int(time.time()), key_id)) == 1
+
+    def rotate_key(self, key_id: str) -> tuple[KeyRecord, str] | None:
+        """A new secret for an active key (same id, limits, usage); the old one stops working."""
+        key = new_key()
+        changed = self.db.execute(
+            "UPDATE api_keys SET key_hash = ?, hint = ? WHERE id = ? AND revoked_at IS NULL",
+            (digest(key), hint(key), key_id))
+        record = self.get_key(key_id) if changed else None
+        return (record, key) if record else None
 
     def find_key(self, key_hash: str) -> tuple[str, KeyRecord] | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT key_hash, {_COLUMNS} FROM api_keys WHERE key_hash = ?",
-                (key_hash,)).fetchone()
-        return None if row is None else (row[0], KeyRecord(*row[1:]))
+        rows = self.db.query(f"SELECT key_hash, {_COLUMNS} FROM api_keys WHERE key_hash = ?",
+                             (key_hash,))
+        return (rows[0][0], _record(rows[0][1:])) if rows else None
 
     def count_keys(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
+        return int(self.db.query("SELECT COUNT(*) FROM api_keys")[0][0])
+
+
+def _row(record: KeyRecord) -> tuple[Any, ...]:
+    limits = record.limits
+    models = json.dumps(list(limits.allowed_models)) if limits.allowed_models is not None \
+        else None
+    budget = micros(limits.budget_usd) if limits.budget_usd is not None else None
+    return (record.id, record.name, record.tenant, record.hint, record.created_at,
+            record.revoked_at, models, limits.strategy, limits.plan, budget,
+            limits.budget_period, limits.rpm, limits.ipm, limits.concurrency)
+
+
+def _record(row: tuple[Any, ...]) -> KeyRecord:
+    (key_id, name, tenant, key_hint, created, revoked, models, strategy, plan, budget, period,
+     rpm, ipm, concurrency) = row
+    limits = KeyLimits(
+        allowed_models=tuple(json.loads(models)) if models is not None else None,
+        strategy=strategy, plan=plan,
+        budget_usd=usd(int(budget)) if budget is not None else None,
+        budget_period=period or "total", rpm=rpm, ipm=ipm, concurrency=concurrency)
+    return KeyRecord(key_id, name, tenant, key_hint, int(created),
+                     int(revoked) if revoked is not None else None, limits)
+
+
+

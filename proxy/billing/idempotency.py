@@ -1,0 +1,74 @@
+"""Idempotency-Key: the first response to a key's request is kept 24 hours and sent again.
+
+A claim is taken in the database before generating, so concurrent duplicates (in any process)
+see "busy" and wait for the first instead of generating twice. Only successes are kept: a
+failed first attempt gives the key up, and a retry may try again. The same key with a
+different request body is refused rather than answered with the wrong images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from proxy.billing.db import Database
+
+TTL_S = 24 * 3600
+# A claim this old without a response belongs to a process that died: it may be taken over.
+STALE_CLAIM_S = 900
+
+
+class Claimed(StrEnum):
+    NEW = "new"  # ours: generate, then complete() or abandon()
+    DONE = "done"  # answered before: replay the stored response
+    BUSY = "busy"  # another request with this key is generating now
+    MISMATCH = "mismatch"  # the key was used for a different request
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Idempotency:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def claim(self, key_id: str, idem_key: str, fingerprint: str,
+              now: float | None = None) -> tuple[Claimed, Stored | None]:
+        now = time.time() if now is None else now
+        with self._db.transaction() as cur:
+            rows = cur.query("SELECT fingerprint, state, status, headers, body, created_at "
+                             "FROM idempotency WHERE key_id = ? AND idem_key = ?",
+                             (key_id, idem_key))
+            expired = rows and int(rows[0][5]) < now - TTL_S
+            stale = rows and rows[0][1] == "pending" and int(rows[0][5]) < now - STALE_CLAIM_S
+            if expired or stale:
+                cur.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ?",
+                            (key_id, idem_key))
+                rows = []
+            if not rows:
+                cur.execute("INSERT INTO idempotency (key_id, idem_key, fingerprint, state, "
+                            "created_at) VALUES (?, ?, ?, 'pending', ?)",
+                            (key_id, idem_key, fingerprint, int(now)))
+                return Claimed.NEW, None
+        stored_fingerprint, state, status, headers, body, _ = rows[0]
+        if stored_fingerprint != fingerprint:
+            return Claimed.MISMATCH, None
+        if state != "done":
+            return Claimed.BUSY, None
+        return Claimed.DONE, Stored(int(status), json.loads(headers), bytes(body))
+
+    def complete(self, key_id: str, idem_key: str, response: Stored) -> None:
+        self._db.execute(
+            "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ? "
+            "WHERE key_id = ? AND idem_key = ?",
+            (response.status, json.dumps(response.headers), response.body, key_id, idem_key))
+
+    def abandon(self, key_id: str, idem_key: str) -> None:
+        self._db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
+                         "AND state = 'pending'", (key_id, idem_key))

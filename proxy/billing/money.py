@@ -1,0 +1,134 @@
+"""Budgets and the ledger: reserve a quote before the upstream call, settle or release after.
+
+A reservation is one conditional UPDATE (spent + reserved + quote <= budget), so concurrent
+requests can never overspend, on SQLite or PostgreSQL, in one process or many. Settling writes
+the request's ledger row and moves the reservation to `spent` in the same transaction: a
+response that reached a client has its row, and no row is written twice (the request id is
+the ledger's key). Reservations a crashed process left behind are released by `sweep`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from dataclasses import astuple, dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from proxy.billing.db import Cursor, Database
+
+MICRO = Decimal("0.000001")
+
+
+def micros(amount: Decimal) -> int:
+    """US dollars to integer micro-dollars (half a micro-dollar rounds up)."""
+    return int((amount / MICRO).to_integral_value(ROUND_HALF_UP))
+
+
+def usd(amount_micros: int) -> Decimal:
+    return Decimal(amount_micros).scaleb(-6)
+
+
+def period_label(period: str, now: float) -> str:
+    """The budget window a moment falls in: 'total', '2026-11' (monthly) or '2026-11-22'."""
+    day = dt.datetime.fromtimestamp(now, dt.UTC)
+    return {"monthly": day.strftime("%Y-%m"), "daily": day.strftime("%Y-%m-%d")}.get(period,
+                                                                                  "total")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger row: a request's outcome, what it was billed and what it cost upstream."""
+
+    request_id: str
+    key_id: str
+    tenant: str
+    model: str
+    provider: str | None
+    route: str | None
+    tier: str
+    n_asked: int
+    n_delivered: int
+    billed_micros: int
+    upstream_micros: int
+    latency_ms: int
+    outcome: str  # success | a failure class
+    failure: str | None
+    attempts: int
+    upstream_id: str | None
+    idempotency_key: str | None
+    created_at: int
+
+
+_LEDGER_COLUMNS = ", ".join(Entry.__dataclass_fields__)
+_LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
+                  f"({', '.join('?' * len(Entry.__dataclass_fields__))}) "
+                  f"ON CONFLICT (request_id) DO NOTHING")
+
+
+class Money:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def reserve(self, key_id: str, period: str, amount_micros: int,
+                budget_micros: int | None) -> str | None:
+        """Hold `amount` of the key's budget for `period`; None if it would overspend.
+        Keys without a budget are reserved too, so `spent` is right if one is set later."""
+        reservation = "res_" + secrets.token_hex(8)
+        with self._db.transaction() as cur:
+            cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
+                        "ON CONFLICT (key_id, period) DO NOTHING", (key_id, period))
+            if budget_micros is None:
+                cur.execute("UPDATE budget_counters SET reserved_micros = reserved_micros + ? "
+                            "WHERE key_id = ? AND period = ?", (amount_micros, key_id, period))
+            elif cur.execute(
+                    "UPDATE budget_counters SET reserved_micros = reserved_micros + ? "
+                    "WHERE key_id = ? AND period = ? "
+                    "AND spent_micros + reserved_micros + ? <= ?",
+                    (amount_micros, key_id, period, amount_micros, budget_micros)) != 1:
+                return None
+            cur.execute("INSERT INTO reservations (id, key_id, period, amount_micros, "
+                        "created_at) VALUES (?, ?, ?, ?, ?)",
+                        (reservation, key_id, period, amount_micros, int(time.time())))
+        return reservation
+
+    def settle(self, reservation: str | None, entry: Entry) -> None:
+        """Write the ledger row and turn the reservation into what was billed (nothing, for a
+        failure): one transaction."""
+        with self._db.transaction() as cur:
+            if reservation is not None:
+                _close(cur, reservation, entry.billed_micros)
+            cur.execute(_LEDGER_INSERT, astuple(entry))
+
+    def sweep(self, older_than_s: float) -> int:
+        """Release reservations older than any request can live (left by a crash)."""
+        cutoff = int(time.time() - older_than_s)
+        stale = self._db.query("SELECT id FROM reservations WHERE created_at < ?", (cutoff,))
+        for (reservation,) in stale:
+            with self._db.transaction() as cur:
+                _close(cur, reservation, 0)
+        return len(stale)
+
+    def spent(self, key_id: str, period: str) -> tuple[Decimal, Decimal]:
+        """(spent, reserved) in US dollars for a key's budget window."""
+        rows = self._db.query("SELECT spent_micros, reserved_micros FROM budget_counters "
+                              "WHERE key_id = ? AND period = ?", (key_id, period))
+        return (usd(int(rows[0][0])), usd(int(rows[0][1]))) if rows else (Decimal(0), Decimal(0))
+
+    def entry(self, request_id: str) -> Entry | None:
+        rows = self._db.query(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE request_id = ?",
+                              (request_id,))
+        return Entry(*rows[0]) if rows else None
+
+
+def _close(cur: Cursor, reservation: str, billed_micros: int) -> None:
+    """Move a reservation's amount out of `reserved`, and what was billed into `spent`."""
+    rows = cur.query("SELECT key_id, period, amount_micros FROM reservations WHERE id = ?",
+                     (reservation,))
+    if not rows:
+        return  # already settled or swept
+    key_id, period, amount = rows[0]
+    cur.execute("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
+                "spent_micros = spent_micros + ? WHERE key_id = ? AND period = ?",
+                (int(amount), billed_micros, key_id, period))
+    cur.execute("DELETE FROM reservations WHERE id = ?", (reservation,))

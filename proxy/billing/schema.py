@@ -1,0 +1,107 @@
+"""The billing database's schema as numbered migrations, portable across SQLite and PostgreSQL.
+
+Money is stored as integer micro-dollars: exact, and the same on both engines. `{blob}` in a
+migration is the engine's binary type. A data directory from an older version upgrades in
+place; a migration runs once, under a lock that other processes respect.
+"""
+
+from __future__ import annotations
+
+from proxy.billing.db import Cursor, Database
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    """,
+    """
+    ALTER TABLE api_keys ADD COLUMN allowed_models TEXT;
+    ALTER TABLE api_keys ADD COLUMN strategy TEXT;
+    ALTER TABLE api_keys ADD COLUMN plan TEXT;
+    ALTER TABLE api_keys ADD COLUMN budget_micros BIGINT;
+    ALTER TABLE api_keys ADD COLUMN budget_period TEXT;
+    ALTER TABLE api_keys ADD COLUMN rpm INTEGER;
+    ALTER TABLE api_keys ADD COLUMN ipm INTEGER;
+    ALTER TABLE api_keys ADD COLUMN concurrency INTEGER;
+    CREATE TABLE budget_counters (
+        key_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        spent_micros BIGINT NOT NULL DEFAULT 0,
+        reserved_micros BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (key_id, period)
+    );
+    CREATE TABLE reservations (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        amount_micros BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE ledger (
+        request_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT,
+        route TEXT,
+        tier TEXT NOT NULL,
+        n_asked INTEGER NOT NULL,
+        n_delivered INTEGER NOT NULL,
+        billed_micros BIGINT NOT NULL,
+        upstream_micros BIGINT NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        failure TEXT,
+        attempts INTEGER NOT NULL,
+        upstream_id TEXT,
+        idempotency_key TEXT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX ledger_key_time ON ledger (key_id, created_at);
+    CREATE INDEX ledger_time ON ledger (created_at);
+    CREATE TABLE idempotency (
+        key_id TEXT NOT NULL,
+        idem_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state TEXT NOT NULL,
+        status INTEGER,
+        headers TEXT,
+        body {blob},
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (key_id, idem_key)
+    );
+    """,
+)
+
+_BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}
+
+
+def migrate(db: Database) -> None:
+    """Apply every migration the database has not seen, in one locked transaction each."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    with db.transaction() as cur:
+        if db.engine == "postgres":
+            cur.query("SELECT pg_advisory_xact_lock(727361)")
+        version = _version(db, cur)
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in script.format(blob=_BLOB[db.engine]).split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute("DELETE FROM schema_version")
+            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+
+def _version(db: Database, cur: Cursor) -> int:
+    rows = cur.query("SELECT version FROM schema_version")
+    if rows:
+        return int(rows[0][0])
+    if db.engine == "sqlite":  # data directories from before schema_version used user_version
+        return int(cur.query("PRAGMA user_version")[0][0])
+    return 0

@@ -1,0 +1,50 @@
+"""Billing databases for tests: SQLite in a temp dir, and the machine's real PostgreSQL.
+
+Each PostgreSQL test gets a schema of its own (dropped afterwards) through the URL's
+search_path. Without a reachable server the PostgreSQL cases skip with the reason, except in
+CI (CI=true), where they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_URL = os.environ.get("SWITCHYARD_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+
+
+def _admin() -> object:
+    import psycopg
+    try:
+        return psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({exc.__class__.__name__}); "
+                    f"set SWITCHYARD_TEST_POSTGRES_URL to run these")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL whose search_path is a fresh schema."""
+    conn = _admin()
+    schema = "sy_test_" + secrets.token_hex(6)
+    conn.execute(f"CREATE SCHEMA {schema}")  # type: ignore[attr-defined]
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")  # type: ignore[attr-defined]
+        conn.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The billing database target for each engine: a file path, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "switchyard.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
