@@ -141,14 +141,15 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
         return None
     status = reply.status
     body = _json_or_none(reply)
+    if status in (401, 403):
+        # No upstream words: an auth detail may quote the key, and the client cannot act on it.
+        return Failure(Kind.AUTH, f"fal refused the API key (HTTP {status})", None, status)
     text = _detail_text(body) or safe_text(reply.body.decode("utf-8", "replace")) or "no detail"
     if _blocked(body, options):
         return Failure(Kind.CONTENT_BLOCKED, f"fal refused the content: {text}", None, status)
     if status == 429:
         return Failure(Kind.RATE_LIMITED, "fal rate limit reached", retry_after(reply.headers),
                        status)
-    if status in (401, 403):
-        return Failure(Kind.AUTH, f"fal refused the API key: {text}", None, status)
     if status == 404:
         return Failure(Kind.UPSTREAM_BROKEN, f"fal has no such endpoint or request: {text}",
                        None, status)
@@ -159,6 +160,16 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     generic = from_status(status, reply.headers)
     kind = Kind.TIMEOUT if error_type in TIMEOUT_TYPES else generic.kind
     return Failure(kind, f"fal error (HTTP {status}): {text}", generic.retry_after_s, status)
+
+
+def _object(reply: UpstreamReply, what: str) -> dict[str, Any]:
+    """A 2xx reply's JSON object. Anything else (a list, null) is fal's breakage, so it fails
+    over as UPSTREAM_BROKEN instead of escaping the flow as an AttributeError (a 500)."""
+    body = reply.json()
+    if not isinstance(body, dict):
+        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, f"fal returned a malformed {what}",
+                                    None, reply.status))
+    return body
 
 
 def _json_or_none(reply: UpstreamReply) -> Any:
@@ -218,7 +229,7 @@ def wait_done(submitted: Mapping[str, Any], route: Route, key: str, options: Opt
             url = _queue_url(submitted, "status_url", route)
             reply = check((yield UpstreamCall("GET", url, _auth(url, route, key), kind="poll")),
                           partial(classify, options=options))
-            status = reply.json()
+            status = _object(reply, "status")
     except UpstreamError as exc:
         if exc.failure.kind is Kind.TIMEOUT and status.get("status") in PENDING:
             url = _queue_url(submitted, "cancel_url", route)
@@ -276,15 +287,15 @@ def flow(request: ImageRequest, route: Route) -> Flow:
     key = api_key(route)
     options = Options.of(route)
     classified = partial(classify, options=options)
-    submitted = check((yield build(request, route, key, options)), classified).json()
-    if not isinstance(submitted, dict) or not submitted.get("request_id"):
+    submitted = _object(check((yield build(request, route, key, options)), classified), "submit")
+    if not submitted.get("request_id"):
         raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "fal returned no request id"))
     status = yield from wait_done(submitted, route, key, options)
     if (failure := status_failure(status, options)) is not None:
         raise UpstreamError(failure)
     url = _queue_url(submitted, "response_url", route)
     result = yield UpstreamCall("GET", url, _auth(url, route, key), kind="fetch")
-    output = check(result, classified).json()
+    output = _object(check(result, classified), "result")
     return (yield from collect(output, str(submitted["request_id"]), request, options))
 
 

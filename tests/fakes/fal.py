@@ -3,7 +3,8 @@
 Scripted per test through constructor options: the status sequence (one step per status GET),
 replies that replace the submit, status or result answers, extra fields on the COMPLETED
 status, data-URI results, safety-checker flags, a CDN host, and a delay before every answer.
-Like fal, input errors surface only when the result is fetched.
+Like fal, queue URLs are keyed by the app id (never the sub-path), and input errors (checked
+against the documented Nano Banana input schema) surface only when the result is fetched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 import orjson
 
 from proxy import geometry, imaging
+from proxy.domain import ASPECT_RATIOS
 
 QUEUE_HOST = "queue.fal.run"
 CDN_HOST = "v3.fal.media"
@@ -41,6 +43,8 @@ REQUEST_TIMEOUT: Reply = (504, {"detail": "Request timed out", "error_type": "re
 NOT_FOUND: Reply = (404, {"detail": "Application not found"}, {})
 
 _FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+RESOLUTIONS = ("0.5K", "1K", "2K", "4K")
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Job:
     states: list[str]
     step: int = 0
     canceled: bool = False
+    answered: list[str] = field(default_factory=list)  # the status each status GET returned
 
     @property
     def status(self) -> str:
@@ -100,7 +105,7 @@ class FakeFal(httpx.AsyncBaseTransport):
         if request.method == "POST":
             return self._submit("/".join(parts), body)
         job = self.jobs.get(parts[3]) if len(parts) >= 4 and parts[2] == "requests" else None
-        if job is None:
+        if job is None or "/".join(parts[:2]) != job.app:
             return _reply(NOT_FOUND)
         if request.method == "GET" and parts[4:] == ["status"]:
             return self._status(job)
@@ -130,6 +135,7 @@ class FakeFal(httpx.AsyncBaseTransport):
         if self.status_replies:
             return _reply(self.status_replies.pop(0))
         job.step = min(job.step + 1, len(job.states) - 1)
+        job.answered.append(job.status)
         status: dict[str, Any] = {"status": job.status, "request_id": job.id,
                                   "response_url": self._urls(job)["response_url"]}
         if job.status == "IN_QUEUE":
@@ -146,12 +152,8 @@ class FakeFal(httpx.AsyncBaseTransport):
             return _reply((400, {"detail": "Request is still in progress"}, {}))
         if self.result_reply is not None:
             return _reply(self.result_reply)
-        if not job.arguments.get("prompt"):
-            return _reply(PROMPT_MISSING)
-        if job.endpoint.endswith("/edit") and not job.arguments.get("image_urls"):
-            return _reply((422, {"detail": [{"loc": ["body", "image_urls"],
-                                             "msg": "field required",
-                                             "type": "value_error.missing"}]}, {}))
+        if (invalid := _invalid(job)) is not None:
+            return _reply(invalid)
         images = [self._image(job, i) for i in range(int(job.arguments.get("num_images", 1)))]
         output: dict[str, Any] = {"images": images, "description": ""}
         if self.nsfw:
@@ -197,6 +199,30 @@ class FakeFal(httpx.AsyncBaseTransport):
 
     def submits(self) -> list[Seen]:
         return [s for s in self.seen if s.method == "POST"]
+
+
+def _invalid(job: Job) -> Reply | None:
+    """fal's 422 for input outside the documented schema (t2i and /edit), else None."""
+    args = job.arguments
+    edit = job.endpoint.endswith("/edit")
+    if not args.get("prompt"):
+        return PROMPT_MISSING
+    if edit and not args.get("image_urls"):
+        return _input_error("image_urls", "field required", "value_error.missing")
+    checks = (("num_images", args.get("num_images", 1), range(1, 5)),
+              ("aspect_ratio", args.get("aspect_ratio", "auto" if edit else "1:1"),
+               (*ASPECT_RATIOS, *(("auto",) if edit else ()))),
+              ("output_format", args.get("output_format", "png"), OUTPUT_FORMATS),
+              ("resolution", args.get("resolution", "1K"), RESOLUTIONS))
+    for name, value, allowed in checks:
+        if value not in allowed:
+            return _input_error(name, f"Input should be one of {list(allowed)}", "one_of")
+    return None
+
+
+def _input_error(name: str, message: str, kind: str) -> Reply:
+    return (422, {"detail": [{"loc": ["body", name], "msg": message, "type": kind,
+                              "url": f"https://docs.fal.ai/errors#{kind}"}]}, {})
 
 
 def _reply(reply: Reply) -> httpx.Response:
