@@ -7,8 +7,11 @@ see dollars per image at each resolution tier. Pure functions: no I/O, exact dec
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from proxy.domain import TIERS
@@ -111,3 +114,42 @@ def _amount(value: Any, where: str) -> Decimal:
     if amount < 0:
         raise PriceError(f"{where}: must be a non-negative number")
     return amount
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What tenants on this plan pay: a list price per public model and tier where it has one,
+    else the upstream's cost times (1 + markup). `markup = 0` is pass-through."""
+
+    name: str
+    markup: Decimal = Decimal(0)
+    list_prices: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
+
+    def per_image(self, model: str, tier: str, upstream_per_image: Decimal) -> Decimal:
+        listed = self.list_prices.get(model, {}).get(tier)
+        return listed if listed is not None else upstream_per_image * (1 + self.markup)
+
+
+DEFAULT_PLAN = Plan("default")
+
+
+def load_plans(path: Path) -> dict[str, Plan]:
+    """routes/plans.toml: `[name]` tables with `markup` and/or `prices.<model> = {tier = $}`.
+    A `default` plan (pass-through unless the file says otherwise) always exists."""
+    plans = {"default": DEFAULT_PLAN}
+    if not path.exists():
+        return plans
+    for name, spec in tomllib.loads(path.read_text()).items():
+        where = f"{path} [{name}]"
+        if not isinstance(spec, Mapping):
+            raise PriceError(f"{where}: expected a table")
+        unknown = set(spec) - {"markup", "prices", "description"}
+        if unknown:
+            raise PriceError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        prices = spec.get("prices", {})
+        if not isinstance(prices, Mapping):
+            raise PriceError(f"{where}: prices maps model names to tables of tier prices")
+        plans[name] = Plan(name, _amount(spec.get("markup", 0), f"{where} markup"),
+                           {model: _tiers(tiers, f"{where} prices.{model}", _amount)
+                            for model, tiers in prices.items()})
+    return plans

@@ -80,6 +80,14 @@ def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) ->
     return ranked
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request's routes, best first, and the policy that ranked them."""
+
+    routes: tuple[Route, ...]
+    policy: Policy
+
+
 @dataclass
 class _Live:
     """An attempt in flight."""
@@ -106,9 +114,17 @@ class Router:
 
     async def serve(self, model: Model, request: ImageRequest,
                     key_policy: Policy | None = None) -> Served:
+        return await self.run(self.prepare(model, request, key_policy), request)
+
+    def prepare(self, model: Model, request: ImageRequest,
+                key_policy: Policy | None = None) -> Prepared:
+        """The plan for a request, before anything is sent: billing quotes from its routes."""
         policy = effective_policy(model, request, key_policy or Policy())
-        routes = plan(model, request, policy, self.health)
-        run = _Run(self, request, deque(routes), self._clock() + self._timeout_s,
+        return Prepared(tuple(plan(model, request, policy, self.health)), policy)
+
+    async def run(self, prepared: Prepared, request: ImageRequest) -> Served:
+        policy = prepared.policy
+        run = _Run(self, request, deque(prepared.routes), self._clock() + self._timeout_s,
                    bool(policy.hedge))
         route, result = await run.execute()
         native = result.images[0].mime

@@ -1,0 +1,94 @@
+"""An ImagesResponse from what was served: the body (b64_json or signed links), the headers
+that say who served it and what it cost, and the request's metrics."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from starlette.requests import Request
+
+from proxy import metrics
+from proxy.catalog import Model
+from proxy.domain import Attempt, ImageRequest, Served
+from proxy.media import EXTENSIONS
+from proxy.services import Services
+
+# The spec's enums for these response fields; other values go in headers, not the body.
+_SPEC_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+_SPEC_QUALITIES = frozenset({"low", "medium", "high"})
+
+
+async def images_body(request: Request, svc: Services, asked: ImageRequest,
+                       served: Served) -> dict[str, Any]:
+    data = []
+    for image in served.result.images:
+        if asked.response_format == "url":
+            # Converting to a link is the one case where base64 must be decoded.
+            name = await svc.media.put(base64.b64decode(image.b64), image.mime)
+            base = svc.config.public_base_url or str(request.base_url).rstrip("/")
+            item: dict[str, str] = {"url": svc.media.link(base, name)}
+        else:
+            item = {"b64_json": image.b64}
+        if image.revised_prompt:
+            item["revised_prompt"] = image.revised_prompt
+        data.append(item)
+    body: dict[str, Any] = {"created": int(time.time()), "data": data}
+    mime = served.result.images[0].mime
+    body["output_format"] = EXTENSIONS.get(mime, asked.output_format)
+    if served.result.size in _SPEC_SIZES:
+        body["size"] = served.result.size
+    if asked.quality in _SPEC_QUALITIES:
+        body["quality"] = asked.quality
+    if asked.background in ("opaque", "transparent"):
+        body["background"] = asked.background
+    if (usage := served.result.usage) is not None:
+        body["usage"] = {
+            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "input_tokens_details": {"text_tokens": usage.input_tokens - usage.input_image_tokens,
+                                     "image_tokens": usage.input_image_tokens},
+        }
+    return body
+
+
+def image_headers(asked: ImageRequest, served: Served) -> dict[str, str]:
+    headers = {
+        "x-switchyard-provider": served.provider,
+        "x-switchyard-route": served.route_id,
+        "x-switchyard-upstream-model": served.upstream_model,
+        "x-switchyard-cost-usd": f"{served.cost_usd:.6f}",
+        "x-switchyard-strategy": served.strategy,
+        "x-switchyard-quote-usd": f"{served.quote_usd:.6f}",
+        "x-switchyard-resolution": asked.geometry.tier,
+        "x-switchyard-aspect-ratio": asked.geometry.aspect_ratio,
+        **attempt_headers(served.attempts),
+    }
+    if hedged := served.hedge_cost_usd:
+        headers["x-switchyard-hedge-cost-usd"] = f"{hedged:.6f}"
+    if served.converted_from:
+        headers["x-switchyard-converted"] = \
+            f"{served.converted_from} -> {served.result.images[0].mime}"
+    delivered = served.result.size
+    if delivered:
+        headers["x-switchyard-size"] = delivered
+        if asked.geometry.exact_size and asked.geometry.exact_size != delivered:
+            headers["x-switchyard-size-adjusted"] = \
+                f"requested={asked.geometry.exact_size}; delivered={delivered}"
+    return headers
+
+
+def attempt_headers(attempts: tuple[Attempt, ...]) -> dict[str, str]:
+    log = ", ".join(f"{a.provider}={a.failure or 'ok'}" for a in attempts)
+    return {"x-switchyard-attempts": str(len(attempts)), "x-switchyard-attempt-log": log}
+
+
+def observe(model: Model, asked: ImageRequest, served: Served, seconds: float) -> None:
+    metrics.REQUESTS.labels(model.name, served.provider, "success").inc()
+    metrics.IMAGES.labels(model.name, served.provider, asked.geometry.tier).inc(
+        len(served.result.images))
+    metrics.REQUEST_SECONDS.labels(model.name).observe(seconds)
+    metrics.UPSTREAM_COST.labels(model.name, served.provider).inc(float(served.cost_usd))
+    if len(served.attempts) > 1:
+        metrics.FAILOVERS.labels(model.name).inc()

@@ -1,0 +1,105 @@
+"""Per-key rate limits: requests and images per sliding minute, and requests in flight.
+
+Answered as OpenAI answers: 429 `rate_limit_exceeded` with Retry-After, and the
+x-ratelimit-limit-* / remaining-* / reset-* headers (for requests and for images) on every
+response of a limited key. Counts live in this process: with several workers or replicas each
+enforces its own share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from proxy.billing.keys import KeyRecord
+
+WINDOW_S = 60.0
+
+
+class Limited(Exception):
+    """A limit the request would exceed; `headers` carry the figures and Retry-After."""
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+@dataclass
+class _Window:
+    events: deque[tuple[float, int]] = field(default_factory=deque)
+    total: int = 0
+
+    def trim(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now - WINDOW_S:
+            self.total -= self.events.popleft()[1]
+
+    def reset_s(self, now: float) -> float:
+        return self.events[0][0] + WINDOW_S - now if self.events else 0.0
+
+
+@dataclass
+class _KeyState:
+    requests: _Window = field(default_factory=_Window)
+    images: _Window = field(default_factory=_Window)
+    in_flight: int = 0
+
+
+class Limits:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._keys: dict[str, _KeyState] = {}
+
+    def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
+        """Count a request of `images` images against the key, or raise Limited. Returns the
+        rate-limit headers for the response; call `done` when the request ends."""
+        limits = key.limits
+        state = self._keys.setdefault(key.id, _KeyState())
+        now = self._clock()
+        state.requests.trim(now)
+        state.images.trim(now)
+        checks = (("requests", limits.rpm, state.requests, 1),
+                  ("images", limits.ipm, state.images, images))
+        for name, limit, window, amount in checks:
+            if limit is not None and window.total + amount > limit:
+                wait = window.reset_s(now) if amount <= limit else WINDOW_S
+                raise Limited(f"Rate limit reached for {name} per minute on this key: limit "
+                              f"{limit}, used {window.total}, requested {amount}. Try again in "
+                              f"{_duration(wait)}.",
+                              {**_headers(key, state, now), "retry-after": str(max(1, round(
+                                  wait + 0.5)))})
+        if limits.concurrency is not None and state.in_flight >= limits.concurrency:
+            raise Limited(f"This key allows {limits.concurrency} requests at once; wait for one "
+                          f"to finish.", {**_headers(key, state, now), "retry-after": "1"})
+        state.requests.events.append((now, 1))
+        state.requests.total += 1
+        state.images.events.append((now, images))
+        state.images.total += images
+        state.in_flight += 1
+        return _headers(key, state, now)
+
+    def done(self, key: KeyRecord) -> None:
+        state = self._keys.get(key.id)
+        if state is not None:
+            state.in_flight -= 1
+
+
+def _headers(key: KeyRecord, state: _KeyState, now: float) -> dict[str, str]:
+    headers = {}
+    for name, limit, window in (("requests", key.limits.rpm, state.requests),
+                                ("images", key.limits.ipm, state.images)):
+        if limit is not None:
+            headers[f"x-ratelimit-limit-{name}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{name}"] = str(max(0, limit - window.total))
+            headers[f"x-ratelimit-reset-{name}"] = _duration(window.reset_s(now))
+    return headers
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: '250ms', '12s', '1m2s'."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
