@@ -22,7 +22,9 @@ from proxy import catalog as catalog_module
 from proxy.api import health, images, models
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
+from proxy.billing import pricing
 from proxy.billing.keys import KeyFinder
+from proxy.billing.limits import Limits
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
 from proxy.config import Config
@@ -66,14 +68,15 @@ def build_app(config: Config, catalog: Catalog | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         live = catalog or load_catalog(config)
-        store = Store(config.database_path)
+        store = Store(config.database)
         clients = flows.build_clients(live.providers, ADAPTERS, config.simulation_time_scale,
                                       transports)
         media = MediaStore(config.data_dir / "images",
                            load_or_create_secret(config.data_dir / "url-signing.key"),
                            config.image_url_ttl_s)
+        plans = pricing.load_plans(config.routes_dir / "plans.toml")
         app.state.services = Services(
-            config=config, catalog=live,
+            config=config, catalog=live, limits=Limits(), plans=plans,
             router=Router(ADAPTERS, clients, config.request_timeout_s,
                           credentials=Credentials.for_providers(live.providers),
                           health=Health(r for m in live.models for r in m.routes),
@@ -82,7 +85,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
         )
         for line in describe(live):
             log.info("%s", line)
-        sweeper = asyncio.create_task(_sweep(media))
+        sweeper = asyncio.create_task(_sweep(media, store, config.request_timeout_s))
         try:
             yield
         finally:
@@ -108,9 +111,12 @@ def build_app(config: Config, catalog: Catalog | None = None,
     )
 
 
-async def _sweep(media: MediaStore) -> None:
-    """Delete expired image files now and then, off the event loop."""
+async def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> None:
+    """Now and then, off the event loop: delete expired image files, and release budget
+    reservations no live request can still hold (a crashed process left them)."""
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(media.sweep)
+        await asyncio.sleep(SWEEP_INTERVAL_S)

@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _keys_create(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.database_path) as store:
+    with Store(config.database) as store:
         record, key = store.create_key(args.name)
     print(f"created {record.id} ({record.name}); the key is shown once, store it now:")
     print(key)
@@ -74,7 +74,7 @@ def _keys_create(config: Config, args: argparse.Namespace) -> int:
 
 
 def _keys_list(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.database_path) as store:
+    with Store(config.database) as store:
         records = store.list_keys()
     for record in records:
         state = "active" if record.active else "revoked"
@@ -84,7 +84,7 @@ def _keys_list(config: Config, args: argparse.Namespace) -> int:
 
 
 def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.database_path) as store:
+    with Store(config.database) as store:
         revoked = store.revoke_key(args.id)
     if revoked:
         print(f"revoked {args.id}")
@@ -169,7 +169,7 @@ def _banner(config: Config, catalog: Catalog, lines: list[str]) -> None:
     print(f"Switchyard {__version__}: OpenAI-compatible images API at {base}")
     for line in lines:
         print(f"  {line}")
-    with Store(config.database_path) as store:
+    with Store(config.database) as store:
         _first_key(config, catalog, store, base)
     sys.stdout.flush()
 

@@ -63,10 +63,18 @@ class Config:
     # Multiplies simulated upstream latencies: 0 makes the demo instant (tests), 1 is realistic.
     simulation_time_scale: float = 1.0
     access_log: bool = False
+    # PostgreSQL for the billing store (postgresql://…); None: SQLite in the data directory.
+    # A Secret: the URL may carry a password.
+    database_url: Secret | None = None
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "switchyard.db"
+
+    @property
+    def database(self) -> str | Path:
+        """What the billing store opens: the PostgreSQL URL, or the SQLite file."""
+        return self.database_url.reveal() if self.database_url else self.database_path
 
 
 _ENV: dict[str, str] = {
@@ -82,6 +90,7 @@ _ENV: dict[str, str] = {
     "request_timeout_s": "SWITCHYARD_REQUEST_TIMEOUT_S",
     "simulation_time_scale": "SWITCHYARD_SIMULATION_TIME_SCALE",
     "access_log": "SWITCHYARD_ACCESS_LOG",
+    "database_url": "SWITCHYARD_DATABASE_URL",
 }
 
 
@@ -107,7 +116,7 @@ def _coerce(name: str, raw: object) -> object:
             return flag
         if name in ("data_dir", "routes_dir"):
             return Path(str(raw)).expanduser()
-        if name == "admin_key":
+        if name in ("admin_key", "database_url"):
             return Secret(str(raw)) if str(raw) else None
         if name == "public_base_url":
             return str(raw).rstrip("/") or None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from proxy.billing.keys import KeyFinder
+from proxy.billing.limits import Limits
+from proxy.billing.pricing import Plan
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
 from proxy.config import Config
@@ -22,6 +25,8 @@ class Services:
     store: Store
     keys: KeyFinder
     media: MediaStore
+    limits: Limits
+    plans: Mapping[str, Plan]
 
 
 def services(request: Request) -> Services:

@@ -20,6 +20,7 @@ import referencing
 import uvicorn
 
 from proxy.app import build_app
+from proxy.billing.keys import KeyLimits
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
 from proxy.config import Config, load
@@ -51,12 +52,12 @@ class Running:
     def v1(self) -> str:
         return f"{self.base_url}/v1"
 
-    def new_key(self, name: str = "test") -> str:
-        store = Store(self.config.database_path)
-        try:
-            return store.create_key(name)[1]
-        finally:
-            store.close()
+    def new_key(self, name: str = "test", limits: KeyLimits | None = None) -> str:
+        with Store(self.config.database) as store:
+            return store.create_key(name, limits=limits)[1]
+
+    def store(self) -> Store:
+        return Store(self.config.database)
 
 
 def free_socket() -> socket.socket:
@@ -94,8 +95,9 @@ def serve(config: Config, catalog: Catalog | None = None,
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:
-    return load(env={}, data_dir=data_dir, routes_dir=FIXTURES / "routes",
-                simulation_time_scale=0, **overrides)
+    settings: dict[str, Any] = {"routes_dir": FIXTURES / "routes", "simulation_time_scale": 0,
+                                **overrides}
+    return load(env={}, data_dir=data_dir, **settings)
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,22 @@ async def authenticate(request: Request, services: Services) -> KeyRecord:
     return record
 
 
-def resolve_model(catalog: Catalog, name: str) -> tuple[Model, str | None]:
-    """The model and the strategy its suffix asks for ('demo-image:fastest'), or a 404."""
-    model = catalog.resolve(name)
-    if model is not None:
-        return model, None
-    base, sep, strategy = name.rpartition(":")
-    model = catalog.resolve(base) if sep and strategy in STRATEGIES else None
+def resolve_model(catalog: Catalog, name: str,
+                  key: KeyRecord | None = None) -> tuple[Model, str | None]:
+    """The model and the strategy its suffix asks for ('demo-image:fastest'), or a 404 (also
+    for a model the key may not use: OpenAI does not tell the two apart)."""
+    model, strategy = catalog.resolve(name), None
     if model is None:
-        raise ApiError(404, f"The model '{name}' does not exist or you do not have access to "
-                            "it. GET /v1/models lists the models served here.",
-                       param="model", code="model_not_found")
-    return model, strategy
+        base, sep, suffix = name.rpartition(":")
+        if sep and suffix in STRATEGIES:
+            model, strategy = catalog.resolve(base), suffix
+    if model is not None and (key is None or may_use(key, model)):
+        return model, strategy
+    raise ApiError(404, f"The model '{name}' does not exist or you do not have access to "
+                        "it. GET /v1/models lists the models served here.",
+                   param="model", code="model_not_found")
+
+
+def may_use(key: KeyRecord, model: Model) -> bool:
+    allowed = key.limits.allowed_models
+    return allowed is None or model.name in allowed

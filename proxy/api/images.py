@@ -2,40 +2,62 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy import metrics
-from proxy.api import uploads
+from proxy.api import idempotent, uploads
 from proxy.api.auth import authenticate, resolve_model
-from proxy.api.errors import ApiError, bad_request, from_failure
+from proxy.api.errors import ApiError, bad_request
+from proxy.api.metering import charge
 from proxy.api.openai_schema import Body, model_name, parse
 from proxy.api.policy import HEADER, request_policy
-from proxy.api.render import attempt_headers, image_headers, images_body, observe
+from proxy.billing.keys import KeyRecord
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, InputImage
 from proxy.media import MIME_TYPES
-from proxy.routing.router import NoRoute, RoutesFailed
 from proxy.services import Services, services
 
 
 async def generations(request: Request) -> Response:
-    svc = services(request)
-    await authenticate(request, svc)
-    data = await _json_object(request)
-    model, suffix = resolve_model(svc.catalog, model_name(data))
-    policy = request_policy(data.get("route"), request.headers.get(HEADER), suffix)
-    image_request = parse("generate", Body(data, form=False), model, policy)
-    return await _serve(request, svc, model, image_request)
+    return await _metered(request, _generation)
 
 
 async def edits(request: Request) -> Response:
+    return await _metered(request, _edit)
+
+
+Parser = Callable[[Request, Services, KeyRecord], Awaitable[tuple[Model, ImageRequest]]]
+
+
+async def _metered(request: Request, parse_body: Parser) -> Response:
+    """Authenticate, then parse and charge; with an Idempotency-Key, at most once."""
     svc = services(request)
-    await authenticate(request, svc)
+    key = await authenticate(request, svc)
+    idem_key = request.headers.get(idempotent.HEADER)
+
+    async def produce() -> Response:
+        model, asked = await parse_body(request, svc, key)
+        return await charge(request, svc, key, model, asked, idem_key)
+
+    if idem_key is None:
+        return await produce()
+    await request.body()  # cached now: the fingerprint and a multipart parse both read it
+    return await idempotent.once(request, svc, key, idem_key, produce)
+
+
+async def _generation(request: Request, svc: Services,
+                      key: KeyRecord) -> tuple[Model, ImageRequest]:
+    data = await _json_object(request)
+    model, suffix = resolve_model(svc.catalog, model_name(data), key)
+    policy = request_policy(data.get("route"), request.headers.get(HEADER), suffix)
+    return model, parse("generate", Body(data, form=False), model, policy)
+
+
+async def _edit(request: Request, svc: Services, key: KeyRecord) -> tuple[Model, ImageRequest]:
     content_type = request.headers.get("content-type", "")
     images: tuple[InputImage, ...]
     if content_type.startswith("multipart/form-data"):
@@ -52,10 +74,9 @@ async def edits(request: Request) -> Response:
     if not images:
         raise bad_request("image", "'image' is required: upload at least one image",
                           code="missing_required_parameter")
-    model, suffix = resolve_model(svc.catalog, model_name(body.data))
+    model, suffix = resolve_model(svc.catalog, model_name(body.data), key)
     policy = request_policy(body.data.get("route"), request.headers.get(HEADER), suffix)
-    image_request = parse("edit", body, model, policy, images, mask)
-    return await _serve(request, svc, model, image_request)
+    return model, parse("edit", body, model, policy, images, mask)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -68,24 +89,6 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad_request(None, "the request body must be a JSON object", code="invalid_json")
     return data
-
-
-async def _serve(request: Request, svc: Services, model: Model,
-                 image_request: ImageRequest) -> Response:
-    started = time.monotonic()
-    try:
-        served = await svc.router.serve(model, image_request)
-    except NoRoute as exc:
-        raise bad_request(exc.param, exc.message, code="unsupported_value") from None
-    except RoutesFailed as exc:
-        metrics.REQUESTS.labels(model.name, "none", exc.failure.kind.value).inc()
-        error = from_failure(exc.failure, len(exc.attempts))
-        error.headers.update(attempt_headers(exc.attempts))
-        raise error from None
-    body = await images_body(request, svc, image_request, served)
-    observe(model, image_request, served, time.monotonic() - started)
-    return Response(orjson.dumps(body), 200, image_headers(image_request, served),
-                    "application/json")
 
 
 async def image_file(request: Request) -> Response:

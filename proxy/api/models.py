@@ -8,7 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api.auth import authenticate
+from proxy.api.auth import authenticate, may_use
 from proxy.api.errors import ApiError
 from proxy.catalog import Model
 from proxy.services import services
@@ -21,18 +21,18 @@ def model_object(model: Model, name: str | None = None) -> dict[str, Any]:
 
 async def list_models(request: Request) -> Response:
     svc = services(request)
-    await authenticate(request, svc)
-    data = [model_object(model) for model in svc.catalog.models]
+    key = await authenticate(request, svc)
+    data = [model_object(model) for model in svc.catalog.models if may_use(key, model)]
     return Response(orjson.dumps({"object": "list", "data": data}),
                     media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
     svc = services(request)
-    await authenticate(request, svc)
+    key = await authenticate(request, svc)
     name = request.path_params["model"]
     model = svc.catalog.resolve(name)
-    if model is None:
+    if model is None or not may_use(key, model):
         raise ApiError(404, f"The model '{name}' does not exist or you do not have access to it.",
                        param="model", code="model_not_found")
     return Response(orjson.dumps(model_object(model, name)), media_type="application/json")

@@ -42,20 +42,19 @@ class Idempotency:
               now: float | None = None) -> tuple[Claimed, Stored | None]:
         now = time.time() if now is None else now
         with self._db.transaction() as cur:
+            # Expired responses, and claims whose process died, make room for a new claim.
+            cur.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND "
+                        "(created_at < ? OR (state = 'pending' AND created_at < ?))",
+                        (key_id, idem_key, int(now - TTL_S), int(now - STALE_CLAIM_S)))
+            # ON CONFLICT: a concurrent claim (another process) wins without an error here.
+            if cur.execute("INSERT INTO idempotency (key_id, idem_key, fingerprint, state, "
+                           "created_at) VALUES (?, ?, ?, 'pending', ?) "
+                           "ON CONFLICT (key_id, idem_key) DO NOTHING",
+                           (key_id, idem_key, fingerprint, int(now))) == 1:
+                return Claimed.NEW, None
             rows = cur.query("SELECT fingerprint, state, status, headers, body, created_at "
                              "FROM idempotency WHERE key_id = ? AND idem_key = ?",
                              (key_id, idem_key))
-            expired = rows and int(rows[0][5]) < now - TTL_S
-            stale = rows and rows[0][1] == "pending" and int(rows[0][5]) < now - STALE_CLAIM_S
-            if expired or stale:
-                cur.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ?",
-                            (key_id, idem_key))
-                rows = []
-            if not rows:
-                cur.execute("INSERT INTO idempotency (key_id, idem_key, fingerprint, state, "
-                            "created_at) VALUES (?, ?, ?, 'pending', ?)",
-                            (key_id, idem_key, fingerprint, int(now)))
-                return Claimed.NEW, None
         stored_fingerprint, state, status, headers, body, _ = rows[0]
         if stored_fingerprint != fingerprint:
             return Claimed.MISMATCH, None

@@ -1,0 +1,146 @@
+"""Billing around one image request: rate limits, the budget reservation, the ledger row.
+
+Order: plan the routes (a 400 if none can serve) -> count against the key's rate limits ->
+reserve the quote (the first route's billed price x n) against the key's budget -> run
+-> write the ledger row and settle the reservation in one transaction, *before* the response
+is sent. A failure is recorded at $0 and releases the reservation. Tenants are billed at most
+the quote they were reserved for, so a budget is never overspent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.api.errors import ApiError, bad_request, from_failure
+from proxy.api.render import attempt_headers, image_headers, images_body, observe
+from proxy.billing.keys import KeyRecord
+from proxy.billing.limits import Limited
+from proxy.billing.money import Entry, micros, period_label
+from proxy.billing.pricing import DEFAULT_PLAN, Plan
+from proxy.catalog import Model
+from proxy.domain import ImageRequest, Policy, Served
+from proxy.routing.router import NoRoute, Prepared, RoutesFailed
+from proxy.services import Services
+
+
+async def charge(request: Request, svc: Services, key: KeyRecord, model: Model,
+                 asked: ImageRequest, idempotency_key: str | None = None) -> Response:
+    try:
+        prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy))
+    except NoRoute as exc:
+        raise bad_request(exc.param, exc.message, code="unsupported_value") from None
+    plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
+    quote = _quote(plan, model, asked, prepared)
+    try:
+        rate_headers = svc.limits.admit(key, asked.n)
+    except Limited as exc:
+        raise ApiError(429, exc.message, type="requests", code="rate_limit_exceeded",
+                       headers=exc.headers) from None
+    try:
+        ledger = _Ledger(request, svc, key, asked, idempotency_key)
+        reservation = await ledger.reserve(quote)
+        response = await _run(request, svc, ledger, model, prepared, reservation, plan, quote)
+        response.headers.update(rate_headers)
+        return response
+    finally:
+        svc.limits.done(key)
+
+
+def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) -> Decimal:
+    """The price before the call: the plan's price on the route the router will try first,
+    times n. It is also the most the request is billed: if a failover lands on a dearer route,
+    Switchyard absorbs the difference, so a budget is never overspent."""
+    tier = asked.geometry.tier
+    first = prepared.routes[0]
+    return plan.per_image(model.name, tier, first.price_per_image[tier]) * asked.n
+
+
+async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
+               prepared: Prepared, reservation: str, plan: Plan, quote: Decimal) -> Response:
+    started = time.monotonic()
+    try:
+        served = await svc.router.run(prepared, ledger.asked)
+    except RoutesFailed as exc:
+        await ledger.failed(reservation, exc, started)
+        error = from_failure(exc.failure, len(exc.attempts))
+        error.headers.update(attempt_headers(exc.attempts))
+        raise error from None
+    except BaseException:
+        # The client went away or Switchyard broke: nothing delivered, nothing billed.
+        await asyncio.shield(ledger.abandoned(reservation, started))
+        raise
+    body = orjson.dumps(await images_body(request, svc, ledger.asked, served))
+    delivered = len(served.result.images)
+    upstream_per_image = served.cost_usd / delivered
+    billed = min(quote, plan.per_image(model.name, ledger.asked.geometry.tier,
+                                       upstream_per_image) * delivered)
+    await ledger.succeeded(reservation, served, billed, started)
+    observe(model, ledger.asked, served, time.monotonic() - started)
+    headers = image_headers(ledger.asked, served)
+    headers["x-switchyard-billed-usd"] = f"{billed:.6f}"
+    return Response(body, 200, headers, "application/json")
+
+
+class _Ledger:
+    """The request's budget reservation and its one ledger row."""
+
+    def __init__(self, request: Request, svc: Services, key: KeyRecord, asked: ImageRequest,
+                 idempotency_key: str | None) -> None:
+        self.request_id: str = request.scope["state"]["request_id"]
+        self.svc = svc
+        self.key = key
+        self.asked = asked
+        self.idempotency_key = idempotency_key
+        self.period = period_label(key.limits.budget_period, time.time())
+
+    async def reserve(self, quote: Decimal) -> str:
+        budget = self.key.limits.budget_usd
+        reservation = await asyncio.to_thread(
+            self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
+            micros(budget) if budget is not None else None)
+        if reservation is None:
+            raise ApiError(429, f"This key's {self.key.limits.budget_period} budget of "
+                                f"${budget} cannot cover this request (quoted ${quote:.6f}). "
+                                f"Raise the budget or wait for the next period.",
+                           type="insufficient_quota", code="insufficient_quota")
+        return reservation
+
+    async def succeeded(self, reservation: str, served: Served, billed: Decimal,
+                        started: float) -> None:
+        upstream = served.cost_usd + served.hedge_cost_usd
+        await self._settle(reservation, self._entry(
+            started, "success", served.provider, served.route_id, len(served.result.images),
+            micros(billed), micros(upstream), len(served.attempts),
+            served.result.upstream_id))
+
+    async def failed(self, reservation: str, exc: RoutesFailed, started: float) -> None:
+        last = exc.attempts[-1] if exc.attempts else None
+        await self._settle(reservation, self._entry(
+            started, exc.failure.kind.value, last.provider if last else None,
+            last.route_id if last else None, 0, 0, 0, len(exc.attempts), None))
+
+    async def abandoned(self, reservation: str, started: float) -> None:
+        await self._settle(reservation, self._entry(started, "cancelled", None, None, 0, 0, 0,
+                                                    0, None))
+
+    async def _settle(self, reservation: str, entry: Entry) -> None:
+        await asyncio.to_thread(self.svc.store.money.settle, reservation, entry)
+
+    def _entry(self, started: float, outcome: str, provider: str | None, route: str | None,
+               delivered: int, billed: int, upstream: int, attempts: int,
+               upstream_id: str | None) -> Entry:
+        return Entry(
+            request_id=self.request_id, key_id=self.key.id, tenant=self.key.tenant,
+            model=self.asked.model, provider=provider, route=route,
+            tier=self.asked.geometry.tier, n_asked=self.asked.n, n_delivered=delivered,
+            billed_micros=billed, upstream_micros=upstream,
+            latency_ms=round((time.monotonic() - started) * 1000),
+            outcome=outcome, failure=None if outcome == "success" else outcome,
+            attempts=attempts, upstream_id=upstream_id,
+            idempotency_key=self.idempotency_key, created_at=int(time.time()))
