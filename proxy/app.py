@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from proxy import catalog as catalog_module
-from proxy.api import health, images, models
+from proxy.api import admin, health, images, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.billing import pricing
@@ -99,6 +99,15 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/v1/images/generations", images.generations, methods=["POST"]),
             Route("/v1/images/edits", images.edits, methods=["POST"]),
             Route("/v1/models", models.list_models, methods=["GET"]),
+            Route("/v1/usage", usage.own_usage, methods=["GET"]),
+            Route("/admin/keys", admin.list_keys, methods=["GET"]),
+            Route("/admin/keys", admin.create_key, methods=["POST"]),
+            Route("/admin/keys/{key_id}", admin.get_key, methods=["GET"]),
+            Route("/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
+            Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+            Route("/admin/keys/{key_id}/revoke", admin.revoke_key, methods=["POST"]),
+            Route("/admin/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
+            Route("/admin/usage", admin.admin_usage, methods=["GET"]),
             Route("/v1/models/{model}", models.get_model, methods=["GET"]),
             Route("/images/{name}", images.image_file, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),

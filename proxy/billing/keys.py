@@ -10,9 +10,10 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import TTLCache
 
@@ -97,8 +98,89 @@ class KeyFinder:
         """Drop a cached key now: a revocation inside this process takes effect at once."""
         self._cache.pop(key_hash, None)
 
+    def forget_id(self, key_id: str) -> None:
+        """Drop a key from the cache by id (the admin API knows ids, not digests), so a
+        revocation, rotation or new limit takes effect on the next request."""
+        for cached_hash, record in list(self._cache.items()):
+            if record.id == key_id:
+                self._cache.pop(cached_hash, None)
+
 
 class KeyLookup(Protocol):
     """What KeyFinder needs of a store: (stored digest, record) by digest."""
 
     def find_key(self, key_hash: str) -> tuple[str, KeyRecord] | None: ...
+
+
+class LimitError(ValueError):
+    """A key setting that is not valid; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+LIMIT_FIELDS = ("allowed_models", "strategy", "plan", "budget_usd", "budget_period", "rpm",
+                "ipm", "concurrency")
+
+
+def parse_limits(data: Mapping[str, Any], base: KeyLimits,
+                 strategies: tuple[str, ...]) -> KeyLimits:
+    """`base` with the settings in `data` applied (JSON from the admin API, or CLI flags);
+    null clears a setting. Raises LimitError naming the first bad field."""
+    values = {name: getattr(base, name) for name in LIMIT_FIELDS}
+    for name, value in data.items():
+        if name not in LIMIT_FIELDS:
+            raise LimitError(name, f"unknown key setting {name!r} (known: "
+                                   f"{', '.join(LIMIT_FIELDS)})")
+        values[name] = _limit(name, value, strategies)
+    if values["budget_period"] is None:
+        values["budget_period"] = "total"
+    return KeyLimits(**values)
+
+
+def _limit(name: str, value: Any, strategies: tuple[str, ...]) -> Any:
+    if value is None:
+        return None
+    if name == "allowed_models":
+        if not isinstance(value, list | tuple) or not all(isinstance(m, str) and m
+                                                          for m in value):
+            raise LimitError(name, "allowed_models must be a list of model names")
+        return tuple(value)
+    choices = {"strategy": strategies, "budget_period": PERIODS}.get(name)
+    if choices is not None:
+        if value not in choices:
+            raise LimitError(name, f"{name} must be one of {', '.join(choices)}")
+        return value
+    if name == "plan":
+        if not isinstance(value, str) or not value:
+            raise LimitError(name, "plan must be a plan name from routes/plans.toml")
+        return value
+    if name == "budget_usd":
+        try:
+            amount = Decimal(str(value)) if not isinstance(value, bool) else None
+        except ArithmeticError:
+            amount = None
+        if amount is None or not amount.is_finite() or amount < 0:
+            raise LimitError(name, "budget_usd must be a non-negative number of US dollars")
+        return amount
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LimitError(name, f"{name} must be a positive integer")
+    return value
+
+
+def describe(record: KeyRecord) -> dict[str, Any]:
+    """A key as the admin API and `keys show` present it: never the key itself."""
+    limits = record.limits
+    return {
+        "id": record.id, "name": record.name, "tenant": record.tenant, "hint": record.hint,
+        "created_at": record.created_at, "revoked_at": record.revoked_at,
+        "active": record.active,
+        "allowed_models": list(limits.allowed_models) if limits.allowed_models is not None
+        else None,
+        "strategy": limits.strategy, "plan": limits.plan,
+        "budget_usd": format(limits.budget_usd.normalize(), "f")
+        if limits.budget_usd is not None else None,
+        "budget_period": limits.budget_period, "rpm": limits.rpm, "ipm": limits.ipm,
+        "concurrency": limits.concurrency,
+    }

@@ -29,6 +29,11 @@ def usd(amount_micros: int) -> Decimal:
     return Decimal(amount_micros).scaleb(-6)
 
 
+def dollars(amount: Decimal) -> str:
+    """An amount as plain text without trailing zeros: '5', '0.0672'."""
+    return format(amount.normalize(), "f")
+
+
 def period_label(period: str, now: float) -> str:
     """The budget window a moment falls in: 'total', '2026-11' (monthly) or '2026-11-22'."""
     day = dt.datetime.fromtimestamp(now, dt.UTC)

@@ -1,0 +1,65 @@
+"""Usage reports: GET /v1/usage for the calling key's own totals, and the shared report the
+admin API serves for any key.
+
+Query: `from` and `to` (UTC dates, YYYY-MM-DD; `to` inclusive), `group_by` (comma-separated:
+day, model, provider, key; /v1/usage may group by day and model only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.api.auth import authenticate
+from proxy.api.errors import bad_request
+from proxy.billing.money import dollars
+from proxy.billing.usage import GROUPS, UsageRow
+from proxy.services import Services, services
+
+TENANT_GROUPS = ("day", "model")
+
+
+async def own_usage(request: Request) -> Response:
+    """The calling key's usage, and nobody else's."""
+    svc = services(request)
+    key = await authenticate(request, svc)
+    return await report(request, svc, key_id=key.id, allowed=TENANT_GROUPS)
+
+
+async def report(request: Request, svc: Services, key_id: str | None,
+                 allowed: tuple[str, ...] = tuple(GROUPS)) -> Response:
+    query = request.query_params
+    group_by = [g for g in query.get("group_by", "day,model").split(",") if g]
+    unknown = [g for g in group_by if g not in allowed]
+    if unknown:
+        raise bad_request("group_by", f"group_by may hold {', '.join(allowed)}; got "
+                                      f"{unknown[0]!r}")
+    start = _date(query.get("from"), "from")
+    end = _date(query.get("to"), "to")
+    rows = await asyncio.to_thread(svc.store.usage.report, group_by,
+                                   start, end + 86400 if end is not None else None, key_id)
+    body: dict[str, Any] = {"object": "list", "group_by": group_by,
+                            "data": [as_json(row) for row in rows]}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def as_json(row: UsageRow) -> dict[str, Any]:
+    return {**row.group, "requests": row.requests, "succeeded": row.succeeded,
+            "images": row.images, "billed_usd": dollars(row.billed_usd),
+            "upstream_usd": dollars(row.upstream_usd)}
+
+
+def _date(value: str | None, param: str) -> int | None:
+    """A UTC date as epoch seconds at its midnight."""
+    if value is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        raise bad_request(param, f"'{param}' must be a date, YYYY-MM-DD") from None
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
