@@ -14,6 +14,7 @@ import time
 from decimal import Decimal
 
 import orjson
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -84,7 +85,8 @@ async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
     observe(model, ledger.asked, served, time.monotonic() - started)
     headers = image_headers(ledger.asked, served)
     headers["x-switchyard-billed-usd"] = f"{billed:.6f}"
-    return Response(body, 200, headers, "application/json")
+    return Response(body, 200, headers, "application/json",
+                    background=BackgroundTask(ledger.delivered))
 
 
 class _Ledger:
@@ -128,6 +130,9 @@ class _Ledger:
     async def abandoned(self, reservation: str, started: float) -> None:
         await self._settle(reservation, self._entry(started, "cancelled", None, None, 0, 0, 0,
                                                     0, None))
+
+    async def delivered(self) -> None:
+        await asyncio.to_thread(self.svc.store.money.delivered, self.request_id)
 
     async def _settle(self, reservation: str, entry: Entry) -> None:
         await asyncio.to_thread(self.svc.store.money.settle, reservation, entry)

@@ -105,6 +105,12 @@ class Money:
                 _close(cur, reservation, entry.billed_micros)
             cur.execute(_LEDGER_INSERT, astuple(entry))
 
+    def delivered(self, request_id: str) -> None:
+        """The response was handed to the client's connection. A success row without this
+        was written but its response never left (the process died in between)."""
+        self._db.execute("UPDATE ledger SET delivered_at = ? WHERE request_id = ?",
+                         (int(time.time()), request_id))
+
     def sweep(self, older_than_s: float) -> int:
         """Release reservations older than any request can live (left by a crash)."""
         cutoff = int(time.time() - older_than_s)

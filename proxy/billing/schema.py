@@ -78,6 +78,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (key_id, idem_key)
     );
     """,
+    """
+    ALTER TABLE ledger ADD COLUMN delivered_at BIGINT;
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}
