@@ -29,7 +29,7 @@ from proxy.billing.store import Store
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.media import MediaStore, load_or_create_secret
-from proxy.providers import ADAPTERS, flows
+from proxy.providers import ADAPTERS, check_routes, flows
 from proxy.providers.credentials import Credentials
 from proxy.routing.health import Health
 from proxy.routing.router import Router
@@ -42,8 +42,12 @@ SWEEP_INTERVAL_S = 60.0
 
 
 def load_catalog(config: Config, env: Mapping[str, str] | None = None) -> Catalog:
-    return catalog_module.load(config.routes_dir, os.environ if env is None else env,
-                               config.demo, ADAPTERS)
+    """The live catalog; a route whose protocol options do not check out stops startup."""
+    env = os.environ if env is None else env
+    problems = check_routes(catalog_module.inventory(config.routes_dir, env, ADAPTERS))
+    if problems:
+        raise catalog_module.CatalogError("; ".join(problems))
+    return catalog_module.load(config.routes_dir, env, config.demo, ADAPTERS)
 
 
 def describe(catalog: Catalog) -> list[str]:

@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ from PIL import Image as PILImage
 from proxy import catalog as catalog_module
 from proxy.catalog import Catalog
 from proxy.config import default_routes_dir
-from proxy.providers import ADAPTERS
+from proxy.providers import ADAPTERS, check_routes
 from tests.conftest import make_config, serve
 from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
+from tests.fakes.task_hosts import FakeApiPass, FakeNewportAI, FakeOpenOctopus, FakeToapis
 from tests.fakes.together import FakeTogether
 
 ROUTES = default_routes_dir()
@@ -38,6 +40,16 @@ NANO_BANANA = {"nano-banana": "gemini-2.5-flash-image",
 
 def load(env: Mapping[str, str], demo: bool | None = None) -> Catalog:
     return catalog_module.load(ROUTES, env, demo, ADAPTERS)
+
+
+def quick(catalog: Catalog) -> Catalog:
+    """The catalog with polling sped up (the shipped pacing suits real hosts, not fakes)."""
+    fast = {"poll_interval_s": 0.01, "poll_interval_max_s": 0.02}
+    models = [replace(m, routes=tuple(
+        replace(r, provider=replace(r.provider, options={**r.provider.options, **fast}))
+        for r in m.routes)) for m in catalog.models]
+    providers = {r.provider.name: r.provider for m in models for r in m.routes}
+    return catalog_module._index(models, list(providers.values()), catalog.demo)
 
 
 def everything() -> list[catalog_module.Model]:
@@ -62,6 +74,10 @@ def test_nano_banana_models_answer_to_their_ga_and_preview_ids(name: str) -> Non
     assert google.upstream_model == ga
 
 
+def test_every_shipped_route_passes_its_protocols_checks() -> None:
+    assert check_routes(everything()) == []
+
+
 def test_without_keys_only_the_simulated_demo_is_live() -> None:
     live = load({})
     assert live.demo
@@ -70,7 +86,9 @@ def test_without_keys_only_the_simulated_demo_is_live() -> None:
 
 KEYS = {"GEMINI_API_KEY": "google", "VERTEX_API_KEY": "vertex", "OPENAI_API_KEY": "openai",
         "REPLICATE_API_TOKEN": "replicate", "FAL_KEY": "fal", "TOGETHER_API_KEY": "together",
-        "ARK_API_KEY": "byteplus"}
+        "ARK_API_KEY": "byteplus", "TOAPIS_API_KEY": "toapis",
+        "OPENOCTOPUS_API_KEY": "openoctopus", "NEWPORTAI_API_KEY": "newportai",
+        "APIPASS_API_KEY": "apipass"}
 
 
 @pytest.mark.parametrize("variable", sorted(KEYS))
@@ -109,7 +127,7 @@ def switchyard(tmp_path: Path) -> Iterator[Start]:
                   fakes: Mapping[str, httpx.AsyncBaseTransport]) -> openai.OpenAI:
             n = next(count)
             config = make_config(tmp_path / f"data{n}")
-            running = stack.enter_context(serve(config, load(env, demo=False), fakes))
+            running = stack.enter_context(serve(config, quick(load(env, demo=False)), fakes))
             return stack.enter_context(openai.OpenAI(base_url=running.v1,
                                                      api_key=running.new_key(), max_retries=0))
         yield start
@@ -123,6 +141,10 @@ HOSTS: dict[str, tuple[dict[str, str], Callable[[], httpx.AsyncBaseTransport]]] 
                   lambda: FakeReplicate(wait_finishes=True)),
     "fal": ({"FAL_KEY": "test-key"}, lambda: FakeFal(states=("COMPLETED",))),
     "together": ({"TOGETHER_API_KEY": "test-key"}, lambda: FakeTogether()),
+    "toapis": ({"TOAPIS_API_KEY": "test-key"}, lambda: FakeToapis()),
+    "openoctopus": ({"OPENOCTOPUS_API_KEY": "test-key"}, lambda: FakeOpenOctopus()),
+    "newportai": ({"NEWPORTAI_API_KEY": "test-key"}, lambda: FakeNewportAI()),
+    "apipass": ({"APIPASS_API_KEY": "test-key"}, lambda: FakeApiPass()),
 }
 
 

@@ -1,5 +1,8 @@
 """The adapter registry: protocol name -> adapter. The catalog refers to these names."""
 
+from collections.abc import Iterable
+
+from proxy.catalog import Model
 from proxy.providers import (
     byteplus,
     fal,
@@ -7,6 +10,7 @@ from proxy.providers import (
     openai_images,
     replicate,
     simulated,
+    task,
     together,
     vertex,
 )
@@ -15,6 +19,19 @@ from proxy.providers.base import Adapter
 ADAPTERS: dict[str, Adapter] = {
     adapter.protocol: adapter for adapter in (
         simulated.ADAPTER, gemini.ADAPTER, vertex.ADAPTER, openai_images.ADAPTER,
-        replicate.ADAPTER, fal.ADAPTER, together.ADAPTER, byteplus.ADAPTER,
+        replicate.ADAPTER, fal.ADAPTER, together.ADAPTER, byteplus.ADAPTER, task.ADAPTER,
     )
 }
+
+
+def check_routes(models: Iterable[Model]) -> list[str]:
+    """Problems in routes whose protocol can check its options (e.g. the generic task
+    protocol's paths and state table), each naming the model file's route and option."""
+    problems = []
+    for model in models:
+        for route in model.routes:
+            validate = ADAPTERS[route.provider.protocol].validate
+            if validate is not None:
+                options = {**route.provider.options, **route.options}
+                problems += [f"{route.id}: {line}" for line in validate(options)]
+    return problems

@@ -72,6 +72,8 @@ class Adapter:
     transport: Callable[[Provider, float], httpx.AsyncBaseTransport] | None = None
     # How many images one upstream call can return; n above it runs parallel flows.
     images_per_call: int = 10
+    # Checks a route's merged provider+route options at catalog load: one line per problem.
+    validate: Callable[[Mapping[str, Any]], list[str]] | None = None
 
 
 def check(reply: UpstreamReply | None, classify: Callable[[UpstreamReply], Failure | None]
