@@ -141,3 +141,45 @@ def test_upstream_error_carries_the_failure() -> None:
     error = UpstreamError(failure)
     assert error.failure is failure
     assert str(error) == "rate_limited: upstream rate limit"
+
+
+def test_a_key_quoted_in_an_upstream_error_never_leaves_the_flow() -> None:
+    """Whatever an adapter puts in a failure message, flows.generate cuts the key out."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from proxy.catalog import Capabilities, Provider, Route
+    from proxy.config import Secret
+    from proxy.domain import Geometry, ImageRequest
+    from proxy.failures import UpstreamError
+    from proxy.providers import flows
+    from proxy.providers.base import Adapter, Flow, UpstreamCall
+
+    key = "sk-very-secret-upstream-key"
+
+    def flow(request: ImageRequest, route: Route) -> Flow:
+        reply = yield UpstreamCall("POST", f"{route.provider.base_url}/x")
+        assert reply is not None
+        raise UpstreamError(Failure(Kind.AUTH, f"host said: bad key {key}"))
+
+    route = Route(id="m/p", model="m", provider=Provider("p", "x", "https://p.example",
+                                                         key=Secret(key)),
+                  upstream_model="u", price_per_image={}, capabilities=Capabilities(("1K",),
+                                                                                    ("1:1",)))
+    request = ImageRequest("generate", "m", "x", 1, Geometry("1:1", "1K", None, "default"),
+                           "png", "b64_json")
+
+    async def go() -> Failure:
+        transport = httpx.MockTransport(lambda r: httpx.Response(401))
+        async with httpx.AsyncClient(transport=transport) as client:
+            try:
+                await flows.generate(Adapter("x", flow), route, request, client,
+                                     time.monotonic() + 5)
+            except UpstreamError as exc:
+                return exc.failure
+        raise AssertionError("no failure")
+
+    failure = asyncio.run(go())
+    assert key not in failure.message and "[key]" in failure.message

@@ -513,3 +513,14 @@ def test_e2e_failures_are_openai_errors(switchyard: Start, validate: Callable[[s
     validate("ErrorResponse", body)
     assert (caught.value.status_code, body["error"]["code"]) == (status, code)
     assert caught.value.response.headers.get("retry-after") == after
+
+
+def test_a_5xx_result_is_the_outcome_not_a_wait_for_the_deadline() -> None:
+    """fal's result endpoint answers a failed run's error for good: it is not retried, so the
+    router still has time to fail over."""
+    started = time.monotonic()
+    fake = FakeFal(result_reply=(500, {"detail": "Internal error while running the model"}, {}))
+    failure = failure_of(fake, make_request(), make_route(), within_s=5.0)
+    assert failure.kind is Kind.UPSTREAM_BROKEN
+    assert time.monotonic() - started < 1.0
+    assert sum(1 for s in fake.seen if s.method == "GET" and "status" not in s.url.path) == 1

@@ -185,7 +185,7 @@ def test_a_mask_is_refused_unless_the_route_sends_it_as_a_reference() -> None:
 
 
 @pytest.mark.parametrize(("reply", "kind", "words"), [
-    (fake_module.UNAUTHENTICATED, Kind.AUTH, "valid authentication token"),
+    (fake_module.UNAUTHENTICATED, Kind.AUTH, "refused the API token (HTTP 401)"),
     (fake_module.NO_CREDIT, Kind.AUTH, "insufficient credit"),
     (fake_module.INVALID_INPUT, Kind.BAD_REQUEST, "aspect_ratio must be one of"),
     (fake_module.NOT_FOUND, Kind.UPSTREAM_BROKEN, "no such model"),

@@ -37,6 +37,9 @@ class UpstreamCall:
     form: Mapping[str, str] | None = None
     files: tuple[tuple[str, tuple[str, bytes, str]], ...] = ()
     kind: CallKind = "submit"
+    # The reply is the outcome (fal's result fetch): an error status goes to the flow at once
+    # instead of being retried as a transient poll error until the deadline.
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -294,7 +294,7 @@ def flow(request: ImageRequest, route: Route) -> Flow:
     if (failure := status_failure(status, options)) is not None:
         raise UpstreamError(failure)
     url = _queue_url(submitted, "response_url", route)
-    result = yield UpstreamCall("GET", url, _auth(url, route, key), kind="fetch")
+    result = yield UpstreamCall("GET", url, _auth(url, route, key), kind="fetch", final=True)
     output = _object(check(result, classified), "result")
     return (yield from collect(output, str(submitted["request_id"]), request, options))
 

@@ -144,7 +144,9 @@ def classify(reply: UpstreamReply) -> Failure | None:
             after = float(found.group(1))
         return Failure(Kind.RATE_LIMITED, "Replicate rate limit reached", after, status)
     if status in (401, 403):
-        return Failure(Kind.AUTH, f"Replicate refused the API token: {detail}", None, status)
+        # Not the detail: a host may quote the token it refused.
+        return Failure(Kind.AUTH, f"Replicate refused the API token (HTTP {status})", None,
+                       status)
     if status == 402:
         return Failure(Kind.AUTH, f"Replicate account cannot pay: {detail}", None, status)
     if status == 404:
@@ -217,6 +219,9 @@ def wait_done(prediction: dict[str, Any], route: Route, key: str, options: Optio
             reply = check((yield UpstreamCall("GET", url, _auth(url, route, key),
                                               kind="poll")), classify)
             prediction = reply.json()
+            if not isinstance(prediction, dict):
+                raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "Replicate returned a "
+                                                                  "malformed prediction"))
     except UpstreamError as exc:
         if exc.failure.kind is Kind.TIMEOUT and prediction.get("status") not in TERMINAL:
             url = _prediction_url(prediction, "cancel", route)
