@@ -26,6 +26,7 @@ from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
+from tests.fakes.segmind import FakeSegmind
 from tests.fakes.task_hosts import FakeApiPass, FakeNewportAI, FakeOpenOctopus, FakeToapis
 from tests.fakes.together import FakeTogether
 
@@ -88,7 +89,7 @@ KEYS = {"GEMINI_API_KEY": "google", "VERTEX_API_KEY": "vertex", "OPENAI_API_KEY"
         "REPLICATE_API_TOKEN": "replicate", "FAL_KEY": "fal", "TOGETHER_API_KEY": "together",
         "ARK_API_KEY": "byteplus", "TOAPIS_API_KEY": "toapis",
         "OPENOCTOPUS_API_KEY": "openoctopus", "NEWPORTAI_API_KEY": "newportai",
-        "APIPASS_API_KEY": "apipass"}
+        "APIPASS_API_KEY": "apipass", "SEGMIND_API_KEY": "segmind"}
 
 
 @pytest.mark.parametrize("variable", sorted(KEYS))
@@ -145,6 +146,7 @@ HOSTS: dict[str, tuple[dict[str, str], Callable[[], httpx.AsyncBaseTransport]]] 
     "openoctopus": ({"OPENOCTOPUS_API_KEY": "test-key"}, lambda: FakeOpenOctopus()),
     "newportai": ({"NEWPORTAI_API_KEY": "test-key"}, lambda: FakeNewportAI()),
     "apipass": ({"APIPASS_API_KEY": "test-key"}, lambda: FakeApiPass()),
+    "segmind": ({"SEGMIND_API_KEY": "test-key"}, lambda: FakeSegmind()),
 }
 
 

@@ -9,6 +9,7 @@ from proxy.providers import (
     gemini,
     openai_images,
     replicate,
+    segmind,
     simulated,
     task,
     together,
@@ -20,6 +21,7 @@ ADAPTERS: dict[str, Adapter] = {
     adapter.protocol: adapter for adapter in (
         simulated.ADAPTER, gemini.ADAPTER, vertex.ADAPTER, openai_images.ADAPTER,
         replicate.ADAPTER, fal.ADAPTER, together.ADAPTER, byteplus.ADAPTER, task.ADAPTER,
+        segmind.ADAPTER,
     )
 }
 
