@@ -31,6 +31,7 @@ from tests.fixtures.contract import (
     gemini,
     openai_images,
     replicate,
+    task,
     together,
     vertex,
 )
@@ -44,7 +45,7 @@ from tests.fixtures.contract.recorded import (
 )
 
 CONTRACTS: dict[str, Contract] = {fixture.CONTRACT.protocol: fixture.CONTRACT for fixture in (
-    gemini, vertex, openai_images, replicate, fal, together, byteplus)}
+    gemini, vertex, openai_images, replicate, fal, together, byteplus, task)}
 PROTOCOLS = sorted(CONTRACTS)
 # What flows.drive reads as a reply the flow tripped over: the upstream's breakage, not ours.
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError)
