@@ -1,4 +1,5 @@
-"""The `switchyard` command: serve, keys. Thin: parsing and printing over library calls."""
+"""The `switchyard` command: serve, keys, routes, bench. Thin: parsing and printing over library
+calls."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import argparse
 import ipaddress
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import __version__
+from proxy import __version__, cli_billing
 from proxy.billing.store import Store
 from proxy.catalog import Catalog, CatalogError, Provider
 from proxy.config import Config, ConfigError, load
@@ -45,52 +45,35 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
     serve.set_defaults(run=_serve)
 
-    keys = commands.add_parser("keys", help="manage tenant API keys").add_subparsers(
-        dest="action", required=True)
-    create = keys.add_parser("create", parents=[common],
-                             help="create a key; prints it once, alone on the last line")
-    create.add_argument("name")
-    create.set_defaults(run=_keys_create)
-    keys.add_parser("list", parents=[common], help="one key per line, id first (never the "
-                                                   "key itself)").set_defaults(run=_keys_list)
-    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key by its id")
-    revoke.add_argument("id")
-    revoke.set_defaults(run=_keys_revoke)
+    cli_billing.add_commands(commands, common)
 
     routes = commands.add_parser("routes", help="inspect the provider catalog").add_subparsers(
         dest="action", required=True)
     routes.add_parser("list", parents=[common], help="every route: model, provider, protocol, "
                       "prices by tier, and whether it is live or why not"
                       ).set_defaults(run=_routes_list)
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="action", required=True)
+    routing = bench.add_parser("routing", help=(
+        "run thousands of requests through the real router, per strategy, against simulated "
+        "backends that go down, slow down and rate-limit, on a virtual clock; compare with "
+        "oracles and single providers and check the routing targets"))
+    routing.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
+    routing.add_argument("--duration", type=_positive, default=3600.0,
+                         help="virtual seconds; events scale with it (default 3600)")
+    routing.add_argument("--rate", type=_positive, default=2.0,
+                         help="mean requests per virtual second (default 2)")
+    # The benchmark reads no config; these keep main()'s config loading uniform.
+    routing.set_defaults(run=_bench_routing, config=None, data_dir=None)
     return parser
 
 
-def _keys_create(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.database) as store:
-        record, key = store.create_key(args.name)
-    print(f"created {record.id} ({record.name}); the key is shown once, store it now:")
-    print(key)
-    return 0
-
-
-def _keys_list(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.database) as store:
-        records = store.list_keys()
-    for record in records:
-        state = "active" if record.active else "revoked"
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created_at))
-        print(f"{record.id}\t{state}\t{record.name}\t{record.hint}\t{created}")
-    return 0
-
-
-def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.database) as store:
-        revoked = store.revoke_key(args.id)
-    if revoked:
-        print(f"revoked {args.id}")
-        return 0
-    print(f"switchyard: no active key with id {args.id!r}", file=sys.stderr)
-    return 1
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _routes_list(config: Config, args: argparse.Namespace) -> int:
@@ -133,6 +116,13 @@ def _status(provider: Provider, demo_on: bool) -> str:
     if provider.key is None and provider.options.get("token_command"):
         return "live (token command)"
     return f"live ({provider.key_env} is set)" if provider.key_env else "live"
+
+
+def _bench_routing(config: Config, args: argparse.Namespace) -> int:
+    from proxy.bench import routing
+
+    print(routing.main(args.seed, args.duration, args.rate))
+    return 0
 
 
 def is_loopback(host: str) -> bool:
