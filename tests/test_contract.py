@@ -31,6 +31,7 @@ from tests.fixtures.contract import (
     gemini,
     openai_images,
     replicate,
+    segmind,
     task,
     together,
     vertex,
@@ -45,7 +46,7 @@ from tests.fixtures.contract.recorded import (
 )
 
 CONTRACTS: dict[str, Contract] = {fixture.CONTRACT.protocol: fixture.CONTRACT for fixture in (
-    gemini, vertex, openai_images, replicate, fal, together, byteplus, task)}
+    gemini, vertex, openai_images, replicate, fal, together, byteplus, task, segmind)}
 PROTOCOLS = sorted(CONTRACTS)
 # What flows.drive reads as a reply the flow tripped over: the upstream's breakage, not ours.
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError)
