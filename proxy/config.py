@@ -66,6 +66,8 @@ class Config:
     # PostgreSQL for the billing store (postgresql://…); None: SQLite in the data directory.
     # A Secret: the URL may carry a password.
     database_url: Secret | None = None
+    # Per-key labels on money and limit metrics; off for very many tenants (label "-").
+    metrics_per_key: bool = True
 
     @property
     def database_path(self) -> Path:
@@ -91,6 +93,7 @@ _ENV: dict[str, str] = {
     "simulation_time_scale": "SWITCHYARD_SIMULATION_TIME_SCALE",
     "access_log": "SWITCHYARD_ACCESS_LOG",
     "database_url": "SWITCHYARD_DATABASE_URL",
+    "metrics_per_key": "SWITCHYARD_METRICS_PER_KEY",
 }
 
 
@@ -109,7 +112,7 @@ def _coerce(name: str, raw: object) -> object:
             return number
         if name == "demo":
             return _boolean(raw)
-        if name == "access_log":
+        if name in ("access_log", "metrics_per_key"):
             flag = _boolean(raw)
             if flag is None:
                 raise ValueError

@@ -151,6 +151,7 @@ class Served:
     converted_from: str | None = None
     strategy: str = "cheapest"
     quote_usd: Decimal = Decimal(0)  # the chosen route's price for this request, before the call
+    upstream_s: float = 0.0  # wall time spent waiting on upstream attempts
 
     @property
     def hedge_cost_usd(self) -> Decimal:

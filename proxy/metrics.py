@@ -1,26 +1,40 @@
 """Every Prometheus metric Switchyard exports, declared once, with bounded labels.
 
-Label values come only from the catalog (model and provider names), the closed failure set and
-fixed outcome words: never from prompts, keys or other client input.
+Label values come only from the catalog (model, provider and route names), the closed failure
+set, resolution tiers, fixed outcome words and key ids (never a key, a prompt or other client
+input); per-key labels collapse to "-" when `metrics_per_key` is off, for very many tenants.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Image calls take seconds to minutes; buckets reach five minutes.
-_SLOW_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300)
+SLOW_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300)
+# Switchyard's own share of a request: well under a millisecond when all is well.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 REQUESTS = Counter(
-    "switchyard_requests", "Image requests by public model, serving provider and outcome.",
+    "switchyard_requests", "Image requests by public model, serving provider (or 'none') and "
+    "outcome: success, a failure class, or quota / rate_limited_key / cancelled.",
     ["model", "provider", "outcome"],
 )
 IMAGES = Counter(
     "switchyard_images", "Images delivered to clients.", ["model", "provider", "tier"],
 )
 REQUEST_SECONDS = Histogram(
-    "switchyard_request_duration_seconds", "End-to-end request duration.", ["model"],
-    buckets=_SLOW_BUCKETS,
+    "switchyard_request_duration_seconds", "End-to-end duration of image requests.", ["model"],
+    buckets=SLOW_BUCKETS,
+)
+OVERHEAD_SECONDS = Histogram(
+    "switchyard_overhead_seconds", "Time a request spent in Switchyard itself, not waiting on "
+    "upstreams.", ["model"], buckets=OVERHEAD_BUCKETS,
+)
+SECONDS_PER_IMAGE = Histogram(
+    "switchyard_seconds_per_image", "Upstream seconds per delivered image.",
+    ["model", "provider", "tier"], buckets=SLOW_BUCKETS,
 )
 UPSTREAM_ATTEMPTS = Counter(
     "switchyard_upstream_attempts", "Calls to upstream routes by outcome.",
@@ -28,17 +42,59 @@ UPSTREAM_ATTEMPTS = Counter(
 )
 UPSTREAM_SECONDS = Histogram(
     "switchyard_upstream_duration_seconds", "Duration of one upstream attempt.",
-    ["provider", "outcome"], buckets=_SLOW_BUCKETS,
+    ["provider", "outcome"], buckets=SLOW_BUCKETS,
 )
 UPSTREAM_COST = Counter(
     "switchyard_upstream_cost_usd", "What upstreams charged, in US dollars.",
-    ["model", "provider"],
+    ["key", "model", "provider"],
+)
+BILLED = Counter(
+    "switchyard_billed_usd", "What tenants were billed, in US dollars.",
+    ["key", "model", "provider"],
+)
+FAILOVERS = Counter(
+    "switchyard_failovers", "Requests served by a route other than the first one tried.",
+    ["model"],
 )
 HEDGES = Counter(
     "switchyard_hedges", "Second attempts started because the first passed its route's p95.",
     ["model"],
 )
-FAILOVERS = Counter(
-    "switchyard_failovers", "Requests served by a route other than the first one tried.",
-    ["model"],
+CONTENT_BLOCKS = Counter(
+    "switchyard_content_blocks", "Requests an upstream refused on content policy.",
+    ["model", "provider"],
+)
+KEY_REJECTIONS = Counter(
+    "switchyard_key_rejections", "Requests refused by a key's own limits (rate or budget).",
+    ["key", "limit"],
+)
+BUDGET_REMAINING = Gauge(
+    "switchyard_budget_remaining_usd", "What is left of a key's budget this period.", ["key"],
+)
+LEDGER_BACKLOG = Gauge(
+    "switchyard_ledger_backlog", "Ledger writes started and not yet committed.",
+)
+ROUTE_SCORE = Gauge(
+    "switchyard_route_health_score", "A route's health from 0 to 1: its success ratio, halved "
+    "while its breaker is half open, 0 while open or resting after a 429.",
+    ["model", "provider"],
+)
+ROUTE_LATENCY = Gauge(
+    "switchyard_route_latency_ewma_seconds", "A route's expected attempt seconds by tier.",
+    ["model", "provider", "tier"],
+)
+ROUTE_P95 = Gauge(
+    "switchyard_route_latency_p95_seconds", "A route's recent p95 attempt seconds by tier.",
+    ["model", "provider", "tier"],
+)
+ROUTE_SUCCESS = Gauge(
+    "switchyard_route_success_ratio", "A route's success ratio over the health window.",
+    ["model", "provider"],
+)
+ROUTE_BREAKER = Gauge(
+    "switchyard_route_breaker_state", "A route's circuit breaker: 0 closed, 1 half open, "
+    "2 open.", ["model", "provider"],
+)
+ROUTE_IN_FLIGHT = Gauge(
+    "switchyard_route_in_flight", "Attempts in flight on a route.", ["model", "provider"],
 )

@@ -29,6 +29,7 @@ from tests.fakes.replicate import FakeReplicate
 from tests.fakes.segmind import FakeSegmind
 from tests.fakes.task_hosts import FakeApiPass, FakeNewportAI, FakeOpenOctopus, FakeToapis
 from tests.fakes.together import FakeTogether
+from tests.fakes.wavespeed import FakeWaveSpeed
 
 ROUTES = default_routes_dir()
 ISSUE_PROTOCOLS = {"gemini", "vertex", "openai_images", "replicate", "fal", "together",
@@ -89,7 +90,8 @@ KEYS = {"GEMINI_API_KEY": "google", "VERTEX_API_KEY": "vertex", "OPENAI_API_KEY"
         "REPLICATE_API_TOKEN": "replicate", "FAL_KEY": "fal", "TOGETHER_API_KEY": "together",
         "ARK_API_KEY": "byteplus", "TOAPIS_API_KEY": "toapis",
         "OPENOCTOPUS_API_KEY": "openoctopus", "NEWPORTAI_API_KEY": "newportai",
-        "APIPASS_API_KEY": "apipass", "SEGMIND_API_KEY": "segmind"}
+        "APIPASS_API_KEY": "apipass", "SEGMIND_API_KEY": "segmind",
+        "WAVESPEED_API_KEY": "wavespeed"}
 
 
 @pytest.mark.parametrize("variable", sorted(KEYS))
@@ -147,6 +149,7 @@ HOSTS: dict[str, tuple[dict[str, str], Callable[[], httpx.AsyncBaseTransport]]] 
     "newportai": ({"NEWPORTAI_API_KEY": "test-key"}, lambda: FakeNewportAI()),
     "apipass": ({"APIPASS_API_KEY": "test-key"}, lambda: FakeApiPass()),
     "segmind": ({"SEGMIND_API_KEY": "test-key"}, lambda: FakeSegmind()),
+    "wavespeed": ({"WAVESPEED_API_KEY": "test-key"}, lambda: FakeWaveSpeed()),
 }
 
 

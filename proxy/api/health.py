@@ -8,7 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.services import services
+from proxy import metrics as metrics_module
+from proxy.services import Services, services
 
 
 async def healthz(request: Request) -> Response:
@@ -31,4 +32,27 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    export_route_health(services(request))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def export_route_health(svc: Services) -> None:
+    """Route health gauges, read fresh at scrape time (breakers also change as time passes)."""
+    health = svc.router.health
+    for model in svc.catalog.models:
+        for route in model.routes:
+            labels = (model.name, route.provider.name)
+            tracked = health.of(route)
+            snaps = {tier: tracked.snapshot(tier) for tier in route.capabilities.tiers}
+            first = next(iter(snaps.values()))
+            state = first.state.value
+            score = 0.0 if not first.available and state != "half_open" else \
+                first.success_ratio * (0.5 if state == "half_open" else 1.0)
+            metrics_module.ROUTE_SCORE.labels(*labels).set(score)
+            metrics_module.ROUTE_SUCCESS.labels(*labels).set(first.success_ratio)
+            metrics_module.ROUTE_BREAKER.labels(*labels).set(
+                metrics_module.BREAKER_STATES[state])
+            metrics_module.ROUTE_IN_FLIGHT.labels(*labels).set(first.in_flight)
+            for tier, snap in snaps.items():
+                metrics_module.ROUTE_LATENCY.labels(*labels, tier).set(snap.expected_s)
+                metrics_module.ROUTE_P95.labels(*labels, tier).set(snap.p95_s)

@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy import metrics
 from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.render import attempt_headers, image_headers, images_body, observe
 from proxy.billing.keys import KeyRecord
@@ -41,6 +42,8 @@ async def charge(request: Request, svc: Services, key: KeyRecord, model: Model,
     try:
         rate_headers = svc.limits.admit(key, asked.n)
     except Limited as exc:
+        metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
+        metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()
         raise ApiError(429, exc.message, type="requests", code="rate_limit_exceeded",
                        headers=exc.headers) from None
     try:
@@ -69,12 +72,14 @@ async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
         served = await svc.router.run(prepared, ledger.asked)
     except RoutesFailed as exc:
         await ledger.failed(reservation, exc, started)
+        _observe_failure(model, exc)
         error = from_failure(exc.failure, len(exc.attempts))
         error.headers.update(attempt_headers(exc.attempts))
         raise error from None
     except BaseException:
         # The client went away or Switchyard broke: nothing delivered, nothing billed.
         await asyncio.shield(ledger.abandoned(reservation, started))
+        metrics.REQUESTS.labels(model.name, "none", "cancelled").inc()
         raise
     body = orjson.dumps(await images_body(request, svc, ledger.asked, served))
     delivered = len(served.result.images)
@@ -83,10 +88,25 @@ async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
                                        upstream_per_image) * delivered)
     await ledger.succeeded(reservation, served, billed, started)
     observe(model, ledger.asked, served, time.monotonic() - started)
+    label = _key_label(svc, ledger.key)
+    metrics.BILLED.labels(label, model.name, served.provider).inc(float(billed))
+    metrics.UPSTREAM_COST.labels(label, model.name, served.provider).inc(
+        float(served.cost_usd + served.hedge_cost_usd))
     headers = image_headers(ledger.asked, served)
     headers["x-switchyard-billed-usd"] = f"{billed:.6f}"
     return Response(body, 200, headers, "application/json",
                     background=BackgroundTask(ledger.delivered))
+
+
+def _key_label(svc: Services, key: KeyRecord) -> str:
+    return key.id if svc.config.metrics_per_key else "-"
+
+
+def _observe_failure(model: Model, exc: RoutesFailed) -> None:
+    last = exc.attempts[-1].provider if exc.attempts else "none"
+    metrics.REQUESTS.labels(model.name, last, exc.failure.kind.value).inc()
+    if exc.failure.kind.value == "content_blocked":
+        metrics.CONTENT_BLOCKS.labels(model.name, last).inc()
 
 
 class _Ledger:
@@ -107,6 +127,8 @@ class _Ledger:
             self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
             micros(budget) if budget is not None else None)
         if reservation is None:
+            metrics.KEY_REJECTIONS.labels(_key_label(self.svc, self.key), "budget").inc()
+            metrics.REQUESTS.labels(self.asked.model, "none", "quota").inc()
             raise ApiError(429, f"This key's {self.key.limits.budget_period} budget of "
                                 f"${budget} cannot cover this request (quoted ${quote:.6f}). "
                                 f"Raise the budget or wait for the next period.",
@@ -135,7 +157,17 @@ class _Ledger:
         await asyncio.to_thread(self.svc.store.money.delivered, self.request_id)
 
     async def _settle(self, reservation: str, entry: Entry) -> None:
-        await asyncio.to_thread(self.svc.store.money.settle, reservation, entry)
+        metrics.LEDGER_BACKLOG.inc()
+        try:
+            await asyncio.to_thread(self.svc.store.money.settle, reservation, entry)
+        finally:
+            metrics.LEDGER_BACKLOG.dec()
+        budget = self.key.limits.budget_usd
+        if budget is not None:
+            spent, held = await asyncio.to_thread(self.svc.store.money.spent, self.key.id,
+                                                  self.period)
+            metrics.BUDGET_REMAINING.labels(_key_label(self.svc, self.key)).set(
+                float(budget - spent - held))
 
     def _entry(self, started: float, outcome: str, provider: str | None, route: str | None,
                delivered: int, billed: int, upstream: int, attempts: int,

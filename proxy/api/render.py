@@ -85,10 +85,15 @@ def attempt_headers(attempts: tuple[Attempt, ...]) -> dict[str, str]:
 
 
 def observe(model: Model, asked: ImageRequest, served: Served, seconds: float) -> None:
+    """A served request's metrics (money is counted where it is billed, in metering)."""
+    tier, images = asked.geometry.tier, len(served.result.images)
     metrics.REQUESTS.labels(model.name, served.provider, "success").inc()
-    metrics.IMAGES.labels(model.name, served.provider, asked.geometry.tier).inc(
-        len(served.result.images))
+    metrics.IMAGES.labels(model.name, served.provider, tier).inc(images)
     metrics.REQUEST_SECONDS.labels(model.name).observe(seconds)
-    metrics.UPSTREAM_COST.labels(model.name, served.provider).inc(float(served.cost_usd))
-    if len(served.attempts) > 1:
+    metrics.OVERHEAD_SECONDS.labels(model.name).observe(max(0.0, seconds - served.upstream_s))
+    winner = next((a for a in served.attempts if a.failure is None), None)
+    if winner is not None:
+        metrics.SECONDS_PER_IMAGE.labels(model.name, served.provider, tier).observe(
+            winner.seconds / images)
+    if any(a.failure not in (None, "hedged") for a in served.attempts):
         metrics.FAILOVERS.labels(model.name).inc()

@@ -14,6 +14,7 @@ from proxy.providers import (
     task,
     together,
     vertex,
+    wavespeed,
 )
 from proxy.providers.base import Adapter
 
@@ -21,7 +22,7 @@ ADAPTERS: dict[str, Adapter] = {
     adapter.protocol: adapter for adapter in (
         simulated.ADAPTER, gemini.ADAPTER, vertex.ADAPTER, openai_images.ADAPTER,
         replicate.ADAPTER, fal.ADAPTER, together.ADAPTER, byteplus.ADAPTER, task.ADAPTER,
-        segmind.ADAPTER,
+        segmind.ADAPTER, wavespeed.ADAPTER,
     )
 }
 

@@ -126,7 +126,9 @@ class Router:
         policy = prepared.policy
         run = _Run(self, request, deque(prepared.routes), self._clock() + self._timeout_s,
                    bool(policy.hedge))
+        started = self._clock()
         route, result = await run.execute()
+        waited = self._clock() - started
         native = result.images[0].mime
         result, converted = await conform(result, request)
         cost = pricing.actual(route.price_per_image[request.geometry.tier], len(result.images),
@@ -134,7 +136,8 @@ class Router:
                               result.usage.output_image_tokens if result.usage else None)
         return Served(result, route.id, route.provider.name, route.upstream_model, cost,
                       tuple(run.attempts), native if converted else None,
-                      strategy=policy.strategy or "cheapest", quote_usd=quote(route, request))
+                      strategy=policy.strategy or "cheapest", quote_usd=quote(route, request),
+                      upstream_s=waited)
 
     def _attempt(self, route: Route, request: ImageRequest,
                  deadline: float) -> asyncio.Task[ImageResult]:
