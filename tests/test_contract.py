@@ -35,6 +35,7 @@ from tests.fixtures.contract import (
     task,
     together,
     vertex,
+    wavespeed,
 )
 from tests.fixtures.contract.recorded import (
     HEIGHT,
@@ -46,7 +47,8 @@ from tests.fixtures.contract.recorded import (
 )
 
 CONTRACTS: dict[str, Contract] = {fixture.CONTRACT.protocol: fixture.CONTRACT for fixture in (
-    gemini, vertex, openai_images, replicate, fal, together, byteplus, task, segmind)}
+    gemini, vertex, openai_images, replicate, fal, together, byteplus, task, segmind,
+    wavespeed)}
 PROTOCOLS = sorted(CONTRACTS)
 # What flows.drive reads as a reply the flow tripped over: the upstream's breakage, not ours.
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError)
