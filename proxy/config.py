@@ -68,6 +68,8 @@ class Config:
     database_url: Secret | None = None
     # Per-key labels on money and limit metrics; off for very many tenants (label "-").
     metrics_per_key: bool = True
+    # The prompt in the per-request JSON log line; off by default (prompts are tenants' data).
+    log_prompts: bool = False
 
     @property
     def database_path(self) -> Path:
@@ -94,6 +96,7 @@ _ENV: dict[str, str] = {
     "access_log": "SWITCHYARD_ACCESS_LOG",
     "database_url": "SWITCHYARD_DATABASE_URL",
     "metrics_per_key": "SWITCHYARD_METRICS_PER_KEY",
+    "log_prompts": "SWITCHYARD_LOG_PROMPTS",
 }
 
 
@@ -112,7 +115,7 @@ def _coerce(name: str, raw: object) -> object:
             return number
         if name == "demo":
             return _boolean(raw)
-        if name in ("access_log", "metrics_per_key"):
+        if name in ("access_log", "metrics_per_key", "log_prompts"):
             flag = _boolean(raw)
             if flag is None:
                 raise ValueError

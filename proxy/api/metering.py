@@ -21,6 +21,7 @@ from starlette.responses import Response
 from proxy import metrics
 from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.render import attempt_headers, image_headers, images_body, observe
+from proxy.api.request_log import request_line
 from proxy.billing.keys import KeyRecord
 from proxy.billing.limits import Limited
 from proxy.billing.money import Entry, micros, period_label
@@ -44,6 +45,8 @@ async def charge(request: Request, svc: Services, key: KeyRecord, model: Model,
     except Limited as exc:
         metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
         metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()
+        request_line(request.scope["state"]["request_id"], key.id, asked, "rate_limited_key",
+                     seconds=0.0, with_prompt=svc.config.log_prompts)
         raise ApiError(429, exc.message, type="requests", code="rate_limit_exceeded",
                        headers=exc.headers) from None
     try:
@@ -73,6 +76,8 @@ async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
     except RoutesFailed as exc:
         await ledger.failed(reservation, exc, started)
         _observe_failure(model, exc)
+        ledger.log(exc.failure.kind.value, started, exc.attempts[-1].provider
+                   if exc.attempts else None, len(exc.attempts))
         error = from_failure(exc.failure, len(exc.attempts))
         error.headers.update(attempt_headers(exc.attempts))
         raise error from None
@@ -88,6 +93,8 @@ async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
                                        upstream_per_image) * delivered)
     await ledger.succeeded(reservation, served, billed, started)
     observe(model, ledger.asked, served, time.monotonic() - started)
+    ledger.log("success", started, served.provider, len(served.attempts), billed,
+               served.cost_usd + served.hedge_cost_usd)
     label = _key_label(svc, ledger.key)
     metrics.BILLED.labels(label, model.name, served.provider).inc(float(billed))
     metrics.UPSTREAM_COST.labels(label, model.name, served.provider).inc(
@@ -129,6 +136,7 @@ class _Ledger:
         if reservation is None:
             metrics.KEY_REJECTIONS.labels(_key_label(self.svc, self.key), "budget").inc()
             metrics.REQUESTS.labels(self.asked.model, "none", "quota").inc()
+            self.log("quota", time.monotonic(), None, 0)
             raise ApiError(429, f"This key's {self.key.limits.budget_period} budget of "
                                 f"${budget} cannot cover this request (quoted ${quote:.6f}). "
                                 f"Raise the budget or wait for the next period.",
@@ -152,6 +160,12 @@ class _Ledger:
     async def abandoned(self, reservation: str, started: float) -> None:
         await self._settle(reservation, self._entry(started, "cancelled", None, None, 0, 0, 0,
                                                     0, None))
+
+    def log(self, outcome: str, started: float, provider: str | None, attempts: int,
+            billed: Decimal | None = None, upstream: Decimal | None = None) -> None:
+        request_line(self.request_id, self.key.id, self.asked, outcome,
+                     seconds=time.monotonic() - started, provider=provider, attempts=attempts,
+                     billed=billed, upstream=upstream, with_prompt=self.svc.config.log_prompts)
 
     async def delivered(self) -> None:
         await asyncio.to_thread(self.svc.store.money.delivered, self.request_id)
