@@ -210,3 +210,23 @@ def test_no_probe_for_the_best_route_or_an_unavailable_one() -> None:
     clock.now += 100  # both stale; down's cooldown is long over, so it is half-open
     health.of(down).begin()  # … and its probe is already out
     assert health.probe([best, down], health.snapshots([best, down], "1K")) is None
+
+
+def test_a_slow_success_that_started_before_the_failures_is_old_news() -> None:
+    """A route goes down while long attempts are in flight: their late successes must neither
+    reset the failure count nor close a breaker that just opened."""
+    health, clock = _health()
+    slow = [health.begin() for _ in range(6)]  # started while the route was still fine
+    clock.now += 1
+    for _ in range(3):
+        _attempt(health, clock, BROKEN, seconds=0.1)
+    health.end(slow.pop(), "1K", None)
+    for _ in range(2):
+        _attempt(health, clock, BROKEN, seconds=0.1)
+    assert health.state is State.OPEN, "five failures since the outage began"
+    health.end(slow.pop(), "1K", None)
+    assert health.state is State.OPEN, "an old success does not close it"
+    # A success that started after the failures is news: half-open probe closes the breaker.
+    clock.now += Settings().cooldown_s
+    _attempt(health, clock, None)
+    assert health.state is State.CLOSED

@@ -240,3 +240,18 @@ ONE_AT_A_TIME = _route("single", {"1K": "0.05", "4K": "0.2"}, max_n=1)
 def test_unservable_param(routes: tuple[Route, ...], request_: ImageRequest, param: str) -> None:
     assert not any(fit.fits(r, request_) for r in routes) or param == "model"
     assert fit.unservable_param(routes, request_) == param
+
+
+@pytest.mark.parametrize(("strategy", "route", "expected"), [
+    # thrifty leads on price; swift could never lead `cheapest`, whatever its evidence.
+    ("cheapest", SWIFT, False),
+    ("cheapest", THRIFTY, True),
+    # Under `fastest`, a slow-looking swift with a fast prior is worth a probe; steady is not.
+    ("fastest", SWIFT, True),
+    ("fastest", STEADY, False),
+    ("ordered", STEADY, True),
+])
+def test_only_a_route_that_could_lead_is_worth_a_probe(strategy: str, route: Route,
+                                                       expected: bool) -> None:
+    snaps = {THRIFTY.id: _snap(1.0), STEADY.id: _snap(2.4), SWIFT.id: _snap(9.0)}
+    assert strategies.could_lead(route, THRIFTY, strategy, _request(), snaps) is expected

@@ -86,6 +86,9 @@ class RouteHealth:
         self._resting_until = 0.0  # Retry-After
         self._starts: dict[int, float] = {}
         self._next_token = 0
+        # When the latest counted failure's attempt started: a success that started earlier
+        # is older news and neither resets the failure count nor closes the breaker.
+        self._failure_started = -math.inf
         self.last_outcome_at = -math.inf
 
     # --- evidence -----------------------------------------------------------------------
@@ -104,16 +107,17 @@ class RouteHealth:
     def end(self, token: int, tier: str, failure: Failure | None) -> float:
         """An attempt ended (failure None: it delivered). Returns its seconds."""
         now = self._clock()
-        seconds = now - self._starts.pop(token, now)
+        started = self._starts.pop(token, now)
+        seconds = now - started
         if failure is None:
-            self._succeeded(now, tier, seconds)
+            self._succeeded(now, tier, seconds, started)
         elif failure.kind is Kind.RATE_LIMITED or failure.retry_after_s:
             rest = failure.retry_after_s or self._settings.rate_limit_cooldown_s
             self._resting_until = max(self._resting_until, now + rest)
             if failure.kind in COUNTED:
-                self._failed(now)
+                self._failed(now, started)
         elif failure.kind in COUNTED:
-            self._failed(now)
+            self._failed(now, started)
         self._probing = False  # a probe that proved nothing frees the slot for the next
         return seconds
 
@@ -122,19 +126,22 @@ class RouteHealth:
         self._starts.pop(token, None)
         self._probing = False
 
-    def _succeeded(self, now: float, tier: str, seconds: float) -> None:
+    def _succeeded(self, now: float, tier: str, seconds: float, started: float) -> None:
         entry = self._tiers.setdefault(tier, _Tier(self._prior))
         entry.ewma += self._settings.ewma_alpha * (seconds - entry.ewma)
         entry.recent.append((now, seconds))
         while len(entry.recent) > self._settings.p95_samples:
             entry.recent.popleft()
         self._record(now, True)
+        if started < self._failure_started:
+            return
         self._consecutive = 0
         self._state, self._probing, self._cooldown = State.CLOSED, False, \
             self._settings.cooldown_s
 
-    def _failed(self, now: float) -> None:
+    def _failed(self, now: float, started: float) -> None:
         self._record(now, False)
+        self._failure_started = max(self._failure_started, started)
         self._consecutive += 1
         if self._state is State.HALF_OPEN:
             self._cooldown = min(self._cooldown * 2, self._settings.max_cooldown_s)

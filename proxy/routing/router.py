@@ -28,7 +28,7 @@ from proxy.providers.credentials import Credentials
 from proxy.routing.fit import fits, unservable_param
 from proxy.routing.health import Health
 from proxy.routing.slots import Slots
-from proxy.routing.strategies import Unmet, constrain, quote, rank
+from proxy.routing.strategies import Unmet, constrain, could_lead, quote, rank
 
 # Retry-After for a client turned away because every route is at its concurrency limit.
 SATURATED_RETRY_AFTER_S = 1.0
@@ -72,8 +72,10 @@ def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) ->
         kept = constrain(candidates, policy, request, snapshots)
     except Unmet as exc:
         raise NoRoute(exc.param, exc.message) from None
-    ranked = rank(kept, policy.strategy or "cheapest", request, snapshots)
-    probe = health.probe(ranked, snapshots)
+    strategy = policy.strategy or "cheapest"
+    ranked = rank(kept, strategy, request, snapshots)
+    worth = [r for r in ranked[1:] if could_lead(r, ranked[0], strategy, request, snapshots)]
+    probe = health.probe([ranked[0], *worth], snapshots) if ranked else None
     if probe is not None:
         ranked.remove(probe)
         ranked.insert(0, probe)

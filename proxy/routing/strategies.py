@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 from proxy.catalog import Route
@@ -92,3 +93,12 @@ def rank(routes: Sequence[Route], strategy: str, request: ImageRequest,
         return not snap.available, snap.stalled, key(route, request, snap)
 
     return sorted(routes, key=order)
+
+
+def could_lead(route: Route, leader: Route, strategy: str, request: ImageRequest,
+               snapshots: Mapping[str, Snapshot]) -> bool:
+    """Whether `route` would rank level with `leader` or ahead of it if its evidence were back
+    to the catalog's prior: only then can a probe of it change where traffic goes."""
+    key = KEYS[strategy]
+    fresh = replace(snapshots[route.id], expected_s=route.typical_latency_s, success_ratio=1.0)
+    return key(route, request, fresh) <= key(leader, request, snapshots[leader.id])
