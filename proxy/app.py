@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from proxy import catalog as catalog_module
-from proxy.api import admin, health, images, models, usage
+from proxy.api import admin, callbacks, health, images, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.billing import pricing
@@ -30,6 +30,7 @@ from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.media import MediaStore, load_or_create_secret
 from proxy.providers import ADAPTERS, check_routes, flows
+from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
 from proxy.routing.health import Health
 from proxy.routing.router import Router
@@ -84,7 +85,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
             router=Router(ADAPTERS, clients, config.request_timeout_s,
                           credentials=Credentials.for_providers(live.providers),
                           health=Health(r for m in live.models for r in m.routes),
-                          slots=Slots(live.providers)),
+                          slots=Slots(live.providers),
+                          callbacks=Callbacks(config.public_base_url)),
             store=store, keys=KeyFinder(store), media=media,
         )
         for line in describe(live):
@@ -114,6 +116,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/admin/usage", admin.admin_usage, methods=["GET"]),
             Route("/v1/models/{model}", models.get_model, methods=["GET"]),
             Route("/images/{name}", images.image_file, methods=["GET"]),
+            Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),

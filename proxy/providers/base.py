@@ -75,8 +75,19 @@ class Adapter:
     transport: Callable[[Provider, float], httpx.AsyncBaseTransport] | None = None
     # How many images one upstream call can return; n above it runs parallel flows.
     images_per_call: int = 10
+    # Whether the protocol hands this route's host a callback URL (route option
+    # `callback_url`); None: it never does, and the driver keeps polling.
+    takes_callback: Callable[[Route], bool] | None = None
+    # Checks a callback's signature: (headers, raw body, secret, now) -> genuine. None: the
+    # host does not sign (the unguessable URL and re-fetching the result are the defence).
+    verify_callback: Callable[[Mapping[str, str], bytes, str, float], bool] | None = None
     # Checks a route's merged provider+route options at catalog load: one line per problem.
     validate: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+
+def always(route: Route) -> bool:
+    """For `takes_callback`: every route of the protocol takes a callback URL."""
+    return True
 
 
 def check(reply: UpstreamReply | None, classify: Callable[[UpstreamReply], Failure | None]

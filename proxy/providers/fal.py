@@ -13,6 +13,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -20,7 +21,16 @@ from proxy import geometry
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
-from proxy.providers.base import Adapter, Flow, Sleep, Step, UpstreamCall, UpstreamReply, check
+from proxy.providers.base import (
+    Adapter,
+    Flow,
+    Sleep,
+    Step,
+    UpstreamCall,
+    UpstreamReply,
+    always,
+    check,
+)
 
 # Shared result handling; they belong in a common module once a third protocol needs them.
 from proxy.providers.replicate import (
@@ -130,8 +140,10 @@ def build(request: ImageRequest, route: Route, key: str, options: Options) -> Up
     if options.result_expiry_s is not None:
         headers["X-Fal-Object-Lifecycle-Preference"] = orjson.dumps(
             {"expiration_duration_seconds": options.result_expiry_s}).decode()
-    return UpstreamCall("POST", f"{route.provider.base_url}/{path}", headers=headers,
-                        json=arguments(request, options))
+    url = f"{route.provider.base_url}/{path}"
+    if hook := route.options.get("callback_url"):
+        url += f"?fal_webhook={quote(str(hook), safe='')}"
+    return UpstreamCall("POST", url, headers=headers, json=arguments(request, options))
 
 
 def classify(reply: UpstreamReply, options: Options) -> Failure | None:
@@ -300,4 +312,4 @@ def flow(request: ImageRequest, route: Route) -> Flow:
 
 
 # fal's Nano Banana endpoints return 1-4 images per request (`num_images`).
-ADAPTER = Adapter("fal", flow, images_per_call=4)
+ADAPTER = Adapter("fal", flow, images_per_call=4, takes_callback=always)

@@ -9,7 +9,7 @@ before any request goes there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import fields, replace
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ from proxy.config import Secret
 from proxy.domain import ImageRequest, ImageResult, Usage
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
 from proxy.providers.base import Adapter, Flow, Sleep, UpstreamCall, UpstreamReply
+from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
 
 TRANSIENT_RETRY_S = 1.0
@@ -85,7 +86,8 @@ async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) 
 
 async def generate(adapter: Adapter, route: Route, request: ImageRequest,
                    client: httpx.AsyncClient, deadline: float,
-                   credentials: Credentials | None = None) -> ImageResult:
+                   credentials: Credentials | None = None,
+                   callbacks: Callbacks | None = None) -> ImageResult:
     """One attempt at one route. n beyond what one call returns runs as parallel flows; what
     they deliver is merged (fewer images than asked is still a success, billed as delivered).
 
@@ -95,13 +97,14 @@ async def generate(adapter: Adapter, route: Route, request: ImageRequest,
     if command is not None:
         keyed = replace(route, provider=replace(route.provider, key=Secret(await command.token())))
         try:
-            return await generate(adapter, keyed, request, client, deadline)
+            return await generate(adapter, keyed, request, client, deadline,
+                                  callbacks=callbacks)
         except UpstreamError as exc:
             if exc.failure.kind is Kind.AUTH:
                 command.invalidate()
             raise
     try:
-        return await _fan_out(adapter, route, request, client, deadline)
+        return await _fan_out(adapter, route, request, client, deadline, callbacks)
     except UpstreamError as exc:
         raise UpstreamError(_scrubbed(exc.failure, route)) from None
 
@@ -116,14 +119,15 @@ def _scrubbed(failure: Failure, route: Route) -> Failure:
 
 
 async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
-                   client: httpx.AsyncClient, deadline: float) -> ImageResult:
+                   client: httpx.AsyncClient, deadline: float,
+                   callbacks: Callbacks | None = None) -> ImageResult:
     per_call = max(1, adapter.images_per_call)
     if request.n <= per_call:
-        return await drive(adapter.flow(request, route), route, client, deadline)
+        return await _one(adapter, route, request, client, deadline, callbacks)
     counts = [per_call] * (request.n // per_call) + ([request.n % per_call] if
                                                      request.n % per_call else [])
     outcomes = await asyncio.gather(*(
-        drive(adapter.flow(_with_n(request, count), route), route, client, deadline)
+        _one(adapter, route, _with_n(request, count), client, deadline, callbacks)
         for count in counts), return_exceptions=True)
     results = [o for o in outcomes if isinstance(o, ImageResult)]
     for outcome in outcomes:
@@ -135,6 +139,31 @@ async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
     return ImageResult(images=tuple(i for r in results for i in r.images), size=results[0].size,
                        upstream_id=results[0].upstream_id,
                        usage=_total_usage(r.usage for r in results))
+
+
+async def _one(adapter: Adapter, route: Route, request: ImageRequest,
+               client: httpx.AsyncClient, deadline: float,
+               callbacks: Callbacks | None) -> ImageResult:
+    """One upstream job. With callbacks on and a protocol that takes a callback URL, the job
+    gets a ticket of its own: its URL goes to the host (route option `callback_url`) and the
+    flow's pauses end when the host calls back, with slow polling as the fallback."""
+    if callbacks is None or not callbacks.enabled or adapter.takes_callback is None \
+            or not adapter.takes_callback(route):
+        return await drive(adapter.flow(request, route), route, client, deadline)
+    token, url = callbacks.open(route.provider.name)
+    hooked = replace(route, options={**route.options, "callback_url": url})
+
+    async def until_called(seconds: float, deadline: float) -> None:
+        remaining = deadline - _now()
+        if remaining <= 0:
+            raise UpstreamError(Failure(Kind.TIMEOUT, "request deadline reached"))
+        await callbacks.wait(token, min(max(seconds, callbacks.fallback_poll_s), remaining))
+
+    try:
+        return await drive(adapter.flow(request, hooked), hooked, client, deadline,
+                           until_called)
+    finally:
+        callbacks.close(token)
 
 
 def _total_usage(usages: Iterable[Usage | None]) -> Usage | None:
@@ -149,9 +178,14 @@ def _with_n(request: ImageRequest, n: int) -> ImageRequest:
     return replace(request, n=n)
 
 
+Pause = Callable[[float, float], Awaitable[None]]
+
+
 async def drive(flow: Flow, route: Route, client: httpx.AsyncClient,
-                deadline: float) -> ImageResult:
-    """Run a flow to its result: send what it yields, sleep when it asks, within the deadline."""
+                deadline: float, pause: Pause | None = None) -> ImageResult:
+    """Run a flow to its result: send what it yields, sleep when it asks (or, with a callback
+    ticket, until the host calls back), within the deadline."""
+    pause = pause or _sleep
     reply: UpstreamReply | None = None
     while True:
         try:
@@ -163,7 +197,7 @@ async def drive(flow: Flow, route: Route, client: httpx.AsyncClient,
             raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed",
                                         status=reply.status if reply else None)) from None
         if isinstance(step, Sleep):
-            await _sleep(step.seconds, deadline)
+            await pause(step.seconds, deadline)
             reply = None
             continue
         reply = await _call(step, route, client, deadline)

@@ -21,7 +21,17 @@ from proxy import imaging
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
-from proxy.providers.base import Adapter, Flow, Sleep, Step, UpstreamCall, UpstreamReply, check
+from proxy.providers import webhooks
+from proxy.providers.base import (
+    Adapter,
+    Flow,
+    Sleep,
+    Step,
+    UpstreamCall,
+    UpstreamReply,
+    always,
+    check,
+)
 
 # Field names of the Nano Banana family's input schema; a route overrides any of them
 # ("" leaves the field out, e.g. resolution for google/nano-banana).
@@ -124,6 +134,9 @@ def build(request: ImageRequest, route: Route, key: str, options: Options) -> Up
         url = f"{base}/deployments/{route.upstream_model}/predictions"
     else:
         url = f"{base}/models/{route.upstream_model}/predictions"
+    if hook := route.options.get("callback_url"):
+        # `completed` alone: start and output events would only wake the flow early.
+        body["webhook"], body["webhook_events_filter"] = hook, ["completed"]
     headers = {"Authorization": f"Bearer {key}"}
     # Wait no longer than the connection may stay open, or an accepted job looks like a timeout.
     wait = min(options.prefer_wait_s, 60, int(route.provider.timeout_s) - 5)
@@ -296,4 +309,5 @@ def flow(request: ImageRequest, route: Route) -> Flow:
 
 
 # Nano Banana on Replicate returns one image per prediction: n > 1 runs n predictions.
-ADAPTER = Adapter("replicate", flow, images_per_call=1)
+ADAPTER = Adapter("replicate", flow, images_per_call=1, takes_callback=always,
+                  verify_callback=webhooks.verify)

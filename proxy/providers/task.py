@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import orjson
 
 from proxy import geometry, imaging
 from proxy.catalog import Route
@@ -300,4 +301,11 @@ def _attempt(request: ImageRequest, route: Route, key: str, options: Options) ->
 
 
 # One image per task: n > 1 runs n tasks in parallel (flows.generate), so "{n}" is always 1.
-ADAPTER = Adapter("task", flow, images_per_call=1, validate=validate)
+def _takes_callback(route: Route) -> bool:
+    """Only a route whose body template has a {callback_url} placeholder hands one over."""
+    body = {**route.provider.options, **route.options}.get("body")
+    return "{callback_url}" in orjson.dumps(body).decode()
+
+
+ADAPTER = Adapter("task", flow, images_per_call=1, validate=validate,
+                  takes_callback=_takes_callback)

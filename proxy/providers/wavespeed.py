@@ -16,11 +16,21 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
-from proxy.providers.base import Adapter, Flow, Sleep, Step, UpstreamCall, UpstreamReply, check
+from proxy.providers.base import (
+    Adapter,
+    Flow,
+    Sleep,
+    Step,
+    UpstreamCall,
+    UpstreamReply,
+    always,
+    check,
+)
 
 # Shared with the other protocols; `_auth` (replicate) and `_json_or_none` (fal) are private
 # there, used as they are until a common module holds the submit-and-poll helpers.
@@ -175,7 +185,10 @@ def build(request: ImageRequest, route: Route, key: str, options: Options,
     """The submit: the model's text-to-image path, or its edit path when images are given."""
     path = options.edit_path if references else options.submit_path
     url = route.provider.base_url + path.replace("{model}", route.upstream_model)
-    return UpstreamCall("POST", url, headers=_auth(url, route, key),
+    headers = _auth(url, route, key)
+    if hook := route.options.get("callback_url"):
+        url += f"?webhook={quote(str(hook), safe='')}"
+    return UpstreamCall("POST", url, headers=headers,
                         json=model_input(request, references, options))
 
 
@@ -348,4 +361,5 @@ def _from_base64(b64: str) -> Image:
 
 
 # WaveSpeed's Nano Banana endpoints take no image count: n > 1 runs n predictions.
-ADAPTER = Adapter("wavespeed", flow, images_per_call=1, validate=validate)
+ADAPTER = Adapter("wavespeed", flow, images_per_call=1, validate=validate,
+                  takes_callback=always, verify_callback=verify_webhook)

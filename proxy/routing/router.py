@@ -24,6 +24,7 @@ from proxy.domain import Attempt, ImageRequest, ImageResult, Policy, Served
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import flows
 from proxy.providers.base import Adapter
+from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
 from proxy.routing.fit import fits, unservable_param
 from proxy.routing.health import Health
@@ -105,7 +106,7 @@ class Router:
     def __init__(self, adapters: Mapping[str, Adapter], clients: Mapping[str, httpx.AsyncClient],
                  timeout_s: float, clock: Callable[[], float] = time.monotonic,
                  credentials: Credentials | None = None, health: Health | None = None,
-                 slots: Slots | None = None) -> None:
+                 slots: Slots | None = None, callbacks: Callbacks | None = None) -> None:
         self._adapters = adapters
         self._clients = clients
         self._timeout_s = timeout_s
@@ -113,6 +114,7 @@ class Router:
         self._credentials = credentials
         self.health = health or Health((), clock=clock)
         self._slots = slots or Slots(())
+        self.callbacks = callbacks or Callbacks(None)
 
     async def serve(self, model: Model, request: ImageRequest,
                     key_policy: Policy | None = None) -> Served:
@@ -147,7 +149,7 @@ class Router:
         callback: it runs even for a task cancelled before it started)."""
         task = asyncio.create_task(flows.generate(
             self._adapters[route.provider.protocol], route, request,
-            self._clients[route.provider.name], deadline, self._credentials))
+            self._clients[route.provider.name], deadline, self._credentials, self.callbacks))
         task.add_done_callback(lambda _: self._slots.release(route.provider))
         return task
 
