@@ -22,8 +22,10 @@ from proxy.catalog import Catalog
 from proxy.config import default_routes_dir
 from proxy.providers import ADAPTERS, check_routes
 from tests.conftest import make_config, serve
+from tests.fakes.byteplus import FakeBytePlus
 from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import FakeGemini
+from tests.fakes.kie import FakeKie
 from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.segmind import FakeSegmind
@@ -91,7 +93,8 @@ KEYS = {"GEMINI_API_KEY": "google", "VERTEX_API_KEY": "vertex", "OPENAI_API_KEY"
         "ARK_API_KEY": "byteplus", "TOAPIS_API_KEY": "toapis",
         "OPENOCTOPUS_API_KEY": "openoctopus", "NEWPORTAI_API_KEY": "newportai",
         "APIPASS_API_KEY": "apipass", "SEGMIND_API_KEY": "segmind",
-        "WAVESPEED_API_KEY": "wavespeed"}
+        "WAVESPEED_API_KEY": "wavespeed", "KIE_API_KEY": "kie",
+        "APERTIS_API_KEY": "apertis"}
 
 
 @pytest.mark.parametrize("variable", sorted(KEYS))
@@ -150,6 +153,9 @@ HOSTS: dict[str, tuple[dict[str, str], Callable[[], httpx.AsyncBaseTransport]]] 
     "apipass": ({"APIPASS_API_KEY": "test-key"}, lambda: FakeApiPass()),
     "segmind": ({"SEGMIND_API_KEY": "test-key"}, lambda: FakeSegmind()),
     "wavespeed": ({"WAVESPEED_API_KEY": "test-key"}, lambda: FakeWaveSpeed()),
+    "kie": ({"KIE_API_KEY": "test-key"}, lambda: FakeKie(states=("success",))),
+    "apertis": ({"APERTIS_API_KEY": "test-key"}, lambda: FakeOpenAIImages()),
+    "byteplus": ({"ARK_API_KEY": "test-key"}, lambda: FakeBytePlus()),
 }
 
 
