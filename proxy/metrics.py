@@ -25,7 +25,8 @@ IMAGES = Counter(
     "switchyard_images", "Images delivered to clients.", ["model", "provider", "tier"],
 )
 REQUEST_SECONDS = Histogram(
-    "switchyard_request_duration_seconds", "End-to-end duration of image requests.", ["model"],
+    "switchyard_request_duration_seconds", "End-to-end duration of image requests that reached "
+    "an upstream, by outcome (success or a failure class).", ["model", "outcome"],
     buckets=SLOW_BUCKETS,
 )
 OVERHEAD_SECONDS = Histogram(
@@ -38,7 +39,7 @@ SECONDS_PER_IMAGE = Histogram(
 )
 UPSTREAM_ATTEMPTS = Counter(
     "switchyard_upstream_attempts", "Calls to upstream routes by outcome.",
-    ["provider", "outcome"],
+    ["model", "provider", "outcome"],
 )
 UPSTREAM_SECONDS = Histogram(
     "switchyard_upstream_duration_seconds", "Duration of one upstream attempt.",

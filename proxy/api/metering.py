@@ -75,7 +75,7 @@ async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
         served = await svc.router.run(prepared, ledger.asked)
     except RoutesFailed as exc:
         await ledger.failed(reservation, exc, started)
-        _observe_failure(model, exc)
+        _observe_failure(model, exc, time.monotonic() - started)
         ledger.log(exc.failure.kind.value, started, exc.attempts[-1].provider
                    if exc.attempts else None, len(exc.attempts))
         error = from_failure(exc.failure, len(exc.attempts))
@@ -109,9 +109,10 @@ def _key_label(svc: Services, key: KeyRecord) -> str:
     return key.id if svc.config.metrics_per_key else "-"
 
 
-def _observe_failure(model: Model, exc: RoutesFailed) -> None:
+def _observe_failure(model: Model, exc: RoutesFailed, seconds: float) -> None:
     last = exc.attempts[-1].provider if exc.attempts else "none"
     metrics.REQUESTS.labels(model.name, last, exc.failure.kind.value).inc()
+    metrics.REQUEST_SECONDS.labels(model.name, exc.failure.kind.value).observe(seconds)
     if exc.failure.kind.value == "content_blocked":
         metrics.CONTENT_BLOCKS.labels(model.name, last).inc()
 

@@ -89,7 +89,7 @@ def observe(model: Model, asked: ImageRequest, served: Served, seconds: float) -
     tier, images = asked.geometry.tier, len(served.result.images)
     metrics.REQUESTS.labels(model.name, served.provider, "success").inc()
     metrics.IMAGES.labels(model.name, served.provider, tier).inc(images)
-    metrics.REQUEST_SECONDS.labels(model.name).observe(seconds)
+    metrics.REQUEST_SECONDS.labels(model.name, "success").observe(seconds)
     metrics.OVERHEAD_SECONDS.labels(model.name).observe(max(0.0, seconds - served.upstream_s))
     winner = next((a for a in served.attempts if a.failure is None), None)
     if winner is not None:

@@ -256,7 +256,7 @@ class _Run:
 
     def _record(self, route: Route, failure: Failure | None, seconds: float) -> None:
         outcome = failure.kind.value if failure else "success"
-        metrics.UPSTREAM_ATTEMPTS.labels(route.provider.name, outcome).inc()
+        metrics.UPSTREAM_ATTEMPTS.labels(self.request.model, route.provider.name, outcome).inc()
         metrics.UPSTREAM_SECONDS.labels(route.provider.name, outcome).observe(seconds)
         self.attempts.append(Attempt(route.id, route.provider.name,
                                      failure.kind.value if failure else None, seconds))
