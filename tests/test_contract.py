@@ -29,6 +29,7 @@ from tests.fixtures.contract import (
     byteplus,
     fal,
     gemini,
+    kie,
     openai_images,
     replicate,
     segmind,
@@ -48,7 +49,7 @@ from tests.fixtures.contract.recorded import (
 
 CONTRACTS: dict[str, Contract] = {fixture.CONTRACT.protocol: fixture.CONTRACT for fixture in (
     gemini, vertex, openai_images, replicate, fal, together, byteplus, task, segmind,
-    wavespeed)}
+    wavespeed, kie)}
 PROTOCOLS = sorted(CONTRACTS)
 # What flows.drive reads as a reply the flow tripped over: the upstream's breakage, not ours.
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError)
