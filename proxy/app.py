@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from proxy import catalog as catalog_module
+from proxy import config as config_module
 from proxy.api import admin, callbacks, health, images, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
@@ -64,6 +65,12 @@ def describe(catalog: Catalog) -> list[str]:
         lines.append("no live model: set a provider key (see routes/providers.toml) or "
                      "SWITCHYARD_DEMO=1")
     return lines
+
+
+def from_environment() -> Starlette:
+    """The app of one worker process of `serve --workers N`: its settings come from the
+    environment the parent prepared."""
+    return build_app(config_module.load())
 
 
 def build_app(config: Config, catalog: Catalog | None = None,

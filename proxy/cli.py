@@ -20,8 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load(args.config, data_dir=args.data_dir,
-                      **({"host": args.host, "port": args.port} if args.command == "serve"
-                         else {}))
+                      **({"host": args.host, "port": args.port, "workers": args.workers}
+                         if args.command == "serve" else {}))
         result: int = args.run(config, args)
         return result
     except (ConfigError, CatalogError) as exc:
@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the proxy")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
+    serve.add_argument("--workers", type=int, help="server processes sharing the port "
+                                                   "(default 1; or SWITCHYARD_WORKERS)")
     serve.set_defaults(run=_serve)
 
     cli_billing.add_commands(commands, common)
@@ -66,6 +68,19 @@ def _parser() -> argparse.ArgumentParser:
                          help="mean requests per virtual second (default 2)")
     # The benchmark reads no config; these keep main()'s config loading uniform.
     routing.set_defaults(run=_bench_routing, config=None, data_dir=None)
+    overhead = bench.add_parser("overhead", help=(
+        "latency, throughput and memory Switchyard adds: a fake OpenAI-shaped upstream and "
+        "`python -m proxy serve` in their own processes, driven straight and through the proxy"))
+    overhead.add_argument("--runs", type=int, default=None, help="runs per scenario (default 3)")
+    overhead.add_argument("--requests", type=int, default=None,
+                          help="requests per run and target, after warm-up (default 200)")
+    overhead.add_argument("--scenario", action="append", default=None,
+                          help="SIZE:CONCURRENCY, e.g. 1.4MB:8; repeatable (default: 2KB:1, "
+                               "1.4MB:1, 1.4MB:8, 6MB:50)")
+    overhead.add_argument("--delay", type=float, default=0.0,
+                          help="upstream seconds before each answer (default 0)")
+    overhead.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    overhead.set_defaults(run=_bench_overhead, config=None, data_dir=None)
     return parser
 
 
@@ -125,6 +140,19 @@ def _bench_routing(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
+    from proxy.bench import overhead
+
+    try:
+        options = overhead.options(args.quick, args.runs, args.requests, args.scenario,
+                                   args.delay)
+    except ValueError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
+    print(overhead.main(options))
+    return 0
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -148,9 +176,30 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
                                                    "%(message)s")
     catalog = load_catalog(config)
     _banner(config, catalog, describe(catalog))
+    if config.workers > 1:
+        _prepare_workers(config, args)
+        uvicorn.run("proxy.app:from_environment", factory=True, workers=config.workers,
+                    host=config.host, port=config.port, access_log=config.access_log,
+                    log_level="info")
+        return 0
     uvicorn.run(build_app(config, catalog), host=config.host, port=config.port,
                 access_log=config.access_log, log_level="info")
     return 0
+
+
+def _prepare_workers(config: Config, args: argparse.Namespace) -> None:
+    """Each worker process builds its own app from the environment: hand it the settings this
+    command was given, and a fresh directory where the workers' metrics meet."""
+    import os
+    import shutil
+
+    if args.config:
+        os.environ["SWITCHYARD_CONFIG"] = str(args.config)
+    os.environ["SWITCHYARD_DATA_DIR"] = str(config.data_dir)
+    metrics_dir = config.data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
 
 def _banner(config: Config, catalog: Catalog, lines: list[str]) -> None:

@@ -63,6 +63,7 @@ class Config:
     # Multiplies simulated upstream latencies: 0 makes the demo instant (tests), 1 is realistic.
     simulation_time_scale: float = 1.0
     access_log: bool = False
+    workers: int = 1  # server processes (serve --workers)
     # PostgreSQL for the billing store (postgresql://…); None: SQLite in the data directory.
     # A Secret: the URL may carry a password.
     database_url: Secret | None = None
@@ -95,6 +96,7 @@ _ENV: dict[str, str] = {
     "simulation_time_scale": "SWITCHYARD_SIMULATION_TIME_SCALE",
     "access_log": "SWITCHYARD_ACCESS_LOG",
     "database_url": "SWITCHYARD_DATABASE_URL",
+    "workers": "SWITCHYARD_WORKERS",
     "metrics_per_key": "SWITCHYARD_METRICS_PER_KEY",
     "log_prompts": "SWITCHYARD_LOG_PROMPTS",
 }
@@ -103,7 +105,7 @@ _ENV: dict[str, str] = {
 def _coerce(name: str, raw: object) -> object:
     """Turn a TOML or environment value into the field's type, or say which setting is wrong."""
     try:
-        if name in ("port", "max_body_bytes", "image_url_ttl_s"):
+        if name in ("port", "max_body_bytes", "image_url_ttl_s", "workers"):
             value = int(str(raw))
             if value <= 0 or (name == "port" and value > 65535):
                 raise ValueError

@@ -71,31 +71,39 @@ KEY_REJECTIONS = Counter(
 )
 BUDGET_REMAINING = Gauge(
     "switchyard_budget_remaining_usd", "What is left of a key's budget this period.", ["key"],
+    multiprocess_mode="mostrecent",
 )
 LEDGER_BACKLOG = Gauge(
     "switchyard_ledger_backlog", "Ledger writes started and not yet committed.",
+    multiprocess_mode="livesum",
 )
 ROUTE_SCORE = Gauge(
     "switchyard_route_health_score", "A route's health from 0 to 1: its success ratio, halved "
     "while its breaker is half open, 0 while open or resting after a 429.",
     ["model", "provider"],
+    multiprocess_mode="mostrecent",
 )
 ROUTE_LATENCY = Gauge(
     "switchyard_route_latency_ewma_seconds", "A route's expected attempt seconds by tier.",
     ["model", "provider", "tier"],
+    multiprocess_mode="mostrecent",
 )
 ROUTE_P95 = Gauge(
     "switchyard_route_latency_p95_seconds", "A route's recent p95 attempt seconds by tier.",
     ["model", "provider", "tier"],
+    multiprocess_mode="mostrecent",
 )
 ROUTE_SUCCESS = Gauge(
     "switchyard_route_success_ratio", "A route's success ratio over the health window.",
     ["model", "provider"],
+    multiprocess_mode="mostrecent",
 )
 ROUTE_BREAKER = Gauge(
     "switchyard_route_breaker_state", "A route's circuit breaker: 0 closed, 1 half open, "
     "2 open.", ["model", "provider"],
+    multiprocess_mode="mostrecent",
 )
 ROUTE_IN_FLIGHT = Gauge(
     "switchyard_route_in_flight", "Attempts in flight on a route.", ["model", "provider"],
+    multiprocess_mode="livesum",
 )

@@ -1,0 +1,68 @@
+"""`switchyard serve --workers 2`: several processes share the port, the billing store and the
+metrics, so a scrape sees every worker's traffic whichever worker answers it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from proxy.billing.store import Store
+from tests.conftest import FIXTURES, free_socket
+
+
+def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SWITCHYARD_ROUTES_DIR": str(FIXTURES / "routes"),
+           "SWITCHYARD_SIMULATION_TIME_SCALE": "0", "SWITCHYARD_DATA_DIR": str(data_dir)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
+                                "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise RuntimeError("workers did not start")
+
+
+def requests_counted(text: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(
+        r'^switchyard_requests_total\{[^}]*outcome="success"[^}]*\} (\S+)$', text, re.M))
+
+
+def test_two_workers_share_store_and_metrics(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with Store(data_dir / "switchyard.db") as store:
+        key = store.create_key("w")[1]
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    process = start(data_dir, port)
+    try:
+        for _ in range(20):  # a new connection each time, so both workers take some
+            with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
+                               max_retries=0) as sdk:
+                sdk.images.generate(model="test-image", prompt="x",
+                                    extra_headers={"connection": "close"})
+        scrapes = [httpx.get(f"http://127.0.0.1:{port}/metrics").text for _ in range(6)]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+    assert all(requests_counted(text) == 20 for text in scrapes), \
+        [requests_counted(text) for text in scrapes]
+    with Store(data_dir / "switchyard.db") as store:
+        assert store.db.query("SELECT COUNT(*) FROM ledger")[0][0] == 20
+    pids = {p.stem.rsplit("_", 1)[-1] for p in (data_dir / "metrics").glob("counter_*.db")}
+    assert len(pids) == 2, f"both workers served and counted requests: {pids}"
