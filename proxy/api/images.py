@@ -12,7 +12,7 @@ from starlette.responses import Response
 from proxy.api import idempotent, uploads
 from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request
-from proxy.api.metering import charge
+from proxy.api.metering import Origin, charge
 from proxy.api.openai_schema import Body, model_name, parse
 from proxy.api.policy import HEADER, request_policy
 from proxy.billing.keys import KeyRecord
@@ -41,7 +41,7 @@ async def _metered(request: Request, parse_body: Parser) -> Response:
 
     async def produce() -> Response:
         model, asked = await parse_body(request, svc, key)
-        return await charge(request, svc, key, model, asked, idem_key)
+        return await charge(Origin.of(request), svc, key, model, asked, idem_key)
 
     if idem_key is None:
         return await produce()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 
 import orjson
@@ -32,7 +33,19 @@ from proxy.routing.router import NoRoute, Prepared, RoutesFailed
 from proxy.services import Services
 
 
-async def charge(request: Request, svc: Services, key: KeyRecord, model: Model,
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request came from: its id (the ledger's key) and the base of image links."""
+
+    request_id: str
+    base_url: str
+
+    @classmethod
+    def of(cls, request: Request) -> Origin:
+        return cls(request.scope["state"]["request_id"], str(request.base_url).rstrip("/"))
+
+
+async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
                  asked: ImageRequest, idempotency_key: str | None = None) -> Response:
     try:
         prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy))
@@ -45,14 +58,14 @@ async def charge(request: Request, svc: Services, key: KeyRecord, model: Model,
     except Limited as exc:
         metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
         metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()
-        request_line(request.scope["state"]["request_id"], key.id, asked, "rate_limited_key",
+        request_line(origin.request_id, key.id, asked, "rate_limited_key",
                      seconds=0.0, with_prompt=svc.config.log_prompts)
         raise ApiError(429, exc.message, type="requests", code="rate_limit_exceeded",
                        headers=exc.headers) from None
     try:
-        ledger = _Ledger(request, svc, key, asked, idempotency_key)
+        ledger = _Ledger(origin.request_id, svc, key, asked, idempotency_key)
         reservation = await ledger.reserve(quote)
-        response = await _run(request, svc, ledger, model, prepared, reservation, plan, quote)
+        response = await _run(origin, svc, ledger, model, prepared, reservation, plan, quote)
         response.headers.update(rate_headers)
         return response
     finally:
@@ -68,7 +81,7 @@ def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) ->
     return plan.per_image(model.name, tier, first.price_per_image[tier]) * asked.n
 
 
-async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
+async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
                prepared: Prepared, reservation: str, plan: Plan, quote: Decimal) -> Response:
     started = time.monotonic()
     try:
@@ -86,7 +99,7 @@ async def _run(request: Request, svc: Services, ledger: _Ledger, model: Model,
         await asyncio.shield(ledger.abandoned(reservation, started))
         metrics.REQUESTS.labels(model.name, "none", "cancelled").inc()
         raise
-    body = orjson.dumps(await images_body(request, svc, ledger.asked, served))
+    body = orjson.dumps(await images_body(origin.base_url, svc, ledger.asked, served))
     delivered = len(served.result.images)
     upstream_per_image = served.cost_usd / delivered
     billed = min(quote, plan.per_image(model.name, ledger.asked.geometry.tier,
@@ -120,9 +133,9 @@ def _observe_failure(model: Model, exc: RoutesFailed, seconds: float) -> None:
 class _Ledger:
     """The request's budget reservation and its one ledger row."""
 
-    def __init__(self, request: Request, svc: Services, key: KeyRecord, asked: ImageRequest,
+    def __init__(self, request_id: str, svc: Services, key: KeyRecord, asked: ImageRequest,
                  idempotency_key: str | None) -> None:
-        self.request_id: str = request.scope["state"]["request_id"]
+        self.request_id = request_id
         self.svc = svc
         self.key = key
         self.asked = asked

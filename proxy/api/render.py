@@ -7,8 +7,6 @@ import base64
 import time
 from typing import Any
 
-from starlette.requests import Request
-
 from proxy import metrics
 from proxy.catalog import Model
 from proxy.domain import Attempt, ImageRequest, Served
@@ -20,14 +18,14 @@ _SPEC_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
 _SPEC_QUALITIES = frozenset({"low", "medium", "high"})
 
 
-async def images_body(request: Request, svc: Services, asked: ImageRequest,
+async def images_body(base_url: str, svc: Services, asked: ImageRequest,
                        served: Served) -> dict[str, Any]:
     data = []
     for image in served.result.images:
         if asked.response_format == "url":
             # Converting to a link is the one case where base64 must be decoded.
             name = await svc.media.put(base64.b64decode(image.b64), image.mime)
-            base = svc.config.public_base_url or str(request.base_url).rstrip("/")
+            base = svc.config.public_base_url or base_url
             item: dict[str, str] = {"url": svc.media.link(base, name)}
         else:
             item = {"b64_json": image.b64}
