@@ -7,6 +7,7 @@ once and hands them to handlers as typed state; nothing lives in module globals.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -20,9 +21,10 @@ from starlette.routing import Route
 
 from proxy import catalog as catalog_module
 from proxy import config as config_module
-from proxy.api import admin, callbacks, health, images, models, usage
+from proxy.api import admin, callbacks, health, images, jobs, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
+from proxy.api.job_worker import Worker
 from proxy.billing import pricing
 from proxy.billing.keys import KeyFinder
 from proxy.billing.limits import Limits
@@ -99,10 +101,16 @@ def build_app(config: Config, catalog: Catalog | None = None,
         for line in describe(live):
             log.info("%s", line)
         sweeper = asyncio.create_task(_sweep(media, store, config.request_timeout_s))
+        signing = load_or_create_secret(config.data_dir / "webhook-signing.key")
+        worker = Worker(app.state.services, "whsec_" + base64.b64encode(signing).decode())
+        working = asyncio.create_task(worker.run())
         try:
             yield
         finally:
             sweeper.cancel()
+            working.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await working
             for client in clients.values():
                 await client.aclose()
             store.close()
@@ -112,6 +120,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/v1/images/generations", images.generations, methods=["POST"]),
             Route("/v1/images/edits", images.edits, methods=["POST"]),
             Route("/v1/models", models.list_models, methods=["GET"]),
+            Route("/v1/images/jobs/{job_id}", jobs.get_job, methods=["GET"]),
             Route("/v1/usage", usage.own_usage, methods=["GET"]),
             Route("/admin/keys", admin.list_keys, methods=["GET"]),
             Route("/admin/keys", admin.create_key, methods=["POST"]),

@@ -9,7 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import idempotent, uploads
+from proxy.api import idempotent, jobs, uploads
 from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.metering import Origin, charge
@@ -17,26 +17,34 @@ from proxy.api.openai_schema import Body, model_name, parse
 from proxy.api.policy import HEADER, request_policy
 from proxy.billing.keys import KeyRecord
 from proxy.catalog import Model
-from proxy.domain import ImageRequest, InputImage
+from proxy.domain import ImageRequest, InputImage, Kind
 from proxy.media import MIME_TYPES
 from proxy.services import Services, services
 
 
 async def generations(request: Request) -> Response:
-    return await _metered(request, _generation)
+    return await _metered(request, _generation, "generations")
 
 
 async def edits(request: Request) -> Response:
-    return await _metered(request, _edit)
+    return await _metered(request, _edit, "edits")
 
 
 Parser = Callable[[Request, Services, KeyRecord], Awaitable[tuple[Model, ImageRequest]]]
 
 
-async def _metered(request: Request, parse_body: Parser) -> Response:
-    """Authenticate, then parse and charge; with an Idempotency-Key, at most once."""
+async def _metered(request: Request, parse_body: Parser, endpoint: str) -> Response:
+    """Authenticate, then parse and charge; with an Idempotency-Key, at most once; with
+    `Prefer: respond-async` or a `callback_url`, as a queued job."""
     svc = services(request)
     key = await authenticate(request, svc)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        data = await _json_object(request)
+        if jobs.wants_async(request, data):
+            return await _queued(request, svc, key, endpoint, data)
+    elif jobs.wants_async(request, None):
+        raise bad_request(None, "asynchronous requests take JSON bodies (an edit's images as "
+                                "`images: [{\"image_url\": ...}]`)", code="unsupported_value")
     idem_key = request.headers.get(idempotent.HEADER)
 
     async def produce() -> Response:
@@ -49,12 +57,40 @@ async def _metered(request: Request, parse_body: Parser) -> Response:
     return await idempotent.once(request, svc, key, idem_key, produce)
 
 
+async def _queued(request: Request, svc: Services, key: KeyRecord, endpoint: str,
+                  data: dict[str, Any]) -> Response:
+    """Validate now (a bad request is a 400 now, not a failed job later), then queue."""
+    hook = jobs.callback_url(svc, data.pop("callback_url", None))
+    header = request.headers.get(HEADER)
+    if header and isinstance(data.get("route", {}), dict):
+        data["route"] = {"strategy": header, **data.get("route", {})}
+    from_json(svc, key, endpoint, dict(data))
+    return await jobs.accept(svc, key, endpoint, data, hook)
+
+
 async def _generation(request: Request, svc: Services,
                       key: KeyRecord) -> tuple[Model, ImageRequest]:
-    data = await _json_object(request)
+    return from_json(svc, key, "generations", await _json_object(request),
+                     request.headers.get(HEADER))
+
+
+def from_json(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, Any],
+              strategy_header: str | None = None) -> tuple[Model, ImageRequest]:
+    """A JSON images request (generations, or edits with `images: [{image_url}]`) parsed and
+    validated: what the handlers and the job worker share."""
+    images: tuple[InputImage, ...] = ()
+    mask = None
+    if endpoint == "edits":
+        images = uploads.json_images(data.get("images")) if "images" in data else ()
+        mask = uploads.json_image(data["mask"], "mask") if data.get("mask") else None
+        data = {k: v for k, v in data.items() if k not in ("images", "mask")}
+        if not images:
+            raise bad_request("image", "'image' is required: upload at least one image",
+                              code="missing_required_parameter")
     model, suffix = resolve_model(svc.catalog, model_name(data), key)
-    policy = request_policy(data.get("route"), request.headers.get(HEADER), suffix)
-    return model, parse("generate", Body(data, form=False), model, policy)
+    policy = request_policy(data.get("route"), strategy_header, suffix)
+    kind: Kind = "edit" if endpoint == "edits" else "generate"
+    return model, parse(kind, Body(data, form=False), model, policy, images, mask)
 
 
 async def _edit(request: Request, svc: Services, key: KeyRecord) -> tuple[Model, ImageRequest]:
@@ -64,10 +100,8 @@ async def _edit(request: Request, svc: Services, key: KeyRecord) -> tuple[Model,
         fields, files, mask = await uploads.read_form(request)
         body, images = Body(fields, form=True), tuple(files)
     elif content_type.startswith("application/json"):
-        data = await _json_object(request)
-        images = uploads.json_images(data.get("images")) if "images" in data else ()
-        mask = uploads.json_image(data["mask"], "mask") if data.get("mask") else None
-        body = Body({k: v for k, v in data.items() if k not in ("images", "mask")}, form=False)
+        return from_json(svc, key, "edits", await _json_object(request),
+                         request.headers.get(HEADER))
     else:
         raise ApiError(415, "send multipart/form-data (as the OpenAI SDK does) or JSON",
                        code="unsupported_media_type")

@@ -81,6 +81,28 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE ledger ADD COLUMN delivered_at BIGINT;
     """,
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        request {blob} NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        run_after BIGINT NOT NULL,
+        lease_until BIGINT,
+        status INTEGER,
+        response {blob},
+        callback_url TEXT,
+        webhook_state TEXT,
+        webhook_attempts INTEGER NOT NULL DEFAULT 0,
+        webhook_after BIGINT,
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT
+    );
+    CREATE INDEX jobs_runnable ON jobs (state, run_after);
+    CREATE INDEX jobs_webhooks ON jobs (webhook_state, webhook_after);
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.billing import db as db_module
 from proxy.billing.idempotency import Idempotency
+from proxy.billing.jobs import Jobs
 from proxy.billing.keys import KeyLimits, KeyRecord, digest, hint, new_key, new_key_id
 from proxy.billing.money import Money, micros, usd
 from proxy.billing.schema import migrate
@@ -34,6 +35,7 @@ class Store:
         self.money = Money(self.db)
         self.idempotency = Idempotency(self.db)
         self.usage = Usage(self.db)
+        self.jobs = Jobs(self.db)
 
     def close(self) -> None:
         self.db.close()

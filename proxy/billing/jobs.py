@@ -1,0 +1,123 @@
+"""The durable job queue: asynchronous image requests, in the billing database.
+
+A job is claimed with a lease; a worker that dies leaves its lease to run out and the job is
+claimed again, so nothing is lost across restarts. A finished job keeps its response (status
+and body) and is never run again; its ledger row is keyed by the job id, so a job that did run
+twice (its worker died after the upstream answered) is still billed once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.billing.db import Database
+
+STATES = ("queued", "processing", "succeeded", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    key_id: str
+    endpoint: str  # "generations" | "edits"
+    request: bytes  # the request body as JSON
+    state: str
+    attempts: int
+    status: int | None = None
+    response: bytes | None = None
+    callback_url: str | None = None
+    created_at: int = 0
+    finished_at: int | None = None
+    webhook_attempts: int = 0
+
+
+_COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, callback_url, "
+            "created_at, finished_at, webhook_attempts")
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    (job_id, key_id, endpoint, request, state, attempts, status, response, callback, created,
+     finished, hooks) = row
+    return Job(job_id, key_id, endpoint, bytes(request), state, int(attempts),
+               int(status) if status is not None else None,
+               bytes(response) if response is not None else None, callback or None,
+               int(created), int(finished) if finished is not None else None, int(hooks))
+
+
+class Jobs:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def enqueue(self, key_id: str, endpoint: str, request: bytes,
+                callback_url: str | None = None) -> Job:
+        now = int(time.time())
+        job = Job("imgjob_" + secrets.token_hex(12), key_id, endpoint, request, "queued", 0,
+                  callback_url=callback_url, created_at=now)
+        self._db.execute(
+            "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, callback_url, "
+            "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            (job.id, key_id, endpoint, request, now, callback_url, now))
+        return job
+
+    def claim(self, lease_s: float, now: float | None = None) -> Job | None:
+        """The oldest runnable job (queued and due, or processing with its lease run out),
+        now leased to the caller; None if there is none. Safe across processes: the UPDATE
+        re-checks the state, so two claimers never get the same job."""
+        now_s = int(time.time() if now is None else now)
+        runnable = ("(state = 'queued' AND run_after <= ?) OR "
+                    "(state = 'processing' AND lease_until < ?)")
+        for _ in range(5):
+            rows = self._db.query(f"SELECT id FROM jobs WHERE {runnable} "
+                                  f"ORDER BY created_at LIMIT 1", (now_s, now_s))
+            if not rows:
+                return None
+            job_id = rows[0][0]
+            if self._db.execute(
+                    f"UPDATE jobs SET state = 'processing', lease_until = ?, "
+                    f"attempts = attempts + 1 WHERE id = ? AND ({runnable})",
+                    (now_s + int(lease_s), job_id, now_s, now_s)) == 1:
+                return self.get(job_id)
+        return None
+
+    def finish(self, job_id: str, status: int, response: bytes) -> None:
+        """The job's outcome (a success or a final error), kept for GET and the webhook."""
+        succeeded = 200 <= status < 300
+        self._db.execute(
+            "UPDATE jobs SET state = ?, status = ?, response = ?, lease_until = NULL, "
+            "finished_at = ?, webhook_state = CASE WHEN callback_url IS NULL THEN NULL "
+            "ELSE 'due' END, webhook_after = ? WHERE id = ?",
+            ("succeeded" if succeeded else "failed", status, response, int(time.time()),
+             int(time.time()), job_id))
+
+    def retry_later(self, job_id: str, seconds: float) -> None:
+        """Back to the queue (every route full, or the key's rate limit): run again later."""
+        self._db.execute("UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = ? "
+                         "WHERE id = ?", (int(time.time() + seconds), job_id))
+
+    def get(self, job_id: str, key_id: str | None = None) -> Job | None:
+        """A job by id; with `key_id`, only that key's (a key never sees another's jobs)."""
+        where, args = ("id = ? AND key_id = ?", (job_id, key_id)) if key_id else \
+            ("id = ?", (job_id,))
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", args)
+        return _job(rows[0]) if rows else None
+
+    def due_webhooks(self, limit: int = 20, now: float | None = None) -> list[Job]:
+        now_s = int(time.time() if now is None else now)
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE webhook_state = 'due' AND "
+                              f"webhook_after <= ? ORDER BY webhook_after LIMIT ?",
+                              (now_s, limit))
+        return [_job(row) for row in rows]
+
+    def webhook_done(self, job_id: str, delivered: bool, retry_in_s: float | None) -> None:
+        """After one delivery attempt: delivered, retried later, or given up."""
+        state = "delivered" if delivered else ("due" if retry_in_s is not None else "gave_up")
+        self._db.execute(
+            "UPDATE jobs SET webhook_state = ?, webhook_attempts = webhook_attempts + 1, "
+            "webhook_after = ? WHERE id = ?",
+            (state, int(time.time() + (retry_in_s or 0)), job_id))
+
+    def count(self, state: str) -> int:
+        return int(self._db.query("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,))[0][0])
