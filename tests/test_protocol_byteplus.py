@@ -4,24 +4,18 @@ rules, per-image failures, every error shape, and end to end through the officia
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
-from PIL import Image as PILImage
 
-from proxy import catalog as catalog_module
 from proxy import geometry
-from proxy.catalog import Catalog, Route
-from proxy.domain import Image, InputImage, Usage
+from proxy.catalog import Route
+from proxy.domain import InputImage, Usage
 from proxy.failures import Kind
-from proxy.providers import ADAPTERS
 from proxy.providers.byteplus import ADAPTER
-from tests.conftest import make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes import byteplus as fake
 from tests.fakes.byteplus import API_HOST, BASE_URL, FILES_HOST, FakeBytePlus
 from tests.fakes.openai_images import (
@@ -33,6 +27,7 @@ from tests.fakes.openai_images import (
     make_route,
     run,
 )
+from tests.protocol_kit import Start, decoded
 
 SEEDREAM_4_0 = "seedream-4-0-250828"
 SEEDREAM_4_5 = "seedream-4-5-251128"
@@ -51,20 +46,12 @@ def url_route(**kw: Any) -> Route:
     return route(allowed_hosts=RESULT_HOSTS, options={"response_format": "url"}, **kw)
 
 
-def decoded(image: Image | str) -> PILImage.Image:
-    """The image as Pillow reads it: proof the bytes are a real, whole image."""
-    b64 = image if isinstance(image, str) else image.b64
-    picture = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    picture.load()
-    return picture
-
-
 def png(width: int = 16, height: int = 16) -> InputImage:
     return InputImage("image/png", data=image_bytes(width, height, "png"))
 
 
 def data_url(image: InputImage) -> str:
-    return f"data:{image.mime};base64,{base64.b64encode(image.data or b'').decode()}"
+    return kit.data_uri(image.data or b"", image.mime)
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -362,28 +349,11 @@ MODELS = {
 }
 
 
-def build_catalog(root: Path) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text(PROVIDERS)
-    for name, text in MODELS.items():
-        (root / "models" / f"{name}.toml").write_text(text)
-    return catalog_module.load(root, env={"ARK_API_KEY": "test-key"}, demo=False,
-                               protocols=ADAPTERS)
-
-
-Start = Callable[..., openai.OpenAI]
-
-
 @pytest.fixture
 def switchyard(tmp_path: Path) -> Iterator[Start]:
-    """start(fake, **config) runs Switchyard with the fake as BytePlus and returns the SDK."""
-    catalog = build_catalog(tmp_path / "routes")
-    with contextlib.ExitStack() as stack:
-        def start(upstream: FakeBytePlus, **config: Any) -> openai.OpenAI:
-            running = stack.enter_context(serve(make_config(tmp_path / "data", **config),
-                                                catalog, {"byteplus": upstream}))
-            return stack.enter_context(openai.OpenAI(base_url=running.v1,
-                                                     api_key=running.new_key(), max_retries=0))
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS, MODELS,
+                                {"ARK_API_KEY": "test-key"})
+    with kit.switchyard(tmp_path, "byteplus", catalog) as start:
         yield start
 
 
@@ -444,8 +414,7 @@ def test_e2e_edit_sends_the_upload_as_a_data_url(switchyard: Start) -> None:
     result = sdk.images.edit(model="seedream-4.0", prompt="make it blue",
                              image=("red.png", upload, "image/png"))
     assert result.data and result.data[0].b64_json
-    expected = "data:image/png;base64," + base64.b64encode(upload).decode()
-    assert upstream.requests[0].json["image"] == expected
+    assert upstream.requests[0].json["image"] == kit.data_uri(upload)
 
 
 @pytest.mark.parametrize(("canned", "delay_s", "status", "code", "words", "retry_after"), [
@@ -461,11 +430,8 @@ def test_e2e_upstream_errors_reach_the_sdk_in_openais_shape(
         delay_s: float, status: int, code: str, words: str, retry_after: str | None) -> None:
     upstream = FakeBytePlus(script=[canned] if canned else [], delay_s=delay_s)
     sdk = switchyard(upstream, request_timeout_s=0.3)
-    with pytest.raises(openai.APIStatusError) as caught:
-        sdk.images.generate(model="seedream-4.0", prompt="something unsafe")
-    body = caught.value.response.json()
-    validate("ErrorResponse", body)
-    assert (caught.value.status_code, body["error"]["code"]) == (status, code)
+    answered, body, after = kit.error_of(sdk, validate, "seedream-4.0", "something unsafe")
+    assert (answered, body["error"]["code"]) == (status, code)
     assert words in body["error"]["message"]
-    assert caught.value.response.headers.get("retry-after") == retry_after
+    assert after == retry_after
     assert len(upstream.requests) == 1  # a submit is never re-sent

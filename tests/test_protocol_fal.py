@@ -3,97 +3,40 @@ and end to end through the official openai SDK."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import io
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import orjson
 import pytest
-from PIL import Image as PILImage
 
-from proxy import catalog as catalog_module
 from proxy import geometry, imaging
-from proxy.catalog import Capabilities, Catalog, Provider, Route
-from proxy.config import Secret
-from proxy.domain import Geometry, ImageRequest, ImageResult, InputImage
+from proxy.domain import Geometry, ImageRequest, InputImage
 from proxy.failures import Failure, Kind, UpstreamError
-from proxy.providers import ADAPTERS, flows
-from proxy.providers.base import Sleep, UpstreamCall, UpstreamReply
+from proxy.providers import flows
+from proxy.providers.base import Sleep, UpstreamCall
 from proxy.providers.fal import ADAPTER, flow
-from tests.conftest import make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes import fal as fake_module
 from tests.fakes.fal import BASE_URL, CDN_HOST, QUEUE_HOST, FakeFal, Job
+from tests.protocol_kit import Start, decoded, edit_request, make_request, reply
 
-FAST = {"poll_interval_s": 0.01, "poll_interval_max_s": 0.02}
 MODEL = "fal-ai/nano-banana-2"
 SUBMIT_URL = f"{BASE_URL}/{MODEL}"
 KEY = {"Authorization": "Key test-key"}
+FAL = kit.Upstream("fal", BASE_URL, "FAL_KEY", ("fal.media", "*.fal.media"), MODEL, "0.08")
 
-
-def make_route(options: dict[str, Any] | None = None, key: str | None = "test-key",
-               model: str = MODEL) -> Route:
-    provider = Provider(name="fal", protocol="fal", base_url=BASE_URL,
-                        key=Secret(key) if key else None, key_env="FAL_KEY", timeout_s=60,
-                        allowed_hosts=("fal.media", "*.fal.media"))
-    caps = Capabilities(tiers=("1K", "2K"), aspect_ratios=("1:1", "16:9"), edits=True,
-                        max_reference_images=14, max_n=4)
-    return Route(id="nano-banana-2/fal", model="nano-banana-2", provider=provider,
-                 upstream_model=model, price_per_image={"1K": Decimal("0.08")},
-                 capabilities=caps, options={**FAST, **(options or {})})
-
-
-def make_request(**changes: Any) -> ImageRequest:
-    request = ImageRequest(kind="generate", model="nano-banana-2", prompt="a banana astronaut",
-                           n=1, geometry=Geometry("16:9", "2K", None, "aspect_ratio"),
-                           output_format="png", response_format="b64_json")
-    return replace(request, **changes)
-
-
-def edit_request(**changes: Any) -> ImageRequest:
-    images = (InputImage("image/png", data=b"\x89PNG-bytes"),
-              InputImage("image/jpeg", url="https://example.com/a.jpg"))
-    edit = {"kind": "edit", "geometry": Geometry("1:1", "1K", None, "default"), "images": images}
-    return make_request(**{**edit, **changes})
-
-
-def run(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-        within_s: float = 10.0) -> ImageResult:
-    async def go() -> ImageResult:
-        async with httpx.AsyncClient(transport=fake) as client:
-            return await flows.generate(ADAPTER, route, request, client,
-                                        time.monotonic() + within_s)
-    return asyncio.run(go())
-
-
-def failure_of(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-               within_s: float = 10.0) -> Failure:
-    with pytest.raises(UpstreamError) as caught:
-        run(fake, request, route, within_s)
-    return caught.value.failure
+make_route = FAL.route
+run = partial(kit.run, ADAPTER)
+failure_of = partial(kit.failure_of, ADAPTER)
 
 
 def only_job(fake: FakeFal) -> Job:
     (job,) = fake.jobs.values()
     return job
-
-
-def reply(body: Any, status: int = 200) -> UpstreamReply:
-    return UpstreamReply(status, httpx.Headers(), orjson.dumps(body))
-
-
-def decoded(b64: str) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
 
 
 def test_queue_flow_walks_every_state_with_the_exact_requests_and_decodes_the_images() -> None:
@@ -422,45 +365,20 @@ max_in_flight = 8
 allowed_hosts = ["fal.media", "*.fal.media", "storage.googleapis.com"]
 options = { poll_interval_s = 0.01, poll_interval_max_s = 0.05, max_wait_s = 30 }
 """
-MODEL_TOML = """
-name = "nano-banana-2"
-created = 2026-11-01
-
-[capabilities]
-aspect_ratios = ["1:1", "3:2", "2:3", "16:9", "9:16"]
-max_n = 4
-edits = true
-max_reference_images = 14
-output_formats = ["png", "jpeg", "webp"]
-
+MODEL_TOML = kit.nano_banana_2("""
 [[routes]]
 provider = "fal"
 upstream_model = "fal-ai/nano-banana-2"
 typical_latency_s = 15
 price.per_image = { "0.5K" = 0.06, "1K" = 0.08, "2K" = 0.12, "4K" = 0.16 }
-"""
-
-Start = Callable[..., openai.OpenAI]
-
-
-def e2e_catalog(root: Path) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text(PROVIDERS_TOML)
-    (root / "models" / "nano-banana-2.toml").write_text(MODEL_TOML)
-    return catalog_module.load(root, env={"FAL_KEY": "test-key"}, demo=False,
-                               protocols=ADAPTERS)
+""")
 
 
 @pytest.fixture
 def switchyard(tmp_path: Path) -> Iterator[Start]:
-    """start(fake, **config) -> an SDK client on a real Switchyard whose fal is the fake."""
-    catalog = e2e_catalog(tmp_path / "routes")
-    with contextlib.ExitStack() as stack:
-        def start(fake: FakeFal, **config: Any) -> openai.OpenAI:
-            running = stack.enter_context(serve(make_config(tmp_path / "data", **config),
-                                                catalog, {"fal": fake}))
-            return stack.enter_context(openai.OpenAI(base_url=running.v1,
-                                                     api_key=running.new_key(), max_retries=0))
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS_TOML,
+                                {"nano-banana-2": MODEL_TOML}, {"FAL_KEY": "test-key"})
+    with kit.switchyard(tmp_path, "fal", catalog) as start:
         yield start
 
 
@@ -475,24 +393,18 @@ def test_e2e_generate_through_the_sdk(switchyard: Start,
     (submit,) = fake.submits()
     assert submit.headers["authorization"] == "Key test-key"
     assert submit.json["num_images"] == 2 and submit.json["aspect_ratio"] == "3:2"
-    data = raw.parse().data or []
-    assert len(data) == 2
-    for item in data:
-        image = decoded(item.b64_json or "")
-        assert image.format == "PNG" and image.size == geometry.pixels("3:2", "1K")
+    kit.assert_two_pngs(raw, geometry.pixels("3:2", "1K"))
 
 
 def test_e2e_edit_uploads_the_image_to_the_edit_endpoint(switchyard: Start) -> None:
     fake = FakeFal()
-    upload = io.BytesIO()
-    PILImage.new("RGB", (32, 32), (200, 10, 10)).save(upload, "PNG")
+    upload = kit.red_png()
     result = switchyard(fake).images.edit(model="nano-banana-2", prompt="make it blue",
-                                          image=("red.png", upload.getvalue(), "image/png"))
+                                          image=("red.png", upload, "image/png"))
     assert result.data and result.data[0].b64_json
     (submit,) = fake.submits()
     assert str(submit.url) == f"{SUBMIT_URL}/edit"
-    assert submit.json["image_urls"] == [
-        "data:image/png;base64," + base64.b64encode(upload.getvalue()).decode()]
+    assert submit.json["image_urls"] == [kit.data_uri(upload)]
     assert submit.json["aspect_ratio"] == "auto"
 
 
@@ -507,12 +419,9 @@ def test_e2e_edit_uploads_the_image_to_the_edit_endpoint(switchyard: Start) -> N
 def test_e2e_failures_are_openai_errors(switchyard: Start, validate: Callable[[str, Any], None],
                                         fake: FakeFal, config: dict[str, Any], status: int,
                                         code: str, after: str | None) -> None:
-    with pytest.raises(openai.APIStatusError) as caught:
-        switchyard(fake, **config).images.generate(model="nano-banana-2", prompt="a red fox")
-    body = caught.value.response.json()
-    validate("ErrorResponse", body)
-    assert (caught.value.status_code, body["error"]["code"]) == (status, code)
-    assert caught.value.response.headers.get("retry-after") == after
+    answered, body, retry_after = kit.error_of(switchyard(fake, **config), validate)
+    assert (answered, body["error"]["code"]) == (status, code)
+    assert retry_after == after
 
 
 def test_a_5xx_result_is_the_outcome_not_a_wait_for_the_deadline() -> None:

@@ -15,13 +15,12 @@ import openai
 import pytest
 from PIL import Image as PILImage
 
-from proxy import catalog as catalog_module
 from proxy import geometry
 from proxy.domain import Geometry, InputImage, Usage
 from proxy.failures import Kind
-from proxy.providers import ADAPTERS, gemini
+from proxy.providers import gemini
 from proxy.providers.base import UpstreamReply
-from tests.conftest import Running, make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes.gemini import (
     GEMINI_BASE,
     FakeGemini,
@@ -30,15 +29,10 @@ from tests.fakes.gemini import (
     make_request,
     make_route,
 )
+from tests.protocol_kit import decoded
 
 ADAPTER = gemini.ADAPTER
 URL = f"{GEMINI_BASE}/models/gemini-3.1-flash-image:generateContent"
-
-
-def decode(b64: str) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
 
 
 def png(width: int, height: int) -> bytes:
@@ -66,7 +60,7 @@ def test_generate_sends_the_documented_request_and_parses_the_image() -> None:
     (image,) = result.images
     assert image.mime == "image/png"
     width, height = geometry.pixels("16:9", "2K")
-    assert decode(image.b64).size == (width, height)
+    assert decoded(image.b64).size == (width, height)
     assert result.size == f"{width}x{height}"
     assert result.upstream_id == "resp-image"
     assert result.usage == Usage(input_tokens=4, output_tokens=1680 + 5,
@@ -133,7 +127,7 @@ def test_edit_sends_reference_images_inline_before_the_prompt() -> None:
     ]
     # No shape asked for: no aspectRatio, so the model keeps the first image's 3:2.
     assert fake.seen[0].json["generationConfig"]["imageConfig"] == {"imageSize": "1K"}
-    assert decode(result.images[0].b64).size == geometry.pixels("3:2", "1K")
+    assert decoded(result.images[0].b64).size == geometry.pixels("3:2", "1K")
 
 
 def test_an_asked_shape_wins_over_the_reference_ratio() -> None:
@@ -177,7 +171,7 @@ def test_thought_images_are_skipped_and_thinking_counts_as_output() -> None:
     fake = FakeGemini().then("thoughts")
     result = attempt(ADAPTER, make_request(), make_route("gemini-3-pro-image"), fake)
     (image,) = result.images
-    assert decode(image.b64).size == geometry.pixels("16:9", "2K")
+    assert decoded(image.b64).size == geometry.pixels("16:9", "2K")
     assert result.usage is not None
     assert (result.usage.output_tokens, result.usage.output_image_tokens) == \
         (1120 + 5 + 212, 1120)
@@ -345,29 +339,25 @@ price.per_image = { "0.5K" = 0.04482, "1K" = 0.0672, "2K" = 0.1008, "4K" = 0.151
 
 
 @pytest.fixture
-def google(tmp_path: Path) -> Iterator[tuple[Running, FakeGemini]]:
-    routes = tmp_path / "routes"
-    (routes / "models").mkdir(parents=True)
-    (routes / "providers.toml").write_text(PROVIDERS_TOML)
-    (routes / "models" / "nano-banana-2.toml").write_text(MODEL_TOML)
-    live = catalog_module.load(routes, env={"GEMINI_API_KEY": "test-key"}, demo=False,
-                               protocols=ADAPTERS)
+def google(tmp_path: Path) -> Iterator[tuple[openai.OpenAI, FakeGemini]]:
+    """An SDK client on a real Switchyard whose google provider is the fake, and the fake."""
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS_TOML, {"nano-banana-2": MODEL_TOML},
+                                {"GEMINI_API_KEY": "test-key"})
     fake = FakeGemini()
-    with serve(make_config(tmp_path / "data"), live, {"google": fake}) as running:
-        yield running, fake
+    with kit.switchyard(tmp_path, "google", catalog) as start:
+        yield start(fake), fake
 
 
-def test_sdk_generate_through_gemini(google: tuple[Running, FakeGemini],
+def test_sdk_generate_through_gemini(google: tuple[openai.OpenAI, FakeGemini],
                                      validate: Callable[[str, Any], None]) -> None:
-    running, fake = google
-    with openai.OpenAI(base_url=running.v1, api_key=running.new_key(), max_retries=0) as sdk:
-        raw = sdk.images.with_raw_response.generate(
-            model="gemini-3.1-flash-image-preview", prompt="a red fox", size="1536x1024", n=2)
+    sdk, fake = google
+    raw = sdk.images.with_raw_response.generate(
+        model="gemini-3.1-flash-image-preview", prompt="a red fox", size="1536x1024", n=2)
     validate("ImagesResponse", raw.http_response.json())
     result = raw.parse()
     assert len(result.data) == 2 and len(fake.seen) == 2
     for item in result.data:
-        image = decode(item.b64_json or "")
+        image = decoded(item.b64_json or "")
         assert (image.format, image.size) == ("PNG", geometry.pixels("3:2", "1K"))
     assert raw.headers["x-switchyard-provider"] == "google"
     assert raw.headers["x-switchyard-upstream-model"] == "gemini-3.1-flash-image"
@@ -376,12 +366,11 @@ def test_sdk_generate_through_gemini(google: tuple[Running, FakeGemini],
                                                                     "imageSize": "1K"}
 
 
-def test_sdk_sees_a_refusal_as_moderation_blocked(google: tuple[Running, FakeGemini],
+def test_sdk_sees_a_refusal_as_moderation_blocked(google: tuple[openai.OpenAI, FakeGemini],
                                                   validate: Callable[[str, Any], None]) -> None:
-    running, fake = google
+    sdk, fake = google
     fake.then("image_safety")
-    with openai.OpenAI(base_url=running.v1, api_key=running.new_key(), max_retries=0) as sdk, \
-            pytest.raises(openai.BadRequestError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         sdk.images.generate(model="nano-banana-2", prompt="something it will not draw")
     body = caught.value.response.json()
     validate("ErrorResponse", body)
@@ -389,12 +378,11 @@ def test_sdk_sees_a_refusal_as_moderation_blocked(google: tuple[Running, FakeGem
     assert "IMAGE_SAFETY" in body["error"]["message"]
 
 
-def test_sdk_sees_quota_as_429_with_retry_after(google: tuple[Running, FakeGemini],
+def test_sdk_sees_quota_as_429_with_retry_after(google: tuple[openai.OpenAI, FakeGemini],
                                                 validate: Callable[[str, Any], None]) -> None:
-    running, fake = google
+    sdk, fake = google
     fake.then("rate_limited")
-    with openai.OpenAI(base_url=running.v1, api_key=running.new_key(), max_retries=0) as sdk, \
-            pytest.raises(openai.RateLimitError) as caught:
+    with pytest.raises(openai.RateLimitError) as caught:
         sdk.images.generate(model="nano-banana-2", prompt="x")
     validate("ErrorResponse", caught.value.response.json())
     assert caught.value.response.headers["retry-after"] == "53"

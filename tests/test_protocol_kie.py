@@ -4,89 +4,41 @@ openai SDK."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
-import io
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import orjson
 import pytest
-from PIL import Image as PILImage
 
-import proxy.app
-from proxy import catalog as catalog_module
 from proxy import geometry
-from proxy.catalog import Capabilities, Catalog, Provider, Route
-from proxy.config import Secret
-from proxy.domain import Geometry, ImageRequest, ImageResult, InputImage
-from proxy.failures import Failure, Kind, UpstreamError
-from proxy.providers import ADAPTERS, flows
-from proxy.providers.base import Sleep, UpstreamCall, UpstreamReply
+from proxy.domain import InputImage
+from proxy.failures import Kind
+from proxy.providers import flows
+from proxy.providers.base import Sleep, UpstreamCall
 from proxy.providers.kie import ADAPTER, flow, validate, verify_webhook
-from tests.conftest import make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes import kie as fake_module
 from tests.fakes.kie import BASE_URL, RESULT_HOST, UPLOAD_URL, FakeKie, Task, envelope
+from tests.protocol_kit import FAST, PNG, Start, decoded, edit_request, make_request, reply
 
-FAST = {"poll_interval_s": 0.01, "poll_interval_max_s": 0.02}
 CREATE_URL = f"{BASE_URL}/api/v1/jobs/createTask"
 RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
-PNG = b"\x89PNG-bytes"
 # google/nano-banana's vocabulary, with its edits served by a second model id.
 NANO_BANANA = {"fields": {"aspect_ratio": "image_size", "resolution": "",
                           "images": "image_urls"},
                "output_formats": {"jpeg": "jpeg"}, "edit_model": "google/nano-banana-edit"}
+KIE = kit.Upstream("kie", BASE_URL, "KIE_API_KEY", (RESULT_HOST, "*.aiquickdraw.com"),
+                   "nano-banana-2", "0.06", tiers=("1K", "2K", "4K"))
 
-
-def make_route(options: dict[str, Any] | None = None, key: str | None = "test-key",
-               model: str = "nano-banana-2") -> Route:
-    provider = Provider(name="kie", protocol="kie", base_url=BASE_URL,
-                        key=Secret(key) if key else None, key_env="KIE_API_KEY", timeout_s=60,
-                        allowed_hosts=(RESULT_HOST, "*.aiquickdraw.com"))
-    caps = Capabilities(tiers=("1K", "2K", "4K"), aspect_ratios=("1:1", "16:9"), edits=True,
-                        max_reference_images=14, max_n=4)
-    return Route(id="nano-banana-2/kie", model="nano-banana-2", provider=provider,
-                 upstream_model=model, price_per_image={"1K": Decimal("0.06")},
-                 capabilities=caps, options={**FAST, **(options or {})})
-
-
-def make_request(**changes: Any) -> ImageRequest:
-    request = ImageRequest(kind="generate", model="nano-banana-2", prompt="a banana astronaut",
-                           n=1, geometry=Geometry("16:9", "2K", None, "aspect_ratio"),
-                           output_format="png", response_format="b64_json")
-    return replace(request, **changes)
-
-
-def edit_request(*images: InputImage, **changes: Any) -> ImageRequest:
-    images = images or (InputImage("image/png", data=PNG),
-                        InputImage("image/jpeg", url="https://example.com/a.jpg"))
-    edit = {"kind": "edit", "geometry": Geometry("1:1", "1K", None, "default"), "images": images}
-    return make_request(**{**edit, **changes})
-
-
-def run(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-        within_s: float = 10.0) -> ImageResult:
-    async def go() -> ImageResult:
-        async with httpx.AsyncClient(transport=fake) as client:
-            return await flows.generate(ADAPTER, route, request, client,
-                                        time.monotonic() + within_s)
-    return asyncio.run(go())
-
-
-def failure_of(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-               within_s: float = 10.0) -> Failure:
-    with pytest.raises(UpstreamError) as caught:
-        run(fake, request, route, within_s)
-    return caught.value.failure
+make_route = KIE.route
+run = partial(kit.run, ADAPTER)
+failure_of = partial(kit.failure_of, ADAPTER)
 
 
 def only_task(fake: FakeKie) -> Task:
@@ -94,18 +46,8 @@ def only_task(fake: FakeKie) -> Task:
     return task
 
 
-def reply(body: Any, status: int = 200) -> UpstreamReply:
-    return UpstreamReply(status, httpx.Headers(), orjson.dumps(body))
-
-
 def record(state: str, **fields: Any) -> dict[str, Any]:
     return {"code": 200, "msg": "success", "data": {"taskId": "t1", "state": state, **fields}}
-
-
-def decoded(b64: str) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
 
 
 # --- The task flow ---------------------------------------------------------------------------
@@ -566,46 +508,21 @@ max_in_flight = 8
 allowed_hosts = ["tempfile.aiquickdraw.com", "*.aiquickdraw.com", "tempfile.redpandaai.co"]
 options = { poll_interval_s = 0.01, poll_interval_max_s = 0.05, max_wait_s = 30 }
 """
-MODEL_TOML = """
-name = "nano-banana-2"
-created = 2026-11-01
-
-[capabilities]
-aspect_ratios = ["1:1", "3:2", "2:3", "16:9", "9:16"]
-max_n = 4
-edits = true
-max_reference_images = 14
-output_formats = ["png", "jpeg", "webp"]
-
+MODEL_TOML = kit.nano_banana_2("""
 [[routes]]
 provider = "kie"
 upstream_model = "nano-banana-2"
 typical_latency_s = 20
 price.credits = { per_image = { "1K" = 12, "2K" = 18, "4K" = 26 }, usd_per_credit = 0.005 }
-"""
+""")
 
-Start = Callable[..., openai.OpenAI]
-
-
-def e2e_catalog(root: Path) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text(PROVIDERS_TOML)
-    (root / "models" / "nano-banana-2.toml").write_text(MODEL_TOML)
-    return catalog_module.load(root, env={"KIE_API_KEY": "test-key"}, demo=False,
-                               protocols={**ADAPTERS, "kie": ADAPTER})
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Start]:
-    """start(fake, **config) -> an SDK client on a real Switchyard whose Kie is the fake."""
-    monkeypatch.setattr(proxy.app, "ADAPTERS", {**ADAPTERS, "kie": ADAPTER})
-    catalog = e2e_catalog(tmp_path / "routes")
-    with contextlib.ExitStack() as stack:
-        def start(fake: FakeKie, **config: Any) -> openai.OpenAI:
-            running = stack.enter_context(serve(make_config(tmp_path / "data", **config),
-                                                catalog, {"kie": fake}))
-            return stack.enter_context(openai.OpenAI(base_url=running.v1,
-                                                     api_key=running.new_key(), max_retries=0))
+def switchyard(tmp_path: Path) -> Iterator[Start]:
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS_TOML,
+                                {"nano-banana-2": MODEL_TOML}, {"KIE_API_KEY": "test-key"})
+    with kit.switchyard(tmp_path, "kie", catalog) as start:
         yield start
 
 
@@ -623,22 +540,17 @@ def test_e2e_generate_through_the_sdk_bills_credits(switchyard: Start,
     assert [c.json["input"] for c in creates] == [{
         "prompt": "a red fox", "aspect_ratio": "3:2", "resolution": "1K",
         "output_format": "png"}] * 2
-    data = raw.parse().data or []
-    assert len(data) == 2
-    for item in data:
-        image = decoded(item.b64_json or "")
-        assert image.format == "PNG" and image.size == geometry.pixels("3:2", "1K")
+    kit.assert_two_pngs(raw, geometry.pixels("3:2", "1K"))
 
 
 def test_e2e_edit_uploads_the_image_then_references_its_url(switchyard: Start) -> None:
     fake = FakeKie(states=("generating", "success"))
-    upload = io.BytesIO()
-    PILImage.new("RGB", (32, 32), (200, 10, 10)).save(upload, "PNG")
+    upload = kit.red_png()
     result = switchyard(fake).images.edit(model="nano-banana-2", prompt="make it blue",
-                                          image=("red.png", upload.getvalue(), "image/png"))
+                                          image=("red.png", upload, "image/png"))
     assert result.data and result.data[0].b64_json
     (uploaded,) = fake.uploads
-    assert fake.uploads[uploaded] == upload.getvalue()
+    assert fake.uploads[uploaded] == upload
     (create,) = fake.creates()
     assert create.json["input"]["image_input"] == [uploaded]
     assert create.json["input"]["aspect_ratio"] == "auto"
@@ -657,9 +569,6 @@ def test_e2e_edit_uploads_the_image_then_references_its_url(switchyard: Start) -
 def test_e2e_failures_are_openai_errors(switchyard: Start, validate: Callable[[str, Any], None],
                                         fake: FakeKie, config: dict[str, Any], status: int,
                                         code: str, after: str | None) -> None:
-    with pytest.raises(openai.APIStatusError) as caught:
-        switchyard(fake, **config).images.generate(model="nano-banana-2", prompt="a red fox")
-    body = caught.value.response.json()
-    validate("ErrorResponse", body)
-    assert (caught.value.status_code, body["error"]["code"]) == (status, code)
-    assert caught.value.response.headers.get("retry-after") == after
+    answered, body, retry_after = kit.error_of(switchyard(fake, **config), validate)
+    assert (answered, body["error"]["code"]) == (status, code)
+    assert retry_after == after

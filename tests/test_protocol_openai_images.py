@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from PIL import Image as PILImage
 
-from proxy import catalog as catalog_module
-from proxy.catalog import Catalog
 from proxy.domain import InputImage
 from proxy.failures import Kind
-from proxy.providers import ADAPTERS
 from proxy.providers import images_api as api
 from proxy.providers.openai_images import ADAPTER
-from tests.conftest import Running, make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes import openai_images as fake
 from tests.fakes.openai_images import (
     BASE_URL,
@@ -33,6 +28,7 @@ from tests.fakes.openai_images import (
     make_route,
     run,
 )
+from tests.protocol_kit import decoded
 
 GPT_IMAGE_2_SIZES = {"multiple": 16, "max_ratio": 3.0, "min_pixels": 655_360,
                      "max_pixels": 8_294_400, "max_edge": 3840}
@@ -343,31 +339,17 @@ max_edge = 3840
 """
 
 
-def build_catalog(root: Path) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text(PROVIDERS)
-    (root / "models" / "gpt-image-2.toml").write_text(MODEL)
-    return catalog_module.load(root, env={"OPENAI_API_KEY": "test-key"}, demo=False,
-                               protocols=ADAPTERS)
-
-
 @pytest.fixture
 def upstream() -> FakeOpenAIImages:
     return FakeOpenAIImages()
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path, upstream: FakeOpenAIImages) -> Iterator[Running]:
-    config = make_config(tmp_path / "data")
-    with serve(config, build_catalog(tmp_path / "routes"), {"openai": upstream}) as running:
-        yield running
-
-
-@pytest.fixture
-def sdk(switchyard: Running) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=switchyard.v1, api_key=switchyard.new_key(),
-                       max_retries=0) as client:
-        yield client
+def sdk(tmp_path: Path, upstream: FakeOpenAIImages) -> Iterator[openai.OpenAI]:
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS, {"gpt-image-2": MODEL},
+                                {"OPENAI_API_KEY": "test-key"})
+    with kit.switchyard(tmp_path, "openai", catalog) as start:
+        yield start(upstream)
 
 
 def test_e2e_generate(sdk: openai.OpenAI, upstream: FakeOpenAIImages,
@@ -377,7 +359,7 @@ def test_e2e_generate(sdk: openai.OpenAI, upstream: FakeOpenAIImages,
     validate("ImagesResponse", raw.http_response.json())
     assert raw.headers["x-switchyard-provider"] == "openai"
     result = raw.parse()
-    image = PILImage.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or "")))
+    image = decoded(result.data[0].b64_json or "")
     assert (image.format, image.size) == ("PNG", (1536, 1024))
     assert result.usage is not None and result.usage.output_tokens == 4160
     assert upstream.requests[0].json["size"] == "1536x1024"

@@ -3,70 +3,33 @@ and end to end through the official openai SDK."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import io
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from PIL import Image as PILImage
 
-from proxy import catalog as catalog_module
-from proxy.catalog import Capabilities, Catalog, Provider, Route
-from proxy.config import Secret
-from proxy.domain import Geometry, ImageRequest, ImageResult, InputImage
+from proxy.domain import Geometry, InputImage
 from proxy.failures import Failure, Kind, UpstreamError
-from proxy.providers import ADAPTERS, flows
 from proxy.providers.base import Sleep, UpstreamCall, UpstreamReply
-from proxy.providers.replicate import ADAPTER, flow, own_host
-from tests.conftest import make_config, serve
+from proxy.providers.replicate import ADAPTER, flow
+from proxy.providers.upstream import own_host
+from tests import protocol_kit as kit
 from tests.fakes import replicate as fake_module
 from tests.fakes.replicate import BASE_URL, FakeReplicate
+from tests.protocol_kit import Start, decoded, make_request
 
-FAST = {"poll_interval_s": 0.01, "poll_interval_max_s": 0.02}
+REPLICATE = kit.Upstream("replicate", BASE_URL, "REPLICATE_API_TOKEN", ("replicate.delivery",),
+                         "google/nano-banana-2", "0.067", timeout_s=120)
 
-
-def make_route(options: dict[str, Any] | None = None, key: str | None = "test-key",
-               model: str = "google/nano-banana-2") -> Route:
-    provider = Provider(name="replicate", protocol="replicate", base_url=BASE_URL,
-                        key=Secret(key) if key else None, key_env="REPLICATE_API_TOKEN",
-                        timeout_s=120, allowed_hosts=("replicate.delivery",))
-    caps = Capabilities(tiers=("1K", "2K"), aspect_ratios=("1:1", "16:9"), edits=True,
-                        max_reference_images=14, max_n=4)
-    return Route(id="nano-banana-2/replicate", model="nano-banana-2", provider=provider,
-                 upstream_model=model, price_per_image={"1K": Decimal("0.067")},
-                 capabilities=caps, options={**FAST, **(options or {})})
-
-
-def make_request(**changes: Any) -> ImageRequest:
-    request = ImageRequest(kind="generate", model="nano-banana-2", prompt="a banana astronaut",
-                           n=1, geometry=Geometry("16:9", "2K", None, "aspect_ratio"),
-                           output_format="png", response_format="b64_json")
-    return replace(request, **changes)
-
-
-def run(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-        within_s: float = 10.0) -> ImageResult:
-    async def go() -> ImageResult:
-        async with httpx.AsyncClient(transport=fake) as client:
-            return await flows.generate(ADAPTER, route, request, client,
-                                        time.monotonic() + within_s)
-    return asyncio.run(go())
-
-
-def failure_of(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-               within_s: float = 10.0) -> Failure:
-    with pytest.raises(UpstreamError) as caught:
-        run(fake, request, route, within_s)
-    return caught.value.failure
+make_route = REPLICATE.route
+run = partial(kit.run, ADAPTER)
+failure_of = partial(kit.failure_of, ADAPTER)
 
 
 def test_prefer_wait_success_sends_the_exact_request_and_fetches_bytes() -> None:
@@ -339,46 +302,24 @@ max_in_flight = 8
 allowed_hosts = ["replicate.delivery", "*.replicate.delivery"]
 options = { poll_interval_s = 0.01, poll_interval_max_s = 0.05, max_wait_s = 30 }
 """
-MODEL_TOML = """
-name = "nano-banana-2"
-created = 2026-11-01
-
-[capabilities]
-aspect_ratios = ["1:1", "3:2", "2:3", "16:9", "9:16"]
-max_n = 4
-edits = true
-max_reference_images = 14
-output_formats = ["png", "jpeg", "webp"]
-
+MODEL_TOML = kit.nano_banana_2("""
 [[routes]]
 provider = "replicate"
 upstream_model = "google/nano-banana-2"
 typical_latency_s = 20
 price.per_image = { "1K" = 0.067, "2K" = 0.101, "4K" = 0.151 }
-"""
-
-
-def e2e_catalog(root: Path) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text(PROVIDERS_TOML)
-    (root / "models" / "nano-banana-2.toml").write_text(MODEL_TOML)
-    return catalog_module.load(root, env={"REPLICATE_API_TOKEN": "test-key"}, demo=False,
-                               protocols=ADAPTERS)
+""")
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path) -> Iterator[Callable[[FakeReplicate], openai.OpenAI]]:
-    catalog = e2e_catalog(tmp_path / "routes")
-    with contextlib.ExitStack() as stack:
-        def start(fake: FakeReplicate) -> openai.OpenAI:
-            running = stack.enter_context(serve(make_config(tmp_path / "data"), catalog,
-                                                {"replicate": fake}))
-            return stack.enter_context(openai.OpenAI(base_url=running.v1,
-                                                     api_key=running.new_key(), max_retries=0))
+def switchyard(tmp_path: Path) -> Iterator[Start]:
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS_TOML,
+                                {"nano-banana-2": MODEL_TOML}, {"REPLICATE_API_TOKEN": "test-key"})
+    with kit.switchyard(tmp_path, "replicate", catalog) as start:
         yield start
 
 
-def test_e2e_generate_through_the_sdk(switchyard: Callable[[FakeReplicate], openai.OpenAI],
+def test_e2e_generate_through_the_sdk(switchyard: Start,
                                       validate: Callable[[str, Any], None]) -> None:
     fake = FakeReplicate()
     sdk = switchyard(fake)
@@ -390,27 +331,25 @@ def test_e2e_generate_through_the_sdk(switchyard: Callable[[FakeReplicate], open
     result = raw.parse()
     assert len(result.data) == 2 and len(fake.creates()) == 2
     for item in result.data:
-        image = PILImage.open(io.BytesIO(base64.b64decode(item.b64_json or "")))
-        image.load()
+        image = decoded(item.b64_json or "")
         assert image.format == "PNG" and image.size == (1248, 832)
     assert fake.seen[0].json["input"]["aspect_ratio"] == "3:2"
 
 
 def test_e2e_edit_uploads_the_image_as_a_data_uri(
-        switchyard: Callable[[FakeReplicate], openai.OpenAI]) -> None:
+        switchyard: Start) -> None:
     fake = FakeReplicate(wait_finishes=True)
     sdk = switchyard(fake)
-    upload = io.BytesIO()
-    PILImage.new("RGB", (32, 32), (200, 10, 10)).save(upload, "PNG")
+    upload = kit.red_png()
     result = sdk.images.edit(model="nano-banana-2", prompt="make it blue",
-                             image=("red.png", upload.getvalue(), "image/png"))
+                             image=("red.png", upload, "image/png"))
     assert result.data and result.data[0].b64_json
     sent = fake.seen[0].json["input"]["image_input"]
-    assert sent == ["data:image/png;base64," + base64.b64encode(upload.getvalue()).decode()]
+    assert sent == [kit.data_uri(upload)]
 
 
 def test_e2e_blocked_content_is_an_openai_moderation_error(
-        switchyard: Callable[[FakeReplicate], openai.OpenAI],
+        switchyard: Start,
         validate: Callable[[str, Any], None]) -> None:
     sdk = switchyard(FakeReplicate(states=("starting", "failed"),
                                    error="The input or output was flagged as sensitive. (E005)"))

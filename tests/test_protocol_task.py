@@ -5,13 +5,12 @@ end to end through the official openai SDK."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,15 @@ import httpx
 import openai
 import orjson
 import pytest
-from PIL import Image as PILImage
 
-import proxy.app
-from proxy import catalog as catalog_module
 from proxy import geometry, imaging
 from proxy.catalog import Catalog, Route
-from proxy.domain import Geometry, ImageRequest, ImageResult, InputImage
-from proxy.failures import Failure, Kind, UpstreamError
-from proxy.providers import ADAPTERS, flows, jsonpath
+from proxy.domain import Geometry, InputImage
+from proxy.failures import Kind
+from proxy.providers import flows, jsonpath
 from proxy.providers.jsonpath import PathError
 from proxy.providers.task import ADAPTER, render, validate
-from tests.conftest import make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes.task_hosts import (
     FakeApiPass,
     FakeNewportAI,
@@ -39,6 +35,7 @@ from tests.fakes.task_hosts import (
     FakeToapis,
     Task,
 )
+from tests.protocol_kit import PROMPT, decoded, make_request
 
 # --- The four hosts as route data: what goes into routes/providers.toml ---------------------
 
@@ -279,16 +276,12 @@ output_formats = ["png"]
 """
 # Tests poll fast: route options win over the provider's pacing.
 FAST = '\noptions = { poll_interval_s = 0.01, poll_interval_max_s = 0.02 }\n'
-PROMPT = "a banana astronaut"
 
 
 def write_catalog(root: Path, hosts: tuple[str, ...]) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text("".join(PROVIDERS[h] for h in hosts))
     routes = "".join(ROUTES[h].rstrip() + FAST for h in hosts)
-    (root / "models" / "nano-banana-2.toml").write_text(MODEL_TOML + routes)
-    return catalog_module.load(root, env=KEYS, demo=False,
-                               protocols={**ADAPTERS, "task": ADAPTER})
+    return kit.write_catalog(root, "".join(PROVIDERS[h] for h in hosts),
+                             {"nano-banana-2": MODEL_TOML + routes}, KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -303,33 +296,8 @@ def with_options(route: Route, **options: Any) -> Route:
     return replace(route, options={**route.options, **options})
 
 
-def make_request(**changes: Any) -> ImageRequest:
-    request = ImageRequest(kind="generate", model="nano-banana-2", prompt=PROMPT, n=1,
-                           geometry=Geometry("16:9", "2K", None, "aspect_ratio"),
-                           output_format="png", response_format="b64_json")
-    return replace(request, **changes)
-
-
-def run(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-        within_s: float = 10.0) -> ImageResult:
-    async def go() -> ImageResult:
-        async with httpx.AsyncClient(transport=fake) as client:
-            return await flows.generate(ADAPTER, route, request, client,
-                                        time.monotonic() + within_s)
-    return asyncio.run(go())
-
-
-def failure_of(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-               within_s: float = 10.0) -> Failure:
-    with pytest.raises(UpstreamError) as caught:
-        run(fake, request, route, within_s)
-    return caught.value.failure
-
-
-def decoded(b64: str) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
+run = partial(kit.run, ADAPTER)
+failure_of = partial(kit.failure_of, ADAPTER)
 
 
 def reported_id(host: str, task: Task) -> str:
@@ -837,16 +805,12 @@ Start = Callable[[str, FakeTaskHost], openai.OpenAI]
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Start]:
+def switchyard(tmp_path: Path) -> Iterator[Start]:
     """start(host, fake) -> an SDK client on a real Switchyard whose only route is that host."""
-    monkeypatch.setattr(proxy.app, "ADAPTERS", {**ADAPTERS, "task": ADAPTER})
     with contextlib.ExitStack() as stack:
         def start(host: str, fake: FakeTaskHost) -> openai.OpenAI:
             catalog = write_catalog(tmp_path / host / "routes", (host,))
-            running = stack.enter_context(serve(make_config(tmp_path / host / "data"),
-                                                catalog, {host: fake}))
-            return stack.enter_context(openai.OpenAI(base_url=running.v1,
-                                                     api_key=running.new_key(), max_retries=0))
+            return kit.sdk_on(stack, tmp_path / host / "data", catalog, {host: fake})
         yield start
 
 

@@ -4,28 +4,23 @@ shape, and end to end through the official openai SDK."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
-from PIL import Image as PILImage
 
-from proxy import catalog as catalog_module
 from proxy.catalog import Catalog, Route
 from proxy.domain import ImageRequest, ImageResult, InputImage
 from proxy.failures import Failure, Kind
-from proxy.providers import ADAPTERS
 from proxy.providers.together import ADAPTER
-from tests.conftest import make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes import openai_images as shared
 from tests.fakes import together as fake
 from tests.fakes.openai_images import Canned, image_bytes, make_request
 from tests.fakes.together import API_HOST, BASE_URL, FILES_HOST, GOOGLE_SIZES, FakeTogether
+from tests.protocol_kit import Start, decoded
 
 SIZES = {tier: list(sizes) for tier, sizes in GOOGLE_SIZES.items()}
 
@@ -44,12 +39,6 @@ def run(upstream: FakeTogether, request: ImageRequest, to: Route | None = None,
 def failure_of(upstream: FakeTogether, request: ImageRequest, to: Route | None = None,
                deadline_s: float = 10.0) -> Failure:
     return shared.failure_of(ADAPTER, request, to or route(), upstream, deadline_s)
-
-
-def decoded(b64: str) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
 
 
 # --- requests and results ------------------------------------------------------------------
@@ -175,7 +164,7 @@ def test_edit_sends_uploads_as_data_urls_and_urls_as_given_in_reference_images()
     result = run(upstream, request)
     body = upstream.requests[0].json
     assert body["reference_images"] == [
-        "data:image/png;base64," + base64.b64encode(upload).decode(), "https://x.test/a.jpg"]
+        kit.data_uri(upload), "https://x.test/a.jpg"]
     assert "image_url" not in body
     assert len(result.images) == 1
 
@@ -308,30 +297,22 @@ options = {{ response_format = "{response_format}", sizes = {sizes} }}
 
 
 def e2e_catalog(root: Path) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text(PROVIDERS_TOML)
     sizes = "{ " + ", ".join(f'"{tier}" = {json.dumps(s)}' for tier, s in SIZES.items()) + " }"
-    for name, slug, response_format in (("nano-banana-pro", "google/gemini-3-pro-image", "base64"),
-                                        ("nano-banana", "google/flash-image-2.5", "url")):
-        (root / "models" / f"{name}.toml").write_text(MODEL_TOML.format(
-            name=name, slug=slug, response_format=response_format, sizes=sizes))
-    return catalog_module.load(root, env={"TOGETHER_API_KEY": "test-key"}, demo=False,
-                               protocols=ADAPTERS)
+    models = {name: MODEL_TOML.format(name=name, slug=slug, response_format=response_format,
+                                      sizes=sizes)
+              for name, slug, response_format in (
+                  ("nano-banana-pro", "google/gemini-3-pro-image", "base64"),
+                  ("nano-banana", "google/flash-image-2.5", "url"))}
+    return kit.write_catalog(root, PROVIDERS_TOML, models, {"TOGETHER_API_KEY": "test-key"})
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path) -> Iterator[Callable[[FakeTogether], openai.OpenAI]]:
-    catalog = e2e_catalog(tmp_path / "routes")
-    with contextlib.ExitStack() as stack:
-        def start(upstream: FakeTogether) -> openai.OpenAI:
-            running = stack.enter_context(serve(make_config(tmp_path / "data"), catalog,
-                                                {"together": upstream}))
-            return stack.enter_context(openai.OpenAI(base_url=running.v1,
-                                                     api_key=running.new_key(), max_retries=0))
+def switchyard(tmp_path: Path) -> Iterator[Start]:
+    with kit.switchyard(tmp_path, "together", e2e_catalog(tmp_path / "routes")) as start:
         yield start
 
 
-def test_e2e_generate_through_the_sdk(switchyard: Callable[[FakeTogether], openai.OpenAI],
+def test_e2e_generate_through_the_sdk(switchyard: Start,
                                       validate: Callable[[str, Any], None]) -> None:
     upstream = FakeTogether()
     sdk = switchyard(upstream)
@@ -352,7 +333,7 @@ def test_e2e_generate_through_the_sdk(switchyard: Callable[[FakeTogether], opena
 
 
 def test_e2e_n_above_four_and_webp_through_the_sdk(
-        switchyard: Callable[[FakeTogether], openai.OpenAI]) -> None:
+        switchyard: Start) -> None:
     upstream = FakeTogether()
     sdk = switchyard(upstream)
     raw = sdk.images.with_raw_response.generate(model="nano-banana-pro", prompt="tiles", n=6,
@@ -366,7 +347,7 @@ def test_e2e_n_above_four_and_webp_through_the_sdk(
 
 
 def test_e2e_url_results_are_fetched_and_returned_inline(
-        switchyard: Callable[[FakeTogether], openai.OpenAI],
+        switchyard: Start,
         validate: Callable[[str, Any], None]) -> None:
     upstream = FakeTogether()
     sdk = switchyard(upstream)
@@ -380,7 +361,7 @@ def test_e2e_url_results_are_fetched_and_returned_inline(
 
 
 def test_e2e_edit_uploads_the_image_as_a_reference(
-        switchyard: Callable[[FakeTogether], openai.OpenAI]) -> None:
+        switchyard: Start) -> None:
     upstream = FakeTogether()
     sdk = switchyard(upstream)
     upload = image_bytes(32, 32, "png", "red")
@@ -388,7 +369,7 @@ def test_e2e_edit_uploads_the_image_as_a_reference(
                              image=("red.png", upload, "image/png"))
     assert decoded(result.data[0].b64_json or "").format == "PNG"
     assert upstream.requests[0].json["reference_images"] == [
-        "data:image/png;base64," + base64.b64encode(upload).decode()]
+        kit.data_uri(upload)]
 
 
 @pytest.mark.parametrize(("script", "prompt", "status", "code", "words", "retry_after"), [
@@ -398,15 +379,12 @@ def test_e2e_edit_uploads_the_image_as_a_reference(
     # Out of credit is Switchyard's problem (502), not the client's bad request (400).
     ([fake.NO_CREDIT_BARE], "x", 502, "upstream_auth_failed", "out of credit", None),
 ])
-def test_e2e_errors_are_openai_errors(switchyard: Callable[[FakeTogether], openai.OpenAI],
+def test_e2e_errors_are_openai_errors(switchyard: Start,
                                       validate: Callable[[str, Any], None], script: list[Canned],
                                       prompt: str, status: int, code: str, words: str,
                                       retry_after: str | None) -> None:
     sdk = switchyard(FakeTogether(script=list(script)))
-    with pytest.raises(openai.APIStatusError) as caught:
-        sdk.images.generate(model="nano-banana-pro", prompt=prompt)
-    body = caught.value.response.json()
-    validate("ErrorResponse", body)
-    assert (caught.value.status_code, body["error"]["code"]) == (status, code)
+    answered, body, after = kit.error_of(sdk, validate, "nano-banana-pro", prompt)
+    assert (answered, body["error"]["code"]) == (status, code)
     assert words in body["error"]["message"] and "http" not in body["error"]["message"]
-    assert caught.value.response.headers.get("retry-after") == retry_after
+    assert after == retry_after

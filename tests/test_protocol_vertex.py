@@ -3,8 +3,6 @@ bearer tokens (also from a token command), native JPEG output, errors, and end t
 
 from __future__ import annotations
 
-import base64
-import io
 import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,25 +10,18 @@ from typing import Any
 
 import openai
 import pytest
-from PIL import Image as PILImage
 
-from proxy import catalog as catalog_module
 from proxy import geometry
 from proxy.failures import Kind
-from proxy.providers import ADAPTERS, gemini, vertex
+from proxy.providers import gemini, vertex
 from proxy.providers.credentials import Credentials
-from tests.conftest import Running, make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes.gemini import FakeGemini, attempt, failure, make_request, make_route
+from tests.protocol_kit import decoded
 
 ADAPTER = vertex.ADAPTER
 MODEL_PATH = "publishers/google/models/gemini-3.1-flash-image:generateContent"
 PROJECT = {"project": "proj-1", "location": "global", "auth": "bearer"}
-
-
-def decode(b64: str) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
 
 
 def test_global_project_path_with_a_bearer_token() -> None:
@@ -44,7 +35,7 @@ def test_global_project_path_with_a_bearer_token() -> None:
     assert "x-goog-api-key" not in seen.headers
     # The very body the Gemini API gets: one builder serves both.
     assert seen.json == gemini.body(make_request(), route)
-    assert decode(result.images[0].b64).size == geometry.pixels("16:9", "2K")
+    assert decoded(result.images[0].b64).size == geometry.pixels("16:9", "2K")
     assert result.usage is not None and result.usage.output_image_tokens == 1680
 
 
@@ -87,7 +78,7 @@ def test_jpeg_is_asked_of_vertex_natively() -> None:
         "aspectRatio": "16:9", "imageSize": "2K",
         "imageOutputOptions": {"mimeType": "image/jpeg", "compressionQuality": 80}}
     assert result.images[0].mime == "image/jpeg"
-    assert decode(result.images[0].b64).format == "JPEG"
+    assert decoded(result.images[0].b64).format == "JPEG"
 
 
 @pytest.mark.parametrize("fmt", ["png", "webp"])
@@ -232,28 +223,24 @@ price.per_image = { "1K" = 0.1344, "2K" = 0.1344, "4K" = 0.24 }
 
 
 @pytest.fixture
-def google(tmp_path: Path) -> Iterator[tuple[Running, FakeGemini]]:
-    routes = tmp_path / "routes"
-    (routes / "models").mkdir(parents=True)
-    (routes / "providers.toml").write_text(PROVIDERS_TOML)
-    (routes / "models" / "nano-banana-pro.toml").write_text(MODEL_TOML)
-    live = catalog_module.load(routes, env={"VERTEX_ACCESS_TOKEN": "tok-1"}, demo=False,
-                               protocols=ADAPTERS)
+def google(tmp_path: Path) -> Iterator[tuple[openai.OpenAI, FakeGemini]]:
+    """An SDK client on a real Switchyard whose vertex-global is the fake, and the fake."""
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS_TOML,
+                                {"nano-banana-pro": MODEL_TOML}, {"VERTEX_ACCESS_TOKEN": "tok-1"})
     fake = FakeGemini(vertex=True)
-    with serve(make_config(tmp_path / "data"), live, {"vertex-global": fake}) as running:
-        yield running, fake
+    with kit.switchyard(tmp_path, "vertex-global", catalog) as start:
+        yield start(fake), fake
 
 
-def test_sdk_generate_jpeg_through_vertex(google: tuple[Running, FakeGemini],
+def test_sdk_generate_jpeg_through_vertex(google: tuple[openai.OpenAI, FakeGemini],
                                           validate: Callable[[str, Any], None]) -> None:
-    running, fake = google
-    with openai.OpenAI(base_url=running.v1, api_key=running.new_key(), max_retries=0) as sdk:
-        raw = sdk.images.with_raw_response.generate(
-            model="gemini-3-pro-image-preview", prompt="a red fox", size="1024x1024",
-            output_format="jpeg")
+    sdk, fake = google
+    raw = sdk.images.with_raw_response.generate(
+        model="gemini-3-pro-image-preview", prompt="a red fox", size="1024x1024",
+        output_format="jpeg")
     validate("ImagesResponse", raw.http_response.json())
     result = raw.parse()
-    image = decode(result.data[0].b64_json or "")
+    image = decoded(result.data[0].b64_json or "")
     assert (image.format, image.size) == ("JPEG", (1024, 1024))
     assert result.output_format == "jpeg" and result.size == "1024x1024"
     assert raw.headers["x-switchyard-provider"] == "vertex-global"
@@ -261,12 +248,11 @@ def test_sdk_generate_jpeg_through_vertex(google: tuple[Running, FakeGemini],
     assert fake.seen[0].headers["authorization"] == "Bearer tok-1"
 
 
-def test_sdk_sees_overload_as_503(google: tuple[Running, FakeGemini],
+def test_sdk_sees_overload_as_503(google: tuple[openai.OpenAI, FakeGemini],
                                   validate: Callable[[str, Any], None]) -> None:
-    running, fake = google
+    sdk, fake = google
     fake.then("overloaded")
-    with openai.OpenAI(base_url=running.v1, api_key=running.new_key(), max_retries=0) as sdk, \
-            pytest.raises(openai.InternalServerError) as caught:
+    with pytest.raises(openai.InternalServerError) as caught:
         sdk.images.generate(model="nano-banana-pro", prompt="x")
     assert caught.value.status_code == 503
     validate("ErrorResponse", caught.value.response.json())

@@ -4,89 +4,50 @@ official openai SDK."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
-import io
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
-import orjson
 import pytest
-from PIL import Image as PILImage
 
-import proxy.app
-from proxy import catalog as catalog_module
 from proxy import geometry
-from proxy.catalog import Capabilities, Catalog, Provider, Route
-from proxy.config import Secret
-from proxy.domain import Geometry, ImageRequest, ImageResult, InputImage
-from proxy.failures import Failure, Kind, UpstreamError
-from proxy.providers import ADAPTERS, flows
-from proxy.providers.base import Sleep, UpstreamCall, UpstreamReply
+from proxy.domain import Geometry, ImageRequest, InputImage
+from proxy.failures import Kind
+from proxy.providers import flows
+from proxy.providers.base import Sleep, UpstreamCall
 from proxy.providers.wavespeed import ADAPTER, flow, verify_webhook
 from proxy.providers.wavespeed import validate as validate_options
-from tests.conftest import make_config, serve
+from tests import protocol_kit as kit
 from tests.fakes import wavespeed as fake_module
 from tests.fakes.wavespeed import API_HOST, BASE_URL, CDN_HOST, FakeWaveSpeed, Prediction
+from tests.protocol_kit import FAST, Start, decoded, make_request, reply
 
-FAST = {"poll_interval_s": 0.01, "poll_interval_max_s": 0.02}
 MODEL = "google/nano-banana-2"
 SUBMIT_URL = f"{BASE_URL}/{MODEL}/text-to-image"
 EDIT_URL = f"{BASE_URL}/{MODEL}/edit"
 UPLOAD_URL = f"{BASE_URL}/media/upload/binary"
 KEY = {"Authorization": "Bearer test-key"}
 PNG_BYTES = b"\x89PNG\r\n\x1a\n-reference-bytes"
+WAVESPEED = kit.Upstream("wavespeed", BASE_URL, "WAVESPEED_API_KEY",
+                         (CDN_HOST, "*.wavespeed.ai"), MODEL, "0.07",
+                         tiers=("0.5K", "1K", "2K", "4K"))
 
-
-def make_route(options: dict[str, Any] | None = None, key: str | None = "test-key",
-               model: str = MODEL) -> Route:
-    provider = Provider(name="wavespeed", protocol="wavespeed", base_url=BASE_URL,
-                        key=Secret(key) if key else None, key_env="WAVESPEED_API_KEY",
-                        timeout_s=60, allowed_hosts=(CDN_HOST, "*.wavespeed.ai"))
-    caps = Capabilities(tiers=("0.5K", "1K", "2K", "4K"), aspect_ratios=("1:1", "16:9"),
-                        edits=True, max_reference_images=14, max_n=4)
-    return Route(id="nano-banana-2/wavespeed", model="nano-banana-2", provider=provider,
-                 upstream_model=model, price_per_image={"1K": Decimal("0.07")},
-                 capabilities=caps, options={**FAST, **(options or {})})
-
-
-def make_request(**changes: Any) -> ImageRequest:
-    request = ImageRequest(kind="generate", model="nano-banana-2", prompt="a banana astronaut",
-                           n=1, geometry=Geometry("16:9", "2K", None, "aspect_ratio"),
-                           output_format="png", response_format="b64_json")
-    return replace(request, **changes)
+make_route = WAVESPEED.route
+run = partial(kit.run, ADAPTER)
+failure_of = partial(kit.failure_of, ADAPTER)
 
 
 def edit_request(**changes: Any) -> ImageRequest:
-    images = (InputImage("image/png", data=PNG_BYTES),
-              InputImage("application/octet-stream", url="https://example.com/a.jpg"))
-    edit = {"kind": "edit", "geometry": Geometry("1:1", "1K", None, "default"), "images": images}
-    return make_request(**{**edit, **changes})
-
-
-def run(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-        within_s: float = 10.0) -> ImageResult:
-    async def go() -> ImageResult:
-        async with httpx.AsyncClient(transport=fake) as client:
-            return await flows.generate(ADAPTER, route, request, client,
-                                        time.monotonic() + within_s)
-    return asyncio.run(go())
-
-
-def failure_of(fake: httpx.AsyncBaseTransport, request: ImageRequest, route: Route,
-               within_s: float = 10.0) -> Failure:
-    with pytest.raises(UpstreamError) as caught:
-        run(fake, request, route, within_s)
-    return caught.value.failure
+    """Uploaded PNG bytes, and a URL whose type the client did not say."""
+    return kit.edit_request(InputImage("image/png", data=PNG_BYTES),
+                            InputImage("application/octet-stream", url=kit.REFERENCE_URL),
+                            **changes)
 
 
 def only_prediction(fake: FakeWaveSpeed) -> Prediction:
@@ -94,18 +55,8 @@ def only_prediction(fake: FakeWaveSpeed) -> Prediction:
     return prediction
 
 
-def reply(body: Any, status: int = 200) -> UpstreamReply:
-    return UpstreamReply(status, httpx.Headers(), orjson.dumps(body))
-
-
 def envelope(data: Any, code: int = 200, message: str = "success") -> dict[str, Any]:
     return {"code": code, "message": message, "data": data}
-
-
-def decoded(b64: str) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
 
 
 # --- Requests and states -------------------------------------------------------------------
@@ -649,47 +600,21 @@ max_in_flight = 8
 allowed_hosts = ["d1q70pf5vjeyhc.cloudfront.net", "*.wavespeed.ai"]
 options = { poll_interval_s = 0.01, poll_interval_max_s = 0.05, max_wait_s = 30 }
 """
-MODEL_TOML = """
-name = "nano-banana-2"
-created = 2026-11-01
-
-[capabilities]
-aspect_ratios = ["1:1", "3:2", "2:3", "16:9", "9:16"]
-max_n = 4
-edits = true
-max_reference_images = 14
-output_formats = ["png", "jpeg"]
-
+MODEL_TOML = kit.nano_banana_2("""
 [[routes]]
 provider = "wavespeed"
 upstream_model = "google/nano-banana-2"
 typical_latency_s = 15
 price.per_image = { "0.5K" = 0.045, "1K" = 0.07, "2K" = 0.105, "4K" = 0.14 }
-"""
+""", formats='["png", "jpeg"]')
 
-Start = Callable[..., openai.OpenAI]
-
-
-def e2e_catalog(root: Path) -> Catalog:
-    (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text(PROVIDERS_TOML)
-    (root / "models" / "nano-banana-2.toml").write_text(MODEL_TOML)
-    return catalog_module.load(root, env={"WAVESPEED_API_KEY": "test-key"}, demo=False,
-                               protocols={**ADAPTERS, "wavespeed": ADAPTER})
 
 
 @pytest.fixture
-def switchyard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Start]:
-    """start(fake, **config) -> an SDK client on a real Switchyard whose WaveSpeed is the fake
-    (the adapter is not registered yet, so the app's registry is patched for the test)."""
-    monkeypatch.setattr(proxy.app, "ADAPTERS", {**ADAPTERS, "wavespeed": ADAPTER})
-    catalog = e2e_catalog(tmp_path / "routes")
-    with contextlib.ExitStack() as stack:
-        def start(fake: FakeWaveSpeed, **config: Any) -> openai.OpenAI:
-            running = stack.enter_context(serve(make_config(tmp_path / "data", **config),
-                                                catalog, {"wavespeed": fake}))
-            return stack.enter_context(openai.OpenAI(base_url=running.v1,
-                                                     api_key=running.new_key(), max_retries=0))
+def switchyard(tmp_path: Path) -> Iterator[Start]:
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS_TOML,
+                                {"nano-banana-2": MODEL_TOML}, {"WAVESPEED_API_KEY": "test-key"})
+    with kit.switchyard(tmp_path, "wavespeed", catalog) as start:
         yield start
 
 
@@ -707,26 +632,21 @@ def test_e2e_generate_through_the_sdk(switchyard: Start,
     assert {str(s.url) for s in submits} == {SUBMIT_URL}
     assert submits[0].json == {"prompt": "a red fox", "aspect_ratio": "3:2",
                                "resolution": "1k", "output_format": "png"}
-    data = raw.parse().data or []
-    assert len(data) == 2
-    for item in data:
-        image = decoded(item.b64_json or "")
-        assert image.format == "PNG" and image.size == geometry.pixels("3:2", "1K")
+    kit.assert_two_pngs(raw, geometry.pixels("3:2", "1K"))
 
 
 def test_e2e_edit_uploads_the_image_and_submits_to_the_edit_path(switchyard: Start) -> None:
     fake = FakeWaveSpeed()
-    upload = io.BytesIO()
-    PILImage.new("RGB", (32, 32), (200, 10, 10)).save(upload, "PNG")
+    upload = kit.red_png()
     result = switchyard(fake).images.edit(model="nano-banana-2", prompt="make it blue",
-                                          image=("red.png", upload.getvalue(), "image/png"))
+                                          image=("red.png", upload, "image/png"))
     assert result.data and result.data[0].b64_json
     (sent,) = fake.uploads()
-    assert sent.files["file"][1:] == ("image/png", upload.getvalue())
+    assert sent.files["file"][1:] == ("image/png", upload)
     (submit,) = fake.submits()
     assert str(submit.url) == EDIT_URL
     (reference,) = submit.json["images"]
-    assert fake.files[httpx.URL(reference).path] == upload.getvalue()
+    assert fake.files[httpx.URL(reference).path] == upload
     assert "aspect_ratio" not in submit.json
 
 
@@ -743,9 +663,6 @@ def test_e2e_edit_uploads_the_image_and_submits_to_the_edit_path(switchyard: Sta
 def test_e2e_failures_are_openai_errors(switchyard: Start, validate: Callable[[str, Any], None],
                                         fake: FakeWaveSpeed, config: dict[str, Any],
                                         status: int, code: str, after: str | None) -> None:
-    with pytest.raises(openai.APIStatusError) as caught:
-        switchyard(fake, **config).images.generate(model="nano-banana-2", prompt="a red fox")
-    body = caught.value.response.json()
-    validate("ErrorResponse", body)
-    assert (caught.value.status_code, body["error"]["code"]) == (status, code)
-    assert caught.value.response.headers.get("retry-after") == after
+    answered, body, retry_after = kit.error_of(switchyard(fake, **config), validate)
+    assert (answered, body["error"]["code"]) == (status, code)
+    assert retry_after == after

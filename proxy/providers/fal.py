@@ -8,7 +8,6 @@ are downloaded here. Field names, pacing and content-block markers are route dat
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,25 +20,17 @@ from proxy import geometry
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
-from proxy.providers.base import (
-    Adapter,
-    Flow,
-    Sleep,
-    Step,
-    UpstreamCall,
-    UpstreamReply,
-    always,
-    check,
-)
-
-# Shared result handling; they belong in a common module once a third protocol needs them.
-from proxy.providers.replicate import (
-    classify_download,
-    data_uri,
-    from_data_uri,
-    from_download,
-    own_host,
-    safe_text,
+from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, always, check
+from proxy.providers.results import json_or_none, result_image, safe_text
+from proxy.providers.upstream import (
+    Pacing,
+    api_key,
+    auth_for,
+    mask_refused,
+    pauses,
+    reference,
+    renamed,
+    shape_values,
 )
 
 FIELDS = {"prompt": "prompt", "n": "num_images", "images": "image_urls",
@@ -56,13 +47,9 @@ Poll = Generator[Step, UpstreamReply | None, dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
+class Options(Pacing):
     """How to talk to one route: read from the provider's options, then the route's."""
 
-    poll_interval_s: float = 1.0
-    poll_interval_max_s: float = 5.0
-    poll_backoff: float = 1.5
-    max_wait_s: float = 300.0
     edit_suffix: str = "/edit"  # requests with reference images go to {model}{edit_suffix}
     edit_aspect_ratio: str = "auto"  # an edit with no size asked keeps the input's shape
     fields: Mapping[str, str] = field(default_factory=lambda: FIELDS)
@@ -79,10 +66,7 @@ class Options:
         given = {**route.provider.options, **route.options}
         expiry = given.get("result_expiry_s")
         return cls(
-            poll_interval_s=float(given.get("poll_interval_s", 1.0)),
-            poll_interval_max_s=float(given.get("poll_interval_max_s", 5.0)),
-            poll_backoff=float(given.get("poll_backoff", 1.5)),
-            max_wait_s=float(given.get("max_wait_s", 300.0)),
+            **Pacing.given(given),
             edit_suffix=str(given.get("edit_suffix", "/edit")),
             edit_aspect_ratio=str(given.get("edit_aspect_ratio", "auto")),
             fields={**FIELDS, **given.get("fields", {})},
@@ -96,41 +80,16 @@ class Options:
         )
 
 
-def api_key(route: Route) -> str:
-    if route.provider.key is None:
-        raise UpstreamError(Failure(Kind.AUTH, f"no API key set for {route.provider.name}"))
-    return route.provider.key.reveal()
-
-
 def arguments(request: ImageRequest, options: Options) -> dict[str, Any]:
     """The model's input: the request in the endpoint's own vocabulary."""
     if request.mask is not None:
-        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this model cannot apply a 'mask'; "
-                                                      "describe the edit in the prompt instead"))
-    values: dict[str, Any] = {
-        "prompt": request.prompt, "n": request.n, "seed": request.seed,
-        "aspect_ratio": request.geometry.aspect_ratio,
-        "resolution": options.resolutions.get(request.geometry.tier, request.geometry.tier),
-        "output_format": options.output_formats.get(request.output_format),
-    }
-    if request.kind == "edit" and request.geometry.source == "default":
-        values["aspect_ratio"] = options.edit_aspect_ratio
+        raise mask_refused()
+    values = shape_values(request, options.resolutions, options.output_formats,
+                          options.edit_aspect_ratio)
+    values["n"] = request.n
     if request.images:
-        values["images"] = [_reference(image.url, image.mime, image.data, options)
-                            for image in request.images]
-    built = dict(options.extra_input)
-    built.update({options.fields[k]: v for k, v in values.items()
-                  if options.fields.get(k) and v is not None})
-    return built
-
-
-def _reference(url: str | None, mime: str, data: bytes | None, options: Options) -> str:
-    if url:
-        return url
-    if not options.inline_images:
-        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this route takes reference images as "
-                                                      "https URLs only ('image_urls')"))
-    return data_uri(mime, data or b"")
+        values["images"] = [reference(image, options.inline_images) for image in request.images]
+    return renamed(values, options.fields, options.extra_input)
 
 
 def build(request: ImageRequest, route: Route, key: str, options: Options) -> UpstreamCall:
@@ -152,7 +111,7 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     if 200 <= reply.status < 300:
         return None
     status = reply.status
-    body = _json_or_none(reply)
+    body = json_or_none(reply)
     if status in (401, 403):
         # No upstream words: an auth detail may quote the key, and the client cannot act on it.
         return Failure(Kind.AUTH, f"fal refused the API key (HTTP {status})", None, status)
@@ -184,13 +143,6 @@ def _object(reply: UpstreamReply, what: str) -> dict[str, Any]:
     return body
 
 
-def _json_or_none(reply: UpstreamReply) -> Any:
-    try:
-        return reply.json()
-    except ValueError:
-        return None
-
-
 def _detail_text(body: Any) -> str:
     """`detail` as one line: 'body.prompt: field required' for each model error."""
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -213,7 +165,7 @@ def _blocked(body: Any, options: Options) -> bool:
 
 
 def _auth(url: str, route: Route, key: str) -> dict[str, str]:
-    return {"Authorization": f"Key {key}"} if own_host(url, route) else {}
+    return auth_for(url, route, "Authorization", f"Key {key}")
 
 
 def _queue_url(submitted: Mapping[str, Any], name: str, route: Route) -> str:
@@ -228,16 +180,11 @@ def _queue_url(submitted: Mapping[str, Any], name: str, route: Route) -> str:
 def wait_done(submitted: Mapping[str, Any], route: Route, key: str, options: Options) -> Poll:
     """Poll the status URL until COMPLETED. Past the route's max wait, or when the driver
     throws a timeout in, cancel the request (it is only guaranteed while queued)."""
-    started = time.monotonic()
-    interval = options.poll_interval_s
+    waits = pauses(options, "fal request unfinished")
     status: dict[str, Any] = {"status": "IN_QUEUE"}
     try:
         while status.get("status") in PENDING:
-            if time.monotonic() - started + interval > options.max_wait_s:
-                raise UpstreamError(Failure(Kind.TIMEOUT, f"fal request unfinished after "
-                                                          f"{options.max_wait_s:g} s"))
-            yield Sleep(interval)
-            interval = min(interval * options.poll_backoff, options.poll_interval_max_s)
+            yield next(waits)
             url = _queue_url(submitted, "status_url", route)
             reply = check((yield UpstreamCall("GET", url, _auth(url, route, key), kind="poll")),
                           partial(classify, options=options))
@@ -282,12 +229,7 @@ def collect(output: Mapping[str, Any], request_id: str, request: ImageRequest,
     found = result_images(output, options)[: request.n]
     images: list[Image] = []
     for item in found:
-        url = str(item["url"])
-        if url.startswith("data:"):
-            images.append(from_data_uri(url))
-            continue
-        reply = check((yield UpstreamCall("GET", url, kind="fetch")), classify_download)
-        images.append(from_download(reply))
+        images.append((yield from result_image(str(item["url"]))))
     first = found[0]
     size = geometry.size_text(int(first["width"]), int(first["height"])) \
         if first.get("width") and first.get("height") else None

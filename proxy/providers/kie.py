@@ -13,9 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import urlencode
@@ -23,142 +21,26 @@ from urllib.parse import urlencode
 import orjson
 
 from proxy.catalog import Route
-from proxy.domain import ImageRequest, ImageResult, InputImage
+from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import RETRYABLE, Failure, Kind, UpstreamError, from_status, retry_after
-from proxy.providers.base import (
-    Adapter,
-    Flow,
-    Sleep,
-    Step,
-    UpstreamCall,
-    UpstreamReply,
-    always,
-    check,
-)
-
-# Shared helpers; `_json_or_none` is private to fal and borrowed until a common module exists.
-from proxy.providers.fal import _json_or_none
-from proxy.providers.replicate import (
-    api_key,
-    classify_download,
-    data_uri,
-    from_download,
-    safe_text,
-)
+from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, always, check
+from proxy.providers.kie_options import Options, validate
+from proxy.providers.results import download, json_or_none, safe_text
+from proxy.providers.upstream import api_key, mask_refused, pauses, reference, renamed, shape_values
 
 CREATE_PATH = "/api/v1/jobs/createTask"
 RECORD_PATH = "/api/v1/jobs/recordInfo"
-# Input field names of nano-banana-2 / nano-banana-pro [C]; google/nano-banana renames some.
-FIELDS = {"prompt": "prompt", "images": "image_input", "aspect_ratio": "aspect_ratio",
-          "resolution": "resolution", "output_format": "output_format", "seed": ""}
-OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "png"}  # webp is converted here
-# The task record's field names [S: client code and a reseller's copy of the docs].
-RECORD = {"state": "state", "result": "resultJson", "urls": "resultUrls",
-          "fail_code": "failCode", "fail_msg": "failMsg"}
-UPLOAD = {"data": "base64Data", "path": "uploadPath", "url": "downloadUrl"}  # [S] docs mirror
-UPLOAD_URL = "https://kieai.redpandaai.co/api/file-base64-upload"
-PENDING = ("waiting", "queuing", "generating")
-SUCCESS = ("success",)
-FAILED = ("fail", "failed")  # "fail" [C]; some clients also see "failed" [S]
-# Kie's envelope codes [C]; 402 is "insufficient credits", 455 maintenance, 505 "disabled".
-CODES = {401: Kind.AUTH, 402: Kind.AUTH, 404: Kind.UPSTREAM_BROKEN, 422: Kind.BAD_REQUEST,
-         429: Kind.RATE_LIMITED, 455: Kind.OVERLOADED, 500: Kind.UPSTREAM_BROKEN,
-         501: Kind.UPSTREAM_BROKEN, 505: Kind.UPSTREAM_BROKEN}
-POLL_RETRY_CODES = (429, 455, 500)  # inside a poll's HTTP 200: "ask again", not "failed"
-BLOCK_MARKERS = ("nsfw", "content policy", "sensitive", "safety", "prohibited")
-# Kie's file host refuses some default client agents with 403 [S]; curl-like agents pass.
-USER_AGENT = "Mozilla/5.0 (compatible; Switchyard)"
+
+__all__ = ["ADAPTER", "Options", "flow", "validate", "verify_webhook"]
 
 Poll = Generator[Step, UpstreamReply | None, dict[str, Any]]
 Classify = Callable[[UpstreamReply], Failure | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """How to talk to one route: read from the provider's options, then the route's."""
-
-    poll_interval_s: float = 2.0
-    poll_interval_max_s: float = 8.0
-    poll_backoff: float = 1.5
-    max_wait_s: float = 300.0
-    edit_model: str = ""  # set: requests with reference images use this model id
-    edit_aspect_ratio: str = "auto"  # an edit with no size asked keeps the input's shape
-    callback_url: str = ""  # sent as callBackUrl; Switchyard still polls
-    fields: Mapping[str, str] = field(default_factory=lambda: FIELDS)
-    output_formats: Mapping[str, str] = field(default_factory=lambda: OUTPUT_FORMATS)
-    resolutions: Mapping[str, str] = field(default_factory=dict)  # tier -> token, if not equal
-    extra_input: Mapping[str, Any] = field(default_factory=dict)
-    record: Mapping[str, str] = field(default_factory=lambda: RECORD)
-    upload: Mapping[str, str] = field(default_factory=lambda: UPLOAD)
-    upload_url: str = UPLOAD_URL  # "": uploaded bytes are refused (URLs only)
-    upload_path: str = "switchyard"
-    inline_images: bool = False  # send uploaded bytes as data URIs instead of uploading them
-    pending_states: tuple[str, ...] = PENDING
-    success_states: tuple[str, ...] = SUCCESS
-    failed_states: tuple[str, ...] = FAILED
-    ok_codes: tuple[int, ...] = (200,)
-    codes: Mapping[int, Kind] = field(default_factory=lambda: CODES)
-    poll_retry_codes: tuple[int, ...] = POLL_RETRY_CODES
-    fail_codes: Mapping[str, Kind] = field(default_factory=dict)  # failCode -> class [U]
-    block_markers: tuple[str, ...] = BLOCK_MARKERS
-    user_agent: str = USER_AGENT  # for result downloads; "" leaves httpx's own
-    mask_as_reference: bool = False  # else a mask is refused: these models cannot apply one
-
-    @classmethod
-    def of(cls, route: Route) -> Options:
-        given = {**route.provider.options, **route.options}
-        simple = {f: type(getattr(cls(), f))(given[f]) for f in _SIMPLE if f in given}
-        return cls(
-            **simple,
-            fields={**FIELDS, **given.get("fields", {})},
-            output_formats={**OUTPUT_FORMATS, **given.get("output_formats", {})},
-            resolutions=dict(given.get("resolutions", {})),
-            extra_input=dict(given.get("extra_input", {})),
-            record={**RECORD, **given.get("record_fields", {})},
-            upload={**UPLOAD, **given.get("upload_fields", {})},
-            pending_states=tuple(given.get("pending_states", PENDING)),
-            success_states=tuple(given.get("success_states", SUCCESS)),
-            failed_states=tuple(given.get("failed_states", FAILED)),
-            ok_codes=tuple(int(c) for c in given.get("ok_codes", (200,))),
-            codes={**CODES, **{int(c): Kind(k) for c, k in given.get("codes", {}).items()}},
-            poll_retry_codes=tuple(int(c) for c in given.get("poll_retry_codes",
-                                                              POLL_RETRY_CODES)),
-            fail_codes={str(c): Kind(k) for c, k in given.get("fail_codes", {}).items()},
-            block_markers=tuple(given.get("content_block_markers", BLOCK_MARKERS)),
-        )
-
-
-# Scalar options read as given, converted to the type of their default.
-_SIMPLE = ("poll_interval_s", "poll_interval_max_s", "poll_backoff", "max_wait_s",
-           "edit_model", "edit_aspect_ratio", "callback_url", "upload_url", "upload_path",
-           "inline_images", "user_agent", "mask_as_reference")
-_LISTS = ("pending_states", "success_states", "failed_states", "ok_codes", "poll_retry_codes",
-          "content_block_markers")
-KNOWN = {*_SIMPLE, *_LISTS, "fields", "output_formats", "resolutions", "extra_input",
-         "record_fields", "upload_fields", "codes", "fail_codes"}
-
-
-def validate(options: Mapping[str, Any]) -> list[str]:
-    """Problems in a route's merged options, found when the catalog loads rather than as a
-    failed request: misspelt names, unknown failure classes, codes that are not numbers."""
-    problems = [f"options.{name}: unknown option" for name in options if name not in KNOWN]
-    kinds = sorted(kind.value for kind in Kind)
-    for name in ("codes", "fail_codes"):
-        for code, kind in dict(options.get(name, {})).items():
-            if kind not in kinds:
-                problems.append(f"options.{name}.{code}: {kind!r} is not one of "
-                                f"{', '.join(kinds)}")
-            if name == "codes" and not str(code).isdigit():
-                problems.append(f"options.codes.{code}: not a numeric code")
-    problems += [f"options.{name}: must be a list" for name in _LISTS
-                 if name in options and not isinstance(options[name], list)]
-    return problems
-
-
 def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     """None for a success; else the failure Kie's envelope `code` names (it can say 4xx inside
     HTTP 200), or the HTTP status when the reply carries no code (a proxy's error page)."""
-    body = _json_or_none(reply)
+    body = json_or_none(reply)
     code = _code(body)
     if 200 <= reply.status < 300 and (code is None or code in options.ok_codes):
         return None
@@ -209,30 +91,25 @@ def references(request: ImageRequest, key: str, options: Options,
     images = list(request.images)
     if request.mask is not None:
         if not options.mask_as_reference:
-            raise UpstreamError(Failure(Kind.BAD_REQUEST, "this model cannot apply a 'mask'; "
-                                        "describe the edit in the prompt instead"))
+            raise mask_refused()
         images.append(request.mask)
     urls = []
     for image in images:
         if image.url and not image.url.startswith("data:"):
             urls.append(image.url)
         elif options.inline_images:
-            urls.append(_as_data_uri(image))
+            urls.append(reference(image))
         elif not options.upload_url:
             raise UpstreamError(Failure(Kind.BAD_REQUEST, "this route takes reference images "
                                                           "as https URLs only ('image')"))
         else:
-            reply = check((yield upload_call(_as_data_uri(image), key, options)), classified)
+            reply = check((yield upload_call(reference(image), key, options)), classified)
             url = _data(reply, "upload reply").get(options.upload["url"])
             if not isinstance(url, str) or not url:
                 raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "Kie's upload returned no "
                                                                   "file URL"))
             urls.append(url)
     return urls
-
-
-def _as_data_uri(image: InputImage) -> str:
-    return image.url or data_uri(image.mime, image.data or b"")
 
 
 def upload_call(uri: str, key: str, options: Options) -> UpstreamCall:
@@ -244,19 +121,10 @@ def upload_call(uri: str, key: str, options: Options) -> UpstreamCall:
 
 def task_input(request: ImageRequest, options: Options, urls: list[str]) -> dict[str, Any]:
     """The task's `input`: the request in the model's own vocabulary."""
-    values: dict[str, Any] = {
-        "prompt": request.prompt, "seed": request.seed,
-        "aspect_ratio": request.geometry.aspect_ratio,
-        "resolution": options.resolutions.get(request.geometry.tier, request.geometry.tier),
-        "output_format": options.output_formats.get(request.output_format),
-        "images": urls or None,
-    }
-    if request.kind == "edit" and request.geometry.source == "default":
-        values["aspect_ratio"] = options.edit_aspect_ratio
-    built = dict(options.extra_input)
-    built.update({options.fields[k]: v for k, v in values.items()
-                  if options.fields.get(k) and v is not None})
-    return built
+    values = shape_values(request, options.resolutions, options.output_formats,
+                          options.edit_aspect_ratio)
+    values["images"] = urls or None
+    return renamed(values, options.fields, options.extra_input)
 
 
 def build(request: ImageRequest, route: Route, key: str, options: Options,
@@ -275,20 +143,15 @@ def wait_done(task_id: str, route: Route, key: str, options: Options,
     """Poll recordInfo until the task is no longer pending (an unknown state counts as pending).
     Transient codes inside a poll's HTTP 200 mean "ask again"; past the max wait it is a
     timeout (Kie has no cancel call, so the task is left to finish on its own)."""
-    started = time.monotonic()
-    interval = options.poll_interval_s
+    waits = pauses(options, "Kie task unfinished")
     url = f"{route.provider.base_url}{RECORD_PATH}?{urlencode({'taskId': task_id})}"
     record: dict[str, Any] = {}
     while record.get(options.record["state"]) not in (*options.success_states,
                                                       *options.failed_states):
-        if time.monotonic() - started + interval > options.max_wait_s:
-            raise UpstreamError(Failure(Kind.TIMEOUT, f"Kie task unfinished after "
-                                                      f"{options.max_wait_s:g} s"))
-        yield Sleep(interval)
-        interval = min(interval * options.poll_backoff, options.poll_interval_max_s)
+        yield next(waits)
         reply = yield UpstreamCall("GET", url, _bearer(key), kind="poll")
         if reply is not None and 200 <= reply.status < 300 \
-                and _code(_json_or_none(reply)) in options.poll_retry_codes:
+                and _code(json_or_none(reply)) in options.poll_retry_codes:
             continue
         record = _data(check(reply, classified), "task record")
     return record
@@ -328,8 +191,7 @@ def collect(record: Mapping[str, Any], task_id: str, request: ImageRequest,
     headers = {"User-Agent": options.user_agent} if options.user_agent else {}
     images = []
     for url in found[: request.n]:
-        reply = check((yield UpstreamCall("GET", url, headers, kind="fetch")), classify_download)
-        images.append(from_download(reply))
+        images.append((yield from download(url, headers)))
     return ImageResult(images=tuple(images), upstream_id=task_id)
 
 

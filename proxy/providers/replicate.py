@@ -9,28 +9,26 @@ vendor's schemas differ per model and change.
 
 from __future__ import annotations
 
-import base64
 import re
-import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from proxy import imaging
 from proxy.catalog import Route
-from proxy.domain import Image, ImageRequest, ImageResult
+from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
 from proxy.providers import webhooks
-from proxy.providers.base import (
-    Adapter,
-    Flow,
-    Sleep,
-    Step,
-    UpstreamCall,
-    UpstreamReply,
-    always,
-    check,
+from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, always, check
+from proxy.providers.results import json_or_none, result_image, safe_text
+from proxy.providers.upstream import (
+    Pacing,
+    api_key,
+    bearer,
+    mask_refused,
+    pauses,
+    reference,
+    renamed,
+    shape_values,
 )
 
 # Field names of the Nano Banana family's input schema; a route overrides any of them
@@ -42,19 +40,14 @@ OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "png"}
 BLOCK_MARKERS = ("flagged as sensitive", "E005", "NSFW", "content policy", "safety")
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 _RESETS_IN = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s")
-_URL = re.compile(r"https?://\S+")
 
 Poll = Generator[Step, UpstreamReply | None, dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
+class Options(Pacing):
     """How to talk to one route: read from the provider's options, then the route's."""
 
-    poll_interval_s: float = 1.0
-    poll_interval_max_s: float = 5.0
-    poll_backoff: float = 1.5
-    max_wait_s: float = 300.0
     prefer_wait_s: int = 60  # 0: no Prefer header, poll from the start
     version: str = ""  # set: POST /predictions with this version (community models)
     deployment: bool = False  # POST /deployments/{upstream_model}/predictions
@@ -70,10 +63,7 @@ class Options:
     def of(cls, route: Route) -> Options:
         given = {**route.provider.options, **route.options}
         return cls(
-            poll_interval_s=float(given.get("poll_interval_s", 1.0)),
-            poll_interval_max_s=float(given.get("poll_interval_max_s", 5.0)),
-            poll_backoff=float(given.get("poll_backoff", 1.5)),
-            max_wait_s=float(given.get("max_wait_s", 300.0)),
+            **Pacing.given(given),
             prefer_wait_s=int(given.get("prefer_wait_s", 60)),
             version=str(given.get("version", "")), deployment=bool(given.get("deployment")),
             fields={**FIELDS, **given.get("fields", {})},
@@ -86,41 +76,19 @@ class Options:
         )
 
 
-def api_key(route: Route) -> str:
-    if route.provider.key is None:
-        raise UpstreamError(Failure(Kind.AUTH, f"no API key set for {route.provider.name}"))
-    return route.provider.key.reveal()
-
-
 def model_input(request: ImageRequest, options: Options) -> dict[str, Any]:
-    """The prediction's `input`: the request in the model's own vocabulary."""
-    names = options.fields
-    values: dict[str, Any] = {
-        "prompt": request.prompt,
-        "aspect_ratio": request.geometry.aspect_ratio,
-        "resolution": options.resolutions.get(request.geometry.tier, request.geometry.tier),
-        "output_format": options.output_formats.get(request.output_format),
-        "seed": request.seed,
-    }
-    if request.kind == "edit" and request.geometry.source == "default":
-        values["aspect_ratio"] = options.edit_aspect_ratio
+    """The prediction's `input`: the request in the model's own vocabulary. File inputs go as
+    data URIs (Replicate's docs advise it below about 1 MB)."""
+    values = shape_values(request, options.resolutions, options.output_formats,
+                          options.edit_aspect_ratio)
     references = list(request.images)
     if request.mask is not None:
         if not options.mask_as_reference:
-            raise UpstreamError(Failure(Kind.BAD_REQUEST, "this model cannot apply a 'mask'; "
-                                        "describe the edit in the prompt instead"))
+            raise mask_refused()
         references.append(request.mask)
     if references:
-        values["images"] = [image.url or data_uri(image.mime, image.data or b"")
-                            for image in references]
-    built = dict(options.extra_input)
-    built.update({names[k]: v for k, v in values.items() if names.get(k) and v is not None})
-    return built
-
-
-def data_uri(mime: str, data: bytes) -> str:
-    """Replicate takes file inputs as data URIs (its docs advise it below about 1 MB)."""
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        values["images"] = [reference(image) for image in references]
+    return renamed(values, options.fields, options.extra_input)
 
 
 def build(request: ImageRequest, route: Route, key: str, options: Options) -> UpstreamCall:
@@ -173,19 +141,10 @@ def classify(reply: UpstreamReply) -> Failure | None:
 
 
 def _problem_text(reply: UpstreamReply) -> str:
-    try:
-        body = reply.json()
-    except ValueError:
-        body = None
+    body = json_or_none(reply)
     if isinstance(body, dict):
         return safe_text(body.get("detail") or body.get("title") or "no detail")
     return safe_text(reply.body.decode("utf-8", "replace") or "no detail")
-
-
-def safe_text(value: object, limit: int = 300) -> str:
-    """Upstream text fit for a client: no URLs (they may carry tokens), one line, bounded."""
-    text = " ".join(_URL.sub("<url>", str(value)).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def classify_prediction(prediction: Mapping[str, Any], markers: tuple[str, ...]) -> Failure:
@@ -201,15 +160,6 @@ def classify_prediction(prediction: Mapping[str, Any], markers: tuple[str, ...])
     return Failure(Kind.UPSTREAM_BROKEN, f"Replicate prediction {status}: {error}")
 
 
-def own_host(url: str, route: Route) -> bool:
-    """Credentials go only to the provider's own host, never to another host a URL names."""
-    return urlsplit(url).netloc == urlsplit(route.provider.base_url).netloc
-
-
-def _auth(url: str, route: Route, key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"} if own_host(url, route) else {}
-
-
 def _prediction_url(prediction: Mapping[str, Any], name: str, route: Route) -> str:
     urls = prediction.get("urls") or {}
     fallback = f"{route.provider.base_url}/predictions/{prediction['id']}"
@@ -219,17 +169,12 @@ def _prediction_url(prediction: Mapping[str, Any], name: str, route: Route) -> s
 def wait_done(prediction: dict[str, Any], route: Route, key: str, options: Options) -> Poll:
     """Poll until the prediction ends. Past the route's max wait, or when the driver throws
     a timeout in, cancel the prediction (so it stops billing) before giving up."""
-    started = time.monotonic()
-    interval = options.poll_interval_s
+    waits = pauses(options, "Replicate prediction unfinished")
     try:
         while prediction.get("status") not in TERMINAL:
-            if time.monotonic() - started + interval > options.max_wait_s:
-                raise UpstreamError(Failure(Kind.TIMEOUT, f"Replicate prediction unfinished "
-                                                          f"after {options.max_wait_s:g} s"))
-            yield Sleep(interval)
-            interval = min(interval * options.poll_backoff, options.poll_interval_max_s)
+            yield next(waits)
             url = _prediction_url(prediction, "get", route)
-            reply = check((yield UpstreamCall("GET", url, _auth(url, route, key),
+            reply = check((yield UpstreamCall("GET", url, bearer(url, route, key),
                                               kind="poll")), classify)
             prediction = reply.json()
             if not isinstance(prediction, dict):
@@ -238,7 +183,7 @@ def wait_done(prediction: dict[str, Any], route: Route, key: str, options: Optio
     except UpstreamError as exc:
         if exc.failure.kind is Kind.TIMEOUT and prediction.get("status") not in TERMINAL:
             url = _prediction_url(prediction, "cancel", route)
-            yield UpstreamCall("POST", url, _auth(url, route, key), kind="cancel")
+            yield UpstreamCall("POST", url, bearer(url, route, key), kind="cancel")
         raise
     return prediction
 
@@ -248,34 +193,6 @@ def outputs(prediction: Mapping[str, Any]) -> list[str]:
     output = prediction.get("output")
     items = output if isinstance(output, list) else [output]
     return [str(item) for item in items if isinstance(item, str) and item]
-
-
-def from_data_uri(uri: str) -> Image:
-    """A base64 data URI's text, passed on untouched; its mime from the URI's header."""
-    header, _, data = uri.partition(",")
-    mime = header[5:].split(";")[0].strip().lower()
-    if not header.endswith(";base64") or not mime.startswith("image/") or not data:
-        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream returned a data URI that "
-                                                          "is not a base64 image"))
-    return Image(mime="image/jpeg" if mime == "image/jpg" else mime, b64=data)
-
-
-def classify_download(reply: UpstreamReply) -> Failure | None:
-    """A result file that cannot be had (expired, gone) is the upstream's breakage."""
-    if reply.status == 200:
-        return None
-    return Failure(Kind.UPSTREAM_BROKEN, f"could not download the result image "
-                                         f"(HTTP {reply.status})", None, reply.status)
-
-
-def from_download(reply: UpstreamReply) -> Image:
-    """A fetched result file as an Image: mime from its magic bytes, else its content-type."""
-    kind = imaging.sniff(reply.body)
-    declared = reply.headers.get("content-type", "").split(";")[0].strip().lower()
-    mime = f"image/{kind}" if kind else declared
-    if not mime.startswith("image/") or not reply.body:
-        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "result file is not an image"))
-    return Image(mime=mime, b64=base64.b64encode(reply.body).decode("ascii"))
 
 
 def collect(prediction: Mapping[str, Any], request: ImageRequest, options: Options) -> Flow:
@@ -288,11 +205,7 @@ def collect(prediction: Mapping[str, Any], request: ImageRequest, options: Optio
                                                           "without output"))
     images = []
     for item in found[: request.n]:
-        if item.startswith("data:"):
-            images.append(from_data_uri(item))
-        else:
-            reply = check((yield UpstreamCall("GET", item, kind="fetch")), classify_download)
-            images.append(from_download(reply))
+        images.append((yield from result_image(item)))
     return ImageResult(images=tuple(images), upstream_id=str(prediction.get("id")))
 
 

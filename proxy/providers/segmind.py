@@ -16,139 +16,42 @@ import binascii
 import datetime as dt
 import time
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from proxy import imaging
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
-from proxy.failures import (
-    MAX_RETRY_AFTER_S,
-    Failure,
-    Kind,
-    UpstreamError,
-    from_status,
-    retry_after,
-)
-from proxy.providers.base import Adapter, Flow, Sleep, Step, UpstreamCall, UpstreamReply, check
-
-# Shared result handling, from the first submit+poll protocol.
-from proxy.providers.replicate import (
+from proxy.failures import MAX_RETRY_AFTER_S, Failure, Kind, UpstreamError, from_status, retry_after
+from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, check
+from proxy.providers.results import from_download, json_or_none, result_image, safe_text
+from proxy.providers.segmind_options import Options
+from proxy.providers.upstream import (
     api_key,
-    classify_download,
-    data_uri,
-    from_data_uri,
-    from_download,
-    own_host,
-    safe_text,
+    auth_for,
+    mask_refused,
+    pauses,
+    reference,
+    renamed,
+    shape_values,
 )
 
-# Nano Banana 2's input vocabulary on Segmind [C]; "" leaves a field out.
-FIELDS = {"prompt": "prompt", "images": "image_urls", "aspect_ratio": "aspect_ratio",
-          "resolution": "output_resolution", "output_format": "output_format", "seed": "seed"}
-OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "png"}  # Switchyard converts webp
-STATES = {"QUEUED": "pending", "PROCESSING": "pending", "COMPLETED": "completed",
-          "FAILED": "failed"}
-# Where a finished body's images are, first match wins: `images[].url`, `output` (a URL, or
-# text from a TEXT_AND_IMAGE model), `image` (base64, older v1 JSON answers).
-RESULT_FIELDS = ("images", "output", "image")
-BLOCK_MARKERS = ("nsfw", "safety", "content policy", "prohibited", "moderation", "flagged",
-                 "sensitive")
-CREDIT_MARKERS = ("credit", "spend limit", "balance")
-# A FAILED job whose text names its input is the request's fault, not Segmind's.
-INVALID_MARKERS = ("validation error", "mandatory", "must be", "not supported", "allowed values",
-                   "invalid input", "invalid parameter")
 TIMEOUT_MARKERS = ("timed out", "timeout")
-RESET_HEADER = "x-rate-limit-reset-at-utc"
-VIA_V1 = ("auto", "image", "json")
+
+__all__ = ["ADAPTER", "Options", "flow", "reset_after"]
 
 Poll = Generator[Step, UpstreamReply | None, dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """How to talk to one route: read from the provider's options, then the route's."""
-
-    api: str = "v2"  # "v2": submit + poll; "v1": one blocking call (maintenance mode)
-    v1_path: str = "/v1/{model}"
-    v2_path: str = "/v2/{model}"
-    v1_response: str = "auto"  # "image" | "json" | "auto" (by content type): [U]
-    states: Mapping[str, str] = field(default_factory=lambda: STATES)
-    result_fields: tuple[str, ...] = RESULT_FIELDS
-    poll_interval_s: float = 1.0
-    poll_interval_max_s: float = 5.0
-    poll_backoff: float = 1.5
-    max_wait_s: float = 300.0
-    fields: Mapping[str, str] = field(default_factory=lambda: FIELDS)
-    output_formats: Mapping[str, str] = field(default_factory=lambda: OUTPUT_FORMATS)
-    resolutions: Mapping[str, str] = field(default_factory=dict)
-    extra_input: Mapping[str, Any] = field(default_factory=dict)
-    edit_aspect_ratio: str = ""  # an edit with no size asked: "" leaves the model's default
-    inline_images: bool = True  # uploaded bytes go as data URIs in image_urls: [U]
-    block_markers: tuple[str, ...] = BLOCK_MARKERS
-    credit_markers: tuple[str, ...] = CREDIT_MARKERS
-    invalid_markers: tuple[str, ...] = INVALID_MARKERS
-    reset_header: str = RESET_HEADER
-
-    @classmethod
-    def of(cls, route: Route) -> Options:
-        given = {**route.provider.options, **route.options}
-        options = cls(
-            api=str(given.get("api", "v2")), v1_path=str(given.get("v1_path", "/v1/{model}")),
-            v2_path=str(given.get("v2_path", "/v2/{model}")),
-            v1_response=str(given.get("v1_response", "auto")),
-            states={**STATES, **given.get("states", {})},
-            result_fields=tuple(given.get("result_fields", RESULT_FIELDS)),
-            poll_interval_s=float(given.get("poll_interval_s", 1.0)),
-            poll_interval_max_s=float(given.get("poll_interval_max_s", 5.0)),
-            poll_backoff=float(given.get("poll_backoff", 1.5)),
-            max_wait_s=float(given.get("max_wait_s", 300.0)),
-            fields={**FIELDS, **given.get("fields", {})},
-            output_formats={**OUTPUT_FORMATS, **given.get("output_formats", {})},
-            resolutions=dict(given.get("resolutions", {})),
-            extra_input=dict(given.get("extra_input", {})),
-            edit_aspect_ratio=str(given.get("edit_aspect_ratio", "")),
-            inline_images=bool(given.get("inline_images", True)),
-            block_markers=tuple(given.get("content_block_markers", BLOCK_MARKERS)),
-            credit_markers=tuple(given.get("credit_markers", CREDIT_MARKERS)),
-            invalid_markers=tuple(given.get("invalid_markers", INVALID_MARKERS)),
-            reset_header=str(given.get("reset_header", RESET_HEADER)),
-        )
-        if options.api not in ("v1", "v2") or options.v1_response not in VIA_V1:
-            raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "route options: api must be v1 "
-                                        "or v2, and v1_response auto, image or json"))
-        return options
 
 
 def model_input(request: ImageRequest, options: Options) -> dict[str, Any]:
     """The model's body: the request in its own vocabulary (one image per call)."""
     if request.mask is not None:
-        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this model cannot apply a 'mask'; "
-                                                      "describe the edit in the prompt instead"))
-    values: dict[str, Any] = {
-        "prompt": request.prompt, "seed": request.seed,
-        "aspect_ratio": request.geometry.aspect_ratio,
-        "resolution": options.resolutions.get(request.geometry.tier, request.geometry.tier),
-        "output_format": options.output_formats.get(request.output_format),
-    }
-    if request.kind == "edit" and request.geometry.source == "default":
-        values["aspect_ratio"] = options.edit_aspect_ratio or None
+        raise mask_refused()
+    values = shape_values(request, options.resolutions, options.output_formats,
+                          options.edit_aspect_ratio or None)
     if request.images:
-        values["images"] = [_reference(image.url, image.mime, image.data, options)
-                            for image in request.images]
-    built = dict(options.extra_input)
-    built.update({options.fields[k]: v for k, v in values.items()
-                  if options.fields.get(k) and v is not None})
-    return built
-
-
-def _reference(url: str | None, mime: str, data: bytes | None, options: Options) -> str:
-    if url:
-        return url
-    if not options.inline_images:
-        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this route takes reference images as "
-                                                      "https URLs only ('image_urls')"))
-    return data_uri(mime, data or b"")
+        values["images"] = [reference(image, options.inline_images) for image in request.images]
+    return renamed(values, options.fields, options.extra_input)
 
 
 def build(request: ImageRequest, route: Route, key: str, options: Options) -> UpstreamCall:
@@ -190,15 +93,8 @@ def _has(text: str, markers: tuple[str, ...]) -> bool:
     return any(marker.lower() in text for marker in markers)
 
 
-def _body(reply: UpstreamReply) -> Any:
-    try:
-        return reply.json()
-    except ValueError:
-        return None
-
-
 def _error_text(reply: UpstreamReply) -> str:
-    body = _body(reply)
+    body = json_or_none(reply)
     if isinstance(body, dict):
         found = body.get("error_description") or body.get("error") or body.get("message")
         return safe_text(found or "no detail")
@@ -230,7 +126,7 @@ def _state(body: Mapping[str, Any], options: Options) -> str:
 def _job(reply: UpstreamReply | None, what: str, options: Options) -> dict[str, Any]:
     """A status or result body. A finished job's body counts whatever the HTTP status (FAILED
     comes under 422); any other error is classified, and a body that is no object is broken."""
-    body = _body(reply) if reply is not None else None
+    body = json_or_none(reply) if reply is not None else None
     if not (isinstance(body, dict) and _state(body, options) != "pending"):
         check(reply, lambda r: classify(r, options))
     if not isinstance(body, dict):
@@ -252,20 +148,15 @@ def job_failure(body: Mapping[str, Any], options: Options) -> Failure:
 
 
 def _auth(url: str, route: Route, key: str) -> dict[str, str]:
-    return {"x-api-key": key} if own_host(url, route) else {}
+    return auth_for(url, route, "x-api-key", key)
 
 
 def wait_done(submitted: dict[str, Any], route: Route, key: str, options: Options) -> Poll:
     """Poll the status URL until the job is finished, within the route's max wait."""
-    started = time.monotonic()
-    interval = options.poll_interval_s
+    waits = pauses(options, "Segmind request unfinished")
     status = submitted
     while _state(status, options) == "pending":
-        if time.monotonic() - started + interval > options.max_wait_s:
-            raise UpstreamError(Failure(Kind.TIMEOUT, f"Segmind request unfinished after "
-                                                      f"{options.max_wait_s:g} s"))
-        yield Sleep(interval)
-        interval = min(interval * options.poll_backoff, options.poll_interval_max_s)
+        yield next(waits)
         url = str(submitted["status_url"])
         status = _job((yield UpstreamCall("GET", url, _auth(url, route, key), kind="poll")),
                       "status", options)
@@ -304,11 +195,8 @@ def collect(body: Mapping[str, Any], upstream_id: str | None, request: ImageRequ
     for item in result_items(body, options):
         if len(images) == request.n:
             break
-        if item.startswith("data:"):
-            images.append(from_data_uri(item))
-        elif item.startswith(("https://", "http://")):
-            reply = check((yield UpstreamCall("GET", item, kind="fetch")), classify_download)
-            images.append(from_download(reply))
+        if item.startswith(("data:", "https://", "http://")):
+            images.append((yield from result_image(item)))
         elif (image := _decoded(item)) is not None:
             images.append(image)
         else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from collections.abc import Generator, Mapping
 from dataclasses import replace
 from functools import partial
@@ -29,17 +28,18 @@ from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
 from proxy.providers import jsonpath
-from proxy.providers.base import Adapter, Flow, Sleep, Step, UpstreamCall, UpstreamReply, check
+from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, check
 from proxy.providers.jsonpath import Path
-from proxy.providers.replicate import (
-    api_key,
-    classify_download,
-    from_data_uri,
-    from_download,
-    own_host,
-    safe_text,
-)
+from proxy.providers.results import json_or_none, result_image, safe_text
 from proxy.providers.task_options import PLACEHOLDER, Options, placeholders, token, validate
+from proxy.providers.upstream import (
+    api_key,
+    auth_for,
+    keeps_input_shape,
+    mask_refused,
+    pauses,
+    reference,
+)
 
 __all__ = ["ADAPTER", "Options", "flow", "render", "validate"]
 
@@ -73,13 +73,12 @@ def render(template: Any, values: Mapping[str, Any]) -> Any:
 def body_values(request: ImageRequest, route: Route, options: Options) -> dict[str, Any]:
     """The request's fields under the names body templates use."""
     if request.mask is not None:
-        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this model cannot apply a 'mask'; "
-                                                      "describe the edit in the prompt instead"))
+        raise mask_refused()
     if request.images and "images" not in placeholders(options.body):
         raise UpstreamError(Failure(Kind.BAD_REQUEST, f"{route.provider.name} takes no "
                                                       f"reference images ('image')"))
     shape = request.geometry
-    keeps_input = request.kind == "edit" and shape.source == "default"
+    keeps_input = keeps_input_shape(request)
     size = shape.exact_size or geometry.size_text(*geometry.pixels(shape.aspect_ratio,
                                                                    shape.tier))
     return {
@@ -87,19 +86,11 @@ def body_values(request: ImageRequest, route: Route, options: Options) -> dict[s
         "aspect_ratio": options.edit_aspect_ratio if keeps_input and options.edit_aspect_ratio
         else shape.aspect_ratio,
         "resolution": options.resolutions.get(shape.tier, shape.tier), "size": size,
-        "images": [_reference(i.url, i.mime, i.data, options) for i in request.images] or None,
+        "images": [reference(i, options.inline_images, options.provider, "image")
+                   for i in request.images] or None,
         "output_format": options.output_formats.get(request.output_format),
         "callback_url": options.callback_url or None, "seed": request.seed,
     }
-
-
-def _reference(url: str | None, mime: str, data: bytes | None, options: Options) -> str:
-    if url:
-        return url
-    if not options.inline_images:
-        raise UpstreamError(Failure(Kind.BAD_REQUEST, f"{options.provider} takes reference "
-                                                      f"images as https URLs only ('image')"))
-    return f"data:{mime};base64,{base64.b64encode(data or b'').decode('ascii')}"
 
 
 def _fill(path: str, values: Mapping[str, str]) -> str:
@@ -108,9 +99,7 @@ def _fill(path: str, values: Mapping[str, str]) -> str:
 
 def _auth(url: str, route: Route, key: str, options: Options) -> dict[str, str]:
     """The key goes only to the provider's own host."""
-    if not own_host(url, route):
-        return {}
-    return {options.auth_header: f"{options.auth_scheme} {key}".strip()}
+    return auth_for(url, route, options.auth_header, f"{options.auth_scheme} {key}".strip())
 
 
 def submit_call(request: ImageRequest, route: Route, key: str, options: Options) -> UpstreamCall:
@@ -137,7 +126,7 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     """An HTTP error as a failure, from its status, its code and its message; None for 2xx."""
     if 200 <= reply.status < 300:
         return None
-    body = _json_or_none(reply)
+    body = json_or_none(reply)
     text = _text_at(options.error_message, body) or \
         safe_text(reply.body.decode("utf-8", "replace")) or "no detail"
     return failure(options, jsonpath.first(options.error_code, body), text, reply.headers,
@@ -169,13 +158,6 @@ def failure(options: Options, code: Any, text: str, headers: httpx.Headers,
 
 def _http_like(code: str | None) -> int | None:
     return int(code) if code and code.isdigit() and 400 <= int(code) <= 599 else None
-
-
-def _json_or_none(reply: UpstreamReply) -> Any:
-    try:
-        return reply.json()
-    except ValueError:
-        return None
 
 
 def _text_at(paths: tuple[Path, ...], body: Any) -> str:
@@ -221,15 +203,10 @@ def wait_done(submitted: dict[str, Any], task_id: str, route: Route, key: str,
     """Poll until the task leaves pending, within the route's max wait."""
     call = poll_call(submitted, task_id, route, key, options)
     classified = partial(classify, options=options)
-    started = time.monotonic()
-    interval = options.poll_interval_s
+    waits = pauses(options, f"{options.provider} task unfinished")
     task, state = submitted, state_of(submitted, options, required=False)
     while state == "pending":
-        if time.monotonic() - started + interval > options.max_wait_s:
-            raise UpstreamError(Failure(Kind.TIMEOUT, f"{options.provider} task unfinished "
-                                                      f"after {options.max_wait_s:g} s"))
-        yield Sleep(interval)
-        interval = min(interval * options.poll_backoff, options.poll_interval_max_s)
+        yield next(waits)
         task = envelope(check((yield call), classified), options)
         state = state_of(task, options)
     return task, state
@@ -252,11 +229,8 @@ def collect(task: Mapping[str, Any], task_id: str, request: ImageRequest, route:
                       f"options.result_paths")
     images = []
     for item in found[: request.n]:
-        if item.startswith("data:"):
-            images.append(from_data_uri(item))
-        elif item.startswith(("https://", "http://")):
-            call = UpstreamCall("GET", item, _auth(item, route, key, options), kind="fetch")
-            images.append(from_download(check((yield call), classify_download)))
+        if item.startswith(("data:", "https://", "http://")):
+            images.append((yield from result_image(item, _auth(item, route, key, options))))
         else:
             images.append(from_b64(item))
     return ImageResult(images=tuple(images), upstream_id=task_id)

@@ -15,6 +15,7 @@ from proxy.catalog import Route
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import jsonpath
 from proxy.providers.jsonpath import Path, PathError
+from proxy.providers.upstream import PACING, Pacing
 
 STATES = ("pending", "succeeded", "failed")
 BODY_FIELDS = frozenset({"model", "prompt", "n", "aspect_ratio", "resolution", "size", "images",
@@ -28,7 +29,7 @@ PLACEHOLDER = re.compile(r"\{(\w+)\}")
 REQUIRED = ("submit_path", "body", "task_id_path", "state_path", "states", "result_paths")
 PATHS = ("task_id_path", "poll_url_path", "state_path", "result_paths", "error_message_path",
          "error_code_path", "code_path")
-NUMBERS = ("poll_interval_s", "poll_interval_max_s", "poll_backoff", "max_wait_s")
+NUMBERS = PACING
 TEXTS = ("auth_header", "auth_scheme", "edit_aspect_ratio", "callback_url")
 TABLES = ("resolutions", "output_formats", "error_kinds")
 METHODS = {"submit_method": ("POST", "PUT"), "poll_method": ("GET", "POST")}
@@ -38,8 +39,8 @@ KNOWN = frozenset({*REQUIRED, *PATHS, *NUMBERS, *TEXTS, *TABLES, *METHODS, "poll
                    "token_command", "token_lifetime_s"})
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options(Pacing):
     """A route's task settings, read from the provider's options then the route's."""
 
     provider: str
@@ -67,10 +68,6 @@ class Options:
     inline_images: bool = False
     callback_url: str = ""
     block_markers: tuple[str, ...] = BLOCK_MARKERS
-    poll_interval_s: float = 1.0
-    poll_interval_max_s: float = 5.0
-    poll_backoff: float = 1.5
-    max_wait_s: float = 300.0
 
     @classmethod
     def of(cls, route: Route) -> Options:
@@ -85,7 +82,6 @@ class Options:
             value = given.get(name, default)
             return jsonpath.compile_paths(value) if value else ()
 
-        numbers = {name: float(given[name]) for name in NUMBERS if name in given}
         return cls(
             provider=route.provider.name, submit_path=given["submit_path"], body=given["body"],
             task_id=paths("task_id_path"), state=paths("state_path"),
@@ -104,7 +100,8 @@ class Options:
             edit_aspect_ratio=given.get("edit_aspect_ratio", ""),
             inline_images=given.get("inline_images", False),
             callback_url=given.get("callback_url", ""),
-            block_markers=tuple(given.get("content_block_markers", BLOCK_MARKERS)), **numbers,
+            block_markers=tuple(given.get("content_block_markers", BLOCK_MARKERS)),
+            **Pacing.given(given),
         )
 
 

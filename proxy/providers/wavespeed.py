@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -21,138 +19,36 @@ from urllib.parse import quote
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
-from proxy.providers.base import (
-    Adapter,
-    Flow,
-    Sleep,
-    Step,
-    UpstreamCall,
-    UpstreamReply,
-    always,
-    check,
-)
-
-# Shared with the other protocols; `_auth` (replicate) and `_json_or_none` (fal) are private
-# there, used as they are until a common module holds the submit-and-poll helpers.
-from proxy.providers.fal import _json_or_none
-from proxy.providers.images_api import error_kinds, json_object, match_kind, peek
-from proxy.providers.replicate import (
-    _auth,
+from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, always, check
+from proxy.providers.images_api import json_object, match_kind, peek
+from proxy.providers.results import json_or_none, result_image, safe_text
+from proxy.providers.upstream import (
     api_key,
-    classify_download,
-    data_uri,
-    from_data_uri,
-    from_download,
-    safe_text,
+    bearer,
+    mask_refused,
+    pauses,
+    reference,
+    renamed,
+    shape_values,
 )
+from proxy.providers.wavespeed_options import Options, validate
 
-FIELDS = {"prompt": "prompt", "images": "images", "aspect_ratio": "aspect_ratio",
-          "resolution": "resolution", "output_format": "output_format", "seed": ""}
-OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "webp": "png"}  # webp: converted by us
-RESOLUTIONS = {"0.5K": "0.5k", "1K": "1k", "2K": "2k", "4K": "4k"}  # 0.5k is [U]
-BLOCK_MARKERS = ("sensitive", "nsfw", "content policy", "moderation", "safety")
-# Words of an auth-style refusal that only a top-up cures (keys stay inert until then).
-TOPUP_MARKERS = ("top up", "top-up", "topup", "insufficient balance", "insufficient credit")
-# `data.code` of a failed prediction (wavespeed.ai/docs/error-codes); `error_kinds` overrides.
-ERROR_KINDS = {"1200": Kind.CONTENT_BLOCKED, "1400": Kind.BAD_REQUEST,
-               "1401": Kind.BAD_REQUEST, "1402": Kind.BAD_REQUEST,
-               "5003": Kind.OVERLOADED, "5004": Kind.TIMEOUT}
 SIGNATURE_VERSION = "v3"
+
+__all__ = ["ADAPTER", "Options", "flow", "validate", "verify_webhook"]
 
 Poll = Generator[Step, UpstreamReply | None, dict[str, Any]]
 Uploads = Generator[Step, UpstreamReply | None, list[str]]
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """How to talk to one route: read from the provider's options, then the route's."""
-
-    poll_interval_s: float = 1.0
-    poll_interval_max_s: float = 5.0
-    poll_backoff: float = 1.5
-    max_wait_s: float = 300.0
-    submit_path: str = "/{model}/text-to-image"  # {model}: the route's upstream_model
-    edit_path: str = "/{model}/edit"  # used when reference images are given
-    result_path: str = "/predictions/{id}/result"
-    follow_urls_get: bool = False  # poll data.urls.get instead of result_path
-    upload_path: str = "/media/upload/binary"
-    inline_images: bool = False  # uploaded bytes as data URIs instead of uploading them first
-    fields: Mapping[str, str] = field(default_factory=lambda: FIELDS)
-    output_formats: Mapping[str, str] = field(default_factory=lambda: OUTPUT_FORMATS)
-    resolutions: Mapping[str, str] = field(default_factory=lambda: RESOLUTIONS)
-    edit_aspect_ratio: str = ""  # "": an edit with no size asked leaves it out (keeps input's)
-    extra_input: Mapping[str, Any] = field(default_factory=dict)
-    completed_states: tuple[str, ...] = ("completed",)
-    failed_states: tuple[str, ...] = ("failed",)
-    block_markers: tuple[str, ...] = BLOCK_MARKERS
-    topup_markers: tuple[str, ...] = TOPUP_MARKERS
-    error_kinds: Mapping[str, Kind] = field(default_factory=lambda: ERROR_KINDS)
-
-    @classmethod
-    def of(cls, route: Route) -> Options:
-        given = {**route.provider.options, **route.options}
-        text = {name: str(given[name]) for name in (
-            "submit_path", "edit_path", "result_path", "upload_path", "edit_aspect_ratio")
-            if name in given}
-        return cls(
-            poll_interval_s=float(given.get("poll_interval_s", 1.0)),
-            poll_interval_max_s=float(given.get("poll_interval_max_s", 5.0)),
-            poll_backoff=float(given.get("poll_backoff", 1.5)),
-            max_wait_s=float(given.get("max_wait_s", 300.0)),
-            follow_urls_get=bool(given.get("follow_urls_get")),
-            inline_images=bool(given.get("inline_images")),
-            fields={**FIELDS, **given.get("fields", {})},
-            output_formats={**OUTPUT_FORMATS, **given.get("output_formats", {})},
-            resolutions={**RESOLUTIONS, **given.get("resolutions", {})},
-            extra_input=dict(given.get("extra_input", {})),
-            completed_states=tuple(given.get("completed_states", ("completed",))),
-            failed_states=tuple(given.get("failed_states", ("failed",))),
-            block_markers=tuple(given.get("content_block_markers", BLOCK_MARKERS)),
-            topup_markers=tuple(given.get("topup_markers", TOPUP_MARKERS)),
-            error_kinds=error_kinds(route, ERROR_KINDS), **text)
-
-    @property
-    def terminal(self) -> frozenset[str]:
-        return frozenset(self.completed_states + self.failed_states)
-
-
-KNOWN = {f.name for f in fields(Options)} - {"block_markers"} | {"content_block_markers",
-                                                                  "token_command"}
-
-
-def validate(options: Mapping[str, Any]) -> list[str]:
-    """Problems with a route's merged options, found when the catalog loads rather than as
-    a failed request: misspelt names, unknown failure kinds, unusable paths and states."""
-    problems = [f"options.{name}: unknown option" for name in options if name not in KNOWN]
-    kinds = sorted(kind.value for kind in Kind)
-    problems += [f"options.error_kinds.{code}: {kind!r} is not one of {', '.join(kinds)}"
-                 for code, kind in dict(options.get("error_kinds", {})).items()
-                 if kind not in kinds]
-    if "{id}" not in str(options.get("result_path", "{id}")):
-        problems.append("options.result_path: must contain {id}")
-    problems += [f"options.{name}: must be a non-empty list of state names"
-                 for name in ("completed_states", "failed_states")
-                 if name in options and not (isinstance(options[name], list) and options[name])]
-    return problems
-
-
 def model_input(request: ImageRequest, references: list[str], options: Options
                 ) -> dict[str, Any]:
     """The submit body: the request in the model's own vocabulary."""
-    tier = request.geometry.tier
-    values: dict[str, Any] = {
-        "prompt": request.prompt, "seed": request.seed,
-        "aspect_ratio": request.geometry.aspect_ratio,
-        "resolution": options.resolutions.get(tier, tier.lower()),
-        "output_format": options.output_formats.get(request.output_format),
-        "images": references or None,
-    }
-    if request.kind == "edit" and request.geometry.source == "default":
-        values["aspect_ratio"] = options.edit_aspect_ratio or None
-    built = dict(options.extra_input)
-    built.update({options.fields[k]: v for k, v in values.items()
-                  if options.fields.get(k) and v is not None})
-    return built
+    tier = request.geometry.tier  # a tier the route does not list goes lower-cased ("2k")
+    values = shape_values(request, {tier: options.resolutions.get(tier, tier.lower())},
+                          options.output_formats, options.edit_aspect_ratio or None)
+    values["images"] = references or None
+    return renamed(values, options.fields, options.extra_input)
 
 
 def upload_references(request: ImageRequest, route: Route, key: str, options: Options
@@ -160,16 +56,15 @@ def upload_references(request: ImageRequest, route: Route, key: str, options: Op
     """Reference images as URLs WaveSpeed can read: URLs as given, bytes uploaded first
     (WaveSpeed's media upload) or, with `inline_images`, sent as data URIs."""
     if request.mask is not None:
-        raise UpstreamError(Failure(Kind.BAD_REQUEST, "this model cannot apply a 'mask'; "
-                                                      "describe the edit in the prompt instead"))
+        raise mask_refused()
     urls: list[str] = []
     for number, image in enumerate(request.images, 1):
         if image.url or options.inline_images:
-            urls.append(image.url or data_uri(image.mime, image.data or b""))
+            urls.append(reference(image))
             continue
         name = f"reference-{number}.{image.mime.removeprefix('image/')}"
         url = route.provider.base_url + options.upload_path
-        call = UpstreamCall("POST", url, headers=_auth(url, route, key),
+        call = UpstreamCall("POST", url, headers=bearer(url, route, key),
                             files=(("file", (name, image.data or b"", image.mime)),))
         data = _data(check((yield call), partial(classify, options=options)), "upload")
         stored = data.get("download_url") or data.get("url")
@@ -185,7 +80,7 @@ def build(request: ImageRequest, route: Route, key: str, options: Options,
     """The submit: the model's text-to-image path, or its edit path when images are given."""
     path = options.edit_path if references else options.submit_path
     url = route.provider.base_url + path.replace("{model}", route.upstream_model)
-    headers = _auth(url, route, key)
+    headers = bearer(url, route, key)
     if hook := route.options.get("callback_url"):
         url += f"?webhook={quote(str(hook), safe='')}"
     return UpstreamCall("POST", url, headers=headers,
@@ -194,7 +89,7 @@ def build(request: ImageRequest, route: Route, key: str, options: Options,
 
 def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     """An error status, or an error `code` in a 2xx envelope, as a failure; else None."""
-    body = _json_or_none(reply)
+    body = json_or_none(reply)
     code = body.get("code") if isinstance(body, dict) else None
     status = reply.status
     if 200 <= status < 300:
@@ -246,16 +141,11 @@ def prediction_failure(data: Mapping[str, Any], options: Options) -> Failure:
 def wait_done(data: dict[str, Any], route: Route, key: str, options: Options) -> Poll:
     """Poll the prediction's result until it reaches a terminal state or the route's max wait.
     WaveSpeed documents no cancel: a prediction given up on may still finish (and bill)."""
-    started = time.monotonic()
-    interval = options.poll_interval_s
+    waits = pauses(options, "WaveSpeed prediction unfinished")
     url = _result_url(data, route, options)
-    headers = _auth(url, route, key)  # no key to a urls.get on another host
+    headers = bearer(url, route, key)  # no key to a urls.get on another host
     while data.get("status") not in options.terminal:
-        if time.monotonic() - started + interval > options.max_wait_s:
-            raise UpstreamError(Failure(Kind.TIMEOUT, f"WaveSpeed prediction unfinished "
-                                                      f"after {options.max_wait_s:g} s"))
-        yield Sleep(interval)
-        interval = min(interval * options.poll_backoff, options.poll_interval_max_s)
+        yield next(waits)
         reply = check((yield UpstreamCall("GET", url, headers, kind="poll")),
                       partial(classify, options=options))
         data = _data(reply, "result")
@@ -278,11 +168,8 @@ def collect(data: Mapping[str, Any], request: ImageRequest, options: Options) ->
                                                           "without output"))
     images = []
     for item in kept[: request.n]:
-        if item.startswith("data:"):
-            images.append(from_data_uri(item))
-        elif item.startswith(("https://", "http://")):
-            reply = check((yield UpstreamCall("GET", item, kind="fetch")), classify_download)
-            images.append(from_download(reply))
+        if item.startswith(("data:", "https://", "http://")):
+            images.append((yield from result_image(item)))
         else:
             images.append(_from_base64(item))
     return ImageResult(images=tuple(images), upstream_id=str(data.get("id")))

@@ -29,9 +29,9 @@ from proxy import geometry, imaging
 from proxy.catalog import Capabilities, Provider, Route
 from proxy.config import Secret
 from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS, Geometry, ImageRequest, ImageResult
-from proxy.failures import Failure, UpstreamError
-from proxy.providers import flows
+from proxy.failures import Failure
 from proxy.providers.base import Adapter
+from tests import protocol_kit
 
 API_HOST = "api.openai.com"
 BASE_URL = f"https://{API_HOST}/v1"
@@ -265,17 +265,9 @@ def make_request(prompt: str = "a lighthouse at dawn", *, size: str | None = Non
 def run(adapter: Adapter, request: ImageRequest, route: Route,
         transport: httpx.AsyncBaseTransport, deadline_s: float = 10.0) -> ImageResult:
     """One attempt through the real driver (flows.generate), as the router makes it."""
-    async def go() -> ImageResult:
-        async with httpx.AsyncClient(transport=transport) as client:
-            return await flows.generate(adapter, route, request, client,
-                                        time.monotonic() + deadline_s)
-    return asyncio.run(go())
+    return protocol_kit.run(adapter, transport, request, route, deadline_s)
 
 
 def failure_of(adapter: Adapter, request: ImageRequest, route: Route,
                transport: httpx.AsyncBaseTransport, deadline_s: float = 10.0) -> Failure:
-    try:
-        run(adapter, request, route, transport, deadline_s)
-    except UpstreamError as exc:
-        return exc.failure
-    raise AssertionError("the attempt succeeded")
+    return protocol_kit.failure_of(adapter, transport, request, route, deadline_s)
