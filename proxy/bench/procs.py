@@ -1,0 +1,193 @@
+"""The overhead benchmark's processes: the fake upstream and Switchyard itself, each started as a
+user would start it, on real loopback sockets, and read through /proc while they run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from proxy.billing.store import Store
+
+MODEL = "bench-image"
+KEY_ENV = "SWITCHYARD_BENCH_UPSTREAM_KEY"
+START_TIMEOUT_S = 30.0
+
+_PROVIDERS = """\
+[bench]
+protocol = "openai_images"
+base_url = "http://127.0.0.1:{port}/v1"
+key_env = "{key_env}"
+timeout_s = 120
+max_in_flight = 64
+"""
+_MODEL = """\
+name = "{model}"
+default_strategy = "cheapest"
+
+[capabilities]
+aspect_ratios = ["1:1"]
+output_formats = ["png"]
+
+[[routes]]
+provider = "bench"
+upstream_model = "{model}"
+typical_latency_s = 1
+price.per_image = {{ "1K" = 0.01 }}
+options.sizes = ["1024x1024"]
+"""
+
+
+class BenchError(RuntimeError):
+    """A process would not start, or a request did not come back as it should."""
+
+
+@contextlib.contextmanager
+def upstream(sizes: Sequence[int], delay_s: float) -> Iterator[int]:
+    """The fake upstream (proxy.bench.upstream) in its own process; yields its port."""
+    command = [sys.executable, "-m", "proxy.bench.upstream",
+               "--sizes", ",".join(str(s) for s in sizes), "--delay", str(delay_s)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
+        line = process.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            raise BenchError("the fake upstream did not start")
+        yield int(line)
+    finally:
+        _stop(process)
+
+
+def write_routes(routes_dir: Path, upstream_port: int) -> None:
+    """A catalog of one provider (the fake upstream, openai_images) and one model."""
+    (routes_dir / "models").mkdir(parents=True, exist_ok=True)
+    (routes_dir / "providers.toml").write_text(
+        _PROVIDERS.format(port=upstream_port, key_env=KEY_ENV))
+    (routes_dir / "models" / f"{MODEL}.toml").write_text(_MODEL.format(model=MODEL))
+
+
+def create_key(data_dir: Path) -> str:
+    with Store(data_dir / "switchyard.db") as store:
+        return store.create_key("bench")[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    pid: int
+    base_url: str
+
+
+@contextlib.contextmanager
+def switchyard(routes_dir: Path, data_dir: Path) -> Iterator[Server]:
+    """`python -m proxy serve --port P` with the bench catalog, until the block ends."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env.update({"SWITCHYARD_ROUTES_DIR": str(routes_dir), "SWITCHYARD_DATA_DIR": str(data_dir),
+                "SWITCHYARD_DEMO": "0", KEY_ENV: "sk-bench-upstream"})
+    log_path = data_dir / "switchyard.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_healthy(process, base_url, log_path)
+        yield Server(process.pid, base_url)
+    finally:
+        _stop(process)
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise BenchError(f"Switchyard did not become ready; its log ends:\n{tail}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+# --- /proc ------------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS (resident now) or VmHWM (peak resident since the last reset) of a process."""
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(field.encode() + b":"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no {field} in /proc/{pid}/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PeakMemory:
+    """A process's peak RSS over a block: the kernel's VmHWM, reset at the start when
+    /proc/PID/clear_refs allows it, and a sampler thread reading VmRSS every few ms as a
+    cross-check (and the only source where the reset is refused)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.sampled = 0
+        self.peak = 0
+        self._reset = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as refs:
+                refs.write("5")
+            self._reset = True
+        except OSError:
+            self._reset = False
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        hwm = rss_bytes(self.pid, "VmHWM") if self._reset else 0
+        self.peak = max(self.sampled, hwm)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, BenchError):
+                self.sampled = max(self.sampled, rss_bytes(self.pid))
+            self._stop.wait(self.interval_s)
