@@ -17,8 +17,6 @@ from proxy.domain import Image, ImageRequest, ImageResult
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-# Enough base64 to hold any PNG/WebP header and a JPEG's SOF behind modest EXIF data.
-_HEADER_B64_CHARS = 96 * 1024
 
 
 async def conform(result: ImageResult, request: ImageRequest) -> tuple[ImageResult, bool]:
@@ -36,12 +34,7 @@ async def conform(result: ImageResult, request: ImageRequest) -> tuple[ImageResu
 
 def size_of(image: Image) -> str | None:
     """'WxH' read from the image header, decoding only a prefix of the base64."""
-    prefix = image.b64[:_HEADER_B64_CHARS]
-    prefix = prefix[: len(prefix) - len(prefix) % 4]
-    try:
-        found = imaging.dimensions(base64.b64decode(prefix))
-    except ValueError:
-        return None
+    _, found = imaging.b64_header(image.b64)
     return f"{found[0]}x{found[1]}" if found else None
 
 

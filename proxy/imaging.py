@@ -1,5 +1,7 @@
 """Cheap, real PNG/JPEG/WebP images for the simulated upstream, plus header sniffing."""
 
+import base64
+import binascii
 import hashlib
 import itertools
 import struct
@@ -298,3 +300,24 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     if kind == b"VP8X" and len(body) >= 10:
         return int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1
     return None
+
+
+# Prefixes of base64 to try, shortest first: PNG and WebP headers sit in the first 256
+# characters; a JPEG's size can follow tens of kilobytes of EXIF.
+_B64_PREFIXES = (256, 4096, 96 * 1024)
+
+
+def b64_header(b64: str) -> tuple[str | None, tuple[int, int] | None]:
+    """Format and pixel size from base64 image data, decoding as short a prefix as will do:
+    an image passes through as its base64 text and is never decoded whole for this."""
+    kind: str | None = None
+    for chars in _B64_PREFIXES:
+        prefix = b64[:chars]
+        try:
+            data = base64.b64decode(prefix[: len(prefix) // 4 * 4])
+        except (binascii.Error, ValueError):
+            return None, None
+        kind, found = sniff(data), dimensions(data)
+        if found is not None or len(b64) <= chars:
+            return kind, found
+    return kind, None

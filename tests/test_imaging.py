@@ -11,6 +11,7 @@ import pytest
 
 Image = pytest.importorskip("PIL.Image")
 
+from proxy import imaging  # noqa: E402
 from proxy.imaging import dimensions, encode, palette, sniff  # noqa: E402
 
 FORMATS = ("png", "jpeg", "webp")
@@ -189,3 +190,22 @@ if __name__ == "__main__":
             out = encode(side, side, fmt, SEED)
             ms = (time.perf_counter() - start) * 1000
             print(f"{fmt:5} {side}x{side}: {ms:7.1f} ms, {len(out):>8} bytes")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_b64_header_reads_format_and_size_from_a_prefix(fmt: str) -> None:
+    import base64
+
+    b64 = base64.b64encode(imaging.encode(640, 480, fmt, "x")).decode()
+    assert imaging.b64_header(b64) == (fmt, (640, 480))
+    assert imaging.b64_header("not base64!") == (None, None)
+
+
+def test_b64_header_reaches_a_jpeg_size_behind_a_long_header() -> None:
+    import base64
+
+    raw = imaging.encode(64, 32, "jpeg", "x")
+    # A 20 kB APP segment (as EXIF would be) between SOI and the frame header.
+    app = b"\xff\xe1" + (20_002).to_bytes(2, "big") + b"\0" * 20_000
+    b64 = base64.b64encode(raw[:2] + app + raw[2:]).decode()
+    assert imaging.b64_header(b64) == ("jpeg", (64, 32))

@@ -49,16 +49,23 @@ class Sleep:
     seconds: float
 
 
+_UNPARSED: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
-    """One HTTP response as received; `json()` decodes the body with orjson."""
+    """One HTTP response as received; `json()` decodes the body with orjson, once: classify
+    and parse both read it, and an image reply is megabytes of JSON."""
 
     status: int
     headers: httpx.Headers
     body: bytes
+    _parsed: Any = field(default=_UNPARSED, compare=False, repr=False)
 
     def json(self) -> Any:
-        return orjson.loads(self.body) if self.body else None
+        if self._parsed is _UNPARSED:
+            object.__setattr__(self, "_parsed", orjson.loads(self.body) if self.body else None)
+        return self._parsed
 
 
 Step = UpstreamCall | Sleep

@@ -6,7 +6,6 @@ Body building and reply handling are shared with vertex.py (same body, other URL
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import mimetypes
 import re
@@ -44,7 +43,6 @@ STATUSES: Mapping[str, tuple[Kind, str]] = {
 }
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _URL = re.compile(r"https?://\S+")
-_HEAD_CHARS = 65536  # enough base64 to reach a PNG/JPEG/WebP size header
 
 
 def option(route: Route, name: str, default: Any) -> Any:
@@ -158,21 +156,12 @@ def _is_image(part: Mapping[str, Any]) -> bool:
 
 def _image(data: Mapping[str, Any]) -> Image:
     b64 = str(data["data"])
-    kind = imaging.sniff(_head(b64))
+    kind, _ = imaging.b64_header(b64)
     return Image(mime=f"image/{kind}" if kind else str(data["mimeType"]), b64=b64)
 
 
-def _head(b64: str) -> bytes:
-    """The first bytes of a base64 image, for its header: decoded, never re-encoded."""
-    chars = min(len(b64), _HEAD_CHARS) // 4 * 4
-    try:
-        return base64.b64decode(b64[:chars])
-    except (binascii.Error, ValueError):
-        return b""
-
-
 def _size(b64: str) -> str | None:
-    found = imaging.dimensions(_head(b64))
+    _, found = imaging.b64_header(b64)
     return geometry.size_text(*found) if found else None
 
 

@@ -9,7 +9,6 @@ could not confirm) are route or provider options, read through `option`.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import re
 from collections.abc import Generator, Iterable, Mapping
@@ -25,8 +24,6 @@ from proxy.providers.base import Flow, Step, UpstreamCall, UpstreamReply, check
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 EXTENSION = {mime: ext for ext, mime in MIME.items()}
-# Enough base64 to reach the size in any PNG/WebP header and most JPEG frame headers.
-_PEEK_CHARS = 65_536
 _URL = re.compile(r"https?://\S+")
 _KEYLIKE = re.compile(r"\b(?:sk|key|api|r8|ooq)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 _HINTED = frozenset({Kind.RATE_LIMITED, Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN})
@@ -176,13 +173,8 @@ Collected = Generator[Step, UpstreamReply | None, Delivered]
 
 def peek(b64: str) -> tuple[str | None, tuple[int, int] | None]:
     """Mime and pixel size from the start of base64 image data, without touching the rest."""
-    head = b64[:_PEEK_CHARS]
-    try:
-        data = base64.b64decode(head[: len(head) - len(head) % 4])
-    except (binascii.Error, ValueError):
-        return None, None
-    kind = imaging.sniff(data)
-    return (MIME.get(kind) if kind else None), imaging.dimensions(data)
+    kind, found = imaging.b64_header(b64)
+    return (MIME.get(kind) if kind else None), found
 
 
 def fetch(url: str) -> Generator[Step, UpstreamReply | None, tuple[Image, str | None]]:

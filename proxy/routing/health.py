@@ -78,6 +78,7 @@ class RouteHealth:
         self._clock = clock
         self._tiers: dict[str, _Tier] = {}
         self._outcomes: deque[tuple[float, bool]] = deque()
+        self._failures = 0  # of the outcomes in the window: kept, not counted per request
         self._consecutive = 0
         self._state = State.CLOSED
         self._open_until = 0.0
@@ -154,7 +155,7 @@ class RouteHealth:
         if self._consecutive >= s.open_after_failures:
             return True
         volume = len(self._outcomes)
-        failed = sum(1 for _, ok in self._outcomes if not ok)
+        failed = self._failures
         return volume >= s.open_min_volume and failed / volume >= s.open_ratio
 
     def _open(self, now: float) -> None:
@@ -163,12 +164,13 @@ class RouteHealth:
 
     def _record(self, now: float, ok: bool) -> None:
         self._outcomes.append((now, ok))
+        self._failures += not ok
         self.last_outcome_at = now
         self._trim(now)
 
     def _trim(self, now: float) -> None:
         while self._outcomes and self._outcomes[0][0] < now - self._settings.window_s:
-            self._outcomes.popleft()
+            self._failures -= not self._outcomes.popleft()[1]
 
     def _refresh(self, now: float) -> None:
         if self._state is State.OPEN and now >= self._open_until:
@@ -184,7 +186,7 @@ class RouteHealth:
         expected = entry.ewma if entry else self._prior
         p95 = self._p95(entry, now)
         volume = len(self._outcomes)
-        ok = sum(1 for _, good in self._outcomes if good)
+        ok = volume - self._failures
         oldest = min(self._starts.values(), default=now)
         return Snapshot(
             state=self._state, available=self._available(now), expected_s=expected, p95_s=p95,
