@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from proxy import catalog as catalog_module
 from proxy import config as config_module
-from proxy.api import admin, callbacks, health, images, jobs, models, usage
+from proxy.api import admin, batches, callbacks, health, images, jobs, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
@@ -121,6 +121,13 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/v1/images/edits", images.edits, methods=["POST"]),
             Route("/v1/models", models.list_models, methods=["GET"]),
             Route("/v1/images/jobs/{job_id}", jobs.get_job, methods=["GET"]),
+            Route("/v1/files", batches.upload_file, methods=["POST"]),
+            Route("/v1/files/{file_id}", batches.get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}/content", batches.file_content, methods=["GET"]),
+            Route("/v1/batches", batches.create_batch, methods=["POST"]),
+            Route("/v1/batches", batches.list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", batches.get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
             Route("/v1/usage", usage.own_usage, methods=["GET"]),
             Route("/admin/keys", admin.list_keys, methods=["GET"]),
             Route("/admin/keys", admin.create_key, methods=["POST"]),

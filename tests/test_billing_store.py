@@ -176,3 +176,20 @@ def test_an_old_sqlite_database_upgrades_in_place(tmp_path: Path) -> None:
     with Store(path) as store:
         (record,) = store.list_keys()
         assert record.id == "key_1" and record.limits == KeyLimits()
+
+
+def test_a_later_outcome_replaces_a_failure_but_never_a_success(database: str) -> None:
+    with Store(database) as store:
+        store.money.settle(None, entry("job_1", "key_a", outcome="cancelled"))
+        store.money.settle(None, entry("job_1", "key_a", billed="0.05"))
+        store.money.settle(None, entry("job_1", "key_a", outcome="timeout"))
+        store.money.settle(None, entry("job_1", "key_a", billed="0.07"))
+        (row,) = store.db.query("SELECT outcome, billed_micros FROM ledger")
+        assert (row[0], int(row[1])) == ("success", 50_000)
+
+
+def test_a_key_without_a_budget_settles_into_spent_without_a_reservation(database: str) -> None:
+    with Store(database) as store:
+        store.money.settle(None, entry("req_1", "key_a", billed="0.05"), "2026-11")
+        store.money.settle(None, entry("req_2", "key_a", outcome="timeout"), "2026-11")
+        assert store.money.spent("key_a", "2026-11") == (Decimal("0.05"), Decimal(0))

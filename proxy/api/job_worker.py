@@ -18,6 +18,7 @@ import time
 import httpx
 import orjson
 
+from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, render
 from proxy.api.metering import Origin, charge
 from proxy.billing.jobs import Job
@@ -39,7 +40,7 @@ class Worker:
         self._secret = secret
         self._slots = asyncio.Semaphore(concurrency)
         self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False)
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], Job] = {}
 
     async def run(self) -> None:
         """Claim and run jobs until cancelled; deliver due webhooks between claims."""
@@ -47,26 +48,55 @@ class Worker:
         try:
             while True:
                 await self._slots.acquire()
-                job = await asyncio.to_thread(self._svc.store.jobs.claim, lease)
+                job = await self._claim(lease)
                 if job is None:
                     self._slots.release()
                     await self._deliver_due()
+                    await asyncio.to_thread(finalize, self._svc)
                     await asyncio.sleep(IDLE_POLL_S)
                     continue
                 task = asyncio.create_task(self._run_one(job))
-                self._running.add(task)
+                self._running[task] = job
                 task.add_done_callback(self._done)
         finally:
-            for task in self._running:
-                task.cancel()
-            await self._client.aclose()
+            await self._stop()
+
+    async def _stop(self) -> None:
+        """Cancel running jobs and hand each back to the queue before the store closes (a
+        task cancelled before it started never ran its own hand-back)."""
+        running = dict(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        for task, job in running.items():
+            if task.cancelled():
+                await asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0)
+        await self._client.aclose()
+
+    async def _claim(self, lease: float) -> Job | None:
+        """A claim that a shutdown cannot strand: if we are cancelled while the database
+        hands us a job, the job goes straight back to the queue."""
+        jobs = self._svc.store.jobs
+        claiming = asyncio.ensure_future(asyncio.to_thread(jobs.claim, lease))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            job = await claiming
+            if job is not None:
+                await asyncio.to_thread(jobs.retry_later, job.id, 0)
+            raise
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+        self._running.pop(task, None)
         self._slots.release()
 
     async def _run_one(self, job: Job) -> None:
-        status, body, retry = await self._execute(job)
+        try:
+            status, body, retry = await self._execute(job)
+        except asyncio.CancelledError:
+            # Shutting down: hand the job back now rather than when its lease runs out.
+            await asyncio.shield(asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0))
+            raise
         jobs = self._svc.store.jobs
         if retry is not None:
             await asyncio.to_thread(jobs.retry_later, job.id, retry)

@@ -82,7 +82,8 @@ def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) ->
 
 
 async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
-               prepared: Prepared, reservation: str, plan: Plan, quote: Decimal) -> Response:
+               prepared: Prepared, reservation: str | None, plan: Plan,
+               quote: Decimal) -> Response:
     started = time.monotonic()
     try:
         served = await svc.router.run(prepared, ledger.asked)
@@ -142,8 +143,12 @@ class _Ledger:
         self.idempotency_key = idempotency_key
         self.period = period_label(key.limits.budget_period, time.time())
 
-    async def reserve(self, quote: Decimal) -> str:
+    async def reserve(self, quote: Decimal) -> str | None:
+        """The budget reservation; None (and no database round trip) for a key without a
+        budget, whose bill is added to `spent` when it settles."""
         budget = self.key.limits.budget_usd
+        if budget is None:
+            return None
         reservation = await asyncio.to_thread(
             self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
             micros(budget) if budget is not None else None)
@@ -157,7 +162,7 @@ class _Ledger:
                            type="insufficient_quota", code="insufficient_quota")
         return reservation
 
-    async def succeeded(self, reservation: str, served: Served, billed: Decimal,
+    async def succeeded(self, reservation: str | None, served: Served, billed: Decimal,
                         started: float) -> None:
         upstream = served.cost_usd + served.hedge_cost_usd
         await self._settle(reservation, self._entry(
@@ -165,13 +170,13 @@ class _Ledger:
             micros(billed), micros(upstream), len(served.attempts),
             served.result.upstream_id))
 
-    async def failed(self, reservation: str, exc: RoutesFailed, started: float) -> None:
+    async def failed(self, reservation: str | None, exc: RoutesFailed, started: float) -> None:
         last = exc.attempts[-1] if exc.attempts else None
         await self._settle(reservation, self._entry(
             started, exc.failure.kind.value, last.provider if last else None,
             last.route_id if last else None, 0, 0, 0, len(exc.attempts), None))
 
-    async def abandoned(self, reservation: str, started: float) -> None:
+    async def abandoned(self, reservation: str | None, started: float) -> None:
         await self._settle(reservation, self._entry(started, "cancelled", None, None, 0, 0, 0,
                                                     0, None))
 
@@ -184,10 +189,11 @@ class _Ledger:
     async def delivered(self) -> None:
         await asyncio.to_thread(self.svc.store.money.delivered, self.request_id)
 
-    async def _settle(self, reservation: str, entry: Entry) -> None:
+    async def _settle(self, reservation: str | None, entry: Entry) -> None:
         metrics.LEDGER_BACKLOG.inc()
         try:
-            await asyncio.to_thread(self.svc.store.money.settle, reservation, entry)
+            await asyncio.to_thread(self.svc.store.money.settle, reservation, entry,
+                                    self.period)
         finally:
             metrics.LEDGER_BACKLOG.dec()
         budget = self.key.limits.budget_usd

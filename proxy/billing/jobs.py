@@ -93,9 +93,11 @@ class Jobs:
              int(time.time()), job_id))
 
     def retry_later(self, job_id: str, seconds: float) -> None:
-        """Back to the queue (every route full, or the key's rate limit): run again later."""
+        """Back to the queue (every route full, the key's rate limit, or a shutdown): run
+        again later. Only a job still running goes back: a finished one stays finished."""
         self._db.execute("UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = ? "
-                         "WHERE id = ?", (int(time.time() + seconds), job_id))
+                         "WHERE id = ? AND state = 'processing'",
+                         (int(time.time() + seconds), job_id))
 
     def get(self, job_id: str, key_id: str | None = None) -> Job | None:
         """A job by id; with `key_id`, only that key's (a key never sees another's jobs)."""

@@ -66,9 +66,14 @@ class Entry:
 
 
 _LEDGER_COLUMNS = ", ".join(Entry.__dataclass_fields__)
+# One row per request id. A success is never replaced (a request is billed once); anything
+# else (a cancelled run of a job that ran again, say) gives way to the later outcome.
 _LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
                   f"({', '.join('?' * len(Entry.__dataclass_fields__))}) "
-                  f"ON CONFLICT (request_id) DO NOTHING")
+                  f"ON CONFLICT (request_id) DO UPDATE SET "
+                  + ", ".join(f"{c} = excluded.{c}" for c in Entry.__dataclass_fields__
+                              if c != "request_id")
+                  + " WHERE ledger.outcome <> 'success'")
 
 
 class Money:
@@ -97,12 +102,19 @@ class Money:
                         (reservation, key_id, period, amount_micros, int(time.time())))
         return reservation
 
-    def settle(self, reservation: str | None, entry: Entry) -> None:
+    def settle(self, reservation: str | None, entry: Entry, period: str | None = None) -> None:
         """Write the ledger row and turn the reservation into what was billed (nothing, for a
-        failure): one transaction."""
+        failure): one transaction. A key without a budget reserves nothing; with `period`,
+        what it was billed is still added to that window's `spent`."""
         with self._db.transaction() as cur:
             if reservation is not None:
                 _close(cur, reservation, entry.billed_micros)
+            elif period is not None and entry.billed_micros:
+                cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
+                            "ON CONFLICT (key_id, period) DO NOTHING", (entry.key_id, period))
+                cur.execute("UPDATE budget_counters SET spent_micros = spent_micros + ? "
+                            "WHERE key_id = ? AND period = ?",
+                            (entry.billed_micros, entry.key_id, period))
             cur.execute(_LEDGER_INSERT, astuple(entry))
 
     def delivered(self, request_id: str) -> None:

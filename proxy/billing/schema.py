@@ -103,6 +103,41 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_runnable ON jobs (state, run_after);
     CREATE INDEX jobs_webhooks ON jobs (webhook_state, webhook_after);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN batch_id TEXT;
+    ALTER TABLE jobs ADD COLUMN custom_id TEXT;
+    CREATE INDEX jobs_batch ON jobs (batch_id, state);
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        content {blob},
+        batch_id TEXT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL,
+        status TEXT NOT NULL,
+        metadata TEXT,
+        errors {blob},
+        total INTEGER NOT NULL DEFAULT 0,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        created_at BIGINT NOT NULL,
+        in_progress_at BIGINT,
+        finalizing_at BIGINT,
+        completed_at BIGINT,
+        cancelling_at BIGINT,
+        cancelled_at BIGINT,
+        expires_at BIGINT NOT NULL
+    );
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

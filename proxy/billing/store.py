@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.billing import db as db_module
+from proxy.billing.batches import Batches
 from proxy.billing.idempotency import Idempotency
 from proxy.billing.jobs import Jobs
 from proxy.billing.keys import KeyLimits, KeyRecord, digest, hint, new_key, new_key_id
@@ -36,6 +37,7 @@ class Store:
         self.idempotency = Idempotency(self.db)
         self.usage = Usage(self.db)
         self.jobs = Jobs(self.db)
+        self.batches = Batches(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,223 @@
+"""The OpenAI Batch API for images: /v1/files and /v1/batches, as the official SDK calls them.
+
+An input file is JSONL, one `{"custom_id", "method": "POST", "url", "body"}` per line, `url`
+being the batch's endpoint (/v1/images/generations or /v1/images/edits, JSON bodies). Each
+line is validated like a request; a bad line goes to the error file and the rest still run.
+Items are queued jobs (job_worker.py runs them); request_counts are read live from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.api.auth import authenticate
+from proxy.api.errors import ApiError, bad_request
+from proxy.billing.batches import MAX_REQUESTS, WINDOW_S, Batch, StoredFile
+from proxy.billing.keys import KeyRecord
+from proxy.services import Services, services
+
+ENDPOINTS = ("/v1/images/generations", "/v1/images/edits")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def file_object(stored: StoredFile) -> dict[str, Any]:
+    return {"id": stored.id, "object": "file", "bytes": stored.size,
+            "created_at": stored.created_at, "filename": stored.filename,
+            "purpose": stored.purpose, "status": "processed"}
+
+
+async def upload_file(request: Request) -> Response:
+    svc = services(request)
+    key = await authenticate(request, svc)
+    async with request.form() as form:  # closes the spooled upload when done
+        purpose, upload = form.get("purpose"), form.get("file")
+        if purpose != "batch":
+            raise bad_request("purpose", "only purpose 'batch' is served here")
+        if upload is None or isinstance(upload, str):
+            raise bad_request("file", "'file' is required: a JSONL file of requests",
+                              code="missing_required_parameter")
+        content = await upload.read()
+    stored = await asyncio.to_thread(svc.store.batches.add_file, key.id, "batch",
+                                     upload.filename or "batch.jsonl", content)
+    return _json(file_object(stored))
+
+
+async def _own_file(request: Request) -> tuple[Services, KeyRecord, StoredFile]:
+    svc = services(request)
+    key = await authenticate(request, svc)
+    stored = await asyncio.to_thread(svc.store.batches.file, request.path_params["file_id"],
+                                     key.id)
+    if stored is None:
+        raise ApiError(404, "no such file for this key", code="not_found")
+    return svc, key, stored
+
+
+async def get_file(request: Request) -> Response:
+    _, _, stored = await _own_file(request)
+    return _json(file_object(stored))
+
+
+async def file_content(request: Request) -> Response:
+    svc, _, stored = await _own_file(request)
+    if stored.content is not None:
+        return Response(stored.content, media_type="application/jsonl")
+    lines = await asyncio.to_thread(results_jsonl, svc, stored)
+    return Response(lines, media_type="application/jsonl")
+
+
+def results_jsonl(svc: Services, stored: StoredFile) -> bytes:
+    """A batch's output (purpose batch_output) or error file, from its jobs."""
+    assert stored.batch_id is not None
+    table = svc.store.batches
+    ok = stored.purpose == "batch_output"
+    lines = [orjson.dumps({"id": f"batch_req_{job_id}", "custom_id": custom_id,
+                           "response": {"status_code": status or 499, "request_id": job_id,
+                                        "body": orjson.loads(body) if body else None},
+                           "error": None if body else {"code": "cancelled",
+                                                       "message": "the batch was cancelled"}})
+             for job_id, custom_id, status, body in table.items(stored.batch_id, ok)]
+    batch = table.get(stored.batch_id)
+    if not ok and batch is not None and batch.errors:
+        lines.append(batch.errors.rstrip(b"\n"))
+    return b"\n".join(lines) + (b"\n" if lines else b"")
+
+
+async def create_batch(request: Request) -> Response:
+    from proxy.api.images import from_json
+
+    svc = services(request)
+    key = await authenticate(request, svc)
+    data = await request.json()
+    endpoint, window = data.get("endpoint"), data.get("completion_window")
+    if endpoint not in ENDPOINTS:
+        raise bad_request("endpoint", f"'endpoint' must be one of {', '.join(ENDPOINTS)}")
+    if window not in WINDOW_S:
+        raise bad_request("completion_window", "'completion_window' must be '24h'")
+    stored = await asyncio.to_thread(svc.store.batches.file, str(data.get("input_file_id")),
+                                     key.id)
+    if stored is None or stored.content is None:
+        raise bad_request("input_file_id", "no such input file for this key")
+    items, errors = _items(stored.content, endpoint,
+                           lambda body: from_json(svc, key, endpoint.rsplit("/", 1)[-1], body))
+    batch = await asyncio.to_thread(svc.store.batches.create, key.id, endpoint, stored.id,
+                                    window, data.get("metadata"), items, errors)
+    return _json(await _batch_object(svc, batch))
+
+
+def _items(content: bytes, endpoint: str, check: Any) -> tuple[list[tuple[str, bytes]], bytes]:
+    """Valid (custom_id, body JSON) items, and JSONL error lines for the rest."""
+    lines = [line for line in content.splitlines() if line.strip()]
+    if len(lines) > MAX_REQUESTS:
+        raise bad_request("input_file_id", f"a batch holds at most {MAX_REQUESTS} requests")
+    items: list[tuple[str, bytes]] = []
+    errors: list[bytes] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        custom_id, problem = _check_line(line, endpoint, check, seen)
+        if problem is None:
+            items.append((custom_id or "", orjson.dumps(orjson.loads(line)["body"])))
+        else:
+            errors.append(orjson.dumps({
+                "id": f"batch_req_line_{number}", "custom_id": custom_id, "response": None,
+                "error": {"code": "invalid_request", "message": f"line {number}: {problem}"}}))
+    return items, b"\n".join(errors) + (b"\n" if errors else b"")
+
+
+def _check_line(line: bytes, endpoint: str, check: Any,
+                seen: set[str]) -> tuple[str | None, str | None]:
+    try:
+        item = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, "not valid JSON"
+    if not isinstance(item, dict):
+        return None, "not a JSON object"
+    custom_id = item.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        return None, "'custom_id' is required"
+    if custom_id in seen:
+        return custom_id, f"custom_id {custom_id!r} is used twice"
+    seen.add(custom_id)
+    if item.get("method") != "POST" or item.get("url") != endpoint:
+        return custom_id, f"each line must be a POST to {endpoint}"
+    if not isinstance(item.get("body"), dict):
+        return custom_id, "'body' must be an object"
+    try:
+        check(dict(item["body"]))
+    except ApiError as exc:
+        return custom_id, f"{exc.param or 'body'}: {exc.message}"
+    return custom_id, None
+
+
+async def _batch_object(svc: Services, batch: Batch) -> dict[str, Any]:
+    counts = await asyncio.to_thread(svc.store.batches.counts, batch.id)
+    bad = batch.errors.count(b"\n")
+    return {
+        "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": None,
+        "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
+        "status": batch.status, "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id, "created_at": batch.created_at,
+        "expires_at": batch.expires_at, "failed_at": None, "expired_at": None,
+        **batch.times,
+        "request_counts": {"total": batch.total + bad,
+                           "completed": counts.get("succeeded", 0),
+                           "failed": counts.get("failed", 0) + counts.get("cancelled", 0) + bad},
+        "metadata": batch.metadata,
+    }
+
+
+async def get_batch(request: Request) -> Response:
+    svc = services(request)
+    key = await authenticate(request, svc)
+    batch = await asyncio.to_thread(svc.store.batches.get, request.path_params["batch_id"],
+                                    key.id)
+    if batch is None:
+        raise ApiError(404, "no such batch for this key", code="not_found")
+    return _json(await _batch_object(svc, batch))
+
+
+async def list_batches(request: Request) -> Response:
+    svc = services(request)
+    key = await authenticate(request, svc)
+    limit = int(request.query_params.get("limit", "20"))
+    found = await asyncio.to_thread(svc.store.batches.of_key, key.id, limit + 1,
+                                    request.query_params.get("after"))
+    data = [await _batch_object(svc, b) for b in found[:limit]]
+    return _json({"object": "list", "data": data,
+                  "first_id": data[0]["id"] if data else None,
+                  "last_id": data[-1]["id"] if data else None, "has_more": len(found) > limit})
+
+
+async def cancel_batch(request: Request) -> Response:
+    svc = services(request)
+    key = await authenticate(request, svc)
+    batch_id = request.path_params["batch_id"]
+    if await asyncio.to_thread(svc.store.batches.get, batch_id, key.id) is None:
+        raise ApiError(404, "no such batch for this key", code="not_found")
+    await asyncio.to_thread(svc.store.batches.cancel, batch_id)
+    batch = await asyncio.to_thread(svc.store.batches.get, batch_id)
+    assert batch is not None
+    return _json(await _batch_object(svc, batch))
+
+
+def finalize(svc: Services) -> None:
+    """End every open batch whose items have all ended, with its output and error files.
+    Called by the job worker between jobs (synchronous: run it off the event loop)."""
+    table = svc.store.batches
+    for batch in table.open_batches():
+        counts = table.counts(batch.id)
+        if counts.get("queued") or counts.get("processing"):
+            continue
+        output = table.add_file(batch.key_id, "batch_output", f"{batch.id}_output.jsonl", None,
+                                batch_id=batch.id) if counts.get("succeeded") else None
+        failed = counts.get("failed", 0) + counts.get("cancelled", 0) or batch.errors
+        error = table.add_file(batch.key_id, "batch_error", f"{batch.id}_error.jsonl", None,
+                               batch_id=batch.id) if failed else None
+        table.finish(batch, output.id if output else None, error.id if error else None)

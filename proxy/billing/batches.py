@@ -1,0 +1,168 @@
+"""Files and batches for the OpenAI-compatible Batch API, in the billing database.
+
+A batch's items are ordinary jobs (jobs.py) tagged with the batch id and their custom_id, so
+they are leased, retried, billed and survive restarts like any job. Output and error files
+are not copies: their content is read from the batch's jobs when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.billing.db import Database
+
+MAX_REQUESTS = 50_000
+WINDOW_S = {"24h": 24 * 3600}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    id: str
+    key_id: str
+    purpose: str
+    filename: str
+    size: int
+    created_at: int
+    content: bytes | None = None
+    batch_id: str | None = None  # set for a batch's output and error files
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: str
+    key_id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str
+    total: int
+    created_at: int
+    expires_at: int
+    metadata: dict[str, str] | None = None
+    errors: bytes = b""  # JSONL lines for input lines that could not be queued
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    times: dict[str, int | None] = field(default_factory=dict)
+
+
+_FILE = "id, key_id, purpose, filename, bytes, created_at, content, batch_id"
+_BATCH = ("id, key_id, endpoint, input_file_id, completion_window, status, total, created_at, "
+          "expires_at, metadata, errors, output_file_id, error_file_id, in_progress_at, "
+          "finalizing_at, completed_at, cancelling_at, cancelled_at")
+_TIMES = ("in_progress_at", "finalizing_at", "completed_at", "cancelling_at", "cancelled_at")
+
+
+def _file(row: tuple[Any, ...]) -> StoredFile:
+    return StoredFile(row[0], row[1], row[2], row[3], int(row[4]), int(row[5]),
+                      bytes(row[6]) if row[6] is not None else None, row[7])
+
+
+def _batch(row: tuple[Any, ...]) -> Batch:
+    return Batch(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), int(row[7]),
+                 int(row[8]), json.loads(row[9]) if row[9] else None,
+                 bytes(row[10]) if row[10] else b"", row[11], row[12],
+                 {name: (int(v) if v is not None else None)
+                  for name, v in zip(_TIMES, row[13:], strict=True)})
+
+
+class Batches:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add_file(self, key_id: str, purpose: str, filename: str, content: bytes | None,
+                 size: int | None = None, batch_id: str | None = None) -> StoredFile:
+        stored = StoredFile("file-" + secrets.token_hex(12), key_id, purpose, filename,
+                            len(content) if content is not None else size or 0,
+                            int(time.time()), content, batch_id)
+        self._db.execute(f"INSERT INTO files ({_FILE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (stored.id, key_id, purpose, filename, stored.size,
+                          stored.created_at, content, batch_id))
+        return stored
+
+    def file(self, file_id: str, key_id: str) -> StoredFile | None:
+        rows = self._db.query(f"SELECT {_FILE} FROM files WHERE id = ? AND key_id = ?",
+                              (file_id, key_id))
+        return _file(rows[0]) if rows else None
+
+    def create(self, key_id: str, endpoint: str, input_file_id: str, window: str,
+               metadata: dict[str, str] | None, items: list[tuple[str, bytes]],
+               errors: bytes) -> Batch:
+        """The batch and one queued job per valid item (custom_id, request JSON), at once."""
+        now = int(time.time())
+        batch = Batch("batch_" + secrets.token_hex(12), key_id, endpoint, input_file_id, window,
+                      "in_progress", len(items), now, now + WINDOW_S[window], metadata,
+                      errors, times={"in_progress_at": now})
+        kind = endpoint.rsplit("/", 1)[-1]
+        with self._db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO batches (id, key_id, endpoint, input_file_id, completion_window, "
+                "status, total, created_at, expires_at, metadata, errors, in_progress_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch.id, key_id, endpoint, input_file_id, window, batch.status, batch.total,
+                 now, batch.expires_at, json.dumps(metadata) if metadata else None, errors,
+                 now))
+            for custom_id, request in items:
+                cur.execute(
+                    "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, "
+                    "created_at, batch_id, custom_id) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                    ("imgjob_" + secrets.token_hex(12), key_id, kind, request, now, now,
+                     batch.id, custom_id))
+        return batch
+
+    def get(self, batch_id: str, key_id: str | None = None) -> Batch | None:
+        where, args = ("id = ? AND key_id = ?", (batch_id, key_id)) if key_id else \
+            ("id = ?", (batch_id,))
+        rows = self._db.query(f"SELECT {_BATCH} FROM batches WHERE {where}", args)
+        return _batch(rows[0]) if rows else None
+
+    def of_key(self, key_id: str, limit: int = 20, after: str | None = None) -> list[Batch]:
+        rows = self._db.query(f"SELECT {_BATCH} FROM batches WHERE key_id = ? "
+                              f"ORDER BY created_at DESC, id DESC", (key_id,))
+        batches = [_batch(row) for row in rows]
+        if after is not None:
+            ids = [b.id for b in batches]
+            batches = batches[ids.index(after) + 1:] if after in ids else []
+        return batches[:limit]
+
+    def counts(self, batch_id: str) -> dict[str, int]:
+        """Job states of a batch's items: queued, processing, succeeded, failed, cancelled."""
+        rows = self._db.query("SELECT state, COUNT(*) FROM jobs WHERE batch_id = ? "
+                              "GROUP BY state", (batch_id,))
+        return {state: int(n) for state, n in rows}
+
+    def cancel(self, batch_id: str) -> None:
+        """Queued items will not run; items already running finish; then the batch ends."""
+        now = int(time.time())
+        with self._db.transaction() as cur:
+            cur.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? "
+                        "WHERE batch_id = ? AND state = 'queued'", (now, batch_id))
+            cur.execute("UPDATE batches SET status = 'cancelling', cancelling_at = ? "
+                        "WHERE id = ? AND status = 'in_progress'", (now, batch_id))
+
+    def open_batches(self) -> list[Batch]:
+        rows = self._db.query(f"SELECT {_BATCH} FROM batches "
+                              f"WHERE status IN ('in_progress', 'cancelling')")
+        return [_batch(row) for row in rows]
+
+    def finish(self, batch: Batch, output_id: str | None, error_id: str | None) -> None:
+        """All items ended: completed (or cancelled), with its output and error files."""
+        now = int(time.time())
+        done = "cancelled" if batch.status == "cancelling" else "completed"
+        self._db.execute(
+            f"UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, "
+            f"finalizing_at = ?, {done}_at = ? WHERE id = ?",
+            (done, output_id, error_id, now, now, batch.id))
+
+    def items(self, batch_id: str, succeeded: bool) -> list[tuple[str, str, int, bytes]]:
+        """(job id, custom_id, status, response) of the batch's finished items."""
+        states = ("succeeded",) if succeeded else ("failed", "cancelled")
+        rows = self._db.query(
+            f"SELECT id, custom_id, status, response, state FROM jobs WHERE batch_id = ? AND "
+            f"state IN ({', '.join('?' * len(states))}) ORDER BY created_at, id",
+            (batch_id, *states))
+        return [(r[0], r[1], int(r[2]) if r[2] is not None else 0,
+                 bytes(r[3]) if r[3] is not None else b"") for r in rows]
