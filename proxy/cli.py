@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import __version__, cli_billing
+from proxy import __version__, cli_batch, cli_billing
 from proxy.billing.store import Store
 from proxy.catalog import Catalog, CatalogError, Provider
 from proxy.config import Config, ConfigError, load
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     cli_billing.add_commands(commands, common)
+    cli_batch.add_commands(commands, common)
 
     routes = commands.add_parser("routes", help="inspect the provider catalog").add_subparsers(
         dest="action", required=True)
