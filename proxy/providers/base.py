@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-import orjson
 
 from proxy.catalog import Provider, Route
 from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError
+from proxy.providers import fastjson
 
 # submit: may start paid work, so never re-sent; poll and fetch: safe to repeat.
 CallKind = Literal["submit", "poll", "fetch", "cancel"]
@@ -64,7 +64,7 @@ class UpstreamReply:
 
     def json(self) -> Any:
         if self._parsed is _UNPARSED:
-            object.__setattr__(self, "_parsed", orjson.loads(self.body) if self.body else None)
+            object.__setattr__(self, "_parsed", fastjson.loads(self.body) if self.body else None)
         return self._parsed
 
 
