@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
+from proxy.api.openai_schema import from_json
 from proxy.billing.batches import MAX_REQUESTS, WINDOW_S, Batch, StoredFile
 from proxy.billing.keys import KeyRecord
 from proxy.services import Services, services
@@ -91,8 +92,6 @@ def results_jsonl(svc: Services, stored: StoredFile) -> bytes:
 
 
 async def create_batch(request: Request) -> Response:
-    from proxy.api.images import from_json
-
     svc = services(request)
     key = await authenticate(request, svc)
     data = await request.json()

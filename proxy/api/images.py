@@ -13,11 +13,11 @@ from proxy.api import idempotent, jobs, uploads
 from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.metering import Origin, charge
-from proxy.api.openai_schema import Body, model_name, parse
+from proxy.api.openai_schema import Body, from_json, model_name, parse
 from proxy.api.policy import HEADER, request_policy
 from proxy.billing.keys import KeyRecord
 from proxy.catalog import Model
-from proxy.domain import ImageRequest, InputImage, Kind
+from proxy.domain import ImageRequest, InputImage
 from proxy.media import MIME_TYPES
 from proxy.services import Services, services
 
@@ -72,25 +72,6 @@ async def _generation(request: Request, svc: Services,
                       key: KeyRecord) -> tuple[Model, ImageRequest]:
     return from_json(svc, key, "generations", await _json_object(request),
                      request.headers.get(HEADER))
-
-
-def from_json(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, Any],
-              strategy_header: str | None = None) -> tuple[Model, ImageRequest]:
-    """A JSON images request (generations, or edits with `images: [{image_url}]`) parsed and
-    validated: what the handlers and the job worker share."""
-    images: tuple[InputImage, ...] = ()
-    mask = None
-    if endpoint == "edits":
-        images = uploads.json_images(data.get("images")) if "images" in data else ()
-        mask = uploads.json_image(data["mask"], "mask") if data.get("mask") else None
-        data = {k: v for k, v in data.items() if k not in ("images", "mask")}
-        if not images:
-            raise bad_request("image", "'image' is required: upload at least one image",
-                              code="missing_required_parameter")
-    model, suffix = resolve_model(svc.catalog, model_name(data), key)
-    policy = request_policy(data.get("route"), strategy_header, suffix)
-    kind: Kind = "edit" if endpoint == "edits" else "generate"
-    return model, parse(kind, Body(data, form=False), model, policy, images, mask)
 
 
 async def _edit(request: Request, svc: Services, key: KeyRecord) -> tuple[Model, ImageRequest]:

@@ -20,7 +20,9 @@ import orjson
 
 from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, render
+from proxy.api.jobs import describe
 from proxy.api.metering import Origin, charge
+from proxy.api.openai_schema import from_json
 from proxy.billing.jobs import Job
 from proxy.providers import webhooks
 from proxy.services import Services
@@ -106,8 +108,6 @@ class Worker:
 
     async def _execute(self, job: Job) -> tuple[int, bytes, float | None]:
         """(status, body, None), or retry-after seconds when the job should wait its turn."""
-        from proxy.api.images import from_json
-
         svc = self._svc
         try:
             key = await asyncio.to_thread(svc.store.get_key, job.key_id)
@@ -127,8 +127,6 @@ class Worker:
             await self._deliver(job)
 
     async def _deliver(self, job: Job) -> None:
-        from proxy.api.jobs import describe
-
         body = orjson.dumps({"type": f"image.job.{job.state}", "data": describe(job)})
         stamp = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": job.id,

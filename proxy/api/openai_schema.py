@@ -9,8 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy import geometry
+from proxy.api import uploads
+from proxy.api.auth import resolve_model
 from proxy.api.errors import bad_request
+from proxy.api.policy import request_policy
 from proxy.api.uploads import image_ref
+from proxy.billing.keys import KeyRecord
 from proxy.catalog import BACKGROUNDS, Model
 from proxy.domain import (
     ASPECT_RATIOS,
@@ -22,6 +26,7 @@ from proxy.domain import (
     Kind,
     Policy,
 )
+from proxy.services import Services
 
 MAX_PROMPT = 32_000
 MAX_IMAGES = 16
@@ -186,3 +191,22 @@ def _image_urls(body: Body) -> tuple[InputImage, ...]:
         raise bad_request("image_urls", f"'image_urls' must be a list of at most {MAX_IMAGES} "
                                         "https or data: URLs")
     return tuple(image_ref(url, f"image_urls[{i}]") for i, url in enumerate(value))
+
+
+def from_json(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, Any],
+              strategy_header: str | None = None) -> tuple[Model, ImageRequest]:
+    """A JSON images request (generations, or edits with `images: [{image_url}]`) parsed and
+    validated: what the handlers and the job worker share."""
+    images: tuple[InputImage, ...] = ()
+    mask = None
+    if endpoint == "edits":
+        images = uploads.json_images(data.get("images")) if "images" in data else ()
+        mask = uploads.json_image(data["mask"], "mask") if data.get("mask") else None
+        data = {k: v for k, v in data.items() if k not in ("images", "mask")}
+        if not images:
+            raise bad_request("image", "'image' is required: upload at least one image",
+                              code="missing_required_parameter")
+    model, suffix = resolve_model(svc.catalog, model_name(data), key)
+    policy = request_policy(data.get("route"), strategy_header, suffix)
+    kind: Kind = "edit" if endpoint == "edits" else "generate"
+    return model, parse(kind, Body(data, form=False), model, policy, images, mask)
