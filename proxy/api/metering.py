@@ -151,7 +151,7 @@ class _Ledger:
             return None
         reservation = await asyncio.to_thread(
             self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
-            micros(budget) if budget is not None else None)
+            micros(budget))
         if reservation is None:
             metrics.KEY_REJECTIONS.labels(_key_label(self.svc, self.key), "budget").inc()
             metrics.REQUESTS.labels(self.asked.model, "none", "quota").inc()
@@ -187,7 +187,15 @@ class _Ledger:
                      billed=billed, upstream=upstream, with_prompt=self.svc.config.log_prompts)
 
     async def delivered(self) -> None:
+        """After the response went out: mark the row delivered, and refresh the budget gauge
+        (off the request's path: it is one more query)."""
         await asyncio.to_thread(self.svc.store.money.delivered, self.request_id)
+        budget = self.key.limits.budget_usd
+        if budget is not None:
+            spent, held = await asyncio.to_thread(self.svc.store.money.spent, self.key.id,
+                                                  self.period)
+            metrics.BUDGET_REMAINING.labels(_key_label(self.svc, self.key)).set(
+                float(budget - spent - held))
 
     async def _settle(self, reservation: str | None, entry: Entry) -> None:
         metrics.LEDGER_BACKLOG.inc()
@@ -196,12 +204,6 @@ class _Ledger:
                                     self.period)
         finally:
             metrics.LEDGER_BACKLOG.dec()
-        budget = self.key.limits.budget_usd
-        if budget is not None:
-            spent, held = await asyncio.to_thread(self.svc.store.money.spent, self.key.id,
-                                                  self.period)
-            metrics.BUDGET_REMAINING.labels(_key_label(self.svc, self.key)).set(
-                float(budget - spent - held))
 
     def _entry(self, started: float, outcome: str, provider: str | None, route: str | None,
                delivered: int, billed: int, upstream: int, attempts: int,
