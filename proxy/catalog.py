@@ -44,6 +44,9 @@ class Provider:
     required_options: tuple[str, ...] = ()
     # Option name -> the environment variable it may be set from (for messages).
     options_env: Mapping[str, str] = field(default_factory=dict)
+    # A deferred host (the Gemini Batch API) answers in minutes to hours at a discount: only
+    # requests that can wait that long (batch items) are routed to it.
+    deferred: bool = False
 
     @property
     def credentialed(self) -> bool:
@@ -206,7 +209,9 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
         max_in_flight=int(_number(spec, "max_in_flight", 16, where)),
         allowed_hosts=tuple(spec.get("allowed_hosts", ())), options=options,
         required_options=tuple(spec.get("required_options", ())), options_env=options_env,
+        deferred=_flag(spec, "deferred", where),
     )
+
 
 
 def _model(spec: dict[str, Any], providers: Mapping[str, Provider], path: Path) -> Model:

@@ -90,6 +90,12 @@ class ImageRequest:
     images: tuple[InputImage, ...] = ()
     mask: InputImage | None = None
     policy: Policy = Policy()
+    # How long the caller can wait for the result (a batch item: the rest of its completion
+    # window); None for an interactive request. Only patient requests may take deferred routes.
+    patience_s: float | None = None
+    # A stable name for this piece of work across retries and restarts (the queued job's id):
+    # a deferred host is given it, so a resumed job finds what it already submitted.
+    ticket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ def test_an_edit_takes_the_route_object_as_a_form_field(client: openai.OpenAI) -
     ({"extra_body": {"route": {"hedge": "yes"}}}, "route.hedge"),
     ({"extra_body": {"route": {"only": ["nobody"]}}}, "route.only"),
     ({"extra_body": {"route": {"max_price": 0.001}}}, "route.max_price"),
-    ({"extra_body": {"route": {"max_latency_s": 0.01}}}, "route.max_latency_s"),
+    ({"extra_body": {"route": {"max_latency_s": 1e-9}}}, "route.max_latency_s"),
 ])
 def test_routing_mistakes_are_400s_naming_the_field(
         client: openai.OpenAI, validate: Callable[[str, Any], None], kwargs: dict[str, Any],

@@ -1,11 +1,10 @@
-"""The job worker: runs queued image jobs through the same charge path as synchronous
-requests, and delivers signed webhooks for finished jobs, retrying with backoff.
+"""The job worker: the scheduler of queued image jobs (async requests and batch items).
 
+Each job runs through the same charge path as a synchronous request, so it is quoted,
+reserved against the key's budget when it is admitted, routed with failover, and billed once.
 Runs in every server process (claims are leased, so workers never share a job). A job whose
-route is full or whose key hit its rate limit goes back to the queue for later; any other
-outcome is final and kept. Webhooks are Standard Webhooks: `webhook-id` (the job id),
-`webhook-timestamp`, `webhook-signature: v1,<HMAC-SHA256>` with the secret in the data
-directory (`webhook-signing.key`).
+key hit its own limits, or whose routes were all full, goes back to the queue without using
+up an attempt; an overloaded host costs an attempt; any other outcome is final and kept.
 """
 
 from __future__ import annotations
@@ -14,54 +13,100 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
+from dataclasses import replace
 
-import httpx
 import orjson
 
 from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, render
-from proxy.api.jobs import describe
+from proxy.api.job_webhooks import Webhooks
 from proxy.api.metering import Origin, charge
 from proxy.api.openai_schema import from_json
 from proxy.billing.jobs import Job
-from proxy.providers import webhooks
 from proxy.services import Services
 
 log = logging.getLogger("switchyard.jobs")
 
 IDLE_POLL_S = 0.25
+HOUSEKEEPING_S = 1.0  # webhooks due and batches to finalize are looked for this often
+CLAIM_AT_ONCE = 64  # jobs claimed per database round trip
 MAX_ATTEMPTS = 5  # runs of one job that ended "try later" before that is its outcome
 WAIT_CODES = frozenset({"rate_limit_exceeded", "upstream_rate_limited", "upstream_overloaded"})
-WEBHOOK_BACKOFF_S = (5.0, 30.0, 120.0, 600.0, 1800.0)  # then give up
-WEBHOOK_TIMEOUT_S = 10.0
 
 
 class Worker:
-    def __init__(self, svc: Services, secret: str, concurrency: int = 16) -> None:
+    """Claims queued jobs while there is capacity to run them, and runs them concurrently.
+
+    Capacity is the sum of the live hosts' `max_in_flight`: the router spreads each item to
+    the best route with a free slot (a batch item never waits on a full route while another
+    has room, and waits for a slot when all are full), so every host is kept busy and none
+    is pushed past its limit. A tenant at its own concurrency limit, or resting after its
+    rate limit, is skipped when claiming, so its items wait in the queue, not in memory.
+    """
+
+    def __init__(self, svc: Services, secret: str, concurrency: int | None = None) -> None:
         self._svc = svc
-        self._secret = secret
-        self._slots = asyncio.Semaphore(concurrency)
-        self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False)
+        self._capacity = concurrency or capacity(svc)
+        self._webhooks = Webhooks(svc.store.jobs, secret)
         self._running: dict[asyncio.Task[None], Job] = {}
+        self._per_key: Counter[str] = Counter()
+        self._key_limit: dict[str, int | None] = {}  # the key's concurrency, as last read
+        self._resting: dict[str, float] = {}  # key id -> monotonic time its rest ends
+        self._batch_ends: dict[str, int] = {}  # batch id -> when its window closes (epoch s)
+        self._freed = asyncio.Event()
+        self._lease = svc.config.request_timeout_s + 60
 
     async def run(self) -> None:
-        """Claim and run jobs until cancelled; deliver due webhooks between claims."""
-        lease = self._svc.config.request_timeout_s + 60
+        """Claim and run jobs until cancelled; webhooks, finished batches and leases are
+        looked after alongside."""
+        chores = [asyncio.create_task(self._housekeeping()),
+                  asyncio.create_task(self._renew_leases())]
         try:
             while True:
-                await self._slots.acquire()
-                job = await self._claim(lease)
-                if job is None:
-                    self._slots.release()
-                    await self._deliver_due()
-                    await asyncio.to_thread(finalize, self._svc)
-                    await asyncio.sleep(IDLE_POLL_S)
-                    continue
-                task = asyncio.create_task(self._run_one(job))
-                self._running[task] = job
-                task.add_done_callback(self._done)
+                free = self._capacity - len(self._running)
+                jobs = await self._claim(min(free, CLAIM_AT_ONCE)) if free > 0 else []
+                for job in jobs:
+                    self._start(job)
+                if len(jobs) < CLAIM_AT_ONCE or free <= len(jobs):
+                    # Nothing more to claim, or no room: wait for a job to end (or a while).
+                    self._freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), IDLE_POLL_S)
         finally:
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
             await self._stop()
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._run_one(job))
+        self._running[task] = job
+        self._per_key[job.key_id] += 1
+        task.add_done_callback(self._done)
+
+    def _skipped_keys(self) -> list[str]:
+        """Keys whose jobs are not to be claimed now: at their concurrency, or resting."""
+        now = time.monotonic()
+        for key_id in [k for k, until in self._resting.items() if until <= now]:
+            del self._resting[key_id]
+        full = [k for k, n in self._per_key.items()
+                if (limit := self._key_limit.get(k)) is not None and n >= limit]
+        return [*full, *self._resting]
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await self._webhooks.deliver_due()
+            await asyncio.to_thread(finalize, self._svc)
+            await asyncio.sleep(HOUSEKEEPING_S)
+
+    async def _renew_leases(self) -> None:
+        """A job at a deferred host runs for hours; its lease is kept fresh while this
+        process lives, so only a crashed worker's jobs are claimed again."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            ids = [job.id for job in self._running.values()]
+            await asyncio.to_thread(self._svc.store.jobs.renew, ids, self._lease)
 
     async def _stop(self) -> None:
         """Cancel running jobs and hand each back to the queue before the store closes (a
@@ -72,83 +117,95 @@ class Worker:
         await asyncio.gather(*running, return_exceptions=True)
         for task, job in running.items():
             if task.cancelled():
-                await asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0)
-        await self._client.aclose()
+                await asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0, False)
+        await self._webhooks.aclose()
 
-    async def _claim(self, lease: float) -> Job | None:
+    async def _claim(self, limit: int) -> list[Job]:
         """A claim that a shutdown cannot strand: if we are cancelled while the database
-        hands us a job, the job goes straight back to the queue."""
+        hands us jobs, they go straight back to the queue."""
         jobs = self._svc.store.jobs
-        claiming = asyncio.ensure_future(asyncio.to_thread(jobs.claim, lease))
+        claiming = asyncio.ensure_future(asyncio.to_thread(
+            jobs.claim_many, self._lease, limit, self._skipped_keys()))
         try:
             return await asyncio.shield(claiming)
         except asyncio.CancelledError:
-            job = await claiming
-            if job is not None:
-                await asyncio.to_thread(jobs.retry_later, job.id, 0)
+            for job in await claiming:
+                await asyncio.to_thread(jobs.retry_later, job.id, 0, False)
             raise
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        self._slots.release()
+        job = self._running.pop(task, None)
+        if job is not None:
+            self._per_key[job.key_id] -= 1
+            if not self._per_key[job.key_id]:
+                del self._per_key[job.key_id]
+        self._freed.set()
 
     async def _run_one(self, job: Job) -> None:
         try:
             status, body, retry = await self._execute(job)
         except asyncio.CancelledError:
             # Shutting down: hand the job back now rather than when its lease runs out.
-            await asyncio.shield(asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0))
+            await asyncio.shield(asyncio.to_thread(
+                self._svc.store.jobs.retry_later, job.id, 0, False))
             raise
         jobs = self._svc.store.jobs
         if retry is not None:
-            await asyncio.to_thread(jobs.retry_later, job.id, retry)
+            seconds, counted = retry
+            await asyncio.to_thread(jobs.retry_later, job.id, seconds, counted)
             return
         await asyncio.to_thread(jobs.finish, job.id, status, body)
         log.info("job %s finished: %s", job.id, status)
 
-    async def _execute(self, job: Job) -> tuple[int, bytes, float | None]:
-        """(status, body, None), or retry-after seconds when the job should wait its turn."""
+    async def _execute(self, job: Job) -> tuple[int, bytes, tuple[float, bool] | None]:
+        """(status, body, None), or (seconds, counted) when the job should wait its turn."""
         svc = self._svc
         try:
             key = await asyncio.to_thread(svc.store.get_key, job.key_id)
             if key is None or not key.active:
                 raise ApiError(401, "the key that queued this job was revoked",
                                code="invalid_api_key")
+            self._key_limit[key.id] = key.limits.concurrency
             model, asked = from_json(svc, key, job.endpoint, orjson.loads(job.request))
+            asked = replace(asked, ticket=job.id,
+                            patience_s=await self._patience(job) if job.batch_id else None)
             base = svc.config.public_base_url or f"http://{svc.config.host}:{svc.config.port}"
             response = await charge(Origin(job.id, base), svc, key, model, asked)
         except ApiError as error:
-            return error.status, bytes(render(error).body), _later(error, job)
+            later = _later(error, job)
+            if later is not None and error.code == "rate_limit_exceeded":
+                self._resting[job.key_id] = time.monotonic() + later[0]
+            return error.status, bytes(render(error).body), later
         return response.status_code, bytes(response.body), None
 
-    async def _deliver_due(self) -> None:
-        due = await asyncio.to_thread(self._svc.store.jobs.due_webhooks)
-        for job in due:
-            await self._deliver(job)
+    async def _patience(self, job: Job) -> float:
+        """A batch item may wait for the rest of its batch's completion window."""
+        assert job.batch_id is not None
+        ends = self._batch_ends.get(job.batch_id)
+        if ends is None:
+            batch = await asyncio.to_thread(self._svc.store.batches.get, job.batch_id)
+            ends = self._batch_ends[job.batch_id] = batch.expires_at if batch else 0
+        left = ends - time.time()
+        if left <= 0:
+            raise ApiError(408, "the batch's completion window ended before this request "
+                                "could run", code="batch_expired")
+        return left
 
-    async def _deliver(self, job: Job) -> None:
-        body = orjson.dumps({"type": f"image.job.{job.state}", "data": describe(job)})
-        stamp = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": job.id,
-                   "webhook-timestamp": str(stamp),
-                   "webhook-signature": webhooks.sign(self._secret, job.id, stamp, body)}
-        delivered = False
-        with contextlib.suppress(httpx.HTTPError):
-            assert job.callback_url is not None
-            answer = await self._client.post(job.callback_url, content=body, headers=headers)
-            delivered = 200 <= answer.status_code < 300
-        attempt = job.webhook_attempts
-        retry = WEBHOOK_BACKOFF_S[attempt] if not delivered and \
-            attempt < len(WEBHOOK_BACKOFF_S) else None
-        log.info("webhook for job %s, attempt %d: %s", job.id, attempt + 1,
-                 "delivered" if delivered else f"failed, next in {retry}s" if retry else
-                 "failed, giving up")
-        await asyncio.to_thread(self._svc.store.jobs.webhook_done, job.id, delivered, retry)
+def capacity(svc: Services) -> int:
+    """How many jobs may run at once: every live host's in-flight limit, added up."""
+    return max(1, sum(p.max_in_flight for p in svc.catalog.providers if p.live))
 
 
-def _later(error: ApiError, job: Job) -> float | None:
-    """Wait-your-turn errors (the key's rate limit; every route full or overloaded) send the
-    job back to the queue, a few times; everything else is its outcome."""
+def _later(error: ApiError, job: Job) -> tuple[float, bool] | None:
+    """Wait-your-turn errors send the job back to the queue: (after seconds, counted as an
+    attempt). The key's own limits and every route being full are not the job's fault and
+    do not count; an overloaded or rate-limiting host does, a few times. Everything else is
+    the job's outcome."""
+    after = min(float(error.headers.get("retry-after", "1")), 60.0)
+    every_route_full = error.code == "upstream_overloaded" and \
+        error.headers.get("x-switchyard-attempts") == "0"
+    if error.code == "rate_limit_exceeded" or every_route_full:
+        return after, False
     if job.attempts < MAX_ATTEMPTS and error.code in WAIT_CODES:
-        return min(float(error.headers.get("retry-after", "1")), 60.0) * job.attempts
+        return after * job.attempts, True
     return None

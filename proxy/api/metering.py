@@ -123,6 +123,11 @@ def _key_label(svc: Services, key: KeyRecord) -> str:
     return key.id if svc.config.metrics_per_key else "-"
 
 
+def _hold(asked: ImageRequest) -> float | None:
+    """A patient request's budget hold outlives the usual sweep: it may settle hours later."""
+    return asked.patience_s + 3600 if asked.patience_s else None
+
+
 def _observe_failure(model: Model, exc: RoutesFailed, seconds: float) -> None:
     last = exc.attempts[-1].provider if exc.attempts else "none"
     metrics.REQUESTS.labels(model.name, last, exc.failure.kind.value).inc()
@@ -151,7 +156,7 @@ class _Ledger:
             return None
         reservation = await asyncio.to_thread(
             self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
-            micros(budget))
+            micros(budget), _hold(self.asked))
         if reservation is None:
             metrics.KEY_REJECTIONS.labels(_key_label(self.svc, self.key), "budget").inc()
             metrics.REQUESTS.labels(self.asked.model, "none", "quota").inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,19 +33,23 @@ class Job:
     created_at: int = 0
     finished_at: int | None = None
     webhook_attempts: int = 0
+    batch_id: str | None = None
 
 
 _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, callback_url, "
-            "created_at, finished_at, webhook_attempts")
+            "created_at, finished_at, webhook_attempts, batch_id")
+_RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
+             "(state = 'processing' AND lease_until < ?))")
 
 
 def _job(row: tuple[Any, ...]) -> Job:
     (job_id, key_id, endpoint, request, state, attempts, status, response, callback, created,
-     finished, hooks) = row
+     finished, hooks, batch_id) = row
     return Job(job_id, key_id, endpoint, bytes(request), state, int(attempts),
                int(status) if status is not None else None,
                bytes(response) if response is not None else None, callback or None,
-               int(created), int(finished) if finished is not None else None, int(hooks))
+               int(created), int(finished) if finished is not None else None, int(hooks),
+               batch_id or None)
 
 
 class Jobs:
@@ -63,41 +68,65 @@ class Jobs:
         return job
 
     def claim(self, lease_s: float, now: float | None = None) -> Job | None:
-        """The oldest runnable job (queued and due, or processing with its lease run out),
-        now leased to the caller; None if there is none. Safe across processes: the UPDATE
-        re-checks the state, so two claimers never get the same job."""
+        """The next runnable job, now leased to the caller; None if there is none."""
+        claimed = self.claim_many(lease_s, 1, now=now)
+        return claimed[0] if claimed else None
+
+    def claim_many(self, lease_s: float, limit: int, skip_keys: Collection[str] = (),
+                   now: float | None = None) -> list[Job]:
+        """Up to `limit` runnable jobs (queued and due, or processing with its lease run out),
+        due first, none of `skip_keys` (tenants at their own limits), leased to the caller.
+
+        Safe across processes: each UPDATE re-checks that its job is still runnable, so two
+        claimers never get the same job; one transaction keeps a claim of many cheap."""
         now_s = int(time.time() if now is None else now)
-        runnable = ("(state = 'queued' AND run_after <= ?) OR "
-                    "(state = 'processing' AND lease_until < ?)")
-        for _ in range(5):
-            rows = self._db.query(f"SELECT id FROM jobs WHERE {runnable} "
-                                  f"ORDER BY created_at LIMIT 1", (now_s, now_s))
-            if not rows:
-                return None
-            job_id = rows[0][0]
-            if self._db.execute(
-                    f"UPDATE jobs SET state = 'processing', lease_until = ?, "
-                    f"attempts = attempts + 1 WHERE id = ? AND ({runnable})",
-                    (now_s + int(lease_s), job_id, now_s, now_s)) == 1:
-                return self.get(job_id)
-        return None
+        skip = tuple(skip_keys)
+        unskipped = f" AND key_id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+        rows = self._db.query(
+            f"SELECT id FROM jobs WHERE {_RUNNABLE}{unskipped} ORDER BY run_after LIMIT ?",
+            (now_s, now_s, *skip, limit))
+        won: list[str] = []
+        with self._db.transaction() as cur:
+            for (job_id,) in rows:
+                if cur.execute(f"UPDATE jobs SET state = 'processing', lease_until = ?, "
+                               f"attempts = attempts + 1 WHERE id = ? AND {_RUNNABLE}",
+                               (now_s + int(lease_s), job_id, now_s, now_s)) == 1:
+                    won.append(job_id)
+        return [job for job in map(self.get, won) if job is not None]
+
+    def renew(self, job_ids: Collection[str], lease_s: float) -> None:
+        """Extend the leases of jobs still running here (a batch item at a deferred host
+        runs for hours): only a worker that died lets its jobs' leases run out."""
+        if not job_ids:
+            return
+        marks = ", ".join("?" * len(job_ids))
+        self._db.execute(f"UPDATE jobs SET lease_until = ? WHERE state = 'processing' AND "
+                         f"id IN ({marks})", (int(time.time() + lease_s), *job_ids))
 
     def finish(self, job_id: str, status: int, response: bytes) -> None:
-        """The job's outcome (a success or a final error), kept for GET and the webhook."""
+        """The job's outcome (a success or a final error), kept for GET and the webhook. Its
+        ledger row (keyed by the job id) is marked delivered in the same transaction: a
+        stored result is as good as a response on the wire."""
         succeeded = 200 <= status < 300
-        self._db.execute(
-            "UPDATE jobs SET state = ?, status = ?, response = ?, lease_until = NULL, "
-            "finished_at = ?, webhook_state = CASE WHEN callback_url IS NULL THEN NULL "
-            "ELSE 'due' END, webhook_after = ? WHERE id = ?",
-            ("succeeded" if succeeded else "failed", status, response, int(time.time()),
-             int(time.time()), job_id))
+        now = int(time.time())
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE jobs SET state = ?, status = ?, response = ?, lease_until = NULL, "
+                "finished_at = ?, webhook_state = CASE WHEN callback_url IS NULL THEN NULL "
+                "ELSE 'due' END, webhook_after = ? WHERE id = ?",
+                ("succeeded" if succeeded else "failed", status, response, now, now, job_id))
+            if succeeded:
+                cur.execute("UPDATE ledger SET delivered_at = ? WHERE request_id = ?",
+                            (now, job_id))
 
-    def retry_later(self, job_id: str, seconds: float) -> None:
+    def retry_later(self, job_id: str, seconds: float, counted: bool = True) -> None:
         """Back to the queue (every route full, the key's rate limit, or a shutdown): run
-        again later. Only a job still running goes back: a finished one stays finished."""
-        self._db.execute("UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = ? "
-                         "WHERE id = ? AND state = 'processing'",
-                         (int(time.time() + seconds), job_id))
+        again later. Only a job still running goes back: a finished one stays finished. A
+        run that never reached a host (its turn simply had not come) is not `counted` as an
+        attempt."""
+        self._db.execute("UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = ?, "
+                         "attempts = attempts - ? WHERE id = ? AND state = 'processing'",
+                         (int(time.time() + seconds), 0 if counted else 1, job_id))
 
     def get(self, job_id: str, key_id: str | None = None) -> Job | None:
         """A job by id; with `key_id`, only that key's (a key never sees another's jobs)."""

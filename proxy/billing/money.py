@@ -81,9 +81,11 @@ class Money:
         self._db = db
 
     def reserve(self, key_id: str, period: str, amount_micros: int,
-                budget_micros: int | None) -> str | None:
+                budget_micros: int | None, hold_s: float | None = None) -> str | None:
         """Hold `amount` of the key's budget for `period`; None if it would overspend.
-        Keys without a budget are reserved too, so `spent` is right if one is set later."""
+        Keys without a budget are reserved too, so `spent` is right if one is set later.
+        `hold_s`: how long the hold must outlive a crash (a batch item at a deferred host
+        settles hours later); None: as long as any request can run."""
         reservation = "res_" + secrets.token_hex(8)
         with self._db.transaction() as cur:
             cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
@@ -97,9 +99,11 @@ class Money:
                     "AND spent_micros + reserved_micros + ? <= ?",
                     (amount_micros, key_id, period, amount_micros, budget_micros)) != 1:
                 return None
+            now = int(time.time())
             cur.execute("INSERT INTO reservations (id, key_id, period, amount_micros, "
-                        "created_at) VALUES (?, ?, ?, ?, ?)",
-                        (reservation, key_id, period, amount_micros, int(time.time())))
+                        "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (reservation, key_id, period, amount_micros, now,
+                         now + int(hold_s) if hold_s is not None else None))
         return reservation
 
     def settle(self, reservation: str | None, entry: Entry, period: str | None = None) -> None:
@@ -124,9 +128,12 @@ class Money:
                          (int(time.time()), request_id))
 
     def sweep(self, older_than_s: float) -> int:
-        """Release reservations older than any request can live (left by a crash)."""
-        cutoff = int(time.time() - older_than_s)
-        stale = self._db.query("SELECT id FROM reservations WHERE created_at < ?", (cutoff,))
+        """Release reservations older than any request can live (left by a crash), or past
+        the hold they were made with."""
+        now = int(time.time())
+        stale = self._db.query("SELECT id FROM reservations WHERE (expires_at IS NULL AND "
+                               "created_at < ?) OR expires_at < ?",
+                               (now - int(older_than_s), now))
         for (reservation,) in stale:
             with self._db.transaction() as cur:
                 _close(cur, reservation, 0)

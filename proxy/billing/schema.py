@@ -138,6 +138,10 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at BIGINT NOT NULL
     );
     """,
+    """
+    ALTER TABLE reservations ADD COLUMN expires_at BIGINT;
+    CREATE INDEX jobs_due ON jobs (state, run_after, key_id);
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

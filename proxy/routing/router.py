@@ -35,6 +35,11 @@ from proxy.routing.strategies import Unmet, constrain, could_lead, quote, rank
 SATURATED_RETRY_AFTER_S = 1.0
 # How long past the deadline to wait for flows to end themselves before giving up on them.
 DEADLINE_GRACE_S = 1.0
+# A deferred route is offered only to a request that can wait this many times its typical
+# turnaround: a batch API's "usually minutes" still has a long tail.
+DEFERRED_PATIENCE_FACTOR = 4.0
+# How often a patient request waiting for a slot looks again even if no slot was released.
+PATIENT_RECHECK_S = 5.0
 
 
 class NoRoute(Exception):
@@ -63,7 +68,8 @@ def effective_policy(model: Model, request: ImageRequest, key_policy: Policy) ->
 
 def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) -> list[Route]:
     """Routes that fit and meet the policy, best first; a stale route may go first as a probe."""
-    candidates = [route for route in model.routes if fits(route, request)]
+    candidates = [route for route in model.routes
+                  if patient_enough(route, request) and fits(route, request)]
     if not candidates:
         param = unservable_param(model.routes, request)
         raise NoRoute(param, f"no route of model {model.name!r} can serve this request; "
@@ -83,6 +89,15 @@ def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) ->
     return ranked
 
 
+def patient_enough(route: Route, request: ImageRequest) -> bool:
+    """Interactive requests never take a deferred route (a batch API's hours); a batch item
+    does when its remaining window covers the route's turnaround with room to spare."""
+    if not route.provider.deferred:
+        return True
+    return request.patience_s is not None and \
+        request.patience_s >= route.typical_latency_s * DEFERRED_PATIENCE_FACTOR
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A request's routes, best first, and the policy that ranked them."""
@@ -98,6 +113,7 @@ class _Live:
     route: Route
     token: int
     started: float
+    deadline: float
 
 
 class Router:
@@ -128,7 +144,8 @@ class Router:
 
     async def run(self, prepared: Prepared, request: ImageRequest) -> Served:
         policy = prepared.policy
-        run = _Run(self, request, deque(prepared.routes), self._clock() + self._timeout_s,
+        run = _Run(self, request, deque(prepared.routes),
+                   self._clock() + max(self._timeout_s, request.patience_s or 0.0),
                    bool(policy.hedge))
         started = self._clock()
         route, result = await run.execute()
@@ -168,6 +185,7 @@ class _Run:
         self.attempts: list[Attempt] = []
         self.last: Failure | None = None
         self.saturated = False
+        self.full: list[Route] = []  # routes skipped for want of a slot
 
     async def execute(self) -> tuple[Route, ImageResult]:
         try:
@@ -184,6 +202,10 @@ class _Run:
                 hedge_at = self._hedge_time()
             now = self.router._clock()
             wake = min(self.deadline, hedge_at) if hedge_at is not None else self.deadline
+            # An attempt held to a shorter deadline than the request's (a patient request on
+            # an interactive route) is ended by its own backstop.
+            wake = min([wake, *(live.deadline + DEADLINE_GRACE_S
+                                for live in self.running.values() if live.deadline < wake)])
             done, _ = await asyncio.wait(self.running, timeout=max(0.0, wake - now),
                                          return_when=asyncio.FIRST_COMPLETED)
             if not done:
@@ -196,6 +218,8 @@ class _Run:
                     # The flows end themselves at the deadline; this is the backstop.
                     raise RoutesFailed(Failure(Kind.TIMEOUT, "request deadline reached"),
                                        tuple(self.attempts))
+                else:
+                    self._expire(now)
                 continue
             # Successes first: an image that arrived is never thrown away for a failure.
             for task in sorted(done, key=lambda t: t.exception() is not None):
@@ -224,17 +248,54 @@ class _Run:
         self.last = failure
         return None
 
+    def _expire(self, now: float) -> None:
+        """End attempts past their own deadline (and grace) as timeouts; the next route
+        gets its turn."""
+        for task, live in list(self.running.items()):
+            if now >= live.deadline + DEADLINE_GRACE_S:
+                task.cancel()
+                del self.running[task]
+                failure = Failure(Kind.TIMEOUT, "request deadline reached")
+                seconds = self.router.health.of(live.route).end(
+                    live.token, self.request.geometry.tier, failure)
+                self._record(live.route, failure, seconds)
+                self.last = failure
+
     async def _start_next(self) -> bool:
-        """Start the next route that has a free slot; False when none is left to start."""
+        """Start the next route that has a free slot; False when none is left to start. A
+        patient request (a batch item) with nothing running waits for a slot of a full route
+        instead of giving up: the queue holds it, not the client."""
+        while True:
+            if await self._start_pending():
+                return True
+            if not self.request.patience_s or not self.full or self.running:
+                return False
+            remaining = self.deadline - self.router._clock()
+            if remaining <= 0:
+                return False
+            await self.router._slots.released([r.provider for r in self.full],
+                                              min(PATIENT_RECHECK_S, remaining))
+            self.pending.extend(self.full)
+            self.full.clear()
+
+    async def _start_pending(self) -> bool:
         while self.pending:
             route = self.pending.popleft()
-            wait = min(self.router._slots.wait_s, self.deadline - self.router._clock())
+            now = self.router._clock()
+            # A patient request never waits on one full route: the next one may have a slot.
+            wait = 0.0 if self.request.patience_s else \
+                min(self.router._slots.wait_s, self.deadline - now)
             if not await self.router._slots.acquire(route.provider, wait):
                 self.saturated = True
+                self.full.append(route)
                 continue
             token = self.router.health.of(route).begin()
-            task = self.router._attempt(route, self.request, self.deadline)
-            self.running[task] = _Live(route, token, self.router._clock())
+            # Only a deferred route gets a patient request's whole window; any other host is
+            # held to the usual request timeout.
+            deadline = self.deadline if route.provider.deferred else \
+                min(self.deadline, now + self.router._timeout_s)
+            task = self.router._attempt(route, self.request, deadline)
+            self.running[task] = _Live(route, token, self.router._clock(), deadline)
             return True
         return False
 

@@ -7,6 +7,8 @@ full the client hears 503 with Retry-After rather than joining an unbounded queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Iterable
 
 from proxy.catalog import Provider
@@ -22,6 +24,7 @@ class Slots:
         self._limits = {p.name: max(1, p.max_in_flight) for p in providers}
         self._semaphores = {name: asyncio.Semaphore(n) for name, n in self._limits.items()}
         self._held: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self.wait_s = wait_s
 
     def _semaphore(self, provider: Provider) -> asyncio.Semaphore:
@@ -36,6 +39,8 @@ class Slots:
         """True once a slot is held; False if none freed up within `wait_s`."""
         semaphore = self._semaphore(provider)
         if semaphore.locked():
+            if wait_s <= 0:
+                return False
             try:
                 await asyncio.wait_for(semaphore.acquire(), max(0.0, wait_s))
             except TimeoutError:
@@ -48,6 +53,21 @@ class Slots:
     def release(self, provider: Provider) -> None:
         self._held[provider.name] -= 1
         self._semaphore(provider).release()
+        waiters = self._waiters.get(provider.name)
+        while waiters:  # wake one patient waiter; done futures (timed out, woken) are skipped
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def released(self, providers: Iterable[Provider], timeout_s: float) -> None:
+        """Wait until one of `providers` frees a slot, or `timeout_s`. Each release wakes
+        one waiter, so a queue of patient requests does not stampede at every free slot."""
+        waiter = asyncio.get_running_loop().create_future()
+        for provider in providers:
+            self._waiters.setdefault(provider.name, deque()).append(waiter)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, max(0.0, timeout_s))
 
     def in_use(self, provider: Provider) -> int:
         return self._held.get(provider.name, 0)
