@@ -82,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
                           help="upstream seconds before each answer (default 0)")
     overhead.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
     overhead.set_defaults(run=_bench_overhead, config=None, data_dir=None)
+    batch = bench.add_parser("batch", help=(
+        "push a large batch through the Batch API, the queue and the scheduler (in this "
+        "process) to fake hosts with concurrency caps and realistic latencies on a fast "
+        "clock; print throughput against what the caps allow, cost per image and the "
+        "scheduler's own cost per item"))
+    batch.add_argument("--items", type=int, default=10_000, help="batch size (default 10000)")
+    batch.add_argument("--time-scale", type=_positive, default=0.1,
+                       help="host latencies are multiplied by this (default 0.1: 10x clock)")
+    batch.add_argument("--overhead-items", type=int, default=2_000,
+                       help="items of the zero-latency run that prices the scheduler "
+                            "(default 2000)")
+    batch.add_argument("--seed", type=int, default=1, help="latency draws (default 1)")
+    batch.set_defaults(run=_bench_batch, config=None, data_dir=None)
     return parser
 
 
@@ -151,6 +164,13 @@ def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     print(overhead.main(options))
+    return 0
+
+
+def _bench_batch(config: Config, args: argparse.Namespace) -> int:
+    from proxy.bench import batch
+
+    print(batch.main(args.items, args.time_scale, args.seed, args.overhead_items))
     return 0
 
 

@@ -1,0 +1,196 @@
+"""`switchyard bench batch`: push a large batch through the real scheduler and measure it.
+
+Switchyard runs in this process (uvicorn, real sockets, the SQLite queue, the job worker, the
+router, billing) in front of fake hosts with concurrency caps and realistic latencies, on a
+clock `time_scale` times real speed. A batch goes in through the Batch API as a user sends it;
+the report says how close throughput came to what the caps allow (sum of cap / mean latency),
+whether any host went past its cap, what an image cost, and what the scheduler itself costs
+per item (a second, smaller batch on zero-latency hosts, so only Switchyard's own work shows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import orjson
+import uvicorn
+
+from proxy import catalog as catalog_module
+from proxy.app import build_app
+from proxy.bench.batch_hosts import Host, HostSpec
+from proxy.billing.keys import KeyLimits
+from proxy.billing.store import Store
+from proxy.config import load
+from proxy.providers import ADAPTERS
+
+MODEL = "bench-image"
+TARGET_SHARE = 0.90
+# Typical latencies and prices of Nano Banana hosts (routes/models/nano-banana*.toml); caps
+# as a host's rate tier might set them.
+MARKET: tuple[HostSpec, ...] = (
+    HostSpec("budget", 8, 9.0, Decimal("0.030")),
+    HostSpec("mid", 16, 6.0, Decimal("0.039")),
+    HostSpec("steady", 12, 8.0, Decimal("0.045")),
+    HostSpec("premium", 8, 3.0, Decimal("0.067")),
+)
+OVERHEAD_MARKET: tuple[HostSpec, ...] = (HostSpec("instant", 64, 0.0, Decimal("0.030")),)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    items: int
+    succeeded: int
+    seconds: float  # from the batch's creation to the last host's last answer
+    completed_s: float  # ... to the batch reading "completed" (its files written)
+    cpu_s: float
+    hosts: tuple[Host, ...]
+
+    @property
+    def throughput(self) -> float:
+        return self.items / self.seconds
+
+    def allowed(self) -> float:
+        """Items per second the caps allow: each host full, at its observed mean latency."""
+        return sum(h.spec.cap / h.mean_latency_s() for h in self.hosts if h.served)
+
+    def cost_per_image(self) -> Decimal:
+        spent = sum((h.spec.usd_per_image * h.served for h in self.hosts), Decimal(0))
+        return spent / max(1, sum(h.served for h in self.hosts))
+
+
+def write_routes(root: Path, market: Sequence[HostSpec], time_scale: float) -> None:
+    """A catalog of one model served by every host of the market (OpenAI-shaped hosts)."""
+    (root / "models").mkdir(parents=True)
+    providers = "".join(
+        f'[bench-{h.name}]\nprotocol = "openai_images"\n'
+        f'base_url = "https://{h.name}.bench.invalid/v1"\nkey_env = "BENCH_KEY"\n'
+        f"max_in_flight = {h.cap}\ntimeout_s = 120\n\n" for h in market)
+    (root / "providers.toml").write_text(providers)
+    routes = "".join(
+        f'[[routes]]\nprovider = "bench-{h.name}"\nupstream_model = "gpt-image-1"\n'
+        f"typical_latency_s = {max(h.latency_s * time_scale, 0.001)}\n"
+        f'price.per_image = {{ "1K" = {h.usd_per_image} }}\n'
+        f'options.sizes = ["1024x1024"]\n\n' for h in market)
+    (root / "models" / f"{MODEL}.toml").write_text(
+        f'name = "{MODEL}"\ndefault_strategy = "cheapest"\n\n[capabilities]\n'
+        f'aspect_ratios = ["1:1"]\nmax_n = 1\noutput_formats = ["png"]\n\n{routes}')
+
+
+def batch_file(items: int) -> bytes:
+    return b"".join(orjson.dumps({
+        "custom_id": f"item-{i}", "method": "POST", "url": "/v1/images/generations",
+        "body": {"model": MODEL, "prompt": f"catalog render {i}", "size": "1024x1024"}},
+        option=orjson.OPT_APPEND_NEWLINE) for i in range(items))
+
+
+@contextlib.asynccontextmanager
+async def _switchyard(market: Sequence[HostSpec], time_scale: float, seed: int,
+                      workdir: Path, limits: KeyLimits | None
+                      ) -> AsyncIterator[tuple[str, str, tuple[Host, ...]]]:
+    """Switchyard on a real socket in this loop, its hosts faked: (base url, key, hosts)."""
+    write_routes(workdir / "routes", market, time_scale)
+    config = load(env={}, data_dir=workdir / "data", routes_dir=workdir / "routes")
+    catalog = catalog_module.load(workdir / "routes", env={"BENCH_KEY": "bench-upstream"},
+                                  demo=False, protocols=ADAPTERS)
+    hosts = tuple(Host(spec, time_scale, seed + i) for i, spec in enumerate(market))
+    with Store(config.database) as store:
+        key = store.create_key("bench", limits=limits)[1]
+    app = build_app(config, catalog, {f"bench-{h.spec.name}": h for h in hosts})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           lifespan="on"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", key, hosts
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
+async def run_batch(market: Sequence[HostSpec], items: int, time_scale: float, seed: int,
+                    progress: bool = True, limits: KeyLimits | None = None) -> Outcome:
+    """One batch of `items` through a fresh Switchyard, its key under `limits`; waits until
+    the batch completes."""
+    with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp:
+        async with _switchyard(market, time_scale, seed, Path(tmp), limits) as (
+                base, key, hosts), \
+                httpx.AsyncClient(base_url=base, timeout=120,
+                                  headers={"authorization": f"Bearer {key}"}) as http:
+            upload = await http.post("/v1/files", data={"purpose": "batch"},
+                                     files={"file": ("items.jsonl", batch_file(items))})
+            upload.raise_for_status()
+            cpu, started = time.process_time(), time.monotonic()
+            created = await http.post("/v1/batches", json={
+                "input_file_id": upload.json()["id"], "endpoint": "/v1/images/generations",
+                "completion_window": "24h"})
+            created.raise_for_status()
+            batch = created.json()
+            while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
+                await asyncio.sleep(0.25)
+                batch = (await http.get(f"/v1/batches/{batch['id']}")).json()
+                if progress:
+                    counts = batch["request_counts"]
+                    print(f"\r  {counts['completed'] + counts['failed']}/{items}", end="",
+                          flush=True)
+            completed_s, cpu_s = time.monotonic() - started, time.process_time() - cpu
+            if progress:
+                print("\r" + " " * 24 + "\r", end="")
+            last = max(h.last_answer for h in hosts)
+            return Outcome(items, batch["request_counts"]["completed"], last - started,
+                           completed_s, cpu_s, hosts)
+
+
+def render(run: Outcome, overhead: Outcome, time_scale: float) -> str:
+    lines = [f"{'host':<10}{'cap':>5}{'peak':>6}{'served':>8}{'mean s':>8}{'busy':>8}"
+             f"{'$/image':>9}"]
+    for host in run.hosts:
+        busy = host.busy_slot_s() / (host.spec.cap * run.seconds)
+        lines.append(f"{host.spec.name:<10}{host.spec.cap:>5}{host.peak:>6}{host.served:>8}"
+                     f"{host.mean_latency_s():>8.2f}{busy:>8.1%}{host.spec.usd_per_image:>9}")
+    share = run.throughput / run.allowed()
+    over = [h.spec.name for h in run.hosts if h.peak > h.spec.cap]
+    per_item_ms = overhead.seconds / overhead.items * 1000
+    lines += [
+        "",
+        f"{run.succeeded}/{run.items} items succeeded; last answer after {run.seconds:.1f} s, "
+        f"batch completed after {run.completed_s:.1f} s (clock {1 / time_scale:g}x real: "
+        f"host latencies x{time_scale:g})",
+        f"{'PASS' if share >= TARGET_SHARE else 'FAIL'} throughput {run.throughput:.1f} "
+        f"items/s = {share:.1%} of the {run.allowed():.1f} items/s the caps allow "
+        f"(sum of cap / mean latency; target >= {TARGET_SHARE:.0%})",
+        f"{'FAIL' if over else 'PASS'} no host past its cap"
+        + (f" (over: {', '.join(over)})" if over else ""),
+        f"cost ${run.cost_per_image():.4f} per image (cheapest first, spilling to dearer "
+        f"hosts as caps fill)",
+        f"scheduler overhead: {overhead.items} items on zero-latency hosts, "
+        f"{overhead.throughput:.0f} items/s: {per_item_ms:.2f} ms wall and "
+        f"{overhead.cpu_s / overhead.items * 1000:.2f} ms CPU per item (queue, routing, "
+        f"billing, the Batch API)",
+    ]
+    return "\n".join(lines)
+
+
+def main(items: int = 10_000, time_scale: float = 0.1, seed: int = 1,
+         overhead_items: int = 2_000) -> str:
+    async def both() -> tuple[Outcome, Outcome]:
+        run = await run_batch(MARKET, items, time_scale, seed)
+        overhead = await run_batch(OVERHEAD_MARKET, overhead_items, 1.0, seed)
+        return run, overhead
+
+    run, overhead = asyncio.run(both())
+    return render(run, overhead, time_scale)

@@ -1,0 +1,83 @@
+"""The batch benchmark's fake hosts: OpenAI-shaped image APIs as in-process httpx transports.
+
+Each answers POST /v1/images/generations after a latency drawn around its mean (log-normal,
+seeded), with a small pre-built PNG body, and keeps the figures the benchmark reports: calls
+served, the most in flight at once (to show no cap was exceeded), and busy slot-seconds (to
+show no capacity sat idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+import httpx
+import orjson
+
+from proxy.bench.upstream import png_base64
+
+BODY = orjson.dumps({"created": 1767225600, "data": [{"b64_json": png_base64(2000)}],
+                     "output_format": "png", "size": "1024x1024"})
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """One host of the benchmark's market: its cap, its typical latency and its price."""
+
+    name: str
+    cap: int
+    latency_s: float  # real-world typical latency; the benchmark runs it on a faster clock
+    usd_per_image: Decimal
+
+
+class Host(httpx.AsyncBaseTransport):
+    """A fake host that records how hard it was used."""
+
+    def __init__(self, spec: HostSpec, time_scale: float, seed: int, spread: float = 0.25
+                 ) -> None:
+        self.spec = spec
+        self._mean = spec.latency_s * time_scale
+        self._spread = spread
+        self._random = random.Random(seed)
+        self.served = 0
+        self.in_flight = 0
+        self.peak = 0
+        self.latency_total_s = 0.0
+        self._area = 0.0  # slot-seconds in use
+        self._since = time.monotonic()
+        self.last_answer = 0.0  # monotonic time of the last answer sent
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._area += self.in_flight * (now - self._since)
+        self._since = now
+
+    def busy_slot_s(self) -> float:
+        self._tick()
+        return self._area
+
+    def mean_latency_s(self) -> float:
+        return self.latency_total_s / self.served if self.served else self._mean
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        # A log-normal draw whose mean is the host's mean latency.
+        sigma = self._spread
+        delay = self._random.lognormvariate(math.log(self._mean) - sigma * sigma / 2, sigma) \
+            if self._mean > 0 else 0.0
+        self._tick()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._tick()
+            self.in_flight -= 1
+        self.served += 1
+        self.latency_total_s += delay
+        self.last_answer = time.monotonic()
+        return httpx.Response(200, content=BODY, headers={"content-type": "application/json"})
