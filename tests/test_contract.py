@@ -29,6 +29,7 @@ from tests.fixtures.contract import (
     byteplus,
     fal,
     gemini,
+    gemini_batch,
     kie,
     openai_images,
     replicate,
@@ -49,7 +50,7 @@ from tests.fixtures.contract.recorded import (
 
 CONTRACTS: dict[str, Contract] = {fixture.CONTRACT.protocol: fixture.CONTRACT for fixture in (
     gemini, vertex, openai_images, replicate, fal, together, byteplus, task, segmind,
-    wavespeed, kie)}
+    wavespeed, kie, gemini_batch)}
 PROTOCOLS = sorted(CONTRACTS)
 # What flows.drive reads as a reply the flow tripped over: the upstream's breakage, not ours.
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError)

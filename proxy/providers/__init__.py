@@ -7,6 +7,7 @@ from proxy.providers import (
     byteplus,
     fal,
     gemini,
+    gemini_batch,
     kie,
     openai_images,
     replicate,
@@ -23,7 +24,7 @@ ADAPTERS: dict[str, Adapter] = {
     adapter.protocol: adapter for adapter in (
         simulated.ADAPTER, gemini.ADAPTER, vertex.ADAPTER, openai_images.ADAPTER,
         replicate.ADAPTER, fal.ADAPTER, together.ADAPTER, byteplus.ADAPTER, task.ADAPTER,
-        segmind.ADAPTER, wavespeed.ADAPTER, kie.ADAPTER,
+        segmind.ADAPTER, wavespeed.ADAPTER, kie.ADAPTER, gemini_batch.ADAPTER,
     )
 }
 

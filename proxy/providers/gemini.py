@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httpx
+
 from proxy import failures, geometry, imaging
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult, InputImage, Usage
@@ -209,23 +211,27 @@ def classify(reply: UpstreamReply) -> Failure | None:
     refusals parse() finds while reading it (one decode of a multi-megabyte body, not two)."""
     if reply.status == 200:
         return None
-    error = _rpc_error(reply)
+    return rpc_failure(reply.status, _rpc_error(reply), reply.headers)
+
+
+def rpc_failure(code: int, error: Mapping[str, Any], headers: httpx.Headers) -> Failure:
+    """A google.rpc.Status (`error`) that came with HTTP status `code` as a failure class; the
+    batch protocol reads its per-request errors with the same rules."""
     status = str(error.get("status", ""))
     details = [d for d in error.get("details") or () if isinstance(d, dict)]
-    if reply.status == 429 or status == "RESOURCE_EXHAUSTED":
+    if code == 429 or status == "RESOURCE_EXHAUSTED":
         return Failure(Kind.RATE_LIMITED, "upstream quota exhausted",
-                       _retry_delay(details, reply), reply.status)
+                       _retry_delay(details, headers), code)
     if any(d.get("reason") in AUTH_REASONS for d in details):
-        return Failure(Kind.AUTH, "upstream rejected Switchyard's credentials", None,
-                       reply.status)
+        return Failure(Kind.AUTH, "upstream rejected Switchyard's credentials", None, code)
     if status == "INVALID_ARGUMENT":
         message = _clean(str(error.get("message", "")))
         return Failure(Kind.BAD_REQUEST, f"upstream rejected the request: {message}", None,
-                       reply.status)
+                       code)
     if status in STATUSES:
         kind, message = STATUSES[status]
-        return Failure(kind, message, failures.retry_after(reply.headers), reply.status)
-    return failures.from_status(reply.status, reply.headers)
+        return Failure(kind, message, failures.retry_after(headers), code)
+    return failures.from_status(code, headers)
 
 
 def _rpc_error(reply: UpstreamReply) -> Mapping[str, Any]:
@@ -239,12 +245,12 @@ def _rpc_error(reply: UpstreamReply) -> Mapping[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _retry_delay(details: list[dict[str, Any]], reply: UpstreamReply) -> float | None:
+def _retry_delay(details: list[dict[str, Any]], headers: httpx.Headers) -> float | None:
     """RetryInfo.retryDelay ("53s", "1.5s"), else Retry-After; a daily quota is "not soon"."""
     for delay in (str(d.get("retryDelay")) for d in details if d.get("@type") == _RETRY_INFO):
         with contextlib.suppress(ValueError):
             return min(max(0.0, float(delay.removesuffix("s"))), failures.MAX_RETRY_AFTER_S)
-    header = failures.retry_after(reply.headers)
+    header = failures.retry_after(headers)
     if header is not None:
         return header
     daily = any("PerDay" in str(v.get("quotaId", "")) for d in details
