@@ -35,6 +35,7 @@ from proxy.media import MediaStore, load_or_create_secret
 from proxy.providers import ADAPTERS, check_routes, flows
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
+from proxy.providers.grouping import Groups
 from proxy.routing.health import Health
 from proxy.routing.router import Router
 from proxy.routing.slots import Slots
@@ -95,7 +96,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
                           credentials=Credentials.for_providers(live.providers),
                           health=Health(r for m in live.models for r in m.routes),
                           slots=Slots(live.providers),
-                          callbacks=Callbacks(config.public_base_url)),
+                          callbacks=Callbacks(config.public_base_url),
+                          groups=Groups(flows.run_steps, refs=store.jobs)),
             store=store, keys=KeyFinder(store), media=media,
         )
         for line in describe(live):
@@ -111,6 +113,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             working.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await working
+            await app.state.services.router.groups.aclose()
             for client in clients.values():
                 await client.aclose()
             store.close()

@@ -97,11 +97,12 @@ class Jobs:
     def renew(self, job_ids: Collection[str], lease_s: float) -> None:
         """Extend the leases of jobs still running here (a batch item at a deferred host
         runs for hours): only a worker that died lets its jobs' leases run out."""
-        if not job_ids:
-            return
-        marks = ", ".join("?" * len(job_ids))
-        self._db.execute(f"UPDATE jobs SET lease_until = ? WHERE state = 'processing' AND "
-                         f"id IN ({marks})", (int(time.time() + lease_s), *job_ids))
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            self._db.execute(f"UPDATE jobs SET lease_until = ? WHERE state = 'processing' AND "
+                             f"id IN ({', '.join('?' * len(chunk))})",
+                             (int(time.time() + lease_s), *chunk))
 
     def finish(self, job_id: str, status: int, response: bytes) -> None:
         """The job's outcome (a success or a final error), kept for GET and the webhook. Its
@@ -127,6 +128,18 @@ class Jobs:
         self._db.execute("UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = ?, "
                          "attempts = attempts - ? WHERE id = ? AND state = 'processing'",
                          (int(time.time() + seconds), 0 if counted else 1, job_id))
+
+    def remember(self, job_ids: list[str], upstream_ref: str) -> None:
+        """The upstream job (a batch API's batch) these jobs were sent in: a job re-claimed
+        after a crash waits for it instead of being sent, and paid for, again."""
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start:start + 500]
+            self._db.execute(f"UPDATE jobs SET upstream_ref = ? WHERE id IN "
+                             f"({', '.join('?' * len(chunk))})", (upstream_ref, *chunk))
+
+    def recall(self, job_id: str) -> str | None:
+        rows = self._db.query("SELECT upstream_ref FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     def get(self, job_id: str, key_id: str | None = None) -> Job | None:
         """A job by id; with `key_id`, only that key's (a key never sees another's jobs)."""

@@ -140,6 +140,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     ALTER TABLE reservations ADD COLUMN expires_at BIGINT;
+    ALTER TABLE jobs ADD COLUMN upstream_ref TEXT;
     CREATE INDEX jobs_due ON jobs (state, run_after, key_id);
     """,
 )

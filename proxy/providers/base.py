@@ -9,7 +9,7 @@ fetch-the-result protocols alike, and every adapter is testable from recorded re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +70,27 @@ class UpstreamReply:
 
 Step = UpstreamCall | Sleep
 Flow = Generator[Step, UpstreamReply | None, ImageResult]
+# A flow that ends in something other than images (a group's upstream job, once it ends).
+Steps = Generator[Step, UpstreamReply | None, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Grouping:
+    """How a deferred protocol (a batch API) sends many requests as one upstream job and reads
+    each one's answer out of it: one submit and one poll loop serve them all.
+
+    `prepare(ticket, request, route)` is one member's part of the job and its size in bytes
+    (raising the member's own refusal, so one bad request never sinks the rest);
+    `submit(parts, route)` sends the job and returns its name; `wait(name, request, route)`
+    polls it until it ends (the request gives the patience) and returns the ended job;
+    `answer(ended, ticket, request)` is one member's ImageResult, or raises its failure."""
+
+    prepare: Callable[[str, ImageRequest, Route], tuple[Any, int]]
+    submit: Callable[[Sequence[Any], Route], Steps]
+    wait: Callable[[str, ImageRequest, Route], Steps]
+    answer: Callable[[Any, str, ImageRequest], ImageResult]
+    max_members: int = 500
+    max_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +111,8 @@ class Adapter:
     verify_callback: Callable[[Mapping[str, str], bytes, str, float], bool] | None = None
     # Checks a route's merged provider+route options at catalog load: one line per problem.
     validate: Callable[[Mapping[str, Any]], list[str]] | None = None
+    # Set for a deferred protocol whose requests are gathered into shared upstream jobs.
+    grouping: Grouping | None = None
 
 
 def always(route: Route) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import fields, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,9 +21,10 @@ from proxy.catalog import Provider, Route
 from proxy.config import Secret
 from proxy.domain import ImageRequest, ImageResult, Usage
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
-from proxy.providers.base import Adapter, Flow, Sleep, UpstreamCall, UpstreamReply
+from proxy.providers.base import Adapter, Flow, Sleep, Steps, UpstreamCall, UpstreamReply
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
+from proxy.providers.grouping import Groups
 
 TRANSIENT_RETRY_S = 1.0
 
@@ -87,7 +89,8 @@ async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) 
 async def generate(adapter: Adapter, route: Route, request: ImageRequest,
                    client: httpx.AsyncClient, deadline: float,
                    credentials: Credentials | None = None,
-                   callbacks: Callbacks | None = None) -> ImageResult:
+                   callbacks: Callbacks | None = None,
+                   groups: Groups | None = None) -> ImageResult:
     """One attempt at one route. n beyond what one call returns runs as parallel flows; what
     they deliver is merged (fewer images than asked is still a success, billed as delivered).
 
@@ -98,12 +101,16 @@ async def generate(adapter: Adapter, route: Route, request: ImageRequest,
         keyed = replace(route, provider=replace(route.provider, key=Secret(await command.token())))
         try:
             return await generate(adapter, keyed, request, client, deadline,
-                                  callbacks=callbacks)
+                                  callbacks=callbacks, groups=groups)
         except UpstreamError as exc:
             if exc.failure.kind is Kind.AUTH:
                 command.invalidate()
             raise
     try:
+        if groups is not None and adapter.grouping is not None and route.provider.deferred:
+            # A batch API: this request joins a shared upstream job (grouping.py).
+            return _nonempty(await groups.generate(adapter.grouping, route, request, client,
+                                                   deadline))
         return await _fan_out(adapter, route, request, client, deadline, callbacks)
     except UpstreamError as exc:
         raise UpstreamError(_scrubbed(exc.failure, route)) from None
@@ -120,7 +127,8 @@ def _scrubbed(failure: Failure, route: Route) -> Failure:
 
 async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
                    client: httpx.AsyncClient, deadline: float,
-                   callbacks: Callbacks | None = None) -> ImageResult:
+                   callbacks: Callbacks | None = None,
+                   groups: Groups | None = None) -> ImageResult:
     per_call = max(1, adapter.images_per_call)
     if request.n <= per_call:
         return await _one(adapter, route, request, client, deadline, callbacks)
@@ -185,13 +193,19 @@ async def drive(flow: Flow, route: Route, client: httpx.AsyncClient,
                 deadline: float, pause: Pause | None = None) -> ImageResult:
     """Run a flow to its result: send what it yields, sleep when it asks (or, with a callback
     ticket, until the host calls back), within the deadline."""
+    return _nonempty(await run_steps(flow, route, client, deadline, pause))
+
+
+async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
+                    deadline: float, pause: Pause | None = None) -> Any:
+    """Run any adapter generator to what it returns (a group's job name, its ended job)."""
     pause = pause or _sleep
     reply: UpstreamReply | None = None
     while True:
         try:
             step = flow.send(reply)
         except StopIteration as done:
-            return _nonempty(done.value)
+            return done.value
         except (KeyError, TypeError, ValueError, IndexError, AttributeError,
                 orjson.JSONDecodeError):
             raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed",

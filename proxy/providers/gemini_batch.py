@@ -10,22 +10,33 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
+import orjson
 
 from proxy.catalog import Route
 from proxy.domain import ImageRequest, ImageResult, Usage
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import gemini
-from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, check
+from proxy.providers.base import (
+    Adapter,
+    Flow,
+    Grouping,
+    Step,
+    Steps,
+    UpstreamCall,
+    UpstreamReply,
+    check,
+)
 from proxy.providers.results import safe_text
 from proxy.providers.upstream import Pacing, pauses
 
 PREFIX = "switchyard-"  # displayName = PREFIX + ticket: how a resumed job finds its batch
+GROUP_PREFIX = "switchyard-group-"  # a shared batch; its members remember its name (jobs table)
 POLL_S = 30.0
 # Google expires a batch that has not run within 48 h [U]; without a patience, wait that long.
 MAX_WAIT_S = 48 * 3600.0
@@ -74,7 +85,8 @@ class Options:
 
 def validate(options: Mapping[str, Any]) -> list[str]:
     """Problems in a route's batch options, found when the catalog loads."""
-    problems = [f"options.{name}: must be a positive number" for name in ("poll_s", "max_wait_s")
+    problems = [f"options.{name}: must be a positive number"
+                for name in ("poll_s", "max_wait_s", "gather_s")
                 if name in options and not _positive(options[name])]
     if "resume_lookup" in options and not isinstance(options["resume_lookup"], bool):
         problems.append("options.resume_lookup: must be true or false")
@@ -273,6 +285,42 @@ def flow(request: ImageRequest, route: Route) -> Flow:
     return outcome(operation, keys)
 
 
+# --- Many requests in one batch (proxy/providers/grouping.py gathers them) -------------------
+
+
+def group_part(ticket: str, request: ImageRequest, route: Route) -> tuple[Any, int]:
+    """A member's inline requests (one per image, keyed by its ticket) and their size."""
+    inline = gemini.body(request, route)
+    part = [{"request": inline, "metadata": {"key": item}}
+            for item in item_keys(ticket, request.n)]
+    return part, len(orjson.dumps(part))
+
+
+def group_submit(parts: Sequence[Any], route: Route) -> Steps:
+    """One batch holding every member's inline requests; its name."""
+    key = gemini.api_key(route)
+    batch = {"displayName": GROUP_PREFIX + secrets.token_hex(8), "inputConfig": {"requests": {
+        "requests": [entry for part in parts for entry in part]}}}
+    model = quote(route.upstream_model, safe="")
+    call = UpstreamCall("POST", f"{route.provider.base_url}/models/{model}:batchGenerateContent",
+                        headers=_auth(key), json={"batch": batch})
+    return batch_name(_object(check((yield call), gemini.classify), "batch"))
+
+
+def group_wait(name: str, request: ImageRequest, route: Route) -> Steps:
+    """Poll the named batch until it ends (cancelling it past the patience)."""
+    key = gemini.api_key(route)
+    operation = yield from get(name, route, key)
+    return (yield from wait_done(operation, route, key, Options.of(request, route)))
+
+
+def group_answer(ended: Any, ticket: str, request: ImageRequest) -> ImageResult:
+    return outcome(ended, item_keys(ticket, request.n))
+
+
 # One batch carries every image of a request (n inline requests under one ticket), so parallel
-# flows never share, or find, each other's batch.
-ADAPTER = Adapter("gemini_batch", flow, validate=validate)
+# flows never share, or find, each other's batch. With a Groups pool (the server has one), many
+# requests share a batch: the grouping below.
+ADAPTER = Adapter("gemini_batch", flow, validate=validate,
+                  grouping=Grouping(group_part, group_submit, group_wait, group_answer,
+                                    max_members=500, max_bytes=16 * 1024 * 1024))

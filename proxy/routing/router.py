@@ -26,6 +26,7 @@ from proxy.providers import flows
 from proxy.providers.base import Adapter
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
+from proxy.providers.grouping import Groups
 from proxy.routing.fit import fits, unservable_param
 from proxy.routing.health import Health
 from proxy.routing.slots import Slots
@@ -122,7 +123,8 @@ class Router:
     def __init__(self, adapters: Mapping[str, Adapter], clients: Mapping[str, httpx.AsyncClient],
                  timeout_s: float, clock: Callable[[], float] = time.monotonic,
                  credentials: Credentials | None = None, health: Health | None = None,
-                 slots: Slots | None = None, callbacks: Callbacks | None = None) -> None:
+                 slots: Slots | None = None, callbacks: Callbacks | None = None,
+                 groups: Groups | None = None) -> None:
         self._adapters = adapters
         self._clients = clients
         self._timeout_s = timeout_s
@@ -131,6 +133,7 @@ class Router:
         self.health = health or Health((), clock=clock)
         self._slots = slots or Slots(())
         self.callbacks = callbacks or Callbacks(None)
+        self.groups = groups or Groups(flows.run_steps)
 
     async def serve(self, model: Model, request: ImageRequest,
                     key_policy: Policy | None = None) -> Served:
@@ -166,7 +169,8 @@ class Router:
         callback: it runs even for a task cancelled before it started)."""
         task = asyncio.create_task(flows.generate(
             self._adapters[route.provider.protocol], route, request,
-            self._clients[route.provider.name], deadline, self._credentials, self.callbacks))
+            self._clients[route.provider.name], deadline, self._credentials, self.callbacks,
+            self.groups))
         task.add_done_callback(lambda _: self._slots.release(route.provider))
         return task
 
