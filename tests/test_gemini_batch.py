@@ -410,7 +410,8 @@ def test_one_key_switches_on_both_google_providers() -> None:
     live = catalog_module.load(default_routes_dir(), {"GEMINI_API_KEY": "k"}, False, ADAPTERS)
     providers = {p.name: p for p in live.providers}
     assert set(providers) == {"google", "google-batch"}
-    assert providers["google-batch"].max_in_flight == 1000
+    assert providers["google-batch"].max_in_flight == 10000  # items waiting in batches
+    assert providers["google-batch"].deferred
     assert providers["google-batch"].options["poll_s"] == 30
 
 
