@@ -32,6 +32,7 @@ class HostSpec:
     cap: int
     latency_s: float  # real-world typical latency; the benchmark runs it on a faster clock
     usd_per_image: Decimal
+    deferred: bool = False  # a batch API (BatchApi): cap is items in flight, latency turnaround
 
 
 class Host(httpx.AsyncBaseTransport):
@@ -81,3 +82,51 @@ class Host(httpx.AsyncBaseTransport):
         self.latency_total_s += delay
         self.last_answer = time.monotonic()
         return httpx.Response(200, content=BODY, headers={"content-type": "application/json"})
+
+
+class BatchApi(httpx.AsyncBaseTransport):
+    """A fake Gemini Batch API (create, get) whose batches succeed `turnaround_s` after they
+    are created, every inline request answered with the same small PNG under its key. It
+    counts the batches it was sent and the requests in them."""
+
+    def __init__(self, spec: HostSpec, time_scale: float) -> None:
+        self.spec = spec
+        self._turnaround = spec.latency_s * time_scale
+        self._batches: dict[str, tuple[float, list[str]]] = {}
+        self._answered: set[str] = set()
+        self.served = 0  # requests answered
+        self.creates = 0
+        self.polls = 0
+        self.last_answer = 0.0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        path = request.url.path
+        if request.method == "POST" and path.endswith(":batchGenerateContent"):
+            self.creates += 1
+            entries = orjson.loads(body)["batch"]["inputConfig"]["requests"]["requests"]
+            name = f"batches/bench{self.creates:05d}"
+            self._batches[name] = (time.monotonic(), [e["metadata"]["key"] for e in entries])
+            return self._operation(name)
+        self.polls += 1
+        return self._operation(path.removeprefix("/v1beta/"))
+
+    def _operation(self, name: str) -> httpx.Response:
+        created, keys = self._batches[name]
+        meta: dict[str, object] = {"name": name, "state": "BATCH_STATE_RUNNING"}
+        if time.monotonic() - created >= self._turnaround:
+            meta["state"] = "BATCH_STATE_SUCCEEDED"
+            meta["output"] = {"inlinedResponses": {"inlinedResponses": [
+                {"response": GEMINI_ANSWER, "metadata": {"key": key}} for key in keys]}}
+            if name not in self._answered:
+                self._answered.add(name)
+                self.served += len(keys)
+                self.last_answer = time.monotonic()
+        return httpx.Response(200, content=orjson.dumps({"name": name, "metadata": meta}),
+                              headers={"content-type": "application/json"})
+
+
+GEMINI_ANSWER = {"candidates": [{"content": {"parts": [{"inlineData": {
+    "mimeType": "image/png", "data": png_base64(2000)}}]}, "finishReason": "STOP"}],
+    "usageMetadata": {"candidatesTokenCount": 1290, "candidatesTokensDetails": [
+        {"modality": "IMAGE", "tokenCount": 1290}]}}
