@@ -120,9 +120,10 @@ def _routes_list(config: Config, args: argparse.Namespace) -> int:
         for route in model.routes:
             prices = [f"{route.price_per_image[t]:.4f}" if t in route.price_per_image else "-"
                       for t in TIERS]
+            terms = route.price_terms + ("; batch items only" if route.provider.deferred
+                                         else "")
             rows.append([model.name, route.provider.name, route.provider.protocol,
-                         route.upstream_model, *prices, route.price_terms,
-                         _status(route.provider, demo_on)])
+                         route.upstream_model, *prices, terms, _status(route.provider, demo_on)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
