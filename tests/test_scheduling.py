@@ -5,6 +5,7 @@ budgets respected, and every host kept at (never past) its cap."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from proxy.api import job_worker
 from proxy.bench.batch import run_batch
 from proxy.bench.batch_hosts import HostSpec
 from proxy.billing.keys import KeyLimits
@@ -170,3 +172,25 @@ def test_a_batch_never_spends_beyond_the_budget(tmp_path: Path) -> None:
             spent, reserved = store.money.spent(
                 store.db.query("SELECT id FROM api_keys WHERE name = 'capped'")[0][0], "total")
         assert (spent, reserved) == (Decimal("0.10"), Decimal(0))
+
+
+def test_items_that_cannot_get_a_slot_wait_in_the_queue_not_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if a deferred host's cap counted (10,000 items) for a model it does not serve: the
+    worker stops claiming once MAX_WAITING items wait for the test hosts' 32 slots."""
+    monkeypatch.setattr(job_worker, "capacity", lambda svc: 10_000)
+    config = make_config(tmp_path / "data", simulation_time_scale=0.2)
+    with serve(config) as running, openai.OpenAI(base_url=running.v1, max_retries=0,
+                                                 api_key=running.new_key("bulk")) as sdk:
+        upload = sdk.files.create(file=("in.jsonl", jsonl(
+            [{"model": "test-image", "prompt": f"p{i}"} for i in range(400)])), purpose="batch")
+        batch = sdk.batches.create(input_file_id=upload.id, endpoint=ENDPOINT,
+                                   completion_window="24h")
+        peak = 0
+        with running.store() as store:
+            while sdk.batches.retrieve(batch.id).status != "completed":
+                peak = max(peak, int(store.db.query(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'processing'")[0][0]))
+                time.sleep(0.02)
+    slots = 16 + 16  # sim-cheap and sim-fast
+    assert slots <= peak <= slots + job_worker.CLAIM_AT_ONCE + job_worker.MAX_WAITING

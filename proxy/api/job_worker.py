@@ -31,6 +31,10 @@ log = logging.getLogger("switchyard.jobs")
 IDLE_POLL_S = 0.25
 HOUSEKEEPING_S = 1.0  # webhooks due and batches to finalize are looked for this often
 CLAIM_AT_ONCE = 64  # jobs claimed per database round trip
+# Claimed items that may wait for a host's slot at once (capacity counts every live host, and
+# not every item can use every host): enough to take the next free slot without a claim.
+MAX_WAITING = 32
+PLACING_S = 0.005  # how soon to look again while claimed items are on their way to a slot
 MAX_ATTEMPTS = 5  # runs of one job that ended "try later" before that is its outcome
 WAIT_CODES = frozenset({"rate_limit_exceeded", "upstream_rate_limited", "upstream_overloaded"})
 
@@ -42,7 +46,9 @@ class Worker:
     the best route with a free slot (a batch item never waits on a full route while another
     has room, and waits for a slot when all are full), so every host is kept busy and none
     is pushed past its limit. A tenant at its own concurrency limit, or resting after its
-    rate limit, is skipped when claiming, so its items wait in the queue, not in memory.
+    rate limit, is skipped when claiming, and no more is claimed while MAX_WAITING items wait
+    for a slot, so queued items wait in the queue, not in memory. Interactive requests take a
+    freed slot before a waiting batch item does (they wait on the slot itself).
     """
 
     def __init__(self, svc: Services, secret: str, concurrency: int | None = None) -> None:
@@ -64,20 +70,37 @@ class Worker:
                   asyncio.create_task(self._renew_leases())]
         try:
             while True:
-                free = self._capacity - len(self._running)
-                jobs = await self._claim(min(free, CLAIM_AT_ONCE)) if free > 0 else []
+                room = self._room()
+                jobs = await self._claim(room) if room > 0 else []
                 for job in jobs:
                     self._start(job)
-                if len(jobs) < CLAIM_AT_ONCE or free <= len(jobs):
-                    # Nothing more to claim, or no room: wait for a job to end (or a while).
-                    self._freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._freed.wait(), IDLE_POLL_S)
+                if jobs and len(jobs) == room:
+                    continue  # there may be more to claim
+                if self._unplaced():
+                    await asyncio.sleep(PLACING_S)  # items on their way to a slot
+                    continue
+                # Nothing more to claim, or no room: wait for a job to end (or a while).
+                self._freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), IDLE_POLL_S)
         finally:
             for chore in chores:
                 chore.cancel()
             await asyncio.gather(*chores, return_exceptions=True)
             await self._stop()
+
+    def _room(self) -> int:
+        """How many jobs to claim now: within the worker's capacity, and no more than keep
+        MAX_WAITING items waiting for a slot (counting those on their way to one)."""
+        waiting = self._svc.router.waiting
+        return min(self._capacity - len(self._running), CLAIM_AT_ONCE,
+                   MAX_WAITING - waiting - self._unplaced())
+
+    def _unplaced(self) -> int:
+        """Running jobs neither in an attempt nor waiting for a slot yet (an estimate:
+        interactive requests hold slots too, which makes it low, never high)."""
+        router = self._svc.router
+        return max(0, len(self._running) - router.held - router.waiting)
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._run_one(job))

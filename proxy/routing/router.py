@@ -135,6 +135,17 @@ class Router:
         self.callbacks = callbacks or Callbacks(None)
         self.groups = groups or Groups(flows.run_steps)
 
+    @property
+    def waiting(self) -> int:
+        """Patient requests (batch items) waiting for a slot: the scheduler claims no more
+        while many are, so queued items wait in the database, not in memory."""
+        return self._slots.waiting
+
+    @property
+    def held(self) -> int:
+        """Slots held now, all hosts: attempts in flight."""
+        return self._slots.held
+
     async def serve(self, model: Model, request: ImageRequest,
                     key_policy: Policy | None = None) -> Served:
         return await self.run(self.prepare(model, request, key_policy), request)

@@ -25,6 +25,8 @@ class Slots:
         self._semaphores = {name: asyncio.Semaphore(n) for name, n in self._limits.items()}
         self._held: dict[str, int] = {}
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self.waiting = 0  # patient requests now waiting in `released`
+        self.held = 0  # slots held, all providers
         self.wait_s = wait_s
 
     def _semaphore(self, provider: Provider) -> asyncio.Semaphore:
@@ -48,10 +50,12 @@ class Slots:
         else:
             await semaphore.acquire()
         self._held[provider.name] = self._held.get(provider.name, 0) + 1
+        self.held += 1
         return True
 
     def release(self, provider: Provider) -> None:
         self._held[provider.name] -= 1
+        self.held -= 1
         self._semaphore(provider).release()
         waiters = self._waiters.get(provider.name)
         while waiters:  # wake one patient waiter; done futures (timed out, woken) are skipped
@@ -66,8 +70,12 @@ class Slots:
         waiter = asyncio.get_running_loop().create_future()
         for provider in providers:
             self._waiters.setdefault(provider.name, deque()).append(waiter)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter, max(0.0, timeout_s))
+        self.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, max(0.0, timeout_s))
+        finally:
+            self.waiting -= 1
 
     def in_use(self, provider: Provider) -> int:
         return self._held.get(provider.name, 0)
