@@ -92,7 +92,8 @@ def test_without_keys_only_the_simulated_demo_is_live() -> None:
 
 # A key variable -> the providers it switches on (Google's key serves its Batch API too).
 KEYS = {"GEMINI_API_KEY": "google google-batch", "VERTEX_API_KEY": "vertex",
-        "OPENAI_API_KEY": "openai", "REPLICATE_API_TOKEN": "replicate", "FAL_KEY": "fal", "TOGETHER_API_KEY": "together",
+        "OPENAI_API_KEY": "openai", "REPLICATE_API_TOKEN": "replicate", "FAL_KEY": "fal",
+        "TOGETHER_API_KEY": "together",
         "ARK_API_KEY": "byteplus", "TOAPIS_API_KEY": "toapis",
         "OPENOCTOPUS_API_KEY": "openoctopus", "NEWPORTAI_API_KEY": "newportai",
         "APIPASS_API_KEY": "apipass", "SEGMIND_API_KEY": "segmind",
