@@ -86,9 +86,11 @@ def test_cancel_stops_queued_items(tmp_path: Path) -> None:
 
 def test_a_thousand_items_survive_a_restart_each_billed_once(tmp_path: Path) -> None:
     config = make_config(tmp_path / "data", simulation_time_scale=0.02)
-    # test-failover fails over from a broken route on every item: injected failures.
+    # Injected failures: test-failover fails over from a broken route on every item, and
+    # every 25th item asks for test-down, whose only host always fails.
     models = ["test-image", "test-failover"]
-    content = jsonl([{"model": models[i % 2], "prompt": f"p{i}"} for i in range(1000)])
+    content = jsonl([{"model": "test-down" if i % 25 == 24 else models[i % 2],
+                      "prompt": f"p{i}"} for i in range(1000)])
     with Store(config.database) as store:
         key = store.create_key("bulk")[1]
     with serve(config) as running, \
@@ -112,3 +114,8 @@ def test_a_thousand_items_survive_a_restart_each_billed_once(tmp_path: Path) -> 
           f"billed rows {billed[0]}")
     assert sorted(ids) == sorted(f"item-{i}" for i in range(1000)), "none lost, none twice"
     assert billed[0] == billed[1] == len(output), "each success billed exactly once"
+    assert sorted(line["custom_id"] for line in errors) == sorted(
+        f"item-{i}" for i in range(24, 1000, 25)), "exactly the doomed items failed"
+    for line in errors:  # each with its reason, as the API would have answered it
+        assert line["response"]["status_code"] >= 400
+        assert line["response"]["body"]["error"]["code"]
