@@ -21,6 +21,7 @@ from proxy.catalog import Provider, Route
 from proxy.config import Secret
 from proxy.domain import ImageRequest, ImageResult, Usage
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
+from proxy.providers import transport
 from proxy.providers.base import Adapter, Flow, Sleep, Steps, UpstreamCall, UpstreamReply
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
@@ -36,19 +37,24 @@ def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapte
     """One pooled client per upstream, built once in the app's lifespan.
 
     `transports` replaces the network for named providers: tests plug fake upstreams in here.
+    The others get lean plain-http connections (proxy.providers.transport) unless a proxy is
+    configured in the environment.
     """
-    clients = {}
+    clients: dict[str, httpx.AsyncClient] = {}
+    lean = transport.usable()
     for provider in providers:
         adapter = adapters[provider.protocol]
-        transport = (transports or {}).get(provider.name)
-        if transport is None and adapter.transport:
-            transport = adapter.transport(provider, time_scale)
-        clients[provider.name] = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(provider.timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=provider.max_in_flight,
-                                max_keepalive_connections=provider.max_in_flight),
-        )
+        given = (transports or {}).get(provider.name)
+        if given is None and adapter.transport:
+            given = adapter.transport(provider, time_scale)
+        timeout = httpx.Timeout(provider.timeout_s, connect=10.0)
+        limits = httpx.Limits(max_connections=provider.max_in_flight,
+                              max_keepalive_connections=provider.max_in_flight)
+        if given is None and lean:
+            clients[provider.name] = transport.Client(limits, timeout)
+        else:
+            clients[provider.name] = httpx.AsyncClient(transport=given, timeout=timeout,
+                                                       limits=limits)
     return clients
 
 
@@ -74,6 +80,10 @@ async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) 
         content = orjson.dumps(call.json)
         headers.setdefault("content-type", "application/json")
     try:
+        if isinstance(client, transport.Client) and not (call.files or call.form):
+            raw = await client.lean.exchange(call.method, call.url, headers, content, timeout_s)
+            if raw is not None:
+                return UpstreamReply(raw.status, httpx.Headers(raw.headers), raw.body)
         if call.files or call.form:
             response = await client.request(call.method, call.url, headers=headers,
                                             data=dict(call.form or {}), files=list(call.files),
@@ -127,8 +137,7 @@ def _scrubbed(failure: Failure, route: Route) -> Failure:
 
 async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
                    client: httpx.AsyncClient, deadline: float,
-                   callbacks: Callbacks | None = None,
-                   groups: Groups | None = None) -> ImageResult:
+                   callbacks: Callbacks | None = None) -> ImageResult:
     per_call = max(1, adapter.images_per_call)
     if request.n <= per_call:
         return await _one(adapter, route, request, client, deadline, callbacks)

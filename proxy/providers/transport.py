@@ -1,0 +1,244 @@
+"""The upstream clients' transport: plain-http keep-alive calls on lean HTTP/1.1 connections
+(proxy.providers.http1), everything else on httpx's own transport.
+
+httpx's request and response objects and httpcore took about a quarter of a proxied
+request's CPU, and read a reply in chunks joined later (two copies of every image). A call to
+an upstream on plain http (a local gateway, a sidecar, the overhead benchmark's fake host)
+needs none of that. https, proxies, odd URLs or headers go the ordinary httpx way, so nothing
+changes for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from proxy.providers.http1 import Connection, Reply
+
+# As httpx: an idle connection older than this is closed instead of reused.
+KEEPALIVE_EXPIRY_S = 5.0
+USER_AGENT = f"python-httpx/{httpx.__version__}"
+# Plain http is a local network: compressing it costs both ends more CPU than it saves.
+_DEFAULTS = (("accept", "*/*"), ("accept-encoding", "identity"), ("connection", "keep-alive"),
+             ("user-agent", USER_AGENT))
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_ONE_WRITE = 64 * 1024  # a request body up to this goes out in one write with its head
+# What httpx would send unchanged in a request target; anything else is left to httpx.
+_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_MAX_TARGETS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a plain-http URL goes: the origin to connect to, the Host header, the path."""
+
+    host: str
+    port: int
+    authority: str
+    path: str
+
+
+def parse_target(url: str) -> Target | None:
+    """The target of a plain-http URL httpx would send as written; None for anything else."""
+    if not url.startswith("http://") or not url.isascii():
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        return None
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    if not parts.hostname or "@" in parts.netloc or not _PATH.fullmatch(path) \
+            or any(c in parts.netloc for c in " \t\r\n"):
+        return None
+    return Target(parts.hostname, port, parts.netloc, path)
+
+
+def encode_head(method: str, target: Target, headers: Iterable[tuple[str, str]],
+                length: int | None) -> bytes | None:
+    """Request line and headers (httpx's defaults for those not given); None if a name or
+    value is one httpx should judge (non-ASCII, not a token, a line break)."""
+    if not _TOKEN.fullmatch(method):
+        return None
+    lines = [f"{method} {target.path} HTTP/1.1\r\n"]
+    given = set()
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or "\r" in value or "\n" in value or "\0" in value:
+            return None
+        given.add(name.lower())
+        lines.append(f"{name}: {value}\r\n")
+    if "host" not in given:
+        lines.insert(1, f"host: {target.authority}\r\n")
+    lines.extend(f"{name}: {value}\r\n" for name, value in _DEFAULTS if name not in given)
+    if length is not None and "content-length" not in given:
+        lines.append(f"content-length: {length}\r\n")
+    lines.append("\r\n")
+    try:
+        return "".join(lines).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+
+
+_UNKNOWN: Target | None = Target("", 0, "", "")  # not parsed yet
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float | None
+    read: float | None
+    pool: float | None
+
+    @classmethod
+    def of(cls, extension: Mapping[str, float | None]) -> Timeouts:
+        return cls(extension.get("connect"), extension.get("read"), extension.get("pool"))
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """Keep-alive HTTP/1.1 connections for plain http, at most `max_connections` busy at once;
+    every other request goes to an httpx.AsyncHTTPTransport with the same limits."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self.fallback = httpx.AsyncHTTPTransport(limits=limits)
+        self._slots = asyncio.Semaphore(limits.max_connections or 1_000_000)
+        self._keep = limits.max_keepalive_connections or 1_000_000
+        self._idle: dict[tuple[str, int], list[Connection]] = {}
+        self._targets: dict[str, Target | None] = {}
+
+    async def exchange(self, method: str, url: str, headers: Mapping[str, str],
+                       content: bytes | None, timeout_s: float) -> Reply | None:
+        """The reply to a call, sent without building httpx objects; None when the call is not
+        plain http as written (the caller sends it through httpx instead)."""
+        target = self._targets.get(url, _UNKNOWN)
+        if target is _UNKNOWN:
+            if len(self._targets) >= _MAX_TARGETS:  # poll URLs carry job ids: keep it bounded
+                self._targets.clear()
+            target = self._targets[url] = parse_target(url)
+        if target is None:
+            return None
+        content = content or b""
+        length = len(content) if content or method in _BODY_METHODS else None
+        head = encode_head(method, target, headers.items(), length)
+        if head is None:
+            return None
+        reply = await self._send(target.host, target.port, _pieces(head, content),
+                                 method == "HEAD", Timeouts(timeout_s, timeout_s, timeout_s))
+        if any(name.lower() == b"content-encoding" for name, _ in reply.headers):
+            return await _decoded(reply)
+        return reply
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """httpx's entry (multipart uploads come this way): plain http on lean connections,
+        anything else on httpx's own transport."""
+        url = request.url
+        target = parse_target(str(url)) if url.scheme == "http" else None
+        headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                   for name, value in request.headers.raw
+                   if name.lower() not in (b"transfer-encoding", b"content-length")]
+        head = None
+        if target is not None:
+            body = await request.aread()
+            length = len(body) if body or request.method in _BODY_METHODS else None
+            head = encode_head(request.method, target, headers, length)
+        if target is None or head is None:
+            return await self.fallback.handle_async_request(request)
+        reply = await self._send(target.host, target.port, _pieces(head, body),
+                                 request.method == "HEAD",
+                                 Timeouts.of(request.extensions.get("timeout", {})))
+        return httpx.Response(reply.status, headers=reply.headers,
+                              stream=httpx.ByteStream(reply.body),
+                              extensions={"http_version": b"HTTP/1.1"})
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        await self.fallback.aclose()
+
+    async def _send(self, host: str, port: int, data: list[bytes], head_only: bool,
+                    timeouts: Timeouts) -> Reply:
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(timeouts.pool):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection in time") from None
+        else:
+            await self._slots.acquire()
+        try:
+            connection = self._reuse((host, port)) or await _connect(host, port,
+                                                                      timeouts.connect)
+            reply = await connection.request(data, head_only, timeouts.read)
+        finally:
+            self._slots.release()
+        if not reply.reusable or connection.closed:
+            connection.close()
+            return reply
+        connection.idle_since = time.monotonic()
+        idle = self._idle.setdefault((host, port), [])
+        idle.append(connection)
+        if len(idle) > self._keep:
+            idle.pop(0).close()
+        return reply
+
+    def _reuse(self, origin: tuple[str, int]) -> Connection | None:
+        """The most recently used live idle connection to the origin; stale ones are closed."""
+        idle = self._idle.get(origin)
+        oldest = time.monotonic() - KEEPALIVE_EXPIRY_S
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and connection.idle_since >= oldest:
+                return connection
+            connection.close()
+        return None
+
+
+class Client(httpx.AsyncClient):
+    """An upstream's pooled client on a LeanTransport; flows.send hands its plain-http calls
+    to `lean.exchange`, skipping httpx's request and response objects."""
+
+    def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout) -> None:
+        self.lean = LeanTransport(limits)
+        super().__init__(transport=self.lean, limits=limits, timeout=timeout)
+
+
+def usable() -> bool:
+    """Whether lean connections may be used: not when the environment names a proxy (httpx
+    honours those only for clients without their own transport)."""
+    proxies = urllib.request.getproxies()
+    return not any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+
+
+async def _connect(host: str, port: int, timeout_s: float | None) -> Connection:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, connection = await loop.create_connection(Connection, host, port)
+    except TimeoutError:
+        raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+    except OSError as exc:
+        raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
+    return connection
+
+
+def _pieces(head: bytes, body: bytes) -> list[bytes]:
+    if len(body) <= _ONE_WRITE:
+        return [head + body]
+    return [head, body]
+
+
+async def _decoded(reply: Reply) -> Reply:
+    """A reply the server compressed although it was asked not to, decoded as httpx would."""
+    response = httpx.Response(reply.status, headers=reply.headers,
+                              stream=httpx.ByteStream(reply.body))
+    return Reply(reply.status, reply.headers, await response.aread(), reply.reusable)
