@@ -116,6 +116,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
             await app.state.services.router.groups.aclose()
             for client in clients.values():
                 await client.aclose()
+            # Delivery marks still queued are written before the database closes.
+            await asyncio.to_thread(app.state.services.ledger_writes.shutdown)
             store.close()
 
     return Starlette(

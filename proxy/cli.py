@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import __version__, cli_batch, cli_billing
+from proxy import __version__, cli_batch, cli_billing, logs
 from proxy.billing.store import Store
 from proxy.catalog import Catalog, CatalogError, Provider
 from proxy.config import Config, ConfigError, load
+
+# uvicorn's choices; `auto` takes uvloop and httptools (the `fast` extra) when installed.
+LOOPS = ("auto", "asyncio", "uvloop")
+HTTP_PARSERS = ("auto", "h11", "httptools")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
     serve.add_argument("--workers", type=int, help="server processes sharing the port "
                                                    "(default 1; or SWITCHYARD_WORKERS)")
+    serve.add_argument("--loop", choices=LOOPS, default="auto",
+                       help="event loop (default auto: uvloop when installed, as with "
+                            "pip install 'switchyard[fast]', else asyncio)")
+    serve.add_argument("--http", choices=HTTP_PARSERS, default="auto",
+                       help="HTTP/1.1 parser (default auto: httptools when installed, else h11)")
     serve.set_defaults(run=_serve)
 
     cli_billing.add_commands(commands, common)
@@ -81,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     overhead.add_argument("--delay", type=float, default=0.0,
                           help="upstream seconds before each answer (default 0)")
     overhead.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    overhead.add_argument("--loop", choices=LOOPS, default="auto",
+                          help="Switchyard's event loop (serve --loop; default auto)")
+    overhead.add_argument("--http", choices=HTTP_PARSERS, default="auto",
+                          help="Switchyard's HTTP parser (serve --http; default auto)")
     overhead.set_defaults(run=_bench_overhead, config=None, data_dir=None)
     batch = bench.add_parser("batch", help=(
         "push a large batch through the Batch API, the queue and the scheduler (in this "
@@ -160,7 +172,7 @@ def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
 
     try:
         options = overhead.options(args.quick, args.runs, args.requests, args.scenario,
-                                   args.delay)
+                                   args.delay, (args.loop, args.http))
     except ValueError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
@@ -194,18 +206,17 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
               "machines, without an admin key. Set SWITCHYARD_ADMIN_KEY (or admin_key in the "
               "config file), or bind to 127.0.0.1.", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
+    logs.configure()
     catalog = load_catalog(config)
     _banner(config, catalog, describe(catalog))
     if config.workers > 1:
         _prepare_workers(config, args)
         uvicorn.run("proxy.app:from_environment", factory=True, workers=config.workers,
                     host=config.host, port=config.port, access_log=config.access_log,
-                    log_level="info")
+                    log_level="info", loop=args.loop, http=args.http)
         return 0
     uvicorn.run(build_app(config, catalog), host=config.host, port=config.port,
-                access_log=config.access_log, log_level="info")
+                access_log=config.access_log, log_level="info", loop=args.loop, http=args.http)
     return 0
 
 

@@ -30,7 +30,9 @@ async def edits(request: Request) -> Response:
     return await _metered(request, _edit, "edits")
 
 
-Parser = Callable[[Request, Services, KeyRecord], Awaitable[tuple[Model, ImageRequest]]]
+# (request, services, key, its JSON body if already read) -> what to serve
+Parser = Callable[[Request, Services, KeyRecord, dict[str, Any] | None],
+                  Awaitable[tuple[Model, ImageRequest]]]
 
 
 async def _metered(request: Request, parse_body: Parser, endpoint: str) -> Response:
@@ -38,6 +40,7 @@ async def _metered(request: Request, parse_body: Parser, endpoint: str) -> Respo
     `Prefer: respond-async` or a `callback_url`, as a queued job."""
     svc = services(request)
     key = await authenticate(request, svc)
+    data = None
     if request.headers.get("content-type", "").startswith("application/json"):
         data = await _json_object(request)
         if jobs.wants_async(request, data):
@@ -48,7 +51,7 @@ async def _metered(request: Request, parse_body: Parser, endpoint: str) -> Respo
     idem_key = request.headers.get(idempotent.HEADER)
 
     async def produce() -> Response:
-        model, asked = await parse_body(request, svc, key)
+        model, asked = await parse_body(request, svc, key, data)
         return await charge(Origin.of(request), svc, key, model, asked, idem_key)
 
     if idem_key is None:
@@ -68,20 +71,23 @@ async def _queued(request: Request, svc: Services, key: KeyRecord, endpoint: str
     return await jobs.accept(svc, key, endpoint, data, hook)
 
 
-async def _generation(request: Request, svc: Services,
-                      key: KeyRecord) -> tuple[Model, ImageRequest]:
-    return from_json(svc, key, "generations", await _json_object(request),
+async def _generation(request: Request, svc: Services, key: KeyRecord,
+                      data: dict[str, Any] | None) -> tuple[Model, ImageRequest]:
+    return from_json(svc, key, "generations",
+                     data if data is not None else await _json_object(request),
                      request.headers.get(HEADER))
 
 
-async def _edit(request: Request, svc: Services, key: KeyRecord) -> tuple[Model, ImageRequest]:
+async def _edit(request: Request, svc: Services, key: KeyRecord,
+                data: dict[str, Any] | None) -> tuple[Model, ImageRequest]:
     content_type = request.headers.get("content-type", "")
     images: tuple[InputImage, ...]
     if content_type.startswith("multipart/form-data"):
         fields, files, mask = await uploads.read_form(request)
         body, images = Body(fields, form=True), tuple(files)
     elif content_type.startswith("application/json"):
-        return from_json(svc, key, "edits", await _json_object(request),
+        return from_json(svc, key, "edits",
+                         data if data is not None else await _json_object(request),
                          request.headers.get(HEADER))
     else:
         raise ApiError(415, "send multipart/form-data (as the OpenAI SDK does) or JSON",

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any, TypeVar
 
 import orjson
 from starlette.background import BackgroundTask
@@ -20,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy import metrics
-from proxy.api.errors import ApiError, bad_request, from_failure
+from proxy.api import streamed
+from proxy.api.errors import ApiError, bad_request, from_failure, log
 from proxy.api.render import attempt_headers, image_headers, images_body, observe
 from proxy.api.request_log import request_line
 from proxy.billing.keys import KeyRecord
@@ -31,6 +35,8 @@ from proxy.catalog import Model
 from proxy.domain import ImageRequest, Policy, Served
 from proxy.routing.router import NoRoute, Prepared, RoutesFailed
 from proxy.services import Services
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +106,7 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         await asyncio.shield(ledger.abandoned(reservation, started))
         metrics.REQUESTS.labels(model.name, "none", "cancelled").inc()
         raise
-    body = orjson.dumps(await images_body(origin.base_url, svc, ledger.asked, served))
+    content = await images_body(origin.base_url, svc, ledger.asked, served)
     delivered = len(served.result.images)
     upstream_per_image = served.cost_usd / delivered
     billed = min(quote, plan.per_image(model.name, ledger.asked.geometry.tier,
@@ -115,8 +121,26 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         float(served.cost_usd + served.hedge_cost_usd))
     headers = image_headers(ledger.asked, served)
     headers["x-switchyard-billed-usd"] = f"{billed:.6f}"
-    return Response(body, 200, headers, "application/json",
-                    background=BackgroundTask(ledger.delivered))
+    return _respond(content, headers, BackgroundTask(ledger.delivered))
+
+
+def _respond(content: dict[str, Any], headers: dict[str, str],
+             background: BackgroundTask) -> Response:
+    """The response, serialized only once the row is in (a request waiting for its row holds
+    one copy of its images, not two). Big base64 strings are never copied whole (orjson.dumps
+    would copy each image once more and hold it until a slow client has read it): they go
+    out in slices."""
+    pieces = streamed.split(content)
+    if pieces is not None:
+        return streamed.PiecesResponse(pieces, 200, headers, background)
+    return Response(orjson.dumps(content), 200, headers, "application/json",
+                    background=background)
+
+
+def _report(done: Future[None]) -> None:
+    """Log a delivery mark that failed (the type only: values may hold secrets)."""
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        log.error("marking a ledger row delivered failed: %s", type(exc).__name__)
 
 
 def _key_label(svc: Services, key: KeyRecord) -> str:
@@ -154,7 +178,7 @@ class _Ledger:
         budget = self.key.limits.budget_usd
         if budget is None:
             return None
-        reservation = await asyncio.to_thread(
+        reservation = await self._write(
             self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
             micros(budget), _hold(self.asked))
         if reservation is None:
@@ -192,21 +216,29 @@ class _Ledger:
                      billed=billed, upstream=upstream, with_prompt=self.svc.config.log_prompts)
 
     async def delivered(self) -> None:
-        """After the response went out: mark the row delivered, and refresh the budget gauge
-        (off the request's path: it is one more query)."""
-        await asyncio.to_thread(self.svc.store.money.delivered, self.request_id)
+        """After the response went out: mark the row delivered and refresh the budget gauge
+        on a ledger thread, without waiting (nothing waits for either, and waking the event
+        loop once more would cost a thread hop)."""
+        self.svc.ledger_writes.submit(self._mark_delivered).add_done_callback(_report)
+
+    def _mark_delivered(self) -> None:
+        money = self.svc.store.money
+        money.delivered(self.request_id)
         budget = self.key.limits.budget_usd
         if budget is not None:
-            spent, held = await asyncio.to_thread(self.svc.store.money.spent, self.key.id,
-                                                  self.period)
+            spent, held = money.spent(self.key.id, self.period)
             metrics.BUDGET_REMAINING.labels(_key_label(self.svc, self.key)).set(
                 float(budget - spent - held))
+
+    async def _write(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` on a ledger thread: database I/O stays off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.svc.ledger_writes, call,
+                                                                *args)
 
     async def _settle(self, reservation: str | None, entry: Entry) -> None:
         metrics.LEDGER_BACKLOG.inc()
         try:
-            await asyncio.to_thread(self.svc.store.money.settle, reservation, entry,
-                                    self.period)
+            await self._write(self.svc.store.money.settle, reservation, entry, self.period)
         finally:
             metrics.LEDGER_BACKLOG.dec()
 

@@ -55,8 +55,11 @@ class Target:
         self.client = httpx.AsyncClient(
             base_url=base_url, timeout=httpx.Timeout(300.0),
             headers={"content-type": "application/json", **(headers or {})},
+            # Idle connections are dropped well before the server's 5 s keep-alive timeout:
+            # one target idles while the other runs, and a connection reused just as the
+            # server closes it fails the run with a ReadError.
             limits=httpx.Limits(max_connections=concurrency,
-                                max_keepalive_connections=concurrency))
+                                max_keepalive_connections=concurrency, keepalive_expiry=2.0))
 
     async def aclose(self) -> None:
         await self.client.aclose()

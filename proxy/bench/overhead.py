@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import platform
 import statistics
@@ -75,6 +76,21 @@ class Options:
     scenarios: tuple[Scenario, ...] = SCENARIOS
     # A fresh Switchyard per scenario measures each idle RSS clean; a smoke run shares one.
     fresh_server: bool = True
+    loop: str = "auto"  # `switchyard serve --loop`
+    http: str = "auto"  # `switchyard serve --http`
+
+    @property
+    def serve_args(self) -> tuple[str, ...]:
+        return ("--loop", self.loop, "--http", self.http)
+
+    @property
+    def server(self) -> str:
+        """The event loop and HTTP parser Switchyard runs on (auto resolved as uvicorn does)."""
+        loop = self.loop if self.loop != "auto" else \
+            "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        http = self.http if self.http != "auto" else \
+            "httptools" if importlib.util.find_spec("httptools") else "h11"
+        return f"{loop} + {http}"
 
     def warmup_for(self, scenario: Scenario) -> int:
         return self.warmup if self.warmup is not None else max(20, 2 * scenario.concurrency)
@@ -84,7 +100,8 @@ QUICK = Options(runs=1, requests=4, warmup=2, fresh_server=False)
 
 
 def options(quick: bool = False, runs: int | None = None, requests: int | None = None,
-            scenarios: Sequence[str] | None = None, delay_s: float = 0.0) -> Options:
+            scenarios: Sequence[str] | None = None, delay_s: float = 0.0,
+            server: tuple[str, str] = ("auto", "auto")) -> Options:
     """Options from the command line: --quick's tiny counts unless runs or requests say more."""
     base = QUICK if quick else Options()
     chosen = tuple(parse_scenario(s) for s in scenarios) if scenarios else base.scenarios
@@ -93,7 +110,7 @@ def options(quick: bool = False, runs: int | None = None, requests: int | None =
     if delay_s < 0:
         raise ValueError("--delay must not be negative")
     return replace(base, runs=runs or base.runs, requests=requests or base.requests,
-                   scenarios=chosen, delay_s=delay_s)
+                   scenarios=chosen, delay_s=delay_s, loop=server[0], http=server[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +170,11 @@ def measure(options: Options) -> tuple[Row, ...]:
         rows = []
         with contextlib.ExitStack() as outer:
             shared = None if options.fresh_server else \
-                outer.enter_context(procs.switchyard(routes_dir, data_dir))
+                outer.enter_context(procs.switchyard(routes_dir, data_dir, options.serve_args))
             for scenario in options.scenarios:
                 with contextlib.ExitStack() as inner:
-                    server = shared or inner.enter_context(procs.switchyard(routes_dir, data_dir))
+                    server = shared or inner.enter_context(
+                        procs.switchyard(routes_dir, data_dir, options.serve_args))
                     rows.append(asyncio.run(_scenario(
                         scenario, options,
                         Target(f"http://127.0.0.1:{port}", scenario.concurrency),
@@ -203,8 +221,9 @@ _HEADER = ("payload", "conc", "direct req/s", "proxied req/s", "ratio", "direct 
 
 def render(rows: Sequence[Row], options: Options, wall_s: float) -> str:
     lines = [
-        "Switchyard overhead: one worker (python -m proxy serve), fake openai_images upstream "
-        f"in its own process, upstream delay {options.delay_s:g} s",
+        "Switchyard overhead: one worker (python -m proxy serve, on "
+        f"{options.server}), fake openai_images upstream in its own process, upstream delay "
+        f"{options.delay_s:g} s",
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"httpx {httpx.__version__} client (one process, pooled); "
         f"{options.runs} run(s) x {options.requests} requests per target and scenario after "

@@ -89,16 +89,18 @@ class Server:
 
 
 @contextlib.contextmanager
-def switchyard(routes_dir: Path, data_dir: Path) -> Iterator[Server]:
-    """`python -m proxy serve --port P` with the bench catalog, until the block ends."""
+def switchyard(routes_dir: Path, data_dir: Path,
+               serve_args: Sequence[str] = ()) -> Iterator[Server]:
+    """`python -m proxy serve --port P [serve_args]` with the bench catalog, until the block
+    ends."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     env.update({"SWITCHYARD_ROUTES_DIR": str(routes_dir), "SWITCHYARD_DATA_DIR": str(data_dir),
                 "SWITCHYARD_DEMO": "0", KEY_ENV: "sk-bench-upstream"})
     log_path = data_dir / "switchyard.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port)],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
+                                    *serve_args], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base_url = f"http://127.0.0.1:{port}"
         _wait_healthy(process, base_url, log_path)

@@ -1,0 +1,119 @@
+"""A JSON response whose big strings (an image's base64) go out in slices, straight from the str.
+
+orjson.dumps of an ImagesResponse makes one more full copy of every image (and reserves
+several times its size while it works), and the whole body then waits in the server's send
+buffer for a slow client. Here the JSON around the big strings is serialized once with
+placeholders; each big string is escaped (by orjson, so any content stays valid JSON) a slice
+at a time as the client drains the previous one. Content-Length is exact: a first pass
+counts each slice's escaped length.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import orjson
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+SLICE = 256 * 1024  # characters escaped and sent at a time
+# Strings shorter than this are serialized in place: slicing pays off only for images.
+MIN_STREAMED = 64 * 1024
+
+
+class Pieces:
+    """A JSON document as raw JSON bytes interleaved with the contents of big strings."""
+
+    def __init__(self, parts: list[bytes | str]) -> None:
+        self.parts = parts
+        self.length = sum(len(p) if isinstance(p, bytes) else escaped_length(p) for p in parts)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The document, a few hundred KB at a time; a string never as one copy."""
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+            else:
+                for start in range(0, len(part), SLICE):
+                    yield orjson.dumps(part[start:start + SLICE])[1:-1]
+
+    def join(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+def escaped_length(text: str) -> int:
+    """Bytes of `text` inside a JSON string as orjson writes it (escapes, UTF-8)."""
+    return sum(len(orjson.dumps(text[start:start + SLICE])) - 2
+               for start in range(0, len(text), SLICE))
+
+
+def split(document: Any) -> Pieces | None:
+    """`document` with its strings of MIN_STREAMED characters or more left out of the one
+    orjson.dumps, to be sent in slices; None when it has none (or, never in practice, a
+    placeholder cannot be found again)."""
+    token = secrets.token_hex(8)
+    big: list[str] = []
+
+    def mark(text: str) -> str:
+        big.append(text)
+        return f"@@switchyard-{token}-{len(big)}@@"
+
+    skeleton = _replaced(document, mark)
+    if not big:
+        return None
+    encoded = orjson.dumps(skeleton)
+    parts: list[bytes | str] = []
+    for number, text in enumerate(big, 1):
+        before, found, encoded = encoded.partition(f"@@switchyard-{token}-{number}@@".encode())
+        if not found:
+            return None
+        parts += (before, text)
+    parts.append(encoded)
+    return Pieces(parts)
+
+
+def _replaced(node: Any, mark: Callable[[str], str]) -> Any:
+    """A copy of the JSON tree with big strings swapped for marks, in document order."""
+    if isinstance(node, str):
+        return mark(node) if len(node) >= MIN_STREAMED else node
+    if isinstance(node, dict):
+        return {key: _replaced(value, mark) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_replaced(value, mark) for value in node]
+    return node
+
+
+class PiecesResponse(Response):
+    """A JSON response sent as Pieces; `body` joins them, for callers that keep a copy
+    (an idempotent replay, a job's stored result)."""
+
+    def __init__(self, pieces: Pieces, status_code: int = 200,
+                 headers: Mapping[str, str] | None = None,
+                 background: BackgroundTask | None = None) -> None:
+        self.pieces = pieces
+        self.status_code = status_code
+        self.background = background
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in (headers or {}).items()]
+        self.raw_headers += ((b"content-length", str(pieces.length).encode()),
+                             (b"content-type", b"application/json"))
+
+    @property
+    def body(self) -> bytes:
+        return self.pieces.join()
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        raise AttributeError("a PiecesResponse's body is its pieces")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        for chunk in self.pieces.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()

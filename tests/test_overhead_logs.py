@@ -1,0 +1,67 @@
+"""`switchyard serve`'s log handler (proxy.logs): the request only queues its line; the lines
+come out in order, as they read when logged, and none is left behind at close."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+from proxy import logs
+
+
+def handler_into(out: io.StringIO, interval_s: float = 0.02) -> logs.BatchingHandler:
+    target = logging.StreamHandler(out)
+    target.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    return logs.BatchingHandler(target, interval_s)
+
+
+def logger_with(handler: logging.Handler, name: str) -> logging.Logger:
+    log = logging.getLogger(name)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return log
+
+
+def test_lines_come_out_in_order_and_as_they_were_logged() -> None:
+    out = io.StringIO()
+    handler = handler_into(out)
+    log = logger_with(handler, "test.logs.order")
+    mutable = ["before"]
+    try:
+        for i in range(50):
+            log.info("line %d %s", i, mutable)
+        mutable[0] = "after"  # the queued lines keep what they said when logged
+        deadline = time.monotonic() + 5
+        while out.getvalue().count("\n") < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lines = out.getvalue().splitlines()
+        assert lines == [f"test.logs.order line {i} ['before']" for i in range(50)]
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def test_the_caller_does_not_write() -> None:
+    out = io.StringIO()
+    handler = handler_into(out, interval_s=60)  # the thread would not flush for a minute
+    log = logger_with(handler, "test.logs.caller")
+    try:
+        log.info("queued")
+        assert out.getvalue() == ""
+        handler.flush()
+        assert out.getvalue() == "test.logs.caller queued\n"
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def test_close_writes_what_is_still_queued() -> None:
+    out = io.StringIO()
+    handler = handler_into(out, interval_s=60)
+    log = logger_with(handler, "test.logs.close")
+    log.info("last words")
+    log.removeHandler(handler)
+    handler.close()
+    assert out.getvalue() == "test.logs.close last words\n"
