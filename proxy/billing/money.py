@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from proxy.billing.db import Cursor, Database
@@ -36,9 +36,10 @@ def dollars(amount: Decimal) -> str:
 
 def period_label(period: str, now: float) -> str:
     """The budget window a moment falls in: 'total', '2026-11' (monthly) or '2026-11-22'."""
+    if period not in ("monthly", "daily"):
+        return "total"  # most keys: no date to format on every request
     day = dt.datetime.fromtimestamp(now, dt.UTC)
-    return {"monthly": day.strftime("%Y-%m"), "daily": day.strftime("%Y-%m-%d")}.get(period,
-                                                                                  "total")
+    return day.strftime("%Y-%m") if period == "monthly" else day.strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ class Entry:
     created_at: int
 
 
-_LEDGER_COLUMNS = ", ".join(Entry.__dataclass_fields__)
+_FIELDS = tuple(Entry.__dataclass_fields__)
+_LEDGER_COLUMNS = ", ".join(_FIELDS)
 # One row per request id. A success is never replaced (a request is billed once); anything
 # else (a cancelled run of a job that ran again, say) gives way to the later outcome.
 _LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
@@ -119,7 +121,8 @@ class Money:
                 cur.execute("UPDATE budget_counters SET spent_micros = spent_micros + ? "
                             "WHERE key_id = ? AND period = ?",
                             (entry.billed_micros, entry.key_id, period))
-            cur.execute(_LEDGER_INSERT, astuple(entry))
+            # Its fields in order (astuple would deep-copy each one first).
+            cur.execute(_LEDGER_INSERT, tuple(getattr(entry, name) for name in _FIELDS))
 
     def delivered(self, request_id: str) -> None:
         """The response was handed to the client's connection. A success row without this
