@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -12,6 +11,7 @@ from proxy.billing.keys import KeyFinder
 from proxy.billing.limits import Limits
 from proxy.billing.pricing import Plan
 from proxy.billing.store import Store
+from proxy.billing.writer import Writer
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.media import MediaStore
@@ -32,8 +32,7 @@ class Services:
     plans: Mapping[str, Plan]
     # The ledger writes of image requests run on threads of their own: behind other work in
     # the default executor they would wait, and one warm thread answers a lone request sooner.
-    ledger_writes: Executor = field(default_factory=lambda: ThreadPoolExecutor(
-        LEDGER_THREADS, "switchyard-ledger"))
+    ledger_writes: Writer = field(default_factory=lambda: Writer(LEDGER_THREADS))
 
 
 def services(request: Request) -> Services:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -24,7 +23,7 @@ from starlette.responses import Response
 
 from proxy import metrics
 from proxy.api import streamed
-from proxy.api.errors import ApiError, bad_request, from_failure, log
+from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.render import attempt_headers, image_headers, images_body, observe
 from proxy.api.request_log import request_line
 from proxy.billing.keys import KeyRecord
@@ -137,12 +136,6 @@ def _respond(content: dict[str, Any], headers: dict[str, str],
                     background=background)
 
 
-def _report(done: Future[None]) -> None:
-    """Log a delivery mark that failed (the type only: values may hold secrets)."""
-    if not done.cancelled() and (exc := done.exception()) is not None:
-        log.error("marking a ledger row delivered failed: %s", type(exc).__name__)
-
-
 def _key_label(svc: Services, key: KeyRecord) -> str:
     return key.id if svc.config.metrics_per_key else "-"
 
@@ -219,7 +212,7 @@ class _Ledger:
         """After the response went out: mark the row delivered and refresh the budget gauge
         on a ledger thread, without waiting (nothing waits for either, and waking the event
         loop once more would cost a thread hop)."""
-        self.svc.ledger_writes.submit(self._mark_delivered).add_done_callback(_report)
+        self.svc.ledger_writes.submit(self._mark_delivered)
 
     def _mark_delivered(self) -> None:
         money = self.svc.store.money
@@ -232,8 +225,7 @@ class _Ledger:
 
     async def _write(self, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)` on a ledger thread: database I/O stays off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.svc.ledger_writes, call,
-                                                                *args)
+        return await self.svc.ledger_writes.run(call, *args)
 
     async def _settle(self, reservation: str | None, entry: Entry) -> None:
         metrics.LEDGER_BACKLOG.inc()

@@ -1,0 +1,93 @@
+"""The threads that run the ledger's database writes for image requests, fed by one queue.
+
+concurrent.futures' pool made every write pay for a Future with its Condition and a semaphore
+probe in Python code, on the event loop's thread, twice per request (the settle before the
+response, the delivered mark after). Here a write is one put on a C queue; the answer comes
+back with one call_soon_threadsafe, and a fire-and-forget write (the delivered mark) has no
+answer at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("switchyard.ledger")
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None"]
+
+
+class Writer:
+    """`count` threads running database calls in the order they were queued (per thread)."""
+
+    def __init__(self, count: int, name: str = "switchyard-ledger") -> None:
+        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(count)]
+        self._started = False  # threads start with the first write, not with the app
+
+    def _put(self, job: _Job) -> None:
+        if not self._started:
+            self._started = True
+            for thread in self._threads:
+                thread.start()
+        self._queue.put(job)
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` on a writer thread; its result (or exception) here. Cancelling the
+        caller does not stop a write already queued: it is written all the same."""
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._put((call, args, answer))
+        return await answer
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> None:
+        """`call(*args)` on a writer thread, nobody waiting: a failure is logged (its type
+        only: values may hold secrets)."""
+        self._put((call, args, None))
+
+    def shutdown(self) -> None:
+        """Write everything queued, then stop the threads (blocking: call it off the loop)."""
+        if not self._started:
+            return
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            call, args, answer = job
+            try:
+                result = call(*args)
+            except BaseException as exc:  # handed to the waiter, or logged
+                if answer is None:
+                    log.error("a ledger write failed: %s", type(exc).__name__)
+                else:
+                    _answer(answer, _fail, exc)
+            else:
+                if answer is not None:
+                    _answer(answer, _done, result)
+
+
+def _answer(answer: asyncio.Future[Any], settle: Callable[[asyncio.Future[Any], Any], None],
+            value: Any) -> None:
+    """Hand the outcome to the waiter's loop; a loop already closed (its caller gave up at
+    shutdown) has nobody to tell, and must not stop this thread."""
+    with contextlib.suppress(RuntimeError):
+        answer.get_loop().call_soon_threadsafe(settle, answer, value)
+
+
+def _done(answer: asyncio.Future[Any], result: Any) -> None:
+    if not answer.done():
+        answer.set_result(result)
+
+
+def _fail(answer: asyncio.Future[Any], exc: BaseException) -> None:
+    if not answer.done():
+        answer.set_exception(exc)

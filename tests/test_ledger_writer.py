@@ -1,0 +1,80 @@
+"""The ledger's writer threads: answers and errors come back to the caller, a write nobody
+waits for still happens (and its failure is logged without its values), and shutting down
+writes everything queued first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from proxy.billing.writer import Writer
+
+
+def test_a_write_answers_on_the_loop_from_another_thread() -> None:
+    writer = Writer(2)
+
+    async def go() -> tuple[str, bool]:
+        return await writer.run(lambda a, b: (a + b, threading.current_thread().name), "x", "y")
+
+    total, thread = asyncio.run(go())
+    writer.shutdown()
+    assert total == "xy" and thread.startswith("switchyard-ledger-")
+
+
+def test_a_failed_write_raises_in_the_caller_and_the_thread_carries_on() -> None:
+    writer = Writer(1)
+
+    def broken() -> None:
+        raise ValueError("disk full")
+
+    async def go() -> int:
+        with pytest.raises(ValueError, match="disk full"):
+            await writer.run(broken)
+        return await writer.run(lambda: 7)
+
+    assert asyncio.run(go()) == 7
+    writer.shutdown()
+
+
+def test_a_write_nobody_waits_for_is_done_and_its_failure_logged_without_values(
+        caplog: pytest.LogCaptureFixture) -> None:
+    writer, done = Writer(1), threading.Event()
+
+    def leaky(secret: str) -> None:
+        raise RuntimeError(f"cannot write {secret}")
+
+    writer.submit(leaky, "sy-secret-key")
+    writer.submit(done.set)
+    with caplog.at_level(logging.ERROR, "switchyard.ledger"):
+        assert done.wait(5)
+        writer.shutdown()
+    assert "RuntimeError" in caplog.text and "sy-secret-key" not in caplog.text
+
+
+def test_shutdown_writes_what_is_queued_even_for_a_caller_that_gave_up() -> None:
+    writer, written = Writer(1), []
+
+    def slow(n: int) -> None:
+        time.sleep(0.02)
+        written.append(n)
+
+    async def go() -> None:
+        waiting = asyncio.ensure_future(writer.run(slow, 0))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        for n in range(1, 5):
+            writer.submit(slow, n)
+
+    asyncio.run(go())
+    writer.shutdown()
+    assert written == [0, 1, 2, 3, 4]
+
+
+def test_a_writer_that_never_wrote_starts_no_threads() -> None:
+    before = threading.active_count()
+    Writer(8).shutdown()
+    assert threading.active_count() == before
