@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="Switchyard's event loop (serve --loop; default auto)")
     overhead.add_argument("--http", choices=HTTP_PARSERS, default="auto",
                           help="Switchyard's HTTP parser (serve --http; default auto)")
+    overhead.add_argument("--https", action="store_true",
+                          help="the fake upstream on https (a throwaway certificate, trusted "
+                               "through the bench provider's options.ca_file)")
     overhead.set_defaults(run=_bench_overhead, config=None, data_dir=None)
     batch = bench.add_parser("batch", help=(
         "push a large batch through the Batch API, the queue and the scheduler (in this "
@@ -172,7 +175,7 @@ def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
 
     try:
         options = overhead.options(args.quick, args.runs, args.requests, args.scenario,
-                                   args.delay, (args.loop, args.http))
+                                   args.delay, (args.loop, args.http), args.https)
     except ValueError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2

@@ -1,17 +1,21 @@
-"""proxy.bench overhead: the fake upstream's payloads, scenario parsing, and a smoke run of the
-whole benchmark through the CLI (--quick; not timed: wall time and speed are not tested)."""
+"""proxy.bench overhead: the fake upstream's payloads, scenario parsing, and smoke runs of the
+whole benchmark (--quick; not timed: wall time and speed are not tested), on http through the
+CLI and on https with its throwaway certificate."""
 
 from __future__ import annotations
 
 import base64
 import math
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
-from proxy import cli, imaging
-from proxy.bench import overhead, upstream
+from proxy import catalog, cli, imaging
+from proxy.bench import overhead, procs, upstream
 from proxy.bench.overhead import Scenario
+from proxy.providers import ADAPTERS, tls
 
 
 @pytest.mark.parametrize("chars", [44, 2_000, 1_400_000])
@@ -54,18 +58,45 @@ _ROW = re.compile(rf"^(?P<payload>[\d.]+ [KM]?B)\s+(?P<conc>\d+)\s+{_NUMBER}\s+{
                   rf"{_NUMBER}\s+{_NUMBER}$")
 
 
-def test_a_quick_run_prints_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["bench", "overhead", "--quick"]) == 0
-    out = capsys.readouterr().out
+def check_rows(out: str, scenarios: tuple[Scenario, ...]) -> None:
     rows = {(m["payload"], int(m["conc"])): [float(x) for x in m.groups()[2:]]
             for m in map(_ROW.match, out.splitlines()) if m}
-    expected = {(overhead.size_label(s.payload_chars), s.concurrency)
-                for s in overhead.SCENARIOS}
+    expected = {(overhead.size_label(s.payload_chars), s.concurrency) for s in scenarios}
     assert set(rows) == expected, out
     for numbers in rows.values():
         direct_rps, proxied_rps, ratio, d50, d99, p50, p99, _added, _rss, cpu = numbers
         assert min(direct_rps, proxied_rps, ratio, d50, d99, p50, p99) > 0, out
         assert d50 <= d99 and p50 <= p99 and all(map(math.isfinite, numbers))
         assert cpu >= 0  # RSS above idle may be ~0 (or just below) in a tiny run
+
+
+def test_a_quick_run_prints_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "overhead", "--quick"]) == 0
+    out = capsys.readouterr().out
+    check_rows(out, overhead.SCENARIOS)
     verdicts = [line for line in out.splitlines() if line[:4] in ("PASS", "FAIL")]
     assert len(verdicts) == 4 and "wall time" in out
+
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
+                                   reason="the https benchmark makes its certificate with openssl")
+
+
+@needs_openssl
+def test_the_https_catalog_trusts_the_throwaway_certificate(tmp_path: Path) -> None:
+    cert = procs.throwaway_cert(tmp_path / "tls")
+    procs.write_routes(tmp_path / "routes", 4443, cert.cert)
+    env = {procs.KEY_ENV: "k"}
+    (provider,) = catalog.load(tmp_path / "routes", env, False, ADAPTERS).providers
+    assert provider.base_url == "https://127.0.0.1:4443/v1"
+    assert provider.options["ca_file"] == str(cert.cert)
+    context = tls.provider_context(provider)
+    assert context is not None and len(context.get_ca_certs()) == 1
+
+
+@needs_openssl
+def test_a_quick_https_run_goes_through() -> None:
+    chosen = overhead.options(quick=True, scenarios=["2KB:1", "1.4MB:2"], https=True)
+    out = overhead.main(chosen)
+    assert "upstream in its own process on https" in out
+    check_rows(out, chosen.scenarios)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -47,11 +48,14 @@ class Upstream:
     requests: list[Seen] = field(default_factory=list)
     connections: int = 0
     url: str = ""
+    alpn: list[str | None] = field(default_factory=list)  # per TLS connection: the protocol
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
     readers: list[asyncio.StreamReader] = field(default_factory=list)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if (tls := writer.get_extra_info("ssl_object")) is not None:
+            self.alpn.append(tls.selected_alpn_protocol())
         self._writers.append(writer)
         self.readers.append(reader)
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -69,10 +73,13 @@ class Upstream:
 
 
 @contextlib.asynccontextmanager
-async def upstream(*answers: Answer) -> AsyncIterator[Upstream]:
+async def upstream(*answers: Answer, tls: ssl.SSLContext | None = None,
+                   ) -> AsyncIterator[Upstream]:
+    """The scripted server on 127.0.0.1; with `tls` (a server context) it speaks https."""
     fake = Upstream(list(answers))
-    server = await asyncio.start_server(fake._serve, "127.0.0.1", 0)
-    fake.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await asyncio.start_server(fake._serve, "127.0.0.1", 0, ssl=tls)
+    scheme = "https" if tls else "http"
+    fake.url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
         yield fake
     finally:
@@ -83,8 +90,9 @@ async def upstream(*answers: Answer) -> AsyncIterator[Upstream]:
 
 
 @contextlib.asynccontextmanager
-async def lean(limits: httpx.Limits = LIMITS) -> AsyncIterator[transport.LeanTransport]:
-    client = transport.Client(limits, httpx.Timeout(5.0))
+async def lean(limits: httpx.Limits = LIMITS, tls: ssl.SSLContext | None = None,
+               ) -> AsyncIterator[transport.LeanTransport]:
+    client = transport.Client(limits, httpx.Timeout(5.0), tls)
     try:
         yield client.lean
     finally:
@@ -171,7 +179,7 @@ def test_a_broken_reply_is_a_classified_transport_error(answer: bytes, message: 
         async with upstream(close_after(answer)) as fake, lean() as pool:
             with pytest.raises(httpx.RemoteProtocolError, match=message):
                 await post(pool, fake.url)
-            assert not pool._idle.get(("127.0.0.1", int(fake.url.rsplit(":", 1)[1])))
+            assert not pool._idle.get((False, "127.0.0.1", int(fake.url.rsplit(":", 1)[1])))
     run(main())
 
 
@@ -310,11 +318,27 @@ def test_the_request_is_written_as_httpx_would() -> None:
 
 
 @pytest.mark.parametrize("url", [
-    "https://api.example.com/v1", "http://user:pw@example.com/", "http://example.com/a b",
-    "http://exämple.com/", "http://example.com:99999/", "ftp://example.com/",
+    "http://user:pw@example.com/", "http://example.com/a b", "http://exämple.com/",
+    "http://example.com:99999/", "ftp://example.com/", "HTTPS://example.com/",
+    "https://a..b/", "https://" + "x" * 64 + ".com/", "https://example.com./",
 ])
 def test_urls_httpx_must_handle_are_not_lean(url: str) -> None:
     assert transport.parse_target(url) is None
+
+
+@pytest.mark.parametrize(("url", "origin", "authority"), [
+    ("http://Example.com:80/x", (False, "example.com", 80), "example.com"),
+    ("http://example.com:8080/x", (False, "example.com", 8080), "example.com:8080"),
+    ("https://api.example.com/v1", (True, "api.example.com", 443), "api.example.com"),
+    ("https://api.example.com:443/v1", (True, "api.example.com", 443), "api.example.com"),
+    ("https://127.0.0.1:8443/", (True, "127.0.0.1", 8443), "127.0.0.1:8443"),
+    ("https://[::1]/", (True, "::1", 443), "[::1]"),
+])
+def test_a_target_is_its_origin_and_the_host_header_httpx_writes(
+        url: str, origin: tuple[bool, str, int], authority: str) -> None:
+    target = transport.parse_target(url)
+    assert target is not None and (target.origin, target.authority) == (origin, authority)
+    assert httpx.Request("GET", url).headers["host"] == authority
 
 
 @pytest.mark.parametrize("headers", [{"x-a": "1\r\nx-b: 2"}, {"bad name": "1"}, {"x": "é"}])

@@ -1,6 +1,7 @@
 """The lean transport's pool and its place in the clients: connection limits, idle connections
 the server closed or that grew old, httpx's own entry (multipart uploads), the fallback for
-everything not plain http, and which providers get lean clients at all."""
+what lean connections may not carry, and which providers get lean clients at all (TLS:
+test_transport_tls)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def test_multipart_through_httpx_uses_lean_connections() -> None:
     run(main())
 
 
-def test_https_goes_to_httpx_own_transport() -> None:
+def test_https_without_a_tls_context_goes_to_httpx_own_transport() -> None:
     async def main() -> None:
         seen: list[str] = []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,9 +52,10 @@ class Target:
     """Where the load goes (the upstream or Switchyard), with its own pooled client."""
 
     def __init__(self, base_url: str, concurrency: int,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.client = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(300.0),
+            base_url=base_url, timeout=httpx.Timeout(300.0), verify=verify,
             headers={"content-type": "application/json", **(headers or {})},
             # Idle connections are dropped well before the server's 5 s keep-alive timeout:
             # one target idles while the other runs, and a connection reused just as the

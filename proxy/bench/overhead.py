@@ -5,6 +5,11 @@ Per scenario (payload size x concurrency) a fresh Switchyard is started as a use
 (`python -m proxy serve`), so its idle memory is measured clean; then, after a warm-up, each run
 sends the same number of requests with the same client straight to the upstream and through
 Switchyard. Figures are medians over the runs; latency percentiles are nearest-rank within a run.
+With `https`, the upstream serves TLS with a certificate made at the start, which the client
+trusts and Switchyard trusts through the bench provider's `options.ca_file`. To measure httpx's
+path instead of lean connections, name a proxy that is never used:
+`HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1` (a proxy in the environment turns lean
+connections off; NO_PROXY keeps every call direct).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import importlib.util
 import os
 import platform
+import ssl
 import statistics
 import tempfile
 import time
@@ -78,6 +84,7 @@ class Options:
     fresh_server: bool = True
     loop: str = "auto"  # `switchyard serve --loop`
     http: str = "auto"  # `switchyard serve --http`
+    https: bool = False  # the upstream on https (a throwaway certificate)
 
     @property
     def serve_args(self) -> tuple[str, ...]:
@@ -101,7 +108,7 @@ QUICK = Options(runs=1, requests=4, warmup=2, fresh_server=False)
 
 def options(quick: bool = False, runs: int | None = None, requests: int | None = None,
             scenarios: Sequence[str] | None = None, delay_s: float = 0.0,
-            server: tuple[str, str] = ("auto", "auto")) -> Options:
+            server: tuple[str, str] = ("auto", "auto"), https: bool = False) -> Options:
     """Options from the command line: --quick's tiny counts unless runs or requests say more."""
     base = QUICK if quick else Options()
     chosen = tuple(parse_scenario(s) for s in scenarios) if scenarios else base.scenarios
@@ -110,7 +117,8 @@ def options(quick: bool = False, runs: int | None = None, requests: int | None =
     if delay_s < 0:
         raise ValueError("--delay must not be negative")
     return replace(base, runs=runs or base.runs, requests=requests or base.requests,
-                   scenarios=chosen, delay_s=delay_s, loop=server[0], http=server[1])
+                   scenarios=chosen, delay_s=delay_s, loop=server[0], http=server[1],
+                   https=https)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,25 +169,27 @@ class Row:
 
 def measure(options: Options) -> tuple[Row, ...]:
     sizes = sorted({SMALL, *(s.payload_chars for s in options.scenarios)})
-    with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp, \
-            procs.upstream(sizes, options.delay_s) as port:
-        routes_dir, data_dir = Path(tmp) / "routes", Path(tmp) / "data"
-        procs.write_routes(routes_dir, port)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="switchyard-bench-")))
+        cert = procs.throwaway_cert(tmp / "tls") if options.https else None
+        port = stack.enter_context(procs.upstream(sizes, options.delay_s, cert))
+        routes_dir, data_dir = tmp / "routes", tmp / "data"
+        procs.write_routes(routes_dir, port, cert.cert if cert else None)
+        direct_url = f"{'https' if cert else 'http'}://127.0.0.1:{port}"
+        verify = ssl.create_default_context(cafile=str(cert.cert)) if cert else True
         data_dir.mkdir()
         key = procs.create_key(data_dir)
         rows = []
-        with contextlib.ExitStack() as outer:
-            shared = None if options.fresh_server else \
-                outer.enter_context(procs.switchyard(routes_dir, data_dir, options.serve_args))
-            for scenario in options.scenarios:
-                with contextlib.ExitStack() as inner:
-                    server = shared or inner.enter_context(
-                        procs.switchyard(routes_dir, data_dir, options.serve_args))
-                    rows.append(asyncio.run(_scenario(
-                        scenario, options,
-                        Target(f"http://127.0.0.1:{port}", scenario.concurrency),
-                        Target(server.base_url, scenario.concurrency,
-                               {"authorization": f"Bearer {key}"}), server.pid)))
+        shared = None if options.fresh_server else \
+            stack.enter_context(procs.switchyard(routes_dir, data_dir, options.serve_args))
+        for scenario in options.scenarios:
+            with contextlib.ExitStack() as inner:
+                server = shared or inner.enter_context(
+                    procs.switchyard(routes_dir, data_dir, options.serve_args))
+                rows.append(asyncio.run(_scenario(
+                    scenario, options, Target(direct_url, scenario.concurrency, verify=verify),
+                    Target(server.base_url, scenario.concurrency,
+                           {"authorization": f"Bearer {key}"}), server.pid)))
         return tuple(rows)
 
 
@@ -222,8 +232,8 @@ _HEADER = ("payload", "conc", "direct req/s", "proxied req/s", "ratio", "direct 
 def render(rows: Sequence[Row], options: Options, wall_s: float) -> str:
     lines = [
         "Switchyard overhead: one worker (python -m proxy serve, on "
-        f"{options.server}), fake openai_images upstream in its own process, upstream delay "
-        f"{options.delay_s:g} s",
+        f"{options.server}), fake openai_images upstream in its own process"
+        f"{' on https' if options.https else ''}, upstream delay {options.delay_s:g} s",
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"httpx {httpx.__version__} client (one process, pooled); "
         f"{options.runs} run(s) x {options.requests} requests per target and scenario after "

@@ -1,9 +1,11 @@
 """The overhead benchmark's processes: the fake upstream and Switchyard itself, each started as a
-user would start it, on real loopback sockets, and read through /proc while they run."""
+user would start it, on real loopback sockets, and read through /proc while they run; and, for
+an https upstream, a throwaway certificate made with the openssl command."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import socket
@@ -26,7 +28,7 @@ START_TIMEOUT_S = 30.0
 _PROVIDERS = """\
 [bench]
 protocol = "openai_images"
-base_url = "http://127.0.0.1:{port}/v1"
+base_url = "{scheme}://127.0.0.1:{port}/v1"
 key_env = "{key_env}"
 timeout_s = 120
 max_in_flight = 64
@@ -52,11 +54,41 @@ class BenchError(RuntimeError):
     """A process would not start, or a request did not come back as it should."""
 
 
+@dataclass(frozen=True, slots=True)
+class Cert:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM): the fake upstream's, and
+    the one CA the benchmark's clients and Switchyard (options.ca_file) trust."""
+
+    cert: Path
+    key: Path
+
+
+def throwaway_cert(directory: Path) -> Cert:
+    """A fresh P-256 certificate for IP 127.0.0.1, valid two days, written to `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = Cert(directory / "cert.pem", directory / "key.pem")
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+               "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(made.key),
+               "-out", str(made.cert)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=START_TIMEOUT_S)
+    except FileNotFoundError:
+        raise BenchError("--https needs the openssl command to make a certificate") from None
+    except subprocess.CalledProcessError as exc:
+        raise BenchError(f"openssl could not make a certificate: {exc.stderr.decode()}") \
+            from None
+    return made
+
+
 @contextlib.contextmanager
-def upstream(sizes: Sequence[int], delay_s: float) -> Iterator[int]:
-    """The fake upstream (proxy.bench.upstream) in its own process; yields its port."""
+def upstream(sizes: Sequence[int], delay_s: float, cert: Cert | None = None) -> Iterator[int]:
+    """The fake upstream (proxy.bench.upstream) in its own process, on https with `cert`;
+    yields its port."""
     command = [sys.executable, "-m", "proxy.bench.upstream",
                "--sizes", ",".join(str(s) for s in sizes), "--delay", str(delay_s)]
+    if cert is not None:
+        command += ["--cert", str(cert.cert), "--key", str(cert.key)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout is not None
@@ -69,11 +101,15 @@ def upstream(sizes: Sequence[int], delay_s: float) -> Iterator[int]:
         _stop(process)
 
 
-def write_routes(routes_dir: Path, upstream_port: int) -> None:
-    """A catalog of one provider (the fake upstream, openai_images) and one model."""
+def write_routes(routes_dir: Path, upstream_port: int, ca_file: Path | None = None) -> None:
+    """A catalog of one provider (the fake upstream, openai_images) and one model; with
+    `ca_file` the upstream is on https and that file is the provider's options.ca_file."""
     (routes_dir / "models").mkdir(parents=True, exist_ok=True)
-    (routes_dir / "providers.toml").write_text(
-        _PROVIDERS.format(port=upstream_port, key_env=KEY_ENV))
+    providers = _PROVIDERS.format(scheme="https" if ca_file else "http", port=upstream_port,
+                                  key_env=KEY_ENV)
+    if ca_file is not None:  # a JSON string is a TOML basic string
+        providers += f"options = {{ ca_file = {json.dumps(str(ca_file))} }}\n"
+    (routes_dir / "providers.toml").write_text(providers)
     (routes_dir / "models" / f"{MODEL}.toml").write_text(_MODEL.format(model=MODEL))
 
 

@@ -1,12 +1,13 @@
 """The overhead benchmark's fake upstream: OpenAI's POST /v1/images/generations on a raw asyncio
 socket, answering a pre-built `{"created", "data": [{"b64_json"}]}` body after an optional delay.
 
-It runs in its own process (`python -m proxy.bench.upstream --sizes 2000,1400000`), prints its
-port on the first line of stdout, and serves until killed. The prompt picks the body: a prompt
-holding `payload=N` gets the body whose base64 is N characters long. Every body is built once at
-startup; the base64 decodes to a PNG header (1024x1024) followed by random bytes, so the proxy's
-format sniffing sees a 1024x1024 PNG and passes it through untouched. Kept minimal on purpose:
-the upstream must cost far less than the proxy it measures.
+It runs in its own process (`python -m proxy.bench.upstream --sizes 2000,1400000`, with
+`--cert C --key K` on https), prints its port on the first line of stdout, and serves until
+killed. The prompt picks the body: a prompt holding `payload=N` gets the body whose base64 is N
+characters long. Every body is built once at startup; the base64 decodes to a PNG header
+(1024x1024) followed by random bytes, so the proxy's format sniffing sees a 1024x1024 PNG and
+passes it through untouched. Kept minimal on purpose: the upstream must cost far less than the
+proxy it measures.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import base64
 import random
 import re
+import ssl
 import struct
 import sys
 import zlib
@@ -100,12 +102,14 @@ class _Connection(asyncio.Protocol):
             self.transport.write(parts[1])
 
 
-async def serve(sizes: Sequence[int], delay_s: float, port: int = 0) -> None:
-    """Build every body once, listen on 127.0.0.1, print the port, serve forever."""
+async def serve(sizes: Sequence[int], delay_s: float, port: int = 0,
+                tls: ssl.SSLContext | None = None) -> None:
+    """Build every body once, listen on 127.0.0.1 (over TLS with `tls`), print the port, serve
+    forever."""
     bodies = {chars: response_body(chars) for chars in sizes}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(bodies, delay_s), "127.0.0.1", port,
-                                      backlog=1024)
+                                      backlog=1024, ssl=tls)
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()
@@ -117,10 +121,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="comma-separated base64 lengths of the bodies to serve")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cert", help="PEM certificate: serve https (with --key)")
+    parser.add_argument("--key", help="PEM private key of --cert")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    tls = None
+    if args.cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.cert, args.key)
     try:
-        asyncio.run(serve(sizes, args.delay, args.port))
+        asyncio.run(serve(sizes, args.delay, args.port, tls))
     except KeyboardInterrupt:
         sys.exit(0)
 

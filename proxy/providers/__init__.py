@@ -14,6 +14,7 @@ from proxy.providers import (
     segmind,
     simulated,
     task,
+    tls,
     together,
     vertex,
     wavespeed,
@@ -37,6 +38,9 @@ def check_routes(models: Iterable[Model]) -> list[str]:
         for route in model.routes:
             validate = ADAPTERS[route.provider.protocol].validate
             if validate is not None:
-                options = {**route.provider.options, **route.options}
+                # ca_file is the transport's (tls.py), whatever the protocol.
+                options = {name: value for name, value in
+                           {**route.provider.options, **route.options}.items()
+                           if name != tls.CA_FILE_OPTION}
                 problems += [f"{route.id}: {line}" for line in validate(options)]
     return problems

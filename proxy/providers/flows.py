@@ -21,7 +21,7 @@ from proxy.catalog import Provider, Route
 from proxy.config import Secret
 from proxy.domain import ImageRequest, ImageResult, Usage
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
-from proxy.providers import transport
+from proxy.providers import tls, transport
 from proxy.providers.base import Adapter, Flow, Sleep, Steps, UpstreamCall, UpstreamReply
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.credentials import Credentials
@@ -37,11 +37,14 @@ def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapte
     """One pooled client per upstream, built once in the app's lifespan.
 
     `transports` replaces the network for named providers: tests plug fake upstreams in here.
-    The others get lean plain-http connections (proxy.providers.transport) unless a proxy is
-    configured in the environment.
+    The others get lean connections (proxy.providers.transport) unless a proxy is configured
+    in the environment; https is lean too unless the environment names its own CAs. A
+    provider's `options.ca_file` (PEM) is the only CA its https certificates are verified
+    against, on either path; a file that cannot be loaded is a ValueError naming it.
     """
     clients: dict[str, httpx.AsyncClient] = {}
     lean = transport.usable()
+    default_tls = tls.default_context() if lean else None  # one per process: ~150 CAs parsed
     for provider in providers:
         adapter = adapters[provider.protocol]
         given = (transports or {}).get(provider.name)
@@ -50,11 +53,12 @@ def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapte
         timeout = httpx.Timeout(provider.timeout_s, connect=10.0)
         limits = httpx.Limits(max_connections=provider.max_in_flight,
                               max_keepalive_connections=provider.max_in_flight)
+        own_ca = tls.provider_context(provider)
         if given is None and lean:
-            clients[provider.name] = transport.Client(limits, timeout)
+            clients[provider.name] = transport.Client(limits, timeout, own_ca or default_tls)
         else:
             clients[provider.name] = httpx.AsyncClient(transport=given, timeout=timeout,
-                                                       limits=limits)
+                                                       limits=limits, verify=own_ca or True)
     return clients
 
 

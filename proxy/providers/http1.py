@@ -4,8 +4,9 @@ Why not httpcore: an image reply is megabytes, and httpcore hands it over in 64 
 httpx then joins (two copies, a few hundred small blocks) behind several layers of Python per
 chunk. Here a Content-Length body is received by the kernel straight into one buffer of the
 announced size; chunked and close-delimited bodies are decoded too, so a reply never has to be
-sent twice. Failures raise httpx's exception classes, so failures.from_transport classifies
-them exactly as it classifies httpcore's.
+sent twice. Over TLS, asyncio's SSL transport decrypts straight into those same buffers.
+Failures raise httpx's exception classes, so failures.from_transport classifies them exactly as
+it classifies httpcore's.
 """
 
 from __future__ import annotations
@@ -106,9 +107,11 @@ class Connection(asyncio.BufferedProtocol):
                 self.close()  # cancelled or failed mid-reply: its bytes would confuse the next
 
     def close(self) -> None:
+        """Close at once: nothing unsent is worth waiting for, and over TLS no close_notify is
+        exchanged (as httpcore), so a server that stops answering cannot hold the socket."""
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     def _check_progress(self, timeout_s: float) -> None:
         transport = self.transport

@@ -1,17 +1,19 @@
-"""The upstream clients' transport: plain-http keep-alive calls on lean HTTP/1.1 connections
-(proxy.providers.http1), everything else on httpx's own transport.
+"""The upstream clients' transport: keep-alive calls on lean HTTP/1.1 connections
+(proxy.providers.http1), over TLS for https, and everything else on httpx's own transport.
 
 httpx's request and response objects and httpcore took about a quarter of a proxied
 request's CPU, and read a reply in chunks joined later (two copies of every image). A call to
-an upstream on plain http (a local gateway, a sidecar, the overhead benchmark's fake host)
-needs none of that. https, proxies, odd URLs or headers go the ordinary httpx way, so nothing
-changes for them.
+an upstream needs none of that. https is lean only with a TLS context (proxy.providers.tls:
+httpx's own default, or a provider's CA), so certificates are verified exactly as httpx would;
+proxies, CAs named in the environment, odd URLs or headers go the ordinary httpx way, so
+nothing changes for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -25,49 +27,69 @@ from proxy.providers.http1 import Connection, Reply
 # As httpx: an idle connection older than this is closed instead of reused.
 KEEPALIVE_EXPIRY_S = 5.0
 USER_AGENT = f"python-httpx/{httpx.__version__}"
-# Plain http is a local network: compressing it costs both ends more CPU than it saves.
+# Plain http is a local network: compressing it costs both ends more CPU than it saves. https
+# crosses the internet: it offers what httpx offers (Client reads it from httpx's defaults).
 _DEFAULTS = (("accept", "*/*"), ("accept-encoding", "identity"), ("connection", "keep-alive"),
              ("user-agent", USER_AGENT))
+_PORTS = {"http": 80, "https": 443}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _ONE_WRITE = 64 * 1024  # a request body up to this goes out in one write with its head
 # What httpx would send unchanged in a request target; anything else is left to httpx.
 _PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A host name of dot-separated labels, or an IP literal: anything else (say an empty label,
+# which a TLS server name cannot hold) is left to httpx.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*|[0-9a-f.]*:[0-9a-f:.]*")
 _MAX_TARGETS = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a plain-http URL goes: the origin to connect to, the Host header, the path."""
+    """Where an http or https URL goes: the origin to connect to, the Host header (as httpx
+    writes it: lower case, no default port), the path."""
 
+    secure: bool  # https
     host: str
     port: int
     authority: str
     path: str
 
+    @property
+    def origin(self) -> tuple[bool, str, int]:
+        return self.secure, self.host, self.port
+
 
 def parse_target(url: str) -> Target | None:
-    """The target of a plain-http URL httpx would send as written; None for anything else."""
-    if not url.startswith("http://") or not url.isascii():
+    """The target of an http or https URL httpx would send as written; None for anything
+    else."""
+    scheme, _, _ = url.partition("://")
+    default = _PORTS.get(scheme)
+    if default is None or not url.isascii():
         return None
     parts = urlsplit(url)
     try:
-        port = parts.port or 80
+        port = parts.port
     except ValueError:
         return None
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    if not parts.hostname or "@" in parts.netloc or not _PATH.fullmatch(path) \
+    host = parts.hostname or ""
+    if not _HOST.fullmatch(host) or "@" in parts.netloc or not _PATH.fullmatch(path) \
             or any(c in parts.netloc for c in " \t\r\n"):
         return None
-    return Target(parts.hostname, port, parts.netloc, path)
+    authority = f"[{host}]" if ":" in host else host
+    if port not in (None, default):
+        authority += f":{port}"
+    return Target(scheme == "https", host, port or default, authority, path)
 
 
 def encode_head(method: str, target: Target, headers: Iterable[tuple[str, str]],
-                length: int | None) -> bytes | None:
-    """Request line and headers (httpx's defaults for those not given); None if a name or
-    value is one httpx should judge (non-ASCII, not a token, a line break)."""
+                length: int | None, defaults: Iterable[tuple[str, str]] = _DEFAULTS
+                ) -> bytes | None:
+    """Request line and headers (`defaults` for those not given); None if a name or value is
+    one httpx should judge (non-ASCII, not a token, a line break)."""
     if not _TOKEN.fullmatch(method):
         return None
     lines = [f"{method} {target.path} HTTP/1.1\r\n"]
@@ -79,7 +101,7 @@ def encode_head(method: str, target: Target, headers: Iterable[tuple[str, str]],
         lines.append(f"{name}: {value}\r\n")
     if "host" not in given:
         lines.insert(1, f"host: {target.authority}\r\n")
-    lines.extend(f"{name}: {value}\r\n" for name, value in _DEFAULTS if name not in given)
+    lines.extend(f"{name}: {value}\r\n" for name, value in defaults if name not in given)
     if length is not None and "content-length" not in given:
         lines.append(f"content-length: {length}\r\n")
     lines.append("\r\n")
@@ -89,7 +111,7 @@ def encode_head(method: str, target: Target, headers: Iterable[tuple[str, str]],
         return None
 
 
-_UNKNOWN: Target | None = Target("", 0, "", "")  # not parsed yet
+_UNKNOWN: Target | None = Target(False, "", 0, "", "")  # not parsed yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,43 +126,54 @@ class Timeouts:
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """Keep-alive HTTP/1.1 connections for plain http, at most `max_connections` busy at once;
-    every other request goes to an httpx.AsyncHTTPTransport with the same limits."""
+    """Keep-alive HTTP/1.1 connections for http, and for https when given a TLS context, at
+    most `max_connections` busy at once; every other request goes to an
+    httpx.AsyncHTTPTransport with the same limits (verifying with the same context, if any)."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        self.fallback = httpx.AsyncHTTPTransport(limits=limits)
+    def __init__(self, limits: httpx.Limits, tls: ssl.SSLContext | None = None) -> None:
+        # Sharing the context is safe while httpx has no http2 here: it sets the same ALPN.
+        self.fallback = httpx.AsyncHTTPTransport(limits=limits, verify=tls or True)
+        self.tls = tls
+        self.https_defaults: tuple[tuple[str, str], ...] = _DEFAULTS
         self._slots = asyncio.Semaphore(limits.max_connections or 1_000_000)
         self._keep = limits.max_keepalive_connections or 1_000_000
-        self._idle: dict[tuple[str, int], list[Connection]] = {}
+        self._idle: dict[tuple[bool, str, int], list[Connection]] = {}
         self._targets: dict[str, Target | None] = {}
+
+    def target(self, url: str) -> Target | None:
+        """Where a URL goes on lean connections; None when httpx must send it."""
+        target = parse_target(url)
+        if target is not None and target.secure and self.tls is None:
+            return None
+        return target
 
     async def exchange(self, method: str, url: str, headers: Mapping[str, str],
                        content: bytes | None, timeout_s: float) -> Reply | None:
         """The reply to a call, sent without building httpx objects; None when the call is not
-        plain http as written (the caller sends it through httpx instead)."""
+        lean as written (the caller sends it through httpx instead)."""
         target = self._targets.get(url, _UNKNOWN)
         if target is _UNKNOWN:
             if len(self._targets) >= _MAX_TARGETS:  # poll URLs carry job ids: keep it bounded
                 self._targets.clear()
-            target = self._targets[url] = parse_target(url)
+            target = self._targets[url] = self.target(url)
         if target is None:
             return None
         content = content or b""
         length = len(content) if content or method in _BODY_METHODS else None
-        head = encode_head(method, target, headers.items(), length)
+        head = encode_head(method, target, headers.items(), length,
+                           self.https_defaults if target.secure else _DEFAULTS)
         if head is None:
             return None
-        reply = await self._send(target.host, target.port, _pieces(head, content),
-                                 method == "HEAD", Timeouts(timeout_s, timeout_s, timeout_s))
+        reply = await self._send(target, _pieces(head, content), method == "HEAD",
+                                 Timeouts(timeout_s, timeout_s, timeout_s))
         if any(name.lower() == b"content-encoding" for name, _ in reply.headers):
             return await _decoded(reply)
         return reply
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """httpx's entry (multipart uploads come this way): plain http on lean connections,
-        anything else on httpx's own transport."""
-        url = request.url
-        target = parse_target(str(url)) if url.scheme == "http" else None
+        """httpx's entry (multipart uploads come this way): lean connections where they may
+        go, anything else on httpx's own transport."""
+        target = self.target(str(request.url))
         headers = [(name.decode("latin-1"), value.decode("latin-1"))
                    for name, value in request.headers.raw
                    if name.lower() not in (b"transfer-encoding", b"content-length")]
@@ -151,8 +184,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             head = encode_head(request.method, target, headers, length)
         if target is None or head is None:
             return await self.fallback.handle_async_request(request)
-        reply = await self._send(target.host, target.port, _pieces(head, body),
-                                 request.method == "HEAD",
+        reply = await self._send(target, _pieces(head, body), request.method == "HEAD",
                                  Timeouts.of(request.extensions.get("timeout", {})))
         return httpx.Response(reply.status, headers=reply.headers,
                               stream=httpx.ByteStream(reply.body),
@@ -165,7 +197,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
         await self.fallback.aclose()
 
-    async def _send(self, host: str, port: int, data: list[bytes], head_only: bool,
+    async def _send(self, target: Target, data: list[bytes], head_only: bool,
                     timeouts: Timeouts) -> Reply:
         if self._slots.locked():
             try:
@@ -176,8 +208,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         else:
             await self._slots.acquire()
         try:
-            connection = self._reuse((host, port)) or await _connect(host, port,
-                                                                      timeouts.connect)
+            connection = self._reuse(target.origin) or await _connect(
+                target, self.tls if target.secure else None, timeouts.connect)
             reply = await connection.request(data, head_only, timeouts.read)
         finally:
             self._slots.release()
@@ -185,13 +217,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
             connection.close()
             return reply
         connection.idle_since = time.monotonic()
-        idle = self._idle.setdefault((host, port), [])
+        idle = self._idle.setdefault(target.origin, [])
         idle.append(connection)
         if len(idle) > self._keep:
             idle.pop(0).close()
         return reply
 
-    def _reuse(self, origin: tuple[str, int]) -> Connection | None:
+    def _reuse(self, origin: tuple[bool, str, int]) -> Connection | None:
         """The most recently used live idle connection to the origin; stale ones are closed."""
         idle = self._idle.get(origin)
         oldest = time.monotonic() - KEEPALIVE_EXPIRY_S
@@ -204,12 +236,17 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
 
 class Client(httpx.AsyncClient):
-    """An upstream's pooled client on a LeanTransport; flows.send hands its plain-http calls
-    to `lean.exchange`, skipping httpx's request and response objects."""
+    """An upstream's pooled client on a LeanTransport; flows.send hands its calls to
+    `lean.exchange`, skipping httpx's request and response objects. `tls` verifies https
+    upstreams on lean connections; without it https goes through httpx."""
 
-    def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout) -> None:
-        self.lean = LeanTransport(limits)
+    def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.lean = LeanTransport(limits, tls)
         super().__init__(transport=self.lean, limits=limits, timeout=timeout)
+        encoding = str(self.headers.get("accept-encoding", "identity"))
+        self.lean.https_defaults = tuple((name, encoding if name == "accept-encoding" else value)
+                                         for name, value in _DEFAULTS)
 
 
 def usable() -> bool:
@@ -219,14 +256,24 @@ def usable() -> bool:
     return not any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
-async def _connect(host: str, port: int, timeout_s: float | None) -> Connection:
+async def _connect(target: Target, tls: ssl.SSLContext | None,
+                   timeout_s: float | None) -> Connection:
+    """A new connection; with `tls`, after a handshake that verified the server's certificate
+    for the target's host. Like httpcore, a failed TCP connect or TLS handshake is a
+    ConnectError, and the one timeout covers both."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
-            _, connection = await loop.create_connection(Connection, host, port)
+            if tls is None:
+                _, connection = await loop.create_connection(Connection, target.host,
+                                                             target.port)
+            else:
+                _, connection = await loop.create_connection(
+                    Connection, target.host, target.port, ssl=tls,
+                    server_hostname=target.host, ssl_handshake_timeout=timeout_s)
     except TimeoutError:
-        raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
-    except OSError as exc:
+        raise httpx.ConnectTimeout(f"connecting to {target.authority} timed out") from None
+    except OSError as exc:  # refused, unreachable, and every ssl.SSLError (a bad certificate)
         raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
     return connection
 
@@ -238,7 +285,7 @@ def _pieces(head: bytes, body: bytes) -> list[bytes]:
 
 
 async def _decoded(reply: Reply) -> Reply:
-    """A reply the server compressed although it was asked not to, decoded as httpx would."""
+    """A reply the server compressed (over https, as asked), decoded as httpx would."""
     response = httpx.Response(reply.status, headers=reply.headers,
                               stream=httpx.ByteStream(reply.body))
     return Reply(reply.status, reply.headers, await response.aread(), reply.reusable)
