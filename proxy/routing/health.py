@@ -67,6 +67,9 @@ class Snapshot:
 class _Tier:
     ewma: float
     recent: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds)
+    # The p95 as last worked out, and until when it holds (a new sample, or the oldest one
+    # leaving the window, changes it): every request reads every candidate's p95.
+    p95: tuple[float, float] | None = None
 
 
 class RouteHealth:
@@ -131,6 +134,7 @@ class RouteHealth:
         entry = self._tiers.setdefault(tier, _Tier(self._prior))
         entry.ewma += self._settings.ewma_alpha * (seconds - entry.ewma)
         entry.recent.append((now, seconds))
+        entry.p95 = None
         while len(entry.recent) > self._settings.p95_samples:
             entry.recent.popleft()
         self._record(now, True)
@@ -201,12 +205,20 @@ class RouteHealth:
         return self._state is State.CLOSED or not self._probing
 
     def _p95(self, entry: _Tier | None, now: float) -> float:
-        horizon = now - self._settings.latency_window_s
-        recent = sorted(s for when, s in entry.recent if when >= horizon) if entry else []
+        if entry is None:
+            return 1.5 * self._prior
+        if entry.p95 is not None and now < entry.p95[1]:
+            return entry.p95[0]
+        window = self._settings.latency_window_s
+        kept = [(when, s) for when, s in entry.recent if when >= now - window]
+        recent = sorted(s for _, s in kept)
         if len(recent) < self._settings.min_p95_samples:
             # Too little evidence: the prior, widened the way image latencies spread.
-            return max(1.5 * self._prior, entry.ewma * 1.5 if entry else 0.0)
-        return recent[min(len(recent) - 1, math.ceil(0.95 * len(recent)) - 1)]
+            value = max(1.5 * self._prior, entry.ewma * 1.5)
+        else:
+            value = recent[min(len(recent) - 1, math.ceil(0.95 * len(recent)) - 1)]
+        entry.p95 = (value, kept[0][0] + window if kept else math.inf)
+        return value
 
     @property
     def state(self) -> State:
