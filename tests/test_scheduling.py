@@ -17,8 +17,6 @@ from proxy.api import job_worker
 from proxy.bench.batch import run_batch
 from proxy.bench.batch_hosts import HostSpec
 from proxy.billing.keys import KeyLimits
-from proxy.billing.money import Money
-from proxy.billing.store import Store
 from proxy.domain import Policy
 from proxy.routing.health import Health, Settings
 from proxy.routing.router import RoutesFailed, plan
@@ -123,17 +121,6 @@ def test_a_released_slot_wakes_one_waiter() -> None:
         return woken
 
     assert sorted(asyncio.run(go())) == [False, False, True]
-
-
-def test_a_long_hold_outlives_the_crash_sweep(tmp_path: Path) -> None:
-    with Store(make_config(tmp_path / "data").database) as store:
-        money = Money(store.db)
-        held = money.reserve("key_1", "total", 500, 1_000, hold_s=86_400)
-        short = money.reserve("key_1", "total", 500, 1_000)
-        assert held and short
-        store.db.execute("UPDATE reservations SET created_at = created_at - 7200")
-        assert money.sweep(older_than_s=600) == 1, "only the ordinary reservation is stale"
-        assert money.spent("key_1", "total") == (Decimal(0), Decimal("0.0005"))
 
 
 MARKET = (HostSpec("a", 2, 2.0, Decimal("0.03")), HostSpec("b", 3, 4.0, Decimal("0.04")),
