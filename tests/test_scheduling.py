@@ -181,3 +181,15 @@ def test_items_that_cannot_get_a_slot_wait_in_the_queue_not_in_memory(
                 time.sleep(0.02)
     slots = 16 + 16  # sim-cheap and sim-fast
     assert slots <= peak <= slots + job_worker.CLAIM_AT_ONCE + job_worker.MAX_WAITING
+
+
+def test_each_server_process_takes_its_share_of_a_hosts_cap() -> None:
+    """serve --workers 3: a host capped at 10 gets at most 3 + 3 + 3 from the processes."""
+    wide = replace(CHEAP.provider, name="wide", max_in_flight=10)
+
+    async def go() -> list[bool]:
+        slots = Slots([wide, CHEAP.provider], processes=3)
+        assert slots.capacity == 3 + 1, "a cap below the process count still gets one"
+        return [await slots.acquire(wide, 0) for _ in range(4)]
+
+    assert asyncio.run(go()) == [True, True, True, False]

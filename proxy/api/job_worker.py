@@ -215,8 +215,9 @@ class Worker:
         return left
 
 def capacity(svc: Services) -> int:
-    """How many jobs may run at once: every live host's in-flight limit, added up."""
-    return max(1, sum(p.max_in_flight for p in svc.catalog.providers if p.live))
+    """How many jobs may run at once: every live host's in-flight limit (this process's
+    share of it), added up."""
+    return max(1, svc.router.capacity)
 
 
 def _later(error: ApiError, job: Job) -> tuple[float, bool] | None:

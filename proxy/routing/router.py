@@ -142,6 +142,11 @@ class Router:
         return self._slots.waiting
 
     @property
+    def capacity(self) -> int:
+        """Attempts this process may have in flight, all hosts together."""
+        return self._slots.capacity
+
+    @property
     def held(self) -> int:
         """Slots held now, all hosts: attempts in flight."""
         return self._slots.held

@@ -20,8 +20,11 @@ SLOT_WAIT_S = 0.25
 class Slots:
     """One semaphore per provider, sized by its `max_in_flight`."""
 
-    def __init__(self, providers: Iterable[Provider], wait_s: float = SLOT_WAIT_S) -> None:
-        self._limits = {p.name: max(1, p.max_in_flight) for p in providers}
+    def __init__(self, providers: Iterable[Provider], wait_s: float = SLOT_WAIT_S,
+                 processes: int = 1) -> None:
+        # `serve --workers N`: a host's limit is the host's, so each process takes its share.
+        self._processes = max(1, processes)
+        self._limits = {p.name: self._share(p) for p in providers}
         self._semaphores = {name: asyncio.Semaphore(n) for name, n in self._limits.items()}
         self._held: dict[str, int] = {}
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
@@ -29,10 +32,18 @@ class Slots:
         self.held = 0  # slots held, all providers
         self.wait_s = wait_s
 
+    def _share(self, provider: Provider) -> int:
+        return max(1, provider.max_in_flight // self._processes)
+
+    @property
+    def capacity(self) -> int:
+        """Attempts this process may have in flight, all hosts together."""
+        return sum(self._limits.values())
+
     def _semaphore(self, provider: Provider) -> asyncio.Semaphore:
         found = self._semaphores.get(provider.name)
         if found is None:  # a provider built after startup (tests)
-            self._limits[provider.name] = max(1, provider.max_in_flight)
+            self._limits[provider.name] = self._share(provider)
             found = self._semaphores[provider.name] = asyncio.Semaphore(
                 self._limits[provider.name])
         return found
