@@ -90,6 +90,9 @@ class Route:
     options: Mapping[str, Any] = field(default_factory=dict)
     price_terms: str = "per image"  # how the host itself bills (tokens, credits, packs)
     usd_per_image_token: Decimal | None = None  # per-token routes bill the reported usage
+    # What adapters derive from the route alone (auth headers, URLs, size choices), computed
+    # on first use. Not copied by dataclasses.replace: a route with a fresh key starts empty.
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

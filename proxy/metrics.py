@@ -7,7 +7,29 @@ input); per-key labels collapse to "-" when `metrics_per_key` is off, for very m
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class Remembered(Generic[M]):
+    """A labelled metric whose children are kept: prometheus_client's `labels()` validates
+    the values and takes a lock on every call, and one image request makes about a dozen
+    (label values are bounded, so the dict is too)."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def labels(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
 
 # Image calls take seconds to minutes; buckets reach five minutes.
 SLOW_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120, 180, 300)
@@ -16,43 +38,43 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
                     0.25, 0.5, 1)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
-REQUESTS = Counter(
+REQUESTS = Remembered(Counter(
     "switchyard_requests", "Image requests by public model, serving provider (or 'none') and "
     "outcome: success, a failure class, or quota / rate_limited_key / cancelled.",
     ["model", "provider", "outcome"],
-)
-IMAGES = Counter(
+))
+IMAGES = Remembered(Counter(
     "switchyard_images", "Images delivered to clients.", ["model", "provider", "tier"],
-)
-REQUEST_SECONDS = Histogram(
+))
+REQUEST_SECONDS = Remembered(Histogram(
     "switchyard_request_duration_seconds", "End-to-end duration of image requests that reached "
     "an upstream, by outcome (success or a failure class).", ["model", "outcome"],
     buckets=SLOW_BUCKETS,
-)
-OVERHEAD_SECONDS = Histogram(
+))
+OVERHEAD_SECONDS = Remembered(Histogram(
     "switchyard_overhead_seconds", "Time a request spent in Switchyard itself, not waiting on "
     "upstreams.", ["model"], buckets=OVERHEAD_BUCKETS,
-)
-SECONDS_PER_IMAGE = Histogram(
+))
+SECONDS_PER_IMAGE = Remembered(Histogram(
     "switchyard_seconds_per_image", "Upstream seconds per delivered image.",
     ["model", "provider", "tier"], buckets=SLOW_BUCKETS,
-)
-UPSTREAM_ATTEMPTS = Counter(
+))
+UPSTREAM_ATTEMPTS = Remembered(Counter(
     "switchyard_upstream_attempts", "Calls to upstream routes by outcome.",
     ["model", "provider", "outcome"],
-)
-UPSTREAM_SECONDS = Histogram(
+))
+UPSTREAM_SECONDS = Remembered(Histogram(
     "switchyard_upstream_duration_seconds", "Duration of one upstream attempt.",
     ["provider", "outcome"], buckets=SLOW_BUCKETS,
-)
-UPSTREAM_COST = Counter(
+))
+UPSTREAM_COST = Remembered(Counter(
     "switchyard_upstream_cost_usd", "What upstreams charged, in US dollars.",
     ["key", "model", "provider"],
-)
-BILLED = Counter(
+))
+BILLED = Remembered(Counter(
     "switchyard_billed_usd", "What tenants were billed, in US dollars.",
     ["key", "model", "provider"],
-)
+))
 FAILOVERS = Counter(
     "switchyard_failovers", "Requests served by a route other than the first one tried.",
     ["model"],

@@ -11,14 +11,14 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy import geometry, imaging
 from proxy.catalog import Route
-from proxy.domain import TIER_EDGE, Image, ImageRequest, ImageResult, InputImage, Usage
+from proxy.domain import TIER_EDGE, Geometry, Image, ImageRequest, ImageResult, InputImage, Usage
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
 from proxy.providers.base import Flow, Step, UpstreamCall, UpstreamReply, check
 
@@ -27,6 +27,17 @@ EXTENSION = {mime: ext for ext, mime in MIME.items()}
 _URL = re.compile(r"https?://\S+")
 _KEYLIKE = re.compile(r"\b(?:sk|key|api|r8|ooq)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 _HINTED = frozenset({Kind.RATE_LIMITED, Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN})
+T = TypeVar("T")
+_ABSENT = object()
+
+
+def remembered(route: Route, name: Any, make: Callable[[], T]) -> T:
+    """`make()`, once per route: what follows from its options and key alone is not worked
+    out again for every request (a raised failure is not remembered)."""
+    value = route.memo.get(name, _ABSENT)
+    if value is _ABSENT:
+        value = route.memo[name] = make()
+    return value  # type: ignore[no-any-return]
 
 
 def option(route: Route, name: str, default: Any = None) -> Any:
@@ -38,7 +49,11 @@ def option(route: Route, name: str, default: Any = None) -> Any:
 
 def auth_headers(route: Route) -> dict[str, str]:
     """The credential header in the host's style (`auth_header`, `auth_scheme` options) plus
-    any static `headers`; AUTH failure when no key is configured."""
+    any static `headers`; AUTH failure when no key is configured. A copy: callers add to it."""
+    return dict(remembered(route, "auth_headers", lambda: _auth_headers(route)))
+
+
+def _auth_headers(route: Route) -> dict[str, str]:
     key = route.provider.key
     if key is None:
         raise UpstreamError(Failure(Kind.AUTH, f"no API key configured for provider "
@@ -51,12 +66,21 @@ def auth_headers(route: Route) -> dict[str, str]:
 
 def endpoint(route: Route, name: str, default_path: str) -> str:
     """base_url + the path option `name` ({model} is replaced by the upstream model id)."""
+    return remembered(route, ("endpoint", name, default_path),
+                      lambda: _endpoint(route, name, default_path))
+
+
+def _endpoint(route: Route, name: str, default_path: str) -> str:
     path = str(option(route, name, default_path)).replace("{model}", route.upstream_model)
     return route.provider.base_url + path
 
 
-def extra_body(route: Route) -> dict[str, Any]:
+def extra_body(route: Route) -> Mapping[str, Any]:
     """Host-specific fields the operator wants sent as is (`extra_body`, provider then route)."""
+    return remembered(route, "extra_body", lambda: _extra_body(route))
+
+
+def _extra_body(route: Route) -> dict[str, Any]:
     return {**dict(route.provider.options.get("extra_body", {})),
             **dict(route.options.get("extra_body", {}))}
 
@@ -138,6 +162,15 @@ def choose_size(request: ImageRequest, route: Route, default_sizes: Iterable[str
     asked shape is fitted to the rules, or the nearest listed size is taken; with neither,
     the tier's canonical pixels. The caller reports what was delivered."""
     g = request.geometry
+    if g.exact_size is not None:  # client input: not remembered, the memo stays bounded
+        return _choose_size(g, route, default_sizes, default_rules)
+    defaults = tuple(default_sizes)
+    return remembered(route, ("size", g.aspect_ratio, g.tier, defaults, default_rules),
+                      lambda: _choose_size(g, route, defaults, default_rules))
+
+
+def _choose_size(g: Geometry, route: Route, default_sizes: Iterable[str],
+                 default_rules: SizeRules | None) -> tuple[int, int]:
     if g.exact_size:
         w, h = geometry.parse_size(g.exact_size)
         ratio, area = w / h, float(w * h)
@@ -291,8 +324,13 @@ def _size(dims: tuple[int, int] | None) -> str | None:
 # --- errors --------------------------------------------------------------------------------
 
 
-def error_kinds(route: Route, defaults: Mapping[str, Kind]) -> dict[str, Kind]:
+def error_kinds(route: Route, defaults: Mapping[str, Kind]) -> Mapping[str, Kind]:
     """The code-pattern -> Kind table: the operator's `error_kinds` option first, then ours."""
+    return remembered(route, ("error_kinds", id(defaults)),
+                      lambda: _error_kinds(route, defaults))
+
+
+def _error_kinds(route: Route, defaults: Mapping[str, Kind]) -> dict[str, Kind]:
     custom = {str(k): Kind(v) for k, v in dict(option(route, "error_kinds", {})).items()}
     return {**custom, **{k: v for k, v in defaults.items() if k not in custom}}
 

@@ -47,7 +47,8 @@ def fields(request: ImageRequest, route: Route) -> dict[str, Any]:
               "output_compression": request.output_compression,
               "moderation": request.moderation, "style": request.style, "user": request.user,
               "input_fidelity": request.input_fidelity if request.kind == "edit" else None}
-    omitted = set(api.option(route, "omit_fields", ()))
+    omitted = api.remembered(route, "omit_fields",
+                             lambda: frozenset(api.option(route, "omit_fields", ())))
     for name, value in wanted.items():
         if value is None or (value == _DEFAULTS.get(name) and name != "output_format"):
             continue

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -179,14 +180,18 @@ class Router:
                       strategy=policy.strategy or "cheapest", quote_usd=quote(route, request),
                       upstream_s=waited)
 
+    def _generate(self, route: Route, request: ImageRequest,
+                  deadline: float) -> Coroutine[Any, Any, ImageResult]:
+        return flows.generate(
+            self._adapters[route.provider.protocol], route, request,
+            self._clients[route.provider.name], deadline, self._credentials, self.callbacks,
+            self.groups)
+
     def _attempt(self, route: Route, request: ImageRequest,
                  deadline: float) -> asyncio.Task[ImageResult]:
         """One attempt as a task that holds a slot of its provider until it is done (a done
         callback: it runs even for a task cancelled before it started)."""
-        task = asyncio.create_task(flows.generate(
-            self._adapters[route.provider.protocol], route, request,
-            self._clients[route.provider.name], deadline, self._credentials, self.callbacks,
-            self.groups))
+        task = asyncio.create_task(self._generate(route, request, deadline))
         task.add_done_callback(lambda _: self._slots.release(route.provider))
         return task
 
@@ -209,15 +214,46 @@ class _Run:
 
     async def execute(self) -> tuple[Route, ImageResult]:
         try:
-            return await self._loop()
+            return await (self._loop() if self.hedge else self._one_at_a_time())
         finally:
             self._cancel_all()
+
+    async def _one_at_a_time(self) -> tuple[Route, ImageResult]:
+        """Without hedging, attempts run one after another, each in this task: no task of its
+        own and no asyncio.wait per request. Same outcomes as _loop: a failure moves on to
+        the next route, and an attempt that outlives its deadline (and the grace) is ended."""
+        while True:
+            live = await self._start_next()
+            if live is None:
+                raise RoutesFailed(self._final_failure(), tuple(self.attempts))
+            backstop = min(self.deadline, live.deadline) + DEADLINE_GRACE_S
+            error: BaseException | None = None
+            try:
+                async with asyncio.timeout(max(0.0, backstop - self.router._clock())) as limit:
+                    result = await self.router._generate(live.route, self.request, live.deadline)
+            except UpstreamError as exc:
+                error = exc
+            except TimeoutError:
+                if not limit.expired():
+                    raise
+                self._expire_one(live)
+                if live.deadline < self.deadline:  # its own deadline: the next route's turn
+                    continue
+                raise RoutesFailed(self._final_failure(), tuple(self.attempts)) from None
+            except BaseException:
+                self.router.health.of(live.route).abandon(live.token)
+                raise
+            finally:
+                self.router._slots.release(live.route.provider)
+            outcome = self._ended(live, error, None if error else result)
+            if outcome is not None:
+                return live.route, outcome
 
     async def _loop(self) -> tuple[Route, ImageResult]:
         hedge_at: float | None = None
         while True:
             if not self.running:
-                if not await self._start_next():
+                if not await self._launch_next():
                     raise RoutesFailed(self._final_failure(), tuple(self.attempts))
                 hedge_at = self._hedge_time()
             now = self.router._clock()
@@ -233,7 +269,7 @@ class _Run:
                 if hedge_at is not None and now >= hedge_at:
                     hedge_at = None
                     metrics.HEDGES.labels(self.request.model).inc()
-                    await self._start_next()
+                    await self._launch_next()
                 elif now >= self.deadline + DEADLINE_GRACE_S:
                     # The flows end themselves at the deadline; this is the backstop.
                     raise RoutesFailed(Failure(Kind.TIMEOUT, "request deadline reached"),
@@ -249,14 +285,18 @@ class _Run:
                     return live.route, outcome
 
     def _settle(self, task: asyncio.Task[ImageResult], live: _Live) -> ImageResult | None:
+        error = task.exception()
+        return self._ended(live, error, None if error else task.result())
+
+    def _ended(self, live: _Live, error: BaseException | None,
+               result: ImageResult | None) -> ImageResult | None:
         """Record a finished attempt; its result if it delivered. Raises when it failed in a
         way no other route can fix."""
         health = self.router.health.of(live.route)
-        error = task.exception()
         if error is None:
             seconds = health.end(live.token, self.request.geometry.tier, None)
             self._record(live.route, None, seconds)
-            return task.result()
+            return result
         if not isinstance(error, UpstreamError):
             health.abandon(live.token)
             raise error
@@ -275,30 +315,41 @@ class _Run:
             if now >= live.deadline + DEADLINE_GRACE_S:
                 task.cancel()
                 del self.running[task]
-                failure = Failure(Kind.TIMEOUT, "request deadline reached")
-                seconds = self.router.health.of(live.route).end(
-                    live.token, self.request.geometry.tier, failure)
-                self._record(live.route, failure, seconds)
-                self.last = failure
+                self._expire_one(live)
 
-    async def _start_next(self) -> bool:
-        """Start the next route that has a free slot; False when none is left to start. A
-        patient request (a batch item) with nothing running waits for a slot of a full route
-        instead of giving up: the queue holds it, not the client."""
+    def _expire_one(self, live: _Live) -> None:
+        failure = Failure(Kind.TIMEOUT, "request deadline reached")
+        seconds = self.router.health.of(live.route).end(live.token, self.request.geometry.tier,
+                                                        failure)
+        self._record(live.route, failure, seconds)
+        self.last = failure
+
+    async def _launch_next(self) -> bool:
+        """Start the next route as a task of its own; False when none is left to start."""
+        live = await self._start_next()
+        if live is None:
+            return False
+        self.running[self.router._attempt(live.route, self.request, live.deadline)] = live
+        return True
+
+    async def _start_next(self) -> _Live | None:
+        """Take a slot of the next route that has a free one and begin its attempt; None when
+        none is left to start. A patient request (a batch item) with nothing running waits
+        for a slot of a full route instead of giving up: the queue holds it, not the client."""
         while True:
-            if await self._start_pending():
-                return True
+            if (live := await self._start_pending()) is not None:
+                return live
             if not self.request.patience_s or not self.full or self.running:
-                return False
+                return None
             remaining = self.deadline - self.router._clock()
             if remaining <= 0:
-                return False
+                return None
             await self.router._slots.released([r.provider for r in self.full],
                                               min(PATIENT_RECHECK_S, remaining))
             self.pending.extend(self.full)
             self.full.clear()
 
-    async def _start_pending(self) -> bool:
+    async def _start_pending(self) -> _Live | None:
         while self.pending:
             route = self.pending.popleft()
             now = self.router._clock()
@@ -314,10 +365,8 @@ class _Run:
             # held to the usual request timeout.
             deadline = self.deadline if route.provider.deferred else \
                 min(self.deadline, now + self.router._timeout_s)
-            task = self.router._attempt(route, self.request, deadline)
-            self.running[task] = _Live(route, token, self.router._clock(), deadline)
-            return True
-        return False
+            return _Live(route, token, self.router._clock(), deadline)
+        return None
 
     def _hedge_time(self) -> float | None:
         """When to start a second attempt: the first one's route p95 for this tier."""
