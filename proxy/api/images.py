@@ -12,9 +12,10 @@ from starlette.responses import Response
 from proxy.api import idempotent, jobs, uploads
 from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request
-from proxy.api.metering import Origin, charge
+from proxy.api.metering import charge
 from proxy.api.openai_schema import Body, from_json, model_name, parse
 from proxy.api.policy import HEADER, request_policy
+from proxy.api.render import Origin
 from proxy.billing.keys import KeyRecord
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, InputImage

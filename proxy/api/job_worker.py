@@ -21,8 +21,9 @@ import orjson
 from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, render
 from proxy.api.job_webhooks import Webhooks
-from proxy.api.metering import Origin, charge
+from proxy.api.metering import charge
 from proxy.api.openai_schema import from_json
+from proxy.api.render import Origin
 from proxy.billing.jobs import Job
 from proxy.services import Services
 

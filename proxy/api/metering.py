@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
 from starlette.background import BackgroundTask
-from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy import metrics
 from proxy.api import streamed
 from proxy.api.errors import ApiError, bad_request, from_failure
-from proxy.api.render import attempt_headers, image_headers, images_body, observe
+from proxy.api.render import Origin, attempt_headers, image_headers, images_body, observe
 from proxy.api.request_log import request_line
 from proxy.billing.keys import KeyRecord
 from proxy.billing.limits import Limited
@@ -36,18 +34,6 @@ from proxy.routing.router import NoRoute, Prepared, RoutesFailed
 from proxy.services import Services
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a request came from: its id (the ledger's key) and the base of image links."""
-
-    request_id: str
-    base_url: str
-
-    @classmethod
-    def of(cls, request: Request) -> Origin:
-        return cls(request.scope["state"]["request_id"], str(request.base_url).rstrip("/"))
 
 
 async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
@@ -105,7 +91,7 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         await asyncio.shield(ledger.abandoned(reservation, started))
         metrics.REQUESTS.labels(model.name, "none", "cancelled").inc()
         raise
-    content = await images_body(origin.base_url, svc, ledger.asked, served)
+    content = await images_body(origin, svc, ledger.asked, served)
     delivered = len(served.result.images)
     upstream_per_image = served.cost_usd / delivered
     billed = min(quote, plan.per_image(model.name, ledger.asked.geometry.tier,

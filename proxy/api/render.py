@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import dataclass
 from typing import Any
+
+from starlette.requests import Request
 
 from proxy import metrics
 from proxy.catalog import Model
@@ -18,14 +21,34 @@ _SPEC_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
 _SPEC_QUALITIES = frozenset({"low", "medium", "high"})
 
 
-async def images_body(base_url: str, svc: Services, asked: ImageRequest,
-                       served: Served) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request came from: its id (the ledger's key), and the base of image links: a
+    URL, or the request it is read from once a link is made (building it costs more than
+    planning the request's routes, and a b64_json answer never needs it)."""
+
+    request_id: str
+    base: str | Request
+
+    @classmethod
+    def of(cls, request: Request) -> Origin:
+        return cls(request.scope["state"]["request_id"], request)
+
+    @property
+    def base_url(self) -> str:
+        if isinstance(self.base, str):
+            return self.base
+        return str(self.base.base_url).rstrip("/")
+
+
+async def images_body(origin: Origin, svc: Services, asked: ImageRequest,
+                      served: Served) -> dict[str, Any]:
     data = []
     for image in served.result.images:
         if asked.response_format == "url":
             # Converting to a link is the one case where base64 must be decoded.
             name = await svc.media.put(base64.b64decode(image.b64), image.mime)
-            base = svc.config.public_base_url or base_url
+            base = svc.config.public_base_url or origin.base_url
             item: dict[str, str] = {"url": svc.media.link(base, name)}
         else:
             item = {"b64_json": image.b64}

@@ -29,6 +29,7 @@ _KEYLIKE = re.compile(r"\b(?:sk|key|api|r8|ooq)[-_][A-Za-z0-9*_\-]{6,}", re.IGNO
 _HINTED = frozenset({Kind.RATE_LIMITED, Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN})
 T = TypeVar("T")
 _ABSENT = object()
+MEMO_SIZES = 256  # a route remembers the sizes chosen for exact sizes until it holds this many
 
 
 def remembered(route: Route, name: Any, make: Callable[[], T]) -> T:
@@ -162,11 +163,11 @@ def choose_size(request: ImageRequest, route: Route, default_sizes: Iterable[str
     asked shape is fitted to the rules, or the nearest listed size is taken; with neither,
     the tier's canonical pixels. The caller reports what was delivered."""
     g = request.geometry
-    if g.exact_size is not None:  # client input: not remembered, the memo stays bounded
-        return _choose_size(g, route, default_sizes, default_rules)
     defaults = tuple(default_sizes)
-    return remembered(route, ("size", g.aspect_ratio, g.tier, defaults, default_rules),
-                      lambda: _choose_size(g, route, defaults, default_rules))
+    key = ("size", g.aspect_ratio, g.tier, g.exact_size, defaults, default_rules)
+    if g.exact_size is not None and len(route.memo) >= MEMO_SIZES and key not in route.memo:
+        return _choose_size(g, route, defaults, default_rules)  # exact sizes are client input
+    return remembered(route, key, lambda: _choose_size(g, route, defaults, default_rules))
 
 
 def _choose_size(g: Geometry, route: Route, default_sizes: Iterable[str],

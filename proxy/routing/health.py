@@ -7,6 +7,7 @@ each attempt's start and end; strategies read frozen snapshots.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
@@ -67,9 +68,24 @@ class Snapshot:
 class _Tier:
     ewma: float
     recent: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds)
-    # The p95 as last worked out, and until when it holds (a new sample, or the oldest one
-    # leaving the window, changes it): every request reads every candidate's p95.
-    p95: tuple[float, float] | None = None
+    # The same seconds kept sorted as samples come and go: every request reads every
+    # candidate's p95, which is then an index, not a sort of the window.
+    ordered: list[float] = field(default_factory=list)
+
+    def add(self, when: float, seconds: float, keep: int) -> None:
+        self.recent.append((when, seconds))
+        bisect.insort(self.ordered, seconds)
+        while len(self.recent) > keep:
+            self._drop()
+
+    def trim(self, oldest: float) -> None:
+        """Forget samples taken before `oldest`."""
+        while self.recent and self.recent[0][0] < oldest:
+            self._drop()
+
+    def _drop(self) -> None:
+        _, seconds = self.recent.popleft()
+        del self.ordered[bisect.bisect_left(self.ordered, seconds)]
 
 
 class RouteHealth:
@@ -133,10 +149,7 @@ class RouteHealth:
     def _succeeded(self, now: float, tier: str, seconds: float, started: float) -> None:
         entry = self._tiers.setdefault(tier, _Tier(self._prior))
         entry.ewma += self._settings.ewma_alpha * (seconds - entry.ewma)
-        entry.recent.append((now, seconds))
-        entry.p95 = None
-        while len(entry.recent) > self._settings.p95_samples:
-            entry.recent.popleft()
+        entry.add(now, seconds, self._settings.p95_samples)
         self._record(now, True)
         if started < self._failure_started:
             return
@@ -207,18 +220,12 @@ class RouteHealth:
     def _p95(self, entry: _Tier | None, now: float) -> float:
         if entry is None:
             return 1.5 * self._prior
-        if entry.p95 is not None and now < entry.p95[1]:
-            return entry.p95[0]
-        window = self._settings.latency_window_s
-        kept = [(when, s) for when, s in entry.recent if when >= now - window]
-        recent = sorted(s for _, s in kept)
+        entry.trim(now - self._settings.latency_window_s)
+        recent = entry.ordered
         if len(recent) < self._settings.min_p95_samples:
             # Too little evidence: the prior, widened the way image latencies spread.
-            value = max(1.5 * self._prior, entry.ewma * 1.5)
-        else:
-            value = recent[min(len(recent) - 1, math.ceil(0.95 * len(recent)) - 1)]
-        entry.p95 = (value, kept[0][0] + window if kept else math.inf)
-        return value
+            return max(1.5 * self._prior, entry.ewma * 1.5)
+        return recent[min(len(recent) - 1, math.ceil(0.95 * len(recent)) - 1)]
 
     @property
     def state(self) -> State:
