@@ -117,6 +117,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             for client in clients.values():
                 await client.aclose()
             # Delivery marks still queued are written before the database closes.
+            app.state.services.ledger_writes.send_later()
             await asyncio.to_thread(app.state.services.ledger_writes.shutdown)
             store.close()
 

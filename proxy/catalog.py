@@ -106,13 +106,23 @@ class Model:
     description: str = ""
     shutdown_date: str | None = None
     hedge: bool = False  # start a second attempt when the first passes its route's p95
+    # tiers() and aspect_ratios(), worked out once: every request's size is checked by them.
+    _shapes: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False,
+                                                compare=False, repr=False)
 
     def tiers(self) -> tuple[str, ...]:
-        return tuple(t for t in TIERS if any(t in r.capabilities.tiers for r in self.routes))
+        found = self._shapes.get("tiers")
+        if found is None:
+            found = self._shapes["tiers"] = tuple(
+                t for t in TIERS if any(t in r.capabilities.tiers for r in self.routes))
+        return found
 
     def aspect_ratios(self) -> tuple[str, ...]:
-        seen = {a for r in self.routes for a in r.capabilities.aspect_ratios}
-        return tuple(a for a in ASPECT_RATIOS if a in seen)
+        found = self._shapes.get("ratios")
+        if found is None:
+            seen = {a for r in self.routes for a in r.capabilities.aspect_ratios}
+            found = self._shapes["ratios"] = tuple(a for a in ASPECT_RATIOS if a in seen)
+        return found
 
 
 @dataclass(frozen=True, slots=True)

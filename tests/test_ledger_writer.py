@@ -1,6 +1,7 @@
 """The ledger's writer threads: answers and errors come back to the caller, a write nobody
-waits for still happens (and its failure is logged without its values), and shutting down
-writes everything queued first."""
+waits for still happens (and its failure is logged without its values), a `later` write rides
+with the next answered one or goes on its own within LATER_S, and shutting down writes
+everything queued first."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from proxy.billing import writer as writer_module
 from proxy.billing.writer import Writer
 
 
@@ -47,12 +49,59 @@ def test_a_write_nobody_waits_for_is_done_and_its_failure_logged_without_values(
     def leaky(secret: str) -> None:
         raise RuntimeError(f"cannot write {secret}")
 
-    writer.submit(leaky, "sy-secret-key")
-    writer.submit(done.set)
+    async def go() -> None:
+        writer.later(leaky, "sy-secret-key")
+        writer.later(done.set)
+        await asyncio.to_thread(done.wait, 5)
+
     with caplog.at_level(logging.ERROR, "switchyard.ledger"):
-        assert done.wait(5)
+        asyncio.run(go())
+        assert done.is_set()
         writer.shutdown()
     assert "RuntimeError" in caplog.text and "sy-secret-key" not in caplog.text
+
+
+def test_a_later_write_goes_with_the_next_answered_write_after_it() -> None:
+    writer, order = Writer(1), []
+
+    async def go() -> list[str]:
+        writer.later(order.append, "later")
+        await asyncio.sleep(0.005)
+        waited = list(order)  # it waits for company (up to LATER_S)
+        await writer.run(order.append, "answered")
+        await asyncio.to_thread(writer.shutdown)
+        return waited
+
+    assert asyncio.run(go()) == []
+    assert order == ["answered", "later"]
+
+
+def test_a_later_write_alone_goes_within_its_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "LATER_S", 0.01)
+    writer, done = Writer(1), threading.Event()
+
+    async def go() -> float:
+        started = time.monotonic()
+        writer.later(done.set)
+        await asyncio.to_thread(done.wait, 5)
+        return time.monotonic() - started
+
+    took = asyncio.run(go())
+    writer.shutdown()
+    assert done.is_set() and took < 2
+
+
+def test_later_writes_still_waiting_are_written_at_shutdown() -> None:
+    writer, written = Writer(2), []
+
+    async def go() -> None:
+        for n in range(3):
+            writer.later(written.append, n)
+        writer.send_later()  # the app does this on its loop before shutting the writer down
+
+    asyncio.run(go())
+    writer.shutdown()
+    assert written == [0, 1, 2]
 
 
 def test_shutdown_writes_what_is_queued_even_for_a_caller_that_gave_up() -> None:
@@ -67,7 +116,7 @@ def test_shutdown_writes_what_is_queued_even_for_a_caller_that_gave_up() -> None
         await asyncio.sleep(0)
         waiting.cancel()
         for n in range(1, 5):
-            writer.submit(slow, n)
+            writer.later(slow, n)
 
     asyncio.run(go())
     writer.shutdown()

@@ -196,9 +196,9 @@ class _Ledger:
 
     async def delivered(self) -> None:
         """After the response went out: mark the row delivered and refresh the budget gauge
-        on a ledger thread, without waiting (nothing waits for either, and waking the event
-        loop once more would cost a thread hop)."""
-        self.svc.ledger_writes.submit(self._mark_delivered)
+        on a ledger thread, with the next ledger write (nothing waits for either, and a
+        write of their own would wake a thread for each request)."""
+        self.svc.ledger_writes.later(self._mark_delivered)
 
     def _mark_delivered(self) -> None:
         money = self.svc.store.money

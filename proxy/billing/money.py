@@ -116,11 +116,10 @@ class Money:
             if reservation is not None:
                 _close(cur, reservation, entry.billed_micros)
             elif period is not None and entry.billed_micros:
-                cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
-                            "ON CONFLICT (key_id, period) DO NOTHING", (entry.key_id, period))
-                cur.execute("UPDATE budget_counters SET spent_micros = spent_micros + ? "
-                            "WHERE key_id = ? AND period = ?",
-                            (entry.billed_micros, entry.key_id, period))
+                cur.execute("INSERT INTO budget_counters (key_id, period, spent_micros) "
+                            "VALUES (?, ?, ?) ON CONFLICT (key_id, period) DO UPDATE SET "
+                            "spent_micros = budget_counters.spent_micros + "
+                            "excluded.spent_micros", (entry.key_id, period, entry.billed_micros))
             # Its fields in order (astuple would deep-copy each one first).
             cur.execute(_LEDGER_INSERT, tuple(getattr(entry, name) for name in _FIELDS))
 

@@ -3,8 +3,9 @@
 concurrent.futures' pool made every write pay for a Future with its Condition and a semaphore
 probe in Python code, on the event loop's thread, twice per request (the settle before the
 response, the delivered mark after). Here a write is one put on a C queue; the answer comes
-back with one call_soon_threadsafe, and a fire-and-forget write (the delivered mark) has no
-answer at all.
+back with one call_soon_threadsafe, and a fire-and-forget write has no answer at all. A write
+that may wait a little (`later`: the delivered mark) rides with the next answered write, run
+after that one is answered, so it costs no wake-up of its own; a timer sends it if none comes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("switchyard.ledger")
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None"]
+_Call = tuple[Callable[..., Any], tuple[Any, ...]]
+# (call, its args, who waits for it, calls that were waiting to go with the next write)
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None", list[_Call]]
+LATER_S = 0.05  # the longest a `later` write waits for company
 
 
 class Writer:
@@ -31,6 +35,8 @@ class Writer:
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(count)]
         self._started = False  # threads start with the first write, not with the app
+        self._later: list[_Call] = []  # filled and taken on the event loop's thread
+        self._timer: asyncio.TimerHandle | None = None
 
     def _put(self, job: _Job) -> None:
         if not self._started:
@@ -43,16 +49,34 @@ class Writer:
         """`call(*args)` on a writer thread; its result (or exception) here. Cancelling the
         caller does not stop a write already queued: it is written all the same."""
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._put((call, args, answer))
+        self._put((call, args, answer, self._take_later()))
         return await answer
 
-    def submit(self, call: Callable[..., Any], *args: Any) -> None:
-        """`call(*args)` on a writer thread, nobody waiting: a failure is logged (its type
-        only: values may hold secrets)."""
-        self._put((call, args, None))
+    def later(self, call: Callable[..., Any], *args: Any) -> None:
+        """`call(*args)` with the next write `run` sends, after that one is answered, or
+        within LATER_S; nobody waits and a failure is logged (from the event loop)."""
+        self._later.append((call, args))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(LATER_S, self.send_later)
+
+    def send_later(self) -> None:
+        """Send the `later` writes now (on the event loop's thread, e.g. before shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._later:
+            self._put((_nothing, (), None, self._take_later()))
+
+    def _take_later(self) -> list[_Call]:
+        if not self._later:
+            return []
+        taken, self._later = self._later, []
+        return taken
 
     def shutdown(self) -> None:
         """Write everything queued, then stop the threads (blocking: call it off the loop)."""
+        if self._later:  # left by a caller that did not send_later() on its loop
+            self._put((_nothing, (), None, self._take_later()))
         if not self._started:
             return
         for _ in self._threads:
@@ -62,17 +86,30 @@ class Writer:
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
-            call, args, answer = job
+            call, args, answer, later = job
             try:
                 result = call(*args)
             except BaseException as exc:  # handed to the waiter, or logged
                 if answer is None:
-                    log.error("a ledger write failed: %s", type(exc).__name__)
+                    _failed(exc)
                 else:
                     _answer(answer, _fail, exc)
             else:
                 if answer is not None:
                     _answer(answer, _done, result)
+            for call, args in later:
+                try:
+                    call(*args)
+                except BaseException as exc:
+                    _failed(exc)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _failed(exc: BaseException) -> None:
+    log.error("a ledger write failed: %s", type(exc).__name__)
 
 
 def _answer(answer: asyncio.Future[Any], settle: Callable[[asyncio.Future[Any], Any], None],
