@@ -14,7 +14,7 @@ from proxy.billing.store import Store
 from proxy.catalog import Catalog, CatalogError, Provider
 from proxy.config import Config, ConfigError, load
 
-# uvicorn's choices; `auto` takes uvloop and httptools (the `fast` extra) when installed.
+# uvicorn's choices; `auto` takes uvloop and httptools (dependencies; not on Windows for uvloop).
 LOOPS = ("auto", "asyncio", "uvloop")
 HTTP_PARSERS = ("auto", "h11", "httptools")
 
@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="server processes sharing the port "
                                                    "(default 1; or SWITCHYARD_WORKERS)")
     serve.add_argument("--loop", choices=LOOPS, default="auto",
-                       help="event loop (default auto: uvloop when installed, as with "
-                            "pip install 'switchyard[fast]', else asyncio)")
+                       help="event loop (default auto: uvloop where it is installed, as it is "
+                            "with switchyard on Linux and macOS, else asyncio)")
     serve.add_argument("--http", choices=HTTP_PARSERS, default="auto",
                        help="HTTP/1.1 parser (default auto: httptools when installed, else h11)")
     serve.set_defaults(run=_serve)
