@@ -14,6 +14,7 @@ import pytest
 
 from proxy import catalog, cli, imaging
 from proxy.bench import overhead, procs, upstream
+from proxy.bench.load import Run
 from proxy.bench.overhead import Scenario
 from proxy.providers import ADAPTERS, tls
 
@@ -68,6 +69,20 @@ def check_rows(out: str, scenarios: tuple[Scenario, ...]) -> None:
         assert min(direct_rps, proxied_rps, ratio, d50, d99, p50, p99) > 0, out
         assert d50 <= d99 and p50 <= p99 and all(map(math.isfinite, numbers))
         assert cpu >= 0  # RSS above idle may be ~0 (or just below) in a tiny run
+
+
+def test_the_added_latency_pairs_each_proxied_run_with_the_direct_run_before_it() -> None:
+    def run(p50_ms: float) -> Run:
+        return Run(1.0, (p50_ms / 1000,) * 3, 0.5)
+
+    # The machine is slow during the second pair only: each proxied run is 0.1 to 0.5 ms
+    # behind the direct run next to it (median 0.2), but the medians of the runs taken apart
+    # differ by 0.5 ms.
+    row = overhead.Row(Scenario(2_000, 1), direct=(run(1.0), run(2.0), run(1.0)),
+                       proxied=(run(1.5), run(2.1), run(1.2)), idle_rss=0, peak_rss=(0, 0, 0),
+                       proxy_cpu_s=(0.0, 0.0, 0.0))
+    assert row.p50(row.proxied) - row.p50(row.direct) == pytest.approx(0.0005)
+    assert row.added_p50_s == pytest.approx(0.0002)
 
 
 def test_a_quick_run_prints_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,8 @@ Per scenario (payload size x concurrency) a fresh Switchyard is started as a use
 (`python -m proxy serve`), so its idle memory is measured clean; then, after a warm-up, each run
 sends the same number of requests with the same client straight to the upstream and through
 Switchyard. Figures are medians over the runs; latency percentiles are nearest-rank within a run.
+The added latency is the median of per-run differences (each proxied run against the direct run
+just before it), so a shared machine whose speed drifts between runs compares like with like.
 With `https`, the upstream serves TLS with a certificate made at the start, which the client
 trusts and Switchyard trusts through the bench provider's `options.ca_file`. To measure httpx's
 path instead of lean connections, name a proxy that is never used:
@@ -146,7 +148,11 @@ class Row:
 
     @property
     def added_p50_s(self) -> float:
-        return self.p50(self.proxied) - self.p50(self.direct)
+        """The median over runs of each proxied run's p50 less that of the direct run just
+        before it: pairs see the same machine, so a shared machine's drifting speed cancels."""
+        return statistics.median(through.percentile(0.50) - straight.percentile(0.50)
+                                 for straight, through in zip(self.direct, self.proxied,
+                                                              strict=True))
 
     @property
     def ratio(self) -> float:
@@ -237,7 +243,8 @@ def render(rows: Sequence[Row], options: Options, wall_s: float) -> str:
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"httpx {httpx.__version__} client (one process, pooled); "
         f"{options.runs} run(s) x {options.requests} requests per target and scenario after "
-        "warm-up; medians of runs", "",
+        "warm-up; medians of runs (added p50: the median of each run's difference with the "
+        "direct run just before it)", "",
     ]
     table = [_HEADER, *(_cells(row) for row in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(_HEADER))]
