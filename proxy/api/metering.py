@@ -106,16 +106,17 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         float(served.cost_usd + served.hedge_cost_usd))
     headers = image_headers(ledger.asked, served)
     headers["x-switchyard-billed-usd"] = f"{billed:.6f}"
-    return _respond(content, headers, BackgroundTask(ledger.delivered))
+    big = any(len(image.b64) >= streamed.MIN_STREAMED for image in served.result.images)
+    return _respond(content, headers, BackgroundTask(ledger.delivered), big)
 
 
-def _respond(content: dict[str, Any], headers: dict[str, str],
-             background: BackgroundTask) -> Response:
+def _respond(content: dict[str, Any], headers: dict[str, str], background: BackgroundTask,
+             big: bool) -> Response:
     """The response, serialized only once the row is in (a request waiting for its row holds
     one copy of its images, not two). Big base64 strings are never copied whole (orjson.dumps
     would copy each image once more and hold it until a slow client has read it): they go
-    out in slices."""
-    pieces = streamed.split(content)
+    out in slices (`big`: there are some to look for)."""
+    pieces = streamed.split(content) if big else None
     if pieces is not None:
         return streamed.PiecesResponse(pieces, 200, headers, background)
     return Response(orjson.dumps(content), 200, headers, "application/json",
