@@ -15,6 +15,7 @@ import pytest
 from proxy.catalog import Model, Route
 from proxy.domain import Geometry, ImageRequest, Policy, Served
 from proxy.failures import Kind
+from proxy.routing import router as router_module
 from proxy.routing.health import Health, Settings
 from proxy.routing.router import NoRoute, Router, RoutesFailed
 from proxy.routing.slots import Slots
@@ -221,6 +222,34 @@ def test_a_slow_upstream_ends_at_the_deadline() -> None:
     upstream = Scripted(default=Step(delay_s=5.0))
     failed = run(failure(make_router(upstream, (CHEAP,), timeout_s=0.3), scripted.model((CHEAP,))))
     assert failed.failure.kind is Kind.TIMEOUT
+
+
+def test_a_flow_that_outlives_the_deadline_is_given_up_without_evidence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backstop past the request's deadline (and the grace) ends an attempt whose flow
+    never ended itself: a timeout for the client, no judgement on the route, slot and
+    in-flight count given back."""
+    monkeypatch.setattr(router_module, "DEADLINE_GRACE_S", 0.05)
+    router = make_router(Scripted(), (CHEAP,), timeout_s=0.1)
+    monkeypatch.setattr(router, "_generate", lambda route, req, deadline: asyncio.sleep(60))
+    failed = run(failure(router, scripted.model((CHEAP,))))
+    snapshot = router.health.of(CHEAP).snapshot("1K")
+    assert failed.failure.kind is Kind.TIMEOUT and failed.attempts == ()
+    assert snapshot.in_flight == 0 and snapshot.samples == 0
+    assert router._slots.in_use(CHEAP.provider) == 0
+
+
+def test_an_attempt_that_breaks_unexpectedly_leaves_no_attempt_in_flight(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(route: Route, req: ImageRequest, deadline: float) -> None:
+        raise TimeoutError("not the router's own timeout")
+
+    router = make_router(Scripted(), (CHEAP,))
+    monkeypatch.setattr(router, "_generate", broken)
+    with pytest.raises(TimeoutError):
+        run(serve(router, scripted.model((CHEAP,))))
+    assert router.health.of(CHEAP).snapshot("1K").in_flight == 0
+    assert router._slots.in_use(CHEAP.provider) == 0
 
 
 def test_n_images_are_billed_as_delivered() -> None:

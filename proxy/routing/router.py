@@ -235,11 +235,15 @@ class _Run:
                 error = exc
             except TimeoutError:
                 if not limit.expired():
+                    self.router.health.of(live.route).abandon(live.token)
                     raise
-                self._expire_one(live)
                 if live.deadline < self.deadline:  # its own deadline: the next route's turn
+                    self._expire_one(live)
                     continue
-                raise RoutesFailed(self._final_failure(), tuple(self.attempts)) from None
+                # The request's backstop: as in _loop, the attempt is given up without evidence.
+                self.router.health.of(live.route).abandon(live.token)
+                raise RoutesFailed(Failure(Kind.TIMEOUT, "request deadline reached"),
+                                   tuple(self.attempts)) from None
             except BaseException:
                 self.router.health.of(live.route).abandon(live.token)
                 raise
