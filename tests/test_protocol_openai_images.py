@@ -12,7 +12,7 @@ import pytest
 
 from proxy.domain import InputImage
 from proxy.failures import Kind
-from proxy.providers import images_api as api
+from proxy.providers import sizes
 from proxy.providers.openai_images import ADAPTER
 from tests import protocol_kit as kit
 from tests.fakes import openai_images as fake
@@ -117,10 +117,10 @@ def test_size_comes_from_the_image_when_the_host_does_not_echo_it() -> None:
 ])
 def test_choose_size_with_gpt_image_2_rules(shape: dict[str, str],
                                             expected: tuple[int, int]) -> None:
-    chosen = api.choose_size(make_request(**shape),
+    chosen = sizes.choose_size(make_request(**shape),
                              route(options={"arbitrary_sizes": GPT_IMAGE_2_SIZES}))
     assert chosen == expected
-    assert api.SizeRules(**GPT_IMAGE_2_SIZES).accepts(*chosen)
+    assert sizes.SizeRules(**GPT_IMAGE_2_SIZES).accepts(*chosen)
 
 
 @pytest.mark.parametrize(("shape", "expected"), [
@@ -129,7 +129,7 @@ def test_choose_size_with_gpt_image_2_rules(shape: dict[str, str],
 ])
 def test_choose_size_from_the_default_list(shape: dict[str, str],
                                            expected: tuple[int, int]) -> None:
-    assert api.choose_size(make_request(**shape), route(), ("1024x1024", "1536x1024",
+    assert sizes.choose_size(make_request(**shape), route(), ("1024x1024", "1536x1024",
                                                             "1024x1536")) == expected
 
 

@@ -17,7 +17,8 @@ from proxy.domain import Geometry, ImageRequest, Policy, Served
 from proxy.failures import Kind
 from proxy.routing import router as router_module
 from proxy.routing.health import Health, Settings
-from proxy.routing.router import NoRoute, Router, RoutesFailed
+from proxy.routing.planning import NoRoute
+from proxy.routing.router import Router, RoutesFailed
 from proxy.routing.slots import Slots
 from tests.fakes import scripted
 from tests.fakes.scripted import OK, Scripted, Step

@@ -19,7 +19,8 @@ from proxy.bench.batch_hosts import HostSpec
 from proxy.billing.keys import KeyLimits
 from proxy.domain import Policy
 from proxy.routing.health import Health, Settings
-from proxy.routing.router import RoutesFailed, plan
+from proxy.routing.planning import plan
+from proxy.routing.router import RoutesFailed
 from proxy.routing.slots import Slots
 from tests.conftest import make_config, serve
 from tests.fakes import scripted

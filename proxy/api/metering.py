@@ -30,7 +30,8 @@ from proxy.billing.money import Entry, micros, period_label
 from proxy.billing.pricing import DEFAULT_PLAN, Plan
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, Policy, Served
-from proxy.routing.router import NoRoute, Prepared, RoutesFailed
+from proxy.routing.planning import NoRoute, Prepared
+from proxy.routing.router import RoutesFailed
 from proxy.services import Services
 
 T = TypeVar("T")

@@ -16,6 +16,7 @@ from proxy.catalog import Route
 from proxy.domain import ImageRequest
 from proxy.failures import Kind
 from proxy.providers import images_api as api
+from proxy.providers import sizes
 from proxy.providers.base import Adapter, Flow, UpstreamCall
 
 # Seedream's own `n` is "sequential" generation, where the model decides how many images the
@@ -23,7 +24,7 @@ from proxy.providers.base import Adapter, Flow, UpstreamCall
 IMAGES_PER_CALL = 1
 # Seedream's defaults when a route sets no size rules: 4.x takes any WxH of 921,600 to
 # 16,777,216 pixels with a ratio up to 16 (4.5 raises the minimum; see the route options).
-DEFAULT_RULES = api.SizeRules(multiple=1, max_ratio=16.0, min_pixels=921_600,
+DEFAULT_RULES = sizes.SizeRules(multiple=1, max_ratio=16.0, min_pixels=921_600,
                               max_pixels=16_777_216)
 # Codes from Ark's docs and client code; routes can add or override with `error_kinds`.
 ERROR_KINDS: dict[str, Kind] = {
@@ -49,7 +50,7 @@ def build(request: ImageRequest, route: Route) -> UpstreamCall:
     """One Seedream call for one image. The watermark Ark adds by default is off unless the
     route says otherwise; `seed` only reaches models that take it (`accepts_seed`)."""
     api.reject_mask(request, route)
-    width, height = api.choose_size(request, _seedream_sizes(route), default_rules=DEFAULT_RULES)
+    width, height = sizes.choose_size(request, _seedream_sizes(route), default_rules=DEFAULT_RULES)
     body: dict[str, Any] = {
         "model": route.upstream_model, "prompt": request.prompt,
         "size": geometry.size_text(width, height),

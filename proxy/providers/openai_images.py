@@ -15,6 +15,7 @@ from proxy.catalog import Route
 from proxy.domain import ImageRequest, InputImage
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import images_api as api
+from proxy.providers import sizes
 from proxy.providers.base import Adapter, Flow, UpstreamCall
 
 # The GPT image models' fixed sizes, for routes that list none of their own.
@@ -39,7 +40,7 @@ _MATERIAL = frozenset({*_DEFAULTS, "output_compression", "style"})
 
 def fields(request: ImageRequest, route: Route) -> dict[str, Any]:
     """The body fields common to generations and edits, as OpenAI names them."""
-    width, height = api.choose_size(request, route, DEFAULT_SIZES)
+    width, height = sizes.choose_size(request, route, DEFAULT_SIZES)
     body: dict[str, Any] = {"model": route.upstream_model, "prompt": request.prompt,
                             "n": request.n, "size": geometry.size_text(width, height)}
     wanted = {"quality": request.quality, "background": request.background,

@@ -14,6 +14,7 @@ from proxy.catalog import Route
 from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import images_api as api
+from proxy.providers import sizes
 from proxy.providers.base import Adapter, Flow, UpstreamCall, UpstreamReply, check
 
 # Together's docs allow n of 1..4 per call; more runs as parallel calls.
@@ -47,7 +48,7 @@ def build(request: ImageRequest, route: Route) -> UpstreamCall:
     Together field: the route's capabilities say which backgrounds it serves, and a format
     Together cannot make is asked as PNG and converted by Switchyard."""
     api.reject_mask(request, route)
-    width, height = api.choose_size(request, route)
+    width, height = sizes.choose_size(request, route)
     body: dict[str, Any] = {
         "model": route.upstream_model, "prompt": request.prompt, "n": request.n,
         "width": width, "height": height,
