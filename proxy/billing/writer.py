@@ -3,9 +3,9 @@
 concurrent.futures' pool made every write pay for a Future with its Condition and a semaphore
 probe in Python code, on the event loop's thread, twice per request (the settle before the
 response, the delivered mark after). Here a write is one put on a C queue; the answer comes
-back with one call_soon_threadsafe, and a fire-and-forget write has no answer at all. A write
-that may wait a little (`later`: the delivered mark) rides with the next answered write, run
-after that one is answered, so it costs no wake-up of its own; a timer sends it if none comes.
+back with one call_soon_threadsafe. A write nobody waits for (`later`: the delivered mark)
+rides with the next answered write, run after that one is answered, so it costs no wake-up of
+its own; a timer sends it if none comes within LATER_S.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class Writer:
 
     def later(self, call: Callable[..., Any], *args: Any) -> None:
         """`call(*args)` with the next write `run` sends, after that one is answered, or
-        within LATER_S; nobody waits and a failure is logged (from the event loop)."""
+        within LATER_S; nobody waits, and a failure is logged by type only (values may hold
+        secrets)."""
         self._later.append((call, args))
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(LATER_S, self.send_later)
