@@ -28,6 +28,7 @@ BIG = base64.b64encode(bytes(range(256)) * 2000).decode()  # 682,668 characters
     {"created": 1, "data": [{"b64_json": BIG, "revised_prompt": 'a "quoted" fox'}]},
     {"data": [{"b64_json": BIG}, {"b64_json": BIG[::-1]}, {"b64_json": "small"}], "n": 3},
     {"data": [{"b64_json": BIG + "\n\x00\"é\\" + BIG}]},  # escapes and UTF-8 across slices
+    {"data": [{"b64_json": BIG + "\x1f\"\\" + BIG}]},  # ASCII, yet with escapes
     {"same": [BIG, BIG], "nested": {"deep": [{"x": BIG}]}},  # one str object, three places
 ])
 def test_the_pieces_are_what_orjson_would_write(document: dict[str, Any]) -> None:
@@ -36,6 +37,15 @@ def test_the_pieces_are_what_orjson_would_write(document: dict[str, Any]) -> Non
     expected = orjson.dumps(document)
     assert pieces.join() == expected and pieces.length == len(expected)
     assert max(len(chunk) for chunk in pieces.chunks()) <= 2 * streamed.SLICE
+
+
+def test_base64_goes_out_unescaped_and_anything_else_escaped() -> None:
+    """The plain path (no second escaping pass) is taken only by strings JSON leaves alone."""
+    pieces = streamed.split({"data": [{"b64_json": BIG}, {"b64_json": BIG + "\x01"},
+                                      {"b64_json": "é" + BIG}]})
+    assert pieces is not None
+    assert [plain for part, plain in zip(pieces.parts, pieces.plain, strict=True)
+            if isinstance(part, str)] == [True, False, False]
 
 
 def test_a_small_document_is_not_split() -> None:

@@ -29,13 +29,23 @@ class Pieces:
 
     def __init__(self, parts: list[bytes | str]) -> None:
         self.parts = parts
-        self.length = sum(len(p) if isinstance(p, bytes) else escaped_length(p) for p in parts)
+        self.length = 0
+        # Strings that escape to themselves (base64 always does) go out as plain ASCII: one
+        # escaping pass to count them, where counting and then escaping again took two.
+        self.plain: list[bool] = []
+        for part in parts:
+            size = len(part) if isinstance(part, bytes) else escaped_length(part)
+            self.length += size
+            self.plain.append(isinstance(part, str) and part.isascii() and size == len(part))
 
     def chunks(self) -> Iterator[bytes]:
         """The document, a few hundred KB at a time; a string never as one copy."""
-        for part in self.parts:
+        for part, is_plain in zip(self.parts, self.plain, strict=True):
             if isinstance(part, bytes):
                 yield part
+            elif is_plain:
+                for start in range(0, len(part), SLICE):
+                    yield part[start:start + SLICE].encode("ascii")
             else:
                 for start in range(0, len(part), SLICE):
                     yield orjson.dumps(part[start:start + SLICE])[1:-1]
