@@ -171,7 +171,7 @@ def _bench_routing(config: Config, args: argparse.Namespace) -> int:
 
 
 def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
-    from proxy.bench import overhead
+    from proxy.bench import overhead, procs
 
     try:
         options = overhead.options(args.quick, args.runs, args.requests, args.scenario,
@@ -179,7 +179,8 @@ def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
-    print(overhead.main(options))
+    with procs.stopped_by_sigterm():
+        print(overhead.main(options))
     return 0
 
 

@@ -7,6 +7,9 @@ sends the same number of requests with the same client straight to the upstream 
 Switchyard. Figures are medians over the runs; latency percentiles are nearest-rank within a run.
 The added latency is the median of per-run differences (each proxied run against the direct run
 just before it), so a shared machine whose speed drifts between runs compares like with like.
+Each run also goes through a bare relay (proxy.bench.relay), which only receives each reply and
+sends it on: what it adds is the floor for any proxy that must hold a whole reply before it
+answers, and what Switchyard adds over it is Switchyard's own cost.
 With `https`, the upstream serves TLS with a certificate made at the start, which the client
 trusts and Switchyard trusts through the bench provider's `options.ca_file`. To measure httpx's
 path instead of lean connections, name a proxy that is never used:
@@ -93,13 +96,17 @@ class Options:
         return ("--loop", self.loop, "--http", self.http)
 
     @property
-    def server(self) -> str:
-        """The event loop and HTTP parser Switchyard runs on (auto resolved as uvicorn does)."""
-        loop = self.loop if self.loop != "auto" else \
+    def event_loop(self) -> str:
+        """The event loop Switchyard runs on (auto resolved as uvicorn does); the bare relay's."""
+        return self.loop if self.loop != "auto" else \
             "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+    @property
+    def server(self) -> str:
+        """The event loop and HTTP parser Switchyard runs on."""
         http = self.http if self.http != "auto" else \
             "httptools" if importlib.util.find_spec("httptools") else "h11"
-        return f"{loop} + {http}"
+        return f"{self.event_loop} + {http}"
 
     def warmup_for(self, scenario: Scenario) -> int:
         return self.warmup if self.warmup is not None else max(20, 2 * scenario.concurrency)
@@ -130,6 +137,7 @@ class Row:
     scenario: Scenario
     direct: tuple[Run, ...]
     proxied: tuple[Run, ...]
+    relayed: tuple[Run, ...]  # through the bare relay, each just after the proxied run
     idle_rss: int
     peak_rss: tuple[int, ...]  # per proxied run
     proxy_cpu_s: tuple[float, ...]  # per proxied run
@@ -150,9 +158,17 @@ class Row:
     def added_p50_s(self) -> float:
         """The median over runs of each proxied run's p50 less that of the direct run just
         before it: pairs see the same machine, so a shared machine's drifting speed cancels."""
-        return statistics.median(through.percentile(0.50) - straight.percentile(0.50)
-                                 for straight, through in zip(self.direct, self.proxied,
-                                                              strict=True))
+        return _paired(self.direct, self.proxied)
+
+    @property
+    def relay_added_p50_s(self) -> float:
+        """As added_p50_s, for the bare relay against the same run's direct one."""
+        return _paired(self.direct, self.relayed)
+
+    @property
+    def over_relay_p50_s(self) -> float:
+        """Switchyard's p50 less the bare relay's, run by run: its cost beyond the floor."""
+        return _paired(self.relayed, self.proxied)
 
     @property
     def ratio(self) -> float:
@@ -173,6 +189,11 @@ class Row:
         return self.median(self.direct, lambda r: r.client_cpu_s / r.wall_s)
 
 
+def _paired(base: Sequence[Run], other: Sequence[Run]) -> float:
+    return statistics.median(b.percentile(0.50) - a.percentile(0.50)
+                             for a, b in zip(base, other, strict=True))
+
+
 def measure(options: Options) -> tuple[Row, ...]:
     sizes = sorted({SMALL, *(s.payload_chars for s in options.scenarios)})
     with contextlib.ExitStack() as stack:
@@ -182,6 +203,7 @@ def measure(options: Options) -> tuple[Row, ...]:
         routes_dir, data_dir = tmp / "routes", tmp / "data"
         procs.write_routes(routes_dir, port, cert.cert if cert else None)
         direct_url = f"{'https' if cert else 'http'}://127.0.0.1:{port}"
+        relay_port = stack.enter_context(procs.relay(port, cert, options.event_loop))
         verify = ssl.create_default_context(cafile=str(cert.cert)) if cert else True
         data_dir.mkdir()
         key = procs.create_key(data_dir)
@@ -195,21 +217,22 @@ def measure(options: Options) -> tuple[Row, ...]:
                 rows.append(asyncio.run(_scenario(
                     scenario, options, Target(direct_url, scenario.concurrency, verify=verify),
                     Target(server.base_url, scenario.concurrency,
-                           {"authorization": f"Bearer {key}"}), server.pid)))
+                           {"authorization": f"Bearer {key}"}),
+                    Target(f"http://127.0.0.1:{relay_port}", scenario.concurrency), server.pid)))
         return tuple(rows)
 
 
 async def _scenario(scenario: Scenario, options: Options, direct: Target, proxied: Target,
-                    pid: int) -> Row:
+                    relay: Target, pid: int) -> Row:
     body, size = load.request_body(scenario.payload_chars), scenario.payload_chars
     try:
         await proxied.one(load.request_body(SMALL), SMALL)  # lazy imports, pools, caches
         idle = procs.rss_bytes(pid)
         await load.same_image(direct, proxied, body, size)
         warmup = options.warmup_for(scenario)
-        for target in (direct, proxied):
+        for target in (direct, proxied, relay):
             await target.run(body, size, warmup, scenario.concurrency)
-        straight, through, peaks, cpus = [], [], [], []
+        straight, through, relayed, peaks, cpus = [], [], [], [], []
         for _ in range(options.runs):
             straight.append(await direct.run(body, size, options.requests, scenario.concurrency))
             cpu = procs.cpu_seconds(pid)
@@ -218,10 +241,12 @@ async def _scenario(scenario: Scenario, options: Options, direct: Target, proxie
                                                  scenario.concurrency))
             cpus.append(procs.cpu_seconds(pid) - cpu)
             peaks.append(memory.peak)
+            relayed.append(await relay.run(body, size, options.requests, scenario.concurrency))
     finally:
-        await direct.aclose()
-        await proxied.aclose()
-    return Row(scenario, tuple(straight), tuple(through), idle, tuple(peaks), tuple(cpus))
+        for target in (direct, proxied, relay):
+            await target.aclose()
+    return Row(scenario, tuple(straight), tuple(through), tuple(relayed), idle, tuple(peaks),
+               tuple(cpus))
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -232,7 +257,8 @@ MIN_RATIO = (1_400_000, 8, 0.40)
 MAX_MEMORY = (6_000_000, 50, 50 * 2**20)  # above idle, besides one copy of each payload in flight
 
 _HEADER = ("payload", "conc", "direct req/s", "proxied req/s", "ratio", "direct p50/p99 ms",
-           "proxied p50/p99 ms", "added p50 ms", "peak RSS +MB", "proxy CPU ms/req")
+           "proxied p50/p99 ms", "added p50 ms", "bare relay ms", "over relay ms",
+           "peak RSS +MB", "proxy CPU ms/req")
 
 
 def render(rows: Sequence[Row], options: Options, wall_s: float) -> str:
@@ -244,7 +270,9 @@ def render(rows: Sequence[Row], options: Options, wall_s: float) -> str:
         f"httpx {httpx.__version__} client (one process, pooled); "
         f"{options.runs} run(s) x {options.requests} requests per target and scenario after "
         "warm-up; medians of runs (added p50: the median of each run's difference with the "
-        "direct run just before it)", "",
+        "direct run just before it); bare relay: the added p50 of proxy.bench.relay, which only "
+        "receives each reply whole and sends it on (the floor for a proxy that holds a reply "
+        "before answering); over relay: Switchyard's p50 less the relay's, run by run", "",
     ]
     table = [_HEADER, *(_cells(row) for row in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(_HEADER))]
@@ -269,7 +297,8 @@ def _cells(row: Row) -> tuple[str, ...]:
             f"{row.ratio:.0%}",
             f"{row.p50(row.direct) * ms:.2f} / {row.p99(row.direct) * ms:.2f}",
             f"{row.p50(row.proxied) * ms:.2f} / {row.p99(row.proxied) * ms:.2f}",
-            f"{row.added_p50_s * ms:.2f}", f"{row.peak_above_idle / 2**20:.1f}",
+            f"{row.added_p50_s * ms:.2f}", f"{row.relay_added_p50_s * ms:.2f}",
+            f"{row.over_relay_p50_s * ms:.2f}", f"{row.peak_above_idle / 2**20:.1f}",
             f"{row.proxy_cpu_per_request_s * ms:.2f}")
 
 

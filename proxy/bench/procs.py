@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
@@ -82,6 +84,20 @@ def throwaway_cert(directory: Path) -> Cert:
 
 
 @contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds the benchmark as Ctrl-C does, so the processes it started are stopped
+    too, not left behind listening; the previous handler is put back after."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def upstream(sizes: Sequence[int], delay_s: float, cert: Cert | None = None) -> Iterator[int]:
     """The fake upstream (proxy.bench.upstream) in its own process, on https with `cert`;
     yields its port."""
@@ -89,13 +105,32 @@ def upstream(sizes: Sequence[int], delay_s: float, cert: Cert | None = None) -> 
                "--sizes", ",".join(str(s) for s in sizes), "--delay", str(delay_s)]
     if cert is not None:
         command += ["--cert", str(cert.cert), "--key", str(cert.key)]
+    with _listening(command, "the fake upstream") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def relay(upstream_port: int, cert: Cert | None, loop: str) -> Iterator[int]:
+    """The bare relay (proxy.bench.relay) in front of the upstream, on `loop`; yields its
+    port."""
+    command = [sys.executable, "-m", "proxy.bench.relay", "--upstream-port", str(upstream_port),
+               "--loop", loop]
+    if cert is not None:
+        command += ["--ca-file", str(cert.cert)]
+    with _listening(command, "the relay") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _listening(command: Sequence[str], name: str) -> Iterator[int]:
+    """`command` in its own process, which prints the port it listens on first; yields it."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
         line = process.stdout.readline() if ready else b""
         if not line.strip().isdigit():
-            raise BenchError("the fake upstream did not start")
+            raise BenchError(f"{name} did not start")
         yield int(line)
     finally:
         _stop(process)
