@@ -95,10 +95,11 @@ def test_the_added_latency_pairs_each_proxied_run_with_the_direct_run_before_it(
     assert row.over_relay_p50_s == pytest.approx(0.0001)  # of 0.3, -0.2, 0.1
 
 
-def test_the_bare_relay_forwards_replies_whole_on_one_connection() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_bare_relay_forwards_replies_whole_on_one_connection(loop: str) -> None:
     body = load.request_body(1_400_000)
     with procs.upstream([2_000, 1_400_000], 0.0) as port, \
-            procs.relay(port, None, "asyncio") as relay_port:
+            procs.relay(port, None, loop) as relay_port:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as direct:
             expected = direct.post(load.PATH, content=body).content
         with httpx.Client(base_url=f"http://127.0.0.1:{relay_port}") as relayed:
