@@ -23,7 +23,8 @@ from proxy import catalog, cli, imaging
 from proxy.bench import load, overhead, procs, upstream
 from proxy.bench.load import Run
 from proxy.bench.overhead import Scenario
-from proxy.providers import ADAPTERS, tls
+from proxy.providers import ADAPTERS
+from proxy.upstream import tls
 
 
 @pytest.mark.parametrize("chars", [44, 2_000, 1_400_000])

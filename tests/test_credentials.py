@@ -12,7 +12,7 @@ import pytest
 
 from proxy.catalog import Provider
 from proxy.failures import Kind, UpstreamError
-from proxy.providers.credentials import Credentials, TokenCommand
+from proxy.upstream.credentials import Credentials, TokenCommand
 
 
 class Clock:

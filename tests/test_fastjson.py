@@ -8,7 +8,7 @@ import base64
 import orjson
 import pytest
 
-from proxy.providers import fastjson
+from proxy.upstream import fastjson
 
 BIG = base64.b64encode(bytes(range(256)) * 400).decode()  # ~136 KB of base64
 

@@ -14,7 +14,7 @@ import pytest
 from proxy import geometry
 from proxy.failures import Kind
 from proxy.providers import gemini, vertex
-from proxy.providers.credentials import Credentials
+from proxy.upstream.credentials import Credentials
 from tests import protocol_kit as kit
 from tests.fakes.gemini import FakeGemini, attempt, failure, make_request, make_route
 from tests.protocol_kit import decoded

@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 transport (proxy.providers.transport, http1) against a scripted server on a
+"""The lean HTTP/1.1 transport (proxy.upstream.transport, http1) against a scripted server on a
 real loopback socket: bodies by Content-Length, chunked and close-delimited, keep-alive reuse,
 and every way a reply can go wrong mapped to the same failure class httpx's would get."""
 
@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from proxy.failures import Kind, UpstreamError
-from proxy.providers import flows, transport
 from proxy.providers.base import UpstreamCall
+from proxy.upstream import clients, transport
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
 Answer = bytes | Script
@@ -197,7 +197,7 @@ def test_flows_send_maps_a_connection_closed_mid_body(answer: bytes, kind: Kind)
         client = transport.Client(LIMITS, httpx.Timeout(5.0))
         async with upstream(close_after(answer)) as fake:
             with pytest.raises(UpstreamError) as caught:
-                await flows.send(client, send_call(fake.url), 5.0)
+                await clients.send(client, send_call(fake.url), 5.0)
             assert caught.value.failure.kind is kind
         await client.aclose()
     run(main())
@@ -211,7 +211,7 @@ def test_silence_times_out_as_timeout() -> None:
         client = transport.Client(LIMITS, httpx.Timeout(5.0))
         async with upstream(never) as fake:
             with pytest.raises(UpstreamError) as caught:
-                await flows.send(client, send_call(fake.url), 0.2)
+                await clients.send(client, send_call(fake.url), 0.2)
             assert caught.value.failure.kind is Kind.TIMEOUT
             assert "ReadTimeout" in caught.value.failure.message
         await client.aclose()
@@ -257,7 +257,7 @@ def test_a_refused_connection_is_overloaded() -> None:
             url = fake.url
         client = transport.Client(LIMITS, httpx.Timeout(5.0))
         with pytest.raises(UpstreamError) as caught:
-            await flows.send(client, send_call(url), 2.0)
+            await clients.send(client, send_call(url), 2.0)
         assert caught.value.failure.kind is Kind.OVERLOADED
         await client.aclose()
     run(main())

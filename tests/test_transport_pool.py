@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from proxy.catalog import Provider
-from proxy.providers import ADAPTERS, flows, transport
+from proxy.providers import ADAPTERS
+from proxy.upstream import clients as upstream_clients
+from proxy.upstream import transport
 from tests.test_transport import LIMITS, lean, post, reply, run, upstream
 
 ONE = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -133,12 +135,12 @@ def test_build_clients_gives_lean_clients_unless_told_otherwise(
                      "all_proxy"):
             monkeypatch.delenv(name, raising=False)
         fake = httpx.MockTransport(lambda request: httpx.Response(200))
-        clients = flows.build_clients((provider("a"), provider("b")), ADAPTERS, 1.0,
-                                      {"b": fake})
+        clients = upstream_clients.build_clients((provider("a"), provider("b")), ADAPTERS,
+                                                 1.0, {"b": fake})
         assert isinstance(clients["a"], transport.Client)
         assert not isinstance(clients["b"], transport.Client)
         monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-        proxied = flows.build_clients((provider("c"),), ADAPTERS, 1.0)
+        proxied = upstream_clients.build_clients((provider("c"),), ADAPTERS, 1.0)
         assert not isinstance(proxied["c"], transport.Client)
         for client in (*clients.values(), *proxied.values()):
             await client.aclose()

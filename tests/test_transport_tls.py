@@ -1,4 +1,4 @@
-"""Lean connections over TLS (proxy.providers.tls, transport) against the scripted server of
+"""Lean connections over TLS (proxy.upstream.tls, transport) against the scripted server of
 test_transport on https, with a throwaway CA made per test session (trustme): a verified
 exchange, keep-alive, big and chunked bodies, and every way the handshake or the reply can go
 wrong, each mapped to the class httpx's own error would get."""
@@ -18,7 +18,8 @@ import trustme
 
 from proxy.catalog import Provider
 from proxy.failures import Kind, UpstreamError
-from proxy.providers import ADAPTERS, flows, tls, transport
+from proxy.providers import ADAPTERS
+from proxy.upstream import clients, tls, transport
 from tests.test_transport import (
     LIMITS,
     chunked,
@@ -142,7 +143,7 @@ def test_a_certificate_that_does_not_verify_fails_the_call(case: str, ca: trustm
         async with upstream(reply(), tls=cert_server) as fake, client_for(trusting) as client:
             calls = fallback_calls(client)
             with pytest.raises(UpstreamError) as caught:
-                await flows.send(client, send_call(fake.url), 5.0)
+                await clients.send(client, send_call(fake.url), 5.0)
             assert caught.value.failure.kind is Kind.OVERLOADED
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await post(client.lean, fake.url)
@@ -167,7 +168,7 @@ def test_a_server_closing_mid_body_is_upstream_broken(abrupt: bool, server: ssl.
         async with upstream(cut, reply(b"again"), tls=server) as fake, \
                 client_for(trusting) as client:
             with pytest.raises(UpstreamError) as caught:
-                await flows.send(client, send_call(fake.url), 5.0)
+                await clients.send(client, send_call(fake.url), 5.0)
             assert caught.value.failure.kind is Kind.UPSTREAM_BROKEN
             assert (await post(client.lean, fake.url)).body == b"again"
             assert fake.connections == 2
@@ -192,7 +193,7 @@ def test_silence_after_the_handshake_is_a_read_timeout(server: ssl.SSLContext,
     async def main() -> None:
         async with upstream(never, tls=server) as fake, client_for(trusting) as client:
             with pytest.raises(UpstreamError) as caught:
-                await flows.send(client, send_call(fake.url), 0.2)
+                await clients.send(client, send_call(fake.url), 0.2)
             assert caught.value.failure.kind is Kind.TIMEOUT
             assert "ReadTimeout" in caught.value.failure.message
     run(main())
@@ -210,7 +211,7 @@ def test_a_stalled_handshake_is_a_connect_timeout(trusting: ssl.SSLContext) -> N
         async with client_for(trusting) as client:
             started = asyncio.get_running_loop().time()
             with pytest.raises(UpstreamError) as caught:
-                await flows.send(client, send_call(url), 0.2)
+                await clients.send(client, send_call(url), 0.2)
             assert caught.value.failure.kind is Kind.TIMEOUT
             assert "ConnectTimeout" in caught.value.failure.message
             assert asyncio.get_running_loop().time() - started < 1.0
@@ -285,17 +286,17 @@ def test_build_clients_trusts_certifi_or_a_provider_ca(
         server: ssl.SSLContext, ca_file: str, no_environment: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with upstream(reply(b"1"), reply(b"2"), tls=server) as fake:
-            plain = flows.build_clients((https_provider(fake.url),), ADAPTERS, 1.0)["h"]
-            own = flows.build_clients((https_provider(fake.url, ca_file=ca_file),), ADAPTERS,
+            plain = clients.build_clients((https_provider(fake.url),), ADAPTERS, 1.0)["h"]
+            own = clients.build_clients((https_provider(fake.url, ca_file=ca_file),), ADAPTERS,
                                       1.0)["h"]
             assert isinstance(plain, transport.Client) and isinstance(own, transport.Client)
             with pytest.raises(UpstreamError):  # certifi does not know the test CA
-                await flows.send(plain, send_call(fake.url), 5.0)
-            assert (await flows.send(own, send_call(fake.url), 5.0)).body == b"1"
+                await clients.send(plain, send_call(fake.url), 5.0)
+            assert (await clients.send(own, send_call(fake.url), 5.0)).body == b"1"
             no_environment.setenv("SSL_CERT_FILE", ca_file)  # httpx's way: https goes to httpx
-            env = flows.build_clients((https_provider(fake.url),), ADAPTERS, 1.0)["h"]
+            env = clients.build_clients((https_provider(fake.url),), ADAPTERS, 1.0)["h"]
             assert isinstance(env, transport.Client) and env.lean.tls is None
-            assert (await flows.send(env, send_call(fake.url), 5.0)).body == b"2"
+            assert (await clients.send(env, send_call(fake.url), 5.0)).body == b"2"
             for client in (plain, own, env):
                 await client.aclose()
     run(main())
@@ -306,7 +307,7 @@ def test_a_ca_file_that_cannot_be_loaded_is_named(tmp_path: Path,
     (tmp_path / "empty.pem").write_text("")
     for path in (str(tmp_path / "missing.pem"), str(tmp_path / "empty.pem"), ""):
         with pytest.raises(ValueError, match=r"provider h: options\.ca_file"):
-            flows.build_clients((https_provider("https://x", ca_file=path),), ADAPTERS, 1.0)
+            clients.build_clients((https_provider("https://x", ca_file=path),), ADAPTERS, 1.0)
 
 
 def test_a_ca_file_is_accepted_by_every_protocol_that_checks_its_options() -> None:

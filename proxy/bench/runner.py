@@ -16,10 +16,10 @@ from proxy.bench.clock import run_virtual
 from proxy.bench.scenario import Delivery, Scenario
 from proxy.catalog import Model
 from proxy.domain import Geometry, ImageRequest
-from proxy.providers.flows import build_clients
 from proxy.routing.health import Health, Settings
 from proxy.routing.router import Router, RoutesFailed
 from proxy.routing.slots import Slots
+from proxy.upstream.clients import build_clients
 
 
 @dataclass(frozen=True, slots=True)

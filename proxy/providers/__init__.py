@@ -14,12 +14,12 @@ from proxy.providers import (
     segmind,
     simulated,
     task,
-    tls,
     together,
     vertex,
     wavespeed,
 )
 from proxy.providers.base import Adapter
+from proxy.upstream import tls
 
 ADAPTERS: dict[str, Adapter] = {
     adapter.protocol: adapter for adapter in (

@@ -18,7 +18,7 @@ import httpx
 from proxy.catalog import Provider, Route
 from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError
-from proxy.providers import fastjson
+from proxy.upstream import fastjson
 
 # submit: may start paid work, so never re-sent; poll and fetch: safe to repeat.
 CallKind = Literal["submit", "poll", "fetch", "cancel"]

@@ -25,12 +25,12 @@ from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import flows
 from proxy.providers.base import Adapter
 from proxy.providers.callbacks import Callbacks
-from proxy.providers.credentials import Credentials
 from proxy.providers.grouping import Groups
 from proxy.routing.health import Health
 from proxy.routing.planning import Prepared, effective_policy, plan
 from proxy.routing.slots import Slots
 from proxy.routing.strategies import quote
+from proxy.upstream.credentials import Credentials
 
 # Retry-After for a client turned away because every route is at its concurrency limit.
 SATURATED_RETRY_AFTER_S = 1.0

@@ -32,7 +32,7 @@ from proxy.domain import ASPECT_RATIOS, Geometry, ImageRequest, ImageResult
 from proxy.failures import Failure, UpstreamError
 from proxy.providers import flows
 from proxy.providers.base import Adapter
-from proxy.providers.credentials import Credentials
+from proxy.upstream.credentials import Credentials
 
 GEMINI_HOST = "generativelanguage.googleapis.com"
 TEN = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")

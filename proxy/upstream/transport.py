@@ -1,9 +1,9 @@
 """The upstream clients' transport: keep-alive calls on lean HTTP/1.1 connections
-(proxy.providers.http1), over TLS for https, and everything else on httpx's own transport.
+(proxy.upstream.http1), over TLS for https, and everything else on httpx's own transport.
 
 httpx's request and response objects and httpcore took about a quarter of a proxied
 request's CPU, and read a reply in chunks joined later (two copies of every image). A call to
-an upstream needs none of that. https is lean only with a TLS context (proxy.providers.tls:
+an upstream needs none of that. https is lean only with a TLS context (proxy.upstream.tls:
 httpx's own default, or a provider's CA), so certificates are verified exactly as httpx would;
 proxies, CAs named in the environment, odd URLs or headers go the ordinary httpx way, so
 nothing changes for them.
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from proxy.providers.http1 import Connection, Reply
+from proxy.upstream.http1 import Connection, Reply
 
 # As httpx: an idle connection older than this is closed instead of reused.
 KEEPALIVE_EXPIRY_S = 5.0
@@ -236,7 +236,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
 
 class Client(httpx.AsyncClient):
-    """An upstream's pooled client on a LeanTransport; flows.send hands its calls to
+    """An upstream's pooled client on a LeanTransport; clients.send hands its calls to
     `lean.exchange`, skipping httpx's request and response objects. `tls` verifies https
     upstreams on lean connections; without it https goes through httpx."""
 

@@ -1,4 +1,4 @@
-"""The TLS contexts that verify https upstreams on lean connections (providers.transport).
+"""The TLS contexts that verify https upstreams on lean connections (upstream.transport).
 
 Built once per app in build_clients and shared by every connection. The default is the
 context httpx itself builds by default (certifi's CAs, hostname check, CERT_REQUIRED), made by
