@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from proxy import catalog as catalog_module
 from proxy import config as config_module
+from proxy import logs
 from proxy.api import admin, batches, callbacks, health, images, jobs, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
@@ -34,12 +35,13 @@ from proxy.config import Config
 from proxy.media import MediaStore, load_or_create_secret
 from proxy.providers import ADAPTERS, check_routes, flows
 from proxy.providers.callbacks import Callbacks
-from proxy.providers.credentials import Credentials
 from proxy.providers.grouping import Groups
 from proxy.routing.health import Health
 from proxy.routing.router import Router
 from proxy.routing.slots import Slots
 from proxy.services import Services
+from proxy.upstream import clients as upstream_clients
+from proxy.upstream.credentials import Credentials
 
 log = logging.getLogger("switchyard")
 
@@ -72,7 +74,8 @@ def describe(catalog: Catalog) -> list[str]:
 
 def from_environment() -> Starlette:
     """The app of one worker process of `serve --workers N`: its settings come from the
-    environment the parent prepared."""
+    environment the parent prepared. Its logging is its own: spawned, it inherits none."""
+    logs.configure()
     return build_app(config_module.load())
 
 
@@ -84,8 +87,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         live = catalog or load_catalog(config)
         store = Store(config.database)
-        clients = flows.build_clients(live.providers, ADAPTERS, config.simulation_time_scale,
-                                      transports)
+        clients = upstream_clients.build_clients(live.providers, ADAPTERS,
+                                                 config.simulation_time_scale, transports)
         media = MediaStore(config.data_dir / "images",
                            load_or_create_secret(config.data_dir / "url-signing.key"),
                            config.image_url_ttl_s)

@@ -217,10 +217,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         _prepare_workers(config, args)
         uvicorn.run("proxy.app:from_environment", factory=True, workers=config.workers,
                     host=config.host, port=config.port, access_log=config.access_log,
-                    log_level="info", loop=args.loop, http=args.http)
+                    log_config=None, log_level="info", loop=args.loop, http=args.http)
         return 0
     uvicorn.run(build_app(config, catalog), host=config.host, port=config.port,
-                access_log=config.access_log, log_level="info", loop=args.loop, http=args.http)
+                access_log=config.access_log, log_config=None, log_level="info",
+                loop=args.loop, http=args.http)
     return 0
 
 

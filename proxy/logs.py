@@ -3,6 +3,11 @@
 Formatting a record and writing it to stderr costs an image request about 50 us on the event
 loop, most of it the write. Here records are queued as they come and a thread of their own
 formats and writes them a batch at a time, a few times a second; nothing is lost at exit.
+
+uvicorn is started with `log_config=None`: its own logging setup (dictConfig) would close every
+handler of the process, ours included, and leave it attached. A closed handler still writes
+(synchronously), and the queue is bounded, so a handler closed by someone else's setup can
+neither go silent nor grow without end.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import threading
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FLUSH_INTERVAL_S = 0.05
+# Records waiting for the writer thread; past this the oldest are dropped (and counted), which
+# only a stalled stderr can cause.
+MAX_QUEUED = 100_000
 
 
 class BatchingHandler(logging.Handler):
@@ -23,8 +31,9 @@ class BatchingHandler(logging.Handler):
         super().__init__()
         self.target = target
         self.interval_s = interval_s
-        self._queue: collections.deque[logging.LogRecord] = collections.deque()
-        self._closed = threading.Event()
+        self._queue: collections.deque[logging.LogRecord] = collections.deque(maxlen=MAX_QUEUED)
+        self.dropped = 0
+        self._stopped = threading.Event()
         self._drain_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="switchyard-log", daemon=True)
         self._thread.start()
@@ -33,6 +42,11 @@ class BatchingHandler(logging.Handler):
         # The message is fixed now, as logging.handlers.QueueHandler does: its arguments may
         # change before the thread formats it.
         record.msg, record.args = record.getMessage(), None
+        if self._stopped.is_set():
+            self.target.handle(record)
+            return
+        if len(self._queue) == MAX_QUEUED:
+            self.dropped += 1
         self._queue.append(record)
 
     def flush(self) -> None:
@@ -42,7 +56,7 @@ class BatchingHandler(logging.Handler):
             self.target.flush()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopped.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
         self.flush()
@@ -50,13 +64,14 @@ class BatchingHandler(logging.Handler):
         super().close()
 
     def _run(self) -> None:
-        while not self._closed.wait(self.interval_s):
+        while not self._stopped.wait(self.interval_s):
             if self._queue:
                 self.flush()
 
 
 def configure(level: int = logging.INFO) -> BatchingHandler:
-    """The root logger writes through a BatchingHandler to stderr, in the usual format.
+    """The root logger writes through a BatchingHandler to stderr, in the usual format; so do
+    uvicorn's loggers (started with `log_config=None`, they propagate to the root).
 
     Records skip what the format never shows (the caller's file and line, thread and process
     names): the logging HOWTO's own advice for a hot path."""
@@ -65,5 +80,5 @@ def configure(level: int = logging.INFO) -> BatchingHandler:
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter(FORMAT))
     handler = BatchingHandler(stream)
-    logging.basicConfig(level=level, handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     return handler

@@ -7,6 +7,8 @@ import io
 import logging
 import time
 
+import pytest
+
 from proxy import logs
 
 
@@ -65,3 +67,35 @@ def test_close_writes_what_is_still_queued() -> None:
     log.removeHandler(handler)
     handler.close()
     assert out.getvalue() == "test.logs.close last words\n"
+
+
+def test_a_handler_closed_by_someone_else_still_writes_and_queues_nothing() -> None:
+    """uvicorn's logging setup closes every handler and leaves them attached: the records must
+    still come out, and none may pile up in the queue."""
+    out = io.StringIO()
+    handler = handler_into(out, interval_s=60)
+    log = logger_with(handler, "test.logs.closed")
+    try:
+        handler.close()
+        log.info("after close")
+        assert out.getvalue() == "test.logs.closed after close\n"
+        assert not handler._queue
+    finally:
+        log.removeHandler(handler)
+
+
+def test_the_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "MAX_QUEUED", 10)
+    out = io.StringIO()
+    handler = handler_into(out, interval_s=60)
+    log = logger_with(handler, "test.logs.bounded")
+    try:
+        for i in range(25):
+            log.info("line %d", i)
+        assert len(handler._queue) == 10
+        assert handler.dropped == 15
+        handler.flush()
+        assert out.getvalue().splitlines()[0] == "test.logs.bounded line 15"
+    finally:
+        log.removeHandler(handler)
+        handler.close()
