@@ -1,15 +1,18 @@
 """The closed set of upstream failure classes, and the one place transport errors are mapped.
 
 The router decides retry, failover or return-to-client from the class alone, never from a
-provider's name or message text.
+provider's name or message text. Adapters read an upstream's text only where its codes say
+nothing more, and then with the shared rules here (`mentions`, `refusal`, `from_text`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
@@ -33,6 +36,12 @@ RETRYABLE: frozenset[Kind] = frozenset(
     {Kind.RATE_LIMITED, Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN}
 )
 
+# Words by which a host says it cannot serve now: its own trouble, never a refusal of the
+# prompt, whatever else the text names ("Safety checker unavailable, please retry").
+OUTAGE_MARKERS = ("unavailable", "overloaded", "temporarily", "maintenance", "busy")
+# A snake_case word in an error text names a parameter (`enable_safety_checker`).
+_PARAMETER = re.compile(r"\w*_\w*")
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:
@@ -46,6 +55,18 @@ class Failure:
     @property
     def retryable(self) -> bool:
         return self.kind in RETRYABLE
+
+    def without(self, secret: str) -> Failure:
+        """This failure with `secret` cut out of its message: a host may quote a key back, and
+        a text cut short ("…") may end in the key's first characters."""
+        if len(secret) < 4:
+            return self
+        message = self.message.replace(secret, "[key]")
+        if message.endswith("…"):
+            head = message[:-1]
+            cut = next((n for n in range(len(secret) - 1, 3, -1) if head.endswith(secret[:n])), 0)
+            message = f"{head[:len(head) - cut]}[key]…" if cut else message
+        return self if message == self.message else replace(self, message=message)
 
 
 class UpstreamError(Exception):
@@ -94,6 +115,29 @@ def from_status(status: int, headers: httpx.Headers) -> Failure:
     if 400 <= status < 500:
         return Failure(Kind.BAD_REQUEST, "upstream rejected the request", None, status)
     return Failure(Kind.UPSTREAM_BROKEN, f"upstream error (HTTP {status})", after, status)
+
+
+def mentions(text: str, markers: Iterable[str]) -> bool:
+    """Whether an upstream's text names one of the markers, in any case. A plain word counts in
+    the prose only, not inside a parameter's name (`safety_tolerance must be...` is about a
+    field); a marker with an underscore names a code (`content_policy`) and counts anywhere."""
+    lowered = text.lower()
+    prose = _PARAMETER.sub(" ", lowered)
+    return any(m.lower() in (lowered if "_" in m else prose) for m in markers if m)
+
+
+def refusal(text: str, markers: Iterable[str]) -> bool:
+    """Whether an error text reads as a content refusal: it names a content marker and no
+    outage ("safety checker unavailable" is the host's trouble, not the prompt's)."""
+    return mentions(text, markers) and not mentions(text, OUTAGE_MARKERS)
+
+
+def from_text(text: str, markers: Iterable[str]) -> Kind | None:
+    """The class an error text alone gives, for a failure no code or status classifies: an
+    outage is OVERLOADED, a refusal CONTENT_BLOCKED; None for anything else."""
+    if mentions(text, OUTAGE_MARKERS):
+        return Kind.OVERLOADED
+    return Kind.CONTENT_BLOCKED if mentions(text, markers) else None
 
 
 def from_transport(exc: httpx.TransportError) -> Failure:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import httpx
@@ -231,35 +231,19 @@ def test_the_key_goes_to_the_provider_host_only(protocol: str) -> None:
 # --- Errors ----------------------------------------------------------------------------------
 
 
-def error_params(known: Callable[[ErrorCase], str | None]) -> list[object]:
-    """(protocol, case) for every recorded error; a case for which `known` gives a reason is
-    expected to fail this test (strict: it must fail)."""
-    params: list[object] = []
-    for protocol in PROTOCOLS:
-        for case in CONTRACTS[protocol].errors:
-            why = known(case)
-            marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
-            params.append(pytest.param(protocol, case, id=f"{protocol}-{case.name}",
-                                       marks=marks))
-    return params
+# (protocol, case) for every recorded error.
+ERROR_CASES = [pytest.param(protocol, case, id=f"{protocol}-{case.name}")
+               for protocol in PROTOCOLS for case in CONTRACTS[protocol].errors]
 
 
-def known_wrong_kind(case: ErrorCase) -> str | None:
-    return case.misclassified or case.unmapped
-
-
-def known_leak(case: ErrorCase) -> str | None:
-    return case.leaks_key or case.unmapped
-
-
-@pytest.mark.parametrize(("protocol", "case"), error_params(known_wrong_kind))
+@pytest.mark.parametrize(("protocol", "case"), ERROR_CASES)
 def test_recorded_error_maps_to_its_class(protocol: str, case: ErrorCase) -> None:
     failure = failure_of(CONTRACTS[protocol], case).failure
     assert (failure.kind, failure.retry_after_s) == (case.kind, case.retry_after_s), \
         failure.message
 
 
-@pytest.mark.parametrize(("protocol", "case"), error_params(known_leak))
+@pytest.mark.parametrize(("protocol", "case"), ERROR_CASES)
 def test_the_key_never_reaches_a_failure_message(protocol: str, case: ErrorCase) -> None:
     contract = CONTRACTS[protocol]
     error = failure_of(contract, case)

@@ -1,4 +1,5 @@
-"""proxy.failures: Retry-After parsing, HTTP status classes and transport-error mapping."""
+"""proxy.failures: Retry-After parsing, HTTP status classes, transport-error mapping, and the
+shared rules by which an error text names a class."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from proxy.failures import (
     Kind,
     UpstreamError,
     from_status,
+    from_text,
     from_transport,
+    mentions,
+    refusal,
     retry_after,
 )
 
@@ -113,6 +117,52 @@ def test_from_status_500_message_names_the_status() -> None:
 ])
 def test_retryable(kind: Kind, retryable: bool) -> None:
     assert Failure(kind, "x").retryable is retryable
+
+
+MARKERS = ("safety", "nsfw", "content policy", "content_policy")
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Image blocked by the safety filter", Kind.CONTENT_BLOCKED),
+    ("Your prompt was flagged as NSFW", Kind.CONTENT_BLOCKED),
+    ("Prompt violates our Content Policy", Kind.CONTENT_BLOCKED),
+    ("Request rejected (content_policy_violation)", Kind.CONTENT_BLOCKED),  # a code, as written
+    # A marker inside a parameter's name is about the field, not a refusal.
+    ("enable_safety_checker must be a boolean", None),
+    ("safety_tolerance must be between 1 and 6", None),
+    # The host's outage wins over a content word beside it.
+    ("Safety checker unavailable, please retry", Kind.OVERLOADED),
+    ("Safety service temporarily overloaded", Kind.OVERLOADED),
+    ("NSFW filter under maintenance", Kind.OVERLOADED),
+    ("Inference failed", None),
+    ("", None),
+])
+def test_from_text_reads_an_outage_before_a_refusal(text: str, kind: Kind | None) -> None:
+    assert from_text(text, MARKERS) is kind
+    assert refusal(text, MARKERS) is (kind is Kind.CONTENT_BLOCKED)
+
+
+def test_mentions_ignores_empty_markers_and_case() -> None:
+    assert mentions("Refused by HOUSE RULES", ["house rules"])
+    assert not mentions("anything at all", ["", "house rules"])
+
+
+@pytest.mark.parametrize(("secret", "message", "expected"), [
+    ("sk-secret-1234", "bad key sk-secret-1234, and again sk-secret-1234",
+     "bad key [key], and again [key]"),
+    ("sk-secret-1234", "bad key", "bad key"),
+    ("abc", "abc is too short to be a key worth cutting", "abc is too short to be a key worth "
+                                                         "cutting"),
+    # safe_text cut the message short in the middle of the key: its start goes too.
+    ("sk-secret-1234", "bad key sk-secr…", "bad key [key]…"),
+    ("sk-secret-1234", "bad key sk-…", "bad key sk-…"),  # three characters name nothing
+])
+def test_without_cuts_a_secret_out_of_the_message(secret: str, message: str,
+                                                  expected: str) -> None:
+    failure = Failure(Kind.AUTH, message, 2.0, 401)
+    cut = failure.without(secret)
+    assert cut == Failure(Kind.AUTH, expected, 2.0, 401)
+    assert (cut is failure) is (message == expected)
 
 
 REQUEST = httpx.Request("POST", "https://upstream.example/v1/images")

@@ -187,15 +187,22 @@ def test_a_close_delimited_reply_over_tls(server: ssl.SSLContext,
 
 def test_silence_after_the_handshake_is_a_read_timeout(server: ssl.SSLContext,
                                                        trusting: ssl.SSLContext) -> None:
+    """The short deadline goes to a call on a connection whose handshake a first exchange has
+    already done, so it times the silence alone, however slow the handshake was."""
     async def never(writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(5)
 
     async def main() -> None:
-        async with upstream(never, tls=server) as fake, client_for(trusting) as client:
+        async with upstream(reply(), never, tls=server) as fake, \
+                client_for(trusting) as client:
+            assert (await clients.send(client, send_call(fake.url), 5.0)).status == 200
+            started = asyncio.get_running_loop().time()
             with pytest.raises(UpstreamError) as caught:
                 await clients.send(client, send_call(fake.url), 0.2)
             assert caught.value.failure.kind is Kind.TIMEOUT
             assert "ReadTimeout" in caught.value.failure.message
+            assert fake.connections == 1  # the timed call reused it: no handshake in 0.2 s
+            assert asyncio.get_running_loop().time() - started < 4.0  # not the 5 s silence
     run(main())
 
 

@@ -22,11 +22,28 @@ import orjson
 
 from proxy.catalog import Route
 from proxy.domain import ImageRequest, ImageResult
-from proxy.failures import RETRYABLE, Failure, Kind, UpstreamError, from_status, retry_after
+from proxy.failures import (
+    RETRYABLE,
+    Failure,
+    Kind,
+    UpstreamError,
+    from_status,
+    from_text,
+    refusal,
+    retry_after,
+)
 from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, always, check
 from proxy.providers.kie_options import Options, validate
 from proxy.providers.results import download, json_or_none, safe_text
-from proxy.providers.upstream import api_key, mask_refused, pauses, reference, renamed, shape_values
+from proxy.providers.upstream import (
+    api_key,
+    keyless,
+    mask_refused,
+    pauses,
+    reference,
+    renamed,
+    shape_values,
+)
 
 CREATE_PATH = "/api/v1/jobs/createTask"
 RECORD_PATH = "/api/v1/jobs/recordInfo"
@@ -39,7 +56,9 @@ Classify = Callable[[UpstreamReply], Failure | None]
 
 def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     """None for a success; else the failure Kie's envelope `code` names (it can say 4xx inside
-    HTTP 200), or the HTTP status when the reply carries no code (a proxy's error page)."""
+    HTTP 200), or the HTTP status when the reply carries no code (a proxy's error page). Its
+    text can make a refusal only of a code that is not Kie's own trouble: a 500 is "server
+    exception, retry later" whatever its text says."""
     body = json_or_none(reply)
     code = _code(body)
     if 200 <= reply.status < 300 and (code is None or code in options.ok_codes):
@@ -49,7 +68,8 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     text = _message(body) or safe_text(reply.body.decode("utf-8", "replace")) or "no detail"
     kind = options.codes.get(code) or (from_status(code, reply.headers).kind
                                        if 400 <= code < 600 else Kind.UPSTREAM_BROKEN)
-    if kind in (Kind.BAD_REQUEST, Kind.UPSTREAM_BROKEN) and _blocked(text, options):
+    if kind in (Kind.BAD_REQUEST, Kind.UPSTREAM_BROKEN) and not 500 <= code < 600 \
+            and refusal(text, options.block_markers):
         kind = Kind.CONTENT_BLOCKED
     after = retry_after(reply.headers) if kind in RETRYABLE else None
     return Failure(kind, f"Kie answered code {code}: {text}", after, code)
@@ -64,10 +84,6 @@ def _message(body: Any) -> str:
     if not isinstance(body, dict):
         return ""
     return safe_text(body.get("msg") or body.get("message") or "")
-
-
-def _blocked(text: str, options: Options) -> bool:
-    return any(marker.lower() in text.lower() for marker in options.block_markers)
 
 
 def _data(reply: UpstreamReply, what: str) -> dict[str, Any]:
@@ -158,14 +174,15 @@ def wait_done(task_id: str, route: Route, key: str, options: Options,
 
 
 def record_failure(record: Mapping[str, Any], options: Options) -> Failure:
-    """A task that ended in a failed state: refused content, or a failed run."""
+    """A task that ended in a failed state, by the route's fail_codes, else by its failMsg:
+    a host outage, refused content, or a failed run (failCode 501, "generation failed", can
+    be either of the last two)."""
     code = record.get(options.record["fail_code"])
     text = safe_text(record.get(options.record["fail_msg"])
                      or f"task ended {record.get(options.record['state'])}")
-    kind = options.fail_codes.get(str(code), Kind.UPSTREAM_BROKEN)
-    if kind is Kind.UPSTREAM_BROKEN and _blocked(text, options):
-        kind = Kind.CONTENT_BLOCKED
-    return Failure(kind, f"Kie task failed (failCode {code or 'none'}): {text}")
+    kind = options.fail_codes.get(str(code)) or from_text(text, options.block_markers)
+    return Failure(kind or Kind.UPSTREAM_BROKEN,
+                   f"Kie task failed (failCode {code or 'none'}): {text}")
 
 
 def result_urls(record: Mapping[str, Any], options: Options) -> list[str]:
@@ -196,8 +213,14 @@ def collect(record: Mapping[str, Any], task_id: str, request: ImageRequest,
 
 
 def flow(request: ImageRequest, route: Route) -> Flow:
-    """Upload references, create the task, poll it to an end state, then download its images."""
+    """One attempt; a failure whose text quotes the key (Kie's `msg` or `failMsg` may echo
+    it) has it cut out before it leaves the adapter."""
     key = api_key(route)
+    return (yield from keyless(attempt(request, route, key), key))
+
+
+def attempt(request: ImageRequest, route: Route, key: str) -> Flow:
+    """Upload references, create the task, poll it to an end state, then download its images."""
     options = Options.of(route)
     classified = partial(classify, options=options)
     urls = yield from references(request, key, options, classified)

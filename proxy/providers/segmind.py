@@ -3,10 +3,11 @@ or its v1 synchronous call, chosen per route (`api`, default v2).
 
 The key goes in `x-api-key`, and only to Segmind's own API host. v2 results are kept for an
 hour, so result files are downloaded here before the client is answered. A FAILED job comes
-back under HTTP 422 with its state in the body, and is classified by its error text. Segmind
-documents no cancel call, so a job that outlives the deadline is left to finish (a failed job is
-not billed). Whatever its docs leave open (paths, state names, where the result's images are,
-whether v1 answers with bytes or JSON, the rate-limit reset header) is a route option.
+back under HTTP 422 with its state in the body, and is classified by its error text (an outage
+before a refusal: proxy.failures.from_text). Segmind documents no cancel call, so a job that
+outlives the deadline is left to finish (a failed job is not billed). Whatever its docs leave
+open (paths, state names, where the result's images are, whether v1 answers with bytes or
+JSON, the rate-limit reset header) is a route option.
 """
 
 from __future__ import annotations
@@ -16,19 +17,29 @@ import binascii
 import datetime as dt
 import time
 from collections.abc import Generator, Mapping
-from dataclasses import replace
 from typing import Any
 
 from proxy import imaging
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
-from proxy.failures import MAX_RETRY_AFTER_S, Failure, Kind, UpstreamError, from_status, retry_after
+from proxy.failures import (
+    MAX_RETRY_AFTER_S,
+    Failure,
+    Kind,
+    UpstreamError,
+    from_status,
+    from_text,
+    mentions,
+    refusal,
+    retry_after,
+)
 from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, check
 from proxy.providers.results import from_download, json_or_none, result_image, safe_text
 from proxy.providers.segmind_options import Options
 from proxy.providers.upstream import (
     api_key,
     auth_for,
+    keyless,
     mask_refused,
     pauses,
     reference,
@@ -67,15 +78,14 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     if 200 <= reply.status < 300:
         return None
     status, text = reply.status, _error_text(reply)
-    lowered = text.lower()
-    if 400 <= status < 500 and _has(lowered, options.block_markers):
+    if 400 <= status < 500 and refusal(text, options.block_markers):
         return Failure(Kind.CONTENT_BLOCKED, f"Segmind refused the content: {text}", None, status)
     if status == 429:
         after = retry_after(reply.headers) or reset_after(reply.headers, options.reset_header)
         return Failure(Kind.RATE_LIMITED, "Segmind rate limit reached", after, status)
     if status in (401, 403):
         return Failure(Kind.AUTH, f"Segmind refused the API key: {text}", None, status)
-    if status == 402 or (status == 406 and _has(lowered, options.credit_markers)):
+    if status == 402 or (status == 406 and mentions(text, options.credit_markers)):
         return Failure(Kind.AUTH, f"Segmind account cannot pay: {text}", None, status)
     if status in (404, 410):
         return Failure(Kind.UPSTREAM_BROKEN, f"Segmind has no such model or request "
@@ -85,12 +95,6 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
     generic = from_status(status, reply.headers)
     return Failure(generic.kind, f"Segmind error (HTTP {status}): {text}",
                    generic.retry_after_s, status)
-
-
-def _has(text: str, markers: tuple[str, ...]) -> bool:
-    """Whether lower-cased text names a marker; the `safety_tolerance` input is no refusal."""
-    text = text.replace("safety_tolerance", "")
-    return any(marker.lower() in text for marker in markers)
 
 
 def _error_text(reply: UpstreamReply) -> str:
@@ -135,14 +139,17 @@ def _job(reply: UpstreamReply | None, what: str, options: Options) -> dict[str, 
 
 
 def job_failure(body: Mapping[str, Any], options: Options) -> Failure:
-    """A FAILED job, by its error text: refused content, bad input, slow, or broken."""
+    """A FAILED job, by its error text (Segmind gives no code): Segmind's outage, refused
+    content, slow, bad input, or broken."""
     text = safe_text(body.get("error") or f"request {body.get('status')}")
-    lowered = text.lower()
-    if _has(lowered, options.block_markers):
-        return Failure(Kind.CONTENT_BLOCKED, f"Segmind refused the content: {text}")
-    if _has(lowered, TIMEOUT_MARKERS):
+    kind = from_text(text, options.block_markers)
+    if kind is Kind.OVERLOADED:
+        return Failure(kind, f"Segmind is unavailable: {text}")
+    if kind is Kind.CONTENT_BLOCKED:
+        return Failure(kind, f"Segmind refused the content: {text}")
+    if mentions(text, TIMEOUT_MARKERS):
         return Failure(Kind.TIMEOUT, f"Segmind request timed out: {text}")
-    if _has(lowered, options.invalid_markers):
+    if mentions(text, options.invalid_markers):
         return Failure(Kind.BAD_REQUEST, f"Segmind rejected the input: {text}")
     return Failure(Kind.UPSTREAM_BROKEN, f"Segmind request failed: {text}")
 
@@ -203,7 +210,7 @@ def collect(body: Mapping[str, Any], upstream_id: str | None, request: ImageRequ
             text.append(item)
     if not images:
         note = safe_text(" ".join(text))
-        if _has(note.lower(), options.block_markers):
+        if refusal(note, options.block_markers):
             raise UpstreamError(Failure(Kind.CONTENT_BLOCKED, f"Segmind refused the content: "
                                                               f"{note}"))
         raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "Segmind finished without an image"))
@@ -224,15 +231,9 @@ def run_sync(request: ImageRequest, route: Route, key: str, options: Options) ->
 
 
 def flow(request: ImageRequest, route: Route) -> Flow:
-    """One attempt; a failure whose upstream text quotes the key has it blanked out."""
+    """One attempt; a failure whose upstream text quotes the key has it cut out."""
     key = api_key(route)
-    try:
-        return (yield from attempt(request, route, key))
-    except UpstreamError as exc:
-        if key not in exc.failure.message:
-            raise
-        message = exc.failure.message.replace(key, "[key]")
-        raise UpstreamError(replace(exc.failure, message=message)) from None
+    return (yield from keyless(attempt(request, route, key), key))
 
 
 def attempt(request: ImageRequest, route: Route, key: str) -> Flow:

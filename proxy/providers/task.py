@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Generator, Mapping
-from dataclasses import replace
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +25,7 @@ import orjson
 from proxy import geometry, imaging
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
-from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
+from proxy.failures import Failure, Kind, UpstreamError, from_status, refusal, retry_after
 from proxy.providers import jsonpath
 from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, check
 from proxy.providers.jsonpath import Path
@@ -36,6 +35,7 @@ from proxy.providers.upstream import (
     api_key,
     auth_for,
     keeps_input_shape,
+    keyless,
     mask_refused,
     pauses,
     reference,
@@ -135,21 +135,22 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
 
 def failure(options: Options, code: Any, text: str, headers: httpx.Headers,
             status: int | None) -> Failure:
-    """The class of a failure: the route's error_kinds for its code, else a content marker in
-    it, else its HTTP status (or a code that reads as one), else upstream_broken. `status` is
-    None for a task that ended failed; markers are not read in a 5xx, auth or rate-limit
-    error ("safety checker unavailable" is the host's trouble, not the prompt's)."""
+    """The class of a failure: the route's error_kinds for its code, else a content refusal
+    in its text, else its HTTP status (or a code that reads as one), else upstream_broken.
+    `status` is None for a task that ended failed. A status or code of the key, the pace or
+    an outage is never a refusal, nor is a text that says the host is unavailable; a failed
+    task's code 500 or 501 may be one (Kie-style hosts give refused content failCode 501)."""
     code_text = None if code is None else token(code)
     kind = options.error_kinds.get(code_text or "")
     http = status if status is not None and status >= 400 else _http_like(code_text)
-    about_content = status is None or http is None or (
-        400 <= http < 500 and http not in (401, 402, 403, 429))
-    if kind is None and about_content and any(
-            m.lower() in f"{text} {code_text or ''}".lower() for m in options.block_markers):
+    plain = None if http is None else from_status(http, headers).kind
+    about_content = plain is None or (plain is Kind.BAD_REQUEST and http != 402) or (
+        status is None and plain is Kind.UPSTREAM_BROKEN)
+    if kind is None and about_content and refusal(f"{text} {code_text or ''}",
+                                                  options.block_markers):
         kind = Kind.CONTENT_BLOCKED
-    if kind is None and http is not None:
-        kind = Kind.AUTH if http == 402 else Kind.UPSTREAM_BROKEN if http == 404 \
-            else from_status(http, headers).kind
+    if kind is None and plain is not None:
+        kind = Kind.AUTH if http == 402 else Kind.UPSTREAM_BROKEN if http == 404 else plain
     kind = kind or Kind.UPSTREAM_BROKEN
     after = retry_after(headers) if kind in (Kind.RATE_LIMITED, Kind.OVERLOADED) else None
     detail = f" (code {code_text})" if code_text else ""
@@ -252,13 +253,7 @@ def flow(request: ImageRequest, route: Route) -> Flow:
     host that quotes the key back in an error message does not get it passed on."""
     options = Options.of(route)
     key = api_key(route)
-    try:
-        return (yield from _attempt(request, route, key, options))
-    except UpstreamError as exc:
-        if len(key) < 6 or key not in exc.failure.message:
-            raise
-        message = exc.failure.message.replace(key, "[key]")
-        raise UpstreamError(replace(exc.failure, message=message)) from None
+    return (yield from keyless(_attempt(request, route, key, options), key))
 
 
 def _attempt(request: ImageRequest, route: Route, key: str, options: Options) -> Flow:

@@ -1,5 +1,6 @@
 """What the submit-and-poll protocols send upstream, and when: the route's key, which hosts may
-have it, the request in a model's own vocabulary, and the pauses between polls."""
+have it (and that no failure quotes it), the request in a model's own vocabulary, and the
+pauses between polls."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 from proxy.catalog import Route
 from proxy.domain import ImageRequest, InputImage
 from proxy.failures import Failure, Kind, UpstreamError
-from proxy.providers.base import Sleep
+from proxy.providers.base import Flow, Sleep
 
 
 def api_key(route: Route) -> str:
@@ -21,6 +22,18 @@ def api_key(route: Route) -> str:
     if route.provider.key is None:
         raise UpstreamError(Failure(Kind.AUTH, f"no API key set for {route.provider.name}"))
     return route.provider.key.reveal()
+
+
+def keyless(flow: Flow, key: str) -> Flow:
+    """The flow, with the key cut out of any failure it raises: a host that quotes the key back
+    in an error text must not have it reach a client or a log through this adapter."""
+    try:
+        return (yield from flow)
+    except UpstreamError as exc:
+        failure = exc.failure.without(key)
+        if failure is exc.failure:
+            raise
+        raise UpstreamError(failure) from None
 
 
 def own_host(url: str, route: Route) -> bool:

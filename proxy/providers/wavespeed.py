@@ -18,13 +18,22 @@ from urllib.parse import quote
 
 from proxy.catalog import Route
 from proxy.domain import Image, ImageRequest, ImageResult
-from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
+from proxy.failures import (
+    Failure,
+    Kind,
+    UpstreamError,
+    from_status,
+    from_text,
+    refusal,
+    retry_after,
+)
 from proxy.providers.base import Adapter, Flow, Step, UpstreamCall, UpstreamReply, always, check
 from proxy.providers.images_api import json_object, match_kind, peek
 from proxy.providers.results import json_or_none, result_image, safe_text
 from proxy.providers.upstream import (
     api_key,
     bearer,
+    keyless,
     mask_refused,
     pauses,
     reference,
@@ -116,7 +125,7 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
         return Failure(Kind.UPSTREAM_BROKEN, f"WaveSpeed has no such model or prediction: "
                                              f"{text}", None, status)
     if 400 <= status < 500 and status != 408:
-        if any(m in lowered for m in options.block_markers):
+        if refusal(text, options.block_markers):
             return Failure(Kind.CONTENT_BLOCKED, f"WaveSpeed refused the content: {text}",
                            None, status)
         return Failure(Kind.BAD_REQUEST, f"WaveSpeed rejected the input: {text}", None, status)
@@ -126,13 +135,13 @@ def classify(reply: UpstreamReply, options: Options) -> Failure | None:
 
 
 def prediction_failure(data: Mapping[str, Any], options: Options) -> Failure:
-    """A prediction that ended without output: its `data.code` first, then its error text."""
+    """A prediction that ended without output: its `data.code` first, then its error text
+    (an outage before a refusal: "safety checker unavailable" is WaveSpeed's trouble)."""
     text = safe_text(data.get("error") or f"prediction {data.get('status')}")
     code = data.get("code")
     kind = match_kind(options.error_kinds, str(code) if code not in (None, "", 0) else None)
-    if kind in (None, Kind.UPSTREAM_BROKEN) and any(
-            m.lower() in text.lower() for m in options.block_markers):
-        kind = Kind.CONTENT_BLOCKED
+    if kind in (None, Kind.UPSTREAM_BROKEN):
+        kind = from_text(text, options.block_markers) or kind
     if kind is Kind.CONTENT_BLOCKED:
         return Failure(kind, f"WaveSpeed refused the content: {text}")
     return Failure(kind or Kind.UPSTREAM_BROKEN, f"WaveSpeed prediction failed: {text}")
@@ -176,8 +185,14 @@ def collect(data: Mapping[str, Any], request: ImageRequest, options: Options) ->
 
 
 def flow(request: ImageRequest, route: Route) -> Flow:
-    """Upload references if any, submit, poll to a terminal state, then collect the image."""
+    """One attempt; a failure whose text quotes the key (a failed prediction's `error` may
+    echo it) has it cut out before it leaves the adapter."""
     key = api_key(route)
+    return (yield from keyless(attempt(request, route, key), key))
+
+
+def attempt(request: ImageRequest, route: Route, key: str) -> Flow:
+    """Upload references if any, submit, poll to a terminal state, then collect the image."""
     options = Options.of(route)
     references = yield from upload_references(request, route, key, options)
     reply = check((yield build(request, route, key, options, references)),
