@@ -155,13 +155,28 @@ def test_non_image_upload_is_400(client: openai.OpenAI,
     assert (error["param"], error["code"]) == ("image", "invalid_image_format")
 
 
-def test_edit_without_image_is_400(server: Running, api_key: str,
+@pytest.mark.parametrize(("body", "param", "code"), [
+    # Multipart with the fields alone (httpx sends (None, value) as a plain form field).
+    pytest.param({"files": {"model": (None, b"test-image"), "prompt": (None, b"x")}}, "image",
+                 "missing_required_parameter", id="multipart"),
+    pytest.param({"json": {"model": "test-image", "prompt": "x"}}, "image",
+                 "missing_required_parameter", id="json"),
+    # A file under another name is neither taken for the image nor ignored: it is named.
+    pytest.param({"data": {"model": "test-image", "prompt": "x"},
+                  "files": {"unrelated": ("a.txt", b"hello", "text/plain")}}, "unrelated",
+                 "invalid_value", id="stray-file"),
+])
+def test_edit_without_image_is_400(server: Running, api_key: str, body: dict[str, Any],
+                                   param: str, code: str,
                                    validate: Callable[[str, Any], None]) -> None:
     response = httpx.post(f"{server.v1}/images/edits", headers={
-        "authorization": f"Bearer {api_key}"}, data={"model": "test-image", "prompt": "x"},
-        files={"unrelated": ("a.txt", b"hello", "text/plain")})
+        "authorization": f"Bearer {api_key}"}, **body)
     assert response.status_code == 400
     validate("ErrorResponse", response.json())
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param,
+                                                              code)
+    assert f"'{param}'" in error["message"]
 
 
 def test_edit_json_file_id_is_400(server: Running, api_key: str) -> None:

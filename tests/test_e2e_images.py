@@ -1,10 +1,16 @@
-"""End to end through the official openai SDK: generations and edits, b64 and url."""
+"""End to end through the official openai SDK: generations and edits, b64 and url.
+
+Most tests run on the simulated test catalog; those about the images a client sends run on the
+shipped gpt-image-2 route with a fake OpenAI upstream, to see what reached the host."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +18,12 @@ import openai
 import pytest
 from PIL import Image as PILImage
 
-from tests.conftest import Running
+from proxy import catalog as catalog_module
+from proxy.api.uploads import decode_data_url
+from proxy.config import default_routes_dir
+from proxy.providers import ADAPTERS
+from tests.conftest import Running, make_config, serve
+from tests.fakes.openai_images import FakeOpenAIImages, Seen, image_bytes
 
 
 def decode(b64: str) -> PILImage.Image:
@@ -21,10 +32,52 @@ def decode(b64: str) -> PILImage.Image:
     return image
 
 
-def png_bytes(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
+def png_bytes(width: int, height: int, colour: tuple[int, int, int],
+              alpha: int | None = None) -> bytes:
     out = io.BytesIO()
-    PILImage.new("RGB", (width, height), colour).save(out, "PNG")
+    if alpha is None:
+        PILImage.new("RGB", (width, height), colour).save(out, "PNG")
+    else:
+        PILImage.new("RGBA", (width, height), (*colour, alpha)).save(out, "PNG")
     return out.getvalue()
+
+
+@dataclass
+class Hosted:
+    """A real Switchyard on the shipped catalog whose `openai` provider is a fake."""
+
+    running: Running
+    upstream: FakeOpenAIImages
+    key: str
+    sdk: openai.OpenAI
+
+
+@pytest.fixture
+def gpt_image(tmp_path: Path) -> Iterator[Hosted]:
+    catalog = catalog_module.load(default_routes_dir(), {"OPENAI_API_KEY": "test-key"},
+                                  demo=False, protocols=ADAPTERS)
+    upstream = FakeOpenAIImages()
+    with contextlib.ExitStack() as stack:
+        running = stack.enter_context(serve(make_config(tmp_path / "data"), catalog,
+                                            {"openai": upstream}))
+        key = running.new_key()
+        sdk = stack.enter_context(openai.OpenAI(base_url=running.v1, api_key=key,
+                                                max_retries=0))
+        yield Hosted(running, upstream, key, sdk)
+
+
+def received_images(seen: Seen) -> list[bytes | str]:
+    """The input images an OpenAI edit request carried, in order: the bytes of uploads and of
+    data: URLs, other URLs as given."""
+    if seen.json is None:
+        return [data for name, _, _, data in seen.files if name in ("image", "image[]")]
+    return [_bytes_of(item["image_url"]) for item in seen.json["images"]]
+
+
+def _bytes_of(url: str) -> bytes | str:
+    if not url.startswith("data:"):
+        return url
+    return decode_data_url(url, "image").data or b""
 
 
 def test_generate_b64_default(client: openai.OpenAI, validate: Callable[[str, Any], None]) -> None:
@@ -141,30 +194,61 @@ def test_edit_with_two_uploaded_images(client: openai.OpenAI,
     assert decode(raw.parse().data[0].b64_json or "").size == (1024, 1024)
 
 
-def test_edit_with_single_image_and_mask(client: openai.OpenAI) -> None:
-    raw = client.images.with_raw_response.edit(
-        model="test-image", prompt="replace the sky",
-        image=("a.png", png_bytes(16, 16, (1, 2, 3)), "image/png"),
-        mask=("m.png", png_bytes(16, 16, (0, 0, 0)), "image/png"), response_format="url")
-    assert raw.parse().data[0].url
+def test_edit_with_single_image_and_mask(gpt_image: Hosted) -> None:
+    picture = png_bytes(16, 16, (1, 2, 3))
+    mask = png_bytes(16, 16, (0, 0, 0), alpha=0)  # transparent: the area to repaint
+    raw = gpt_image.sdk.images.with_raw_response.edit(
+        model="gpt-image-2", prompt="replace the sky", size="1024x1024",
+        image=("a.png", picture, "image/png"), mask=("m.png", mask, "image/png"),
+        response_format="url")
+    (seen,) = gpt_image.upstream.requests
+    assert (seen.method, seen.url.path) == ("POST", "/v1/images/edits")
+    # Multipart as OpenAI takes it: the image in `image`, the mask byte for byte in `mask`.
+    assert [(name, mime, data) for name, _, mime, data in seen.files] == [
+        ("image", "image/png", picture), ("mask", "image/png", mask)]
+    (item,) = raw.parse().data or []
+    served = httpx.get(item.url or "")
+    assert served.content == image_bytes(1024, 1024, "png", "replace the sky|0")
 
 
-def test_edit_json_variant_with_data_url(server: Running, api_key: str,
+@pytest.mark.parametrize("moderation", [None, "low"])
+def test_edit_json_variant_with_data_url(gpt_image: Hosted, moderation: str | None,
                                          validate: Callable[[str, Any], None]) -> None:
-    data_url = "data:image/png;base64," + base64.b64encode(png_bytes(8, 8, (9, 9, 9))).decode()
-    response = httpx.post(f"{server.v1}/images/edits", headers={
-        "authorization": f"Bearer {api_key}"}, json={
-        "model": "test-image", "prompt": "watercolour", "images": [{"image_url": data_url}],
-        "size": "1024x1024", "moderation": "low"})
+    picture = png_bytes(8, 8, (9, 9, 9))
+    data_url = "data:image/png;base64," + base64.b64encode(picture).decode()
+    body: dict[str, Any] = {"model": "gpt-image-2", "prompt": "watercolour",
+                            "size": "1024x1024", "images": [{"image_url": data_url}]}
+    if moderation:
+        body["moderation"] = moderation
+    response = httpx.post(f"{gpt_image.running.v1}/images/edits", json=body, headers={
+        "authorization": f"Bearer {gpt_image.key}"})
     assert response.status_code == 200, response.text
     validate("ImagesResponse", response.json())
+    (seen,) = gpt_image.upstream.requests
+    assert received_images(seen) == [picture]
+    # Without `moderation` the image goes up as an upload; OpenAI's multipart has no such field.
+    assert (seen.json is not None) is (moderation is not None)
+    if moderation:
+        assert seen.json["moderation"] == moderation
+    (item,) = response.json()["data"]
+    assert base64.b64decode(item["b64_json"]) == image_bytes(1024, 1024, "png", "watercolour|0")
 
 
-def test_generate_with_reference_image_urls(client: openai.OpenAI) -> None:
-    raw = client.images.with_raw_response.generate(
-        model="test-image", prompt="same product, new scene",
-        extra_body={"image_urls": ["https://example.com/product.png"]})
-    assert raw.http_response.status_code == 200
+def test_generate_with_reference_image_urls(gpt_image: Hosted) -> None:
+    reference = png_bytes(24, 24, (5, 80, 160))
+    urls = ["https://example.com/product.png",
+            "data:image/png;base64," + base64.b64encode(reference).decode()]
+    raw = gpt_image.sdk.images.with_raw_response.generate(
+        model="gpt-image-2", prompt="same product, new scene", size="1024x1024",
+        extra_body={"image_urls": urls})
+    (seen,) = gpt_image.upstream.requests
+    # OpenAI's generations take no images: references make it an edit, as JSON (one is a URL).
+    assert (seen.method, seen.url.path) == ("POST", "/v1/images/edits")
+    assert received_images(seen) == [urls[0], reference]
+    assert seen.json["prompt"] == "same product, new scene"
+    (item,) = raw.parse().data or []
+    image = base64.b64decode(item.b64_json or "")
+    assert image == image_bytes(1024, 1024, "png", "same product, new scene|0")
 
 
 def test_size_beyond_every_route_maps_to_the_nearest_tier_and_says_so(

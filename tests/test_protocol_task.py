@@ -19,11 +19,13 @@ import openai
 import orjson
 import pytest
 
+from proxy import catalog as catalog_module
 from proxy import geometry, imaging
 from proxy.catalog import Catalog, Route
+from proxy.config import default_routes_dir
 from proxy.domain import Geometry, InputImage
 from proxy.failures import Kind
-from proxy.providers import flows, jsonpath
+from proxy.providers import ADAPTERS, flows, jsonpath
 from proxy.providers.jsonpath import PathError
 from proxy.providers.task import ADAPTER, render, validate
 from tests import protocol_kit as kit
@@ -37,259 +39,36 @@ from tests.fakes.task_hosts import (
 )
 from tests.protocol_kit import PROMPT, decoded, make_request
 
-# --- The four hosts as route data: what goes into routes/providers.toml ---------------------
+# --- The four hosts as the shipped catalog has them (routes/providers.toml, and their routes in
+# routes/models/nano-banana-2.toml): a broken entry there fails these tests ---------------------
 
-TOAPIS = """
-[toapis]
-# Toapis (hosts.md §9, [C] unless marked): an async OpenAI-like images API. `size` is an aspect
-# ratio, the tier goes in metadata.resolution, reference images are URLs only (at most 14).
-protocol = "task"
-base_url = "https://toapis.com"
-key_env = "TOAPIS_API_KEY"
-timeout_s = 60
-max_in_flight = 8
-allowed_hosts = ["*.toapis.com"]  # [U] the host of result URLs is not documented
-
-[toapis.options]
-submit_path = "/v1/images/generations"
-task_id_path = "id"
-poll_path = "/v1/images/generations/{id}"
-state_path = "status"
-result_paths = ["url", "result.url"]  # `url` [C]; `result.url` [I]
-error_message_path = ["error.message", "error"]  # the failed task's `error` object [I]
-error_code_path = "error.code"
-poll_interval_s = 2.0  # the docs advise polling every 2-5 s
-poll_interval_max_s = 5.0
-max_wait_s = 180
-
-[toapis.options.body]
-model = "{model}"
-prompt = "{prompt}"
-size = "{aspect_ratio}"
-n = "{n}"
-image_urls = "{images}"
-metadata = { resolution = "{resolution}" }
-
-[toapis.options.states]
-pending = ["submitted", "queued", "in_progress"]
-succeeded = ["completed"]
-failed = ["failed"]
-"""
-
-OPENOCTOPUS = """
-[openoctopus]
-# OpenOctopus (hosts.md §10): queued image tasks polled at /v1/tasks/{id} [C]. Its docs give two
-# base URLs; this is the one its model pages use [C, inconsistent]. Only model and prompt are
-# documented for the submit: size and n are OpenAI-shaped guesses [U], no reference images.
-protocol = "task"
-base_url = "https://api.openoctopus.com"
-key_env = "OPENOCTOPUS_API_KEY"
-timeout_s = 60
-max_in_flight = 8
-allowed_hosts = ["*.openoctopus.com"]  # [U] the host of result URLs is not documented
-
-[openoctopus.options]
-submit_path = "/v1/images/generations"
-task_id_path = ["id", "task.id", "data.id"]  # [I] the submit reply is not documented
-poll_path = "/v1/tasks/{id}"
-state_path = "status"
-result_paths = ["output_payload.assets[*].url", "output_payload.assets[*]"]  # URLs [C]
-error_message_path = ["error.message", "error_message"]
-error_code_path = "error.code"
-poll_interval_s = 1.8  # the docs: every 1.8 s for up to 180 s
-poll_interval_max_s = 1.8
-poll_backoff = 1.0
-max_wait_s = 180
-
-[openoctopus.options.body]
-model = "{model}"
-prompt = "{prompt}"
-size = "{size}"
-n = "{n}"
-
-[openoctopus.options.states]
-pending = ["queued", "processing"]
-succeeded = ["succeeded"]
-failed = ["failed", "cancelled"]
-"""
-
-NEWPORTAI = """
-[newportai]
-# NewportAI / DreamAPI (hosts.md §12): submit POST /api/async/{task type} [S: client code], poll
-# POST /api/getAsyncResult {"taskId"} [C]. `code` 0 is success [C]; task status 1 submitted,
-# 2 in progress, 3 success, 4 failure [C]. No Nano Banana task type or submit body is documented:
-# upstream_model and the body are [U], so no reference images until they are confirmed.
-protocol = "task"
-base_url = "https://api.newportai.com"
-key_env = "NEWPORTAI_API_KEY"
-timeout_s = 60
-max_in_flight = 8
-allowed_hosts = ["dreamface-resource-new.s3.amazonaws.com", "s3.amazonaws.com"]  # docs' examples
-
-[newportai.options]
-submit_path = "/api/async/{model}"
-task_id_path = "data.taskId"
-poll_path = "/api/getAsyncResult"
-poll_method = "POST"
-poll_body = { taskId = "{id}" }
-code_path = "code"
-ok_codes = [0]
-state_path = "data.task.status"
-result_paths = "data.images[*].imageUrl"
-error_message_path = ["data.task.reason", "message"]
-poll_interval_s = 2.0
-poll_interval_max_s = 5.0
-max_wait_s = 240
-
-[newportai.options.body]
-prompt = "{prompt}"
-aspectRatio = "{aspect_ratio}"
-resolution = "{resolution}"
-
-[newportai.options.states]
-pending = [1, 2]
-succeeded = [3]
-failed = [4]
-"""
-
-APIPASS = """
-[apipass]
-# ApiPass (hosts.md §13): NO public API reference was found; everything here is [U]. A best
-# guess from its published flow (submit + webhook callback; task states queuing / processing /
-# success / fail; up to 14 reference images), shaped like the Kie-style task APIs that use the
-# same states. Switchyard polls; set options.callback_url only if ApiPass insists on a webhook.
-# base_url is a placeholder on the reserved .invalid domain so that no key can reach a guessed
-# host: set the vendor's real URL, and check every option, before setting APIPASS_API_KEY.
-protocol = "task"
-base_url = "https://api.apipass.invalid"
-key_env = "APIPASS_API_KEY"
-timeout_s = 60
-max_in_flight = 8
-allowed_hosts = ["*.apipass.invalid"]
-
-[apipass.options]
-submit_path = "/api/v1/jobs/createTask"
-task_id_path = "data.taskId"
-poll_path = "/api/v1/jobs/recordInfo?taskId={id}"
-code_path = "code"
-ok_codes = [200]
-state_path = "data.state"
-result_paths = "data.resultJson|json.resultUrls[*]"
-error_message_path = ["data.failMsg", "msg"]
-error_code_path = "data.failCode"
-error_kinds = { "455" = "overloaded" }  # Kie's "service unavailable / maintenance"
-output_formats = { jpeg = "jpg", webp = "png" }
-poll_interval_s = 2.0
-poll_interval_max_s = 5.0
-max_wait_s = 240
-
-[apipass.options.body]
-model = "{model}"
-callBackUrl = "{callback_url}"
-
-[apipass.options.body.input]
-prompt = "{prompt}"
-aspect_ratio = "{aspect_ratio}"
-resolution = "{resolution}"
-output_format = "{output_format}"
-image_input = "{images}"
-
-[apipass.options.states]
-pending = ["waiting", "queuing", "processing", "generating"]
-succeeded = ["success"]
-failed = ["fail"]
-"""
-
-# --- ... and their nano-banana-2 routes (routes/models/nano-banana-2.toml) -------------------
-
-ROUTES = {
-    "toapis": """
-[[routes]]
-# Toapis' id for Nano Banana 2 is not in its docs [U] (2.5 and Pro use Google's preview ids).
-provider = "toapis"
-upstream_model = "gemini-3.1-flash-image-preview"
-typical_latency_s = 20
-capabilities.aspect_ratios = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9",
-                              "21:9"]
-capabilities.edits = false  # reference images as URLs only: uploads cannot go here
-price.per_image = { "1K" = 0.065, "2K" = 0.098, "4K" = 0.145 }
-""",
-    "openoctopus": """
-[[routes]]
-# Slug [U]. Price [U]: a placeholder at the highest published per-image price (Together's),
-# so that `cheapest` picks this route last until its real price is known.
-provider = "openoctopus"
-upstream_model = "openoctopus/nano-banana-2"
-typical_latency_s = 25
-capabilities.aspect_ratios = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9",
-                              "21:9"]
-capabilities.edits = false
-capabilities.max_reference_images = 0
-price.per_image = { "1K" = 0.10, "2K" = 0.15, "4K" = 0.20 }
-""",
-    "newportai": """
-[[routes]]
-# Task type [U]. Credits are $60 per 8,000 [published]; credits per image are unknown [U]: these
-# are placeholders near the highest published per-image price, so it ranks last on price.
-provider = "newportai"
-upstream_model = "nano_banana_2"
-typical_latency_s = 25
-capabilities.aspect_ratios = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9",
-                              "21:9"]
-capabilities.edits = false
-capabilities.max_reference_images = 0
-price.credits.per_image = { "1K" = 14, "2K" = 20, "4K" = 27 }
-price.credits.pack_usd = 60
-price.credits.pack_credits = 8000
-""",
-    "apipass": """
-[[routes]]
-# Model id [U]; prices as published (per image).
-provider = "apipass"
-upstream_model = "nano-banana-2"
-typical_latency_s = 20
-capabilities.output_formats = ["png", "jpeg"]
-capabilities.edits = false  # reference images as URLs only [U]: uploads cannot go here
-price.per_image = { "1K" = 0.0455, "2K" = 0.0682, "4K" = 0.10 }
-""",
-}
-
-PROVIDERS = {"toapis": TOAPIS, "openoctopus": OPENOCTOPUS, "newportai": NEWPORTAI,
-             "apipass": APIPASS}
 FAKES: dict[str, type[FakeTaskHost]] = {"toapis": FakeToapis, "openoctopus": FakeOpenOctopus,
                                         "newportai": FakeNewportAI, "apipass": FakeApiPass}
-KEYS = {"TOAPIS_API_KEY": "test-key", "OPENOCTOPUS_API_KEY": "test-key",
-        "NEWPORTAI_API_KEY": "test-key", "APIPASS_API_KEY": "test-key"}
-HOSTS = tuple(PROVIDERS)
+KEY_ENV = {"toapis": "TOAPIS_API_KEY", "openoctopus": "OPENOCTOPUS_API_KEY",
+           "newportai": "NEWPORTAI_API_KEY", "apipass": "APIPASS_API_KEY"}
+HOSTS = tuple(FAKES)
 ENVELOPED = ("newportai", "apipass")  # hosts whose replies carry their own success code
-MODEL_TOML = """
-name = "nano-banana-2"
-created = 2026-02-26
-
-[capabilities]
-aspect_ratios = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
-                 "1:4", "4:1", "1:8", "8:1"]
-max_n = 4
-edits = true
-max_reference_images = 14
-output_formats = ["png"]
-"""
 # Tests poll fast: route options win over the provider's pacing.
-FAST = '\noptions = { poll_interval_s = 0.01, poll_interval_max_s = 0.02 }\n'
+FAST = {"poll_interval_s": 0.01, "poll_interval_max_s": 0.02}
 
 
-def write_catalog(root: Path, hosts: tuple[str, ...]) -> Catalog:
-    routes = "".join(ROUTES[h].rstrip() + FAST for h in hosts)
-    return kit.write_catalog(root, "".join(PROVIDERS[h] for h in hosts),
-                             {"nano-banana-2": MODEL_TOML + routes}, KEYS)
+def shipped(hosts: tuple[str, ...]) -> Catalog:
+    """The shipped catalog with only these hosts' keys set (so theirs are the only live routes),
+    polling fast."""
+    catalog = catalog_module.load(default_routes_dir(), {KEY_ENV[h]: "test-key" for h in hosts},
+                                  demo=False, protocols=ADAPTERS)
+    models = [replace(m, routes=tuple(with_options(r, **FAST) for r in m.routes))
+              for m in catalog.models]
+    return catalog_module._index(models, list(catalog.providers), catalog.demo)
 
 
 @pytest.fixture(scope="module")
-def routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Route]:
-    catalog = write_catalog(tmp_path_factory.mktemp("task") / "routes", HOSTS)
-    model = catalog.resolve("nano-banana-2")
+def routes() -> dict[str, Route]:
+    model = shipped(HOSTS).resolve("nano-banana-2")
     assert model is not None
-    return {route.provider.name: route for route in model.routes}
+    found = {route.provider.name: route for route in model.routes}
+    assert set(found) == set(HOSTS) and {r.provider.protocol for r in found.values()} == {"task"}
+    return found
 
 
 def with_options(route: Route, **options: Any) -> Route:
@@ -809,8 +588,7 @@ def switchyard(tmp_path: Path) -> Iterator[Start]:
     """start(host, fake) -> an SDK client on a real Switchyard whose only route is that host."""
     with contextlib.ExitStack() as stack:
         def start(host: str, fake: FakeTaskHost) -> openai.OpenAI:
-            catalog = write_catalog(tmp_path / host / "routes", (host,))
-            return kit.sdk_on(stack, tmp_path / host / "data", catalog, {host: fake})
+            return kit.sdk_on(stack, tmp_path / host / "data", shipped((host,)), {host: fake})
         yield start
 
 
