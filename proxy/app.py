@@ -88,7 +88,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
         live = catalog or load_catalog(config)
         store = Store(config.database)
         clients = upstream_clients.build_clients(live.providers, ADAPTERS,
-                                                 config.simulation_time_scale, transports)
+                                                 config.simulation_time_scale, transports,
+                                                 config.max_reply_bytes)
         media = MediaStore(config.data_dir / "images",
                            load_or_create_secret(config.data_dir / "url-signing.key"),
                            config.image_url_ttl_s)
@@ -100,6 +101,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
                           health=Health(r for m in live.models for r in m.routes),
                           slots=Slots(live.providers, processes=config.workers),
                           callbacks=Callbacks(config.public_base_url),
+                          max_pixels=config.max_image_pixels,
                           groups=Groups(flows.run_steps, refs=store.jobs)),
             store=store, keys=KeyFinder(store), media=media,
         )

@@ -58,6 +58,10 @@ class Config:
     admin_key: Secret | None = None
     public_base_url: str | None = None
     max_body_bytes: int = 64 * 1024 * 1024
+    # The most one upstream reply may hold, compressed or decoded (a few 4K images' worth).
+    max_reply_bytes: int = 64 * 1024 * 1024
+    # The most pixels a delivered image may have (the widest 4K image is ~17 million).
+    max_image_pixels: int = 36_000_000
     image_url_ttl_s: int = 3600
     request_timeout_s: float = 300.0
     # Multiplies simulated upstream latencies: 0 makes the demo instant (tests), 1 is realistic.
@@ -91,6 +95,8 @@ _ENV: dict[str, str] = {
     "admin_key": "SWITCHYARD_ADMIN_KEY",
     "public_base_url": "SWITCHYARD_PUBLIC_BASE_URL",
     "max_body_bytes": "SWITCHYARD_MAX_BODY_BYTES",
+    "max_reply_bytes": "SWITCHYARD_MAX_REPLY_BYTES",
+    "max_image_pixels": "SWITCHYARD_MAX_IMAGE_PIXELS",
     "image_url_ttl_s": "SWITCHYARD_IMAGE_URL_TTL_S",
     "request_timeout_s": "SWITCHYARD_REQUEST_TIMEOUT_S",
     "simulation_time_scale": "SWITCHYARD_SIMULATION_TIME_SCALE",
@@ -105,7 +111,8 @@ _ENV: dict[str, str] = {
 def _coerce(name: str, raw: object) -> object:
     """Turn a TOML or environment value into the field's type, or say which setting is wrong."""
     try:
-        if name in ("port", "max_body_bytes", "image_url_ttl_s", "workers"):
+        if name in ("port", "max_body_bytes", "max_reply_bytes", "max_image_pixels",
+                    "image_url_ttl_s", "workers"):
             value = int(str(raw))
             if value <= 0 or (name == "port" and value > 65535):
                 raise ValueError

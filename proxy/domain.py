@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
@@ -100,11 +100,13 @@ class ImageRequest:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """One delivered image, its base64 text passed through untouched."""
+    """One delivered image, its base64 text passed through untouched; `data` holds its bytes
+    only where they were needed (verified for a link: proxy.verify)."""
 
     mime: str
     b64: str
     revised_prompt: str | None = None
+    data: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class ImageResult:
     size: str | None = None
     upstream_id: str | None = None
     usage: Usage | None = None
+    # The upstream's own format, when Switchyard converted the images to the asked one.
+    converted_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,20 +19,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy import catalog, cli, imaging
+from proxy import catalog, cli, imaging, verify
 from proxy.bench import load, overhead, procs, upstream
 from proxy.bench.load import Run
 from proxy.bench.overhead import Scenario
+from proxy.domain import Image
 from proxy.providers import ADAPTERS
 from proxy.upstream import tls
 
 
-@pytest.mark.parametrize("chars", [44, 2_000, 1_400_000])
+@pytest.mark.parametrize("chars", [76, 2_000, 1_400_000])
 def test_the_payload_is_base64_of_a_1024_square_png(chars: int) -> None:
+    """Well formed as Switchyard checks every image it bills (proxy.verify)."""
     text = upstream.png_base64(chars)
     assert len(text) == chars
     data = base64.b64decode(text, validate=True)
     assert imaging.sniff(data) == "png" and imaging.dimensions(data) == (1024, 1024)
+    assert verify.header_checked(Image("image/png", text), 2_000_000).b64 == text
 
 
 def test_the_body_is_openai_shaped() -> None:

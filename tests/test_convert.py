@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 
 from proxy import convert, imaging
 from proxy.domain import Geometry, Image, ImageRequest, ImageResult
+from proxy.failures import Kind, UpstreamError
 
 
 def request(fmt: str, compression: int | None = None) -> ImageRequest:
@@ -27,9 +28,9 @@ def png_image(width: int = 40, height: int = 30, mode: str = "RGB") -> Image:
 
 @pytest.mark.parametrize(("fmt", "pil"), [("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_converts_to_the_asked_format(fmt: str, pil: str) -> None:
-    result, converted = asyncio.run(convert.conform(
+    result = asyncio.run(convert.conform(
         ImageResult(images=(png_image(), png_image(8, 8, "RGBA"))), request(fmt, 80)))
-    assert converted
+    assert result.converted_from == "image/png"
     for image in result.images:
         assert image.mime == f"image/{fmt}"
         decoded = PILImage.open(io.BytesIO(base64.b64decode(image.b64)))
@@ -39,16 +40,15 @@ def test_converts_to_the_asked_format(fmt: str, pil: str) -> None:
 
 def test_matching_format_passes_through_untouched() -> None:
     original = png_image()
-    result, converted = asyncio.run(convert.conform(ImageResult(images=(original,)),
-                                                    request("png")))
-    assert not converted
+    result = asyncio.run(convert.conform(ImageResult(images=(original,)), request("png")))
+    assert result.converted_from is None
     assert result.images[0] is original
     assert result.size == "40x30"
 
 
 def test_known_size_is_kept() -> None:
-    result, _ = asyncio.run(convert.conform(ImageResult(images=(png_image(),), size="1x1"),
-                                            request("png")))
+    result = asyncio.run(convert.conform(ImageResult(images=(png_image(),), size="1x1"),
+                                         request("png")))
     assert result.size == "1x1"
 
 
@@ -61,3 +61,12 @@ def test_size_of_reads_only_the_header(fmt: str) -> None:
 
 def test_size_of_garbage_is_none() -> None:
     assert convert.size_of(Image(mime="image/png", b64="bm90IGFuIGltYWdl")) is None
+
+
+def test_an_image_that_does_not_convert_is_the_upstreams_failure() -> None:
+    """Inside the attempt, so the router fails over (it was a 500 after the route was done)."""
+    garbage = Image(mime="image/png", b64=base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 99
+                                                           ).decode())
+    with pytest.raises(UpstreamError) as caught:
+        asyncio.run(convert.conform(ImageResult(images=(garbage,)), request("jpeg")))
+    assert caught.value.failure.kind is Kind.UPSTREAM_BROKEN

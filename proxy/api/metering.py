@@ -92,7 +92,14 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         await asyncio.shield(ledger.abandoned(reservation, started))
         metrics.REQUESTS.labels(model.name, "none", "cancelled").inc()
         raise
-    content = await images_body(origin, svc, ledger.asked, served)
+    try:
+        content = await images_body(origin, svc, ledger.asked, served)
+    except BaseException:
+        # Storing the images failed (or the client left): nothing is delivered or billed, the
+        # hold goes, and the row keeps what the upstream was paid.
+        await asyncio.shield(ledger.undelivered(reservation, served, started))
+        metrics.REQUESTS.labels(model.name, served.provider, "undelivered").inc()
+        raise
     delivered = len(served.result.images)
     upstream_per_image = served.cost_usd / delivered
     billed = min(quote, plan.per_image(model.name, ledger.asked.geometry.tier,
@@ -185,6 +192,13 @@ class _Ledger:
         await self._settle(reservation, self._entry(
             started, exc.failure.kind.value, last.provider if last else None,
             last.route_id if last else None, 0, 0, 0, len(exc.attempts), None))
+
+    async def undelivered(self, reservation: str | None, served: Served,
+                          started: float) -> None:
+        await self._settle(reservation, self._entry(
+            started, "undelivered", served.provider, served.route_id, 0, 0,
+            micros(served.cost_usd + served.hedge_cost_usd), len(served.attempts),
+            served.result.upstream_id))
 
     async def abandoned(self, reservation: str | None, started: float) -> None:
         await self._settle(reservation, self._entry(started, "cancelled", None, None, 0, 0, 0,

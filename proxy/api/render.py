@@ -46,8 +46,10 @@ async def images_body(origin: Origin, svc: Services, asked: ImageRequest,
     data = []
     for image in served.result.images:
         if asked.response_format == "url":
-            # Converting to a link is the one case where base64 must be decoded.
-            name = await svc.media.put(base64.b64decode(image.b64), image.mime)
+            # A link is the one case where base64 must be decoded (proxy.verify did it,
+            # strictly, inside the attempt).
+            raw = image.data if image.data is not None else base64.b64decode(image.b64)
+            name = await svc.media.put(raw, image.mime)
             base = svc.config.public_base_url or origin.base_url
             item: dict[str, str] = {"url": svc.media.link(base, name)}
         else:

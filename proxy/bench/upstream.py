@@ -4,9 +4,9 @@ socket, answering a pre-built `{"created", "data": [{"b64_json"}]}` body after a
 It runs in its own process (`python -m proxy.bench.upstream --sizes 2000,1400000`, with
 `--cert C --key K` on https), prints its port on the first line of stdout, and serves until
 killed. The prompt picks the body: a prompt holding `payload=N` gets the body whose base64 is N
-characters long. Every body is built once at startup; the base64 decodes to a PNG header
-(1024x1024) followed by random bytes, so the proxy's format sniffing sees a 1024x1024 PNG and
-passes it through untouched. Kept minimal on purpose: the upstream must cost far less than the
+characters long. Every body is built once at startup; the base64 decodes to a well-formed PNG
+(1024x1024) of random pixel data, so the proxy's checks see a 1024x1024 PNG and pass it
+through untouched. Kept minimal on purpose: the upstream must cost far less than the
 proxy it measures.
 """
 
@@ -30,16 +30,17 @@ _HEAD_END = b"\r\n\r\n"
 
 
 def png_base64(chars: int, seed: int = 0) -> str:
-    """`chars` characters of base64 (a multiple of 4, at least 44) that decode to a PNG
-    signature and a 1024x1024 IHDR chunk, then random bytes in an IDAT-typed chunk."""
-    if chars % 4 or chars < 44:
-        raise ValueError(f"base64 length must be a multiple of 4 and at least 44, got {chars}")
+    """`chars` characters of base64 (a multiple of 4, at least 76) that decode to a PNG whose
+    chunks are well formed: signature, a 1024x1024 IHDR, random bytes in an IDAT, IEND. What a
+    proxy checks without decoding pixels (format, size, an end) holds; a decoder would fail."""
+    if chars % 4 or chars < 76:
+        raise ValueError(f"base64 length must be a multiple of 4 and at least 76, got {chars}")
     ihdr = struct.pack(">IIBBBBB", SIDE, SIDE, 8, 2, 0, 0, 0)
     head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-    filler = chars // 4 * 3 - len(head) - 8
-    raw = head + struct.pack(">I", max(filler, 0)) + b"IDAT" \
-        + random.Random(seed).randbytes(max(filler, 0))
-    return base64.b64encode(raw[: chars // 4 * 3]).decode("ascii")
+    end = _chunk(b"IEND", b"")
+    filler = chars // 4 * 3 - len(head) - len(end) - 12
+    raw = head + _chunk(b"IDAT", random.Random(seed).randbytes(filler)) + end
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
-from proxy import metrics
+from proxy import metrics, verify
 from proxy.billing import pricing
 from proxy.catalog import Model, Route
 from proxy.convert import conform
@@ -66,8 +65,10 @@ class Router:
                  timeout_s: float, clock: Callable[[], float] = time.monotonic,
                  credentials: Credentials | None = None, health: Health | None = None,
                  slots: Slots | None = None, callbacks: Callbacks | None = None,
-                 groups: Groups | None = None) -> None:
+                 groups: Groups | None = None,
+                 max_pixels: int = verify.DEFAULT_MAX_PIXELS) -> None:
         self._adapters = adapters
+        self._max_pixels = max_pixels
         self._clients = clients
         self._timeout_s = timeout_s
         self._clock = clock
@@ -111,22 +112,23 @@ class Router:
         started = self._clock()
         route, result = await run.execute()
         waited = self._clock() - started
-        native = result.images[0].mime
-        result, converted = await conform(result, request)
         cost = pricing.actual(route.price_per_image[request.geometry.tier], len(result.images),
                               route.usd_per_image_token,
                               result.usage.output_image_tokens if result.usage else None)
         return Served(result, route.id, route.provider.name, route.upstream_model, cost,
-                      tuple(run.attempts), native if converted else None,
+                      tuple(run.attempts), result.converted_from,
                       strategy=policy.strategy or "cheapest", quote_usd=quote(route, request),
                       upstream_s=waited)
 
-    def _generate(self, route: Route, request: ImageRequest,
-                  deadline: float) -> Coroutine[Any, Any, ImageResult]:
-        return flows.generate(
+    async def _generate(self, route: Route, request: ImageRequest,
+                        deadline: float) -> ImageResult:
+        """One attempt: the flow, then what it delivered verified and in the asked format,
+        so an image that is not one fails this attempt (and the next route is tried)."""
+        result = await flows.generate(
             self._adapters[route.provider.protocol], route, request,
             self._clients[route.provider.name], deadline, self._credentials, self.callbacks,
             self.groups)
+        return await conform(await verify.checked(result, request, self._max_pixels), request)
 
     def _attempt(self, route: Route, request: ImageRequest,
                  deadline: float) -> asyncio.Task[ImageResult]:

@@ -1,22 +1,34 @@
 """One pooled client per upstream, and sending one call on it: the seam between the protocols
-(proxy.providers) and the wire (lean HTTP/1.1 connections, or httpx)."""
+(proxy.providers) and the wire (lean HTTP/1.1 connections, or httpx).
+
+Every call is bounded in time and size: its timeout is a deadline for the whole reply (a host
+that drips a byte every few seconds is never "active" enough to keep it), and no reply is held
+past the client's `max_reply_bytes`, compressed or decoded. Either ends the call as a failure
+the router fails over from."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import httpx
 import orjson
 
 from proxy.catalog import Provider
-from proxy.failures import UpstreamError, from_transport
+from proxy.failures import Failure, Kind, UpstreamError, from_transport
 from proxy.providers.base import Adapter, UpstreamCall, UpstreamReply
 from proxy.upstream import tls, transport
+from proxy.upstream.http1 import ReplyTooLarge
+
+# What one upstream reply may hold, compressed or decoded: a few times the biggest 4K image
+# (a 4K PNG is up to ~30 MB, ~40 MB as base64), so n images of one call still fit.
+DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
 def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapter],
                   time_scale: float,
                   transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+                  max_reply_bytes: int | None = DEFAULT_MAX_REPLY_BYTES,
                   ) -> dict[str, httpx.AsyncClient]:
     """One pooled client per upstream, built once in the app's lifespan.
 
@@ -39,32 +51,72 @@ def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapte
                               max_keepalive_connections=provider.max_in_flight)
         own_ca = tls.provider_context(provider)
         if given is None and lean:
-            clients[provider.name] = transport.Client(limits, timeout, own_ca or default_tls)
+            clients[provider.name] = transport.Client(limits, timeout, own_ca or default_tls,
+                                                      max_reply_bytes)
         else:
-            clients[provider.name] = httpx.AsyncClient(transport=given, timeout=timeout,
-                                                       limits=limits, verify=own_ca or True)
+            clients[provider.name] = transport.Capped(
+                max_reply_bytes, transport=given, timeout=timeout, limits=limits,
+                verify=own_ca or True)
     return clients
 
 
 async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) -> UpstreamReply:
-    """Send one call; transport errors become classified UpstreamErrors."""
+    """Send one call, its whole reply due within `timeout_s`; transport errors, a late reply
+    and an oversized one become classified UpstreamErrors."""
+    try:
+        # A little later than the silence timeouts inside, which name what went quiet.
+        async with asyncio.timeout(timeout_s * 1.05 + 0.05) as limit:
+            return await _exchange(client, call, timeout_s)
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise UpstreamError(Failure(Kind.TIMEOUT, f"upstream ReadTimeout: no complete reply by "
+                                                  f"the call's deadline ({timeout_s:.3g} s)")
+                            ) from None
+    except httpx.TransportError as exc:
+        raise UpstreamError(from_transport(exc)) from None
+    except httpx.DecodingError:
+        raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply does not decode")
+                            ) from None
+
+
+async def _exchange(client: httpx.AsyncClient, call: UpstreamCall,
+                    timeout_s: float) -> UpstreamReply:
     headers = dict(call.headers)
     content = call.content
     if call.json is not None:
         content = orjson.dumps(call.json)
         headers.setdefault("content-type", "application/json")
+    if isinstance(client, transport.Client) and not (call.files or call.form):
+        raw = await client.lean.exchange(call.method, call.url, headers, content, timeout_s)
+        if raw is not None:
+            return UpstreamReply(raw.status, httpx.Headers(raw.headers), raw.body)
+    if call.files or call.form:
+        request = client.build_request(call.method, call.url, headers=headers,
+                                       data=dict(call.form or {}), files=list(call.files),
+                                       timeout=timeout_s)
+    else:
+        request = client.build_request(call.method, call.url, content=content,
+                                       headers=headers, timeout=timeout_s)
+    cap = client.max_reply_bytes if isinstance(client, transport.Capped) else None
+    response = await client.send(request, stream=True)
     try:
-        if isinstance(client, transport.Client) and not (call.files or call.form):
-            raw = await client.lean.exchange(call.method, call.url, headers, content, timeout_s)
-            if raw is not None:
-                return UpstreamReply(raw.status, httpx.Headers(raw.headers), raw.body)
-        if call.files or call.form:
-            response = await client.request(call.method, call.url, headers=headers,
-                                            data=dict(call.form or {}), files=list(call.files),
-                                            timeout=timeout_s)
-        else:
-            response = await client.request(call.method, call.url, content=content,
-                                            headers=headers, timeout=timeout_s)
-    except httpx.TransportError as exc:
-        raise UpstreamError(from_transport(exc)) from None
-    return UpstreamReply(response.status_code, response.headers, response.content)
+        body = await _read(response, cap)
+    finally:
+        await response.aclose()
+    return UpstreamReply(response.status_code, response.headers, body)
+
+
+async def _read(response: httpx.Response, cap: int | None) -> bytes:
+    """The decoded body, refused (ReplyTooLarge) as soon as it passes `cap` bytes."""
+    declared = response.headers.get("content-length", "")
+    if cap is not None and declared.isdigit() and int(declared) > cap:
+        raise ReplyTooLarge(f"reply larger than {cap} bytes")
+    chunks = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if cap is not None and total > cap:
+            raise ReplyTooLarge(f"reply larger than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -6,7 +6,8 @@ chunk. Here a Content-Length body is received by the kernel straight into one bu
 announced size; chunked and close-delimited bodies are decoded too, so a reply never has to be
 sent twice. Over TLS, asyncio's SSL transport decrypts straight into those same buffers.
 Failures raise httpx's exception classes, so failures.from_transport classifies them exactly as
-it classifies httpcore's.
+it classifies httpcore's. A reply is never held past `max_body` bytes: an announced length over
+it fails before a byte is buffered, any other body as soon as it grows past it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ SCRATCH = 64 * 1024  # the receive buffer for everything but a Content-Length bo
 MAPPED = 4 * 1024 * 1024
 _NO_BODY = frozenset({204, 304})
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+class ReplyTooLarge(httpx.RemoteProtocolError):
+    """The upstream's reply is bigger than Switchyard takes (config `max_reply_bytes`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,8 @@ class _Head:
 class Connection(asyncio.BufferedProtocol):
     """One connection; `request` sends one request and waits for its whole reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int | None = None) -> None:
+        self.max_body = max_body
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -125,6 +131,9 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._fail((httpx.WriteTimeout if unsent else httpx.ReadTimeout)("timed out"))
 
+    def _too_large(self) -> ReplyTooLarge:
+        return ReplyTooLarge(f"reply larger than {self.max_body} bytes")
+
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
@@ -172,6 +181,9 @@ class Connection(asyncio.BufferedProtocol):
         self._pending += self._scratch[:nbytes]
         try:
             self._parse()
+            if self.max_body is not None and \
+                    len(self._body) + len(self._pending) > self.max_body + MAX_HEAD:
+                raise self._too_large()
         except httpx.RemoteProtocolError as exc:
             self._fail(exc)
 
@@ -238,6 +250,8 @@ class Connection(asyncio.BufferedProtocol):
         if framing is _Framing.CHUNKED:
             self._body, self._chunk_left = bytearray(), -1
         elif framing is _Framing.LENGTH:
+            if self.max_body is not None and length > self.max_body:
+                raise self._too_large()
             self._fixed = mmap.mmap(-1, length) if length >= MAPPED else bytearray(length)
             body_view = self._body_view = memoryview(self._fixed)
             self._got = min(length, len(self._pending))

@@ -16,21 +16,25 @@ import re
 import ssl
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from proxy.upstream.http1 import Connection, Reply
+from proxy.upstream.http1 import Connection, Reply, ReplyTooLarge
 
 # As httpx: an idle connection older than this is closed instead of reused.
 KEEPALIVE_EXPIRY_S = 5.0
 USER_AGENT = f"python-httpx/{httpx.__version__}"
 # Plain http is a local network: compressing it costs both ends more CPU than it saves. https
-# crosses the internet: it offers what httpx offers (Client reads it from httpx's defaults).
+# crosses the internet: it offers gzip and deflate (HTTPS_ENCODINGS), which are undone capped.
 _DEFAULTS = (("accept", "*/*"), ("accept-encoding", "identity"), ("connection", "keep-alive"),
              ("user-agent", USER_AGENT))
+# Over https, the codings Switchyard can undo with a cap on their output (transport.inflate).
+HTTPS_ENCODINGS = "gzip, deflate"
 _PORTS = {"http": 80, "https": 443}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _ONE_WRITE = 64 * 1024  # a request body up to this goes out in one write with its head
@@ -130,10 +134,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
     most `max_connections` busy at once; every other request goes to an
     httpx.AsyncHTTPTransport with the same limits (verifying with the same context, if any)."""
 
-    def __init__(self, limits: httpx.Limits, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, limits: httpx.Limits, tls: ssl.SSLContext | None = None,
+                 max_reply_bytes: int | None = None) -> None:
         # Sharing the context is safe while httpx has no http2 here: it sets the same ALPN.
         self.fallback = httpx.AsyncHTTPTransport(limits=limits, verify=tls or True)
         self.tls = tls
+        self.max_reply_bytes = max_reply_bytes
         self.https_defaults: tuple[tuple[str, str], ...] = _DEFAULTS
         self._slots = asyncio.Semaphore(limits.max_connections or 1_000_000)
         self._keep = limits.max_keepalive_connections or 1_000_000
@@ -167,7 +173,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         reply = await self._send(target, _pieces(head, content), method == "HEAD",
                                  Timeouts(timeout_s, timeout_s, timeout_s))
         if any(name.lower() == b"content-encoding" for name, _ in reply.headers):
-            return await _decoded(reply)
+            return decoded(reply, self.max_reply_bytes)
         return reply
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -209,7 +215,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
             await self._slots.acquire()
         try:
             connection = self._reuse(target.origin) or await _connect(
-                target, self.tls if target.secure else None, timeouts.connect)
+                target, self.tls if target.secure else None, timeouts.connect,
+                self.max_reply_bytes)
             reply = await connection.request(data, head_only, timeouts.read)
         finally:
             self._slots.release()
@@ -235,18 +242,26 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return None
 
 
-class Client(httpx.AsyncClient):
+class Capped(httpx.AsyncClient):
+    """An upstream's pooled client, with the most one reply of it may hold (clients.send)."""
+
+    def __init__(self, max_reply_bytes: int | None, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_reply_bytes = max_reply_bytes
+
+
+class Client(Capped):
     """An upstream's pooled client on a LeanTransport; clients.send hands its calls to
     `lean.exchange`, skipping httpx's request and response objects. `tls` verifies https
     upstreams on lean connections; without it https goes through httpx."""
 
     def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout,
-                 tls: ssl.SSLContext | None = None) -> None:
-        self.lean = LeanTransport(limits, tls)
-        super().__init__(transport=self.lean, limits=limits, timeout=timeout)
-        encoding = str(self.headers.get("accept-encoding", "identity"))
-        self.lean.https_defaults = tuple((name, encoding if name == "accept-encoding" else value)
-                                         for name, value in _DEFAULTS)
+                 tls: ssl.SSLContext | None = None, max_reply_bytes: int | None = None) -> None:
+        self.lean = LeanTransport(limits, tls, max_reply_bytes)
+        super().__init__(max_reply_bytes, transport=self.lean, limits=limits, timeout=timeout)
+        self.lean.https_defaults = tuple(
+            (name, HTTPS_ENCODINGS if name == "accept-encoding" else value)
+            for name, value in _DEFAULTS)
 
 
 def usable() -> bool:
@@ -256,8 +271,8 @@ def usable() -> bool:
     return not any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
-async def _connect(target: Target, tls: ssl.SSLContext | None,
-                   timeout_s: float | None) -> Connection:
+async def _connect(target: Target, tls: ssl.SSLContext | None, timeout_s: float | None,
+                   max_body: int | None) -> Connection:
     """A new connection; with `tls`, after a handshake that verified the server's certificate
     for the target's host. Like httpcore, a failed TCP connect or TLS handshake is a
     ConnectError, and the one timeout covers both."""
@@ -265,11 +280,11 @@ async def _connect(target: Target, tls: ssl.SSLContext | None,
     try:
         async with asyncio.timeout(timeout_s):
             if tls is None:
-                _, connection = await loop.create_connection(Connection, target.host,
-                                                             target.port)
+                _, connection = await loop.create_connection(lambda: Connection(max_body),
+                                                             target.host, target.port)
             else:
                 _, connection = await loop.create_connection(
-                    Connection, target.host, target.port, ssl=tls,
+                    lambda: Connection(max_body), target.host, target.port, ssl=tls,
                     server_hostname=target.host, ssl_handshake_timeout=timeout_s)
     except TimeoutError:
         raise httpx.ConnectTimeout(f"connecting to {target.authority} timed out") from None
@@ -284,8 +299,31 @@ def _pieces(head: bytes, body: bytes) -> list[bytes]:
     return [head, body]
 
 
-async def _decoded(reply: Reply) -> Reply:
-    """A reply the server compressed (over https, as asked), decoded as httpx would."""
-    response = httpx.Response(reply.status, headers=reply.headers,
-                              stream=httpx.ByteStream(reply.body))
-    return Reply(reply.status, reply.headers, await response.aread(), reply.reusable)
+def decoded(reply: Reply, max_bytes: int | None) -> Reply:
+    """A reply the server compressed (over https, as asked; or over http, unasked), decoded
+    with its output capped: a small gzip bomb must not inflate into gigabytes."""
+    codings = [value.decode("latin-1").strip().lower() for name, value in reply.headers
+               if name.lower() == b"content-encoding"]
+    body = reply.body
+    for coding in reversed([c.strip() for value in codings for c in value.split(",")]):
+        body = inflate(body, coding, max_bytes)
+    return Reply(reply.status, reply.headers, body, reply.reusable)
+
+
+def inflate(body: bytes, coding: str, max_bytes: int | None) -> bytes:
+    """One content coding undone, never past `max_bytes` of output (ReplyTooLarge), as httpx
+    does for the codings Switchyard asks for (gzip, deflate; identity and unknown ones pass)."""
+    if coding == "gzip":
+        stream = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    elif coding == "deflate":  # zlib-wrapped, or raw as some servers send it (as httpx)
+        stream = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
+    else:
+        return body
+    limit = max_bytes if max_bytes is not None else 0
+    try:
+        out = stream.decompress(body, limit + 1 if limit else 0)
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"{coding} body does not decode: {exc}") from None
+    if limit and (len(out) > limit or stream.unconsumed_tail):
+        raise ReplyTooLarge(f"decoded reply larger than {limit} bytes")
+    return out

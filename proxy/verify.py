@@ -1,0 +1,109 @@
+"""What an attempt delivered, checked before anything is billed: every image a real one.
+
+An upstream's 200 is not proof of an image. Each image must open with the magic bytes of a
+supported format, carry a header that gives its pixel size, stay within the pixel limit (a
+12000x12000 PNG is refused before anything decodes it) and end as its format ends (a
+truncated PNG lacks its IEND). Base64 stays text on the b64_json path: only its first and
+last few hundred characters are decoded for this. Where the bytes are needed anyway (a link),
+the whole image is decoded strictly here, inside the attempt, so garbage fails over instead of
+failing the response. More images than asked are cut to n: a tenant is billed for n.
+
+A failed check is UPSTREAM_BROKEN: the router moves on to the next route and the host's
+health counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import struct
+from dataclasses import replace
+
+from proxy import imaging
+from proxy.domain import Image, ImageRequest, ImageResult
+from proxy.failures import Failure, Kind, UpstreamError
+
+log = logging.getLogger("switchyard.verify")
+
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# The biggest legitimate image is a 4K tier's widest ratio (~17 megapixels); twice that.
+DEFAULT_MAX_PIXELS = 36_000_000
+_PNG_END = b"IEND\xaeB`\x82"
+_TAIL_CHARS = 1368  # the last 1 KB of an image, as base64: room for bytes after a JPEG's EOI
+_DECODE_IN_THREAD = 256 * 1024  # base64 longer than this is decoded off the event loop
+
+
+def broken(message: str) -> UpstreamError:
+    return UpstreamError(Failure(Kind.UPSTREAM_BROKEN, message))
+
+
+async def checked(result: ImageResult, request: ImageRequest,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageResult:
+    """The result with every image verified (its mime type set from its magic bytes, and its
+    bytes decoded when a link needs them), cut to the n asked; UpstreamError if any is not an
+    image Switchyard can deliver."""
+    images = result.images
+    if len(images) > request.n:
+        log.warning("upstream returned %d images for n=%d; delivering %d", len(images),
+                    request.n, request.n)
+        images = images[:request.n]
+    images = tuple(header_checked(image, max_pixels) for image in images)
+    if request.response_format == "url":
+        images = tuple([await decoded(image) for image in images])
+    return replace(result, images=images)
+
+
+def header_checked(image: Image, max_pixels: int) -> Image:
+    """The image if its head and tail are those of a supported format within the pixel limit
+    (with its mime type as its bytes say); UpstreamError otherwise."""
+    b64 = image.b64
+    if not b64 or not b64.isascii() or len(b64) % 4 == 1:
+        raise broken("upstream image is not base64")
+    kind, found = imaging.b64_header(b64)
+    if kind not in MIME:
+        raise broken("upstream returned something that is not a PNG, JPEG or WebP image")
+    if found is None:
+        raise broken(f"upstream {kind} image has no readable header")
+    if found[0] * found[1] > max_pixels:
+        raise broken(f"upstream image of {found[0]}x{found[1]} pixels is over the limit of "
+                     f"{max_pixels}")
+    if not _ends_whole(kind, b64):
+        raise broken(f"upstream {kind} image is truncated or malformed")
+    return image if image.mime == MIME[kind] else replace(image, mime=MIME[kind])
+
+
+def _ends_whole(kind: str, b64: str) -> bool:
+    """Whether the image ends as its format ends: PNG with IEND, JPEG with an EOI near the
+    end, WebP where its RIFF header says."""
+    padded = b64 + "=" * (-len(b64) % 4)
+    try:
+        tail = base64.b64decode(padded[-_TAIL_CHARS:] if len(padded) > _TAIL_CHARS else padded,
+                                validate=True)
+        head = base64.b64decode(padded[:16], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if kind == "png":
+        return tail.endswith(_PNG_END)
+    if kind == "jpeg":
+        return b"\xff\xd9" in tail
+    size = len(padded) // 4 * 3 - (len(padded) - len(padded.rstrip("=")))
+    (riff,) = struct.unpack("<I", head[4:8])
+    return riff + 8 in (size, size - 1)  # a RIFF body of odd length may be padded
+
+
+async def decoded(image: Image) -> Image:
+    """The image with its bytes, decoded strictly (base64 that does not decode is broken)."""
+    try:
+        if len(image.b64) > _DECODE_IN_THREAD:
+            data = await asyncio.to_thread(_strict, image.b64)
+        else:
+            data = _strict(image.b64)
+    except (binascii.Error, ValueError):
+        raise broken("upstream image is not valid base64") from None
+    return replace(image, data=data)
+
+
+def _strict(b64: str) -> bytes:
+    return base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
