@@ -118,6 +118,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             working.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await working
+            logs.write_through()  # the last lines must not wait for a thread that may not run
             await app.state.services.router.groups.aclose()
             for client in clients.values():
                 await client.aclose()

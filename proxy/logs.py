@@ -55,11 +55,16 @@ class BatchingHandler(logging.Handler):
                 self.target.handle(self._queue.popleft())
             self.target.flush()
 
-    def close(self) -> None:
+    def write_through(self) -> None:
+        """From now on each record is written as it comes: at shutdown, when the process may
+        end (uvicorn re-raises the signal that stopped it) before the thread's next turn."""
         self._stopped.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
         self.flush()
+
+    def close(self) -> None:
+        self.write_through()
         self.target.close()
         super().close()
 
@@ -82,3 +87,11 @@ def configure(level: int = logging.INFO) -> BatchingHandler:
     handler = BatchingHandler(stream)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     return handler
+
+
+def write_through() -> None:
+    """Every BatchingHandler of the root logger writes synchronously from now on (called as
+    the app shuts down, so its last lines are not lost with the process)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchingHandler):
+            handler.write_through()

@@ -4,6 +4,7 @@ and a 500's request id in the log that its body sends operators to."""
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import httpx
@@ -52,3 +53,6 @@ def test_request_lines_and_a_500s_request_id_reach_the_log(tmp_path: Path, worke
         assert set(ids) <= set(logged)
         assert all(logged[i]["outcome"] == "success" for i in ids)
         assert key not in served.log()
+        # The last lines of a graceful stop are written before the process dies of SIGTERM.
+        assert served.stop() in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in served.log()
