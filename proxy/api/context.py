@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.api.errors import INTERNAL, ApiError, log, on_http_exception, render
+from proxy.api.errors import ApiError, internal, log, on_http_exception, render
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -70,7 +70,7 @@ class RequestContext:
         except Exception as exc:
             _unhandled(exc, scope, request_id)
             if not started:
-                await render(INTERNAL)(scope, receive, send_with_id)
+                await render(internal(exc))(scope, receive, send_with_id)
 
     async def _direct(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send,
                       request_id: str) -> None:
@@ -83,7 +83,7 @@ class RequestContext:
             response = await on_http_exception(request, exc)
         except Exception as exc:
             _unhandled(exc, scope, request_id)
-            response = render(INTERNAL)
+            response = render(internal(exc))
         response.raw_headers.append((b"x-request-id", request_id.encode()))
         try:
             await response(scope, receive, send)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.billing.db import DatabaseUnavailable
 from proxy.failures import Failure, Kind
 
 log = logging.getLogger("switchyard")
@@ -47,6 +48,18 @@ def render(error: ApiError) -> Response:
 
 INTERNAL = ApiError(500, "internal error in Switchyard; the x-request-id header identifies it "
                          "in the server's log", type="server_error", code="internal_error")
+DATABASE_RETRY_AFTER_S = 2  # a restarted database is usually back, and reconnected, by then
+
+
+def internal(exc: Exception) -> ApiError:
+    """What the client sees of an exception nobody handled: 503 while the billing database is
+    unavailable (the request was not billed, and a retry will do), else a 500."""
+    if isinstance(exc, DatabaseUnavailable):
+        return ApiError(503, "Switchyard's billing database is unavailable right now, so "
+                             "this request was not served or billed; retry in a few seconds",
+                        type="server_error", code="database_unavailable",
+                        headers={"retry-after": str(DATABASE_RETRY_AFTER_S)})
+    return INTERNAL
 
 # What the client sees when every route failed, by the class of the last failure.
 _UPSTREAM: dict[Kind, tuple[int, str, str]] = {

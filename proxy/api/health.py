@@ -10,7 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy import metrics as metrics_module
+from proxy.billing.db import DatabaseUnavailable
 from proxy.services import Services, services
+
+READY_TIMEOUT_S = 1.0  # an orchestrator's probe times out soon after
 
 
 async def healthz(request: Request) -> Response:
@@ -18,13 +21,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the catalog serves at least one model and the store answers."""
+    """Ready when the catalog serves at least one model and the database takes a write now
+    (asked afresh each time, within READY_TIMEOUT_S: ready again by itself when it is back)."""
     svc = services(request)
     problems = []
     if not svc.catalog.models:
         problems.append("the catalog has no live model")
     try:
-        await asyncio.to_thread(svc.store.count_keys)
+        await asyncio.to_thread(svc.store.ping, READY_TIMEOUT_S)
+    except DatabaseUnavailable as exc:
+        problems.append(str(exc))  # names the engine and why, never its URL
     except Exception as exc:
         problems.append(f"the store is unavailable ({type(exc).__name__})")
     body = {"status": "ok" if not problems else "unavailable", "problems": problems,

@@ -2,13 +2,16 @@
 
 The billing tables are written once, in portable SQL with `?` placeholders; this module runs
 them on either engine. Calls are synchronous and thread-safe: the server makes them through
-asyncio.to_thread, the CLI directly. PostgreSQL needs the `postgres` extra (psycopg 3).
+asyncio.to_thread, the CLI directly. PostgreSQL (postgres.py) needs the `postgres` extra.
+
+A database that cannot answer now (its server down or restarting, a connection that broke,
+SQLite locked past its busy timeout) raises DatabaseUnavailable on either engine: the API
+answers 503 and background loops try again, so an outage lasts as long as the database's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,6 +19,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 Row = tuple[Any, ...]
+BUSY_TIMEOUT_S = 10.0  # how long an SQLite call waits for another process's write lock
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot answer now: its server is down, restarting or unreachable, the
+    connection broke, or SQLite stayed locked. The failed call committed nothing (but see
+    ConnectionLost). The message names the engine and the error's kind, never the URL."""
+
+
+class ConnectionLost(DatabaseUnavailable):
+    """The connection broke while the call was under way: a write may have been committed
+    just before its answer was lost, so only an idempotent call may simply be tried again."""
 
 
 class Cursor(Protocol):
@@ -31,6 +46,9 @@ class Database(Protocol):
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
     def transaction(self) -> contextlib.AbstractContextManager[Cursor]: ...
+    def ping(self, timeout_s: float) -> None:
+        """Return if the database takes a write now, within about `timeout_s`; else raise
+        DatabaseUnavailable (readiness probes)."""
     def close(self) -> None: ...
 
 
@@ -38,6 +56,7 @@ def connect(target: str | Path) -> Database:
     """PostgreSQL for a postgres:// or postgresql:// URL, else an SQLite file at that path."""
     text = str(target)
     if text.startswith(("postgres://", "postgresql://")):
+        from proxy.billing.postgres import PostgresDatabase
         return PostgresDatabase(text)
     return SqliteDatabase(Path(text))
 
@@ -53,11 +72,18 @@ class _SqliteCursor:
         return list(self._db.execute(sql, tuple(args)).fetchall())
 
 
+# Primary result codes that mean "not now", not "wrong SQL": locked by another connection
+# past the busy timeout, or the file cannot be opened, read or written at the moment.
+_SQLITE_UNAVAILABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
+                                 sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR})
+
+
 class SqliteDatabase:
     """One connection behind a lock; WAL so the CLI can write while the server reads.
 
     synchronous=NORMAL in WAL mode survives a killed process (only an OS crash can lose the
-    last commits), which is the durability the ledger promises.
+    last commits), which is the durability the ledger promises. A call waits at most the
+    busy timeout for the lock of this process, and as long again for another process's.
     """
 
     engine = "sqlite"
@@ -68,91 +94,60 @@ class SqliteDatabase:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._busy(BUSY_TIMEOUT_S)
         self._cursor = _SqliteCursor(self._db)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        with self._lock:
+        with self._locked(BUSY_TIMEOUT_S):
             return self._cursor.execute(sql, args)
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        with self._lock:
+        with self._locked(BUSY_TIMEOUT_S):
             return self._cursor.query(sql, args)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """BEGIN IMMEDIATE takes the write lock up front, across processes too."""
-        with self._lock:
+        with self._locked(BUSY_TIMEOUT_S):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._cursor
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a COMMIT refused (busy) leaves it open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+
+    def ping(self, timeout_s: float) -> None:
+        """Take the write lock for a moment (readers are never blocked in WAL mode: a lock
+        held elsewhere shows only to a writer)."""
+        with self._locked(timeout_s):
+            self._busy(timeout_s)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+            finally:
+                self._busy(BUSY_TIMEOUT_S)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-
-def _pg(sql: str) -> str:
-    """Portable `?` placeholders to psycopg's `%s` (our SQL holds no literal percent)."""
-    return sql.replace("?", "%s")
-
-
-class _PostgresCursor:
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        with self._conn.cursor() as cur:
-            cur.execute(_pg(sql), tuple(args))
-            return int(cur.rowcount)
-
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        with self._conn.cursor() as cur:
-            cur.execute(_pg(sql), tuple(args))
-            return list(cur.fetchall())
-
-
-class PostgresDatabase:
-    """A small pool of psycopg connections; each statement outside a transaction commits."""
-
-    engine = "postgres"
-
-    def __init__(self, url: str, size: int = 8) -> None:
-        try:
-            import psycopg
-        except ImportError:
-            raise RuntimeError("a PostgreSQL database_url needs the postgres extra: "
-                               "pip install 'switchyard[postgres]'") from None
-        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._all = [psycopg.connect(url, autocommit=True) for _ in range(size)]
-        for conn in self._all:
-            self._pool.put(conn)
+    def _busy(self, timeout_s: float) -> None:
+        self._db.execute(f"PRAGMA busy_timeout={round(timeout_s * 1000)}")
 
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[Any]:
-        conn = self._pool.get()
+    def _locked(self, timeout_s: float) -> Iterator[None]:
+        """This process's lock, then the call; "locked" and "cannot open" become
+        DatabaseUnavailable."""
+        if not self._lock.acquire(timeout=timeout_s):
+            raise DatabaseUnavailable(f"the SQLite database stayed busy for {timeout_s:g} s")
         try:
-            yield conn
+            yield
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _SQLITE_UNAVAILABLE:
+                raise
+            raise DatabaseUnavailable(
+                f"the SQLite database is unavailable ({exc.sqlite_errorname})") from None
         finally:
-            self._pool.put(conn)
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        with self._connection() as conn:
-            return _PostgresCursor(conn).execute(sql, args)
-
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        with self._connection() as conn:
-            return _PostgresCursor(conn).query(sql, args)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        with self._connection() as conn, conn.transaction():
-            yield _PostgresCursor(conn)
-
-    def close(self) -> None:
-        for conn in self._all:
-            conn.close()
+            self._lock.release()

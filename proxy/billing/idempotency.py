@@ -4,6 +4,10 @@ A claim is taken in the database before generating, so concurrent duplicates (in
 see "busy" and wait for the first instead of generating twice. Only successes are kept: a
 failed first attempt gives the key up, and a retry may try again. The same key with a
 different request body is refused rather than answered with the wrong images.
+
+Keeping a response and giving a key up never fail for want of the database: the response was
+billed, so it goes to its client all the same, and both writes are kept (deferred.py) until
+the database is back, so a retry is answered from the kept response, or may try again.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from proxy.billing.db import Database
+from proxy.billing.db import Database, DatabaseUnavailable
+from proxy.billing.deferred import Deferred
 
 TTL_S = 24 * 3600
 # A claim this old without a response belongs to a process that died: it may be taken over.
@@ -35,8 +40,9 @@ class Stored:
 
 
 class Idempotency:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, deferred: Deferred | None = None) -> None:
         self._db = db
+        self._deferred = deferred if deferred is not None else Deferred()
 
     def claim(self, key_id: str, idem_key: str, fingerprint: str,
               now: float | None = None) -> tuple[Claimed, Stored | None]:
@@ -63,11 +69,25 @@ class Idempotency:
         return Claimed.DONE, Stored(int(status), json.loads(headers), bytes(body))
 
     def complete(self, key_id: str, idem_key: str, response: Stored) -> None:
+        """Keep the first response for the key's retries (later, if the database is away)."""
+        try:
+            self._complete(key_id, idem_key, response)
+        except DatabaseUnavailable:
+            self._deferred.add(self._complete, key_id, idem_key, response)
+
+    def abandon(self, key_id: str, idem_key: str) -> None:
+        """Give the key up after a failure (later, if the database is away)."""
+        try:
+            self._abandon(key_id, idem_key)
+        except DatabaseUnavailable:
+            self._deferred.add(self._abandon, key_id, idem_key)
+
+    def _complete(self, key_id: str, idem_key: str, response: Stored) -> None:
         self._db.execute(
             "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ? "
             "WHERE key_id = ? AND idem_key = ?",
             (response.status, json.dumps(response.headers), response.body, key_id, idem_key))
 
-    def abandon(self, key_id: str, idem_key: str) -> None:
+    def _abandon(self, key_id: str, idem_key: str) -> None:
         self._db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
                          "AND state = 'pending'", (key_id, idem_key))

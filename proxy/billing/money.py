@@ -5,6 +5,10 @@ requests can never overspend, on SQLite or PostgreSQL, in one process or many. S
 the request's ledger row and moves the reservation to `spent` in the same transaction: a
 response that reached a client has its row, and no row is written twice (the request id is
 the ledger's key). Reservations a crashed process left behind are released by `sweep`.
+
+Settling is idempotent (a request whose success is in the ledger is billed nothing more), so a
+settle whose connection broke is tried once more; one the database refused is answered as an
+error, and its hold is released, with a $0 row, as soon as the database is back (deferred.py).
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 
-from proxy.billing.db import Cursor, Database
+from proxy.billing.db import ConnectionLost, Cursor, Database, DatabaseUnavailable
+from proxy.billing.deferred import Deferred
 
 MICRO = Decimal("0.000001")
 
@@ -69,7 +74,8 @@ class Entry:
 _FIELDS = tuple(Entry.__dataclass_fields__)
 _LEDGER_COLUMNS = ", ".join(_FIELDS)
 # One row per request id. A success is never replaced (a request is billed once); anything
-# else (a cancelled run of a job that ran again, say) gives way to the later outcome.
+# else (a cancelled run of a job that ran again, say) gives way to the later outcome. It
+# changes no row when the request's success is already there: then nothing more is billed.
 _LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
                   f"({', '.join('?' * len(Entry.__dataclass_fields__))}) "
                   f"ON CONFLICT (request_id) DO UPDATE SET "
@@ -78,9 +84,13 @@ _LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
                   + " WHERE ledger.outcome <> 'success'")
 
 
+UNAVAILABLE = "database_unavailable"  # the outcome of a request whose settle was refused
+
+
 class Money:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, deferred: Deferred | None = None) -> None:
         self._db = db
+        self._deferred = deferred if deferred is not None else Deferred()
 
     def reserve(self, key_id: str, period: str, amount_micros: int,
                 budget_micros: int | None, hold_s: float | None = None) -> str | None:
@@ -89,6 +99,16 @@ class Money:
         `hold_s`: how long the hold must outlive a crash (a batch item at a deferred host
         settles hours later); None: as long as any request can run."""
         reservation = "res_" + secrets.token_hex(8)
+        try:
+            return self._reserve(reservation, key_id, period, amount_micros, budget_micros,
+                                 hold_s)
+        except ConnectionLost:
+            # It may have been committed: released when the database is back (or a no-op).
+            self._deferred.add(self.release, reservation)
+            raise
+
+    def _reserve(self, reservation: str, key_id: str, period: str, amount_micros: int,
+                 budget_micros: int | None, hold_s: float | None) -> str | None:
         with self._db.transaction() as cur:
             cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
                         "ON CONFLICT (key_id, period) DO NOTHING", (key_id, period))
@@ -111,8 +131,29 @@ class Money:
     def settle(self, reservation: str | None, entry: Entry, period: str | None = None) -> None:
         """Write the ledger row and turn the reservation into what was billed (nothing, for a
         failure): one transaction. A key without a budget reserves nothing; with `period`,
-        what it was billed is still added to that window's `spent`."""
+        what it was billed is still added to that window's `spent`.
+
+        Idempotent. A connection that broke under it (it may have been committed) gets it
+        tried once more; if the database refuses it, DatabaseUnavailable is raised (the
+        request answers an error, billed nothing) and, once the database is back, the hold
+        is released and the row written at $0 (outcome `database_unavailable`)."""
+        try:
+            try:
+                self._settle(reservation, entry, period)
+            except ConnectionLost:
+                self._settle(reservation, entry, period)
+        except DatabaseUnavailable:
+            self._deferred.add(self._settle, reservation, unbilled(entry), period)
+            raise
+
+    def _settle(self, reservation: str | None, entry: Entry, period: str | None) -> None:
         with self._db.transaction() as cur:
+            # Its fields in order (astuple would deep-copy each one first).
+            if not cur.execute(_LEDGER_INSERT, tuple(getattr(entry, name) for name in _FIELDS)):
+                # This request's success is in the ledger already: it is billed nothing more.
+                if reservation is not None:
+                    _close(cur, reservation, 0)
+                return
             if reservation is not None:
                 _close(cur, reservation, entry.billed_micros)
             elif period is not None and entry.billed_micros:
@@ -120,14 +161,23 @@ class Money:
                             "VALUES (?, ?, ?) ON CONFLICT (key_id, period) DO UPDATE SET "
                             "spent_micros = budget_counters.spent_micros + "
                             "excluded.spent_micros", (entry.key_id, period, entry.billed_micros))
-            # Its fields in order (astuple would deep-copy each one first).
-            cur.execute(_LEDGER_INSERT, tuple(getattr(entry, name) for name in _FIELDS))
+
+    def release(self, reservation: str) -> None:
+        """Give a hold back unbilled (nothing if it was settled or released already)."""
+        with self._db.transaction() as cur:
+            _close(cur, reservation, 0)
 
     def delivered(self, request_id: str) -> None:
         """The response was handed to the client's connection. A success row without this
         was written but its response never left (the process died in between)."""
+        try:
+            self._mark(request_id, int(time.time()))
+        except DatabaseUnavailable:
+            self._deferred.add(self._mark, request_id, int(time.time()))
+
+    def _mark(self, request_id: str, when: int) -> None:
         self._db.execute("UPDATE ledger SET delivered_at = ? WHERE request_id = ?",
-                         (int(time.time()), request_id))
+                         (when, request_id))
 
     def sweep(self, older_than_s: float) -> int:
         """Release reservations older than any request can live (left by a crash), or past
@@ -137,8 +187,7 @@ class Money:
                                "created_at < ?) OR expires_at < ?",
                                (now - int(older_than_s), now))
         for (reservation,) in stale:
-            with self._db.transaction() as cur:
-                _close(cur, reservation, 0)
+            self.release(reservation)
         return len(stale)
 
     def spent(self, key_id: str, period: str) -> tuple[Decimal, Decimal]:
@@ -151,6 +200,15 @@ class Money:
         rows = self._db.query(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE request_id = ?",
                               (request_id,))
         return Entry(*rows[0]) if rows else None
+
+
+def unbilled(entry: Entry) -> Entry:
+    """A request's row once its settle was refused: the client got an error, so nothing is
+    billed (what the upstream charged stays on record); a failure's row is kept as it is."""
+    if entry.outcome != "success":
+        return entry
+    return replace(entry, outcome=UNAVAILABLE, failure=UNAVAILABLE, n_delivered=0,
+                   billed_micros=0)
 
 
 def _close(cur: Cursor, reservation: str, billed_micros: int) -> None:

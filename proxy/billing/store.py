@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.billing import db as db_module
 from proxy.billing.batches import Batches
+from proxy.billing.deferred import Deferred
 from proxy.billing.idempotency import Idempotency
 from proxy.billing.jobs import Jobs
 from proxy.billing.keys import KeyLimits, KeyRecord, digest, hint, new_key, new_key_id
@@ -28,19 +29,26 @@ _COLUMNS = ("id, name, tenant, hint, created_at, revoked_at, allowed_models, str
 
 
 class Store:
-    """Opens (and migrates) the database; `money`, `idempotency` and `usage` share it."""
+    """Opens (and migrates) the database; `money`, `idempotency` and `usage` share it, and
+    `deferred` keeps their writes that must wait for it (the server retries them)."""
 
     def __init__(self, target: str | Path) -> None:
         self.db = db_module.connect(target)
         migrate(self.db)
-        self.money = Money(self.db)
-        self.idempotency = Idempotency(self.db)
+        self.deferred = Deferred()
+        self.money = Money(self.db, self.deferred)
+        self.idempotency = Idempotency(self.db, self.deferred)
         self.usage = Usage(self.db)
         self.jobs = Jobs(self.db)
         self.batches = Batches(self.db)
 
     def close(self) -> None:
         self.db.close()
+
+    def ping(self, timeout_s: float) -> None:
+        """Return if the database takes a write now; DatabaseUnavailable if not within about
+        `timeout_s`."""
+        self.db.ping(timeout_s)
 
     def __enter__(self) -> Store:
         return self

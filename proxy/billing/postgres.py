@@ -1,0 +1,192 @@
+"""The billing database on PostgreSQL: a psycopg_pool pool that outlives its server's outages.
+
+A connection the server hung up on (a restart, pg_terminate_backend) is noticed before it is
+used, without a round trip, and replaced; the pool reconnects with backoff while the server
+is away. Any failure on the way is DatabaseUnavailable (ConnectionLost when a connection broke
+under a call), and while the server is known to be away a call gives up within DOWN_WAIT_S
+instead of queueing for a connection, so requests answer 503 at once and service resumes by
+itself when the server is back. Needs the `postgres` extra (psycopg 3 and psycopg_pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable, Row
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger("switchyard.database")
+
+POOL_SIZE = 8
+CONNECT_TIMEOUT_S = 5  # a server that does not answer a connect in this long is away
+WAIT_S = 5.0  # the longest wait for a free connection while the server answers
+DOWN_WAIT_S = 0.5  # ... and while it does not: a call fails fast instead of queueing
+SLICE_S = 0.1  # a waiting caller looks this often whether the server went away meanwhile
+# psycopg_pool retries a lost connection 1 s, 2 s, 4 s … apart, and a slot gives up after
+# this long; a caller waiting for a connection then starts another round at once. So while
+# the server is away it is tried about this often while anyone waits (one attempt at a time
+# per process), and service resumes within about this long once it is back.
+RECONNECT_S = 0.5
+
+
+def _pg(sql: str) -> str:
+    """Portable `?` placeholders to psycopg's `%s` (our SQL holds no literal percent)."""
+    return sql.replace("?", "%s")
+
+
+class _PostgresCursor:
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        with self._conn.cursor() as cur:
+            cur.execute(_pg(sql), tuple(args))
+            return int(cur.rowcount)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        with self._conn.cursor() as cur:
+            cur.execute(_pg(sql), tuple(args))
+            return list(cur.fetchall())
+
+
+class PostgresDatabase:
+    """A pool of POOL_SIZE psycopg connections; each statement outside a transaction commits."""
+
+    engine = "postgres"
+
+    def __init__(self, url: str, size: int = POOL_SIZE) -> None:
+        try:
+            import psycopg
+            import psycopg_pool
+        except ImportError:
+            raise RuntimeError("a PostgreSQL database_url needs the postgres extra: "
+                               "pip install 'switchyard[postgres]'") from None
+        self._errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        self._timeout = psycopg_pool.PoolTimeout
+        # Its INFO lines come with every checkout, and its warnings with every reconnect
+        # attempt; the transitions are logged here instead, once each.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = \
+            psycopg_pool.ConnectionPool(
+                url, kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                min_size=size, max_size=size, open=False, timeout=WAIT_S,
+                reconnect_timeout=RECONNECT_S, name="switchyard")
+        self._down_since: float | None = None
+        self._state = threading.Lock()
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except psycopg_pool.PoolTimeout:
+            self._pool.close()
+            raise DatabaseUnavailable(f"PostgreSQL did not accept {size} connections within "
+                                      f"{CONNECT_TIMEOUT_S} s at startup") from None
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        with self._connection() as conn:
+            return _PostgresCursor(conn).execute(sql, args)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        with self._connection() as conn:
+            return _PostgresCursor(conn).query(sql, args)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._connection() as conn, conn.transaction():
+            yield _PostgresCursor(conn)
+
+    def ping(self, timeout_s: float) -> None:
+        """A round trip on a pooled connection (one the server hung up on is replaced first)."""
+        with self._connection(timeout_s) as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextlib.contextmanager
+    def _connection(self, wait_s: float | None = None) -> Iterator[psycopg.Connection[Row]]:
+        """A live connection for one call; the driver's connection errors become
+        DatabaseUnavailable (ConnectionLost if this connection broke under the call). A
+        broken connection goes back to the pool, which replaces it."""
+        conn = self._checkout(wait_s)
+        try:
+            yield conn
+        except self._errors as exc:
+            lost = conn.broken
+            if lost:
+                self._went_down(type(exc).__name__)
+            kind = ConnectionLost if lost else DatabaseUnavailable
+            raise kind(f"PostgreSQL is unavailable ({type(exc).__name__})") from None
+        finally:
+            self._pool.putconn(conn)
+        self._came_back()
+
+    def _checkout(self, wait_s: float | None) -> psycopg.Connection[Row]:
+        """A pooled connection the server has not hung up on; DatabaseUnavailable if none
+        comes within `wait_s` (WAIT_S, or DOWN_WAIT_S once the server is known to be away:
+        asked again every SLICE_S, so a caller already waiting gives up soon too)."""
+        started = time.monotonic()
+        while True:
+            limit = wait_s if wait_s is not None else \
+                WAIT_S if self._down_since is None else DOWN_WAIT_S
+            left = started + limit - time.monotonic()
+            if left <= 0:
+                self._went_down("no connection came")
+                raise DatabaseUnavailable("PostgreSQL is unavailable (no connection came)")
+            try:
+                conn = self._pool.getconn(min(left, SLICE_S))
+            except self._timeout:
+                continue
+            except self._errors as exc:  # the pool is closed
+                raise DatabaseUnavailable(f"PostgreSQL is unavailable "
+                                          f"({type(exc).__name__})") from None
+            if self._usable(conn):
+                return conn
+            self._went_down("it hung up")  # restarting, or only this backend was ended
+            conn.close()  # the pool discards a closed connection and opens another
+            self._pool.putconn(conn)
+
+    def _usable(self, conn: psycopg.Connection[Row]) -> bool:
+        """Whether the server is still there for this idle connection. An idle connection
+        has nothing to read unless the server said goodbye (FATAL: terminating connection)
+        or closed it: one poll of its socket, no round trip. Something to read is checked
+        with an empty statement, which a live connection answers (a notice, say)."""
+        if conn.closed:
+            return False
+        if not _readable(conn.fileno()):
+            return True
+        try:
+            conn.execute("")
+        except self._errors:
+            return False
+        return True
+
+    def _went_down(self, why: str) -> None:
+        with self._state:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.warning("PostgreSQL is unavailable (%s): calls fail fast until it answers", why)
+
+    def _came_back(self) -> None:
+        if self._down_since is None:  # the common case: no lock
+            return
+        with self._state:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.warning("PostgreSQL is available again after %.1f s", time.monotonic() - since)
+
+
+def _readable(fd: int) -> bool:
+    """Whether a socket has something to read now (never waits)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows: no poll, no fd-number limit
