@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from proxy import catalog as catalog_module
 from proxy import config as config_module
-from proxy import logs
+from proxy import logs, supervise
 from proxy.api import admin, batches, callbacks, health, images, jobs, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
@@ -46,6 +46,7 @@ from proxy.upstream.credentials import Credentials
 log = logging.getLogger("switchyard")
 
 SWEEP_INTERVAL_S = 60.0
+DEFERRED_S = 1.0  # how often writes kept while the database was away are tried again
 
 
 def load_catalog(config: Config, env: Mapping[str, str] | None = None) -> Catalog:
@@ -107,14 +108,15 @@ def build_app(config: Config, catalog: Catalog | None = None,
         )
         for line in describe(live):
             log.info("%s", line)
-        sweeper = asyncio.create_task(_sweep(media, store, config.request_timeout_s))
+        sweepers = _sweep(media, store, config.request_timeout_s)
         signing = load_or_create_secret(config.data_dir / "webhook-signing.key")
         worker = Worker(app.state.services, "whsec_" + base64.b64encode(signing).decode())
         working = asyncio.create_task(worker.run())
         try:
             yield
         finally:
-            sweeper.cancel()
+            for sweeper in sweepers:
+                sweeper.cancel()
             working.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await working
@@ -125,6 +127,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             # Delivery marks still queued are written before the database closes.
             app.state.services.ledger_writes.send_later()
             await asyncio.to_thread(app.state.services.ledger_writes.shutdown)
+            await _last_deferred(store)
             store.close()
 
     return Starlette(
@@ -164,12 +167,32 @@ def build_app(config: Config, catalog: Catalog | None = None,
     )
 
 
-async def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> None:
-    """Now and then, off the event loop: delete expired image files, and release budget
-    reservations no live request can still hold (a crashed process left them)."""
-    while True:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(media.sweep)
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[asyncio.Task[None]]:
+    """Supervised loops, off the event loop: now and then, delete expired image files and
+    release budget reservations no live request can still hold (a crashed process left them);
+    every second, the writes kept while the database was away (store.deferred)."""
+    async def reservations() -> None:
+        await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
+
+    async def images() -> None:
+        await asyncio.to_thread(media.sweep)
+
+    async def deferred() -> None:
+        if store.deferred:  # nothing kept: no thread hop
+            await asyncio.to_thread(store.deferred.retry)
+
+    return [asyncio.create_task(supervise.forever("budget_sweep", reservations,
+                                                  SWEEP_INTERVAL_S)),
+            asyncio.create_task(supervise.forever("media_sweep", images, SWEEP_INTERVAL_S)),
+            asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S))]
+
+
+async def _last_deferred(store: Store) -> None:
+    """At shutdown, one more try for the writes kept while the database was away."""
+    if not store.deferred:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(store.deferred.retry)
+    if store.deferred:
+        log.error("%d deferred database writes are lost at shutdown: the database is away "
+                  "(holds are released by the sweep of the next start)", len(store.deferred))

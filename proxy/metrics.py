@@ -95,6 +95,12 @@ BUDGET_REMAINING = Gauge(
     "switchyard_budget_remaining_usd", "What is left of a key's budget this period.", ["key"],
     multiprocess_mode="mostrecent",
 )
+BACKGROUND_ERRORS = Counter(
+    "switchyard_background_errors", "Exceptions in background loops, by loop (job_claims, "
+    "job_runs, job_leases, webhooks, batch_finalize, batch_gather, budget_sweep, media_sweep, "
+    "deferred_writes, delivered_marks): each is logged with its traceback and the loop goes on.",
+    ["loop"],
+)
 LEDGER_BACKLOG = Gauge(
     "switchyard_ledger_backlog", "Ledger writes started and not yet committed.",
     multiprocess_mode="livesum",

@@ -16,8 +16,10 @@ import httpx
 import orjson
 
 from proxy.api.jobs import describe
+from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.jobs import Job, Jobs
 from proxy.providers import webhooks
+from proxy.supervise import Failures
 
 log = logging.getLogger("switchyard.jobs")
 
@@ -30,11 +32,19 @@ class Webhooks:
         self._jobs = jobs
         self._secret = secret
         self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False)
+        self._failures = Failures("webhooks")
 
     async def deliver_due(self) -> None:
+        """Send the webhooks that are due. One that breaks on a bug is logged and counted
+        and the rest still go; a database outage stops the round (the next one resumes)."""
         due = await asyncio.to_thread(self._jobs.due_webhooks)
         for job in due:
-            await self.deliver(job)
+            try:
+                await self.deliver(job)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                self._failures.failed(exc)
 
     async def deliver(self, job: Job) -> None:
         body = orjson.dumps({"type": f"image.job.{job.state}", "data": describe(job)})

@@ -5,6 +5,10 @@ reserved against the key's budget when it is admitted, routed with failover, and
 Runs in every server process (claims are leased, so workers never share a job). A job whose
 key hit its own limits, or whose routes were all full, goes back to the queue without using
 up an attempt; an overloaded host costs an attempt; any other outcome is final and kept.
+
+Every loop here is supervised (proxy/supervise.py): claims, leases, webhooks and batches go on
+after an error. A job that met a database outage goes back to the queue uncounted, and a job's
+outcome waits in memory until the database takes it; a job that broke on a bug fails alone.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from dataclasses import replace
 
 import orjson
 
+from proxy import supervise
 from proxy.api.batches import finalize
-from proxy.api.errors import ApiError, render
+from proxy.api.errors import ApiError, internal, render
 from proxy.api.job_webhooks import Webhooks
 from proxy.api.metering import charge
 from proxy.api.openai_schema import from_json
 from proxy.api.render import Origin
+from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.jobs import Job
 from proxy.services import Services
 
@@ -37,6 +43,7 @@ CLAIM_AT_ONCE = 64  # jobs claimed per database round trip
 MAX_WAITING = 32
 PLACING_S = 0.005  # how soon to look again while claimed items are on their way to a slot
 MAX_ATTEMPTS = 5  # runs of one job that ended "try later" before that is its outcome
+DB_RETRY_S = 1.0  # a job that met a database outage is claimed again after this
 WAIT_CODES = frozenset({"rate_limit_exceeded", "upstream_rate_limited", "upstream_overloaded"})
 
 
@@ -63,32 +70,42 @@ class Worker:
         self._batch_ends: dict[str, int] = {}  # batch id -> when its window closes (epoch s)
         self._freed = asyncio.Event()
         self._lease = svc.config.request_timeout_s + 60
+        self._runs = supervise.Failures("job_runs")
 
     async def run(self) -> None:
         """Claim and run jobs until cancelled; webhooks, finished batches and leases are
         looked after alongside."""
-        chores = [asyncio.create_task(self._housekeeping()),
-                  asyncio.create_task(self._renew_leases())]
+        chores = [
+            asyncio.create_task(supervise.forever("webhooks", self._webhooks.deliver_due,
+                                                  HOUSEKEEPING_S)),
+            asyncio.create_task(supervise.forever(
+                "batch_finalize", lambda: asyncio.to_thread(finalize, self._svc),
+                HOUSEKEEPING_S)),
+            asyncio.create_task(supervise.forever("job_leases", self._renew_leases,
+                                                  self._lease / 3))]
         try:
-            while True:
-                room = self._room()
-                jobs = await self._claim(room) if room > 0 else []
-                for job in jobs:
-                    self._start(job)
-                if jobs and len(jobs) == room:
-                    continue  # there may be more to claim
-                if self._unplaced():
-                    await asyncio.sleep(PLACING_S)  # items on their way to a slot
-                    continue
-                # Nothing more to claim, or no room: wait for a job to end (or a while).
-                self._freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), IDLE_POLL_S)
+            await supervise.forever("job_claims", self._claim_and_start, 0.0)
         finally:
             for chore in chores:
                 chore.cancel()
             await asyncio.gather(*chores, return_exceptions=True)
             await self._stop()
+
+    async def _claim_and_start(self) -> None:
+        """Claim what there is room for and start it; then wait for room (or a while)."""
+        room = self._room()
+        jobs = await self._claim(room) if room > 0 else []
+        for job in jobs:
+            self._start(job)
+        if jobs and len(jobs) == room:
+            return  # there may be more to claim
+        if self._unplaced():
+            await asyncio.sleep(PLACING_S)  # items on their way to a slot
+            return
+        # Nothing more to claim, or no room: wait for a job to end (or a while).
+        self._freed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._freed.wait(), IDLE_POLL_S)
 
     def _room(self) -> int:
         """How many jobs to claim now: within the worker's capacity, and no more than keep
@@ -118,18 +135,11 @@ class Worker:
                 if (limit := self._key_limit.get(k)) is not None and n >= limit]
         return [*full, *self._resting]
 
-    async def _housekeeping(self) -> None:
-        while True:
-            await self._webhooks.deliver_due()
-            await asyncio.to_thread(finalize, self._svc)
-            await asyncio.sleep(HOUSEKEEPING_S)
-
     async def _renew_leases(self) -> None:
         """A job at a deferred host runs for hours; its lease is kept fresh while this
         process lives, so only a crashed worker's jobs are claimed again."""
-        while True:
-            await asyncio.sleep(self._lease / 3)
-            ids = [job.id for job in self._running.values()]
+        ids = [job.id for job in self._running.values()]
+        if ids:
             await asyncio.to_thread(self._svc.store.jobs.renew, ids, self._lease)
 
     async def _stop(self) -> None:
@@ -141,7 +151,9 @@ class Worker:
         await asyncio.gather(*running, return_exceptions=True)
         for task, job in running.items():
             if task.cancelled():
-                await asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0, False)
+                # A database that is away leaves the job's lease to run out instead.
+                with contextlib.suppress(DatabaseUnavailable):
+                    await asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0, False)
         await self._webhooks.aclose()
 
     async def _claim(self, limit: int) -> list[Job]:
@@ -153,8 +165,9 @@ class Worker:
         try:
             return await asyncio.shield(claiming)
         except asyncio.CancelledError:
-            for job in await claiming:
-                await asyncio.to_thread(jobs.retry_later, job.id, 0, False)
+            with contextlib.suppress(DatabaseUnavailable):  # else their leases run out
+                for job in await claiming:
+                    await asyncio.to_thread(jobs.retry_later, job.id, 0, False)
             raise
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -170,15 +183,36 @@ class Worker:
             status, body, retry = await self._execute(job)
         except asyncio.CancelledError:
             # Shutting down: hand the job back now rather than when its lease runs out.
-            await asyncio.shield(asyncio.to_thread(
-                self._svc.store.jobs.retry_later, job.id, 0, False))
+            with contextlib.suppress(DatabaseUnavailable):
+                await asyncio.shield(asyncio.to_thread(
+                    self._svc.store.jobs.retry_later, job.id, 0, False))
             raise
+        except DatabaseUnavailable as exc:
+            # Not the job's fault: back to the queue, uncounted, once the database answers.
+            self._runs.failed(exc)
+            status, body, retry = 503, b"", (DB_RETRY_S, False)
+        except Exception as exc:
+            # A bug fails this job alone, as the 500 a synchronous request would get.
+            self._runs.failed(exc)
+            status, body, retry = 500, bytes(render(internal(exc)).body), None
+        else:
+            self._runs.succeeded()
+        await self._record(job, status, body, retry)
+
+    async def _record(self, job: Job, status: int, body: bytes,
+                      retry: tuple[float, bool] | None) -> None:
+        """The job's outcome, or its return to the queue, written once the database takes
+        it (the outcome waits here meanwhile, so a finished job is not run again)."""
         jobs = self._svc.store.jobs
-        if retry is not None:
-            seconds, counted = retry
-            await asyncio.to_thread(jobs.retry_later, job.id, seconds, counted)
-            return
-        await asyncio.to_thread(jobs.finish, job.id, status, body)
+        while True:
+            try:
+                if retry is not None:
+                    await asyncio.to_thread(jobs.retry_later, job.id, *retry)
+                    return
+                await asyncio.to_thread(jobs.finish, job.id, status, body)
+                break
+            except DatabaseUnavailable as exc:
+                await asyncio.sleep(self._runs.failed(exc))
         log.info("job %s finished: %s", job.id, status)
 
     async def _execute(self, job: Job) -> tuple[int, bytes, tuple[float, bool] | None]:

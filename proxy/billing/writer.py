@@ -5,21 +5,23 @@ probe in Python code, on the event loop's thread, twice per request (the settle 
 response, the delivered mark after). Here a write is one put on a C queue; the answer comes
 back with one call_soon_threadsafe. A write nobody waits for (`later`: the delivered mark)
 rides with the next answered write, run after that one is answered, so it costs no wake-up of
-its own; a timer sends it if none comes within LATER_S.
+its own; a timer sends it if none comes within LATER_S. Such a write that fails is logged with
+its traceback (never its message: values may hold secrets) and counted as a background error
+(loop `delivered_marks`), and the thread goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
+from proxy.supervise import Failures
+
 T = TypeVar("T")
-log = logging.getLogger("switchyard.ledger")
 
 _Call = tuple[Callable[..., Any], tuple[Any, ...]]
 # (call, its args, who waits for it, calls that were waiting to go with the next write)
@@ -37,6 +39,7 @@ class Writer:
         self._started = False  # threads start with the first write, not with the app
         self._later: list[_Call] = []  # filled and taken on the event loop's thread
         self._timer: asyncio.TimerHandle | None = None
+        self._failures = Failures("delivered_marks")
 
     def _put(self, job: _Job) -> None:
         if not self._started:
@@ -54,8 +57,7 @@ class Writer:
 
     def later(self, call: Callable[..., Any], *args: Any) -> None:
         """`call(*args)` with the next write `run` sends, after that one is answered, or
-        within LATER_S; nobody waits, and a failure is logged by type only (values may hold
-        secrets)."""
+        within LATER_S; nobody waits, and a failure is logged and counted."""
         self._later.append((call, args))
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(LATER_S, self.send_later)
@@ -92,7 +94,7 @@ class Writer:
                 result = call(*args)
             except BaseException as exc:  # handed to the waiter, or logged
                 if answer is None:
-                    _failed(exc)
+                    self._failures.failed(exc)
                 else:
                     _answer(answer, _fail, exc)
             else:
@@ -102,15 +104,13 @@ class Writer:
                 try:
                     call(*args)
                 except BaseException as exc:
-                    _failed(exc)
+                    self._failures.failed(exc)
+                else:
+                    self._failures.succeeded()
 
 
 def _nothing() -> None:
     pass
-
-
-def _failed(exc: BaseException) -> None:
-    log.error("a ledger write failed: %s", type(exc).__name__)
 
 
 def _answer(answer: asyncio.Future[Any], settle: Callable[[asyncio.Future[Any], Any], None],

@@ -23,6 +23,7 @@ from proxy.catalog import Route
 from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers.base import Grouping, Steps
+from proxy.supervise import Failures
 
 GATHER_S = 5.0  # how long a group stays open for more members, unless the route says
 
@@ -62,6 +63,7 @@ class Groups:
         self._waits: dict[str, asyncio.Task[Any]] = {}
         self._deadlines: dict[str, float] = {}  # job name -> its members' latest deadline
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._failures = Failures("batch_gather")
 
     async def generate(self, grouping: Grouping, route: Route, request: ImageRequest,
                        client: httpx.AsyncClient, deadline: float) -> ImageResult:
@@ -134,7 +136,7 @@ class Groups:
                                      group.client, group.deadline)
             self._deadlines[name] = group.deadline
             if self._refs is not None:
-                await asyncio.to_thread(self._refs.remember, group.tickets, name)
+                await self._remember(group.tickets, name)
         except BaseException as exc:  # every member hears why (cancelled at shutdown too)
             if not group.named.done():
                 group.named.set_exception(exc if isinstance(exc, Exception)
@@ -146,13 +148,31 @@ class Groups:
             return
         group.named.set_result(name)
 
+    async def _remember(self, tickets: list[str], name: str) -> None:
+        """The members' upstream job, in the queue. If the database is away the members
+        still wait for it here (sending it again would pay twice); only a restart before
+        they finish would forget it."""
+        assert self._refs is not None
+        try:
+            await asyncio.to_thread(self._refs.remember, tickets, name)
+        except Exception as exc:
+            self._failures.failed(exc)
+
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        # A poll loop nobody awaits any more still ends cleanly; its outcome is not an error.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task.add_done_callback(self._ended)
         return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        """A poll loop nobody awaits any more still ends cleanly: an upstream's failure is
+        its members' outcome, not an error; anything else is logged and counted."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, UpstreamError):
+            self._failures.failed(exc)
 
     def _forget(self, name: str, task: asyncio.Task[Any]) -> None:
         """A finished poll loop is dropped: a member that comes later polls once more."""
