@@ -110,6 +110,19 @@ def _parser() -> argparse.ArgumentParser:
                             "(default 2000)")
     batch.add_argument("--seed", type=int, default=1, help="latency draws (default 1)")
     batch.set_defaults(run=_bench_batch, config=None, data_dir=None)
+    soak = bench.add_parser("soak", help=(
+        "send many requests through one `serve` process and a fake upstream; print the "
+        "server's resident memory as they go and check it stays flat and every request "
+        "has its log line"))
+    soak.add_argument("--requests", type=int, default=20_000, help="default 20000")
+    soak.add_argument("--concurrency", type=int, default=8, help="default 8")
+    soak.set_defaults(run=_bench_soak, config=None, data_dir=None)
+    hostile = bench.add_parser("hostile", help=(
+        "upstreams that drip, gzip-bomb, send 200 MB or gigapixel images: a fresh `serve` "
+        "per misbehaviour, its peak memory, and who answered"))
+    hostile.add_argument("--requests", type=int, default=4, help="per misbehaviour (default 4)")
+    hostile.add_argument("--concurrency", type=int, default=2, help="default 2")
+    hostile.set_defaults(run=_bench_hostile, config=None, data_dir=None)
     return parser
 
 
@@ -188,6 +201,22 @@ def _bench_batch(config: Config, args: argparse.Namespace) -> int:
     from proxy.bench import batch
 
     print(batch.main(args.items, args.time_scale, args.seed, args.overhead_items))
+    return 0
+
+
+def _bench_soak(config: Config, args: argparse.Namespace) -> int:
+    from proxy.bench import procs, soak
+
+    with procs.stopped_by_sigterm():
+        print(soak.main(args.requests, args.concurrency, max(1, args.requests // 10)))
+    return 0
+
+
+def _bench_hostile(config: Config, args: argparse.Namespace) -> int:
+    from proxy.bench import hostile_replies, procs
+
+    with procs.stopped_by_sigterm():
+        print(hostile_replies.main(args.requests, args.concurrency))
     return 0
 
 

@@ -175,12 +175,13 @@ class HostileUpstream:
         await writer.drain()
 
 
-def catalog_files(upstream: HostileUpstream, model: str = "hardened") -> dict[str, str]:
+def catalog_files(upstream: HostileUpstream, model: str = "hardened",
+                  key_env: str = "HOSTILE_TEST_KEY") -> dict[str, str]:
     """routes/ for a model whose cheaper route is the hostile side and the dearer the healthy
     one (timeouts short enough for a test), as file name -> text."""
     providers = "".join(
         f'[{side}]\nprotocol = "openai_images"\nbase_url = "{upstream.base_url(side)}"\n'
-        f'key_env = "HOSTILE_TEST_KEY"\ntimeout_s = 3\nmax_in_flight = 8\n\n'
+        f'key_env = "{key_env}"\ntimeout_s = 3\nmax_in_flight = 8\n\n'
         for side in ("hostile", "healthy"))
     routes = "".join(
         f'[[routes]]\nprovider = "{side}"\nupstream_model = "m"\n'

@@ -112,11 +112,12 @@ async def _read(response: httpx.Response, cap: int | None) -> bytes:
     declared = response.headers.get("content-length", "")
     if cap is not None and declared.isdigit() and int(declared) > cap:
         raise ReplyTooLarge(f"reply larger than {cap} bytes")
-    chunks = []
+    chunks: list[bytes] = []
     total = 0
     async for chunk in response.aiter_bytes():
         total += len(chunk)
         if cap is not None and total > cap:
+            chunks.clear()  # not kept alive by the traceback of the failure below
             raise ReplyTooLarge(f"reply larger than {cap} bytes")
         chunks.append(chunk)
     return b"".join(chunks)

@@ -73,11 +73,15 @@ class Connection(asyncio.BufferedProtocol):
         self._pending = bytearray()  # received, not yet parsed (head, chunk framing)
         self._framing = _Framing.DONE
         self._head: _Head | None = None
-        self._body = bytearray()  # CHUNKED and CLOSE bodies
+        # CHUNKED and CLOSE bodies, as received: pieces joined once at the end (a growing
+        # bytearray would copy itself as it grows, twice the memory at the worst moment).
+        self._pieces: list[bytes] = []
+        self._held = 0  # bytes in _pieces
         self._fixed: mmap.mmap | bytearray | None = None  # a LENGTH body, received in place
         self._body_view: memoryview | None = None  # where the kernel writes the LENGTH body
         self._got = 0
-        self._chunk_left = -1  # CHUNKED: bytes left of this chunk; -1 size line; -2 trailers
+        # CHUNKED: bytes left of this chunk's data; -1 size line; -2 trailers; -3 its CRLF
+        self._chunk_left = -1
         self._head_only = False
         self._seen = 0  # bytes of this reply received so far
         self._progress = False  # bytes came (or left) since the timer was last armed
@@ -118,6 +122,10 @@ class Connection(asyncio.BufferedProtocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+        # What a cut-off reply had received goes now: the failure that cut it may live on (in
+        # a traceback's reference cycle) until the garbage collector's next turn.
+        self._pieces, self._held, self._pending = [], 0, bytearray()
+        self._body_view = self._fixed = None
 
     def _check_progress(self, timeout_s: float) -> None:
         transport = self.transport
@@ -131,6 +139,13 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._fail((httpx.WriteTimeout if unsent else httpx.ReadTimeout)("timed out"))
 
+    def _keep(self, piece: bytes) -> None:
+        """Part of a CHUNKED or CLOSE body; past `max_body` the reply is refused."""
+        self._held += len(piece)
+        if self.max_body is not None and self._held > self.max_body:
+            raise self._too_large()
+        self._pieces.append(piece)
+
     def _too_large(self) -> ReplyTooLarge:
         return ReplyTooLarge(f"reply larger than {self.max_body} bytes")
 
@@ -143,7 +158,7 @@ class Connection(asyncio.BufferedProtocol):
         """The received body as bytes; the buffer is let go at once (an idle connection must
         not hold on to the last reply)."""
         if self._body_view is None:
-            body, self._body = bytes(self._body), bytearray()
+            body, self._pieces, self._held = b"".join(self._pieces), [], 0
             return body
         body = bytes(self._body_view)
         # Dropped, not closed: the transport may still hold the slice it received into; a
@@ -181,9 +196,6 @@ class Connection(asyncio.BufferedProtocol):
         self._pending += self._scratch[:nbytes]
         try:
             self._parse()
-            if self.max_body is not None and \
-                    len(self._body) + len(self._pending) > self.max_body + MAX_HEAD:
-                raise self._too_large()
         except httpx.RemoteProtocolError as exc:
             self._fail(exc)
 
@@ -199,8 +211,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._waiter is None or self._waiter.done():
             return
         if self._framing is _Framing.CLOSE and exc is None:
-            body, self._pending = bytes(self._pending), bytearray()
-            self._finish(body)
+            self._finish(self._take_body())
         elif isinstance(exc, OSError):
             self._fail(httpx.ReadError(str(exc) or type(exc).__name__))
         elif self._seen == 0:
@@ -224,8 +235,11 @@ class Connection(asyncio.BufferedProtocol):
             elif self._framing is _Framing.CHUNKED:
                 if not self._parse_chunks():
                     return
-            else:
-                return  # CLOSE: everything stays pending until the server closes
+            else:  # CLOSE: the body is everything until the server closes
+                if self._pending:
+                    self._keep(bytes(self._pending))
+                    self._pending.clear()
+                return
 
     def _parse_head(self) -> bool:
         end = self._pending.find(b"\r\n\r\n")
@@ -248,7 +262,7 @@ class Connection(asyncio.BufferedProtocol):
         framing, length = body_framing(head.headers)
         self._framing = framing
         if framing is _Framing.CHUNKED:
-            self._body, self._chunk_left = bytearray(), -1
+            self._pieces, self._held, self._chunk_left = [], 0, -1
         elif framing is _Framing.LENGTH:
             if self.max_body is not None and length > self.max_body:
                 raise self._too_large()
@@ -280,14 +294,22 @@ class Connection(asyncio.BufferedProtocol):
                 if end == 0:
                     self._finish(self._take_body())
                     return True
-            else:
-                if len(pending) < self._chunk_left + 2:
+            elif self._chunk_left == -3:  # the CRLF after a chunk's data
+                if len(pending) < 2:
                     return False
-                if pending[self._chunk_left:self._chunk_left + 2] != b"\r\n":
+                if pending[:2] != b"\r\n":
                     raise httpx.RemoteProtocolError("malformed chunked body")
-                self._body += pending[:self._chunk_left]
-                del pending[:self._chunk_left + 2]
+                del pending[:2]
                 self._chunk_left = -1
+            else:  # chunk data, kept as it comes: pending never holds a whole big chunk
+                take = min(self._chunk_left, len(pending))
+                if not take:
+                    return False
+                self._keep(bytes(pending[:take]))
+                del pending[:take]
+                self._chunk_left -= take
+                if not self._chunk_left:
+                    self._chunk_left = -3
 
 
 def parse_head(raw: bytes) -> _Head:

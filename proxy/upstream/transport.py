@@ -325,5 +325,6 @@ def inflate(body: bytes, coding: str, max_bytes: int | None) -> bytes:
     except zlib.error as exc:
         raise httpx.DecodingError(f"{coding} body does not decode: {exc}") from None
     if limit and (len(out) > limit or stream.unconsumed_tail):
+        del out  # not kept alive by the traceback of the failure below
         raise ReplyTooLarge(f"decoded reply larger than {limit} bytes")
     return out
