@@ -93,6 +93,19 @@ def test_a_settle_whose_answer_was_lost_is_tried_again_and_bills_once(database: 
         assert len(store.deferred) == 0
 
 
+def test_a_hold_whose_answer_was_lost_is_given_back_and_taken_once_more(
+        database: str) -> None:
+    with Store(database) as store:
+        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal("0.05")))[0]
+        flaky = Flaky(store.db)
+        money = Money(flaky, store.deferred)
+        flaky.lose_next = True  # the first hold is committed, its answer lost
+        held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal("0.05")))
+        assert held is not None  # the lost one was given back: the budget still covers it
+        assert spent_and_held(store, key.id) == (Decimal(0), Decimal("0.05"))
+        assert store.db.query("SELECT id FROM reservations") == [(held,)]
+
+
 def test_a_refused_settle_leaves_no_hold_and_no_bill_once_the_database_is_back(
         database: str) -> None:
     with Store(database) as store:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
 BUSY_TIMEOUT_S = 10.0  # how long an SQLite call waits for another process's write lock
 
 
@@ -33,6 +35,24 @@ class ConnectionLost(DatabaseUnavailable):
     just before its answer was lost, so only an idempotent call may simply be tried again."""
 
 
+LOST_TRIES = 3  # tries of an idempotent call whose connection broke under it
+LOST_PAUSE_S = 0.05  # between them: a server ends all its connections within a moment
+
+
+def retry_lost(call: Callable[[], T]) -> T:
+    """`call()`, tried again (up to LOST_TRIES in all) while its connection breaks under it:
+    only for a call that is idempotent, a read or a write that changes nothing the second
+    time. After a restart or pg_terminate_backend the next try gets a new connection."""
+    for tries_left in range(LOST_TRIES - 1, -1, -1):
+        try:
+            return call()
+        except ConnectionLost:
+            if not tries_left:
+                raise
+            time.sleep(LOST_PAUSE_S)
+    raise AssertionError("unreachable")
+
+
 class Cursor(Protocol):
     """What a transaction offers: run a statement, read rows."""
 
@@ -44,7 +64,8 @@ class Database(Protocol):
     engine: str  # "sqlite" or "postgres"
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        """A read (retried while its connection breaks under it)."""
     def transaction(self) -> contextlib.AbstractContextManager[Cursor]: ...
     def ping(self, timeout_s: float) -> None:
         """Return if the database takes a write now, within about `timeout_s`; else raise
@@ -97,18 +118,33 @@ class SqliteDatabase:
         self._busy(BUSY_TIMEOUT_S)
         self._cursor = _SqliteCursor(self._db)
 
+    # Locking and error mapping are written out in each call (not a context manager): this
+    # is every ledger write's path, and a generator-based one cost it a microsecond a call.
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        with self._locked(BUSY_TIMEOUT_S):
+        self._acquire(BUSY_TIMEOUT_S)
+        try:
             return self._cursor.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            _unavailable(exc)
+            raise
+        finally:
+            self._lock.release()
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        with self._locked(BUSY_TIMEOUT_S):
+        self._acquire(BUSY_TIMEOUT_S)
+        try:
             return self._cursor.query(sql, args)
+        except sqlite3.OperationalError as exc:
+            _unavailable(exc)
+            raise
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """BEGIN IMMEDIATE takes the write lock up front, across processes too."""
-        with self._locked(BUSY_TIMEOUT_S):
+        self._acquire(BUSY_TIMEOUT_S)
+        try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._cursor
@@ -117,17 +153,28 @@ class SqliteDatabase:
                 if self._db.in_transaction:  # a COMMIT refused (busy) leaves it open
                     self._db.execute("ROLLBACK")
                 raise
+        except sqlite3.OperationalError as exc:
+            _unavailable(exc)
+            raise
+        finally:
+            self._lock.release()
 
     def ping(self, timeout_s: float) -> None:
         """Take the write lock for a moment (readers are never blocked in WAL mode: a lock
         held elsewhere shows only to a writer)."""
-        with self._locked(timeout_s):
+        self._acquire(timeout_s)
+        try:
             self._busy(timeout_s)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("ROLLBACK")
             finally:
                 self._busy(BUSY_TIMEOUT_S)
+        except sqlite3.OperationalError as exc:
+            _unavailable(exc)
+            raise
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -136,18 +183,14 @@ class SqliteDatabase:
     def _busy(self, timeout_s: float) -> None:
         self._db.execute(f"PRAGMA busy_timeout={round(timeout_s * 1000)}")
 
-    @contextlib.contextmanager
-    def _locked(self, timeout_s: float) -> Iterator[None]:
-        """This process's lock, then the call; "locked" and "cannot open" become
-        DatabaseUnavailable."""
+    def _acquire(self, timeout_s: float) -> None:
+        """This process's lock on the connection, or DatabaseUnavailable after `timeout_s`."""
         if not self._lock.acquire(timeout=timeout_s):
             raise DatabaseUnavailable(f"the SQLite database stayed busy for {timeout_s:g} s")
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in _SQLITE_UNAVAILABLE:
-                raise
-            raise DatabaseUnavailable(
-                f"the SQLite database is unavailable ({exc.sqlite_errorname})") from None
-        finally:
-            self._lock.release()
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> None:
+    """Raise DatabaseUnavailable for "locked" and "cannot open" (not for wrong SQL)."""
+    if exc.sqlite_errorcode & 0xFF in _SQLITE_UNAVAILABLE:
+        raise DatabaseUnavailable(
+            f"the SQLite database is unavailable ({exc.sqlite_errorname})") from None

@@ -7,7 +7,7 @@ response that reached a client has its row, and no row is written twice (the req
 the ledger's key). Reservations a crashed process left behind are released by `sweep`.
 
 Settling is idempotent (a request whose success is in the ledger is billed nothing more), so a
-settle whose connection broke is tried once more; one the database refused is answered as an
+settle whose connection broke is tried again; one the database refused is answered as an
 error, and its hold is released, with a $0 row, as soon as the database is back (deferred.py).
 """
 
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 
-from proxy.billing.db import ConnectionLost, Cursor, Database, DatabaseUnavailable
+from proxy.billing.db import ConnectionLost, Cursor, Database, DatabaseUnavailable, retry_lost
 from proxy.billing.deferred import Deferred
 
 MICRO = Decimal("0.000001")
@@ -98,14 +98,28 @@ class Money:
         Keys without a budget are reserved too, so `spent` is right if one is set later.
         `hold_s`: how long the hold must outlive a crash (a batch item at a deferred host
         settles hours later); None: as long as any request can run."""
-        reservation = "res_" + secrets.token_hex(8)
+        def once() -> str | None:
+            reservation = "res_" + secrets.token_hex(8)
+            try:
+                return self._reserve(reservation, key_id, period, amount_micros,
+                                     budget_micros, hold_s)
+            except ConnectionLost as exc:
+                # It may have been committed: it is given back before another try (or,
+                # if the database refuses, once it is back, and no more tries).
+                if not self._given_back(reservation):
+                    raise DatabaseUnavailable(str(exc)) from None
+                raise
+
+        return retry_lost(once)
+
+    def _given_back(self, reservation: str) -> bool:
+        """Release a hold now if the database lets us, else once it is back."""
         try:
-            return self._reserve(reservation, key_id, period, amount_micros, budget_micros,
-                                 hold_s)
-        except ConnectionLost:
-            # It may have been committed: released when the database is back (or a no-op).
+            self.release(reservation)
+        except DatabaseUnavailable:
             self._deferred.add(self.release, reservation)
-            raise
+            return False
+        return True
 
     def _reserve(self, reservation: str, key_id: str, period: str, amount_micros: int,
                  budget_micros: int | None, hold_s: float | None) -> str | None:
@@ -134,14 +148,11 @@ class Money:
         what it was billed is still added to that window's `spent`.
 
         Idempotent. A connection that broke under it (it may have been committed) gets it
-        tried once more; if the database refuses it, DatabaseUnavailable is raised (the
+        tried again (retry_lost); if the database refuses it, DatabaseUnavailable is raised (the
         request answers an error, billed nothing) and, once the database is back, the hold
         is released and the row written at $0 (outcome `database_unavailable`)."""
         try:
-            try:
-                self._settle(reservation, entry, period)
-            except ConnectionLost:
-                self._settle(reservation, entry, period)
+            retry_lost(lambda: self._settle(reservation, entry, period))
         except DatabaseUnavailable:
             self._deferred.add(self._settle, reservation, unbilled(entry), period)
             raise

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable, Row
+from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable, Row, retry_lost
 
 if TYPE_CHECKING:
     import psycopg
@@ -93,6 +93,9 @@ class PostgresDatabase:
             return _PostgresCursor(conn).execute(sql, args)
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return retry_lost(lambda: self._query(sql, args))
+
+    def _query(self, sql: str, args: Sequence[Any]) -> list[Row]:
         with self._connection() as conn:
             return _PostgresCursor(conn).query(sql, args)
 
