@@ -30,10 +30,10 @@ CONNECT_TIMEOUT_S = 5  # a server that does not answer a connect in this long is
 WAIT_S = 5.0  # the longest wait for a free connection while the server answers
 DOWN_WAIT_S = 0.5  # ... and while it does not: a call fails fast instead of queueing
 SLICE_S = 0.1  # a waiting caller looks this often whether the server went away meanwhile
-# psycopg_pool retries a lost connection 1 s, 2 s, 4 s … apart, and a slot gives up after
-# this long; a caller waiting for a connection then starts another round at once. So while
-# the server is away it is tried about this often while anyone waits (one attempt at a time
-# per process), and service resumes within about this long once it is back.
+# psycopg_pool retries a lost connection with backoff (1 s, 2 s, … but never past this) and
+# then gives its slot up; a caller waiting for a connection starts another attempt at once.
+# So while the server is away it is tried about this often while anyone waits (one attempt
+# at a time per process), and service resumes within about this long once it is back.
 RECONNECT_S = 0.5
 
 
