@@ -230,3 +230,17 @@ def test_a_slow_success_that_started_before_the_failures_is_old_news() -> None:
     clock.now += Settings().cooldown_s
     _attempt(health, clock, None)
     assert health.state is State.CLOSED
+
+
+def test_the_window_holds_at_most_window_max_outcomes() -> None:
+    """At a high request rate a minute of outcomes is many thousands of entries per route
+    (memory grew with the rate): the ratio is then over the newest window_max."""
+    health, clock = _health(Settings(window_max=100))
+    for _ in range(50):
+        _attempt(health, clock, BROKEN, seconds=0.001)
+        _attempt(health, clock, None, seconds=0.001)  # keeps the breaker closed
+    for _ in range(500):
+        _attempt(health, clock, None, seconds=0.001)
+    snapshot = health.snapshot("1K")
+    assert snapshot.samples == 100
+    assert snapshot.success_ratio == 1.0

@@ -35,6 +35,9 @@ class Settings:
     """The health model's knobs; the defaults meet the routing benchmark's targets."""
 
     window_s: float = 60.0  # success ratio over this sliding window
+    # ... of at most this many outcomes: at 1000 requests a second a minute's outcomes would
+    # hold 60,000 entries (about 5 MB) per route, and 2048 tell the ratio as well.
+    window_max: int = 2048
     ewma_alpha: float = 0.3  # weight of the newest latency sample
     latency_window_s: float = 300.0  # p95 from samples this recent
     p95_samples: int = 64  # at most this many per tier
@@ -186,8 +189,9 @@ class RouteHealth:
         self._trim(now)
 
     def _trim(self, now: float) -> None:
-        while self._outcomes and self._outcomes[0][0] < now - self._settings.window_s:
-            self._failures -= not self._outcomes.popleft()[1]
+        outcomes, oldest = self._outcomes, now - self._settings.window_s
+        while outcomes and (outcomes[0][0] < oldest or len(outcomes) > self._settings.window_max):
+            self._failures -= not outcomes.popleft()[1]
 
     def _refresh(self, now: float) -> None:
         if self._state is State.OPEN and now >= self._open_until:
