@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import __version__, cli_batch, cli_billing, logs
+from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.store import Store
 from proxy.catalog import Catalog, CatalogError, Provider
 from proxy.config import Config, ConfigError, load
@@ -21,6 +22,7 @@ HTTP_PARSERS = ("auto", "h11", "httptools")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logs.quiet_libraries()
     try:
         config = load(args.config, data_dir=args.data_dir,
                       **({"host": args.host, "port": args.port, "workers": args.workers}
@@ -30,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CatalogError) as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
+    except DatabaseUnavailable as exc:  # its message names the engine, never the URL
+        print(f"switchyard: {exc}; try again when it is back", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -86,7 +86,15 @@ def configure(level: int = logging.INFO) -> BatchingHandler:
     stream.setFormatter(logging.Formatter(FORMAT))
     handler = BatchingHandler(stream)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    quiet_libraries()
     return handler
+
+
+def quiet_libraries() -> None:
+    """The PostgreSQL pool logs every checkout (INFO) and every reconnect attempt (WARNING);
+    proxy.billing.postgres logs an outage and its end once each instead. For `serve` and for
+    the other commands (whose logging is Python's default)."""
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def write_through() -> None:

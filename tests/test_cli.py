@@ -240,3 +240,18 @@ def test_routes_list_says_why_a_route_is_off(capsys: pytest.CaptureFixture[str],
     assert "secret-value" not in out
     thrifty = next(line for line in out.splitlines() if "sim-thrifty" in line)
     assert "off: demo is off" in thrifty
+
+
+def test_a_database_that_is_away_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """No traceback, no pool chatter, never the URL's password."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SWITCHYARD_DATABASE_URL": "postgresql://u:secretpw@127.0.0.1:1/x",
+           "SWITCHYARD_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "proxy", "keys", "list"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("switchyard: PostgreSQL"), done.stderr
+    assert "secretpw" not in done.stderr + done.stdout

@@ -71,9 +71,8 @@ class PostgresDatabase:
                                "pip install 'switchyard[postgres]'") from None
         self._errors = (psycopg.OperationalError, psycopg.InterfaceError)
         self._timeout = psycopg_pool.PoolTimeout
-        # Its INFO lines come with every checkout, and its warnings with every reconnect
-        # attempt; the transitions are logged here instead, once each.
-        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+        # psycopg.pool's own lines are quieted in proxy.logs; the transitions are logged here
+        # instead, once each.
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = \
             psycopg_pool.ConnectionPool(
                 url, kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
