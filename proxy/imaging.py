@@ -249,7 +249,8 @@ def sniff(data: bytes) -> str | None:
 
 
 def dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG or WebP header without decoding; None if unreadable."""
+    """(width, height) from a PNG, JPEG, WebP or GIF header without decoding; None if
+    unreadable."""
     kind = sniff(data)
     if kind == "png" and data[12:16] == b"IHDR" and len(data) >= 24:
         w, h = struct.unpack(">II", data[16:24])
@@ -258,6 +259,9 @@ def dimensions(data: bytes) -> tuple[int, int] | None:
         return _jpeg_size(data)
     if kind == "webp":
         return _webp_size(data)
+    if kind == "gif" and len(data) >= 10:
+        w, h = struct.unpack("<HH", data[6:10])
+        return (w, h) if w and h else None
     return None
 
 

@@ -43,6 +43,7 @@ class BatchingHandler(logging.Handler):
         # change before the thread formats it.
         record.msg, record.args = record.getMessage(), None
         if self._stopped.is_set():
+            self.flush()  # what was queued before goes first
             self.target.handle(record)
             return
         if len(self._queue) == MAX_QUEUED:
@@ -58,7 +59,11 @@ class BatchingHandler(logging.Handler):
     def write_through(self) -> None:
         """From now on each record is written as it comes: at shutdown, when the process may
         end (uvicorn re-raises the signal that stopped it) before the thread's next turn."""
-        self._stopped.set()
+        self.acquire()  # emit() runs holding it: no record is queued after the flush below
+        try:
+            self._stopped.set()
+        finally:
+            self.release()
         if self._thread is not threading.current_thread():
             self._thread.join()
         self.flush()

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import struct
 from dataclasses import replace
 
 from proxy import imaging
@@ -27,7 +26,9 @@ from proxy.failures import Failure, Kind, UpstreamError
 
 log = logging.getLogger("switchyard.verify")
 
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# GIF is taken too: it is converted to the asked format (proxy.convert).
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+_URL_SAFE = str.maketrans("-_", "+/")
 # The biggest legitimate image is a 4K tier's widest ratio (~17 megapixels); twice that.
 DEFAULT_MAX_PIXELS = 36_000_000
 _PNG_END = b"IEND\xaeB`\x82"
@@ -57,13 +58,27 @@ async def checked(result: ImageResult, request: ImageRequest,
 
 def header_checked(image: Image, max_pixels: int) -> Image:
     """The image if its head and tail are those of a supported format within the pixel limit
-    (with its mime type as its bytes say); UpstreamError otherwise."""
+    (with its mime type as its bytes say); UpstreamError otherwise. Base64 that is wrapped in
+    lines or URL-safe is delivered as plain base64 (only when the plain check fails: looking
+    for either costs a scan of megabytes)."""
+    try:
+        return _header_checked(image, max_pixels)
+    except UpstreamError:
+        plain = "".join(image.b64.split()).translate(_URL_SAFE)
+        if plain == image.b64:
+            raise
+        return _header_checked(replace(image, b64=plain), max_pixels)
+
+
+def _header_checked(image: Image, max_pixels: int) -> Image:
     b64 = image.b64
     if not b64 or not b64.isascii() or len(b64) % 4 == 1:
         raise broken("upstream image is not base64")
     kind, found = imaging.b64_header(b64)
     if kind not in MIME:
-        raise broken("upstream returned something that is not a PNG, JPEG or WebP image")
+        raise broken("upstream returned something that is not a PNG, JPEG, WebP or GIF image")
+    if found is None and kind == "jpeg":
+        found = _whole_header(b64)  # a JPEG's frame can follow tens of KB of metadata
     if found is None:
         raise broken(f"upstream {kind} image has no readable header")
     if found[0] * found[1] > max_pixels:
@@ -84,13 +99,24 @@ def _ends_whole(kind: str, b64: str) -> bool:
         head = base64.b64decode(padded[:16], validate=True)
     except (binascii.Error, ValueError):
         return False
-    if kind == "png":
-        return tail.endswith(_PNG_END)
+    if kind == "png":  # decoders stop at IEND: bytes after it are harmless
+        return _PNG_END in tail
     if kind == "jpeg":
         return b"\xff\xd9" in tail
+    if kind == "gif":
+        return b"\x3b" in tail
     size = len(padded) // 4 * 3 - (len(padded) - len(padded.rstrip("=")))
-    (riff,) = struct.unpack("<I", head[4:8])
-    return riff + 8 in (size, size - 1)  # a RIFF body of odd length may be padded
+    riff = int.from_bytes(head[4:8], "little")
+    return riff + 8 <= size  # shorter is truncated; bytes past the RIFF are harmless
+
+
+def _whole_header(b64: str) -> tuple[int, int] | None:
+    """The pixel size read from the whole image (rare: a header past the prefixes
+    imaging.b64_header tries)."""
+    try:
+        return imaging.dimensions(_strict(b64))
+    except (binascii.Error, ValueError):
+        return None
 
 
 async def decoded(image: Image) -> Image:

@@ -152,10 +152,15 @@ def test_dimensions_of_files_pillow_writes(fmt: str, mode: str, options: dict[st
         assert sniff(data) == fmt.lower()
 
 
+def test_dimensions_of_a_gif_is_its_logical_screen() -> None:
+    assert dimensions(b"GIF89a\x01\x00\x02\x00") == (1, 2)
+    assert dimensions(_pillow_bytes("GIF", (123, 45), "P")) == (123, 45)
+
+
 def test_dimensions_of_garbage_is_none() -> None:
     assert dimensions(b"") is None
     assert dimensions(b"not an image at all") is None
-    assert dimensions(b"GIF89a\x01\x00\x01\x00") is None
+    assert dimensions(b"GIF89a\x01\x00") is None  # truncated in its screen size
     assert dimensions(b"\x89PNG\r\n\x1a\n") is None  # truncated before IHDR
     assert dimensions(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # truncated before SOF
     assert dimensions(b"RIFF\x00\x00\x00\x00WEBPVP8L") is None

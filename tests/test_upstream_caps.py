@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 import zlib
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from proxy.bench.hostile import gzip_bomb
 from proxy.failures import Kind, UpstreamError
+from proxy.providers.base import UpstreamCall
 from proxy.upstream import clients, transport
 from tests.test_transport import LIMITS, Script, Upstream, reply, run, send_call, upstream
 
@@ -64,6 +67,50 @@ def test_an_oversized_reply_is_upstream_broken_on_lean_connections(script: Scrip
             failure = (await failure_of(client, fake)).failure
         assert failure.kind is Kind.UPSTREAM_BROKEN
         assert "ReplyTooLarge" in failure.message
+        await client.aclose()
+    run(main())
+
+
+def test_a_multipart_calls_reply_is_capped_once_decoded() -> None:
+    """Uploads (edits) go through httpx's request objects on the same lean connections: the
+    bomb must be inflated with the cap there too, not by httpx whole."""
+    async def main() -> None:
+        client = capped_client()
+        upload = UpstreamCall("POST", "", files=(("image", ("a.png", b"x" * 100, "image/png")),))
+        async with upstream(bomb) as fake:
+            tracemalloc.start()
+            try:
+                with pytest.raises(UpstreamError) as caught:
+                    await clients.send(
+                        client, replace(upload, url=fake.url + "/v1/images/edits"), 5.0)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert peak < 4 * CAP  # the bomb inflates to 16 x CAP
+        assert caught.value.failure.kind is Kind.UPSTREAM_BROKEN
+        assert "ReplyTooLarge" in caught.value.failure.message
+        await client.aclose()
+    run(main())
+
+
+def test_tiny_chunks_are_held_at_the_cost_of_their_bytes() -> None:
+    """A chunk per byte must not cost an object per byte (~42 bytes held per byte sent)."""
+    async def one_byte_chunks(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"1\r\nx\r\n" * 200_000 + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        client = capped_client()
+        async with upstream(one_byte_chunks) as fake:
+            tracemalloc.start()
+            try:
+                reply = await clients.send(client, send_call(fake.url), 30.0)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert reply.body == b"x" * 200_000
+        assert peak < 3 * 1024 * 1024  # the 1.4 MB sent, parsed: never 42 x 200 KB
         await client.aclose()
     run(main())
 

@@ -91,6 +91,8 @@ async def _exchange(client: httpx.AsyncClient, call: UpstreamCall,
         raw = await client.lean.exchange(call.method, call.url, headers, content, timeout_s)
         if raw is not None:
             return UpstreamReply(raw.status, httpx.Headers(raw.headers), raw.body)
+    # Only codings transport.inflate undoes with a cap (httpx would offer br or zstd too).
+    headers.setdefault("accept-encoding", transport.HTTPS_ENCODINGS)
     if call.files or call.form:
         request = client.build_request(call.method, call.url, headers=headers,
                                        data=dict(call.form or {}), files=list(call.files),
@@ -108,16 +110,27 @@ async def _exchange(client: httpx.AsyncClient, call: UpstreamCall,
 
 
 async def _read(response: httpx.Response, cap: int | None) -> bytes:
-    """The decoded body, refused (ReplyTooLarge) as soon as it passes `cap` bytes."""
+    """The body as sent, refused (ReplyTooLarge) as soon as it passes `cap` bytes, then
+    decoded with the same cap (httpx would inflate a gzip bomb whole first)."""
     declared = response.headers.get("content-length", "")
     if cap is not None and declared.isdigit() and int(declared) > cap:
         raise ReplyTooLarge(f"reply larger than {cap} bytes")
+    try:
+        read = response.content  # an in-process transport's reply comes read (and decoded)
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        if cap is not None and len(read) > cap:
+            raise ReplyTooLarge(f"reply larger than {cap} bytes")
+        return read
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         total += len(chunk)
         if cap is not None and total > cap:
             chunks.clear()  # not kept alive by the traceback of the failure below
             raise ReplyTooLarge(f"reply larger than {cap} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    chunks.clear()
+    return transport.undone(body, response.headers.get("content-encoding", ""), cap)

@@ -22,6 +22,7 @@ from typing import cast
 import httpx
 
 MAX_HEAD = 64 * 1024  # status line and headers
+PIECE = 64 * 1024  # a chunked or close-delimited body is kept in pieces of about this size
 SCRATCH = 64 * 1024  # the receive buffer for everything but a Content-Length body
 # A Content-Length body this big is received into its own anonymous mapping: its memory is
 # taken only as bytes arrive and given back the moment they are copied out, where a heap
@@ -76,7 +77,8 @@ class Connection(asyncio.BufferedProtocol):
         # CHUNKED and CLOSE bodies, as received: pieces joined once at the end (a growing
         # bytearray would copy itself as it grows, twice the memory at the worst moment).
         self._pieces: list[bytes] = []
-        self._held = 0  # bytes in _pieces
+        self._piece = bytearray()  # small pieces gathered up to PIECE (one object per 64 KB)
+        self._held = 0  # bytes in _pieces and _piece
         self._fixed: mmap.mmap | bytearray | None = None  # a LENGTH body, received in place
         self._body_view: memoryview | None = None  # where the kernel writes the LENGTH body
         self._got = 0
@@ -124,7 +126,7 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.abort()
         # What a cut-off reply had received goes now: the failure that cut it may live on (in
         # a traceback's reference cycle) until the garbage collector's next turn.
-        self._pieces, self._held, self._pending = [], 0, bytearray()
+        self._pieces, self._piece, self._held, self._pending = [], bytearray(), 0, bytearray()
         self._body_view = self._fixed = None
 
     def _check_progress(self, timeout_s: float) -> None:
@@ -139,12 +141,16 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._fail((httpx.WriteTimeout if unsent else httpx.ReadTimeout)("timed out"))
 
-    def _keep(self, piece: bytes) -> None:
-        """Part of a CHUNKED or CLOSE body; past `max_body` the reply is refused."""
+    def _keep(self, piece: bytes | bytearray) -> None:
+        """Part of a CHUNKED or CLOSE body; past `max_body` the reply is refused. Small parts
+        (a chunk per byte) are gathered, so a part costs its bytes, not an object."""
         self._held += len(piece)
         if self.max_body is not None and self._held > self.max_body:
             raise self._too_large()
-        self._pieces.append(piece)
+        self._piece += piece
+        if len(self._piece) >= PIECE:
+            self._pieces.append(bytes(self._piece))
+            self._piece.clear()
 
     def _too_large(self) -> ReplyTooLarge:
         return ReplyTooLarge(f"reply larger than {self.max_body} bytes")
@@ -158,7 +164,9 @@ class Connection(asyncio.BufferedProtocol):
         """The received body as bytes; the buffer is let go at once (an idle connection must
         not hold on to the last reply)."""
         if self._body_view is None:
-            body, self._pieces, self._held = b"".join(self._pieces), [], 0
+            self._pieces.append(bytes(self._piece))
+            body = b"".join(self._pieces)
+            self._pieces, self._piece, self._held = [], bytearray(), 0
             return body
         body = bytes(self._body_view)
         # Dropped, not closed: the transport may still hold the slice it received into; a
@@ -237,7 +245,7 @@ class Connection(asyncio.BufferedProtocol):
                     return
             else:  # CLOSE: the body is everything until the server closes
                 if self._pending:
-                    self._keep(bytes(self._pending))
+                    self._keep(self._pending)
                     self._pending.clear()
                 return
 
@@ -262,7 +270,7 @@ class Connection(asyncio.BufferedProtocol):
         framing, length = body_framing(head.headers)
         self._framing = framing
         if framing is _Framing.CHUNKED:
-            self._pieces, self._held, self._chunk_left = [], 0, -1
+            self._pieces, self._piece, self._held, self._chunk_left = [], bytearray(), 0, -1
         elif framing is _Framing.LENGTH:
             if self.max_body is not None and length > self.max_body:
                 raise self._too_large()
@@ -305,7 +313,7 @@ class Connection(asyncio.BufferedProtocol):
                 take = min(self._chunk_left, len(pending))
                 if not take:
                     return False
-                self._keep(bytes(pending[:take]))
+                self._keep(pending[:take])
                 del pending[:take]
                 self._chunk_left -= take
                 if not self._chunk_left:

@@ -302,12 +302,17 @@ def _pieces(head: bytes, body: bytes) -> list[bytes]:
 def decoded(reply: Reply, max_bytes: int | None) -> Reply:
     """A reply the server compressed (over https, as asked; or over http, unasked), decoded
     with its output capped: a small gzip bomb must not inflate into gigabytes."""
-    codings = [value.decode("latin-1").strip().lower() for name, value in reply.headers
-               if name.lower() == b"content-encoding"]
-    body = reply.body
-    for coding in reversed([c.strip() for value in codings for c in value.split(",")]):
+    codings = ",".join(value.decode("latin-1") for name, value in reply.headers
+                       if name.lower() == b"content-encoding")
+    return Reply(reply.status, reply.headers, undone(reply.body, codings, max_bytes),
+                 reply.reusable)
+
+
+def undone(body: bytes, codings: str, max_bytes: int | None) -> bytes:
+    """`body` with its Content-Encoding codings (in the order they were applied) undone."""
+    for coding in reversed([c.strip().lower() for c in codings.split(",") if c.strip()]):
         body = inflate(body, coding, max_bytes)
-    return Reply(reply.status, reply.headers, body, reply.reusable)
+    return body
 
 
 def inflate(body: bytes, coding: str, max_bytes: int | None) -> bytes:
