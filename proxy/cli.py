@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     except DatabaseUnavailable as exc:  # its message names the engine, never the URL
-        print(f"switchyard: {exc}; try again when it is back", file=sys.stderr)
+        print(f"switchyard: {exc}", file=sys.stderr)
         return 1
 
 

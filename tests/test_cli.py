@@ -254,4 +254,5 @@ def test_a_database_that_is_away_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("switchyard: PostgreSQL"), done.stderr
+    assert lines[0].endswith("Connection refused")  # why, so a typo is not waited out
     assert "secretpw" not in done.stderr + done.stdout

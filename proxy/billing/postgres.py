@@ -85,7 +85,8 @@ class PostgresDatabase:
         except psycopg_pool.PoolTimeout:
             self._pool.close()
             raise DatabaseUnavailable(f"PostgreSQL did not accept {size} connections within "
-                                      f"{CONNECT_TIMEOUT_S} s at startup") from None
+                                      f"{CONNECT_TIMEOUT_S} s at startup"
+                                      f"{_why_not(url, psycopg)}") from None
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         with self._connection() as conn:
@@ -192,3 +193,18 @@ def _readable(fd: int) -> bool:
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
     return bool(select.select([fd], [], [], 0)[0])  # Windows: no poll, no fd-number limit
+
+
+def _why_not(url: str, psycopg: Any) -> str:
+    """Why one direct connection fails, as libpq put it (`role "x" does not exist`, `password
+    authentication failed`): a wrong password or database name must not read as an outage to
+    wait out. libpq never quotes the password; it is cut out all the same."""
+    try:
+        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0].rpartition("failed: ")[2].strip()
+        secret = psycopg.conninfo.conninfo_to_dict(url).get("password") or ""
+        if len(secret) >= 4:
+            reason = reason.replace(secret, "[password]")
+        return f": {reason}" if reason else f" ({type(exc).__name__})"
+    return ""
