@@ -183,15 +183,24 @@ def test_all_routes_failing_is_an_upstream_error(client: openai.OpenAI,
     assert response.headers["x-switchyard-attempts"] == "1"
 
 
-def test_edit_with_two_uploaded_images(client: openai.OpenAI,
+def test_edit_with_two_uploaded_images(gpt_image: Hosted,
                                        validate: Callable[[str, Any], None]) -> None:
-    first = ("soap.png", png_bytes(64, 64, (200, 10, 10)), "image/png")
-    second = ("lotion.png", png_bytes(32, 48, (10, 200, 10)), "image/png")
-    raw = client.images.with_raw_response.edit(
-        model="test-image", prompt="put both in a gift basket", image=[first, second],
-        size="1024x1024", input_fidelity="high")
+    """Both uploads reach the host, in order and byte for byte, as OpenAI's `image[]`."""
+    first = png_bytes(64, 64, (200, 10, 10))
+    second = png_bytes(32, 48, (10, 200, 10))
+    raw = gpt_image.sdk.images.with_raw_response.edit(
+        model="gpt-image-2", prompt="put both in a gift basket", size="1024x1024",
+        image=[("soap.png", first, "image/png"), ("lotion.png", second, "image/png")],
+        input_fidelity="high")
     validate("ImagesResponse", raw.http_response.json())
-    assert decode(raw.parse().data[0].b64_json or "").size == (1024, 1024)
+    (seen,) = gpt_image.upstream.requests
+    assert (seen.method, seen.url.path) == ("POST", "/v1/images/edits")
+    assert [(mime, data) for _, _, mime, data in seen.files] == [
+        ("image/png", first), ("image/png", second)]
+    assert all(name in ("image", "image[]") for name, _, _, _ in seen.files)
+    assert seen.form.get("input_fidelity") == "high"
+    assert base64.b64decode(raw.parse().data[0].b64_json or "") == \
+        image_bytes(1024, 1024, "png", "put both in a gift basket|0")
 
 
 def test_edit_with_single_image_and_mask(gpt_image: Hosted) -> None:
