@@ -143,6 +143,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN upstream_ref TEXT;
     CREATE INDEX jobs_due ON jobs (state, run_after, key_id);
     """,
+    """
+    CREATE TABLE upstream_calls (
+        id TEXT PRIMARY KEY,
+        ticket TEXT NOT NULL,
+        route TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        ordinal INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        model TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        upstream_micros BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        status INTEGER,
+        headers TEXT,
+        body {blob}
+    );
+    CREATE INDEX upstream_calls_ticket ON upstream_calls (ticket);
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

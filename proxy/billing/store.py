@@ -19,6 +19,7 @@ from proxy.billing.batches import Batches
 from proxy.billing.deferred import Deferred
 from proxy.billing.idempotency import Idempotency
 from proxy.billing.jobs import Jobs
+from proxy.billing.journal import Journal
 from proxy.billing.keys import KeyLimits, KeyRecord, digest, hint, new_key, new_key_id
 from proxy.billing.money import Money, micros, usd
 from proxy.billing.schema import migrate
@@ -29,8 +30,9 @@ _COLUMNS = ("id, name, tenant, hint, created_at, revoked_at, allowed_models, str
 
 
 class Store:
-    """Opens (and migrates) the database; `money`, `idempotency` and `usage` share it, and
-    `deferred` keeps their writes that must wait for it (the server retries them)."""
+    """Opens (and migrates) the database; `money`, `idempotency`, `usage`, `jobs`, `batches`
+    and `journal` share it, and `deferred` keeps their writes that must wait for it (the
+    server retries them)."""
 
     def __init__(self, target: str | Path) -> None:
         self.db = db_module.connect(target)
@@ -41,6 +43,7 @@ class Store:
         self.usage = Usage(self.db)
         self.jobs = Jobs(self.db)
         self.batches = Batches(self.db)
+        self.journal = Journal(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -38,13 +38,15 @@ class Usage:
             raise ValueError(f"unknown group {unknown[0]!r} (known: {', '.join(GROUPS)})")
         where, args = _filters(start, end, key_id)
         columns = [f"{GROUPS[g]} AS g{i}" for i, g in enumerate(group_by)]
-        select = ", ".join([*columns, "COUNT(*)",
+        # An abandoned call (cut off by a crash, run again) is upstream spend, no request.
+        select = ", ".join([*columns, "SUM(CASE WHEN outcome = 'abandoned' THEN 0 ELSE 1 END)",
                             "SUM(CASE WHEN outcome = 'success' THEN 1 ELSE 0 END)",
                             "SUM(n_delivered)", "SUM(billed_micros)", "SUM(upstream_micros)"])
         grouping = f" GROUP BY {', '.join(GROUPS[g] for g in group_by)}" if group_by else ""
         order = f" ORDER BY {', '.join(GROUPS[g] for g in group_by)}" if group_by else ""
         rows = self._db.query(f"SELECT {select} FROM ledger{where}{grouping}{order}", args)
-        return [_row(group_by, row) for row in rows if row[len(group_by)]]
+        n = len(group_by)
+        return [_row(group_by, row) for row in rows if row[n] or row[n + 4]]
 
 
 def _filters(start: int | None, end: int | None, key_id: str | None

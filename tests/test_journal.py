@@ -1,0 +1,113 @@
+"""The journal of upstream submits (proxy/billing/journal.py) on SQLite and PostgreSQL: calls
+written down, their replies kept and handed back, and what cannot be resumed written to the
+ledger as `abandoned` (billed $0, its quote as upstream spend), exactly once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.billing.journal import Answer, Call, Journal
+from proxy.billing.store import Store
+
+
+
+@pytest.fixture
+def store(database: str) -> Iterator[Store]:
+    with Store(database) as opened:
+        yield opened
+
+
+def call(ordinal: int = 0, ticket: str = "imgjob_1", route: str = "m/task-host",
+         part: int = 0, age_s: int = 0) -> Call:
+    return Call(f"{ticket}.{route[-4:]}{part}{ordinal}", ticket, route, part, ordinal,
+                route.split("/")[1], "key_1", "acme", "m", "1K", 1, 40_000,
+                int(time.time()) - age_s)
+
+
+ANSWER = Answer(200, (("content-type", "application/json"), ("x-request-id", "r1")),
+                b'{"id": "task-1", "status": "running"}')
+
+
+def ledger(store: Store) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in store.db.query(
+        "SELECT request_id, key_id, tenant, model, provider, route, tier, n_asked, n_delivered, "
+        "billed_micros, upstream_micros, outcome, failure, attempts, created_at FROM ledger "
+        "ORDER BY request_id")]
+
+
+def test_a_call_with_its_reply_is_handed_back_on_its_route(store: Store) -> None:
+    journal = store.journal
+    journal.begin(first := call())
+    journal.begin(first)  # a retried insert changes nothing
+    journal.answer(first.id, ANSWER)
+    assert journal.recover("imgjob_1", ["m/task-host"]) == ([(first, ANSWER)], [])
+    assert journal.count("imgjob_1") == 1 and journal.count("imgjob_2") == 0
+    assert ledger(store) == []
+
+
+def test_a_call_without_a_reply_is_abandoned_once(store: Store) -> None:
+    journal = store.journal
+    journal.begin(cut := call(age_s=100))
+    kept, abandoned = journal.recover("imgjob_1", ["m/task-host"])
+    assert (kept, abandoned) == ([], [cut])
+    assert journal.count() == 0
+    assert ledger(store) == [(cut.id, "key_1", "acme", "m", "task-host", "m/task-host", "1K", 1,
+                              0, 0, 40_000, "abandoned", "abandoned", 1, cut.created_at)]
+    assert journal.recover("imgjob_1", ["m/task-host"]) == ([], [])
+    assert len(ledger(store)) == 1
+
+
+def test_a_reply_on_a_route_the_request_no_longer_has_is_abandoned(store: Store) -> None:
+    journal = store.journal
+    journal.begin(gone := call())
+    journal.answer(gone.id, ANSWER)
+    assert journal.recover("imgjob_1", ["m/other"]) == ([], [gone])
+    assert [row[0] for row in ledger(store)] == [gone.id]
+
+
+def test_abandon_and_drop_in_one_go(store: Store) -> None:
+    journal = store.journal
+    for one in (unused := call(0), hedge := call(1), done := call(2)):
+        journal.begin(one)
+    journal.drop([done.id])
+    assert journal.abandon([unused.id], [hedge.id]) == [unused]
+    assert journal.abandon([unused.id], [hedge.id]) == []
+    assert journal.count() == 0 and [row[0] for row in ledger(store)] == [unused.id]
+
+
+def test_the_sweep_reports_calls_of_jobs_that_finished_without_running_again(
+        store: Store) -> None:
+    jobs = store.jobs
+    finished = jobs.enqueue("key_1", "generations", b"{}")
+    running = jobs.enqueue("key_1", "generations", b"{}")
+    jobs.finish(finished.id, 401, b"{}")
+    for one in (left := call(ticket=finished.id, age_s=600),
+                young := call(ticket=finished.id, ordinal=1),
+                live := call(ticket=running.id, age_s=600)):
+        store.journal.begin(one)
+    assert store.journal.sweep(60) == 1
+    assert [row[0] for row in ledger(store)] == [left.id]
+    assert [store.journal.count(t) for t in (finished.id, running.id)] == [1, 1]
+    assert store.journal.recover(running.id, [live.route]) == ([], [live])  # no reply kept
+    assert store.journal.recover(finished.id, []) == ([], [young])
+
+
+def test_usage_counts_abandoned_calls_as_spend_not_as_requests(store: Store) -> None:
+    journal = store.journal
+    journal.begin(call(ticket="imgjob_a"))
+    journal.recover("imgjob_a", [])
+    journal.begin(call(ticket="imgjob_b", route="m/sync-host"))
+    journal.recover("imgjob_b", [])
+    (row,) = store.usage.report(["model"])
+    assert (row.requests, row.succeeded, row.images) == (0, 0, 0)
+    assert str(row.billed_usd) == "0.000000" and str(row.upstream_usd) == "0.080000"
+    by_provider = {r.group["provider"]: r.upstream_usd for r in store.usage.report(["provider"])}
+    assert {k: str(v) for k, v in by_provider.items()} == {"sync-host": "0.040000",
+                                                           "task-host": "0.040000"}
+
+
+def test_journal_is_on_the_store(store: Store) -> None:
+    assert isinstance(store.journal, Journal)
