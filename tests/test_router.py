@@ -232,7 +232,8 @@ def test_a_flow_that_outlives_the_deadline_is_given_up_without_evidence(
     in-flight count given back."""
     monkeypatch.setattr(router_module, "DEADLINE_GRACE_S", 0.05)
     router = make_router(Scripted(), (CHEAP,), timeout_s=0.1)
-    monkeypatch.setattr(router, "_generate", lambda route, req, deadline: asyncio.sleep(60))
+    monkeypatch.setattr(router, "_generate",
+                        lambda route, req, deadline, submits=None: asyncio.sleep(60))
     failed = run(failure(router, scripted.model((CHEAP,))))
     snapshot = router.health.of(CHEAP).snapshot("1K")
     assert failed.failure.kind is Kind.TIMEOUT and failed.attempts == ()
@@ -242,7 +243,8 @@ def test_a_flow_that_outlives_the_deadline_is_given_up_without_evidence(
 
 def test_an_attempt_that_breaks_unexpectedly_leaves_no_attempt_in_flight(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    async def broken(route: Route, req: ImageRequest, deadline: float) -> None:
+    async def broken(route: Route, req: ImageRequest, deadline: float,
+                     submits: object = None) -> None:
         raise TimeoutError("not the router's own timeout")
 
     router = make_router(Scripted(), (CHEAP,))

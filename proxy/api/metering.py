@@ -5,6 +5,11 @@ reserve the quote (the first route's billed price x n) against the key's budget 
 -> write the ledger row and settle the reservation in one transaction, *before* the response
 is sent. A failure is recorded at $0 and releases the reservation. Tenants are billed at most
 the quote they were reserved for, so a budget is never overspent.
+
+Queued work (a job, a batch item: a request with a ticket) has its upstream submits written
+down (proxy/providers/resume.py): a run after a crash first takes up what the last one left,
+resuming its upstream tasks on their routes and writing the calls it cannot resume to the
+ledger as `abandoned` (billed $0, their quote as upstream spend).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from proxy.api import streamed
 from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.render import Origin, attempt_headers, image_headers, images_body, observe
 from proxy.api.request_log import request_line
+from proxy.billing.journal import Call
 from proxy.billing.keys import KeyRecord
 from proxy.billing.limits import Limited
-from proxy.billing.money import Entry, micros, period_label
+from proxy.billing.money import Entry, micros, period_label, usd
 from proxy.billing.pricing import DEFAULT_PLAN, Plan
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, Policy, Served
+from proxy.providers.resume import Resume
 from proxy.routing.planning import NoRoute, Prepared
 from proxy.routing.router import RoutesFailed
 from proxy.services import Services
@@ -39,8 +46,10 @@ T = TypeVar("T")
 
 async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
                  asked: ImageRequest, idempotency_key: str | None = None) -> Response:
+    ledger = _Ledger(origin.request_id, svc, key, asked, idempotency_key)
+    first = await ledger.resume_calls(model) if asked.ticket is not None else ()
     try:
-        prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy))
+        prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy), first)
     except NoRoute as exc:
         raise bad_request(exc.param, exc.message, code="unsupported_value") from None
     plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
@@ -55,7 +64,6 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
         raise ApiError(429, exc.message, type="requests", code="rate_limit_exceeded",
                        headers=exc.headers) from None
     try:
-        ledger = _Ledger(origin.request_id, svc, key, asked, idempotency_key)
         reservation = await ledger.reserve(quote)
         response = await _run(origin, svc, ledger, model, prepared, reservation, plan, quote)
         response.headers.update(rate_headers)
@@ -78,8 +86,12 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
                quote: Decimal) -> Response:
     started = time.monotonic()
     try:
-        served = await svc.router.run(prepared, ledger.asked)
+        served = await svc.router.run(prepared, ledger.asked, ledger.resume)
+        if ledger.resume is not None:
+            await ledger.calls_done()
     except RoutesFailed as exc:
+        if ledger.resume is not None:
+            await ledger.calls_done()
         await ledger.failed(reservation, exc, started)
         _observe_failure(model, exc, time.monotonic() - started)
         ledger.log(exc.failure.kind.value, started, exc.attempts[-1].provider
@@ -159,6 +171,28 @@ class _Ledger:
         self.asked = asked
         self.idempotency_key = idempotency_key
         self.period = period_label(key.limits.budget_period, time.time())
+        self.resume: Resume | None = None  # a queued request's upstream submits
+
+    async def resume_calls(self, model: Model) -> frozenset[str]:
+        """Take up what earlier runs of this queued request left (written down in the
+        journal); the routes that hold its upstream tasks, to be tried first."""
+        assert self.asked.ticket is not None
+        store = self.svc.store
+        self.resume = Resume(store.journal, store.deferred, self.asked.ticket, self.key.id,
+                             self.key.tenant)
+        self._abandoned(await self.resume.open([route.id for route in model.routes]))
+        return self.resume.resumed
+
+    async def calls_done(self) -> None:
+        """The run is over: what it was to resume but did not is reported as abandoned."""
+        assert self.resume is not None
+        self._abandoned(await self.resume.close())
+
+    def _abandoned(self, calls: list[Call]) -> None:
+        label = _key_label(self.svc, self.key)
+        for call in calls:
+            metrics.UPSTREAM_COST.labels(label, call.model, call.provider).inc(
+                float(usd(call.upstream_micros)))
 
     async def reserve(self, quote: Decimal) -> str | None:
         """The budget reservation; None (and no database round trip) for a key without a

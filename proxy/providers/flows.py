@@ -3,7 +3,9 @@
 Submits are sent once: a submit that may have been accepted is never repeated (the router
 fails over to another host instead). Polls and fetches are idempotent and tolerate transient
 errors until the deadline. URLs a provider hands back are checked against its allowed hosts
-before any request goes there.
+before any request goes there. A queued request's submits are written down as they go
+(`Submits`), so its run after a crash polls the upstream task it started instead of paying
+for another.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,6 +30,29 @@ from proxy.upstream.clients import send
 from proxy.upstream.credentials import Credentials
 
 TRANSIENT_RETRY_S = 1.0
+
+
+class SubmitLog(Protocol):
+    """One flow's submits, written down (proxy/providers/resume.py)."""
+
+    async def sending(self, ordinal: int) -> UpstreamReply | None:
+        """The reply this submit got in an earlier run (the flow goes on from it and nothing
+        is sent), or None once the submit is written down as in flight."""
+
+    async def answered(self, ordinal: int, reply: UpstreamReply) -> None:
+        """The flow goes on past this submit: keep its reply, before the next call."""
+
+    async def ended(self) -> None:
+        """The flow returned or failed: none of its submits needs resuming."""
+
+
+class Submits(Protocol):
+    """A ticketed request's submits across its attempts; `resumed` names the routes holding
+    upstream work of an earlier run (the router tries them first)."""
+
+    resumed: frozenset[str]
+
+    def log(self, route: Route, request: ImageRequest, part: int) -> SubmitLog: ...
 
 
 def host_allowed(url: str, provider: Provider) -> bool:
@@ -48,7 +73,8 @@ async def generate(adapter: Adapter, route: Route, request: ImageRequest,
                    client: httpx.AsyncClient, deadline: float,
                    credentials: Credentials | None = None,
                    callbacks: Callbacks | None = None,
-                   groups: Groups | None = None) -> ImageResult:
+                   groups: Groups | None = None,
+                   submits: Submits | None = None) -> ImageResult:
     """One attempt at one route. n beyond what one call returns runs as parallel flows; what
     they deliver is merged (fewer images than asked is still a success, billed as delivered).
 
@@ -59,7 +85,7 @@ async def generate(adapter: Adapter, route: Route, request: ImageRequest,
         keyed = replace(route, provider=replace(route.provider, key=Secret(await command.token())))
         try:
             return await generate(adapter, keyed, request, client, deadline,
-                                  callbacks=callbacks, groups=groups)
+                                  callbacks=callbacks, groups=groups, submits=submits)
         except UpstreamError as exc:
             if exc.failure.kind is Kind.AUTH:
                 command.invalidate()
@@ -69,7 +95,7 @@ async def generate(adapter: Adapter, route: Route, request: ImageRequest,
             # A batch API: this request joins a shared upstream job (grouping.py).
             return _nonempty(await groups.generate(adapter.grouping, route, request, client,
                                                    deadline))
-        return await _fan_out(adapter, route, request, client, deadline, callbacks)
+        return await _fan_out(adapter, route, request, client, deadline, callbacks, submits)
     except UpstreamError as exc:
         raise UpstreamError(_scrubbed(exc.failure, route)) from None
 
@@ -85,15 +111,19 @@ def _scrubbed(failure: Failure, route: Route) -> Failure:
 
 async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
                    client: httpx.AsyncClient, deadline: float,
-                   callbacks: Callbacks | None = None) -> ImageResult:
+                   callbacks: Callbacks | None = None,
+                   submits: Submits | None = None) -> ImageResult:
     per_call = max(1, adapter.images_per_call)
     if request.n <= per_call:
-        return await _one(adapter, route, request, client, deadline, callbacks)
+        return await _one(adapter, route, request, client, deadline, callbacks,
+                          submits.log(route, request, 0) if submits else None)
     counts = [per_call] * (request.n // per_call) + ([request.n % per_call] if
                                                      request.n % per_call else [])
+    parts = [_with_n(request, count) for count in counts]
     outcomes = await asyncio.gather(*(
-        _one(adapter, route, _with_n(request, count), client, deadline, callbacks)
-        for count in counts), return_exceptions=True)
+        _one(adapter, route, part, client, deadline, callbacks,
+             submits.log(route, part, index) if submits else None)
+        for index, part in enumerate(parts)), return_exceptions=True)
     results = [o for o in outcomes if isinstance(o, ImageResult)]
     for outcome in outcomes:
         if isinstance(outcome, BaseException) and not isinstance(outcome, UpstreamError):
@@ -108,13 +138,13 @@ async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
 
 async def _one(adapter: Adapter, route: Route, request: ImageRequest,
                client: httpx.AsyncClient, deadline: float,
-               callbacks: Callbacks | None) -> ImageResult:
+               callbacks: Callbacks | None, log: SubmitLog | None = None) -> ImageResult:
     """One upstream job. With callbacks on and a protocol that takes a callback URL, the job
     gets a ticket of its own: its URL goes to the host (route option `callback_url`) and the
     flow's pauses end when the host calls back, with slow polling as the fallback."""
     if callbacks is None or not callbacks.enabled or adapter.takes_callback is None \
             or not adapter.takes_callback(route):
-        return await drive(adapter.flow(request, route), route, client, deadline)
+        return await drive(adapter.flow(request, route), route, client, deadline, log=log)
     token, url = callbacks.open(route.provider.name)
     hooked = replace(route, options={**route.options, "callback_url": url})
 
@@ -126,7 +156,7 @@ async def _one(adapter: Adapter, route: Route, request: ImageRequest,
 
     try:
         return await drive(adapter.flow(request, hooked), hooked, client, deadline,
-                           until_called)
+                           until_called, log)
     finally:
         callbacks.close(token)
 
@@ -147,31 +177,56 @@ Pause = Callable[[float, float], Awaitable[None]]
 
 
 async def drive(flow: Flow, route: Route, client: httpx.AsyncClient,
-                deadline: float, pause: Pause | None = None) -> ImageResult:
+                deadline: float, pause: Pause | None = None,
+                log: SubmitLog | None = None) -> ImageResult:
     """Run a flow to its result: send what it yields, sleep when it asks (or, with a callback
     ticket, until the host calls back), within the deadline."""
-    return _nonempty(await run_steps(flow, route, client, deadline, pause))
+    return _nonempty(await run_steps(flow, route, client, deadline, pause, log))
 
 
 async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
-                    deadline: float, pause: Pause | None = None) -> Any:
-    """Run any adapter generator to what it returns (a group's job name, its ended job)."""
+                    deadline: float, pause: Pause | None = None,
+                    log: SubmitLog | None = None) -> Any:
+    """Run any adapter generator to what it returns (a group's job name, its ended job).
+
+    With a `log`, each submit is written down before it is sent, and its reply kept before
+    the flow's next call; a submit an earlier run made is answered from the log, not sent.
+    When the flow returns or fails, its log ends; cancelled, it stays for the next run."""
     pause = pause or _sleep
     reply: UpstreamReply | None = None
-    while True:
-        try:
-            step = flow.send(reply)
-        except StopIteration as done:
-            return done.value
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError,
-                orjson.JSONDecodeError):
-            raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed",
-                                        status=reply.status if reply else None)) from None
-        if isinstance(step, Sleep):
-            await pause(step.seconds, deadline)
-            reply = None
-            continue
-        reply = await _call(step, route, client, deadline)
+    submits = 0
+    unkept: UpstreamReply | None = None  # the last submit's reply, not yet in the log
+    try:
+        while True:
+            try:
+                step = flow.send(reply)
+            except StopIteration as done:
+                value = done.value
+                break
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                    orjson.JSONDecodeError):
+                raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed",
+                                            status=reply.status if reply else None)) from None
+            if unkept is not None and log is not None:
+                await log.answered(submits - 1, unkept)  # the flow goes on from it
+                unkept = None
+            if isinstance(step, Sleep):
+                await pause(step.seconds, deadline)
+                reply = None
+            elif log is None or step.kind != "submit":
+                reply = await _call(step, route, client, deadline)
+            else:
+                reply = await log.sending(submits)
+                if reply is None:
+                    reply = unkept = await _call(step, route, client, deadline)
+                submits += 1
+    except UpstreamError:
+        if log is not None:
+            await log.ended()
+        raise
+    if log is not None:
+        await log.ended()
+    return value
 
 
 async def _call(call: UpstreamCall, route: Route, client: httpx.AsyncClient,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -99,16 +99,25 @@ class Router:
         return await self.run(self.prepare(model, request, key_policy), request)
 
     def prepare(self, model: Model, request: ImageRequest,
-                key_policy: Policy | None = None) -> Prepared:
-        """The plan for a request, before anything is sent: billing quotes from its routes."""
+                key_policy: Policy | None = None, first: Collection[str] = ()) -> Prepared:
+        """The plan for a request, before anything is sent: billing quotes from its routes.
+        Routes named in `first` (they hold upstream work an earlier run of this request
+        started) come first, in the plan's order."""
         policy = effective_policy(model, request, key_policy or Policy())
-        return Prepared(tuple(plan(model, request, policy, self.health)), policy)
+        routes = tuple(plan(model, request, policy, self.health))
+        if first:
+            routes = tuple(sorted(routes, key=lambda route: route.id not in first))
+        return Prepared(routes, policy)
 
-    async def run(self, prepared: Prepared, request: ImageRequest) -> Served:
+    async def run(self, prepared: Prepared, request: ImageRequest,
+                  submits: flows.Submits | None = None) -> Served:
+        """Run the plan to the first route that delivers. With `submits` (a queued request),
+        every submit is written down first, and one an earlier run made is resumed."""
         policy = prepared.policy
         run = _Run(self, request, deque(prepared.routes),
                    self._clock() + max(self._timeout_s, request.patience_s or 0.0),
                    bool(policy.hedge))
+        run.submits = submits
         started = self._clock()
         route, result = await run.execute()
         waited = self._clock() - started
@@ -120,21 +129,21 @@ class Router:
                       strategy=policy.strategy or "cheapest", quote_usd=quote(route, request),
                       upstream_s=waited)
 
-    async def _generate(self, route: Route, request: ImageRequest,
-                        deadline: float) -> ImageResult:
+    async def _generate(self, route: Route, request: ImageRequest, deadline: float,
+                        submits: flows.Submits | None = None) -> ImageResult:
         """One attempt: the flow, then what it delivered verified and in the asked format,
         so an image that is not one fails this attempt (and the next route is tried)."""
         result = await flows.generate(
             self._adapters[route.provider.protocol], route, request,
             self._clients[route.provider.name], deadline, self._credentials, self.callbacks,
-            self.groups)
+            self.groups, submits)
         return await conform(await verify.checked(result, request, self._max_pixels), request)
 
-    def _attempt(self, route: Route, request: ImageRequest,
-                 deadline: float) -> asyncio.Task[ImageResult]:
+    def _attempt(self, route: Route, request: ImageRequest, deadline: float,
+                 submits: flows.Submits | None) -> asyncio.Task[ImageResult]:
         """One attempt as a task that holds a slot of its provider until it is done (a done
         callback: it runs even for a task cancelled before it started)."""
-        task = asyncio.create_task(self._generate(route, request, deadline))
+        task = asyncio.create_task(self._generate(route, request, deadline, submits))
         task.add_done_callback(lambda _: self._slots.release(route.provider))
         return task
 
@@ -154,6 +163,7 @@ class _Run:
         self.last: Failure | None = None
         self.saturated = False
         self.full: list[Route] = []  # routes skipped for want of a slot
+        self.submits: flows.Submits | None = None  # a queued request's submits, written down
 
     async def execute(self) -> tuple[Route, ImageResult]:
         try:
@@ -173,7 +183,8 @@ class _Run:
             error: BaseException | None = None
             try:
                 async with asyncio.timeout(max(0.0, backstop - self.router._clock())) as limit:
-                    result = await self.router._generate(live.route, self.request, live.deadline)
+                    result = await self.router._generate(live.route, self.request,
+                                                         live.deadline, self.submits)
             except UpstreamError as exc:
                 error = exc
             except TimeoutError:
@@ -276,7 +287,8 @@ class _Run:
         live = await self._start_next()
         if live is None:
             return False
-        self.running[self.router._attempt(live.route, self.request, live.deadline)] = live
+        self.running[self.router._attempt(live.route, self.request, live.deadline,
+                                          self.submits)] = live
         return True
 
     async def _start_next(self) -> _Live | None:
@@ -301,8 +313,12 @@ class _Run:
             route = self.pending.popleft()
             now = self.router._clock()
             # A patient request never waits on one full route: the next one may have a slot.
+            # But a route holding this request's upstream task is waited for: another route
+            # would be paid again for the same work.
             wait = 0.0 if self.request.patience_s else \
                 min(self.router._slots.wait_s, self.deadline - now)
+            if self.submits is not None and route.id in self.submits.resumed:
+                wait = max(0.0, self.deadline - now)
             if not await self.router._slots.acquire(route.provider, wait):
                 self.saturated = True
                 self.full.append(route)

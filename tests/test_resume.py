@@ -1,0 +1,336 @@
+"""A queued request's submits written down as the driver makes them (flows.run_steps and
+proxy/providers/resume.py): each submit before it is sent, its reply before the flow's next
+call; a submit an earlier run made is answered from the journal instead of being sent, on
+the route that holds it; a call no run can resume is reported as `abandoned`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy import imaging
+from proxy.billing.db import DatabaseUnavailable
+from proxy.billing.journal import Answer, Call, Journal
+from proxy.billing.store import Store
+from proxy.catalog import Route
+from proxy.domain import Geometry, Image, ImageRequest, ImageResult
+from proxy.failures import Failure, Kind, UpstreamError
+from proxy.providers import flows
+from proxy.providers.base import Adapter, Flow, Sleep, UpstreamCall, UpstreamReply, exchange
+from proxy.providers.resume import Resume
+from proxy.routing.health import Health
+from proxy.routing.router import Router
+from proxy.routing.slots import Slots
+from tests.fakes import scripted
+
+TASKS = scripted.route("tasks", "0.04")
+OTHER = scripted.route("other", "0.02")
+PNG = base64.b64encode(imaging.encode(16, 16, "png", "r")).decode()
+
+
+def request(n: int = 1, ticket: str = "imgjob_1") -> ImageRequest:
+    return ImageRequest(kind="generate", model="m", prompt="a lighthouse", n=n,
+                        geometry=Geometry("1:1", "1K", None, "default"), output_format="png",
+                        response_format="b64_json", ticket=ticket)
+
+
+def _ok(reply: UpstreamReply) -> Failure | None:
+    return None if reply.status == 200 else Failure(Kind.UPSTREAM_BROKEN, "no")
+
+
+def task_flow(asked: ImageRequest, route: Route) -> Flow:
+    """Submit, then poll until the task is done."""
+    submitted = yield UpstreamCall("POST", f"{route.provider.base_url}/tasks")
+    assert submitted is not None
+    if submitted.status != 200:
+        raise UpstreamError(Failure(Kind.OVERLOADED, "busy"))
+    task = submitted.json()["id"]
+    while True:
+        yield Sleep(0.001)
+        polled = yield UpstreamCall("GET", f"{route.provider.base_url}/tasks/{task}",
+                                    kind="poll")
+        assert polled is not None
+        if polled.json()["done"]:
+            return ImageResult(images=(Image("image/png", PNG),), upstream_id=task)
+
+
+def sync_flow(asked: ImageRequest, route: Route) -> Flow:
+    return (yield from exchange(UpstreamCall("POST", f"{route.provider.base_url}/sync"), _ok,
+                                lambda reply, asked: ImageResult((Image("image/png", PNG),)),
+                                asked))
+
+
+TASK = Adapter("scripted", task_flow, images_per_call=1)
+SYNC = Adapter("scripted", sync_flow)
+
+
+class Host(httpx.AsyncBaseTransport):
+    """Tasks done on their `polls`-th poll (calls hang while `hang` is set); `events` is
+    shared with a RecordingLog, so the order of writes and calls shows."""
+
+    def __init__(self, events: list[str] | None = None, polls: int = 2) -> None:
+        self.events = events if events is not None else []
+        self.polls = polls
+        self.submits = 0
+        self.polled: Counter[str] = Counter()
+        self.hang = asyncio.Event()
+        self.reached = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.events.append(request.method)
+        self.reached.set()
+        if request.method == "POST":
+            self.submits += 1
+            if self.hang.is_set():
+                await asyncio.sleep(60)
+            return httpx.Response(200, json={"id": f"t{self.submits}"})
+        task = request.url.path.rsplit("/", 1)[1]
+        self.polled[task] += 1
+        if self.hang.is_set():
+            await asyncio.sleep(60)
+        return httpx.Response(200, json={"done": self.polled[task] >= self.polls})
+
+
+class RecordingLog:
+    """A SubmitLog that writes nothing: it says what the driver asked of it, and answers
+    submits from `replies`."""
+
+    def __init__(self, events: list[str], replies: dict[int, UpstreamReply] | None = None):
+        self.events = events
+        self.replies = replies or {}
+
+    async def sending(self, ordinal: int) -> UpstreamReply | None:
+        self.events.append(f"sending {ordinal}")
+        return self.replies.get(ordinal)
+
+    async def answered(self, ordinal: int, reply: UpstreamReply) -> None:
+        self.events.append(f"answered {ordinal}: {reply.json()['id']}")
+
+    async def ended(self) -> None:
+        self.events.append("ended")
+
+
+def drive(adapter: Adapter, host: Host, log: Any) -> ImageResult:
+    async def go() -> ImageResult:
+        async with httpx.AsyncClient(transport=host) as client:
+            deadline = asyncio.get_running_loop().time() + 5
+            return await flows.drive(adapter.flow(request(), TASKS), TASKS, client, deadline,
+                                     log=log)
+    return asyncio.run(go())
+
+
+def test_a_submit_is_written_down_before_it_is_sent_and_its_reply_before_the_first_poll(
+        ) -> None:
+    events: list[str] = []
+    drive(TASK, Host(events), RecordingLog(events))
+    assert events == ["sending 0", "POST", "answered 0: t1", "GET", "GET", "ended"]
+
+
+def test_a_submit_an_earlier_run_made_is_answered_from_the_log_and_not_sent() -> None:
+    events: list[str] = []
+    host = Host(events)
+    earlier = UpstreamReply(200, httpx.Headers(), b'{"id": "t-earlier"}')
+    result = drive(TASK, host, RecordingLog(events, {0: earlier}))
+    assert host.submits == 0 and host.polled == {"t-earlier": 2}
+    assert events == ["sending 0", "GET", "GET", "ended"] and result.upstream_id == "t-earlier"
+
+
+def test_a_synchronous_call_keeps_no_reply() -> None:
+    events: list[str] = []
+    drive(SYNC, Host(events), RecordingLog(events))
+    assert events == ["sending 0", "POST", "ended"]
+
+
+def test_a_failed_flow_ends_its_log_and_a_cancelled_one_keeps_it() -> None:
+    events: list[str] = []
+    busy = UpstreamReply(503, httpx.Headers(), b"{}")
+    with pytest.raises(UpstreamError):
+        drive(TASK, Host(events), RecordingLog(events, {0: busy}))
+    assert events == ["sending 0", "ended"]
+
+    async def cancelled() -> None:
+        host = Host(events)
+        host.hang.set()
+        async with httpx.AsyncClient(transport=host) as client:
+            deadline = asyncio.get_running_loop().time() + 5
+            running = asyncio.ensure_future(flows.drive(
+                TASK.flow(request(), TASKS), TASKS, client, deadline, log=RecordingLog(events)))
+            await host.reached.wait()
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+    events.clear()
+    asyncio.run(cancelled())
+    assert events == ["sending 0", "POST"]
+
+
+# --- Resume on a real store: one run cut off, the next one picks up -----------------------
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "switchyard.db") as opened:
+        yield opened
+
+
+def resume(store: Store, ticket: str = "imgjob_1") -> Resume:
+    return Resume(store.journal, store.deferred, ticket, "key_1", "acme")
+
+
+async def generate(adapter: Adapter, route: Route, host: Host, submits: Resume,
+                   n: int = 1) -> ImageResult:
+    async with httpx.AsyncClient(transport=host) as client:
+        deadline = asyncio.get_running_loop().time() + 5
+        return await flows.generate(adapter, route, request(n), client, deadline,
+                                    submits=submits)
+
+
+async def cut_off(adapter: Adapter, route: Route, host: Host, submits: Resume, calls: int,
+                  n: int = 1) -> None:
+    """A run that dies once the host has seen `calls` calls (as a killed process would)."""
+    running = asyncio.ensure_future(generate(adapter, route, host, submits, n))
+    while len(host.events) < calls:
+        await asyncio.sleep(0.001)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+def abandoned_rows(store: Store) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in store.db.query(
+        "SELECT provider, route, billed_micros, upstream_micros, n_asked FROM ledger "
+        "WHERE outcome = 'abandoned' ORDER BY route")]
+
+
+def test_a_run_cut_off_mid_poll_is_resumed_by_the_next_without_a_submit(store: Store) -> None:
+    host = Host(polls=3)
+
+    async def two_runs() -> ImageResult:
+        first = resume(store)
+        assert await first.open([TASKS.id]) == []
+        await cut_off(TASK, TASKS, host, first, calls=2)  # the submit and a first poll
+        second = resume(store)
+        assert await second.open([TASKS.id, OTHER.id]) == []
+        assert second.resumed == {TASKS.id}
+        result = await generate(TASK, TASKS, host, second)
+        assert await second.close() == []
+        return result
+
+    result = asyncio.run(two_runs())
+    assert host.submits == 1 and host.polled == {"t1": 3} and result.upstream_id == "t1"
+    assert store.journal.count() == 0 and abandoned_rows(store) == []
+
+
+def test_each_part_of_a_fanned_out_request_is_resumed(store: Store) -> None:
+    host = Host(polls=2)
+
+    async def two_runs() -> ImageResult:
+        await cut_off(TASK, TASKS, host, resume(store), calls=4, n=2)  # 2 submits, 2 polls
+        second = resume(store)
+        await second.open([TASKS.id])
+        return await generate(TASK, TASKS, host, second, n=2)
+
+    result = asyncio.run(two_runs())
+    assert host.submits == 2 and len(result.images) == 2
+    assert sorted(host.polled) == ["t1", "t2"] and store.journal.count() == 0
+
+
+def test_a_call_cut_off_before_its_reply_is_reported_as_abandoned(store: Store) -> None:
+    host = Host()
+    host.hang.set()
+
+    async def two_runs() -> list[Call]:
+        await cut_off(SYNC, TASKS, host, resume(store), calls=1)
+        return await resume(store).open([TASKS.id])
+
+    (call,) = asyncio.run(two_runs())
+    assert (call.provider, call.route, call.upstream_micros) == ("tasks", TASKS.id, 40_000)
+    assert abandoned_rows(store) == [("tasks", TASKS.id, 0, 40_000, 1)]
+    assert store.journal.count() == 0
+
+
+def test_a_task_the_next_run_never_went_back_to_is_abandoned_when_it_ends(store: Store) -> None:
+    host = Host()
+
+    async def two_runs() -> list[Call]:
+        await cut_off(TASK, TASKS, host, resume(store), calls=2)
+        second = resume(store)
+        await second.open([TASKS.id, OTHER.id])
+        await generate(SYNC, OTHER, host, second)  # the run went elsewhere
+        return await second.close()
+
+    (call,) = asyncio.run(two_runs())
+    assert call.route == TASKS.id and abandoned_rows(store) == [("tasks", TASKS.id, 0,
+                                                                 40_000, 1)]
+    assert store.journal.count() == 0
+
+
+class Away(Journal):
+    """A journal whose database is away for the calls named."""
+
+    def __init__(self, store: Store, *away: str) -> None:
+        super().__init__(store.db)
+        self.away = away
+
+    def begin(self, call: Call) -> None:
+        self._maybe("begin")
+        super().begin(call)
+
+    def answer(self, call_id: str, answer: Answer) -> None:
+        self._maybe("answer")
+        super().answer(call_id, answer)
+
+    def abandon(self, call_ids: Any, dropped: Any = ()) -> list[Call]:
+        self._maybe("abandon")
+        return super().abandon(call_ids, dropped)
+
+    def _maybe(self, name: str) -> None:
+        if name in self.away:
+            raise DatabaseUnavailable("away")
+
+
+def test_the_database_away_before_a_submit_sends_nothing(store: Store) -> None:
+    host = Host()
+    submits = Resume(Away(store, "begin"), store.deferred, "imgjob_1", "key_1", "acme")
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(generate(TASK, TASKS, host, submits))
+    assert host.submits == 0
+
+
+def test_the_database_away_while_a_reply_is_kept_does_not_stop_the_flow(store: Store) -> None:
+    host = Host()
+    submits = Resume(Away(store, "answer"), store.deferred, "imgjob_1", "key_1", "acme")
+    assert asyncio.run(generate(TASK, TASKS, host, submits)).upstream_id == "t1"
+    assert host.submits == 1 and store.journal.count() == 0
+
+
+def test_a_clean_up_the_database_refused_waits_for_it(store: Store) -> None:
+    host = Host()
+    away = Away(store, "abandon")
+
+    async def two_runs() -> list[Call]:
+        await cut_off(TASK, TASKS, host, resume(store), calls=2)
+        second = Resume(away, store.deferred, "imgjob_1", "key_1", "acme")
+        await second.open([TASKS.id])
+        return await second.close()
+
+    assert asyncio.run(two_runs()) == [] and len(store.deferred) == 1
+    away.away = ()
+    store.deferred.retry()
+    assert store.journal.count() == 0 and len(abandoned_rows(store)) == 1
+
+
+def test_routes_holding_the_requests_upstream_tasks_are_tried_first() -> None:
+    router = Router({"scripted": TASK}, {}, 10, health=Health((TASKS, OTHER)),
+                    slots=Slots((TASKS.provider, OTHER.provider)))
+    model = scripted.model((TASKS, OTHER))
+    assert [r.id for r in router.prepare(model, request()).routes] == [OTHER.id, TASKS.id]
+    assert [r.id for r in router.prepare(model, request(), first={TASKS.id}).routes] == \
+        [TASKS.id, OTHER.id]
