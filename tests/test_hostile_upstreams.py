@@ -41,6 +41,7 @@ def hostile() -> Iterator[Hostile]:
     asyncio.run_coroutine_threadsafe(upstream.close(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
+    loop.close()
 
 
 @pytest.fixture
