@@ -6,6 +6,7 @@ that no repr, log line or traceback ever shows them.
 
 from __future__ import annotations
 
+import base64
 import os
 import tomllib
 from collections.abc import Mapping
@@ -71,6 +72,9 @@ class Config:
     # PostgreSQL for the billing store (postgresql://…); None: SQLite in the data directory.
     # A Secret: the URL may carry a password.
     database_url: Secret | None = None
+    # The Standard Webhooks secret (`whsec_…`) job webhooks are signed with; None: made once
+    # and kept in the data directory, or in the database a fleet shares (proxy/shared.py).
+    webhook_secret: Secret | None = None
     # Per-key labels on money and limit metrics; off for very many tenants (label "-").
     metrics_per_key: bool = True
     # The prompt in the per-request JSON log line; off by default (prompts are tenants' data).
@@ -102,6 +106,7 @@ _ENV: dict[str, str] = {
     "simulation_time_scale": "SWITCHYARD_SIMULATION_TIME_SCALE",
     "access_log": "SWITCHYARD_ACCESS_LOG",
     "database_url": "SWITCHYARD_DATABASE_URL",
+    "webhook_secret": "SWITCHYARD_WEBHOOK_SECRET",
     "workers": "SWITCHYARD_WORKERS",
     "metrics_per_key": "SWITCHYARD_METRICS_PER_KEY",
     "log_prompts": "SWITCHYARD_LOG_PROMPTS",
@@ -131,12 +136,17 @@ def _coerce(name: str, raw: object) -> object:
             return flag
         if name in ("data_dir", "routes_dir"):
             return Path(str(raw)).expanduser()
+        if name == "webhook_secret":  # whsec_ and the base64 of 16 bytes or more
+            key = str(raw).removeprefix("whsec_")
+            if key == str(raw) or len(base64.b64decode(key, validate=True)) < 16:
+                raise ValueError
+            return Secret(str(raw))
         if name in ("admin_key", "database_url"):
             return Secret(str(raw)) if str(raw) else None
         if name == "public_base_url":
             return str(raw).rstrip("/") or None
         return str(raw)
-    except ValueError:
+    except ValueError:  # binascii.Error is one
         raise ConfigError(f"setting {name!r} has an invalid value") from None
 
 

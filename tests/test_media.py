@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import stat
 from pathlib import Path
@@ -10,7 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from proxy.media import MediaStore, load_or_create_secret
+from proxy.billing.images import StoredImage
+from proxy.media import DirectoryImages, MediaStore, load_or_create_secret
 
 SECRET = b"k" * 32
 NOW = 1_800_000_000.0
@@ -20,7 +22,7 @@ BASE = "https://switchyard.example"
 
 @pytest.fixture
 def media(tmp_path: Path) -> MediaStore:
-    return MediaStore(tmp_path / "images", SECRET, TTL)
+    return MediaStore(DirectoryImages(tmp_path / "images", TTL), SECRET, TTL)
 
 
 def _parts(link: str) -> tuple[str, str, str, str]:
@@ -55,7 +57,7 @@ def test_tampered_link_fails(tmp_path: Path, media: MediaStore, change: str) -> 
     elif change == "expires":
         expires = str(int(expires) + 86400)  # stretch the lifetime
     elif change == "secret":
-        checker = MediaStore(tmp_path / "other", b"x" * 32, TTL)
+        checker = MediaStore(DirectoryImages(tmp_path / "other", TTL), b"x" * 32, TTL)
     else:
         expires = f"{expires}.0"
     assert checker.verify(name, expires, sig, now=NOW) is False
@@ -82,7 +84,7 @@ def test_put_then_read(media: MediaStore, tmp_path: Path, mime: str, ext: str) -
     assert name.endswith(ext)
     assert "/" not in name and not name.startswith(".")
     assert (tmp_path / "images" / name).read_bytes() == data
-    assert asyncio.run(media.read(name)) == data
+    assert asyncio.run(media.read(name)) == StoredImage(data, mime)
 
 
 def test_put_names_are_unique(media: MediaStore) -> None:
@@ -120,7 +122,7 @@ def test_sweep_deletes_only_files_older_than_the_ttl(tmp_path: Path, media: Medi
 
 
 def test_store_creates_its_folder(tmp_path: Path) -> None:
-    MediaStore(tmp_path / "a" / "b", SECRET, TTL)
+    DirectoryImages(tmp_path / "a" / "b", TTL)
     assert (tmp_path / "a" / "b").is_dir()
 
 
@@ -135,7 +137,17 @@ def test_secret_is_made_once_and_private(tmp_path: Path) -> None:
 
 def test_links_survive_a_restart_with_the_same_secret(tmp_path: Path) -> None:
     secret = load_or_create_secret(tmp_path / "url-signing.key")
-    _, name, expires, sig = _parts(MediaStore(tmp_path / "i", secret, TTL).link(BASE, "a.png",
-                                                                                 now=NOW))
-    again = MediaStore(tmp_path / "i", load_or_create_secret(tmp_path / "url-signing.key"), TTL)
+    images = DirectoryImages(tmp_path / "i", TTL)
+    _, name, expires, sig = _parts(MediaStore(images, secret, TTL).link(BASE, "a.png", now=NOW))
+    again = MediaStore(images, load_or_create_secret(tmp_path / "url-signing.key"), TTL)
     assert again.verify(name, expires, sig, now=NOW) is True
+
+
+def test_processes_starting_together_read_one_whole_secret(tmp_path: Path) -> None:
+    """`serve --workers N` on a fresh data directory: every worker makes the secret at once;
+    each gets the same 32 bytes (one was never read half-written, nor made twice)."""
+    path = tmp_path / "data" / "url-signing.key"
+    with concurrent.futures.ProcessPoolExecutor(4) as pool:
+        found = set(pool.map(load_or_create_secret, [path] * 16))
+    assert found == {path.read_bytes()} and len(path.read_bytes()) == 32
+    assert [p.name for p in path.parent.iterdir()] == ["url-signing.key"]  # no drafts left

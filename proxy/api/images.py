@@ -19,7 +19,6 @@ from proxy.api.render import Origin
 from proxy.billing.keys import KeyRecord
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, InputImage
-from proxy.media import MIME_TYPES
 from proxy.services import Services, services
 
 
@@ -120,8 +119,7 @@ async def image_file(request: Request) -> Response:
     query = request.query_params
     if not svc.media.verify(name, query.get("expires", ""), query.get("sig", "")):
         raise ApiError(404, "no such image, or the link expired", code="not_found")
-    data = await svc.media.read(name)
-    if data is None:
+    stored = await svc.media.read(name)
+    if stored is None:
         raise ApiError(404, "no such image, or the link expired", code="not_found")
-    mime = MIME_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
-    return Response(data, 200, {"cache-control": "private, max-age=300"}, mime)
+    return Response(stored.data, 200, {"cache-control": "private, max-age=300"}, stored.mime)

@@ -164,6 +164,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX upstream_calls_ticket ON upstream_calls (ticket);
     """,
+    """
+    CREATE TABLE shared_secrets (
+        name TEXT PRIMARY KEY,
+        value {blob} NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE images (
+        name TEXT PRIMARY KEY,
+        mime TEXT NOT NULL,
+        data {blob} NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX images_expiry ON images (expires_at);
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}
