@@ -168,16 +168,11 @@ def build_app(config: Config, catalog: Catalog | None = None,
 
 
 def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[asyncio.Task[None]]:
-    """Supervised loops, off the event loop: now and then, delete expired image files,
-    release budget reservations no live request can still hold (a crashed process left them)
-    and report the upstream calls a crash cut off whose job then finished without running
-    again; every second, the writes kept while the database was away (store.deferred)."""
+    """Supervised loops, off the event loop: now and then, delete expired image files and
+    release budget reservations no live request can still hold (a crashed process left them);
+    every second, the writes kept while the database was away (store.deferred)."""
     async def reservations() -> None:
         await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
-
-    async def calls() -> None:
-        if not store.deferred:  # a run's own clean-up, kept for the database, goes first
-            await asyncio.to_thread(store.journal.sweep, SWEEP_INTERVAL_S)
 
     async def images() -> None:
         await asyncio.to_thread(media.sweep)
@@ -189,7 +184,6 @@ def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[as
     return [asyncio.create_task(supervise.forever("budget_sweep", reservations,
                                                   SWEEP_INTERVAL_S)),
             asyncio.create_task(supervise.forever("media_sweep", images, SWEEP_INTERVAL_S)),
-            asyncio.create_task(supervise.forever("call_sweep", calls, SWEEP_INTERVAL_S)),
             asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S))]
 
 

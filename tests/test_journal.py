@@ -13,7 +13,6 @@ from proxy.billing.journal import Answer, Call, Journal
 from proxy.billing.store import Store
 
 
-
 @pytest.fixture
 def store(database: str) -> Iterator[Store]:
     with Store(database) as opened:
@@ -68,31 +67,38 @@ def test_a_reply_on_a_route_the_request_no_longer_has_is_abandoned(store: Store)
     assert [row[0] for row in ledger(store)] == [gone.id]
 
 
-def test_abandon_and_drop_in_one_go(store: Store) -> None:
-    journal = store.journal
-    for one in (unused := call(0), hedge := call(1), done := call(2)):
-        journal.begin(one)
-    journal.drop([done.id])
-    assert journal.abandon([unused.id], [hedge.id]) == [unused]
-    assert journal.abandon([unused.id], [hedge.id]) == []
-    assert journal.count() == 0 and [row[0] for row in ledger(store)] == [unused.id]
-
-
-def test_the_sweep_reports_calls_of_jobs_that_finished_without_running_again(
+def test_a_jobs_outcome_drops_what_its_run_accounted_for_and_reports_the_rest(
         store: Store) -> None:
-    jobs = store.jobs
-    finished = jobs.enqueue("key_1", "generations", b"{}")
-    running = jobs.enqueue("key_1", "generations", b"{}")
-    jobs.finish(finished.id, 401, b"{}")
-    for one in (left := call(ticket=finished.id, age_s=600),
-                young := call(ticket=finished.id, ordinal=1),
-                live := call(ticket=running.id, age_s=600)):
+    job = store.jobs.enqueue("key_1", "generations", b"{}")
+    for one in (ours := call(0, ticket=job.id), failed := call(1, ticket=job.id),
+                left := call(2, ticket=job.id), other := call(0, ticket="imgjob_other")):
         store.journal.begin(one)
-    assert store.journal.sweep(60) == 1
+    store.journal.answer(left.id, ANSWER)  # a task taken up, never gone back to
+    store.journal.drop([failed.id])
+    assert store.jobs.finish(job.id, 200, b"{}", {ours.id, failed.id}) == [left]
+    assert store.jobs.finish(job.id, 200, b"{}", {ours.id}) == []  # tried again: no change
     assert [row[0] for row in ledger(store)] == [left.id]
-    assert [store.journal.count(t) for t in (finished.id, running.id)] == [1, 1]
-    assert store.journal.recover(running.id, [live.route]) == ([], [live])  # no reply kept
-    assert store.journal.recover(finished.id, []) == ([], [young])
+    assert store.journal.count() == 1 and store.journal.count(other.ticket) == 1
+
+
+def test_a_job_that_ends_without_running_again_reports_what_a_crash_left(store: Store) -> None:
+    job = store.jobs.enqueue("key_1", "generations", b"{}")
+    store.journal.begin(cut := call(ticket=job.id))
+    assert store.jobs.finish(job.id, 401, b"{}") == [cut]
+    assert [row[0] for row in ledger(store)] == [cut.id] and store.journal.count() == 0
+
+
+def test_cancelling_a_batch_reports_what_a_crash_left_for_its_queued_items(
+        store: Store) -> None:
+    queued, running = (store.jobs.enqueue("key_1", "generations", b"{}") for _ in range(2))
+    store.db.execute("UPDATE jobs SET batch_id = 'batch_1' WHERE id IN (?, ?)",
+                     (queued.id, running.id))
+    store.db.execute("UPDATE jobs SET state = 'processing' WHERE id = ?", (running.id,))
+    for one in (left := call(ticket=queued.id), live := call(ticket=running.id)):
+        store.journal.begin(one)
+    store.batches.cancel("batch_1")
+    assert [row[0] for row in ledger(store)] == [left.id]
+    assert store.journal.count() == 1 and store.journal.count(live.ticket) == 1
 
 
 def test_usage_counts_abandoned_calls_as_spend_not_as_requests(store: Store) -> None:

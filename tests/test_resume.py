@@ -1,7 +1,8 @@
 """A queued request's submits written down as the driver makes them (flows.run_steps and
 proxy/providers/resume.py): each submit before it is sent, its reply before the flow's next
 call; a submit an earlier run made is answered from the journal instead of being sent, on
-the route that holds it; a call no run can resume is reported as `abandoned`."""
+the route that holds it; a call no run can resume is reported as `abandoned`, when the next
+run starts or when the job's outcome is stored."""
 
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ class RecordingLog:
     async def answered(self, ordinal: int, reply: UpstreamReply) -> None:
         self.events.append(f"answered {ordinal}: {reply.json()['id']}")
 
-    async def ended(self) -> None:
-        self.events.append("ended")
+    async def failed(self) -> None:
+        self.events.append("failed")
 
 
 def drive(adapter: Adapter, host: Host, log: Any) -> ImageResult:
@@ -130,7 +131,7 @@ def test_a_submit_is_written_down_before_it_is_sent_and_its_reply_before_the_fir
         ) -> None:
     events: list[str] = []
     drive(TASK, Host(events), RecordingLog(events))
-    assert events == ["sending 0", "POST", "answered 0: t1", "GET", "GET", "ended"]
+    assert events == ["sending 0", "POST", "answered 0: t1", "GET", "GET"]
 
 
 def test_a_submit_an_earlier_run_made_is_answered_from_the_log_and_not_sent() -> None:
@@ -139,21 +140,21 @@ def test_a_submit_an_earlier_run_made_is_answered_from_the_log_and_not_sent() ->
     earlier = UpstreamReply(200, httpx.Headers(), b'{"id": "t-earlier"}')
     result = drive(TASK, host, RecordingLog(events, {0: earlier}))
     assert host.submits == 0 and host.polled == {"t-earlier": 2}
-    assert events == ["sending 0", "GET", "GET", "ended"] and result.upstream_id == "t-earlier"
+    assert events == ["sending 0", "GET", "GET"] and result.upstream_id == "t-earlier"
 
 
 def test_a_synchronous_call_keeps_no_reply() -> None:
     events: list[str] = []
     drive(SYNC, Host(events), RecordingLog(events))
-    assert events == ["sending 0", "POST", "ended"]
+    assert events == ["sending 0", "POST"]
 
 
-def test_a_failed_flow_ends_its_log_and_a_cancelled_one_keeps_it() -> None:
+def test_a_failed_flow_says_so_and_a_cancelled_one_does_not() -> None:
     events: list[str] = []
     busy = UpstreamReply(503, httpx.Headers(), b"{}")
     with pytest.raises(UpstreamError):
         drive(TASK, Host(events), RecordingLog(events, {0: busy}))
-    assert events == ["sending 0", "ended"]
+    assert events == ["sending 0", "failed"]
 
     async def cancelled() -> None:
         host = Host(events)
@@ -180,8 +181,17 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield opened
 
 
-def resume(store: Store, ticket: str = "imgjob_1") -> Resume:
-    return Resume(store.journal, store.deferred, ticket, "key_1", "acme")
+def resume(store: Store, journal: Journal | None = None) -> Resume:
+    return Resume(journal or store.journal, store.deferred, "imgjob_1")
+
+
+async def opened(submits: Resume, *routes: Route) -> list[Call]:
+    return await submits.open([route.id for route in routes], "key_1", "acme")
+
+
+def finish(store: Store, submits: Resume) -> list[Call]:
+    """The job's outcome stored, with what the run accounted for."""
+    return store.jobs.finish("imgjob_1", 200, b"{}", submits.accounted())
 
 
 async def generate(adapter: Adapter, route: Route, host: Host, submits: Resume,
@@ -211,21 +221,39 @@ def abandoned_rows(store: Store) -> list[tuple[Any, ...]]:
 
 def test_a_run_cut_off_mid_poll_is_resumed_by_the_next_without_a_submit(store: Store) -> None:
     host = Host(polls=3)
+    second = resume(store)
 
     async def two_runs() -> ImageResult:
         first = resume(store)
-        assert await first.open([TASKS.id]) == []
+        assert await opened(first, TASKS) == []
         await cut_off(TASK, TASKS, host, first, calls=2)  # the submit and a first poll
-        second = resume(store)
-        assert await second.open([TASKS.id, OTHER.id]) == []
+        assert await opened(second, TASKS, OTHER) == []
         assert second.resumed == {TASKS.id}
-        result = await generate(TASK, TASKS, host, second)
-        assert await second.close() == []
-        return result
+        return await generate(TASK, TASKS, host, second)
 
     result = asyncio.run(two_runs())
     assert host.submits == 1 and host.polled == {"t1": 3} and result.upstream_id == "t1"
+    assert store.journal.count() == 1  # until the job's outcome is stored
+    assert finish(store, second) == []
     assert store.journal.count() == 0 and abandoned_rows(store) == []
+
+
+def test_a_run_cut_off_after_its_flow_delivered_resumes_rather_than_pays_again(
+        store: Store) -> None:
+    """The flow delivered, then the process died before the job's outcome was stored: the
+    task's result is fetched again, not paid for again."""
+    host = Host(polls=1)
+
+    async def two_runs() -> ImageResult:
+        first = resume(store)
+        await opened(first, TASKS)
+        await generate(TASK, TASKS, host, first)  # ... and the process dies here
+        second = resume(store)
+        await opened(second, TASKS)
+        return await generate(TASK, TASKS, host, second)
+
+    assert asyncio.run(two_runs()).upstream_id == "t1"
+    assert host.submits == 1 and host.polled == {"t1": 2}
 
 
 def test_each_part_of_a_fanned_out_request_is_resumed(store: Store) -> None:
@@ -234,12 +262,12 @@ def test_each_part_of_a_fanned_out_request_is_resumed(store: Store) -> None:
     async def two_runs() -> ImageResult:
         await cut_off(TASK, TASKS, host, resume(store), calls=4, n=2)  # 2 submits, 2 polls
         second = resume(store)
-        await second.open([TASKS.id])
+        await opened(second, TASKS)
         return await generate(TASK, TASKS, host, second, n=2)
 
     result = asyncio.run(two_runs())
     assert host.submits == 2 and len(result.images) == 2
-    assert sorted(host.polled) == ["t1", "t2"] and store.journal.count() == 0
+    assert sorted(host.polled) == ["t1", "t2"] and store.journal.count() == 2
 
 
 def test_a_call_cut_off_before_its_reply_is_reported_as_abandoned(store: Store) -> None:
@@ -248,7 +276,7 @@ def test_a_call_cut_off_before_its_reply_is_reported_as_abandoned(store: Store) 
 
     async def two_runs() -> list[Call]:
         await cut_off(SYNC, TASKS, host, resume(store), calls=1)
-        return await resume(store).open([TASKS.id])
+        return await opened(resume(store), TASKS)
 
     (call,) = asyncio.run(two_runs())
     assert (call.provider, call.route, call.upstream_micros) == ("tasks", TASKS.id, 40_000)
@@ -256,17 +284,18 @@ def test_a_call_cut_off_before_its_reply_is_reported_as_abandoned(store: Store) 
     assert store.journal.count() == 0
 
 
-def test_a_task_the_next_run_never_went_back_to_is_abandoned_when_it_ends(store: Store) -> None:
+def test_a_task_the_next_run_never_went_back_to_is_abandoned_with_the_jobs_outcome(
+        store: Store) -> None:
     host = Host()
+    second = resume(store)
 
-    async def two_runs() -> list[Call]:
+    async def two_runs() -> None:
         await cut_off(TASK, TASKS, host, resume(store), calls=2)
-        second = resume(store)
-        await second.open([TASKS.id, OTHER.id])
+        await opened(second, TASKS, OTHER)
         await generate(SYNC, OTHER, host, second)  # the run went elsewhere
-        return await second.close()
 
-    (call,) = asyncio.run(two_runs())
+    asyncio.run(two_runs())
+    (call,) = finish(store, second)
     assert call.route == TASKS.id and abandoned_rows(store) == [("tasks", TASKS.id, 0,
                                                                  40_000, 1)]
     assert store.journal.count() == 0
@@ -287,9 +316,9 @@ class Away(Journal):
         self._maybe("answer")
         super().answer(call_id, answer)
 
-    def abandon(self, call_ids: Any, dropped: Any = ()) -> list[Call]:
-        self._maybe("abandon")
-        return super().abandon(call_ids, dropped)
+    def drop(self, call_ids: Any) -> None:
+        self._maybe("drop")
+        super().drop(call_ids)
 
     def _maybe(self, name: str) -> None:
         if name in self.away:
@@ -298,33 +327,35 @@ class Away(Journal):
 
 def test_the_database_away_before_a_submit_sends_nothing(store: Store) -> None:
     host = Host()
-    submits = Resume(Away(store, "begin"), store.deferred, "imgjob_1", "key_1", "acme")
     with pytest.raises(DatabaseUnavailable):
-        asyncio.run(generate(TASK, TASKS, host, submits))
+        asyncio.run(generate(TASK, TASKS, host, resume(store, Away(store, "begin"))))
     assert host.submits == 0
 
 
 def test_the_database_away_while_a_reply_is_kept_does_not_stop_the_flow(store: Store) -> None:
     host = Host()
-    submits = Resume(Away(store, "answer"), store.deferred, "imgjob_1", "key_1", "acme")
+    submits = resume(store, Away(store, "answer"))
     assert asyncio.run(generate(TASK, TASKS, host, submits)).upstream_id == "t1"
-    assert host.submits == 1 and store.journal.count() == 0
+    assert host.submits == 1 and finish(store, submits) == [] and store.journal.count() == 0
 
 
-def test_a_clean_up_the_database_refused_waits_for_it(store: Store) -> None:
-    host = Host()
-    away = Away(store, "abandon")
+def test_a_failed_flows_calls_go_at_once_or_with_the_jobs_outcome(store: Store) -> None:
+    busy = Host(polls=10**6)  # never done: the deadline ends the flow
 
-    async def two_runs() -> list[Call]:
-        await cut_off(TASK, TASKS, host, resume(store), calls=2)
-        second = Resume(away, store.deferred, "imgjob_1", "key_1", "acme")
-        await second.open([TASKS.id])
-        return await second.close()
+    async def failing(submits: Resume) -> None:
+        async with httpx.AsyncClient(transport=busy) as client:
+            deadline = asyncio.get_running_loop().time() + 0.05
+            with pytest.raises(UpstreamError):
+                await flows.generate(TASK, TASKS, request(), client, deadline, submits=submits)
 
-    assert asyncio.run(two_runs()) == [] and len(store.deferred) == 1
-    away.away = ()
-    store.deferred.retry()
-    assert store.journal.count() == 0 and len(abandoned_rows(store)) == 1
+    first = resume(store)
+    asyncio.run(failing(first))
+    assert store.journal.count() == 0 and first.accounted() == frozenset()
+    away = resume(store, Away(store, "drop"))
+    asyncio.run(failing(away))
+    assert store.journal.count() == 1
+    assert finish(store, away) == [] and store.journal.count() == 0
+    assert abandoned_rows(store) == []
 
 
 def test_routes_holding_the_requests_upstream_tasks_are_tried_first() -> None:

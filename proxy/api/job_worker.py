@@ -9,6 +9,10 @@ up an attempt; an overloaded host costs an attempt; any other outcome is final a
 Every loop here is supervised (proxy/supervise.py): claims, leases, webhooks and batches go on
 after an error. A job that met a database outage goes back to the queue uncounted, and a job's
 outcome waits in memory until the database takes it; a job that broke on a bug fails alone.
+
+Each run of a job writes its upstream submits down (proxy/providers/resume.py): a run after a
+crash polls the upstream tasks the last one started instead of paying for them again, and the
+job's stored outcome settles what its runs left (calls no run could resume are `abandoned`).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from proxy import supervise
 from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, internal, render
 from proxy.api.job_webhooks import Webhooks
-from proxy.api.metering import charge
+from proxy.api.metering import charge, count_abandoned
 from proxy.api.openai_schema import from_json
 from proxy.api.render import Origin
 from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.jobs import Job
+from proxy.providers.resume import Resume
 from proxy.services import Services
 
 log = logging.getLogger("switchyard.jobs")
@@ -179,8 +184,11 @@ class Worker:
         self._freed.set()
 
     async def _run_one(self, job: Job) -> None:
+        store = self._svc.store
+        resume = Resume(store.journal, store.deferred, job.id, left=job.calls_left,
+                        run=self._svc.ledger_writes.run)
         try:
-            status, body, retry = await self._execute(job)
+            status, body, retry = await self._execute(job, resume)
         except asyncio.CancelledError:
             # Shutting down: hand the job back now rather than when its lease runs out.
             with contextlib.suppress(DatabaseUnavailable):
@@ -197,25 +205,30 @@ class Worker:
             status, body, retry = 500, bytes(render(internal(exc)).body), None
         else:
             self._runs.succeeded()
-        await self._record(job, status, body, retry)
+        await self._record(job, (status, body), retry, resume)
 
-    async def _record(self, job: Job, status: int, body: bytes,
-                      retry: tuple[float, bool] | None) -> None:
+    async def _record(self, job: Job, outcome: tuple[int, bytes],
+                      retry: tuple[float, bool] | None, resume: Resume) -> None:
         """The job's outcome, or its return to the queue, written once the database takes
-        it (the outcome waits here meanwhile, so a finished job is not run again)."""
+        it (the outcome waits here meanwhile, so a finished job is not run again). The
+        outcome settles the journal of the job's upstream calls with it: back in the queue,
+        the job's next run takes them up."""
         jobs = self._svc.store.jobs
         while True:
             try:
                 if retry is not None:
                     await asyncio.to_thread(jobs.retry_later, job.id, *retry)
                     return
-                await asyncio.to_thread(jobs.finish, job.id, status, body)
+                abandoned = await asyncio.to_thread(jobs.finish, job.id, *outcome,
+                                                    resume.accounted())
                 break
             except DatabaseUnavailable as exc:
                 await asyncio.sleep(self._runs.failed(exc))
-        log.info("job %s finished: %s", job.id, status)
+        count_abandoned(self._svc, abandoned)
+        log.info("job %s finished: %s", job.id, outcome[0])
 
-    async def _execute(self, job: Job) -> tuple[int, bytes, tuple[float, bool] | None]:
+    async def _execute(self, job: Job, resume: Resume
+                       ) -> tuple[int, bytes, tuple[float, bool] | None]:
         """(status, body, None), or (seconds, counted) when the job should wait its turn."""
         svc = self._svc
         try:
@@ -228,7 +241,8 @@ class Worker:
             asked = replace(asked, ticket=job.id,
                             patience_s=await self._patience(job) if job.batch_id else None)
             base = svc.config.public_base_url or f"http://{svc.config.host}:{svc.config.port}"
-            response = await charge(Origin(job.id, base), svc, key, model, asked)
+            response = await charge(Origin(job.id, base), svc, key, model, asked,
+                                    resume=resume)
         except ApiError as error:
             later = _later(error, job)
             if later is not None and error.code == "rate_limit_exceeded":

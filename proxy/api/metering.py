@@ -6,10 +6,10 @@ reserve the quote (the first route's billed price x n) against the key's budget 
 is sent. A failure is recorded at $0 and releases the reservation. Tenants are billed at most
 the quote they were reserved for, so a budget is never overspent.
 
-Queued work (a job, a batch item: a request with a ticket) has its upstream submits written
-down (proxy/providers/resume.py): a run after a crash first takes up what the last one left,
-resuming its upstream tasks on their routes and writing the calls it cannot resume to the
-ledger as `abandoned` (billed $0, their quote as upstream spend).
+Queued work (a job, a batch item) comes with a Resume: its upstream submits are written
+down (proxy/providers/resume.py), and a run after a crash first takes up what the last one
+left, resuming its upstream tasks on their routes and writing the calls it cannot resume to
+the ledger as `abandoned` (billed $0, their quote as upstream spend).
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ T = TypeVar("T")
 
 
 async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
-                 asked: ImageRequest, idempotency_key: str | None = None) -> Response:
+                 asked: ImageRequest, idempotency_key: str | None = None,
+                 resume: Resume | None = None) -> Response:
     ledger = _Ledger(origin.request_id, svc, key, asked, idempotency_key)
-    first = await ledger.resume_calls(model) if asked.ticket is not None else ()
+    first = await ledger.take_up(resume, model) if resume is not None else ()
     try:
         prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy), first)
     except NoRoute as exc:
@@ -87,11 +88,7 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
     started = time.monotonic()
     try:
         served = await svc.router.run(prepared, ledger.asked, ledger.resume)
-        if ledger.resume is not None:
-            await ledger.calls_done()
     except RoutesFailed as exc:
-        if ledger.resume is not None:
-            await ledger.calls_done()
         await ledger.failed(reservation, exc, started)
         _observe_failure(model, exc, time.monotonic() - started)
         ledger.log(exc.failure.kind.value, started, exc.attempts[-1].provider
@@ -147,6 +144,14 @@ def _key_label(svc: Services, key: KeyRecord) -> str:
     return key.id if svc.config.metrics_per_key else "-"
 
 
+def count_abandoned(svc: Services, calls: list[Call]) -> None:
+    """Upstream spend of calls a crash cut off, written to the ledger as abandoned."""
+    for call in calls:
+        metrics.UPSTREAM_COST.labels(call.key_id if svc.config.metrics_per_key else "-",
+                                     call.model, call.provider).inc(
+            float(usd(call.upstream_micros)))
+
+
 def _hold(asked: ImageRequest) -> float | None:
     """A patient request's budget hold outlives the usual sweep: it may settle hours later."""
     return asked.patience_s + 3600 if asked.patience_s else None
@@ -173,26 +178,13 @@ class _Ledger:
         self.period = period_label(key.limits.budget_period, time.time())
         self.resume: Resume | None = None  # a queued request's upstream submits
 
-    async def resume_calls(self, model: Model) -> frozenset[str]:
-        """Take up what earlier runs of this queued request left (written down in the
-        journal); the routes that hold its upstream tasks, to be tried first."""
-        assert self.asked.ticket is not None
-        store = self.svc.store
-        self.resume = Resume(store.journal, store.deferred, self.asked.ticket, self.key.id,
-                             self.key.tenant)
-        self._abandoned(await self.resume.open([route.id for route in model.routes]))
-        return self.resume.resumed
-
-    async def calls_done(self) -> None:
-        """The run is over: what it was to resume but did not is reported as abandoned."""
-        assert self.resume is not None
-        self._abandoned(await self.resume.close())
-
-    def _abandoned(self, calls: list[Call]) -> None:
-        label = _key_label(self.svc, self.key)
-        for call in calls:
-            metrics.UPSTREAM_COST.labels(label, call.model, call.provider).inc(
-                float(usd(call.upstream_micros)))
+    async def take_up(self, resume: Resume, model: Model) -> frozenset[str]:
+        """Take up what earlier runs of this queued request left in the journal; the routes
+        that hold its upstream tasks, to be tried first."""
+        self.resume = resume
+        routes = [route.id for route in model.routes]
+        count_abandoned(self.svc, await resume.open(routes, self.key.id, self.key.tenant))
+        return resume.resumed
 
     async def reserve(self, quote: Decimal) -> str | None:
         """The budget reservation; None (and no database round trip) for a key without a

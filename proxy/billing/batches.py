@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.billing import journal
 from proxy.billing.db import Database
 
 MAX_REQUESTS = 50_000
@@ -135,9 +136,12 @@ class Batches:
         return {state: int(n) for state, n in rows}
 
     def cancel(self, batch_id: str) -> None:
-        """Queued items will not run; items already running finish; then the batch ends."""
+        """Queued items will not run; items already running finish; then the batch ends.
+        Upstream calls a crash cut off for a queued item go to the ledger as abandoned."""
         now = int(time.time())
         with self._db.transaction() as cur:
+            journal.settle(cur, "SELECT id FROM jobs WHERE batch_id = ? AND state = 'queued'",
+                           (batch_id,))
             cur.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? "
                         "WHERE batch_id = ? AND state = 'queued'", (now, batch_id))
             cur.execute("UPDATE batches SET status = 'cancelling', cancelling_at = ? "

@@ -14,7 +14,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.billing import journal
 from proxy.billing.db import Database
+from proxy.billing.journal import Call
 
 STATES = ("queued", "processing", "succeeded", "failed")
 
@@ -34,22 +36,25 @@ class Job:
     finished_at: int | None = None
     webhook_attempts: int = 0
     batch_id: str | None = None
+    # Earlier runs left upstream calls in the journal (proxy/billing/journal.py) to take up.
+    calls_left: bool = False
 
 
 _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, callback_url, "
-            "created_at, finished_at, webhook_attempts, batch_id")
+            "created_at, finished_at, webhook_attempts, batch_id, "
+            "EXISTS (SELECT 1 FROM upstream_calls WHERE ticket = jobs.id)")
 _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
              "(state = 'processing' AND lease_until < ?))")
 
 
 def _job(row: tuple[Any, ...]) -> Job:
     (job_id, key_id, endpoint, request, state, attempts, status, response, callback, created,
-     finished, hooks, batch_id) = row
+     finished, hooks, batch_id, calls_left) = row
     return Job(job_id, key_id, endpoint, bytes(request), state, int(attempts),
                int(status) if status is not None else None,
                bytes(response) if response is not None else None, callback or None,
                int(created), int(finished) if finished is not None else None, int(hooks),
-               batch_id or None)
+               batch_id or None, bool(calls_left))
 
 
 class Jobs:
@@ -104,13 +109,17 @@ class Jobs:
                              f"id IN ({', '.join('?' * len(chunk))})",
                              (int(time.time() + lease_s), *chunk))
 
-    def finish(self, job_id: str, status: int, response: bytes) -> None:
+    def finish(self, job_id: str, status: int, response: bytes,
+               accounted: Collection[str] = ()) -> list[Call]:
         """The job's outcome (a success or a final error), kept for GET and the webhook. Its
         ledger row (keyed by the job id) is marked delivered in the same transaction: a
-        stored result is as good as a response on the wire."""
+        stored result is as good as a response on the wire. So are its upstream calls'
+        journal rows settled: those its last run `accounted` for go, any other is written to
+        the ledger as abandoned (a crash cut it off and no run took it up); those calls."""
         succeeded = 200 <= status < 300
         now = int(time.time())
         with self._db.transaction() as cur:
+            abandoned = journal.settle(cur, "?", (job_id,), accounted)
             cur.execute(
                 "UPDATE jobs SET state = ?, status = ?, response = ?, lease_until = NULL, "
                 "finished_at = ?, webhook_state = CASE WHEN callback_url IS NULL THEN NULL "
@@ -119,6 +128,7 @@ class Jobs:
             if succeeded:
                 cur.execute("UPDATE ledger SET delivered_at = ? WHERE request_id = ?",
                             (now, job_id))
+        return abandoned
 
     def retry_later(self, job_id: str, seconds: float, counted: bool = True) -> None:
         """Back to the queue (every route full, the key's rate limit, or a shutdown): run

@@ -3,11 +3,13 @@ off is neither paid for twice nor hidden.
 
 Before such a request sends a submit, its row is written here, "in flight": who pays, the
 route, and what the route quotes for the call. When the flow goes on past the submit (to poll
-the task it started, say), the submit's reply is kept in the row before the next call; when
-the flow ends, its rows go. So the rows a crash leaves say what was under way: one with a
-reply is an upstream task the next run polls again instead of submitting again; one without
-is a call whose outcome nobody will learn (a synchronous host, or a submit whose reply never
-came). That one goes to the ledger as `abandoned`: billed $0, its quote as upstream spend.
+the task it started, say), the submit's reply is kept in the row before the next call. A flow
+that fails drops its rows; the others stay until the job's outcome is stored (Jobs.finish,
+one transaction with it). So the rows a crash leaves say what was under way: one with a reply
+is an upstream task the next run polls again instead of submitting again; one without is a
+call whose outcome nobody will learn (a synchronous host, or a submit whose reply never came).
+That one goes to the ledger as `abandoned`: billed $0, its quote as upstream spend; so does
+any row a job's last run did not account for when the job ends.
 
 Every call here is idempotent, so one whose connection broke under it is simply tried again.
 """
@@ -15,8 +17,7 @@ Every call here is idempotent, so one whose connection broke under it is simply 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import astuple, dataclass
 from functools import partial
 from typing import Any
@@ -61,7 +62,6 @@ _ENTRY_COLUMNS = ", ".join(Entry.__dataclass_fields__)
 _ABANDON = (f"INSERT INTO ledger ({_ENTRY_COLUMNS}) VALUES "
             f"({', '.join('?' * len(Entry.__dataclass_fields__))}) "
             f"ON CONFLICT (request_id) DO NOTHING")
-_FINISHED = "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed')"
 
 
 class Journal:
@@ -82,7 +82,7 @@ class Journal:
             (answer.status, json.dumps(answer.headers), answer.body, call_id)))
 
     def drop(self, call_ids: Collection[str]) -> None:
-        """Rows whose flow ended: nothing in them needs resuming or reporting."""
+        """Rows whose flow failed: nothing in them needs resuming or reporting."""
         for chunk in _chunks(list(call_ids)):
             retry_lost(partial(self._db.execute, f"DELETE FROM upstream_calls WHERE id IN "
                                                  f"({', '.join('?' * len(chunk))})", chunk))
@@ -108,34 +108,22 @@ class Journal:
                     abandoned.append(_abandon(cur, call))
         return kept, abandoned
 
-    def abandon(self, call_ids: Collection[str], dropped: Collection[str] = ()) -> list[Call]:
-        """Write these rows to the ledger as abandoned and drop them, and drop `dropped`
-        (one transaction); the abandoned calls that were still there."""
-        return retry_lost(lambda: self._abandon_ids(list(call_ids), list(dropped)))
-
-    def _abandon_ids(self, call_ids: list[str], dropped: list[str]) -> list[Call]:
-        done: list[Call] = []
-        with self._db.transaction() as cur:
-            for chunk in _chunks(call_ids):
-                rows = cur.query(f"SELECT {_COLUMNS} FROM upstream_calls WHERE id IN "
-                                 f"({', '.join('?' * len(chunk))})", chunk)
-                done += [_abandon(cur, _call(row)) for row in rows]
-            for chunk in _chunks(dropped):
-                cur.execute(f"DELETE FROM upstream_calls WHERE id IN "
-                            f"({', '.join('?' * len(chunk))})", chunk)
-        return done
-
-    def sweep(self, older_than_s: float, now: float | None = None) -> int:
-        """Rows a crash left for jobs that then finished without running again (their key
-        revoked, their batch expired): written to the ledger as abandoned."""
-        rows = self._db.query(f"SELECT id FROM upstream_calls WHERE created_at < ? AND "
-                              f"ticket IN ({_FINISHED})",
-                              (int((time.time() if now is None else now) - older_than_s),))
-        return len(self.abandon([row[0] for row in rows])) if rows else 0
-
     def count(self, ticket: str | None = None) -> int:
         where, args = (" WHERE ticket = ?", (ticket,)) if ticket else ("", ())
         return int(self._db.query(f"SELECT COUNT(*) FROM upstream_calls{where}", args)[0][0])
+
+
+def settle(cur: Cursor, tickets: str, args: Sequence[Any], accounted: Collection[str] = ()
+           ) -> list[Call]:
+    """Within a transaction that ends jobs (`tickets`: SQL selecting their ids, with `args`):
+    drop the rows their last runs `accounted` for (what those runs did is in their ledger
+    rows), and write every other row left to the ledger as abandoned; those calls."""
+    ids = list(accounted)
+    for chunk in _chunks(ids):
+        cur.execute(f"DELETE FROM upstream_calls WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk)
+    rows = cur.query(f"SELECT {_COLUMNS} FROM upstream_calls WHERE ticket IN ({tickets})", args)
+    return [_abandon(cur, _call(row)) for row in rows]
 
 
 def _abandon(cur: Cursor, call: Call) -> Call:

@@ -42,8 +42,9 @@ class SubmitLog(Protocol):
     async def answered(self, ordinal: int, reply: UpstreamReply) -> None:
         """The flow goes on past this submit: keep its reply, before the next call."""
 
-    async def ended(self) -> None:
-        """The flow returned or failed: none of its submits needs resuming."""
+    async def failed(self) -> None:
+        """The flow failed: none of its submits needs resuming or reporting. (A flow that
+        delivered keeps them until the job's outcome is stored.)"""
 
 
 class Submits(Protocol):
@@ -191,7 +192,7 @@ async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
 
     With a `log`, each submit is written down before it is sent, and its reply kept before
     the flow's next call; a submit an earlier run made is answered from the log, not sent.
-    When the flow returns or fails, its log ends; cancelled, it stays for the next run."""
+    A flow that fails says so to its log."""
     pause = pause or _sleep
     reply: UpstreamReply | None = None
     submits = 0
@@ -201,8 +202,7 @@ async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
             try:
                 step = flow.send(reply)
             except StopIteration as done:
-                value = done.value
-                break
+                return done.value
             except (KeyError, TypeError, ValueError, IndexError, AttributeError,
                     orjson.JSONDecodeError):
                 raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed",
@@ -222,11 +222,8 @@ async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
                 submits += 1
     except UpstreamError:
         if log is not None:
-            await log.ended()
+            await log.failed()
         raise
-    if log is not None:
-        await log.ended()
-    return value
 
 
 async def _call(call: UpstreamCall, route: Route, client: httpx.AsyncClient,

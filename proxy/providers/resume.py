@@ -1,13 +1,13 @@
 """A queued request's upstream submits, written down as its flows make them (the journal in
 proxy/billing/journal.py), so that its run after a crash resumes what the last run started.
 
-The run first takes up what earlier runs left (`open`): a submit whose reply was kept is
+A run first takes up what earlier runs left (`open`): a submit whose reply was kept is
 answered from the journal when the flow makes it again, so the flow polls the upstream task
 it already paid for, on the route that has it (the router tries those routes first); any
-other call left is reported to the ledger as `abandoned`. After the run (`close`), calls it
-was to resume but never went back to are reported too, and its other rows go. Only queued
-work (jobs, batch items: requests with a ticket) pays these database writes; an interactive
-request has no Resume at all.
+other call left is reported to the ledger as `abandoned`. A flow that fails drops its rows;
+the rest stay until the job's outcome is stored, which drops the rows the run `accounted`
+for and reports any other (a task the run never went back to) as abandoned. Only queued work
+(jobs, batch items) pays these database writes: an interactive request has no Resume at all.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
 
@@ -28,56 +29,55 @@ from proxy.domain import ImageRequest
 from proxy.providers.base import UpstreamReply
 from proxy.supervise import Failures
 
+Run = Callable[..., Awaitable[Any]]  # (call, *args) -> its result, off the event loop (a thread)
 # A reply bigger than this is not kept (a submit's reply that a flow goes on from is a task's
 # id and status, a few hundred bytes): after a crash that call shows as abandoned.
 MAX_KEPT_BYTES = 1024 * 1024
 
 
 class Resume:
-    """One run of one ticketed request: implements flows.Submits."""
+    """One run of one queued request (its `ticket`: the job id); implements flows.Submits."""
 
-    def __init__(self, journal: Journal, deferred: Deferred, ticket: str, key_id: str,
-                 tenant: str) -> None:
+    def __init__(self, journal: Journal, deferred: Deferred, ticket: str,
+                 left: bool = True, run: Run = asyncio.to_thread) -> None:
         self._journal = journal
         self._deferred = deferred
-        self._payer = (ticket, key_id, tenant)
+        self._left = left  # whether earlier runs may have left calls (else nothing to read)
+        self._run = run  # runs a journal call off the event loop
+        self._payer = (ticket, "", "")  # (ticket, key id, tenant): who the calls are for
         # (route id, part, ordinal) -> (call id, its reply): submits to answer from the journal
         self._kept: dict[tuple[str, int, int], tuple[str, UpstreamReply]] = {}
-        self._live: set[str] = set()  # rows of this run not dropped yet
+        self._ours: set[str] = set()  # rows this run wrote or took up, and did not drop
         self.resumed: frozenset[str] = frozenset()
 
-    async def open(self, routes: Sequence[str]) -> list[Call]:
+    async def open(self, routes: Sequence[str], key_id: str, tenant: str) -> list[Call]:
         """Take up what earlier runs left: the calls with a kept reply on one of `routes` are
         to be resumed (`resumed` names their routes); the others are written to the ledger as
         abandoned, and returned."""
-        kept, abandoned = await asyncio.to_thread(self._journal.recover, self._payer[0], routes)
-        for call, answer in kept:
-            self._kept[(call.route, call.part, call.ordinal)] = (call.id, _reply(answer))
-            self._live.add(call.id)
+        self._payer = (self._payer[0], key_id, tenant)
+        if not self._left:
+            return []
+        found: tuple[list[tuple[Call, Answer]], list[Call]] = await self._run(
+            self._journal.recover, self._payer[0], routes)
+        kept, abandoned = found
+        self._kept = {(call.route, call.part, call.ordinal): (call.id, _reply(answer))
+                      for call, answer in kept}
         self.resumed = frozenset(call.route for call, _ in kept)
         return abandoned
 
     def log(self, route: Route, request: ImageRequest, part: int) -> FlowLog:
         return FlowLog(self, route, request, part)
 
-    async def close(self) -> list[Call]:
-        """The run is over: calls it was to resume but never went back to are written to the
-        ledger as abandoned (and returned); its other rows (a hedge that lost) go. A database
-        that is away gets both once it is back."""
-        unused = [call_id for call_id, _ in self._kept.values()]
-        rest = list(self._live.difference(unused))
-        self._kept.clear()
-        self._live.clear()
-        if not unused and not rest:
-            return []
-        try:
-            return await asyncio.to_thread(self._journal.abandon, unused, rest)
-        except DatabaseUnavailable:
-            self._deferred.add(self._journal.abandon, unused, rest)
-            return []
+    def accounted(self) -> frozenset[str]:
+        """The rows whose calls this run accounts for (in its ledger row, delivered or
+        failed), for Jobs.finish to drop; a task taken up but never gone back to is not."""
+        return frozenset(self._ours)
 
     def _take(self, route: Route, part: int, ordinal: int) -> tuple[str, UpstreamReply] | None:
-        return self._kept.pop((route.id, part, ordinal), None)
+        taken = self._kept.pop((route.id, part, ordinal), None)
+        if taken is not None:
+            self._ours.add(taken[0])
+        return taken
 
     def _call(self, route: Route, request: ImageRequest, part: int, ordinal: int) -> Call:
         ticket, key_id, tenant = self._payer
@@ -89,12 +89,11 @@ class Resume:
     async def _begin(self, call: Call) -> None:
         """The call's row, written before it is sent. Cancelled meanwhile, the call is never
         sent: its row goes again once written (it is no spend)."""
-        self._live.add(call.id)
-        writing = asyncio.ensure_future(asyncio.to_thread(self._journal.begin, call))
+        self._ours.add(call.id)
+        writing = asyncio.ensure_future(self._run(self._journal.begin, call))
         try:
             await asyncio.shield(writing)
         except asyncio.CancelledError:
-            self._live.discard(call.id)
             writing.add_done_callback(lambda done: self._unsent(done, call.id))
             raise
 
@@ -106,18 +105,18 @@ class Resume:
         if len(reply.body) > MAX_KEPT_BYTES:
             return
         try:
-            await asyncio.to_thread(self._journal.answer, call_id, _kept(reply))
+            await self._run(self._journal.answer, call_id, _kept(reply))
         except DatabaseUnavailable as exc:
             # Polling goes on (sending it again would pay twice): only a crash before the
             # flow ends would have needed the reply, and then the call shows as abandoned.
             Failures("submit_journal").failed(exc)
 
-    async def _ended(self, call_ids: list[str]) -> None:
+    async def _failed(self, call_ids: list[str]) -> None:
         try:
-            await asyncio.to_thread(self._journal.drop, call_ids)
+            await self._run(self._journal.drop, call_ids)
         except DatabaseUnavailable:
-            return  # still live: close() drops them, or has them dropped later
-        self._live.difference_update(call_ids)
+            return  # still ours: the job's outcome drops them with it
+        self._ours.difference_update(call_ids)
 
 
 class FlowLog:
@@ -144,11 +143,11 @@ class FlowLog:
         if (call_id := self._ids.get(ordinal)) is not None:
             await self._resume._answered(call_id, reply)
 
-    async def ended(self) -> None:
+    async def failed(self) -> None:
         ids = list(self._ids.values())
         self._ids.clear()
         if ids:
-            await self._resume._ended(ids)
+            await self._resume._failed(ids)
 
 
 def _kept(reply: UpstreamReply) -> Answer:
