@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from proxy.providers.resume import Resume
 from proxy.routing.health import Health
 from proxy.routing.router import Router
 from proxy.routing.slots import Slots
+from tests.conftest import make_config, serve
 from tests.fakes import scripted
 
 TASKS = scripted.route("tasks", "0.04")
@@ -365,3 +367,30 @@ def test_routes_holding_the_requests_upstream_tasks_are_tried_first() -> None:
     assert [r.id for r in router.prepare(model, request()).routes] == [OTHER.id, TASKS.id]
     assert [r.id for r in router.prepare(model, request(), first={TASKS.id}).routes] == \
         [TASKS.id, OTHER.id]
+
+
+def test_only_queued_work_writes_the_journal(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interactive request pays no journal write; a job's rows go with its outcome."""
+    written: list[str] = []
+    begin = Journal.begin
+
+    def counted(journal: Journal, call: Call) -> None:
+        written.append(call.ticket)
+        begin(journal, call)
+
+    monkeypatch.setattr(Journal, "begin", counted)
+    with serve(make_config(tmp_path / "data")) as running, \
+            httpx.Client(base_url=running.v1, timeout=10) as client:
+        auth = {"authorization": f"Bearer {running.new_key()}"}
+        body = {"model": "test-image", "prompt": "a lighthouse"}
+        assert client.post("/images/generations", headers=auth, json=body).status_code == 200
+        assert written == []
+        job = client.post("/images/generations", json=body,
+                          headers={**auth, "Prefer": "respond-async"}).json()["id"]
+        deadline = time.monotonic() + 10
+        while client.get(f"/images/jobs/{job}", headers=auth).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with running.store() as store:
+            assert written == [job] and store.journal.count() == 0
