@@ -130,6 +130,40 @@ def test_a_refused_settle_leaves_no_hold_and_no_bill_once_the_database_is_back(
         assert spent_and_held(store, key.id) == (Decimal("0.05"), Decimal(0))
 
 
+def test_a_settle_committed_then_cut_off_is_no_bill_for_the_503_the_client_got(
+        database: str) -> None:
+    """The settle commits, its answer is lost, and the database is away for every retry: the
+    client hears 503. Once the database is back the bill is taken back (it was kept: a retry
+    by the client then paid twice)."""
+    with Store(database) as store:
+        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(10)))[0]
+        flaky = Flaky(store.db)
+        money = Money(flaky, store.deferred)
+        held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal(10)))
+        flaky.lose_next = True
+        real = flaky.transaction
+
+        @contextlib.contextmanager
+        def then_away() -> Iterator[Cursor]:
+            try:
+                with real() as cur:
+                    yield cur
+            except ConnectionLost:
+                flaky.down = True
+                raise
+
+        flaky.transaction = then_away  # type: ignore[method-assign]
+        with pytest.raises(DatabaseUnavailable):
+            money.settle(held, entry("req_1", key.id, "0.05"), "total")
+        assert spent_and_held(store, key.id) == (Decimal("0.05"), Decimal(0))  # committed
+        flaky.down = False
+        assert store.deferred.retry() == 1
+        assert spent_and_held(store, key.id) == (Decimal(0), Decimal(0))
+        row = store.money.entry("req_1")
+        assert row is not None and row.outcome == "database_unavailable"
+        assert row.billed_micros == 0
+
+
 def test_idempotent_responses_and_delivered_marks_wait_for_the_database(database: str) -> None:
     with Store(database) as store:
         key = store.create_key("k")[0]

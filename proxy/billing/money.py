@@ -154,24 +154,48 @@ class Money:
         try:
             retry_lost(lambda: self._settle(reservation, entry, period))
         except DatabaseUnavailable:
-            self._deferred.add(self._settle, reservation, unbilled(entry), period)
+            self._deferred.add(self._refused, reservation, unbilled(entry), period)
             raise
+
+    def _refused(self, reservation: str | None, entry: Entry, period: str | None) -> None:
+        """The settle of a request that answered an error, once the database is back. If the
+        first try had committed before its answer was lost, the client was billed for an
+        error: that row, never delivered, is turned into the unbilled one and its bill taken
+        back out of `spent`."""
+        with self._db.transaction() as cur:
+            if entry.outcome == UNAVAILABLE:
+                rows = cur.query("SELECT billed_micros FROM ledger WHERE request_id = ? AND "
+                                 "outcome = 'success' AND delivered_at IS NULL",
+                                 (entry.request_id,))
+                if rows:
+                    cur.execute("UPDATE ledger SET outcome = ?, failure = ?, n_delivered = 0, "
+                                "billed_micros = 0 WHERE request_id = ?",
+                                (UNAVAILABLE, UNAVAILABLE, entry.request_id))
+                    if period is not None and int(rows[0][0]):
+                        cur.execute("UPDATE budget_counters SET spent_micros = spent_micros - ? "
+                                    "WHERE key_id = ? AND period = ?",
+                                    (int(rows[0][0]), entry.key_id, period))
+            self._settle_in(cur, reservation, entry, period)
 
     def _settle(self, reservation: str | None, entry: Entry, period: str | None) -> None:
         with self._db.transaction() as cur:
-            # Its fields in order (astuple would deep-copy each one first).
-            if not cur.execute(_LEDGER_INSERT, tuple(getattr(entry, name) for name in _FIELDS)):
-                # This request's success is in the ledger already: it is billed nothing more.
-                if reservation is not None:
-                    _close(cur, reservation, 0)
-                return
+            self._settle_in(cur, reservation, entry, period)
+
+    def _settle_in(self, cur: Cursor, reservation: str | None, entry: Entry,
+                   period: str | None) -> None:
+        # Its fields in order (astuple would deep-copy each one first).
+        if not cur.execute(_LEDGER_INSERT, tuple(getattr(entry, name) for name in _FIELDS)):
+            # This request's success is in the ledger already: it is billed nothing more.
             if reservation is not None:
-                _close(cur, reservation, entry.billed_micros)
-            elif period is not None and entry.billed_micros:
-                cur.execute("INSERT INTO budget_counters (key_id, period, spent_micros) "
-                            "VALUES (?, ?, ?) ON CONFLICT (key_id, period) DO UPDATE SET "
-                            "spent_micros = budget_counters.spent_micros + "
-                            "excluded.spent_micros", (entry.key_id, period, entry.billed_micros))
+                _close(cur, reservation, 0)
+            return
+        if reservation is not None:
+            _close(cur, reservation, entry.billed_micros)
+        elif period is not None and entry.billed_micros:
+            cur.execute("INSERT INTO budget_counters (key_id, period, spent_micros) "
+                        "VALUES (?, ?, ?) ON CONFLICT (key_id, period) DO UPDATE SET "
+                        "spent_micros = budget_counters.spent_micros + "
+                        "excluded.spent_micros", (entry.key_id, period, entry.billed_micros))
 
     def release(self, reservation: str) -> None:
         """Give a hold back unbilled (nothing if it was settled or released already)."""
