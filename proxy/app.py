@@ -7,7 +7,6 @@ once and hands them to handlers as typed state; nothing lives in module globals.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -21,7 +20,7 @@ from starlette.routing import Route
 
 from proxy import catalog as catalog_module
 from proxy import config as config_module
-from proxy import logs, supervise
+from proxy import logs, shared, supervise
 from proxy.api import admin, batches, callbacks, health, images, jobs, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
@@ -32,7 +31,7 @@ from proxy.billing.limits import Limits
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
 from proxy.config import Config
-from proxy.media import MediaStore, load_or_create_secret
+from proxy.media import MediaStore
 from proxy.providers import ADAPTERS, check_routes, flows
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.grouping import Groups
@@ -91,9 +90,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
         clients = upstream_clients.build_clients(live.providers, ADAPTERS,
                                                  config.simulation_time_scale, transports,
                                                  config.max_reply_bytes)
-        media = MediaStore(config.data_dir / "images",
-                           load_or_create_secret(config.data_dir / "url-signing.key"),
-                           config.image_url_ttl_s)
+        media = shared.media_store(config, store.db)
         plans = pricing.load_plans(config.routes_dir / "plans.toml")
         app.state.services = Services(
             config=config, catalog=live, limits=Limits(), plans=plans,
@@ -109,8 +106,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
         for line in describe(live):
             log.info("%s", line)
         sweepers = _sweep(media, store, config.request_timeout_s)
-        signing = load_or_create_secret(config.data_dir / "webhook-signing.key")
-        worker = Worker(app.state.services, "whsec_" + base64.b64encode(signing).decode())
+        worker = Worker(app.state.services, shared.webhook_secret(config, store.db))
         working = asyncio.create_task(worker.run())
         try:
             yield

@@ -92,9 +92,8 @@ class DirectoryImages:
 class MediaStore:
     """Stores image bytes and mints signed, expiring links to them."""
 
-    def __init__(self, images: ImageStore | Path, secret: bytes, ttl_s: int) -> None:
-        # TRANSITIONAL (until app.py is wired to proxy/shared.py): a folder as before.
-        self._images = DirectoryImages(images, ttl_s) if isinstance(images, Path) else images
+    def __init__(self, images: ImageStore, secret: bytes, ttl_s: int) -> None:
+        self._images = images
         self._secret = secret
         self.ttl_s = ttl_s
 
