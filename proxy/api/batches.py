@@ -207,16 +207,11 @@ async def cancel_batch(request: Request) -> Response:
 
 
 def finalize(svc: Services) -> None:
-    """End every open batch whose items have all ended, with its output and error files.
-    Called by the job worker between jobs (synchronous: run it off the event loop)."""
+    """End every open batch whose items have all ended, with its output and error files:
+    each once, whichever process of a fleet gets there first. Called by the job worker
+    between jobs (synchronous: run it off the event loop)."""
     table = svc.store.batches
     for batch in table.open_batches():
-        counts = table.counts(batch.id)
-        if counts.get("queued") or counts.get("processing"):
-            continue
-        output = table.add_file(batch.key_id, "batch_output", f"{batch.id}_output.jsonl", None,
-                                batch_id=batch.id) if counts.get("succeeded") else None
-        failed = counts.get("failed", 0) + counts.get("cancelled", 0) or batch.errors
-        error = table.add_file(batch.key_id, "batch_error", f"{batch.id}_error.jsonl", None,
-                               batch_id=batch.id) if failed else None
-        table.finish(batch, output.id if output else None, error.id if error else None)
+        counts = table.counts(batch.id)  # a read first: most rounds find items still to run
+        if not (counts.get("queued") or counts.get("processing")):
+            table.finalize(batch.id)

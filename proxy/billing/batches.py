@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.billing import journal
-from proxy.billing.db import Database
+from proxy.billing.db import Cursor, Database
 
 MAX_REQUESTS = 50_000
 WINDOW_S = {"24h": 24 * 3600}
@@ -79,9 +79,7 @@ class Batches:
         stored = StoredFile("file-" + secrets.token_hex(12), key_id, purpose, filename,
                             len(content) if content is not None else size or 0,
                             int(time.time()), content, batch_id)
-        self._db.execute(f"INSERT INTO files ({_FILE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (stored.id, key_id, purpose, filename, stored.size,
-                          stored.created_at, content, batch_id))
+        _insert_file(self._db, stored)
         return stored
 
     def file(self, file_id: str, key_id: str) -> StoredFile | None:
@@ -152,14 +150,36 @@ class Batches:
                               f"WHERE status IN ('in_progress', 'cancelling')")
         return [_batch(row) for row in rows]
 
-    def finish(self, batch: Batch, output_id: str | None, error_id: str | None) -> None:
-        """All items ended: completed (or cancelled), with its output and error files."""
+    def finalize(self, batch_id: str) -> bool:
+        """End the batch once all its items have: completed (cancelled, if it was being
+        cancelled), with its output and error files. The first UPDATE claims it, so however
+        many processes try at once, one finalizes it in this transaction and the rest find it
+        ended (or its items not all ended): False."""
         now = int(time.time())
-        done = "cancelled" if batch.status == "cancelling" else "completed"
-        self._db.execute(
-            f"UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, "
-            f"finalizing_at = ?, {done}_at = ? WHERE id = ?",
-            (done, output_id, error_id, now, now, batch.id))
+        with self._db.transaction() as cur:
+            if cur.execute("UPDATE batches SET finalizing_at = ? WHERE id = ? AND status IN "
+                           "('in_progress', 'cancelling') AND NOT EXISTS (SELECT 1 FROM jobs "
+                           "WHERE batch_id = ? AND state IN ('queued', 'processing'))",
+                           (now, batch_id, batch_id)) != 1:
+                return False
+            ((key_id, status, errors),) = cur.query("SELECT key_id, status, errors FROM "
+                                                    "batches WHERE id = ?", (batch_id,))
+            counts = {str(state): int(n) for state, n in cur.query(
+                "SELECT state, COUNT(*) FROM jobs WHERE batch_id = ? GROUP BY state",
+                (batch_id,))}
+            failed = counts.get("failed", 0) + counts.get("cancelled", 0) or errors
+            output = _result(key_id, batch_id, "output", now) if counts.get("succeeded") \
+                else None
+            error = _result(key_id, batch_id, "error", now) if failed else None
+            for stored in (output, error):
+                if stored is not None:
+                    _insert_file(cur, stored)
+            done = "cancelled" if status == "cancelling" else "completed"
+            cur.execute(f"UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, "
+                        f"{done}_at = ? WHERE id = ?",
+                        (done, output.id if output else None, error.id if error else None,
+                         now, batch_id))
+        return True
 
     def items(self, batch_id: str, succeeded: bool) -> list[tuple[str, str, int, bytes]]:
         """(job id, custom_id, status, response) of the batch's finished items."""
@@ -170,3 +190,15 @@ class Batches:
             (batch_id, *states))
         return [(r[0], r[1], int(r[2]) if r[2] is not None else 0,
                  bytes(r[3]) if r[3] is not None else b"") for r in rows]
+
+
+def _insert_file(cur: Cursor, stored: StoredFile) -> None:
+    cur.execute(f"INSERT INTO files ({_FILE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (stored.id, stored.key_id, stored.purpose, stored.filename, stored.size,
+                 stored.created_at, stored.content, stored.batch_id))
+
+
+def _result(key_id: str, batch_id: str, kind: str, now: int) -> StoredFile:
+    """A batch's output or error file: its content is read from the batch's jobs."""
+    return StoredFile("file-" + secrets.token_hex(12), key_id, f"batch_{kind}",
+                      f"{batch_id}_{kind}.jsonl", 0, now, batch_id=batch_id)

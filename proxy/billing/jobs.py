@@ -43,6 +43,8 @@ class Job:
 _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, callback_url, "
             "created_at, finished_at, webhook_attempts, batch_id, "
             "EXISTS (SELECT 1 FROM upstream_calls WHERE ticket = jobs.id)")
+# A webhook attempt that is due, or whose sender's lease ran out.
+_HOOK_DUE = "webhook_state IN ('due', 'sending') AND webhook_after <= ?"
 _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
              "(state = 'processing' AND lease_until < ?))")
 
@@ -158,20 +160,35 @@ class Jobs:
         rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", args)
         return _job(rows[0]) if rows else None
 
-    def due_webhooks(self, limit: int = 20, now: float | None = None) -> list[Job]:
+    def claim_webhooks(self, until: int, limit: int = 20, now: float | None = None) -> list[Job]:
+        """Up to `limit` jobs whose webhook attempt is due, leased to the caller until `until`
+        (epoch s), so one process of a fleet POSTs it. While an attempt is `sending`, its
+        webhook_after is the lease's end: a sender that died leaves it to run out and the
+        attempt is due again. Safe across processes as claim_many is: each UPDATE re-checks
+        that its attempt is still due (PostgreSQL re-reads a row another claim just changed)."""
         now_s = int(time.time() if now is None else now)
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE webhook_state = 'due' AND "
-                              f"webhook_after <= ? ORDER BY webhook_after LIMIT ?",
-                              (now_s, limit))
-        return [_job(row) for row in rows]
+        rows = self._db.query(f"SELECT id FROM jobs WHERE {_HOOK_DUE} ORDER BY webhook_after "
+                              f"LIMIT ?", (now_s, limit))
+        won: list[str] = []
+        if rows:
+            with self._db.transaction() as cur:
+                for (job_id,) in rows:
+                    if cur.execute(f"UPDATE jobs SET webhook_state = 'sending', webhook_after "
+                                   f"= ? WHERE id = ? AND {_HOOK_DUE}",
+                                   (until, job_id, now_s)) == 1:
+                        won.append(job_id)
+        return [job for job in map(self.get, won) if job is not None]
 
-    def webhook_done(self, job_id: str, delivered: bool, retry_in_s: float | None) -> None:
-        """After one delivery attempt: delivered, retried later, or given up."""
+    def webhook_done(self, job_id: str, until: int, delivered: bool,
+                     retry_in_s: float | None) -> bool:
+        """After one attempt under the lease that ends `until`: delivered, due again later,
+        or given up. False, and nothing written, if that lease was lost meanwhile (it ran out
+        and another process claimed the attempt: its outcome is that one's to write)."""
         state = "delivered" if delivered else ("due" if retry_in_s is not None else "gave_up")
-        self._db.execute(
+        return self._db.execute(
             "UPDATE jobs SET webhook_state = ?, webhook_attempts = webhook_attempts + 1, "
-            "webhook_after = ? WHERE id = ?",
-            (state, int(time.time() + (retry_in_s or 0)), job_id))
+            "webhook_after = ? WHERE id = ? AND webhook_state = 'sending' AND webhook_after = ?",
+            (state, int(time.time() + (retry_in_s or 0)), job_id, until)) == 1
 
     def count(self, state: str) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,))[0][0])
