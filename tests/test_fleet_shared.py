@@ -1,0 +1,154 @@
+"""A fleet on one PostgreSQL database and no Redis: three real `switchyard serve` processes,
+each with a data directory of its own, behave as one server for what they share through the
+database: an image link minted by one downloads from every other, and job webhooks are
+POSTed once each fleet-wide, all signed with the one fleet secret.
+
+The database is the test's own (created and dropped here); without a reachable PostgreSQL the
+test skips with the reason, except in CI.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import http.server
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import psycopg
+import pytest
+
+from proxy.billing.store import Store
+from proxy.providers import webhooks
+from tests.databases import POSTGRES_URL, _admin
+from tests.serving import Served
+
+REPLICAS = 3
+JOBS = 20
+RECEIVER_DELAY_S = 0.3  # a receiver that takes its time widens any window for a second POST
+
+
+@pytest.fixture(scope="module")
+def fleet_database() -> Iterator[str]:
+    admin = _admin()
+    assert isinstance(admin, psycopg.Connection)
+    name = "switchyard_fleet_" + secrets.token_hex(4)
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urlsplit(POSTGRES_URL)._replace(path="/" + name).geturl()
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory,
+          fleet_database: str) -> Iterator[list[Served]]:
+    """Three replicas on the one database, started together (each makes its secrets then)."""
+    tmp_path = tmp_path_factory.mktemp("fleet")
+    with Store(fleet_database):
+        pass  # the schema, once, before the replicas race for their secrets
+    replicas = [Served(tmp_path / f"replica-{i}", env={"SWITCHYARD_DATABASE_URL":
+                                                       fleet_database})
+                for i in range(REPLICAS)]
+    with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor() as pool:
+        for started in pool.map(stack.enter_context, replicas):
+            assert started
+        yield replicas
+
+
+class Receiver:
+    """A webhook endpoint on loopback that records every POST and answers 200 slowly."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[dict[str, str], bytes]] = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                seen.append((dict(self.headers.items()), body))
+                time.sleep(RECEIVER_DELAY_S)
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _key(database: str) -> str:
+    with Store(database) as store:
+        return store.create_key("fleet")[1]
+
+
+def test_a_link_minted_by_one_replica_downloads_from_every_other(
+        fleet: list[Served], fleet_database: str) -> None:
+    key = _key(fleet_database)
+    made = httpx.post(f"{fleet[0].base}/v1/images/generations",
+                      headers={"authorization": f"Bearer {key}"},
+                      json={"model": "test-image", "prompt": "x", "response_format": "url"})
+    assert made.status_code == 200, made.text
+    link = urlsplit(made.json()["data"][0]["url"])
+    assert link.netloc == urlsplit(fleet[0].base).netloc
+    got = [httpx.get(f"{replica.base}{link.path}?{link.query}") for replica in fleet]
+    assert [answer.status_code for answer in got] == [200] * REPLICAS
+    assert got[0].content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {answer.content for answer in got} == {got[0].content}
+    assert {answer.headers["content-type"] for answer in got} == {"image/png"}
+    forged = httpx.get(f"{fleet[1].base}{link.path}?{link.query[:-1]}0")
+    assert forged.status_code == 404
+
+
+def test_twenty_jobs_across_the_fleet_give_exactly_twenty_signed_posts(
+        fleet: list[Served], fleet_database: str) -> None:
+    key, receiver = _key(fleet_database), Receiver()
+    try:
+        jobs = [httpx.post(f"{fleet[i % REPLICAS].base}/v1/images/generations",
+                           headers={"authorization": f"Bearer {key}",
+                                    "prefer": "respond-async"},
+                           json={"model": "test-image", "prompt": f"job {i}",
+                                 "callback_url": receiver.url}).json()["id"]
+                for i in range(JOBS)]
+        with Store(fleet_database) as store:
+            _wait_all_delivered(store, jobs)
+        time.sleep(2.5)  # two more webhook rounds on every replica: no second POST comes
+    finally:
+        receiver.stop()
+    posts = len(receiver.seen)
+    assert posts == JOBS, f"{posts} POSTs for {JOBS} jobs"
+    assert sorted(headers["webhook-id"] for headers, _ in receiver.seen) == sorted(jobs)
+    with Store(fleet_database) as store:
+        stored = store.db.query("SELECT value FROM shared_secrets "
+                                "WHERE name = 'webhook-signing'")
+    assert len(stored) == 1, "the fleet's webhook secret is not in the database"
+    whsec = "whsec_" + base64.b64encode(bytes(stored[0][0])).decode()
+    assert all(webhooks.verify(headers, body, whsec, time.time())
+               for headers, body in receiver.seen)
+    assert {orjson.loads(body)["type"] for _, body in receiver.seen} == {"image.job.succeeded"}
+
+
+def _wait_all_delivered(store: Store, jobs: list[str], within_s: float = 30) -> None:
+    deadline = time.monotonic() + within_s
+    marks = ", ".join("?" * len(jobs))
+    while time.monotonic() < deadline:
+        states = store.db.query(f"SELECT webhook_state, COUNT(*) FROM jobs WHERE id IN ({marks}) "
+                                f"GROUP BY webhook_state", jobs)
+        if dict(states).get("delivered") == len(jobs):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"webhooks not all delivered: {states}")
