@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from proxy.billing import db as db_module
 from proxy.billing.idempotency import Claimed, Stored
 from proxy.billing.keys import KeyLimits, digest
 from proxy.billing.money import Entry, micros, period_label, usd
+from proxy.billing.schema import migrate
 from proxy.billing.store import Store
 
 
@@ -193,3 +195,28 @@ def test_a_key_without_a_budget_settles_into_spent_without_a_reservation(databas
         store.money.settle(None, entry("req_1", "key_a", billed="0.05"), "2026-11")
         store.money.settle(None, entry("req_2", "key_a", outcome="timeout"), "2026-11")
         assert store.money.spent("key_a", "2026-11") == (Decimal("0.05"), Decimal(0))
+
+
+def test_replicas_opening_a_fresh_database_at_once_all_start(database: str) -> None:
+    """A fleet's first start: every replica migrates the empty database at once; one does,
+    the rest wait for it and find it done (none fails on the schema's own table)."""
+    replicas = [db_module.connect(database) for _ in range(6)]
+    start, failed = threading.Barrier(len(replicas)), []
+
+    def replica(db: db_module.Database) -> None:
+        start.wait()
+        try:
+            migrate(db)
+        except Exception as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(db,)) for db in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for db in replicas:
+        db.close()
+    assert failed == []
+    with Store(database) as store:
+        assert store.db.query("SELECT COUNT(*) FROM schema_version")[0][0] == 1

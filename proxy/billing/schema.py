@@ -185,10 +185,12 @@ _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}
 
 def migrate(db: Database) -> None:
     """Apply every migration the database has not seen, in one locked transaction each."""
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     with db.transaction() as cur:
         if db.engine == "postgres":
             cur.query("SELECT pg_advisory_xact_lock(727361)")
+        # Under the lock: replicas starting together on a fresh PostgreSQL database would
+        # each create it, and all but one fail (a duplicate in pg_type).
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = _version(db, cur)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in script.format(blob=_BLOB[db.engine]).split(";"):
