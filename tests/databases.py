@@ -7,10 +7,12 @@ CI (CI=true), where they must run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -38,6 +40,20 @@ def postgres_url() -> Iterator[str]:
         yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     finally:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")  # type: ignore[attr-defined]
+        conn.close()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def own_database(prefix: str) -> Iterator[str]:
+    """The URL of a PostgreSQL database of the caller's own, for real serve processes:
+    created now, dropped afterwards (their connections ended)."""
+    conn = _admin()
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    conn.execute(f"CREATE DATABASE {name}")  # type: ignore[attr-defined]
+    try:
+        yield urlsplit(POSTGRES_URL)._replace(path="/" + name).geturl()
+    finally:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[attr-defined]
         conn.close()  # type: ignore[attr-defined]
 
 

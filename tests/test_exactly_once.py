@@ -6,7 +6,6 @@ each job once, and a finished batch is finalized once, with one output file."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ import pytest
 from proxy.api.batches import finalize
 from proxy.api.job_webhooks import Webhooks
 from proxy.billing.store import Store
+from tests.receivers import Receiver
 
 BODY = orjson.dumps({"model": "test-image", "prompt": "x"})
 HOOK = "http://127.0.0.1:9/hooks"
@@ -115,36 +115,11 @@ def test_a_failed_attempt_is_due_again_after_its_backoff(database: str) -> None:
         assert _state(store, job_id)[:2] == ("gave_up", 2)
 
 
-class Receiver:
-    """A loopback webhook endpoint that counts POSTs and answers 200 after a pause."""
-
-    def __init__(self, pause_s: float) -> None:
-        self.ids: list[str] = []
-        ids = self.ids
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["content-length"]))
-                ids.append(self.headers["webhook-id"])
-                time.sleep(pause_s)
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     found = Receiver(pause_s=0.2)
     yield found
-    found.server.shutdown()
-    found.server.server_close()
+    found.stop()
 
 
 def test_two_replicas_delivering_at_once_post_each_job_once(database: str,
@@ -160,7 +135,7 @@ def test_two_replicas_delivering_at_once_post_each_job_once(database: str,
                 await sender.aclose()
 
         asyncio.run(rounds())
-        assert sorted(receiver.ids) == sorted(ids)
+        assert sorted(receiver.ids()) == sorted(ids)
         assert {_state(one, job_id)[:2] for job_id in ids} == {("delivered", 1)}
 
 

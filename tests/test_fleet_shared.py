@@ -12,21 +12,18 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
-import http.server
-import secrets
-import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
-import psycopg
 import pytest
 
 from proxy.billing.store import Store
 from proxy.providers import webhooks
-from tests.databases import POSTGRES_URL, _admin
+from tests.databases import own_database
+from tests.receivers import Receiver
 from tests.serving import Served
 
 REPLICAS = 3
@@ -36,59 +33,22 @@ RECEIVER_DELAY_S = 0.3  # a receiver that takes its time widens any window for a
 
 @pytest.fixture(scope="module")
 def fleet_database() -> Iterator[str]:
-    admin = _admin()
-    assert isinstance(admin, psycopg.Connection)
-    name = "switchyard_fleet_" + secrets.token_hex(4)
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield urlsplit(POSTGRES_URL)._replace(path="/" + name).geturl()
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with own_database("switchyard_fleet") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory,
           fleet_database: str) -> Iterator[list[Served]]:
-    """Three replicas on the one database, started together (each makes its secrets then)."""
+    """Three replicas on the one fresh database, started together: they race to make the
+    schema and the fleet's secrets."""
     tmp_path = tmp_path_factory.mktemp("fleet")
-    with Store(fleet_database):
-        pass  # the schema, once, before the replicas race for their secrets
     replicas = [Served(tmp_path / f"replica-{i}", env={"SWITCHYARD_DATABASE_URL":
                                                        fleet_database})
                 for i in range(REPLICAS)]
     with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor() as pool:
-        for started in pool.map(stack.enter_context, replicas):
-            assert started
+        list(pool.map(stack.enter_context, replicas))
         yield replicas
-
-
-class Receiver:
-    """A webhook endpoint on loopback that records every POST and answers 200 slowly."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[dict[str, str], bytes]] = []
-        seen = self.seen
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                seen.append((dict(self.headers.items()), body))
-                time.sleep(RECEIVER_DELAY_S)
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _key(database: str) -> str:
@@ -116,7 +76,7 @@ def test_a_link_minted_by_one_replica_downloads_from_every_other(
 
 def test_twenty_jobs_across_the_fleet_give_exactly_twenty_signed_posts(
         fleet: list[Served], fleet_database: str) -> None:
-    key, receiver = _key(fleet_database), Receiver()
+    key, receiver = _key(fleet_database), Receiver(RECEIVER_DELAY_S)
     try:
         jobs = [httpx.post(f"{fleet[i % REPLICAS].base}/v1/images/generations",
                            headers={"authorization": f"Bearer {key}",
@@ -131,7 +91,7 @@ def test_twenty_jobs_across_the_fleet_give_exactly_twenty_signed_posts(
         receiver.stop()
     posts = len(receiver.seen)
     assert posts == JOBS, f"{posts} POSTs for {JOBS} jobs"
-    assert sorted(headers["webhook-id"] for headers, _ in receiver.seen) == sorted(jobs)
+    assert sorted(receiver.ids()) == sorted(jobs)
     with Store(fleet_database) as store:
         stored = store.db.query("SELECT value FROM shared_secrets "
                                 "WHERE name = 'webhook-signing'")
