@@ -72,6 +72,11 @@ class Config:
     # PostgreSQL for the billing store (postgresql://…); None: SQLite in the data directory.
     # A Secret: the URL may carry a password.
     database_url: Secret | None = None
+    # Fleet mode: Redis (redis://…) for the state replicas share: rate windows and host slots.
+    # Needs a PostgreSQL database_url (SQLite is one machine's). A Secret, as above.
+    redis_url: Secret | None = None
+    # What this fleet's Redis keys begin with: fleets (or tests) sharing one Redis keep apart.
+    redis_prefix: str = "switchyard"
     # The Standard Webhooks secret (`whsec_…`) job webhooks are signed with; None: made once
     # and kept in the data directory, or in the database a fleet shares (proxy/shared.py).
     webhook_secret: Secret | None = None
@@ -83,6 +88,11 @@ class Config:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "switchyard.db"
+
+    @property
+    def fleet(self) -> bool:
+        """Many replicas acting as one: their shared state lives in Redis."""
+        return self.redis_url is not None
 
     @property
     def database(self) -> str | Path:
@@ -106,6 +116,8 @@ _ENV: dict[str, str] = {
     "simulation_time_scale": "SWITCHYARD_SIMULATION_TIME_SCALE",
     "access_log": "SWITCHYARD_ACCESS_LOG",
     "database_url": "SWITCHYARD_DATABASE_URL",
+    "redis_url": "SWITCHYARD_REDIS_URL",
+    "redis_prefix": "SWITCHYARD_REDIS_PREFIX",
     "webhook_secret": "SWITCHYARD_WEBHOOK_SECRET",
     "workers": "SWITCHYARD_WORKERS",
     "metrics_per_key": "SWITCHYARD_METRICS_PER_KEY",
@@ -141,7 +153,7 @@ def _coerce(name: str, raw: object) -> object:
             if key == str(raw) or len(base64.b64decode(key, validate=True)) < 16:
                 raise ValueError
             return Secret(str(raw))
-        if name in ("admin_key", "database_url"):
+        if name in ("admin_key", "database_url", "redis_url"):
             return Secret(str(raw)) if str(raw) else None
         if name == "public_base_url":
             return str(raw).rstrip("/") or None
@@ -183,4 +195,18 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
         if var in env:
             values[name] = _coerce(name, env[var])
     values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
-    return replace(Config(), **values)  # type: ignore[arg-type]
+    return _checked(replace(Config(), **values))  # type: ignore[arg-type]
+
+
+def _checked(config: Config) -> Config:
+    """Settings that are fine alone but wrong together."""
+    database = config.database_url.reveal() if config.database_url else ""
+    if config.fleet and not database.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("redis_url (SWITCHYARD_REDIS_URL) turns on fleet mode, which needs a "
+                          "PostgreSQL database_url (SWITCHYARD_DATABASE_URL=postgresql://…): "
+                          "replicas share keys, budgets and the ledger there, and SQLite is one "
+                          "machine's file")
+    redis = config.redis_url.reveal() if config.redis_url else ""
+    if config.fleet and not redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("setting 'redis_url' must start with redis://, rediss:// or unix://")
+    return config

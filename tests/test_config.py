@@ -184,3 +184,20 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_fleet_mode_needs_postgresql_and_keeps_redis_password_secret() -> None:
+    redis = "redis://:hunter2@10.0.0.5:6379/0"
+    with pytest.raises(ConfigError, match="needs a PostgreSQL database_url"):
+        load(env={"SWITCHYARD_REDIS_URL": redis})
+    with pytest.raises(ConfigError, match="needs a PostgreSQL database_url"):
+        load(env={"SWITCHYARD_REDIS_URL": redis, "SWITCHYARD_DATABASE_URL": "/tmp/x.db"})
+    with pytest.raises(ConfigError, match="redis_url' must start with redis://"):
+        load(env={"SWITCHYARD_REDIS_URL": "10.0.0.5:6379",
+                  "SWITCHYARD_DATABASE_URL": "postgresql://db/switchyard"})
+    config = load(env={"SWITCHYARD_REDIS_URL": redis, "SWITCHYARD_REDIS_PREFIX": "blue",
+                       "SWITCHYARD_DATABASE_URL": "postgresql://db/switchyard"})
+    assert config.fleet and config.redis_prefix == "blue"
+    assert config.redis_url is not None and config.redis_url.reveal() == redis
+    assert "hunter2" not in repr(config)
+    assert not load(env={}).fleet
