@@ -21,13 +21,13 @@ from starlette.routing import Route
 from proxy import catalog as catalog_module
 from proxy import config as config_module
 from proxy import logs, shared, supervise
+from proxy import state as state_module
 from proxy.api import admin, batches, callbacks, health, images, jobs, models, usage
 from proxy.api.context import RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
 from proxy.billing import pricing
 from proxy.billing.keys import KeyFinder
-from proxy.billing.limits import Limits
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
 from proxy.config import Config
@@ -37,7 +37,6 @@ from proxy.providers.callbacks import Callbacks
 from proxy.providers.grouping import Groups
 from proxy.routing.health import Health
 from proxy.routing.router import Router
-from proxy.routing.slots import Slots
 from proxy.services import Services
 from proxy.upstream import clients as upstream_clients
 from proxy.upstream.credentials import Credentials
@@ -92,12 +91,14 @@ def build_app(config: Config, catalog: Catalog | None = None,
                                                  config.max_reply_bytes)
         media = shared.media_store(config, store.db)
         plans = pricing.load_plans(config.routes_dir / "plans.toml")
+        state = state_module.build(config, live.providers)  # this process's, or the fleet's
+        await state.start()
         app.state.services = Services(
-            config=config, catalog=live, limits=Limits(), plans=plans,
+            config=config, catalog=live, state=state, plans=plans,
             router=Router(ADAPTERS, clients, config.request_timeout_s,
                           credentials=Credentials.for_providers(live.providers),
                           health=Health(r for m in live.models for r in m.routes),
-                          slots=Slots(live.providers, processes=config.workers),
+                          slots=state.slots,
                           callbacks=Callbacks(config.public_base_url),
                           max_pixels=config.max_image_pixels,
                           groups=Groups(flows.run_steps, refs=store.jobs)),
@@ -118,6 +119,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
                 await working
             logs.write_through()  # the last lines must not wait for a thread that may not run
             await app.state.services.router.groups.aclose()
+            await state.aclose()
             for client in clients.values():
                 await client.aclose()
             # Delivery marks still queued are written before the database closes.

@@ -135,3 +135,13 @@ ROUTE_IN_FLIGHT = Gauge(
     "switchyard_route_in_flight", "Attempts in flight on a route.", ["model", "provider"],
     multiprocess_mode="livesum",
 )
+FLEET_SHARED = Gauge(
+    "switchyard_fleet_state_shared", "1 while this replica's rate limits and host slots are "
+    "the fleet's (in Redis); 0 while they are its own: Redis is away (fleet mode) or there is "
+    "no fleet (single-process mode).",
+    multiprocess_mode="livemin",
+)
+FLEET_FALLBACKS = Counter(
+    "switchyard_fleet_fallbacks", "Times this replica turned to its own rate limits and host "
+    "slots because Redis did not answer.",
+)

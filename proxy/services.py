@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from proxy.billing.keys import KeyFinder
-from proxy.billing.limits import Limits
 from proxy.billing.pricing import Plan
 from proxy.billing.store import Store
 from proxy.billing.writer import Writer
@@ -16,6 +15,7 @@ from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.media import MediaStore
 from proxy.routing.router import Router
+from proxy.state import RateLimits, State
 
 LEDGER_THREADS = 8  # as many as the PostgreSQL store's connections
 
@@ -28,11 +28,15 @@ class Services:
     store: Store
     keys: KeyFinder
     media: MediaStore
-    limits: Limits
+    state: State  # rate limits and host slots: this process's, or the fleet's
     plans: Mapping[str, Plan]
     # The ledger writes of image requests run on threads of their own: behind other work in
     # the default executor they would wait, and one warm thread answers a lone request sooner.
     ledger_writes: Writer = field(default_factory=lambda: Writer(LEDGER_THREADS))
+
+    @property
+    def limits(self) -> RateLimits:
+        return self.state.limits
 
 
 def services(request: Request) -> Services:

@@ -22,7 +22,9 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when the catalog serves at least one model and the database takes a write now
-    (asked afresh each time, within READY_TIMEOUT_S: ready again by itself when it is back)."""
+    (asked afresh each time, within READY_TIMEOUT_S: ready again by itself when it is back).
+    In fleet mode the body says whether Redis answers; without it a replica still serves, on
+    its own limits and slots, so it stays ready."""
     svc = services(request)
     problems = []
     if not svc.catalog.models:
@@ -34,7 +36,8 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         problems.append(f"the store is unavailable ({type(exc).__name__})")
     body = {"status": "ok" if not problems else "unavailable", "problems": problems,
-            "models": len(svc.catalog.models), "demo": svc.catalog.demo}
+            "models": len(svc.catalog.models), "demo": svc.catalog.demo,
+            "fleet": svc.state.describe()}
     return JSONResponse(body, 200 if not problems else 503)
 
 

@@ -56,7 +56,7 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
     quote = _quote(plan, model, asked, prepared)
     try:
-        rate_headers = svc.limits.admit(key, asked.n)
+        rate_headers = await svc.limits.admit(key, asked.n)
     except Limited as exc:
         metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
         metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()

@@ -2,8 +2,8 @@
 
 Answered as OpenAI answers: 429 `rate_limit_exceeded` with Retry-After, and the
 x-ratelimit-limit-* / remaining-* / reset-* headers (for requests and for images) on every
-response of a limited key. Counts live in this process: with several workers or replicas each
-enforces its own share.
+response of a limited key. Counts live in this process; in fleet mode proxy/state keeps them in
+Redis for every replica, with the same checks and headers (`check`, `headers`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class _KeyState:
 
 
 class Limits:
+    """The in-process implementation (proxy/state wraps it; Redis's mirrors it)."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._keys: dict[str, _KeyState] = {}
@@ -68,44 +70,69 @@ class Limits:
     def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
         """Count a request of `images` images against the key, or raise Limited. Returns the
         rate-limit headers for the response; call `done` when the request ends."""
-        limits = key.limits
         state = self._keys.setdefault(key.id, _KeyState())
         now = self._clock()
         state.requests.trim(now)
         state.images.trim(now)
-        checks = (("requests", limits.rpm, state.requests, 1),
-                  ("images", limits.ipm, state.images, images))
-        for name, limit, window, amount in checks:
-            if limit is not None and window.total + amount > limit:
-                wait = window.reset_s(now) if amount <= limit else WINDOW_S
-                raise Limited(f"Rate limit reached for {name} per minute on this key: limit "
-                              f"{limit}, used {window.total}, requested {amount}. Try again in "
-                              f"{_duration(wait)}.",
-                              {**_headers(key, state, now), "retry-after": str(max(1, round(
-                                  wait + 0.5)))})
-        if limits.concurrency is not None and state.in_flight >= limits.concurrency:
-            raise Limited(f"This key allows {limits.concurrency} requests at once; wait for one "
-                          f"to finish.", {**_headers(key, state, now), "retry-after": "1"})
+        check(key, _figures(state, now), images, state.in_flight)
         state.requests.add(now, 1)
         state.images.add(now, images)  # kept without a limit too: one set later counts them
         state.in_flight += 1
-        return _headers(key, state, now)
+        return headers(key, _figures(state, now))
 
     def done(self, key: KeyRecord) -> None:
         state = self._keys.get(key.id)
         if state is not None:
             state.in_flight -= 1
 
+    def in_flight(self, key: KeyRecord) -> int:
+        state = self._keys.get(key.id)
+        return state.in_flight if state is not None else 0
 
-def _headers(key: KeyRecord, state: _KeyState, now: float) -> dict[str, str]:
-    headers = {}
-    for name, limit, window in (("requests", key.limits.rpm, state.requests),
-                                ("images", key.limits.ipm, state.images)):
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """A key's windows at one moment: used this minute, and seconds until they next shrink."""
+
+    requests: int
+    images: int
+    requests_reset_s: float
+    images_reset_s: float
+
+
+def _figures(state: _KeyState, now: float) -> Figures:
+    return Figures(state.requests.total, state.images.total, state.requests.reset_s(now),
+                   state.images.reset_s(now))
+
+
+def check(key: KeyRecord, used: Figures, images: int, in_flight: int) -> None:
+    """Raise Limited if a request of `images` images does not fit the key's limits now."""
+    limits = key.limits
+    checks = (("requests", limits.rpm, used.requests, used.requests_reset_s, 1),
+              ("images", limits.ipm, used.images, used.images_reset_s, images))
+    for name, limit, total, reset_s, amount in checks:
+        if limit is not None and total + amount > limit:
+            wait = reset_s if amount <= limit else WINDOW_S
+            raise Limited(f"Rate limit reached for {name} per minute on this key: limit "
+                          f"{limit}, used {total}, requested {amount}. Try again in "
+                          f"{_duration(wait)}.",
+                          {**headers(key, used), "retry-after": str(max(1, round(wait + 0.5)))})
+    if limits.concurrency is not None and in_flight >= limits.concurrency:
+        raise Limited(f"This key allows {limits.concurrency} requests at once; wait for one "
+                      f"to finish.", {**headers(key, used), "retry-after": "1"})
+
+
+def headers(key: KeyRecord, used: Figures) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the limits the key has."""
+    found = {}
+    for name, limit, total, reset_s in (
+            ("requests", key.limits.rpm, used.requests, used.requests_reset_s),
+            ("images", key.limits.ipm, used.images, used.images_reset_s)):
         if limit is not None:
-            headers[f"x-ratelimit-limit-{name}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{name}"] = str(max(0, limit - window.total))
-            headers[f"x-ratelimit-reset-{name}"] = _duration(window.reset_s(now))
-    return headers
+            found[f"x-ratelimit-limit-{name}"] = str(limit)
+            found[f"x-ratelimit-remaining-{name}"] = str(max(0, limit - total))
+            found[f"x-ratelimit-reset-{name}"] = _duration(reset_s)
+    return found
 
 
 def _duration(seconds: float) -> str:

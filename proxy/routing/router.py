@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -30,6 +31,9 @@ from proxy.routing.planning import Prepared, effective_policy, plan
 from proxy.routing.slots import Slots
 from proxy.routing.strategies import quote
 from proxy.upstream.credentials import Credentials
+
+if TYPE_CHECKING:
+    from proxy.state import HostSlots
 
 # Retry-After for a client turned away because every route is at its concurrency limit.
 SATURATED_RETRY_AFTER_S = 1.0
@@ -64,7 +68,7 @@ class Router:
     def __init__(self, adapters: Mapping[str, Adapter], clients: Mapping[str, httpx.AsyncClient],
                  timeout_s: float, clock: Callable[[], float] = time.monotonic,
                  credentials: Credentials | None = None, health: Health | None = None,
-                 slots: Slots | None = None, callbacks: Callbacks | None = None,
+                 slots: HostSlots | None = None, callbacks: Callbacks | None = None,
                  groups: Groups | None = None,
                  max_pixels: int = verify.DEFAULT_MAX_PIXELS) -> None:
         self._adapters = adapters
@@ -74,7 +78,7 @@ class Router:
         self._clock = clock
         self._credentials = credentials
         self.health = health or Health((), clock=clock)
-        self._slots = slots or Slots(())
+        self._slots: HostSlots = slots or Slots(())
         self.callbacks = callbacks or Callbacks(None)
         self.groups = groups or Groups(flows.run_steps)
 
@@ -86,8 +90,12 @@ class Router:
 
     @property
     def capacity(self) -> int:
-        """Attempts this process may have in flight, all hosts together."""
+        """Attempts that may be in flight, all hosts together (the fleet's in fleet mode)."""
         return self._slots.capacity
+
+    async def free(self) -> int:
+        """Slots free now, all hosts together (fleet-wide in fleet mode)."""
+        return await self._slots.free()
 
     @property
     def held(self) -> int:

@@ -1,7 +1,8 @@
 """Backpressure: each provider takes at most `max_in_flight` calls at once.
 
 A request waits a bounded time for a slot, then moves to its next route; when every route is
-full the client hears 503 with Retry-After rather than joining an unbounded queue.
+full the client hears 503 with Retry-After rather than joining an unbounded queue. These are
+one process's slots; proxy/state holds a fleet's in Redis.
 """
 
 from __future__ import annotations
@@ -90,3 +91,7 @@ class Slots:
 
     def in_use(self, provider: Provider) -> int:
         return self._held.get(provider.name, 0)
+
+    async def free(self) -> int:
+        """Slots free now in this process, all hosts together."""
+        return max(0, self.capacity - self.held)

@@ -1,0 +1,102 @@
+"""Fleet mode: state in Redis while it answers, this replica's own while it does not.
+
+Each call asks Redis only while the link is up; a failure turns the link down (one log line)
+and the same call is answered by the in-process implementation, so requests go on through a
+Redis outage or restart. A release goes back where its slot came from as nearly as a
+provider's (or key's) count can tell: this process's own first, so a shared lease is never
+given back while its request still runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from proxy.billing.keys import KeyRecord
+from proxy.catalog import Provider
+from proxy.routing.slots import Slots
+from proxy.state.leases import Leases
+from proxy.state.link import Link, connect
+from proxy.state.local import LocalLimits
+from proxy.state.shared_limits import SharedLimits
+from proxy.state.shared_slots import SharedSlots
+
+
+class FleetLimits:
+    def __init__(self, link: Link, shared: SharedLimits, own: LocalLimits) -> None:
+        self._link = link
+        self._shared = shared
+        self._own = own
+
+    async def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
+        if self._link.shared:
+            try:
+                return await self._shared.admit(key, images)
+            except self._link.errors:
+                pass  # the link is down now: this replica's own limits answer
+        return await self._own.admit(key, images)
+
+    def done(self, key: KeyRecord) -> None:
+        if self._own.in_flight(key) > 0:
+            self._own.done(key)
+        else:
+            self._shared.done(key)
+
+
+class FleetSlots:
+    def __init__(self, link: Link, shared: SharedSlots, own: Slots) -> None:
+        self._link = link
+        self._shared = shared
+        self._own = own
+        self.wait_s = own.wait_s
+
+    @property
+    def waiting(self) -> int:
+        return self._shared.waiting + self._own.waiting
+
+    @property
+    def held(self) -> int:
+        return self._shared.held + self._own.held
+
+    @property
+    def capacity(self) -> int:
+        return self._shared.capacity
+
+    async def acquire(self, provider: Provider, wait_s: float) -> bool:
+        if self._link.shared:
+            started = time.monotonic()
+            try:
+                return await self._shared.acquire(provider, wait_s)
+            except self._link.errors:
+                wait_s = max(0.0, wait_s - (time.monotonic() - started))
+        return await self._own.acquire(provider, wait_s)
+
+    def release(self, provider: Provider) -> None:
+        if self._own.in_use(provider) > 0:
+            self._own.release(provider)
+        else:
+            self._shared.release(provider)
+
+    async def released(self, providers: Iterable[Provider], timeout_s: float) -> None:
+        if self._link.shared:
+            await self._shared.released(providers, timeout_s)
+        else:
+            await self._own.released(providers, timeout_s)
+
+    def in_use(self, provider: Provider) -> int:
+        return self._shared.in_use(provider) + self._own.in_use(provider)
+
+    async def free(self) -> int:
+        if self._link.shared:
+            try:
+                return await self._shared.free()
+            except self._link.errors:
+                pass
+        return await self._own.free()
+
+
+def build(url: str, prefix: str, providers: Sequence[Provider], own_limits: LocalLimits,
+          own_slots: Slots) -> tuple[Link, FleetLimits, FleetSlots]:
+    link = Link(connect(url), prefix, Leases())
+    return (link, FleetLimits(link, SharedLimits(link), own_limits),
+            FleetSlots(link, SharedSlots(link, providers, own_slots.wait_s), own_slots))

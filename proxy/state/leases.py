@@ -1,0 +1,79 @@
+"""This replica's leases in Redis: the slots and key concurrency it holds, by lease id.
+
+A lease is written with an expiry (LEASE_S) and renewed with every other live lease of the
+replica in one round trip every second (LEASE_S / RENEWALS), so a replica killed with -9
+holds nothing once its leases run out. A release leaves the renewal set at once and its ZREM
+is sent by the same loop that renews: never before a renewal that could write it back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from proxy.state import scripts
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+LEASE_S = 5.0  # a dead replica's slots come back within this
+RENEWALS = 5  # renewals per lease time (every second): a late one or two cost nothing
+
+
+class Leases:
+    def __init__(self, lease_s: float = LEASE_S) -> None:
+        self.lease_ms = round(lease_s * 1000)
+        self.renew_s = lease_s / RENEWALS
+        self._prefix = secrets.token_hex(6)  # this process; ids never repeat across replicas
+        self._ids = itertools.count()
+        self._held: defaultdict[str, set[str]] = defaultdict(set)  # lease set -> ids
+        self._released: list[tuple[str, str]] = []
+
+    def new_id(self) -> str:
+        return f"{self._prefix}:{next(self._ids)}"
+
+    def hold(self, where: str, lease: str) -> None:
+        self._held[where].add(lease)
+
+    def release(self, where: str, lease: str) -> None:
+        """Stop renewing the lease; the next flush removes it from Redis."""
+        held = self._held.get(where)
+        if held is not None:
+            held.discard(lease)
+            if not held:
+                del self._held[where]
+        self._released.append((where, lease))
+
+    @property
+    def pending(self) -> bool:
+        """Releases not yet sent."""
+        return bool(self._released)
+
+    def count(self) -> int:
+        return sum(len(ids) for ids in self._held.values())
+
+    def forget_released(self) -> None:
+        """Redis is away: what was released will run out there by itself."""
+        self._released.clear()
+
+    async def flush(self, client: Redis) -> None:
+        """Send the releases made so far, in one pipelined round trip."""
+        released, self._released = self._released, []
+        if released:
+            async with client.pipeline(transaction=False) as pipe:
+                for where, lease in released:
+                    pipe.zrem(where, lease)
+                await pipe.execute()
+
+    async def renew(self, client: Redis) -> None:
+        """Write every live lease of this replica again with a fresh expiry."""
+        if not self._held:
+            return
+        keys = list(self._held)
+        args: list[str | int] = [self.lease_ms]
+        for where in keys:
+            ids = self._held[where]
+            args += [len(ids), *ids]
+        await client.eval(scripts.RENEW, len(keys), *keys, *args)

@@ -1,0 +1,165 @@
+"""A replica's connection to the fleet's Redis, and whether its state is shared right now.
+
+Redis that fails a call (down, or slower than TIMEOUT_S) turns this replica to its own
+in-process state at once: one log line and the gauge at 0, not one per request, and no
+request waits on Redis again until a check every CHECK_S finds it answering. The same loop
+renews this replica's leases and sends its releases while Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from proxy import metrics, supervise
+from proxy.state import scripts
+from proxy.state.leases import Leases
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+log = logging.getLogger("switchyard.fleet")
+
+TIMEOUT_S = 0.25  # a Redis call slower than this counts as Redis being away
+CHECK_S = 1.0  # how often a replica on its own state asks whether Redis is back
+
+
+def connect(url: str) -> Redis:
+    """The client: short timeouts and no retries (a failed call falls back, it never waits)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Redis.from_url(url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+                          retry=Retry(NoBackoff(), 0), health_check_interval=0)
+
+
+class Link:
+    def __init__(self, client: Redis, prefix: str, leases: Leases) -> None:
+        from redis.exceptions import RedisError
+
+        self.client = client
+        self.prefix = prefix
+        self.leases = leases
+        self.errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self.shared: bool | None = None  # None until the first answer or failure
+        self._admit = client.register_script(scripts.ADMIT)
+        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._count = client.register_script(scripts.COUNT)
+        self._wake = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        """Ask Redis once (a replica starts on its own state if it is away), then keep
+        leases renewed and watch Redis in the background."""
+        await self.check()
+        self._keeper = asyncio.create_task(self.keep())
+
+    async def close(self) -> None:
+        """Stop the loop, send the releases made (the rest run out), close the client."""
+        self._closing = True
+        self._wake.set()
+        if self._keeper is not None:
+            # redis-py can lose a cancel that lands while it connects: the flag ends the loop
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        if self.shared:
+            with contextlib.suppress(*self.errors):
+                async with asyncio.timeout(TIMEOUT_S * 2):
+                    await self.leases.flush(self.client)
+        await self.client.aclose()
+
+    async def admit(self, keys: list[str], args: list[str | int]) -> list[int]:
+        return _integers(await self._call(self._admit, keys, args))
+
+    async def acquire(self, key: str, args: list[str | int]) -> bool:
+        return bool(await self._call(self._acquire, [key], args))
+
+    async def count(self, keys: list[str]) -> list[int]:
+        return _integers(await self._call(self._count, keys, []))
+
+    async def _call(self, script: AsyncScript, keys: list[str],
+                    args: list[str | int]) -> object:
+        try:
+            async with asyncio.timeout(TIMEOUT_S * 2):  # connect + reply, at worst
+                reply: object = await script(keys=keys, args=args)
+                return reply
+        except self.errors as exc:
+            self.lost(exc)
+            raise
+
+    def released(self) -> None:
+        """A lease was released: send it soon."""
+        self._wake.set()
+
+    def lost(self, exc: BaseException) -> None:
+        if self.shared is not False:
+            self.shared = False
+            metrics.FLEET_SHARED.set(0)
+            metrics.FLEET_FALLBACKS.inc()
+            log.warning("fleet: Redis is not answering (%s): rate limits and host slots are "
+                        "this replica's own until it does", type(exc).__name__)
+
+    def regained(self) -> None:
+        if self.shared is not True:
+            self.shared = True
+            metrics.FLEET_SHARED.set(1)
+            log.info("fleet: Redis answers: rate limits and host slots are shared by the fleet")
+
+    async def check(self) -> None:
+        try:
+            async with asyncio.timeout(TIMEOUT_S * 2):
+                await self.client.ping()
+        except self.errors as exc:
+            self.lost(exc)
+        else:
+            self.regained()
+
+    async def keep(self) -> None:
+        """Until closed: renew leases (every second) and send releases as they come while
+        Redis answers; while it does not, ask every CHECK_S whether it is back. Supervised:
+        an exception is logged and counted, and the loop goes on."""
+        failures = supervise.Failures("fleet_state")
+        due = time.monotonic()
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            try:
+                due = await self._turn(due)
+            except Exception as exc:
+                await asyncio.sleep(failures.failed(exc))
+            else:
+                failures.succeeded()
+
+    async def _turn(self, due: float) -> float:
+        """Send releases, and renew (or check) when due; returns when the next turn is due."""
+        now = time.monotonic()
+        if not self.shared:
+            self.leases.forget_released()
+            if now < due:
+                return due
+            await self.check()  # back: renew at once, what still runs counts again
+            return now if self.shared else now + CHECK_S
+        try:
+            async with asyncio.timeout(TIMEOUT_S * 2):
+                await self.leases.flush(self.client)
+                if now >= due:
+                    await self.leases.renew(self.client)
+                    return now + self.leases.renew_s
+        except self.errors as exc:
+            self.lost(exc)
+            return now + CHECK_S
+        return due
+
+
+def _integers(reply: object) -> list[int]:
+    """A Lua table of integers, as redis-py hands it over."""
+    assert isinstance(reply, list)
+    return [int(x) for x in reply]

@@ -1,0 +1,21 @@
+"""The in-process state of a single Switchyard (and a fleet replica's own while Redis is away):
+proxy.billing.limits and proxy.routing.slots behind the interface of proxy/state."""
+
+from __future__ import annotations
+
+from proxy.billing.keys import KeyRecord
+from proxy.billing.limits import Limits
+
+
+class LocalLimits:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
+
+    async def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
+        return self._limits.admit(key, images)
+
+    def done(self, key: KeyRecord) -> None:
+        self._limits.done(key)
+
+    def in_flight(self, key: KeyRecord) -> int:
+        return self._limits.in_flight(key)

@@ -1,0 +1,97 @@
+"""The Lua scripts fleet state runs in Redis: each is one atomic round trip, on Redis's clock.
+
+Times are whole milliseconds of Redis's own TIME, so replicas' clocks never need to agree.
+A lease is a sorted-set member (its id) scored with its expiry; whoever looks first removes
+the expired ones, so a replica that died gives its leases back once they run out.
+"""
+
+from __future__ import annotations
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# A key's admission, as proxy.billing.limits.Limits.admit does it in one process.
+# KEYS: window (list of "first last requests images" entries), totals (hash), live (leases)
+# ARGV: rpm, ipm, concurrency (-1: none), images, lease id, lease ms, window ms, merge ms
+# Returns {refused (0 admitted, 1 requests, 2 images, 3 concurrency), requests used,
+#          images used, ms until the window next shrinks, leases live}
+ADMIT = _NOW + """
+local rpm, ipm, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local images, ttl = tonumber(ARGV[4]), tonumber(ARGV[6])
+local window, merge = tonumber(ARGV[7]), tonumber(ARGV[8])
+local requests = tonumber(redis.call('HGET', KEYS[2], 'requests') or '0')
+local pictures = tonumber(redis.call('HGET', KEYS[2], 'images') or '0')
+local head = redis.call('LINDEX', KEYS[1], 0)
+while head do
+  local first, last, r, i = string.match(head, '(%d+) (%d+) (%d+) (%d+)')
+  if tonumber(last) > now - window then break end
+  redis.call('LPOP', KEYS[1])
+  requests, pictures = requests - tonumber(r), pictures - tonumber(i)
+  head = redis.call('LINDEX', KEYS[1], 0)
+end
+if not head then requests, pictures = 0, 0 end
+local function reset()
+  local entry = redis.call('LINDEX', KEYS[1], 0)
+  if not entry then return 0 end
+  local _, last = string.match(entry, '(%d+) (%d+)')
+  return tonumber(last) + window - now
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local live = redis.call('ZCARD', KEYS[3])
+local refused = 0
+if rpm >= 0 and requests + 1 > rpm then refused = 1
+elseif ipm >= 0 and pictures + images > ipm then refused = 2
+elseif most >= 0 and live >= most then refused = 3 end
+if refused > 0 then return {refused, requests, pictures, reset(), live} end
+local tail = redis.call('LINDEX', KEYS[1], -1)
+local first, _, r, i
+if tail then first, _, r, i = string.match(tail, '(%d+) (%d+) (%d+) (%d+)') end
+if tail and now - tonumber(first) < merge then
+  redis.call('LSET', KEYS[1], -1, string.format('%d %d %d %d', tonumber(first), now,
+             tonumber(r) + 1, tonumber(i) + images))
+else
+  redis.call('RPUSH', KEYS[1], string.format('%d %d %d %d', now, now, 1, images))
+end
+requests, pictures = requests + 1, pictures + images
+redis.call('HSET', KEYS[2], 'requests', requests, 'images', pictures)
+redis.call('PEXPIRE', KEYS[1], window + merge)
+redis.call('PEXPIRE', KEYS[2], window + merge)
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ttl * 2)
+return {0, requests, pictures, reset(), live + 1}
+"""
+
+# A host slot. KEYS: the host's leases; ARGV: its cap, lease id, lease ms. Returns 1 if held.
+ACQUIRE = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+return 1
+"""
+
+# Leases live now, per set. KEYS: lease sets. Returns their counts, in order.
+COUNT = _NOW + """
+local counts = {}
+for k = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now)
+  counts[k] = redis.call('ZCARD', KEYS[k])
+end
+return counts
+"""
+
+# This replica's live leases, written again with a fresh expiry (after a Redis restart too:
+# what still runs is counted again). KEYS: lease sets; ARGV: lease ms, then per set its
+# number of leases followed by their ids.
+RENEW = _NOW + """
+local ttl, at = tonumber(ARGV[1]), 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  for j = at + 1, at + n do redis.call('ZADD', KEYS[k], now + ttl, ARGV[j]) end
+  at = at + n + 1
+  redis.call('PEXPIRE', KEYS[k], ttl * 2)
+end
+return #KEYS
+"""

@@ -1,0 +1,60 @@
+"""A key's rate limits for the whole fleet: one Lua script in Redis per admission.
+
+The script does what proxy.billing.limits.Limits.admit does in one process (windows of
+entries merged within MERGE_S, trimmed by their last event, then the checks, then the
+record) and returns the figures, so the headers and refusals are the same functions'. A
+key's concurrency is a set of leases (proxy/state/leases.py): a request that a killed replica
+was running stops counting within a lease's time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from proxy.billing.keys import KeyRecord
+from proxy.billing.limits import MERGE_S, WINDOW_S, Figures, Limited, check, headers
+from proxy.state.link import Link
+
+_WINDOW_MS = round(WINDOW_S * 1000)
+_MERGE_MS = round(MERGE_S * 1000)
+
+
+class SharedLimits:
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._leases: defaultdict[str, list[str]] = defaultdict(list)  # key id -> lease ids
+
+    async def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
+        """As Limits.admit, for every replica at once. Raises the link's errors when Redis
+        does not answer (the caller falls back)."""
+        base = f"{self._link.prefix}:key:{{{key.id}}}"
+        lease = self._link.leases.new_id()
+        limits = key.limits
+        refused, requests, images_used, reset_ms, live = await self._link.admit(
+            [f"{base}:window", f"{base}:totals", f"{base}:live"],
+            [_limit(limits.rpm), _limit(limits.ipm), _limit(limits.concurrency), images,
+             lease, self._link.leases.lease_ms, _WINDOW_MS, _MERGE_MS])
+        used = Figures(requests, images_used, reset_ms / 1000, reset_ms / 1000)
+        if refused:
+            check(key, used, images, live)
+            raise Limited("This key is at its limits.", headers(key, used))  # never reached
+        self._link.leases.hold(f"{base}:live", lease)
+        self._leases[key.id].append(lease)
+        return headers(key, used)
+
+    def done(self, key: KeyRecord) -> None:
+        held = self._leases.get(key.id)
+        if not held:
+            return
+        lease = held.pop()
+        if not held:
+            del self._leases[key.id]
+        self._link.leases.release(f"{self._link.prefix}:key:{{{key.id}}}:live", lease)
+        self._link.released()
+
+    def in_flight(self, key: KeyRecord) -> int:
+        return len(self._leases.get(key.id, ()))
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
