@@ -139,6 +139,25 @@ def test_two_replicas_delivering_at_once_post_each_job_once(database: str,
         assert {_state(one, job_id)[:2] for job_id in ids} == {("delivered", 1)}
 
 
+def test_a_sender_that_lost_its_lease_says_so_and_writes_nothing(
+        database: str, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    with Store(database) as store:
+        (job_id,) = _finished(store, 1, receiver.url)
+        now = time.time()
+        first, second = int(now) + 60, int(now) + 200
+        (job,) = store.jobs.claim_webhooks(first, now=now)
+        store.jobs.claim_webhooks(second, now=first + 1)  # it stalled past its lease
+
+        async def late() -> None:
+            sender = Webhooks(store.jobs, SECRET)
+            await sender.deliver(job, first)
+            await sender.aclose()
+
+        asyncio.run(late())
+        assert _state(store, job_id) == ("sending", 0, second)
+        assert "its lease ran out" in caplog.text
+
+
 def _batch(store: Store, items: int) -> str:
     key = store.create_key("k")[0].id
     stored = store.batches.add_file(key, "batch", "in.jsonl", b"")

@@ -79,7 +79,10 @@ class Webhooks:
         log.info("webhook for job %s, attempt %d: %s", job.id, attempt + 1,
                  "delivered" if delivered else f"failed, next in {retry}s" if retry else
                  "failed, giving up")
-        await asyncio.to_thread(self._jobs.webhook_done, job.id, until, delivered, retry)
+        if not await asyncio.to_thread(self._jobs.webhook_done, job.id, until, delivered,
+                                       retry):
+            log.warning("webhook for job %s: its lease ran out before this attempt's outcome "
+                        "was written; the process that took it over writes its own", job.id)
 
     async def aclose(self) -> None:
         await self._client.aclose()
