@@ -1,0 +1,127 @@
+"""An OpenAI-shaped image host on a real socket that counts the calls it is serving at once,
+for the fleet tests: several serve processes share its `max_in_flight`, and it tells the test
+the most it ever had. A call whose client went away (a replica killed with -9) stops counting
+when its connection closes. It runs on a loop of its own thread, like tests/fakes/slow_hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from proxy.bench.hostile import images_body, json_reply, png_b64
+
+KEY_ENV = "COUNTING_HOST_TEST_KEY"
+MODEL = "capped-image"
+
+
+@dataclass
+class CountingHost:
+    delay_s: float = 0.0  # how long each call takes, read when it starts
+    port: int = 0
+    now: int = 0  # calls being served
+    peak: int = 0
+    calls: int = 0
+    answered: int = 0
+    history: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, now)
+    image: str = field(default_factory=lambda: png_b64(1024, 1024, "capped"))
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def peak_since(self, since: float) -> int:
+        return max((n for at, n in list(self.history) if at >= since), default=0)
+
+    def _count(self, change: int) -> None:
+        self.now += change
+        self.peak = max(self.peak, self.now)
+        self.history.append((time.monotonic(), self.now))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.calls += 1
+                self._count(+1)
+                try:
+                    left = await _client_left(reader, self.delay_s)
+                finally:
+                    self._count(-1)
+                if left:
+                    return
+                writer.write(json_reply(images_body(self.image)))
+                self.answered += 1
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _client_left(reader: asyncio.StreamReader, delay_s: float) -> bool:
+    """Wait out the call's time; True if the client hung up first."""
+    eof = asyncio.ensure_future(reader.read(1))
+    try:
+        done, _ = await asyncio.wait([eof], timeout=delay_s)
+        return bool(done) and not eof.exception() and eof.result() == b""
+    finally:
+        eof.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await eof
+
+
+@contextlib.contextmanager
+def counting_host() -> Iterator[CountingHost]:
+    """The host on a loop of its own thread until the block ends."""
+    host = CountingHost()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(host.start(), loop).result(10)
+    try:
+        yield host
+    finally:
+        asyncio.run_coroutine_threadsafe(host.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def catalog_files(host: CountingHost, max_in_flight: int) -> dict[str, str]:
+    """routes/ for one model on the host, capped at `max_in_flight` calls at once."""
+    providers = f"""
+[capped-host]
+protocol = "openai_images"
+base_url = "http://127.0.0.1:{host.port}/v1"
+key_env = "{KEY_ENV}"
+timeout_s = 60
+max_in_flight = {max_in_flight}
+"""
+    model = f"""name = "{MODEL}"
+owned_by = "tests"
+default_strategy = "cheapest"
+
+[capabilities]
+aspect_ratios = ["1:1"]
+max_n = 4
+
+[[routes]]
+provider = "capped-host"
+upstream_model = "m"
+price.per_image = {{ "1K" = 0.01 }}
+options.sizes = ["1024x1024"]
+"""
+    return {"providers.toml": providers, f"models/{MODEL}.toml": model}
