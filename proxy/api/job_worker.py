@@ -98,7 +98,7 @@ class Worker:
 
     async def _claim_and_start(self) -> None:
         """Claim what there is room for and start it; then wait for room (or a while)."""
-        room = self._room()
+        room = await self._room()
         jobs = await self._claim(room) if room > 0 else []
         for job in jobs:
             self._start(job)
@@ -112,12 +112,14 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._freed.wait(), IDLE_POLL_S)
 
-    def _room(self) -> int:
-        """How many jobs to claim now: within the worker's capacity, and no more than keep
-        MAX_WAITING items waiting for a slot (counting those on their way to one)."""
-        waiting = self._svc.router.waiting
-        return min(self._capacity - len(self._running), CLAIM_AT_ONCE,
-                   MAX_WAITING - waiting - self._unplaced())
+    async def _room(self) -> int:
+        """How many jobs to claim now: within the worker's capacity and the slots free now
+        (the fleet's, in fleet mode: other replicas' work holds slots too), and no more than
+        keep MAX_WAITING items waiting for a slot (counting those on their way to one)."""
+        router = self._svc.router
+        ahead = router.waiting + self._unplaced()  # claimed, not in a slot yet
+        return min(self._capacity - len(self._running), CLAIM_AT_ONCE, MAX_WAITING - ahead,
+                   await router.free() - ahead)
 
     def _unplaced(self) -> int:
         """Running jobs neither in an attempt nor waiting for a slot yet (an estimate:
@@ -265,7 +267,8 @@ class Worker:
 
 def capacity(svc: Services) -> int:
     """How many jobs may run at once: every live host's in-flight limit (this process's
-    share of it), added up."""
+    share of it; the whole of it in fleet mode, where free slots bound the claims), added
+    up."""
     return max(1, svc.router.capacity)
 
 
