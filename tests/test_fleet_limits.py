@@ -50,23 +50,32 @@ class Fleet:
                              max_retries=0, timeout=30)
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, redis_prefix: str) -> Iterator[Fleet]:
+@contextlib.contextmanager
+def started(tmp_path: Path, redis_prefix: str, cap: int, replicas: int,
+            *args: str) -> Iterator[Fleet]:
+    """`replicas` serve processes (started together, with `args`) on a database of their
+    own and Redis, serving a counting host capped at `cap` calls at once."""
     with counting_host() as host, own_database("switchyard_fleet_state") as database:
         routes = tmp_path / "routes"
-        for name, text in catalog_files(host, CAP).items():
+        for name, text in catalog_files(host, cap).items():
             (routes / name).parent.mkdir(parents=True, exist_ok=True)
             (routes / name).write_text(text)
         env = {"SWITCHYARD_DATABASE_URL": database, "SWITCHYARD_REDIS_URL": REDIS_URL,
                "SWITCHYARD_REDIS_PREFIX": redis_prefix, "SWITCHYARD_ROUTES_DIR": str(routes),
                KEY_ENV: "k"}
-        replicas = [Served(tmp_path / f"replica-{i}", env=env) for i in range(REPLICAS)]
+        served = [Served(tmp_path / f"replica-{i}", *args, env=env) for i in range(replicas)]
         with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor() as pool:
-            list(pool.map(stack.enter_context, replicas))
-            for replica in replicas:
+            list(pool.map(stack.enter_context, served))
+            for replica in served:
                 assert httpx.get(f"{replica.base}/readyz").json()["fleet"] == {
                     "mode": "fleet", "redis": "shared"}
-            yield Fleet(replicas, database, host)
+            yield Fleet(served, database, host)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_prefix: str) -> Iterator[Fleet]:
+    with started(tmp_path, redis_prefix, CAP, REPLICAS) as running:
+        yield running
 
 
 def generate(client: openai.OpenAI) -> tuple[int, dict[str, str]]:
@@ -169,3 +178,14 @@ def first_success(fleet: Fleet, key: str, within_s: float) -> float:
         turn += 1
         time.sleep(0.05)
     raise AssertionError("the survivors never got a slot back")
+
+
+def test_serve_workers_share_a_host_cap_through_redis_not_by_splitting_it(
+        tmp_path: Path, redis_prefix: str) -> None:
+    """`serve --workers 2` in fleet mode: a host capped at 3 gets up to 3 calls at once from
+    the two processes (split, each would have had 3 // 2 = 1), and never more."""
+    with started(tmp_path, redis_prefix, 3, 1, "--workers", "2") as single:
+        single.host.delay_s = 0.3
+        statuses = load(single, single.key(), [0], threads=16, seconds=2.0)
+    assert single.host.peak == 3, f"the host saw {single.host.peak} calls at once (cap 3)"
+    assert statuses[200] >= 8, statuses
