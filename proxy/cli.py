@@ -268,6 +268,8 @@ def _prepare_workers(config: Config, args: argparse.Namespace) -> None:
     if args.config:
         os.environ["SWITCHYARD_CONFIG"] = str(args.config)
     os.environ["SWITCHYARD_DATA_DIR"] = str(config.data_dir)
+    # Each process takes its share of a host's cap (without Redis): it must know how many share.
+    os.environ["SWITCHYARD_WORKERS"] = str(config.workers)
     metrics_dir = config.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)

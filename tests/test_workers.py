@@ -3,6 +3,7 @@ metrics, so a scrape sees every worker's traffic whichever worker answers it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -17,6 +18,8 @@ import openai
 
 from proxy.billing.store import Store
 from tests.conftest import FIXTURES, free_socket
+from tests.fakes.counting_host import KEY_ENV, MODEL, catalog_files, counting_host
+from tests.serving import Served
 
 
 def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -79,3 +82,29 @@ def one_request(port: int, key: str) -> None:
 
 def worker_pids(data_dir: Path) -> set[str]:
     return {p.stem.rsplit("_", 1)[-1] for p in (data_dir / "metrics").glob("counter_*.db")}
+
+
+def test_workers_without_redis_each_take_their_share_of_a_host_cap(tmp_path: Path) -> None:
+    """serve --workers 2, one machine, no Redis: a host capped at 3 gets at most 1 + 1 calls
+    at once (each worker knows it is one of two; they took the whole cap each, 6)."""
+    with counting_host() as host:
+        routes = tmp_path / "routes"
+        for name, text in catalog_files(host, 3).items():
+            (routes / name).parent.mkdir(parents=True, exist_ok=True)
+            (routes / name).write_text(text)
+        data_dir = tmp_path / "data"
+        with Store(data_dir / "switchyard.db") as store:
+            key = store.create_key("w")[1]
+        host.delay_s = 0.3
+        with Served(data_dir, "--workers", "2",
+                    env={"SWITCHYARD_ROUTES_DIR": str(routes), KEY_ENV: "k"}) as served, \
+                ThreadPoolExecutor(12) as pool:
+            def one(_: int) -> None:
+                with openai.OpenAI(base_url=f"{served.base}/v1", api_key=key,
+                                   max_retries=0) as sdk:
+                    for _ in range(6):
+                        with contextlib.suppress(openai.APIStatusError):
+                            sdk.images.generate(model=MODEL, prompt="x", size="1024x1024",
+                                                extra_headers={"connection": "close"})
+            list(pool.map(one, range(12)))
+    assert 1 <= host.peak <= 2, f"the host saw {host.peak} calls at once"
