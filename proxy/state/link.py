@@ -86,10 +86,9 @@ class Link:
 
     async def _call(self, script: AsyncScript, keys: list[str],
                     args: list[str | int]) -> object:
-        try:
-            async with asyncio.timeout(TIMEOUT_S * 2):  # connect + reply, at worst
-                reply: object = await script(keys=keys, args=args)
-                return reply
+        try:  # bounded by the socket timeouts: connect, then the reply
+            reply: object = await script(keys=keys, args=args)
+            return reply
         except self.errors as exc:
             self.lost(exc)
             raise
