@@ -4,11 +4,8 @@ and through httpx (the path multipart uploads and proxies take)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,37 +15,25 @@ import pytest
 from proxy import catalog as catalog_module
 from proxy import imaging
 from proxy.bench.hostile import MB, HostileUpstream, catalog_files
+from proxy.bench.loopback import on_own_loop
 from proxy.billing.keys import KeyLimits
 from proxy.providers import ADAPTERS
 from tests.conftest import Running, make_config, serve
 
 
-@dataclass
-class Hostile:
-    upstream: HostileUpstream
-    loop: asyncio.AbstractEventLoop
-
-
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
+def hostile() -> Iterator[HostileUpstream]:
     """The hostile server on a loop of its own thread, for the module."""
-    loop = asyncio.new_event_loop()
     upstream = HostileUpstream(drip_s=0.3, huge_bytes=40 * MB, bomb_bytes=64 * MB)
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(upstream.start(), loop).result(30)
-    yield Hostile(upstream, loop)
-    asyncio.run_coroutine_threadsafe(upstream.close(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with on_own_loop(upstream):
+        yield upstream
 
 
 @pytest.fixture
-def switchyard(hostile: Hostile, tmp_path: Path) -> Iterator[Running]:
+def switchyard(hostile: HostileUpstream, tmp_path: Path) -> Iterator[Running]:
     """A fresh server per test (so no breaker remembers the last one), replies capped at 8 MB."""
     root = tmp_path / "routes"
-    for name, text in catalog_files(hostile.upstream).items():
+    for name, text in catalog_files(hostile).items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     live = catalog_module.load(root, {"HOSTILE_TEST_KEY": "k"}, demo=False, protocols=ADAPTERS)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from proxy import imaging
+from proxy.bench.loopback import read_request
 
 MB = 1024 * 1024
 Behaviour = Callable[["HostileUpstream", asyncio.StreamWriter, int], Awaitable[None]]
@@ -150,10 +151,8 @@ class HostileUpstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                body = orjson.loads(await reader.readexactly(length) or b"{}")
+                head, raw = await read_request(reader)
+                body = orjson.loads(raw or b"{}")
                 side = head.split(b" ")[1].split(b"/")[1].decode()
                 self.requests[side] = self.requests.get(side, 0) + 1
                 await self._answer(side, body, writer)

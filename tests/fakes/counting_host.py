@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from proxy.bench.hostile import images_body, json_reply, png_b64
+from proxy.bench.loopback import on_own_loop, read_request
 
 KEY_ENV = "COUNTING_HOST_TEST_KEY"
 MODEL = "capped-image"
@@ -50,10 +50,7 @@ class CountingHost:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
+                await read_request(reader)
                 self.calls += 1
                 self._count(+1)
                 try:
@@ -87,17 +84,8 @@ async def _client_left(reader: asyncio.StreamReader, delay_s: float) -> bool:
 def counting_host() -> Iterator[CountingHost]:
     """The host on a loop of its own thread until the block ends."""
     host = CountingHost()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(host.start(), loop).result(10)
-    try:
+    with on_own_loop(host):
         yield host
-    finally:
-        asyncio.run_coroutine_threadsafe(host.close(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def catalog_files(host: CountingHost, max_in_flight: int) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from proxy.bench.hostile import images_body, json_reply, png_b64
+from proxy.bench.loopback import on_own_loop, read_request
 
 KEY_ENV = "SLOW_HOSTS_TEST_KEY"
 TASK_PRICE = "0.04"
@@ -51,10 +51,8 @@ class SlowHosts:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                body = orjson.loads(await reader.readexactly(length) or b"{}")
+                head, raw = await read_request(reader)
+                body = orjson.loads(raw or b"{}")
                 method, path = head.split(b" ")[:2]
                 writer.write(await self._answer(method.decode(), path.decode(), body))
                 await writer.drain()
@@ -91,17 +89,8 @@ class SlowHosts:
 @contextlib.contextmanager
 def running(hosts: SlowHosts) -> Iterator[SlowHosts]:
     """The hosts on a loop of their own thread until the block ends."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(hosts.start(), loop).result(10)
-    try:
+    with on_own_loop(hosts):
         yield hosts
-    finally:
-        asyncio.run_coroutine_threadsafe(hosts.close(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def catalog_files(hosts: SlowHosts) -> dict[str, str]:

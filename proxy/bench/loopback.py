@@ -1,0 +1,41 @@
+"""Plumbing shared by the fake hosts the benchmarks and tests run on loopback: read one
+HTTP/1.1 request off a stream, and run a server on an event loop of its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The head (request line and headers) and the Content-Length body of the next request;
+    asyncio.IncompleteReadError when the client closed the connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return head, await reader.readexactly(length)
+
+
+class Server(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def on_own_loop(server: Server) -> Iterator[None]:
+    """`server` started on a new event loop in a thread of its own, until the block ends (then
+    closed, and the loop with it: its sockets are not left for the garbage collector)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    try:
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
