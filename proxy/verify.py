@@ -50,10 +50,13 @@ async def checked(result: ImageResult, request: ImageRequest,
         log.warning("upstream returned %d images for n=%d; delivering %d", len(images),
                     request.n, request.n)
         images = images[:request.n]
-    images = tuple(header_checked(image, max_pixels) for image in images)
+    verified = [_verified(image, max_pixels) for image in images]
+    images = tuple(image for image, _ in verified)
     if request.response_format == "url":
         images = tuple([await decoded(image) for image in images])
-    return replace(result, images=images)
+    # The size the header gave, so proxy.convert need not read the header again.
+    size = result.size or (f"{verified[0][1][0]}x{verified[0][1][1]}" if verified else None)
+    return replace(result, images=images, size=size)
 
 
 def header_checked(image: Image, max_pixels: int) -> Image:
@@ -61,6 +64,10 @@ def header_checked(image: Image, max_pixels: int) -> Image:
     (with its mime type as its bytes say); UpstreamError otherwise. Base64 that is wrapped in
     lines or URL-safe is delivered as plain base64 (only when the plain check fails: looking
     for either costs a scan of megabytes)."""
+    return _verified(image, max_pixels)[0]
+
+
+def _verified(image: Image, max_pixels: int) -> tuple[Image, tuple[int, int]]:
     try:
         return _header_checked(image, max_pixels)
     except UpstreamError:
@@ -70,7 +77,7 @@ def header_checked(image: Image, max_pixels: int) -> Image:
         return _header_checked(replace(image, b64=plain), max_pixels)
 
 
-def _header_checked(image: Image, max_pixels: int) -> Image:
+def _header_checked(image: Image, max_pixels: int) -> tuple[Image, tuple[int, int]]:
     b64 = image.b64
     if not b64 or not b64.isascii() or len(b64) % 4 == 1:
         raise broken("upstream image is not base64")
@@ -86,7 +93,7 @@ def _header_checked(image: Image, max_pixels: int) -> Image:
                      f"{max_pixels}")
     if not _ends_whole(kind, b64):
         raise broken(f"upstream {kind} image is truncated or malformed")
-    return image if image.mime == MIME[kind] else replace(image, mime=MIME[kind])
+    return (image if image.mime == MIME[kind] else replace(image, mime=MIME[kind])), found
 
 
 def _ends_whole(kind: str, b64: str) -> bool:
