@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from proxy import imaging
-from proxy.bench.loopback import read_request
+from proxy.bench.loopback import LoopbackServer, read_request
 
 MB = 1024 * 1024
 Behaviour = Callable[["HostileUpstream", asyncio.StreamWriter, int], Awaitable[None]]
@@ -125,7 +125,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
 
 
 @dataclass
-class HostileUpstream:
+class HostileUpstream(LoopbackServer):
     """The server; `requests` counts what each path prefix got."""
 
     drip_s: float = 1.0
@@ -138,12 +138,7 @@ class HostileUpstream:
 
     async def start(self) -> None:
         self.bomb = await asyncio.to_thread(gzip_bomb, self.bomb_bytes)
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        await super().start()
 
     def base_url(self, side: str) -> str:
         return f"http://127.0.0.1:{self.port}/{side}/v1"

@@ -1,5 +1,5 @@
-"""Plumbing shared by the fake hosts the benchmarks and tests run on loopback: read one
-HTTP/1.1 request off a stream, and run a server on an event loop of its own thread."""
+"""Plumbing shared by the fake hosts the benchmarks and tests run on loopback: a server on
+127.0.0.1, reading one HTTP/1.1 request off a stream, and an event loop of its own thread."""
 
 from __future__ import annotations
 
@@ -22,6 +22,25 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 class Server(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
+
+
+class LoopbackServer:
+    """A server on 127.0.0.1 answering each connection with `_serve`; `port` 0 picks a free
+    one. Subclasses (dataclasses) declare `port: int = 0` and `_server = None`."""
+
+    port: int
+    _server: asyncio.Server | None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
 
 @contextlib.contextmanager

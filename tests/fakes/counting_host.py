@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from proxy.bench.hostile import images_body, json_reply, png_b64
-from proxy.bench.loopback import on_own_loop, read_request
+from proxy.bench.loopback import LoopbackServer, on_own_loop, read_request
 
 KEY_ENV = "COUNTING_HOST_TEST_KEY"
 MODEL = "capped-image"
 
 
 @dataclass
-class CountingHost:
+class CountingHost(LoopbackServer):
     delay_s: float = 0.0  # how long each call takes, read when it starts
     port: int = 0
     now: int = 0  # calls being served
@@ -30,14 +30,6 @@ class CountingHost:
     history: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, now)
     image: str = field(default_factory=lambda: png_b64(1024, 1024, "capped"))
     _server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
     def peak_since(self, since: float) -> int:
         return max((n for at, n in list(self.history) if at >= since), default=0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from proxy.bench.hostile import images_body, json_reply, png_b64
-from proxy.bench.loopback import on_own_loop, read_request
+from proxy.bench.loopback import LoopbackServer, on_own_loop, read_request
 
 KEY_ENV = "SLOW_HOSTS_TEST_KEY"
 TASK_PRICE = "0.04"
@@ -26,7 +26,7 @@ SYNC_PRICE = "0.03"
 
 
 @dataclass
-class SlowHosts:
+class SlowHosts(LoopbackServer):
     task_s: float = 4.0
     sync_s: float = 3.0
     port: int = 0
@@ -35,14 +35,6 @@ class SlowHosts:
     polls: Counter[str] = field(default_factory=Counter)  # task id -> polls
     tasks: dict[str, float] = field(default_factory=dict)  # task id -> when submitted
     _server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
     def polled(self) -> int:
         """Tasks polled at least once (a poll is sent only once the submit is written down)."""
