@@ -33,6 +33,7 @@ USER_AGENT = f"python-httpx/{httpx.__version__}"
 # crosses the internet: it offers gzip and deflate (HTTPS_ENCODINGS), which are undone capped.
 _DEFAULTS = (("accept", "*/*"), ("accept-encoding", "identity"), ("connection", "keep-alive"),
              ("user-agent", USER_AGENT))
+_INFLATE_PIECE = 1024 * 1024  # decoded bytes per step of inflate()
 # Over https, the codings Switchyard can undo with a cap on their output (transport.inflate).
 HTTPS_ENCODINGS = "gzip, deflate"
 _PORTS = {"http": 80, "https": 443}
@@ -324,12 +325,25 @@ def inflate(body: bytes, coding: str, max_bytes: int | None) -> bytes:
         stream = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
     else:
         return body
-    limit = max_bytes if max_bytes is not None else 0
+    # In pieces: one call with a limit grows its output buffer by doubling, twice the cap at
+    # its peak; pieces hold at most the cap and one piece.
+    pieces: list[bytes] = []
+    held = 0
     try:
-        out = stream.decompress(body, limit + 1 if limit else 0)
+        while body:
+            piece = stream.decompress(body, _INFLATE_PIECE)
+            body = stream.unconsumed_tail
+            held += len(piece)
+            if max_bytes is not None and held > max_bytes:
+                pieces.clear()  # not kept alive by the traceback of the failure below
+                raise ReplyTooLarge(f"decoded reply larger than {max_bytes} bytes")
+            pieces.append(piece)
+            if stream.eof:
+                break
+        pieces.append(stream.flush())
+        if max_bytes is not None and held + len(pieces[-1]) > max_bytes:
+            pieces.clear()
+            raise ReplyTooLarge(f"decoded reply larger than {max_bytes} bytes")
     except zlib.error as exc:
         raise httpx.DecodingError(f"{coding} body does not decode: {exc}") from None
-    if limit and (len(out) > limit or stream.unconsumed_tail):
-        del out  # not kept alive by the traceback of the failure below
-        raise ReplyTooLarge(f"decoded reply larger than {limit} bytes")
-    return out
+    return b"".join(pieces)
