@@ -91,13 +91,15 @@ def build_app(config: Config, catalog: Catalog | None = None,
                                                  config.max_reply_bytes)
         media = shared.media_store(config, store.db)
         plans = pricing.load_plans(config.routes_dir / "plans.toml")
-        state = state_module.build(config, live.providers)  # this process's, or the fleet's
+        health = Health(r for m in live.models for r in m.routes)
+        # this process's, or the fleet's
+        state = state_module.build(config, live.providers, health)
         await state.start()
         app.state.services = Services(
             config=config, catalog=live, state=state, plans=plans,
             router=Router(ADAPTERS, clients, config.request_timeout_s,
                           credentials=Credentials.for_providers(live.providers),
-                          health=Health(r for m in live.models for r in m.routes),
+                          health=health,
                           slots=state.slots,
                           callbacks=Callbacks(config.public_base_url),
                           max_pixels=config.max_image_pixels,

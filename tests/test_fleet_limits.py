@@ -1,8 +1,8 @@
 """A fleet of three real `switchyard serve` processes on one PostgreSQL database of its own and
-the machine's Redis (issue 17, points 1 and 2), driven with the official openai client:
-a key's rpm holds across the replicas exactly as on one process, and a host's max_in_flight
+the machine's Redis (issue 17, points 1 to 3), driven with the official openai client:
+a key's rpm holds across the replicas exactly as on one process, a host's max_in_flight
 is the host's whatever replica calls it, a replica killed with -9 giving its slots back
-within a lease time.
+within a lease time, and a host that failed on one replica is avoided by the others.
 
 Without a reachable PostgreSQL or Redis these skip with the reason, except in CI.
 """
@@ -52,12 +52,13 @@ class Fleet:
 
 @contextlib.contextmanager
 def started(tmp_path: Path, redis_prefix: str, cap: int, replicas: int,
-            *args: str) -> Iterator[Fleet]:
+            *args: str, spare: CountingHost | None = None) -> Iterator[Fleet]:
     """`replicas` serve processes (started together, with `args`) on a database of their
-    own and Redis, serving a counting host capped at `cap` calls at once."""
+    own and Redis, serving a counting host capped at `cap` calls at once (and a dearer
+    `spare` host when given)."""
     with counting_host() as host, own_database("switchyard_fleet_state") as database:
         routes = tmp_path / "routes"
-        for name, text in catalog_files(host, cap).items():
+        for name, text in catalog_files(host, cap, spare).items():
             (routes / name).parent.mkdir(parents=True, exist_ok=True)
             (routes / name).write_text(text)
         env = {"SWITCHYARD_DATABASE_URL": database, "SWITCHYARD_REDIS_URL": REDIS_URL,
@@ -189,3 +190,28 @@ def test_serve_workers_share_a_host_cap_through_redis_not_by_splitting_it(
         statuses = load(single, single.key(), [0], threads=16, seconds=2.0)
     assert single.host.peak == 3, f"the host saw {single.host.peak} calls at once (cap 3)"
     assert statuses[200] >= 8, statuses
+
+
+def test_a_host_failing_on_one_replica_is_avoided_by_the_others(
+        tmp_path: Path, redis_prefix: str) -> None:
+    """The cheap host answers 500: five requests to replica 0 fail over to the spare and open
+    its breaker there; replicas 1 and 2 then never call the cheap host (each would have tried
+    it five times on its own evidence), and every request is served."""
+    with counting_host() as spare, \
+            started(tmp_path, redis_prefix, CAP, REPLICAS, spare=spare) as fleet:
+        broken, key = fleet.host, fleet.key()
+        broken.status = 500
+        first = fleet.client(0, key)
+        for _ in range(5):
+            assert generate(first)[0] == 200
+        assert broken.calls == 5 and spare.answered == 5
+        time.sleep(0.5)  # a flush and a hop, with room to spare
+        others = [fleet.client(i % 2 + 1, key) for i in range(10)]
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            statuses = list(pool.map(lambda c: generate(c)[0], others))
+        for client in [first, *others]:
+            client.close()
+        assert statuses == [200] * 10
+        assert broken.calls == 5, f"replicas 1 and 2 still called the broken host " \
+                                  f"{broken.calls - 5} times"
+        assert spare.answered == 15

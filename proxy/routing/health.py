@@ -67,6 +67,27 @@ class Snapshot:
     stalled: bool  # an attempt has been in flight far longer than this route's p95
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's evidence in a form another replica can apply (proxy/state shares it)."""
+
+    route_id: str
+    tier: str
+    seconds: float
+    ok: bool | None  # delivered, a counted failure, or neither (a rest alone)
+    rest_s: float = 0.0  # a Retry-After (or a 429's default rest)
+
+
+def verdict(failure: Failure | None, settings: Settings) -> tuple[bool | None, float]:
+    """What an attempt's failure (None: it delivered) says about its route: (ok, rest)."""
+    if failure is None:
+        return True, 0.0
+    rest = 0.0
+    if failure.kind is Kind.RATE_LIMITED or failure.retry_after_s:
+        rest = failure.retry_after_s or settings.rate_limit_cooldown_s
+    return (False if failure.kind in COUNTED else None), rest
+
+
 @dataclass
 class _Tier:
     ewma: float
@@ -95,6 +116,7 @@ class RouteHealth:
     """The evidence about one route. Not thread-safe: it lives on the event loop."""
 
     def __init__(self, route: Route, settings: Settings, clock: Callable[[], float]) -> None:
+        self.route_id = route.id
         self._prior = route.typical_latency_s
         self._settings = settings
         self._clock = clock
@@ -113,6 +135,7 @@ class RouteHealth:
         # is older news and neither resets the failure count nor closes the breaker.
         self._failure_started = -math.inf
         self.last_outcome_at = -math.inf
+        self.tell: Callable[[Outcome], None] | None = None  # hears each local outcome
 
     # --- evidence -----------------------------------------------------------------------
 
@@ -132,17 +155,29 @@ class RouteHealth:
         now = self._clock()
         started = self._starts.pop(token, now)
         seconds = now - started
-        if failure is None:
-            self._succeeded(now, tier, seconds, started)
-        elif failure.kind is Kind.RATE_LIMITED or failure.retry_after_s:
-            rest = failure.retry_after_s or self._settings.rate_limit_cooldown_s
-            self._resting_until = max(self._resting_until, now + rest)
-            if failure.kind in COUNTED:
-                self._failed(now, started)
-        elif failure.kind in COUNTED:
-            self._failed(now, started)
+        ok, rest = verdict(failure, self._settings)
+        self._apply(now, started, tier, seconds, ok, rest)
         self._probing = False  # a probe that proved nothing frees the slot for the next
+        if self.tell is not None and (ok is not None or rest):
+            self.tell(Outcome(self.route_id, tier, seconds, ok, rest))
         return seconds
+
+    def observe(self, outcome: Outcome) -> None:
+        """Another replica's attempt ended: its evidence counts as if it were ours, as of
+        now (clocks differ between hosts; it is at most a flush and a hop old)."""
+        now = self._clock()
+        self._refresh(now)
+        self._apply(now, now - outcome.seconds, outcome.tier, outcome.seconds, outcome.ok,
+                    outcome.rest_s)
+
+    def _apply(self, now: float, started: float, tier: str, seconds: float, ok: bool | None,
+               rest: float) -> None:
+        if rest:
+            self._resting_until = max(self._resting_until, now + rest)
+        if ok:
+            self._succeeded(now, tier, seconds, started)
+        elif ok is not None:
+            self._failed(now, started)
 
     def abandon(self, token: int) -> None:
         """An attempt was cancelled (it lost a hedge): no evidence either way."""
@@ -248,12 +283,27 @@ class Health:
         self._requests = 0
         self._probes = 0
         self._last_probe: dict[str, float] = {}
+        self._tell: Callable[[Outcome], None] | None = None
 
     def of(self, route: Route) -> RouteHealth:
         found = self._routes.get(route.id)
         if found is None:  # a route built after startup (tests); tracked from now on
             found = self._routes[route.id] = RouteHealth(route, self.settings, self.clock)
+            found.tell = self._tell
         return found
+
+    def listen(self, tell: Callable[[Outcome], None]) -> None:
+        """Hand every local outcome that is evidence to `tell` (a fleet shares them)."""
+        self._tell = tell
+        for route in self._routes.values():
+            route.tell = tell
+
+    def observe(self, outcome: Outcome) -> None:
+        """Another replica's evidence about a route this process knows (others: ignored,
+        a replica on an older catalog may name a route this one dropped)."""
+        found = self._routes.get(outcome.route_id)
+        if found is not None:
+            found.observe(outcome)
 
     def snapshots(self, routes: Iterable[Route], tier: str) -> dict[str, Snapshot]:
         return {r.id: self.of(r).snapshot(tier) for r in routes}

@@ -1,4 +1,4 @@
-"""Shared state behind one interface: keys' rate limits and hosts' slots.
+"""Shared state behind one interface: keys' rate limits, hosts' slots and routes' health.
 
 One process keeps them in memory (proxy/state/local.py); in fleet mode (`redis_url` set) they
 live in Redis for every replica, each falling back to its own while Redis is away
@@ -16,11 +16,13 @@ from proxy import metrics
 from proxy.billing.keys import KeyRecord
 from proxy.catalog import Provider
 from proxy.config import Config
+from proxy.routing.health import Health
 from proxy.routing.slots import Slots
 from proxy.state.local import LocalLimits
 
 if TYPE_CHECKING:
     from proxy.state.link import Link
+    from proxy.state.shared_health import HealthFeed
 
 
 
@@ -70,14 +72,19 @@ class State:
     limits: RateLimits
     slots: HostSlots
     link: Link | None = None  # fleet mode's Redis
+    feed: HealthFeed | None = None  # fleet mode: route health shared through it
 
     async def start(self) -> None:
         if self.link is None:
             metrics.FLEET_SHARED.set(0)
         else:
             await self.link.start()
+        if self.feed is not None:
+            self.feed.start()
 
     async def aclose(self) -> None:
+        if self.feed is not None:
+            await self.feed.aclose()
         if self.link is not None:
             await self.link.close()
 
@@ -88,15 +95,17 @@ class State:
         return {"mode": "fleet", "redis": "shared" if self.link.shared else "unreachable"}
 
 
-def build(config: Config, providers: Sequence[Provider]) -> State:
+def build(config: Config, providers: Sequence[Provider], health: Health | None = None) -> State:
     """The state of this process: in memory, or the fleet's in Redis with memory to fall
-    back on. Under `serve --workers N` a process's own slots are its share of each host."""
+    back on. Under `serve --workers N` a process's own slots are its share of each host.
+    `health` stays in memory either way; in fleet mode it hears every replica's outcomes."""
     own_limits = LocalLimits()
     own_slots = Slots(providers, processes=config.workers)
     if config.redis_url is None:
         return State(own_limits, own_slots)
     from proxy.state import fleet
+    from proxy.state.shared_health import HealthFeed
 
     link, limits, slots = fleet.build(config.redis_url.reveal(), config.redis_prefix,
                                       providers, own_limits, own_slots)
-    return State(limits, slots, link)
+    return State(limits, slots, link, None if health is None else HealthFeed(link, health))

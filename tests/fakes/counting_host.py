@@ -22,6 +22,7 @@ MODEL = "capped-image"
 @dataclass
 class CountingHost(LoopbackServer):
     delay_s: float = 0.0  # how long each call takes, read when it starts
+    status: int = 200  # what each call answers: another status is OpenAI's error body
     port: int = 0
     now: int = 0  # calls being served
     peak: int = 0
@@ -51,13 +52,20 @@ class CountingHost(LoopbackServer):
                     self._count(-1)
                 if left:
                     return
-                writer.write(json_reply(images_body(self.image)))
+                writer.write(self._reply())
                 self.answered += 1
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
+
+
+    def _reply(self) -> bytes:
+        if self.status == 200:
+            return json_reply(images_body(self.image))
+        body = b'{"error": {"message": "the host is broken", "type": "server_error"}}'
+        return json_reply(body).replace(b"200 OK", f"{self.status} Error".encode(), 1)
 
 
 async def _client_left(reader: asyncio.StreamReader, delay_s: float) -> bool:
@@ -80,8 +88,10 @@ def counting_host() -> Iterator[CountingHost]:
         yield host
 
 
-def catalog_files(host: CountingHost, max_in_flight: int) -> dict[str, str]:
-    """routes/ for one model on the host, capped at `max_in_flight` calls at once."""
+def catalog_files(host: CountingHost, max_in_flight: int,
+                  spare: CountingHost | None = None) -> dict[str, str]:
+    """routes/ for one model on the host, capped at `max_in_flight` calls at once, and on a
+    dearer `spare` host (uncapped) when given."""
     providers = f"""
 [capped-host]
 protocol = "openai_images"
@@ -89,6 +99,14 @@ base_url = "http://127.0.0.1:{host.port}/v1"
 key_env = "{KEY_ENV}"
 timeout_s = 60
 max_in_flight = {max_in_flight}
+"""
+    if spare is not None:
+        providers += f"""
+[spare-host]
+protocol = "openai_images"
+base_url = "http://127.0.0.1:{spare.port}/v1"
+key_env = "{KEY_ENV}"
+timeout_s = 60
 """
     model = f"""name = "{MODEL}"
 owned_by = "tests"
@@ -102,6 +120,14 @@ max_n = 4
 provider = "capped-host"
 upstream_model = "m"
 price.per_image = {{ "1K" = 0.01 }}
+options.sizes = ["1024x1024"]
+"""
+    if spare is not None:
+        model += """
+[[routes]]
+provider = "spare-host"
+upstream_model = "m"
+price.per_image = { "1K" = 0.02 }
 options.sizes = ["1024x1024"]
 """
     return {"providers.toml": providers, f"models/{MODEL}.toml": model}

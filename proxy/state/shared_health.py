@@ -1,0 +1,135 @@
+"""Route health for the whole fleet: every replica's outcomes count on every replica.
+
+Each replica still decides each request from its own in-memory health (proxy/routing/health.py),
+so the request path makes no Redis call for it. What it learns it publishes, a batch every
+FLUSH_S on one pub/sub channel, and it applies what the others publish as if it had seen it:
+the same failures open the same breakers everywhere, a Retry-After rests the host fleet-wide,
+latency and success samples are the fleet's, and a probe that finds a host recovered closes
+its breaker on every replica. While Redis is away each replica goes on with its own evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+import orjson
+
+from proxy import supervise
+from proxy.routing.health import Health, Outcome
+from proxy.state.link import CHECK_S, Link
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
+log = logging.getLogger("switchyard.fleet")
+
+FLUSH_S = 0.05  # outcomes gathered this long go out in one PUBLISH
+LISTEN_S = 1.0  # a read of the channel waits at most this for a message
+
+
+class HealthFeed:
+    def __init__(self, link: Link, health: Health) -> None:
+        self._link = link
+        self._health = health
+        self._channel = f"{link.prefix}:health"
+        self._replica = secrets.token_hex(6)
+        self._pending: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.received = 0  # outcomes applied from other replicas
+        health.listen(self._heard)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._publishing()),
+                       asyncio.create_task(self._listening())]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _heard(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._wake.set()
+
+    async def _publishing(self) -> None:
+        failures = supervise.Failures("fleet_health_publish")
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(FLUSH_S)
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not self._link.shared:
+                continue  # each replica on its own evidence until Redis answers again
+            try:
+                await self._link.client.publish(self._channel, encode(self._replica, batch))
+            except self._link.errors as exc:
+                self._link.lost(exc)
+            except Exception as exc:
+                await asyncio.sleep(failures.failed(exc))
+            else:
+                failures.succeeded()
+
+    async def _listening(self) -> None:
+        """Subscribe and apply; after a lost connection (Redis restarted), subscribe again
+        once the link answers."""
+        failures = supervise.Failures("fleet_health_listen")
+        while True:
+            if not self._link.shared:
+                await asyncio.sleep(CHECK_S)
+                continue
+            pubsub = self._link.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                await self._apply_until_lost(pubsub)
+            except self._link.errors as exc:
+                self._link.lost(exc)
+            except Exception as exc:
+                await asyncio.sleep(failures.failed(exc))
+            else:
+                failures.succeeded()
+            finally:
+                with contextlib.suppress(*self._link.errors):
+                    await pubsub.aclose()
+
+    async def _apply_until_lost(self, pubsub: PubSub) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                               timeout=LISTEN_S)
+            if message is None or message.get("type") != "message":
+                continue
+            sender, outcomes = decode(message["data"])
+            if sender in ("", self._replica):
+                continue
+            for outcome in outcomes:
+                self._health.observe(outcome)
+            self.received += len(outcomes)
+
+
+def encode(replica: str, outcomes: list[Outcome]) -> bytes:
+    return orjson.dumps({"from": replica, "outcomes": [
+        [o.route_id, o.tier, round(o.seconds, 4), o.ok, o.rest_s] for o in outcomes]})
+
+
+def decode(data: bytes) -> tuple[str, list[Outcome]]:
+    """A batch another replica published; a malformed entry is skipped, not applied."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        log.warning("fleet: skipped a malformed health message")
+        return "", []
+    outcomes = []
+    for entry in message.get("outcomes", ()):
+        try:
+            route_id, tier, seconds, ok, rest = entry
+            outcomes.append(Outcome(str(route_id), str(tier), float(seconds),
+                                    None if ok is None else bool(ok), float(rest)))
+        except (TypeError, ValueError):
+            log.warning("fleet: skipped a malformed health outcome")
+    return str(message.get("from", "")), outcomes

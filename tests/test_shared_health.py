@@ -1,0 +1,163 @@
+"""Route health shared through Redis (issue 17, point 3): what one replica learns about a
+route, every replica applies within a flush and a hop, so the same five failures open the
+breaker everywhere, a Retry-After rests the host fleet-wide, and a recovery closes it
+fleet-wide; the request path reads only its own memory. Each "replica" is a Health with a
+Link and a HealthFeed of its own, as in a serve process (tests/test_fleet_shared.py drives
+real serve processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from proxy.failures import Failure, Kind
+from proxy.routing.health import Health, Outcome, State
+from proxy.state.leases import Leases
+from proxy.state.link import Link, connect
+from proxy.state.shared_health import HealthFeed, decode, encode
+from tests.fakes import scripted
+from tests.redis_servers import REDIS_URL, PrivateRedis, private_redis, redis_prefix
+
+__all__ = ["private_redis", "redis_prefix"]  # fixtures
+
+ROUTE = scripted.route("shared-host", "0.02")
+BROKEN = Failure(Kind.UPSTREAM_BROKEN, "500 from the host")
+
+
+class Clock:
+    """time.monotonic, moved on at will (past a breaker's cooldown)."""
+
+    def __init__(self) -> None:
+        self.ahead_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead_s
+
+
+@contextlib.asynccontextmanager
+async def replica(prefix: str, url: str = REDIS_URL,
+                  clock: Clock | None = None) -> AsyncIterator[Health]:
+    health = Health([ROUTE], clock=clock or Clock())
+    link = Link(connect(url), prefix, Leases())
+    feed = HealthFeed(link, health)
+    await link.start()
+    feed.start()
+    await asyncio.sleep(0.1)  # subscribed before the test publishes
+    try:
+        yield health
+    finally:
+        await feed.aclose()
+        await link.close()
+
+
+def attempt(health: Health, failure: Failure | None) -> None:
+    route = health.of(ROUTE)
+    route.end(route.begin(), "1K", failure)
+
+
+async def until(check: Callable[[], bool], within_s: float = 2.0) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within_s, "never happened"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_five_failures_on_one_replica_open_the_breaker_on_the_others(
+        redis_prefix: str) -> None:
+    async def go() -> None:
+        async with replica(redis_prefix) as a, replica(redis_prefix) as b, \
+                replica(redis_prefix) as c:
+            for _ in range(4):
+                attempt(a, BROKEN)
+            await asyncio.sleep(0.3)
+            assert b.of(ROUTE).state is State.CLOSED  # four are not yet five
+            attempt(c, BROKEN)  # the fifth, on another replica
+            took = await until(lambda: all(h.of(ROUTE).state is State.OPEN for h in (a, b, c)))
+            assert took < 0.5, took
+            assert not b.snapshots([ROUTE], "1K")[ROUTE.id].available
+    asyncio.run(go())
+
+
+def test_a_retry_after_rests_the_host_fleet_wide_and_a_recovery_is_seen_by_all(
+        redis_prefix: str) -> None:
+    async def go() -> None:
+        async with replica(redis_prefix) as a, replica(redis_prefix) as b:
+            attempt(a, Failure(Kind.RATE_LIMITED, "429", retry_after_s=30))
+            await until(lambda: not b.snapshots([ROUTE], "1K")[ROUTE.id].available)
+            assert b.of(ROUTE).state is State.CLOSED  # a rest, not a broken host
+
+        clock = Clock()
+        async with replica(redis_prefix, clock=clock) as a, \
+                replica(redis_prefix, clock=clock) as b:
+            for _ in range(5):
+                attempt(a, BROKEN)
+            await until(lambda: b.of(ROUTE).state is State.OPEN)
+            clock.ahead_s = 10  # past the cooldown: half-open on both
+            attempt(a, None)  # a's probe finds the host well again
+            await until(lambda: b.of(ROUTE).state is State.CLOSED)
+            assert b.snapshots([ROUTE], "1K")[ROUTE.id].samples == 6
+    asyncio.run(go())
+
+
+def test_latency_samples_are_the_fleet_s() -> None:
+    """B learns A's latencies (EWMA and p95) without a single attempt of its own."""
+    a, b = Health([ROUTE]), Health([ROUTE])
+    heard: list[Outcome] = []
+    a.listen(heard.append)
+    route = a.of(ROUTE)
+    for _ in range(10):
+        token = route.begin()
+        route._starts[token] -= 3.0  # each took three seconds
+        route.end(token, "1K", None)
+    for outcome in decode(encode("a", heard))[1]:
+        b.observe(outcome)
+    seen = b.snapshots([ROUTE], "1K")[ROUTE.id]
+    assert seen.samples == 10 and 2.9 < seen.p95_s < 3.1 and 2.5 < seen.expected_s < 3.1
+    assert seen.in_flight == 0
+
+
+def test_what_is_no_evidence_is_not_published_and_junk_is_not_applied() -> None:
+    a = Health([ROUTE])
+    heard: list[Outcome] = []
+    a.listen(heard.append)
+    attempt(a, Failure(Kind.BAD_REQUEST, "the client's own"))
+    assert heard == []
+    b = Health([ROUTE])
+    assert decode(b"not json") == ("", [])
+    sender, outcomes = decode(b'{"from": "x", "outcomes": [["m/shared-host", "1K"], 5]}')
+    assert (sender, outcomes) == ("x", [])
+    b.observe(Outcome("m/unknown-route", "1K", 1.0, False))  # another catalog's route
+    assert b.of(ROUTE).state is State.CLOSED
+
+
+def test_redis_restarted_empty_sharing_resumes(private_redis: PrivateRedis) -> None:
+    """Down: each replica keeps its own evidence (nothing raised); back: they subscribe again
+    and share within seconds."""
+    async def go() -> None:
+        async with replica("fleet", private_redis.url) as a, \
+                replica("fleet", private_redis.url) as b:
+            private_redis.kill()
+            for _ in range(5):
+                attempt(a, BROKEN)
+            assert a.of(ROUTE).state is State.OPEN
+            await asyncio.sleep(0.5)
+            assert b.of(ROUTE).state is State.CLOSED  # nothing crossed while Redis was away
+            private_redis.start()
+            other = scripted.route("other-host", "0.03")
+            a.of(other), b.of(other)
+
+            async def shared_again() -> bool:
+                for _ in range(5):
+                    a.of(other).end(a.of(other).begin(), "1K", BROKEN)
+                await asyncio.sleep(0.3)
+                return b.of(other).state is State.OPEN
+
+            started = time.monotonic()
+            while not await shared_again():
+                assert time.monotonic() - started < 8, "sharing never resumed"
+            print(f"\nshared again {time.monotonic() - started:.2f} s after Redis came back")
+    asyncio.run(go())
