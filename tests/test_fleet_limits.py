@@ -52,7 +52,8 @@ class Fleet:
 
 @contextlib.contextmanager
 def started(tmp_path: Path, redis_prefix: str, cap: int, replicas: int,
-            *args: str, spare: CountingHost | None = None) -> Iterator[Fleet]:
+            *args: str, spare: CountingHost | None = None,
+            redis_url: str = REDIS_URL) -> Iterator[Fleet]:
     """`replicas` serve processes (started together, with `args`) on a database of their
     own and Redis, serving a counting host capped at `cap` calls at once (and a dearer
     `spare` host when given)."""
@@ -61,7 +62,7 @@ def started(tmp_path: Path, redis_prefix: str, cap: int, replicas: int,
         for name, text in catalog_files(host, cap, spare).items():
             (routes / name).parent.mkdir(parents=True, exist_ok=True)
             (routes / name).write_text(text)
-        env = {"SWITCHYARD_DATABASE_URL": database, "SWITCHYARD_REDIS_URL": REDIS_URL,
+        env = {"SWITCHYARD_DATABASE_URL": database, "SWITCHYARD_REDIS_URL": redis_url,
                "SWITCHYARD_REDIS_PREFIX": redis_prefix, "SWITCHYARD_ROUTES_DIR": str(routes),
                KEY_ENV: "k"}
         served = [Served(tmp_path / f"replica-{i}", *args, env=env) for i in range(replicas)]
