@@ -110,11 +110,12 @@ def test_a_patient_request_is_held_to_the_request_timeout_on_an_interactive_rout
 def test_a_released_slot_wakes_one_waiter() -> None:
     async def go() -> list[bool]:
         slots = Slots([CHEAP.provider])
-        assert await slots.acquire(CHEAP.provider, 0)
+        held = await slots.acquire(CHEAP.provider, 0)
+        assert held is not None
         waiters = [asyncio.create_task(slots.released([CHEAP.provider], 1.0))
                    for _ in range(3)]
         await asyncio.sleep(0.01)
-        slots.release(CHEAP.provider)
+        slots.release(held)
         await asyncio.sleep(0.01)
         woken = [w.done() for w in waiters]
         for waiter in waiters:
@@ -191,6 +192,6 @@ def test_each_server_process_takes_its_share_of_a_hosts_cap() -> None:
     async def go() -> list[bool]:
         slots = Slots([wide, CHEAP.provider], processes=3)
         assert slots.capacity == 3 + 1, "a cap below the process count still gets one"
-        return [await slots.acquire(wide, 0) for _ in range(4)]
+        return [await slots.acquire(wide, 0) is not None for _ in range(4)]
 
     assert asyncio.run(go()) == [True, True, True, False]

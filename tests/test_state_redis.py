@@ -23,7 +23,7 @@ import pytest
 
 from proxy import metrics
 from proxy.billing.keys import KeyLimits, KeyRecord
-from proxy.billing.limits import Limited, Limits
+from proxy.billing.limits import Admission, Limited, Limits
 from proxy.catalog import Provider
 from proxy.config import Config, Secret
 from proxy.routing.slots import Slots
@@ -63,7 +63,7 @@ def run(test: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(test())  # type: ignore[arg-type]
 
 
-async def refused(admit: Awaitable[dict[str, str]]) -> Limited:
+async def refused(admit: Awaitable[Admission]) -> Limited:
     with pytest.raises(Limited) as caught:
         await admit
     return caught.value
@@ -76,10 +76,11 @@ def test_rpm_answers_as_one_process_does(redis_prefix: str) -> None:
         async with replica(redis_prefix) as link:
             shared, local, record = SharedLimits(link), Limits(), key(rpm=3)
             for remaining in ("2", "1", "0"):
-                headers = await shared.admit(record, 1)
+                admission = await shared.admit(record, 1)
+                headers = admission.headers
                 assert headers["x-ratelimit-remaining-requests"] == remaining
                 assert headers.keys() == local.admit(record, 1).keys()
-                shared.done(record)
+                await shared.done(admission)
             refusal = await refused(shared.admit(record, 1))
             with pytest.raises(Limited) as own:
                 local.admit(record, 1)
@@ -98,7 +99,7 @@ def test_ipm_counts_images_and_a_request_over_the_limit_waits_a_minute(
             await shared.admit(record, 3)
             assert "used 3, requested 2" in (await refused(shared.admit(record, 2))).message
             assert (await refused(shared.admit(record, 5))).headers["retry-after"] == "60"
-            headers = await shared.admit(record, 1)
+            headers = (await shared.admit(record, 1)).headers
             assert headers["x-ratelimit-remaining-images"] == "0"
     run(go)
 
@@ -114,18 +115,17 @@ def test_three_replicas_share_one_key_s_limits(redis_prefix: str) -> None:
             admitted = 0
             for i in range(12):
                 with contextlib.suppress(Limited):
-                    await limits[i % 3].admit(record, 1)
+                    admission = await limits[i % 3].admit(record, 1)
                     admitted += 1
-                    limits[i % 3].done(record)
+                    await limits[i % 3].done(admission)
             assert admitted == 6
             both = key(concurrency=2)
-            await limits[0].admit(both, 1)
+            first = await limits[0].admit(both, 1)
             await limits[1].admit(both, 1)
             refusal = await refused(limits[2].admit(both, 1))
             assert "allows 2 requests at once" in refusal.message
             assert refusal.headers["retry-after"] == "1"
-            limits[0].done(both)
-            await asyncio.sleep(0.05)  # the release is sent by the replica's loop
+            await limits[0].done(first)  # removed before done returns: the next is admitted
             await limits[2].admit(both, 1)
     run(go)
 
@@ -136,8 +136,9 @@ def test_a_window_stays_bounded_whatever_the_rate(redis_prefix: str) -> None:
         async with replica(redis_prefix) as link:
             shared, record = SharedLimits(link), key()
             for _ in range(200):
-                assert await shared.admit(record, 2) == {}
-                shared.done(record)
+                admission = await shared.admit(record, 2)
+                assert admission.headers == {}
+                await shared.done(admission)
             entries = await link.client.llen(f"{redis_prefix}:key:{{{record.id}}}:window")
             assert 1 <= entries <= 10
             totals = await link.client.hgetall(f"{redis_prefix}:key:{{{record.id}}}:totals")
@@ -149,14 +150,15 @@ def test_a_host_cap_holds_across_replicas(redis_prefix: str) -> None:
     async def go() -> None:
         async with replica(redis_prefix) as a, replica(redis_prefix) as b:
             first, second = SharedSlots(a, [HOST]), SharedSlots(b, [HOST])
-            assert await first.acquire(HOST, 0) and await second.acquire(HOST, 0)
+            held = await first.acquire(HOST, 0)
+            assert held is not None and await second.acquire(HOST, 0)
             assert await first.free() == 0
             started = time.monotonic()
             assert not await second.acquire(HOST, 0.2)
             assert 0.2 <= time.monotonic() - started < 0.5
             waiting = asyncio.create_task(second.acquire(HOST, 2.0))
             await asyncio.sleep(0.1)
-            first.release(HOST)  # another replica's release: seen by the next try
+            first.release(held)  # another replica's release: seen by the next try
             assert await waiting
             assert second.in_use(HOST) == 2 and first.in_use(HOST) == 0
             assert (first.capacity, second.held) == (2, 2)
@@ -216,13 +218,14 @@ def test_redis_away_then_back_empty(private_redis: PrivateRedis,
             record = key(concurrency=1)
             assert state.describe() == {"mode": "fleet", "redis": "shared"}
             assert metrics.FLEET_SHARED._value.get() == 1
-            await state.limits.admit(record, 1)  # running through the outage: shared
+            running = await state.limits.admit(record, 1)  # through the outage: shared
             private_redis.kill()
             started = time.monotonic()
             for _ in range(20):  # the replica's own
                 await state.limits.admit(key("key_other"), 1)
-                assert await state.slots.acquire(HOST, 0)
-                state.slots.release(HOST)
+                slot = await state.slots.acquire(HOST, 0)
+                assert slot is not None
+                state.slots.release(slot)
             assert time.monotonic() - started < 1.0
             assert state.describe() == {"mode": "fleet", "redis": "unreachable"}
             assert metrics.FLEET_SHARED._value.get() == 0
@@ -230,7 +233,7 @@ def test_redis_away_then_back_empty(private_redis: PrivateRedis,
             await until(lambda: state.describe()["redis"] == "shared", 3.0)
             await asyncio.sleep(0.1)  # the renewal that follows the check
             await refused(state.limits.admit(record, 1))  # still running, counted again
-            state.limits.done(record)
+            await state.limits.done(running)
             await asyncio.sleep(0.1)
             await state.limits.admit(record, 1)
         finally:
@@ -239,6 +242,32 @@ def test_redis_away_then_back_empty(private_redis: PrivateRedis,
         assert len([line for line in lines if "not answering" in line]) == 1, lines
         assert len([line for line in lines if "shared by the fleet" in line]) == 2, lines
     caplog.set_level(logging.INFO, "switchyard.fleet")
+    run(go)
+
+
+def test_a_request_gives_back_what_it_took_across_an_outage(
+        private_redis: PrivateRedis) -> None:
+    """concurrency 1: A admitted by the fleet, B by the replica's own state while Redis was
+    away. A ending hands back A's lease, not B's own count, so C is admitted at once (before,
+    A's lease lived on until B ended)."""
+    async def go() -> None:
+        state = fleet_state(private_redis.url, "fleet", [HOST])
+        await state.start()
+        try:
+            record = key(concurrency=1)
+            a = await state.limits.admit(record, 1)
+            private_redis.kill()
+            b = await state.limits.admit(record, 1)
+            assert (a.lease is not None, b.lease) == (True, None)
+            private_redis.start()
+            await until(lambda: state.describe()["redis"] == "shared", 3.0)
+            await asyncio.sleep(0.1)  # A's lease written back: it still runs
+            await state.limits.done(a)
+            c = await state.limits.admit(record, 1)
+            await state.limits.done(b)
+            await state.limits.done(c)
+        finally:
+            await state.aclose()
     run(go)
 
 
@@ -254,8 +283,9 @@ def test_a_frozen_redis_costs_a_request_at_most_a_timeout(private_redis: Private
             for _ in range(10):
                 started = time.monotonic()
                 await state.limits.admit(key(rpm=100), 1)
-                assert await state.slots.acquire(HOST, 0)
-                state.slots.release(HOST)
+                slot = await state.slots.acquire(HOST, 0)
+                assert slot is not None
+                state.slots.release(slot)
                 times.append(time.monotonic() - started)
             assert max(times) < 0.6 and sum(times[1:]) < 0.05, times
             private_redis.thaw()

@@ -56,7 +56,7 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
     quote = _quote(plan, model, asked, prepared)
     try:
-        rate_headers = await svc.limits.admit(key, asked.n)
+        admission = await svc.limits.admit(key, asked.n)
     except Limited as exc:
         metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
         metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()
@@ -67,10 +67,10 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     try:
         reservation = await ledger.reserve(quote)
         response = await _run(origin, svc, ledger, model, prepared, reservation, plan, quote)
-        response.headers.update(rate_headers)
+        response.headers.update(admission.headers)
         return response
     finally:
-        svc.limits.done(key)
+        await svc.limits.done(admission)
 
 
 def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) -> Decimal:

@@ -23,6 +23,16 @@ WINDOW_S = 60.0
 MERGE_S = 0.1
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request: its rate-limit headers, and what `done` gives back."""
+
+    key: KeyRecord
+    headers: dict[str, str]
+    fleet: bool = False  # counted in Redis (else by this process)
+    lease: str | None = None  # the fleet's lease of the key's concurrency, if it has one
+
+
 class Limited(Exception):
     """A limit the request would exceed; `headers` carry the figures and Retry-After."""
 

@@ -28,7 +28,7 @@ from proxy.providers.callbacks import Callbacks
 from proxy.providers.grouping import Groups
 from proxy.routing.health import Health
 from proxy.routing.planning import Prepared, effective_policy, plan
-from proxy.routing.slots import Slots
+from proxy.routing.slots import Slot, Slots
 from proxy.routing.strategies import quote
 from proxy.upstream.credentials import Credentials
 
@@ -60,6 +60,7 @@ class _Live:
     token: int
     started: float
     deadline: float
+    slot: Slot
 
 
 class Router:
@@ -148,11 +149,11 @@ class Router:
         return await conform(await verify.checked(result, request, self._max_pixels), request)
 
     def _attempt(self, route: Route, request: ImageRequest, deadline: float,
-                 submits: flows.Submits | None) -> asyncio.Task[ImageResult]:
+                 submits: flows.Submits | None, slot: Slot) -> asyncio.Task[ImageResult]:
         """One attempt as a task that holds a slot of its provider until it is done (a done
         callback: it runs even for a task cancelled before it started)."""
         task = asyncio.create_task(self._generate(route, request, deadline, submits))
-        task.add_done_callback(lambda _: self._slots.release(route.provider))
+        task.add_done_callback(lambda _: self._slots.release(slot))
         return task
 
 
@@ -210,7 +211,7 @@ class _Run:
                 self.router.health.of(live.route).abandon(live.token)
                 raise
             finally:
-                self.router._slots.release(live.route.provider)
+                self.router._slots.release(live.slot)
             outcome = self._ended(live, error, None if error else result)
             if outcome is not None:
                 return live.route, outcome
@@ -296,7 +297,7 @@ class _Run:
         if live is None:
             return False
         self.running[self.router._attempt(live.route, self.request, live.deadline,
-                                          self.submits)] = live
+                                          self.submits, live.slot)] = live
         return True
 
     async def _start_next(self) -> _Live | None:
@@ -327,7 +328,8 @@ class _Run:
                 min(self.router._slots.wait_s, self.deadline - now)
             if self.submits is not None and route.id in self.submits.resumed:
                 wait = max(0.0, self.deadline - now)
-            if not await self.router._slots.acquire(route.provider, wait):
+            slot = await self.router._slots.acquire(route.provider, wait)
+            if slot is None:
                 self.saturated = True
                 self.full.append(route)
                 continue
@@ -336,7 +338,7 @@ class _Run:
             # held to the usual request timeout.
             deadline = self.deadline if route.provider.deferred else \
                 min(self.deadline, now + self.router._timeout_s)
-            return _Live(route, token, self.router._clock(), deadline)
+            return _Live(route, token, self.router._clock(), deadline, slot)
         return None
 
     def _hedge_time(self) -> float | None:

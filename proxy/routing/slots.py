@@ -11,11 +11,22 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from proxy.catalog import Provider
 
 # How long a request waits for a provider's slot before trying its next route.
 SLOT_WAIT_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A slot held, handed back to `release`: where it came from goes with it, so a fleet
+    replica gives back exactly the lease it took (or its own slot, taken while Redis was
+    away), whatever other requests of the host do meanwhile."""
+
+    provider: Provider
+    lease: str | None = None  # the fleet's lease in Redis; None: a slot of this process
 
 
 class Slots:
@@ -49,23 +60,24 @@ class Slots:
                 self._limits[provider.name])
         return found
 
-    async def acquire(self, provider: Provider, wait_s: float) -> bool:
-        """True once a slot is held; False if none freed up within `wait_s`."""
+    async def acquire(self, provider: Provider, wait_s: float) -> Slot | None:
+        """The slot once held; None if none freed up within `wait_s`."""
         semaphore = self._semaphore(provider)
         if semaphore.locked():
             if wait_s <= 0:
-                return False
+                return None
             try:
                 await asyncio.wait_for(semaphore.acquire(), max(0.0, wait_s))
             except TimeoutError:
-                return False
+                return None
         else:
             await semaphore.acquire()
         self._held[provider.name] = self._held.get(provider.name, 0) + 1
         self.held += 1
-        return True
+        return Slot(provider)
 
-    def release(self, provider: Provider) -> None:
+    def release(self, slot: Slot) -> None:
+        provider = slot.provider
         self._held[provider.name] -= 1
         self.held -= 1
         self._semaphore(provider).release()

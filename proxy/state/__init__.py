@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from proxy import metrics
 from proxy.billing.keys import KeyRecord
+from proxy.billing.limits import Admission
 from proxy.catalog import Provider
 from proxy.config import Config
 from proxy.routing.health import Health
-from proxy.routing.slots import Slots
+from proxy.routing.slots import Slot, Slots
 from proxy.state.local import LocalLimits
 
 if TYPE_CHECKING:
@@ -27,12 +28,14 @@ if TYPE_CHECKING:
 
 
 class RateLimits(Protocol):
-    async def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
+    async def admit(self, key: KeyRecord, images: int) -> Admission:
         """Count a request of `images` images against the key's rpm, ipm and concurrency,
-        or raise proxy.billing.limits.Limited; the OpenAI rate-limit headers for the reply.
-        Every admitted request is ended with `done`."""
+        or raise proxy.billing.limits.Limited; the admission holds the OpenAI rate-limit
+        headers for the reply. Every admission is handed back to `done`."""
 
-    def done(self, key: KeyRecord) -> None: ...
+    async def done(self, admission: Admission) -> None:
+        """The request ended: its concurrency is free before its response goes out, so the
+        client's next request is admitted, as on one process."""
 
 
 class HostSlots(Protocol):
@@ -52,10 +55,10 @@ class HostSlots(Protocol):
     def capacity(self) -> int:
         """Calls that may be in flight at once, all hosts together."""
 
-    async def acquire(self, provider: Provider, wait_s: float) -> bool:
-        """True once a slot is held; False if none freed up within `wait_s`."""
+    async def acquire(self, provider: Provider, wait_s: float) -> Slot | None:
+        """The slot once held; None if none freed up within `wait_s`."""
 
-    def release(self, provider: Provider) -> None: ...
+    def release(self, slot: Slot) -> None: ...
 
     async def released(self, providers: Iterable[Provider], timeout_s: float) -> None:
         """Return when one of `providers` may have freed a slot, or after `timeout_s`."""

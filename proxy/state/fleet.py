@@ -2,9 +2,8 @@
 
 Each call asks Redis only while the link is up; a failure turns the link down (one log line)
 and the same call is answered by the in-process implementation, so requests go on through a
-Redis outage or restart. A release goes back where its slot came from as nearly as a
-provider's (or key's) count can tell: this process's own first, so a shared lease is never
-given back while its request still runs.
+Redis outage or restart. A release goes back exactly where its slot (or admission) came
+from: the handle says which, and carries the lease.
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ import time
 from collections.abc import Iterable, Sequence
 
 from proxy.billing.keys import KeyRecord
+from proxy.billing.limits import Admission
 from proxy.catalog import Provider
-from proxy.routing.slots import Slots
+from proxy.routing.slots import Slot, Slots
 from proxy.state.leases import Leases
 from proxy.state.link import Link, connect
 from proxy.state.local import LocalLimits
@@ -28,7 +28,7 @@ class FleetLimits:
         self._shared = shared
         self._own = own
 
-    async def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
+    async def admit(self, key: KeyRecord, images: int) -> Admission:
         if self._link.shared:
             try:
                 return await self._shared.admit(key, images)
@@ -36,11 +36,8 @@ class FleetLimits:
                 pass  # the link is down now: this replica's own limits answer
         return await self._own.admit(key, images)
 
-    def done(self, key: KeyRecord) -> None:
-        if self._own.in_flight(key) > 0:
-            self._own.done(key)
-        else:
-            self._shared.done(key)
+    async def done(self, admission: Admission) -> None:
+        await (self._shared if admission.fleet else self._own).done(admission)
 
 
 class FleetSlots:
@@ -62,7 +59,7 @@ class FleetSlots:
     def capacity(self) -> int:
         return self._shared.capacity
 
-    async def acquire(self, provider: Provider, wait_s: float) -> bool:
+    async def acquire(self, provider: Provider, wait_s: float) -> Slot | None:
         if self._link.shared:
             started = time.monotonic()
             try:
@@ -71,11 +68,11 @@ class FleetSlots:
                 wait_s = max(0.0, wait_s - (time.monotonic() - started))
         return await self._own.acquire(provider, wait_s)
 
-    def release(self, provider: Provider) -> None:
-        if self._own.in_use(provider) > 0:
-            self._own.release(provider)
+    def release(self, slot: Slot) -> None:
+        if slot.lease is None:
+            self._own.release(slot)
         else:
-            self._shared.release(provider)
+            self._shared.release(slot)
 
     async def released(self, providers: Iterable[Provider], timeout_s: float) -> None:
         if self._link.shared:

@@ -4,18 +4,18 @@ proxy.billing.limits and proxy.routing.slots behind the interface of proxy/state
 from __future__ import annotations
 
 from proxy.billing.keys import KeyRecord
-from proxy.billing.limits import Limits
+from proxy.billing.limits import Admission, Limits
 
 
 class LocalLimits:
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits()
 
-    async def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
-        return self._limits.admit(key, images)
+    async def admit(self, key: KeyRecord, images: int) -> Admission:
+        return Admission(key, self._limits.admit(key, images))
 
-    def done(self, key: KeyRecord) -> None:
-        self._limits.done(key)
+    async def done(self, admission: Admission) -> None:
+        self._limits.done(admission.key)
 
     def in_flight(self, key: KeyRecord) -> int:
         return self._limits.in_flight(key)

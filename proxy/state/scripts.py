@@ -14,7 +14,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # A key's admission, as proxy.billing.limits.Limits.admit does it in one process.
 # KEYS: window (list of "first last requests images" entries), totals (hash), live (leases)
-# ARGV: rpm, ipm, concurrency (-1: none), images, lease id, lease ms, window ms, merge ms
+# ARGV: rpm, ipm, concurrency (-1: none), images, lease id ("" without a concurrency),
+#       lease ms, window ms, merge ms
 # Returns {refused (0 admitted, 1 requests, 2 images, 3 concurrency), requests used,
 #          images used, ms until the window next shrinks, leases live}
 ADMIT = _NOW + """
@@ -58,6 +59,7 @@ requests, pictures = requests + 1, pictures + images
 redis.call('HSET', KEYS[2], 'requests', requests, 'images', pictures)
 redis.call('PEXPIRE', KEYS[1], window + merge)
 redis.call('PEXPIRE', KEYS[2], window + merge)
+if ARGV[5] == '' then return {0, requests, pictures, reset(), live} end
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ttl * 2)
 return {0, requests, pictures, reset(), live + 1}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from proxy.billing.keys import KeyRecord
-from proxy.billing.limits import MERGE_S, WINDOW_S, Figures, Limited, check, headers
+from proxy.billing.limits import MERGE_S, WINDOW_S, Admission, Figures, Limited, check, headers
 from proxy.state.link import Link
 
 _WINDOW_MS = round(WINDOW_S * 1000)
@@ -24,12 +24,12 @@ class SharedLimits:
         self._link = link
         self._leases: defaultdict[str, list[str]] = defaultdict(list)  # key id -> lease ids
 
-    async def admit(self, key: KeyRecord, images: int) -> dict[str, str]:
+    async def admit(self, key: KeyRecord, images: int) -> Admission:
         """As Limits.admit, for every replica at once. Raises the link's errors when Redis
         does not answer (the caller falls back)."""
         base = f"{self._link.prefix}:key:{{{key.id}}}"
-        lease = self._link.leases.new_id()
         limits = key.limits
+        lease = self._link.leases.new_id() if limits.concurrency is not None else ""
         refused, requests, images_used, reset_ms, live = await self._link.admit(
             [f"{base}:window", f"{base}:totals", f"{base}:live"],
             [_limit(limits.rpm), _limit(limits.ipm), _limit(limits.concurrency), images,
@@ -38,19 +38,26 @@ class SharedLimits:
         if refused:
             check(key, used, images, live)
             raise Limited("This key is at its limits.", headers(key, used))  # never reached
+        if not lease:
+            return Admission(key, headers(key, used), fleet=True)
         self._link.leases.hold(f"{base}:live", lease)
         self._leases[key.id].append(lease)
-        return headers(key, used)
+        return Admission(key, headers(key, used), fleet=True, lease=lease)
 
-    def done(self, key: KeyRecord) -> None:
+    async def done(self, admission: Admission) -> None:
+        key, lease = admission.key, admission.lease
         held = self._leases.get(key.id)
-        if not held:
+        if lease is None or not held or lease not in held:
             return
-        lease = held.pop()
+        held.remove(lease)
         if not held:
             del self._leases[key.id]
-        self._link.leases.release(f"{self._link.prefix}:key:{{{key.id}}}:live", lease)
+        where = f"{self._link.prefix}:key:{{{key.id}}}:live"
+        # The loop's flush removes it too, after any renewal already on its way that could
+        # write it back; this removal is for the client's next request, now.
+        self._link.leases.release(where, lease)
         self._link.released()
+        await self._link.remove(where, lease)
 
     def in_flight(self, key: KeyRecord) -> int:
         return len(self._leases.get(key.id, ()))

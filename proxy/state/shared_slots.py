@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from proxy.catalog import Provider
-from proxy.routing.slots import SLOT_WAIT_S
+from proxy.routing.slots import SLOT_WAIT_S, Slot
 from proxy.state.link import Link
 
 POLL_S = 0.05  # between tries of a waiting request (jittered)
@@ -42,8 +42,8 @@ class SharedSlots:
     def _where(self, name: str) -> str:
         return f"{self._link.prefix}:slots:{{{name}}}"
 
-    async def acquire(self, provider: Provider, wait_s: float) -> bool:
-        """True once a slot is held; False if none freed up within `wait_s`. Raises the
+    async def acquire(self, provider: Provider, wait_s: float) -> Slot | None:
+        """The slot (its lease) once held; None if none freed up within `wait_s`. Raises the
         link's errors when Redis does not answer."""
         cap = self._caps.setdefault(provider.name, provider.max_in_flight)
         leases = self._link.leases
@@ -55,14 +55,16 @@ class SharedSlots:
                 leases.hold(self._where(provider.name), lease)
                 self._held.setdefault(provider.name, []).append(lease)
                 self.held += 1
-                return True
+                return Slot(provider, lease)
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return None
             await self._pause([provider], min(left, POLL_S * random.uniform(0.5, 1.5)))
 
-    def release(self, provider: Provider) -> None:
-        lease = self._held[provider.name].pop()
+    def release(self, slot: Slot) -> None:
+        provider, lease = slot.provider, slot.lease
+        assert lease is not None
+        self._held[provider.name].remove(lease)
         self.held -= 1
         self._link.leases.release(self._where(provider.name), lease)
         self._link.released()
