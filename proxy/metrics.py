@@ -135,6 +135,17 @@ ROUTE_IN_FLIGHT = Gauge(
     "switchyard_route_in_flight", "Attempts in flight on a route.", ["model", "provider"],
     multiprocess_mode="livesum",
 )
+HOST_IN_FLIGHT = Gauge(
+    "switchyard_host_in_flight", "Calls this replica has in flight on a host (its slots held); "
+    "summed over replicas, the fleet's, to hold against switchyard_host_max_in_flight.",
+    ["provider"],
+    multiprocess_mode="livesum",
+)
+HOST_MAX_IN_FLIGHT = Gauge(
+    "switchyard_host_max_in_flight", "A host's max_in_flight: the most calls the whole fleet "
+    "sends it at once.", ["provider"],
+    multiprocess_mode="livemax",
+)
 FLEET_SHARED = Gauge(
     "switchyard_fleet_state_shared", "1 while this replica's rate limits and host slots are "
     "the fleet's (in Redis); 0 while they are its own: Redis is away (fleet mode) or there is "

@@ -151,6 +151,9 @@ def test_a_host_cap_holds_across_the_fleet_and_a_killed_replica_gives_its_slots_
     while host.now < CAP:
         assert time.monotonic() < deadline, "the third replica never held every slot"
         time.sleep(0.02)
+    exposition = httpx.get(f"{fleet.replicas[2].base}/metrics").text
+    assert 'switchyard_host_in_flight{provider="capped-host"} 4.0' in exposition
+    assert 'switchyard_host_max_in_flight{provider="capped-host"} 4.0' in exposition
     host.delay_s = 0.3
     fleet.replicas[2].stop(9)
     killed = time.monotonic()

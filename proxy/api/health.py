@@ -53,7 +53,8 @@ async def metrics(request: Request) -> Response:
 
 
 def export_route_health(svc: Services) -> None:
-    """Route health gauges, read fresh at scrape time (breakers also change as time passes)."""
+    """Route health and host slot gauges, read fresh at scrape time (breakers also change as
+    time passes)."""
     health = svc.router.health
     for model in svc.catalog.models:
         for route in model.routes:
@@ -72,3 +73,6 @@ def export_route_health(svc: Services) -> None:
             for tier, snap in snaps.items():
                 metrics_module.ROUTE_LATENCY.labels(*labels, tier).set(snap.expected_s)
                 metrics_module.ROUTE_P95.labels(*labels, tier).set(snap.p95_s)
+    for provider in svc.catalog.providers:
+        metrics_module.HOST_IN_FLIGHT.labels(provider.name).set(svc.state.slots.in_use(provider))
+        metrics_module.HOST_MAX_IN_FLIGHT.labels(provider.name).set(provider.max_in_flight)
