@@ -1,11 +1,13 @@
 """Batch items bound for the Gemini Batch API share upstream batches (proxy/providers/grouping.py):
 one create and one poll loop for many items, each answered by its own key, a member's failure
 its own, a failed submit everyone's, and a member re-claimed after a crash waits for the batch
-it is already in instead of being sent again."""
+it is already in instead of being sent again (found by its label upstream when its server died
+before it learnt the batch's name)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +19,7 @@ from proxy.domain import ImageRequest, ImageResult
 from proxy.failures import Kind, UpstreamError
 from proxy.providers import flows
 from proxy.providers.gemini_batch import ADAPTER
-from proxy.providers.grouping import Groups
+from proxy.providers.grouping import SENDING, Groups
 from tests.fakes.gemini_batch import GEMINI_BASE, FakeGeminiBatch
 from tests.protocol_kit import decoded, make_request
 from tests.test_gemini_batch import make_route
@@ -117,30 +119,67 @@ def test_a_refused_submit_fails_every_member_with_its_reason() -> None:
                for r in results)
 
 
-def test_a_member_reclaimed_after_a_crash_waits_for_its_batch_without_a_second_create() -> None:
-    fake, refs = FakeGeminiBatch(), Remembered()
-    fake.hold = True  # the batch is still running when the first server dies
+def crash(fake: FakeGeminiBatch, refs: Remembered, when: Callable[[], bool]) -> None:
+    """A server gathering three items that dies (its tasks cancelled) once `when()` holds;
+    the batch is still running upstream."""
+    fake.hold = True
 
-    async def crash() -> None:
+    async def run() -> None:
         groups = Groups(flows.run_steps, refs)
         deadline = asyncio.get_running_loop().time() + 30
         async with httpx.AsyncClient(transport=fake) as client:
             running = [asyncio.create_task(flows.generate(
                 ADAPTER, deferred(), r, client, deadline, groups=groups)) for r in items(3)]
-            while not refs.refs:
+            while not when():
                 await asyncio.sleep(0.01)
             for task in running:
                 task.cancel()
             await groups.aclose()
 
-    asyncio.run(crash())
-    assert fake.creates == 1 and len(refs.refs) == 3
+    asyncio.run(run())
     fake.hold = False
+
+
+def test_a_member_reclaimed_after_a_crash_waits_for_its_batch_without_a_second_create() -> None:
+    fake, refs = FakeGeminiBatch(), Remembered()
+    crash(fake, refs, lambda: len(refs.refs) == 3 and not any(
+        n.startswith(SENDING) for n in refs.refs.values()))
     results = asyncio.run(send_all(fake, items(3), deferred(), Groups(flows.run_steps, refs)))
     assert fake.creates == 1, "the restarted server sent nothing new"
     assert all(isinstance(r, ImageResult) for r in results)
     assert {str(s.url) for s in fake.seen if s.method == "GET"} == {
         f"{GEMINI_BASE}/{name}" for name in set(refs.refs.values())}
+
+
+class Forgetful(Remembered):
+    """A server killed after Google accepted the create, before it wrote the batch's name:
+    only the label written before the create is left."""
+
+    def remember(self, tickets: list[str], name: str) -> None:
+        if name.startswith(SENDING):
+            super().remember(tickets, name)
+
+
+def test_members_whose_server_died_before_remembering_the_batch_find_it_by_its_label() -> None:
+    fake, refs = FakeGeminiBatch(), Forgetful()
+    crash(fake, refs, lambda: fake.creates == 1)
+    batch = fake.only
+    assert set(refs.refs.values()) == {SENDING + batch.display_name}
+    after = Remembered()
+    after.refs = dict(refs.refs)
+    results = asyncio.run(send_all(fake, items(3), deferred(), Groups(flows.run_steps, after)))
+    assert fake.creates == 1, "found by its label upstream, not sent again"
+    assert all(isinstance(r, ImageResult) for r in results)
+    assert after.refs == {f"imgjob_{i:03d}": batch.name for i in range(3)}, "names remembered"
+
+
+def test_a_label_the_upstream_never_got_sends_the_members_in_a_new_batch() -> None:
+    fake, refs = FakeGeminiBatch(), Remembered()
+    refs.refs = {f"imgjob_{i:03d}": SENDING + "switchyard-group-lost" for i in range(3)}
+    results = asyncio.run(send_all(fake, items(3), deferred(), Groups(flows.run_steps, refs)))
+    assert fake.creates == 1
+    assert all(isinstance(r, ImageResult) for r in results)
+    assert set(refs.refs.values()) == {fake.only.name}
 
 
 def test_without_a_pool_the_adapter_still_sends_one_batch_per_request() -> None:

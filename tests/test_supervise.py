@@ -15,7 +15,7 @@ from proxy import supervise
 from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.writer import Writer
 from proxy.providers import flows
-from proxy.providers.grouping import Groups
+from proxy.providers.grouping import SENDING, Groups
 from tests.fakes.gemini_batch import FakeGeminiBatch
 from tests.test_grouping import Remembered, deferred, items, send_all
 
@@ -100,10 +100,17 @@ def test_a_failed_delivered_mark_is_counted_and_the_writer_goes_on(
 
 
 class Forgetful(Remembered):
-    """A jobs table whose database is away when the batch's name is to be remembered."""
+    """A jobs table whose database goes away after the batch's label was written, when its
+    name is to be remembered (or before the label, `from_start`)."""
+
+    def __init__(self, from_start: bool = False) -> None:
+        super().__init__()
+        self.from_start = from_start
 
     def remember(self, tickets: list[str], name: str) -> None:
-        raise DatabaseUnavailable("the database is away")
+        if self.from_start or not name.startswith(SENDING):
+            raise DatabaseUnavailable("the database is away")
+        super().remember(tickets, name)
 
 
 def test_a_gatherer_whose_database_is_away_still_answers_its_members() -> None:
@@ -116,3 +123,13 @@ def test_a_gatherer_whose_database_is_away_still_answers_its_members() -> None:
     assert fake.creates == 1
     assert not [r for r in results if isinstance(r, BaseException)], results
     assert errors("batch_gather") - before == 1
+
+
+def test_a_gatherer_whose_database_is_away_before_the_create_sends_nothing() -> None:
+    """Without the label written down a crash could not find the batch: its members go back
+    to the queue (the worker requeues a job that met DatabaseUnavailable) unsent."""
+    fake = FakeGeminiBatch()
+    results = asyncio.run(send_all(fake, items(3), deferred(),
+                                   Groups(flows.run_steps, Forgetful(from_start=True))))
+    assert fake.creates == 0
+    assert all(isinstance(r, DatabaseUnavailable) for r in results), results

@@ -81,12 +81,15 @@ class Grouping:
 
     `prepare(ticket, request, route)` is one member's part of the job and its size in bytes
     (raising the member's own refusal, so one bad request never sinks the rest);
-    `submit(parts, route)` sends the job and returns its name; `wait(name, request, route)`
-    polls it until it ends (the request gives the patience) and returns the ended job;
+    `submit(parts, label, route)` sends the job under `label` and returns its name;
+    `find(label, request, route)` is the name of the job sent under `label`, or None if the
+    upstream has none (its create never arrived); `wait(name, request, route)` polls it until
+    it ends (the request gives the patience) and returns the ended job;
     `answer(ended, ticket, request)` is one member's ImageResult, or raises its failure."""
 
     prepare: Callable[[str, ImageRequest, Route], tuple[Any, int]]
-    submit: Callable[[Sequence[Any], Route], Steps]
+    submit: Callable[[Sequence[Any], str, Route], Steps]
+    find: Callable[[str, ImageRequest, Route], Steps]
     wait: Callable[[str, ImageRequest, Route], Steps]
     answer: Callable[[Any, str, ImageRequest], ImageResult]
     max_members: int = 500

@@ -36,7 +36,6 @@ from proxy.providers.results import safe_text
 from proxy.providers.upstream import Pacing, pauses
 
 PREFIX = "switchyard-"  # displayName = PREFIX + ticket: how a resumed job finds its batch
-GROUP_PREFIX = "switchyard-group-"  # a shared batch; its members remember its name (jobs table)
 POLL_S = 30.0
 # Google expires a batch that has not run within 48 h [U]; without a patience, wait that long.
 MAX_WAIT_S = 48 * 3600.0
@@ -296,15 +295,25 @@ def group_part(ticket: str, request: ImageRequest, route: Route) -> tuple[Any, i
     return part, len(orjson.dumps(part))
 
 
-def group_submit(parts: Sequence[Any], route: Route) -> Steps:
-    """One batch holding every member's inline requests; its name."""
+def group_submit(parts: Sequence[Any], label: str, route: Route) -> Steps:
+    """One batch holding every member's inline requests, displayed as `label`; its name."""
     key = gemini.api_key(route)
-    batch = {"displayName": GROUP_PREFIX + secrets.token_hex(8), "inputConfig": {"requests": {
+    batch = {"displayName": label, "inputConfig": {"requests": {
         "requests": [entry for part in parts for entry in part]}}}
     model = quote(route.upstream_model, safe="")
     call = UpstreamCall("POST", f"{route.provider.base_url}/models/{model}:batchGenerateContent",
                         headers=_auth(key), json={"batch": batch})
     return batch_name(_object(check((yield call), gemini.classify), "batch"))
+
+
+def group_find(label: str, request: ImageRequest, route: Route) -> Steps:
+    """The name of the batch displayed as `label` (its sender died before it learnt it), or
+    None: Google lists none that can still deliver, or the route's resume_lookup is off."""
+    options = Options.of(request, route)
+    if not options.resume_lookup:
+        return None
+    found = yield from lookup(route, gemini.api_key(route), label, options)
+    return batch_name(found) if found is not None else None
 
 
 def group_wait(name: str, request: ImageRequest, route: Route) -> Steps:
@@ -322,5 +331,6 @@ def group_answer(ended: Any, ticket: str, request: ImageRequest) -> ImageResult:
 # flows never share, or find, each other's batch. With a Groups pool (the server has one), many
 # requests share a batch: the grouping below.
 ADAPTER = Adapter("gemini_batch", flow, validate=validate,
-                  grouping=Grouping(group_part, group_submit, group_wait, group_answer,
-                                    max_members=500, max_bytes=16 * 1024 * 1024))
+                  grouping=Grouping(group_part, group_submit, group_find, group_wait,
+                                    group_answer, max_members=500,
+                                    max_bytes=16 * 1024 * 1024))

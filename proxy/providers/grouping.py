@@ -4,8 +4,11 @@ A batch API's discount comes per job, its limits count jobs, and one poll loop c
 whole job: so requests for the same route that arrive within `gather_s` (route option) of the
 first, up to the protocol's member and byte limits, go up as one job. Each member remembers
 the job's name in the queue (a `Refs`), so a member re-claimed after a crash waits for the job
-it is already in instead of being submitted, and paid for, twice. Each member stops waiting at
-its own deadline; the shared poll loop ends when the job does (or at the latest deadline).
+it is already in instead of being submitted, and paid for, twice. The job's label is
+remembered before its create is sent: a member whose process died before the create's reply
+came back (so it never learnt the name) finds the job by its label upstream. Each member
+stops waiting at its own deadline; the shared poll loop ends when the job does (or at the
+latest deadline).
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from proxy.providers.base import Grouping, Steps
 from proxy.supervise import Failures
 
 GATHER_S = 5.0  # how long a group stays open for more members, unless the route says
+LABEL = "switchyard-group-"  # + a random part: a job's label upstream (Gemini's displayName)
+SENDING = "sending:"  # a ref that is SENDING + label: the job's create may be under way
 
 Drive = Callable[[Steps, Route, httpx.AsyncClient, float], Awaitable[Any]]
 
 
 class Refs(Protocol):
-    """Where members remember their upstream job (the jobs table): synchronous, run in a
-    thread."""
+    """Where members remember their upstream job (the jobs table): its name, or SENDING + its
+    label until the name is known. Synchronous, run in a thread."""
 
     def remember(self, tickets: list[str], name: str) -> None: ...
 
@@ -62,6 +67,7 @@ class Groups:
         self._open: dict[str, _Open] = {}
         self._waits: dict[str, asyncio.Task[Any]] = {}
         self._deadlines: dict[str, float] = {}  # job name -> its members' latest deadline
+        self._finds: dict[str, asyncio.Task[Any]] = {}  # label -> the lookup of its job
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures = Failures("batch_gather")
 
@@ -71,7 +77,7 @@ class Groups:
         ticket = request.ticket or "t" + secrets.token_hex(8)
         name = None
         if request.ticket and self._refs is not None:
-            name = await asyncio.to_thread(self._refs.recall, ticket)
+            name = await self._recall(grouping, route, request, client, deadline)
         if name is None:
             part, size = grouping.prepare(ticket, request, route)
             name = await asyncio.shield(self._join(grouping, route, client, deadline, ticket,
@@ -95,6 +101,26 @@ class Groups:
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN,
                                         "upstream reply was malformed")) from None
+
+    async def _recall(self, grouping: Grouping, route: Route, request: ImageRequest,
+                      client: httpx.AsyncClient, deadline: float) -> str | None:
+        """The job this member is already in: the name it remembered, or the job its label
+        finds upstream (one lookup per label, whoever asks); None if it is in none."""
+        assert self._refs is not None and request.ticket is not None
+        ticket = request.ticket
+        ref = await asyncio.to_thread(self._refs.recall, ticket)
+        if ref is None or not ref.startswith(SENDING):
+            return ref
+        label = ref.removeprefix(SENDING)
+        finding = self._finds.get(label)
+        if finding is None:
+            finding = self._finds[label] = self._spawn(self._drive(
+                grouping.find(label, request, route), route, client, deadline))
+            finding.add_done_callback(lambda _: self._finds.pop(label, None))
+        name: str | None = await asyncio.shield(finding)
+        if name is not None:
+            await self._remember([ticket], name)
+        return name
 
     def _join(self, grouping: Grouping, route: Route, client: httpx.AsyncClient,
               deadline: float, ticket: str, part: Any, size: int) -> asyncio.Future[str]:
@@ -131,9 +157,14 @@ class Groups:
 
     async def _send(self, grouping: Grouping, group: _Open) -> None:
         assert group.named is not None
+        label = LABEL + secrets.token_hex(8)
         try:
-            name = await self._drive(grouping.submit(group.parts, group.route), group.route,
-                                     group.client, group.deadline)
+            if self._refs is not None:
+                # Before the create: a crash before its reply leaves the label to find the
+                # job by. A database that is away sends nothing (the members go back later).
+                await asyncio.to_thread(self._refs.remember, group.tickets, SENDING + label)
+            name = await self._drive(grouping.submit(group.parts, label, group.route),
+                                     group.route, group.client, group.deadline)
             self._deadlines[name] = group.deadline
             if self._refs is not None:
                 await self._remember(group.tickets, name)
