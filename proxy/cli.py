@@ -128,7 +128,34 @@ def _parser() -> argparse.ArgumentParser:
     hostile.add_argument("--requests", type=int, default=4, help="per misbehaviour (default 4)")
     hostile.add_argument("--concurrency", type=int, default=2, help="default 2")
     hostile.set_defaults(run=_bench_hostile, config=None, data_dir=None)
+    _add_bench_fleet(bench)
     return parser
+
+
+def _add_bench_fleet(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = bench.add_parser("fleet", help=(
+        "fleet mode's cost and scaling: N `serve` replicas on PostgreSQL and Redis driven by "
+        "hey (one per replica) against zero-delay counting hosts, beside one single-process "
+        "replica; requests/s and p50/p99 per N, Redis round trips per request, the latency "
+        "fleet mode adds, each host's peak against its cap, and a batch through the fleet"))
+    fleet.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0; the benchmark's "
+                       "keys go under a prefix of its own, deleted after")
+    fleet.add_argument("--database-url", help="the PostgreSQL server the benchmark makes a "
+                       "database of its own on, dropped after (default "
+                       "postgresql://127.0.0.1:5432/test)")
+    fleet.add_argument("--seconds", type=_positive, default=4.0,
+                       help="length of each throughput run (default 4)")
+    fleet.add_argument("--concurrency", type=int, default=12,
+                       help="hey workers in all, split evenly over the replicas (default 12)")
+    fleet.add_argument("--replicas", default="1,2,3", help="fleet sizes (default 1,2,3)")
+    fleet.add_argument("--rounds", type=int, default=3,
+                       help="interleaved rounds of throughput runs (default 3)")
+    fleet.add_argument("--latency-requests", type=int, default=200,
+                       help="requests per run of the 1-concurrent latency pairs (default 200)")
+    fleet.add_argument("--items", type=int, default=2000, help="batch size (default 2000)")
+    fleet.add_argument("--time-scale", type=_positive, default=0.1,
+                       help="batch host latencies are multiplied by this (default 0.1)")
+    fleet.set_defaults(run=_bench_fleet, config=None, data_dir=None)
 
 
 def _positive(text: str) -> float:
@@ -214,6 +241,23 @@ def _bench_soak(config: Config, args: argparse.Namespace) -> int:
 
     with procs.stopped_by_sigterm():
         print(soak.main(args.requests, args.concurrency, max(1, args.requests // 10)))
+    return 0
+
+
+def _bench_fleet(config: Config, args: argparse.Namespace) -> int:
+    from proxy.bench import fleet, procs
+
+    try:
+        options = fleet.options(args)
+    except ValueError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with procs.stopped_by_sigterm():
+            print(fleet.main(options))
+    except procs.BenchError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +34,7 @@ from proxy.config import load
 from proxy.providers import ADAPTERS
 
 MODEL = "bench-image"
+KEY_ENV = "BENCH_KEY"  # the hosts' key variable in the catalog
 TARGET_SHARE = 0.90
 # Typical latencies and prices of Nano Banana hosts (routes/models/nano-banana*.toml); caps
 # as a host's rate tier might set them.
@@ -71,11 +72,17 @@ class Outcome:
         return spent / max(1, sum(h.served for h in self.hosts))
 
 
-def write_routes(root: Path, market: Sequence[HostSpec], time_scale: float) -> None:
+def write_routes(root: Path, market: Sequence[HostSpec], time_scale: float,
+                 origins: Mapping[str, str] | None = None) -> None:
     """A catalog of one model served by every host of the market: OpenAI-shaped hosts, and
-    the Gemini Batch API for a deferred one (polled and gathered on the same fast clock)."""
+    the Gemini Batch API for a deferred one (polled and gathered on the same fast clock).
+    `origins` (host name -> scheme://host:port) puts hosts on real sockets; the others are
+    https://NAME.bench.invalid, for transports handed to the app."""
     (root / "models").mkdir(parents=True)
-    (root / "providers.toml").write_text("".join(_provider(h, time_scale) for h in market))
+    found = origins or {}
+    (root / "providers.toml").write_text("".join(
+        _provider(h, time_scale, found.get(h.name, f"https://{h.name}.bench.invalid"))
+        for h in market))
     routes = "".join(
         f'[[routes]]\nprovider = "bench-{h.name}"\n'
         f'upstream_model = "{"gemini-2.5-flash-image" if h.deferred else "gpt-image-1"}"\n'
@@ -88,14 +95,14 @@ def write_routes(root: Path, market: Sequence[HostSpec], time_scale: float) -> N
         f'aspect_ratios = ["1:1"]\nmax_n = 1\noutput_formats = ["png"]\n\n{routes}')
 
 
-def _provider(host: HostSpec, time_scale: float) -> str:
-    common = f'key_env = "BENCH_KEY"\nmax_in_flight = {host.cap}\ntimeout_s = 120\n'
+def _provider(host: HostSpec, time_scale: float, origin: str) -> str:
+    common = f'key_env = "{KEY_ENV}"\nmax_in_flight = {host.cap}\ntimeout_s = 120\n'
     if host.deferred:
         return (f'[bench-{host.name}]\nprotocol = "gemini_batch"\ndeferred = true\n'
-                f'base_url = "https://{host.name}.bench.invalid/v1beta"\n{common}'
+                f'base_url = "{origin}/v1beta"\n{common}'
                 f"options = {{ poll_s = {30 * time_scale}, gather_s = {5 * time_scale} }}\n\n")
     return (f'[bench-{host.name}]\nprotocol = "openai_images"\n'
-            f'base_url = "https://{host.name}.bench.invalid/v1"\n{common}\n')
+            f'base_url = "{origin}/v1"\n{common}\n')
 
 
 def batch_file(items: int) -> bytes:
@@ -112,7 +119,7 @@ async def _switchyard(market: Sequence[HostSpec], time_scale: float, seed: int,
     """Switchyard on a real socket in this loop, its hosts faked: (base url, key, hosts)."""
     write_routes(workdir / "routes", market, time_scale)
     config = load(env={}, data_dir=workdir / "data", routes_dir=workdir / "routes")
-    catalog = catalog_module.load(workdir / "routes", env={"BENCH_KEY": "bench-upstream"},
+    catalog = catalog_module.load(workdir / "routes", env={KEY_ENV: "bench-upstream"},
                                   demo=False, protocols=ADAPTERS)
     hosts = tuple(BatchApi(spec, time_scale) if spec.deferred else
                   Host(spec, time_scale, seed + i) for i, spec in enumerate(market))
@@ -145,39 +152,61 @@ async def run_batch(market: Sequence[HostSpec], items: int, time_scale: float, s
                 base, key, hosts), \
                 httpx.AsyncClient(base_url=base, timeout=120,
                                   headers={"authorization": f"Bearer {key}"}) as http:
-            upload = await http.post("/v1/files", data={"purpose": "batch"},
-                                     files={"file": ("items.jsonl", batch_file(items))})
-            upload.raise_for_status()
-            cpu, started = time.process_time(), time.monotonic()
-            created = await http.post("/v1/batches", json={
-                "input_file_id": upload.json()["id"], "endpoint": "/v1/images/generations",
-                "completion_window": "24h"})
-            created.raise_for_status()
-            batch = created.json()
-            while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
-                await asyncio.sleep(0.25)
-                batch = (await http.get(f"/v1/batches/{batch['id']}")).json()
-                if progress:
-                    counts = batch["request_counts"]
-                    print(f"\r  {counts['completed'] + counts['failed']}/{items}", end="",
-                          flush=True)
-            completed_s, cpu_s = time.monotonic() - started, time.process_time() - cpu
-            if progress:
-                print("\r" + " " * 24 + "\r", end="")
+            file_id = await upload(http, items)
+            cpu = time.process_time()
+            started, completed_s, succeeded = await complete(http, file_id, items, progress)
+            cpu_s = time.process_time() - cpu
             last = max(h.last_answer for h in hosts)
-            return Outcome(items, batch["request_counts"]["completed"], last - started,
-                           completed_s, cpu_s, hosts)
+            return Outcome(items, succeeded, last - started, completed_s, cpu_s, hosts)
+
+
+async def upload(http: httpx.AsyncClient, items: int) -> str:
+    """The batch's input file of `items` generations, uploaded; its file id."""
+    sent = await http.post("/v1/files", data={"purpose": "batch"},
+                           files={"file": ("items.jsonl", batch_file(items))})
+    sent.raise_for_status()
+    file_id: str = sent.json()["id"]
+    return file_id
+
+
+async def complete(http: httpx.AsyncClient, file_id: str, items: int,
+                   progress: bool) -> tuple[float, float, int]:
+    """Create the batch of the file and poll it until it ends: (monotonic time it was
+    created at, seconds until it ended, items completed)."""
+    started = time.monotonic()
+    created = await http.post("/v1/batches", json={
+        "input_file_id": file_id, "endpoint": "/v1/images/generations",
+        "completion_window": "24h"})
+    created.raise_for_status()
+    batch = created.json()
+    while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
+        await asyncio.sleep(0.25)
+        batch = (await http.get(f"/v1/batches/{batch['id']}")).json()
+        if progress:
+            counts = batch["request_counts"]
+            print(f"\r  {counts['completed'] + counts['failed']}/{items}", end="", flush=True)
+    if progress:
+        print("\r" + " " * 24 + "\r", end="")
+    return started, time.monotonic() - started, int(batch["request_counts"]["completed"])
+
+
+def host_table(run: Outcome) -> list[str]:
+    """Each interactive host's cap, peak calls at once, calls served, mean latency, the share
+    of its slot-seconds in use, and its price."""
+    lines = [f"{'host':<10}{'cap':>5}{'peak':>6}{'served':>8}{'mean s':>8}{'busy':>8}"
+             f"{'$/image':>9}"]
+    for host in run.hosts:
+        if not isinstance(host, Host):
+            continue
+        busy = host.busy_slot_s() / (host.spec.cap * run.seconds)
+        lines.append(f"{host.spec.name:<10}{host.spec.cap:>5}{host.peak:>6}{host.served:>8}"
+                     f"{host.mean_latency_s():>8.2f}{busy:>8.1%}{host.spec.usd_per_image:>9}")
+    return lines
 
 
 def render(run: Outcome, patient: Outcome | None, overhead: Outcome, time_scale: float
            ) -> str:
-    lines = [f"{'host':<10}{'cap':>5}{'peak':>6}{'served':>8}{'mean s':>8}{'busy':>8}"
-             f"{'$/image':>9}"]
-    for host in run.hosts:
-        assert isinstance(host, Host)
-        busy = host.busy_slot_s() / (host.spec.cap * run.seconds)
-        lines.append(f"{host.spec.name:<10}{host.spec.cap:>5}{host.peak:>6}{host.served:>8}"
-                     f"{host.mean_latency_s():>8.2f}{busy:>8.1%}{host.spec.usd_per_image:>9}")
+    lines = host_table(run)
     share = run.throughput / run.allowed()
     over = [h.spec.name for h in run.hosts if isinstance(h, Host) and h.peak > h.spec.cap]
     per_item_ms = overhead.seconds / overhead.items * 1000

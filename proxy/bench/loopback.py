@@ -1,5 +1,6 @@
 """Plumbing shared by the fake hosts the benchmarks and tests run on loopback: a server on
-127.0.0.1, reading one HTTP/1.1 request off a stream, and an event loop of its own thread."""
+127.0.0.1, reading one HTTP/1.1 request off a stream, an event loop of its own thread, and an
+in-process fake host (an httpx transport) served on a socket for other processes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
+
+import httpx
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -41,6 +45,35 @@ class LoopbackServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
+
+
+@dataclass
+class TransportHost(LoopbackServer):
+    """An httpx transport (a fake host of proxy.bench.batch_hosts, which counts its calls and
+    draws its latencies) answering on a socket, so Switchyard processes of their own can call
+    it. Each reply is whole, with a content-length."""
+
+    transport: httpx.AsyncBaseTransport
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head, body = await read_request(reader)
+                method, target = head.split(b" ", 2)[:2]
+                request = httpx.Request(method.decode(), f"http://127.0.0.1:{self.port}"
+                                        f"{target.decode()}", content=body)
+                response = await self.transport.handle_async_request(request)
+                content = await response.aread()
+                writer.write(b"HTTP/1.1 %d Reply\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s"
+                             % (response.status_code, len(content), content))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -160,14 +160,14 @@ class Server:
 
 
 @contextlib.contextmanager
-def switchyard(routes_dir: Path, data_dir: Path,
-               serve_args: Sequence[str] = ()) -> Iterator[Server]:
+def switchyard(routes_dir: Path, data_dir: Path, serve_args: Sequence[str] = (),
+               settings: Mapping[str, str] | None = None) -> Iterator[Server]:
     """`python -m proxy serve --port P [serve_args]` with the bench catalog, until the block
-    ends."""
+    ends; `settings` are more environment variables (SWITCHYARD_DATABASE_URL, ...)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     env.update({"SWITCHYARD_ROUTES_DIR": str(routes_dir), "SWITCHYARD_DATA_DIR": str(data_dir),
-                "SWITCHYARD_DEMO": "0", KEY_ENV: "sk-bench-upstream"})
+                "SWITCHYARD_DEMO": "0", KEY_ENV: "sk-bench-upstream", **(settings or {})})
     log_path = data_dir / "switchyard.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
@@ -222,11 +222,13 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     raise BenchError(f"no {field} in /proc/{pid}/status")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User plus system CPU time the process has used; with `reaped`, its children's too
+    once it has waited for them (a server's backends that ended)."""
     with open(f"/proc/{pid}/stat", "rb") as stat:
         fields = stat.read().rpartition(b")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    used = sum(int(f) for f in fields[11:15 if reaped else 13])
+    return used / os.sysconf("SC_CLK_TCK")
 
 
 class PeakMemory:
