@@ -30,6 +30,7 @@ from proxy.routing.slots import Slots
 from proxy.state import State, build
 from proxy.state.fleet import FleetLimits, FleetSlots
 from proxy.state.leases import Leases
+from proxy.state import link as link_module
 from proxy.state.link import Link, connect
 from proxy.state.local import LocalLimits
 from proxy.state.shared_limits import SharedLimits
@@ -185,6 +186,31 @@ def test_a_killed_replica_s_slots_come_back_within_a_lease(redis_prefix: str) ->
             await asyncio.sleep(1.5)  # three lease times: the live replica renewed them
             assert await survivor.free() == 0
             await refused(SharedLimits(live).admit(record, 1))
+    run(go)
+
+
+def test_an_admission_takes_the_first_host_s_slot_and_carries_releases(
+        private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One round trip per request: the admission takes a slot of the request's first host
+    when one is free (HOST's cap is 2), none when the key is refused, and carries the
+    releases made since the last call (no ZREM of their own)."""
+    monkeypatch.setattr(link_module, "CARRY_S", 2.0)  # the loop would send them only later
+
+    async def go() -> None:
+        async with replica("fleet", private_redis.url) as link:
+            slots = SharedSlots(link, [HOST])
+            limits, record = SharedLimits(link, slots), key(rpm=2)
+            first = await limits.admit(record, 1, HOST)
+            second = await limits.admit(record, 1, HOST)
+            assert first.slot is not None and second.slot is not None
+            assert slots.in_use(HOST) == 2 and await slots.free() == 0
+            await refused(limits.admit(record, 1, HOST))  # rpm 2 used up...
+            assert slots.in_use(HOST) == 2  # ... and no slot taken for it
+            slots.release(first.slot)
+            assert link.leases.pending  # the loop waits CARRY_S before sending it
+            third = await limits.admit(key("key_other"), 1, HOST)
+            assert third.slot is not None, "the release rode on this admission"
+            assert not link.leases.pending
     run(go)
 
 

@@ -39,6 +39,7 @@ from proxy.domain import ImageRequest, Policy, Served
 from proxy.providers.resume import Resume
 from proxy.routing.planning import NoRoute, Prepared
 from proxy.routing.router import RoutesFailed
+from proxy.routing.slots import Slot
 from proxy.services import Services
 
 T = TypeVar("T")
@@ -56,7 +57,7 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
     quote = _quote(plan, model, asked, prepared)
     try:
-        admission = await svc.limits.admit(key, asked.n)
+        admission = await svc.limits.admit(key, asked.n, prepared.routes[0].provider)
     except Limited as exc:
         metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
         metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()
@@ -64,12 +65,17 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
                      seconds=0.0, with_prompt=svc.config.log_prompts)
         raise ApiError(429, exc.message, type="requests", code="rate_limit_exceeded",
                        headers=exc.headers) from None
+    slot = admission.slot  # fleet mode: the first host's slot, taken with the admission
     try:
         reservation = await ledger.reserve(quote)
-        response = await _run(origin, svc, ledger, model, prepared, reservation, plan, quote)
+        slot = None  # the router's from here: it uses the slot or releases it
+        response = await _run(origin, svc, ledger, model, prepared, reservation, plan, quote,
+                              admission.slot)
         response.headers.update(admission.headers)
         return response
     finally:
+        if slot is not None:
+            svc.state.slots.release(slot)
         await svc.limits.done(admission)
 
 
@@ -84,10 +90,10 @@ def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) ->
 
 async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
                prepared: Prepared, reservation: str | None, plan: Plan,
-               quote: Decimal) -> Response:
+               quote: Decimal, slot: Slot | None) -> Response:
     started = time.monotonic()
     try:
-        served = await svc.router.run(prepared, ledger.asked, ledger.resume)
+        served = await svc.router.run(prepared, ledger.asked, ledger.resume, slot)
     except RoutesFailed as exc:
         await ledger.failed(reservation, exc, started)
         _observe_failure(model, exc, time.monotonic() - started)

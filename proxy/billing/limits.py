@@ -12,8 +12,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proxy.billing.keys import KeyRecord
+
+if TYPE_CHECKING:
+    from proxy.routing.slots import Slot
 
 WINDOW_S = 60.0
 # Events this close together are kept as one entry (first, last, total), each entry leaving
@@ -31,6 +35,7 @@ class Admission:
     headers: dict[str, str]
     fleet: bool = False  # counted in Redis (else by this process)
     lease: str | None = None  # the fleet's lease of the key's concurrency, if it has one
+    slot: Slot | None = None  # the request's first host slot, taken in the same round trip
 
 
 class Limited(Exception):

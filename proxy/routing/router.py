@@ -119,14 +119,17 @@ class Router:
         return Prepared(routes, policy)
 
     async def run(self, prepared: Prepared, request: ImageRequest,
-                  submits: flows.Submits | None = None) -> Served:
+                  submits: flows.Submits | None = None, slot: Slot | None = None) -> Served:
         """Run the plan to the first route that delivers. With `submits` (a queued request),
-        every submit is written down first, and one an earlier run made is resumed."""
+        every submit is written down first, and one an earlier run made is resumed. `slot`
+        is one already held (taken with the admission): the run uses it for its host or
+        releases it."""
         policy = prepared.policy
         run = _Run(self, request, deque(prepared.routes),
                    self._clock() + max(self._timeout_s, request.patience_s or 0.0),
                    bool(policy.hedge))
         run.submits = submits
+        run.held = slot
         started = self._clock()
         route, result = await run.execute()
         waited = self._clock() - started
@@ -173,12 +176,16 @@ class _Run:
         self.saturated = False
         self.full: list[Route] = []  # routes skipped for want of a slot
         self.submits: flows.Submits | None = None  # a queued request's submits, written down
+        self.held: Slot | None = None  # a slot taken before the run (with the admission)
 
     async def execute(self) -> tuple[Route, ImageResult]:
         try:
             return await (self._loop() if self.hedge else self._one_at_a_time())
         finally:
             self._cancel_all()
+            if self.held is not None:  # its host was never tried
+                self.router._slots.release(self.held)
+                self.held = None
 
     async def _one_at_a_time(self) -> tuple[Route, ImageResult]:
         """Without hedging, attempts run one after another, each in this task: no task of its
@@ -328,7 +335,9 @@ class _Run:
                 min(self.router._slots.wait_s, self.deadline - now)
             if self.submits is not None and route.id in self.submits.resumed:
                 wait = max(0.0, self.deadline - now)
-            slot = await self.router._slots.acquire(route.provider, wait)
+            slot = self._take_held(route)
+            if slot is None:
+                slot = await self.router._slots.acquire(route.provider, wait)
             if slot is None:
                 self.saturated = True
                 self.full.append(route)
@@ -340,6 +349,13 @@ class _Run:
                 min(self.deadline, now + self.router._timeout_s)
             return _Live(route, token, self.router._clock(), deadline, slot)
         return None
+
+    def _take_held(self, route: Route) -> Slot | None:
+        held = self.held
+        if held is None or held.provider.name != route.provider.name:
+            return None
+        self.held = None
+        return held
 
     def _hedge_time(self) -> float | None:
         """When to start a second attempt: the first one's route p95 for this tier."""

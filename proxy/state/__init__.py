@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 
 
 class RateLimits(Protocol):
-    async def admit(self, key: KeyRecord, images: int) -> Admission:
+    async def admit(self, key: KeyRecord, images: int,
+                    first: Provider | None = None) -> Admission:
         """Count a request of `images` images against the key's rpm, ipm and concurrency,
         or raise proxy.billing.limits.Limited; the admission holds the OpenAI rate-limit
-        headers for the reply. Every admission is handed back to `done`."""
+        headers for the reply. Every admission is handed back to `done`. In fleet mode it
+        may also hold a slot of `first` (the request's first host), taken in the same
+        round trip: the router uses it, or it is released."""
 
     async def done(self, admission: Admission) -> None:
         """The request ended: its concurrency is free before its response goes out, so the

@@ -28,10 +28,11 @@ class FleetLimits:
         self._shared = shared
         self._own = own
 
-    async def admit(self, key: KeyRecord, images: int) -> Admission:
+    async def admit(self, key: KeyRecord, images: int,
+                    first: Provider | None = None) -> Admission:
         if self._link.shared:
             try:
-                return await self._shared.admit(key, images)
+                return await self._shared.admit(key, images, first)
             except self._link.errors:
                 pass  # the link is down now: this replica's own limits answer
         return await self._own.admit(key, images)
@@ -95,5 +96,6 @@ class FleetSlots:
 def build(url: str, prefix: str, providers: Sequence[Provider], own_limits: LocalLimits,
           own_slots: Slots) -> tuple[Link, FleetLimits, FleetSlots]:
     link = Link(connect(url), prefix, Leases())
-    return (link, FleetLimits(link, SharedLimits(link), own_limits),
-            FleetSlots(link, SharedSlots(link, providers, own_slots.wait_s), own_slots))
+    shared_slots = SharedSlots(link, providers, own_slots.wait_s)
+    return (link, FleetLimits(link, SharedLimits(link, shared_slots), own_limits),
+            FleetSlots(link, shared_slots, own_slots))

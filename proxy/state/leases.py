@@ -2,8 +2,9 @@
 
 A lease is written with an expiry (LEASE_S) and renewed with every other live lease of the
 replica in one round trip every second (LEASE_S / RENEWALS), so a replica killed with -9
-holds nothing once its leases run out. A release leaves the renewal set at once and its ZREM
-is sent by the same loop that renews: never before a renewal that could write it back.
+holds nothing once its leases run out. A release leaves the renewal set at once; its ZREM
+rides on the replica's next admission (no round trip of its own) or is sent by the loop that
+renews, and never while a renewal that could write it back is on its way.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Leases:
         self._ids = itertools.count()
         self._held: defaultdict[str, set[str]] = defaultdict(set)  # lease set -> ids
         self._released: list[tuple[str, str]] = []
+        self._renewing = False  # a renewal is on its way: releases wait for the loop
 
     def new_id(self) -> str:
         return f"{self._prefix}:{next(self._ids)}"
@@ -54,6 +56,19 @@ class Leases:
     def count(self) -> int:
         return sum(len(ids) for ids in self._held.values())
 
+    def take_released(self) -> list[tuple[str, str]]:
+        """The releases not yet sent, for a call about to go (none while a renewal that
+        holds some of them may still land after it)."""
+        if self._renewing or not self._released:
+            return []
+        released, self._released = self._released, []
+        return released
+
+    def give_back(self, released: list[tuple[str, str]]) -> None:
+        """Releases taken for a call that failed: the loop sends them (or, with Redis away,
+        they run out there)."""
+        self._released[:0] = released
+
     def forget_released(self) -> None:
         """Redis is away: what was released will run out there by itself."""
         self._released.clear()
@@ -76,4 +91,8 @@ class Leases:
         for where in keys:
             ids = self._held[where]
             args += [len(ids), *ids]
-        await client.eval(scripts.RENEW, len(keys), *keys, *args)
+        self._renewing = True
+        try:
+            await client.eval(scripts.RENEW, len(keys), *keys, *args)
+        finally:
+            self._renewing = False

@@ -26,6 +26,7 @@ log = logging.getLogger("switchyard.fleet")
 
 TIMEOUT_S = 0.25  # a Redis call slower than this counts as Redis being away
 CHECK_S = 1.0  # how often a replica on its own state asks whether Redis is back
+CARRY_S = 0.005  # a release waits this long for an admission to carry it before the loop sends it
 
 
 def connect(url: str) -> Redis:
@@ -76,7 +77,15 @@ class Link:
         await self.client.aclose()
 
     async def admit(self, keys: list[str], args: list[str | int]) -> list[int]:
-        return _integers(await self._call(self._admit, keys, args))
+        """The admission script, carrying this replica's releases not yet sent."""
+        released = self.leases.take_released()
+        try:
+            return _integers(await self._call(
+                self._admit, keys + [where for where, _ in released],
+                args + [lease for _, lease in released]))
+        except BaseException:
+            self.leases.give_back(released)
+            raise
 
     async def acquire(self, key: str, args: list[str | int]) -> bool:
         return bool(await self._call(self._acquire, [key], args))
@@ -138,6 +147,8 @@ class Link:
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, due - time.monotonic()))
+            if self._wake.is_set() and not self._closing:
+                await asyncio.sleep(CARRY_S)  # the next admission may carry the releases
             self._wake.clear()
             try:
                 due = await self._turn(due)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from proxy.billing.keys import KeyRecord
 from proxy.billing.limits import Admission, Limits
+from proxy.catalog import Provider
 
 
 class LocalLimits:
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits()
 
-    async def admit(self, key: KeyRecord, images: int) -> Admission:
+    async def admit(self, key: KeyRecord, images: int,
+                    first: Provider | None = None) -> Admission:
+        """`first` is the fleet's business: this process's slots cost no round trip."""
         return Admission(key, self._limits.admit(key, images))
 
     async def done(self, admission: Admission) -> None:

@@ -12,13 +12,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# A key's admission, as proxy.billing.limits.Limits.admit does it in one process.
-# KEYS: window (list of "first last requests images" entries), totals (hash), live (leases)
+# A key's admission, as proxy.billing.limits.Limits.admit does it in one process, with what
+# else the request needs from Redis in the same round trip: the releases this replica made
+# since its last call (sent first, so they count as free), and a slot of the request's first
+# host once admitted.
+# KEYS: window (list of "first last requests images" entries), totals (hash), live (leases),
+#       the host's slot leases, then one lease set per release
 # ARGV: rpm, ipm, concurrency (-1: none), images, lease id ("" without a concurrency),
-#       lease ms, window ms, merge ms
+#       lease ms, window ms, merge ms, the host's cap (-1: no slot wanted), the slot's lease
+#       id, then the released lease ids (one per release key)
 # Returns {refused (0 admitted, 1 requests, 2 images, 3 concurrency), requests used,
-#          images used, ms until the window next shrinks, leases live}
+#          images used, ms until the window next shrinks, leases live, 1 if the slot is held}
 ADMIT = _NOW + """
+for k = 5, #KEYS do redis.call('ZREM', KEYS[k], ARGV[k + 6]) end
 local rpm, ipm, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local images, ttl = tonumber(ARGV[4]), tonumber(ARGV[6])
 local window, merge = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -45,7 +51,7 @@ local refused = 0
 if rpm >= 0 and requests + 1 > rpm then refused = 1
 elseif ipm >= 0 and pictures + images > ipm then refused = 2
 elseif most >= 0 and live >= most then refused = 3 end
-if refused > 0 then return {refused, requests, pictures, reset(), live} end
+if refused > 0 then return {refused, requests, pictures, reset(), live, 0} end
 local tail = redis.call('LINDEX', KEYS[1], -1)
 local first, _, r, i
 if tail then first, _, r, i = string.match(tail, '(%d+) (%d+) (%d+) (%d+)') end
@@ -59,10 +65,21 @@ requests, pictures = requests + 1, pictures + images
 redis.call('HSET', KEYS[2], 'requests', requests, 'images', pictures)
 redis.call('PEXPIRE', KEYS[1], window + merge)
 redis.call('PEXPIRE', KEYS[2], window + merge)
-if ARGV[5] == '' then return {0, requests, pictures, reset(), live} end
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
-redis.call('PEXPIRE', KEYS[3], ttl * 2)
-return {0, requests, pictures, reset(), live + 1}
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ttl * 2)
+  live = live + 1
+end
+local slot, cap = 0, tonumber(ARGV[9])
+if cap >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  if redis.call('ZCARD', KEYS[4]) < cap then
+    redis.call('ZADD', KEYS[4], now + ttl, ARGV[10])
+    redis.call('PEXPIRE', KEYS[4], ttl * 2)
+    slot = 1
+  end
+end
+return {0, requests, pictures, reset(), live, slot}
 """
 
 # A host slot. KEYS: the host's leases; ARGV: its cap, lease id, lease ms. Returns 1 if held.

@@ -52,14 +52,24 @@ class SharedSlots:
             lease = leases.new_id()
             if await self._link.acquire(self._where(provider.name),
                                         [cap, lease, leases.lease_ms]):
-                leases.hold(self._where(provider.name), lease)
-                self._held.setdefault(provider.name, []).append(lease)
-                self.held += 1
-                return Slot(provider, lease)
+                return self.adopt(provider, lease)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             await self._pause([provider], min(left, POLL_S * random.uniform(0.5, 1.5)))
+
+    def offer(self, provider: Provider) -> tuple[str, int, str]:
+        """Where a slot of `provider` is taken, its cap and a new lease id: for an admission
+        that takes the request's first slot in its own round trip."""
+        cap = self._caps.setdefault(provider.name, provider.max_in_flight)
+        return self._where(provider.name), cap, self._link.leases.new_id()
+
+    def adopt(self, provider: Provider, lease: str) -> Slot:
+        """A slot the admission took (see `offer`): held from now as if acquired here."""
+        self._link.leases.hold(self._where(provider.name), lease)
+        self._held.setdefault(provider.name, []).append(lease)
+        self.held += 1
+        return Slot(provider, lease)
 
     def release(self, slot: Slot) -> None:
         provider, lease = slot.provider, slot.lease
