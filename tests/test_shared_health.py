@@ -13,11 +13,15 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import pytest
+
 from proxy.failures import Failure, Kind
 from proxy.routing.health import Health, Outcome, State
+from proxy.state import shared_slots
 from proxy.state.leases import Leases
 from proxy.state.link import Link, connect
 from proxy.state.shared_health import HealthFeed, decode, encode
+from proxy.state.shared_slots import SharedSlots
 from tests.fakes import scripted
 from tests.redis_servers import REDIS_URL, PrivateRedis, private_redis, redis_prefix
 
@@ -101,6 +105,48 @@ def test_a_retry_after_rests_the_host_fleet_wide_and_a_recovery_is_seen_by_all(
             await until(lambda: b.of(ROUTE).state is State.CLOSED)
             assert b.snapshots([ROUTE], "1K")[ROUTE.id].samples == 6
     asyncio.run(go())
+
+
+def test_an_attempt_ended_elsewhere_wakes_a_request_waiting_here_for_its_host(
+        redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's request waits for HOST's only slot, held by A; A's attempt ends: B tries again at
+    once (on A's published outcome), not at its next poll."""
+    host = ROUTE.provider
+    monkeypatch.setattr(shared_slots, "PATIENT_POLL_S", 2.0)  # its poll would be >= 1 s
+
+    async def go() -> float:
+        from dataclasses import replace
+
+        capped = replace(host, max_in_flight=1)
+        a_link, b_link = (Link(connect(REDIS_URL), redis_prefix, Leases()) for _ in "ab")
+        a_health, b_health = Health([ROUTE]), Health([ROUTE])
+        a_slots = SharedSlots(a_link, [capped])
+        b_slots = SharedSlots(b_link, [capped])
+        feeds = [HealthFeed(a_link, a_health, a_slots.freed),
+                 HealthFeed(b_link, b_health, b_slots.freed)]
+        for link in (a_link, b_link):
+            await link.start()
+        for feed in feeds:
+            feed.start()
+        await asyncio.sleep(0.1)
+        try:
+            held = await a_slots.acquire(capped, 0)
+            assert held is not None
+            waiting = asyncio.create_task(b_slots.released([capped], 5.0))
+            await asyncio.sleep(0.05)
+            a_slots.release(held)
+            ended = time.monotonic()
+            attempt(a_health, None)  # A's attempt on the host ended
+            await waiting
+            return time.monotonic() - ended
+        finally:
+            for feed in feeds:
+                await feed.aclose()
+            for link in (a_link, b_link):
+                await link.close()
+
+    woke = asyncio.run(go())
+    assert woke < 0.5, f"woke after {woke:.2f} s"
 
 
 def test_latency_samples_are_the_fleet_s() -> None:

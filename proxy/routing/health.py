@@ -117,6 +117,7 @@ class RouteHealth:
 
     def __init__(self, route: Route, settings: Settings, clock: Callable[[], float]) -> None:
         self.route_id = route.id
+        self.provider = route.provider.name
         self._prior = route.typical_latency_s
         self._settings = settings
         self._clock = clock
@@ -298,12 +299,15 @@ class Health:
         for route in self._routes.values():
             route.tell = tell
 
-    def observe(self, outcome: Outcome) -> None:
+    def observe(self, outcome: Outcome) -> str | None:
         """Another replica's evidence about a route this process knows (others: ignored,
-        a replica on an older catalog may name a route this one dropped)."""
+        a replica on an older catalog may name a route this one dropped); the route's
+        provider, if known."""
         found = self._routes.get(outcome.route_id)
-        if found is not None:
-            found.observe(outcome)
+        if found is None:
+            return None
+        found.observe(outcome)
+        return found.provider
 
     def snapshots(self, routes: Iterable[Route], tier: str) -> dict[str, Snapshot]:
         return {r.id: self.of(r).snapshot(tier) for r in routes}

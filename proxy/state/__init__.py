@@ -110,8 +110,7 @@ def build(config: Config, providers: Sequence[Provider], health: Health | None =
     if config.redis_url is None:
         return State(own_limits, own_slots)
     from proxy.state import fleet
-    from proxy.state.shared_health import HealthFeed
 
-    link, limits, slots = fleet.build(config.redis_url.reveal(), config.redis_prefix,
-                                      providers, own_limits, own_slots)
-    return State(limits, slots, link, None if health is None else HealthFeed(link, health))
+    link, limits, slots, feed = fleet.build(config.redis_url.reveal(), config.redis_prefix,
+                                            providers, own_limits, own_slots, health)
+    return State(limits, slots, link, feed)

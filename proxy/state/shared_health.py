@@ -6,6 +6,9 @@ FLUSH_S on one pub/sub channel, and it applies what the others publish as if it 
 the same failures open the same breakers everywhere, a Retry-After rests the host fleet-wide,
 latency and success samples are the fleet's, and a probe that finds a host recovered closes
 its breaker on every replica. While Redis is away each replica goes on with its own evidence.
+
+An attempt that ended elsewhere also freed a slot of its host there: requests waiting here for
+one of that host's slots try again at once, instead of at their next poll.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -32,9 +36,11 @@ LISTEN_S = 1.0  # a read of the channel waits at most this for a message
 
 
 class HealthFeed:
-    def __init__(self, link: Link, health: Health) -> None:
+    def __init__(self, link: Link, health: Health,
+                 freed: Callable[[str], None] | None = None) -> None:
         self._link = link
         self._health = health
+        self._freed = freed  # hears the provider of each attempt that ended elsewhere
         self._channel = f"{link.prefix}:health"
         self._replica = secrets.token_hex(6)
         self._pending: list[Outcome] = []
@@ -108,7 +114,9 @@ class HealthFeed:
             if sender in ("", self._replica):
                 continue
             for outcome in outcomes:
-                self._health.observe(outcome)
+                provider = self._health.observe(outcome)
+                if provider is not None and self._freed is not None:
+                    self._freed(provider)
             self.received += len(outcomes)
 
 

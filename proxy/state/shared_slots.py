@@ -2,8 +2,9 @@
 (or `serve --workers` process) calls it.
 
 A slot is a lease in the host's sorted set in Redis, taken by one Lua script that first drops
-the expired leases. A request waiting for a slot tries again every POLL_S or as soon as this
-process frees one of that host, within the time it was given.
+the expired leases. A request waiting for a slot tries again every POLL_S or as soon as a slot
+of that host may be free (this process released one, or another replica's attempt there
+ended: proxy/state/shared_health.py), within the time it was given.
 """
 
 from __future__ import annotations
@@ -78,8 +79,14 @@ class SharedSlots:
         self.held -= 1
         self._link.leases.release(self._where(provider.name), lease)
         self._link.released()
-        waiters = self._waiters.get(provider.name)
-        while waiters:  # one waiter here tries at once; the others' turn comes by polling
+        self.freed(provider.name)
+
+    def freed(self, name: str) -> None:
+        """A slot of the host may be free (this process released one, or another replica's
+        attempt there ended): one waiter here tries at once; the others' turn comes by
+        polling."""
+        waiters = self._waiters.get(name)
+        while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
