@@ -123,9 +123,11 @@ def _redis(rows: Sequence[Row]) -> list[str]:
         + ", ".join(f"{k.upper()} {n / answered:.3f}" for k, n in sent.items())
         + f"; commands run inside the Lua scripts {in_scripts / answered:.1f} (no round trips)",
         f"round trips a request waits on: {per_request:.2f} (EVALSHA: the admission script, "
-        f"proxy/state/shared_limits.py, and the host-slot script, shared_slots.py), "
-        f"{usec:.0f} us of each inside Redis; off the request path: ZREM releases, pipelined "
-        "by the lease loop; PUBLISH of route health every 50 ms; EVAL lease renewals",
+        f"proxy/state/shared_limits.py, which also takes the first host's slot; the host-slot "
+        f"script of shared_slots.py when it could not), {usec:.0f} us of each inside Redis; "
+        "off the request path: PUBLISH of route health every 50 ms, EVAL lease renewals; "
+        "releases ride on the next admission script, or after 5 ms without one go as ZREMs "
+        "pipelined by the lease loop (counted with the scripts' commands)",
         f"others on this Redis while the single-process rows ran (nothing of the benchmark's "
         f"then): {others} commands, {others / max(quiet_s, 1e-9):.0f}/s; the same noise is in "
         "the fleet figures, not subtracted"]
