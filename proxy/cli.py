@@ -188,6 +188,10 @@ def _routes_list(config: Config, args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
+    from proxy.state.probe import mode_line
+
+    print()
+    print(mode_line(config))
     return 0
 
 

@@ -16,6 +16,9 @@ from proxy.billing.keys import digest
 from proxy.billing.store import Store
 from proxy.config import default_routes_dir, load
 from proxy.providers import ADAPTERS
+from tests.redis_servers import REDIS_URL, redis_prefix
+
+__all__ = ["redis_prefix"]  # a fixture
 
 KEY_LINE = re.compile(r"sy-[A-Za-z0-9_-]{43}")
 
@@ -256,3 +259,24 @@ def test_a_database_that_is_away_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("switchyard: PostgreSQL"), done.stderr
     assert lines[0].endswith("Connection refused")  # why, so a typo is not waited out
     assert "secretpw" not in done.stderr + done.stdout
+
+
+def test_routes_list_says_the_mode_and_whether_redis_answers(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        redis_prefix: str) -> None:
+    code, out, _ = _run(capsys, tmp_path / "data", "routes", "list")
+    assert code == 0 and out.splitlines()[-1].startswith("Mode: single process")
+
+    monkeypatch.setenv("SWITCHYARD_DATABASE_URL", "postgresql://127.0.0.1:5432/test")
+    monkeypatch.setenv("SWITCHYARD_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("SWITCHYARD_REDIS_PREFIX", redis_prefix)
+    code, out, _ = _run(capsys, tmp_path / "data", "routes", "list")
+    last = out.splitlines()[-1]
+    assert code == 0 and last.startswith("Mode: fleet; Redis at redis://"), last
+    assert f"(prefix {redis_prefix!r}) answers in " in last and last.endswith("the fleet's")
+
+    monkeypatch.setenv("SWITCHYARD_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    code, out, _ = _run(capsys, tmp_path / "data", "routes", "list")
+    last = out.splitlines()[-1]
+    assert code == 0 and "redis://:***@127.0.0.1:1/0" in last, last
+    assert "does not answer (ConnectionError)" in last and "hunter2" not in out
