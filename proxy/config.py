@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from proxy.egress import Network, allow_list
+
 
 class ConfigError(ValueError):
     """A configuration problem, reported at startup with a message that says how to fix it."""
@@ -84,6 +86,9 @@ class Config:
     metrics_per_key: bool = True
     # The prompt in the per-request JSON log line; off by default (prompts are tenants' data).
     log_prompts: bool = False
+    # Networks tenants' webhooks may reach although they are not public (a receiver on this
+    # machine or the LAN), plain http included; empty: public https receivers only.
+    callback_allow_cidrs: tuple[Network, ...] = ()
 
     @property
     def database_path(self) -> Path:
@@ -122,6 +127,7 @@ _ENV: dict[str, str] = {
     "workers": "SWITCHYARD_WORKERS",
     "metrics_per_key": "SWITCHYARD_METRICS_PER_KEY",
     "log_prompts": "SWITCHYARD_LOG_PROMPTS",
+    "callback_allow_cidrs": "SWITCHYARD_CALLBACK_ALLOW_CIDRS",
 }
 
 
@@ -155,6 +161,8 @@ def _coerce(name: str, raw: object) -> object:
             return Secret(str(raw))
         if name in ("admin_key", "database_url", "redis_url"):
             return Secret(str(raw)) if str(raw) else None
+        if name == "callback_allow_cidrs":  # "10.0.0.0/8, 127.0.0.0/8", or a TOML list
+            return allow_list(raw)
         if name == "public_base_url":
             return str(raw).rstrip("/") or None
         return str(raw)

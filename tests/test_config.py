@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -201,3 +202,19 @@ def test_fleet_mode_needs_postgresql_and_keeps_redis_password_secret() -> None:
     assert config.redis_url is not None and config.redis_url.reveal() == redis
     assert "hunter2" not in repr(config)
     assert not load(env={}).fleet
+
+
+def test_callback_allow_cidrs_from_file_and_environment(tmp_path: Path) -> None:
+    assert load(env={}).callback_allow_cidrs == ()  # a fresh install: public receivers only
+    path = _file(tmp_path, 'callback_allow_cidrs = ["10.0.0.0/8", "::1/128"]\n')
+    assert load(path, env={}).callback_allow_cidrs == (ipaddress.ip_network("10.0.0.0/8"),
+                                                       ipaddress.ip_network("::1/128"))
+    env = {"SWITCHYARD_CALLBACK_ALLOW_CIDRS": "127.0.0.0/8, 192.168.0.0/16"}
+    assert load(path, env=env).callback_allow_cidrs == (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("192.168.0.0/16"))
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1/8", "localhost", "10.0.0.0/8,nope"])
+def test_a_bad_callback_allow_list_names_the_setting(value: str) -> None:
+    with pytest.raises(ConfigError, match="'callback_allow_cidrs'"):
+        load(env={"SWITCHYARD_CALLBACK_ALLOW_CIDRS": value})

@@ -17,11 +17,13 @@ import pytest
 from proxy.api.batches import finalize
 from proxy.api.job_webhooks import Webhooks
 from proxy.billing.store import Store
+from proxy.egress import Policy, allow_list
 from tests.receivers import Receiver
 
 BODY = orjson.dumps({"model": "test-image", "prompt": "x"})
 HOOK = "http://127.0.0.1:9/hooks"
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+LOOPBACK = Policy(allow_list("127.0.0.0/8"))  # the receiver's network, opened on purpose
 
 
 def _finished(store: Store, count: int, url: str = HOOK) -> list[str]:
@@ -128,10 +130,15 @@ def test_two_replicas_delivering_at_once_post_each_job_once(database: str,
         ids = _finished(one, 12, receiver.url)
 
         async def rounds() -> None:
-            senders = [Webhooks(one.jobs, SECRET), Webhooks(other.jobs, SECRET)]
-            for _ in range(3):  # rounds overlap while the receiver takes its time
+            senders = [Webhooks(one.jobs, SECRET, LOOPBACK), Webhooks(other.jobs, SECRET,
+                                                                      LOOPBACK)]
+            deadline = time.monotonic() + 10
+            # Rounds overlap while the receiver takes its time, until every job is sent.
+            while len(receiver.seen) < len(ids) and time.monotonic() < deadline:
                 await asyncio.gather(*(sender.deliver_due() for sender in senders))
+                await asyncio.sleep(0.05)
             for sender in senders:
+                await sender.settle()
                 await sender.aclose()
 
         asyncio.run(rounds())
@@ -149,7 +156,7 @@ def test_a_sender_that_lost_its_lease_says_so_and_writes_nothing(
         store.jobs.claim_webhooks(second, now=first + 1)  # it stalled past its lease
 
         async def late() -> None:
-            sender = Webhooks(store.jobs, SECRET)
+            sender = Webhooks(store.jobs, SECRET, LOOPBACK)
             await sender.deliver(job, first)
             await sender.aclose()
 

@@ -43,8 +43,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory,
     """Three replicas on the one fresh database, started together: they race to make the
     schema and the fleet's secrets."""
     tmp_path = tmp_path_factory.mktemp("fleet")
-    replicas = [Served(tmp_path / f"replica-{i}", env={"SWITCHYARD_DATABASE_URL":
-                                                       fleet_database})
+    # The webhook receiver listens on loopback: the operator's allow-list opens it on purpose.
+    replicas = [Served(tmp_path / f"replica-{i}", env={
+                    "SWITCHYARD_DATABASE_URL": fleet_database,
+                    "SWITCHYARD_CALLBACK_ALLOW_CIDRS": "127.0.0.0/8"})
                 for i in range(REPLICAS)]
     with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor() as pool:
         list(pool.map(stack.enter_context, replicas))

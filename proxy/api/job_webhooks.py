@@ -6,21 +6,28 @@ Each attempt is claimed with a lease in the database before it is sent (Jobs.cla
 so one process of a fleet POSTs it; a process that dies mid-attempt leaves its lease to run
 out, and the attempt is claimed again. Each attempt is logged; after the last backoff step it
 gives up.
+
+Attempts are sent concurrently, each within its own deadline, and one key has at most
+PER_KEY_SENDING of them in flight per process: a tenant's hanging receivers hold only its own
+turns, never another tenant's webhook. Whatever one attempt raises is that attempt's failure.
+The receiver's address is checked (proxy.egress) and pinned for the connection: a name is
+resolved once, every address it has is checked, and the POST goes to the checked one with
+the name kept as Host and TLS server name. Redirects are not followed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections import Counter
 
 import httpx
 import orjson
 
 from proxy.api.jobs import describe
-from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.jobs import Job, Jobs
+from proxy.egress import Policy, Refused, Resolve, Resolver, Target, parse
 from proxy.providers import webhooks
 from proxy.supervise import Failures
 
@@ -28,61 +35,121 @@ log = logging.getLogger("switchyard.jobs")
 
 WEBHOOK_BACKOFF_S = (5.0, 30.0, 120.0, 600.0, 1800.0)  # then give up
 WEBHOOK_TIMEOUT_S = 10.0  # per connect, read and write
-WEBHOOK_DEADLINE_S = 20.0  # for a whole attempt: a receiver that drips is cut off
-# A claim's lease: the attempts of a round run at once, each within WEBHOOK_DEADLINE_S, so a
-# live sender reports long before its lease runs out.
+WEBHOOK_DEADLINE_S = 20.0  # for a whole attempt (name lookup included): a dripping receiver
+# A claim's lease: an attempt starts as soon as it is claimed and ends within
+# WEBHOOK_DEADLINE_S, so a live sender reports long before its lease runs out.
 WEBHOOK_LEASE_S = 3 * WEBHOOK_DEADLINE_S
-CLAIM_AT_ONCE = 20
+MAX_SENDING = 64  # attempts in flight in one process
+PER_KEY_SENDING = 4  # of them, one key's at most
 
 
 class Webhooks:
-    def __init__(self, jobs: Jobs, secret: str) -> None:
+    """The webhook sender of one process. `resolve` looks host names up (tests give their
+    own); by default, on threads of its own."""
+
+    def __init__(self, jobs: Jobs, secret: str, policy: Policy,
+                 resolve: Resolve | None = None) -> None:
         self._jobs = jobs
         self._secret = secret
-        self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False)
+        self._policy = policy
+        self._resolver: Resolver | None = None
+        if resolve is None:
+            resolve = self._resolver = Resolver(MAX_SENDING)  # a lookup for each attempt
+        self._resolve = resolve
+        # No connection is kept: each is pinned to one checked address for one host name.
+        self._client = httpx.AsyncClient(
+            timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
+            limits=httpx.Limits(max_connections=MAX_SENDING, max_keepalive_connections=0))
         self._failures = Failures("webhooks")
+        self._sending: dict[asyncio.Task[None], str] = {}  # attempt -> its key id
+        self._per_key: Counter[str] = Counter()
 
     async def deliver_due(self) -> None:
-        """Claim the webhooks that are due and send them, all at once. One that breaks on a
-        bug is logged and counted and the rest still go; a database outage ends the round
-        (an attempt whose outcome was not written is claimed again when its lease runs out)."""
+        """Claim the attempts that are due, as far as there is room (in all, and for each
+        key), and start sending them; returns without waiting for them."""
+        room = MAX_SENDING - len(self._sending)
+        if room <= 0:
+            return
         until = int(time.time() + WEBHOOK_LEASE_S)
-        claimed = await asyncio.to_thread(self._jobs.claim_webhooks, until, CLAIM_AT_ONCE)
-        outcomes = await asyncio.gather(*(self.deliver(job, until) for job in claimed),
-                                        return_exceptions=True)
-        unavailable = None
-        for outcome in outcomes:
-            if isinstance(outcome, DatabaseUnavailable):
-                unavailable = outcome
-            elif isinstance(outcome, Exception):
-                self._failures.failed(outcome)
-        if unavailable is not None:
-            raise unavailable
+        claimed = await asyncio.to_thread(self._jobs.claim_webhooks, until, room,
+                                          PER_KEY_SENDING, dict(self._per_key))
+        for job in claimed:
+            task = asyncio.create_task(self._attempt(job, until))
+            self._sending[task] = job.key_id
+            self._per_key[job.key_id] += 1
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        key_id = self._sending.pop(task)
+        self._per_key[key_id] -= 1
+        if not self._per_key[key_id]:
+            del self._per_key[key_id]
+
+    async def settle(self) -> None:
+        """Wait for the attempts in flight (tests; a shutdown cancels them instead)."""
+        await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _attempt(self, job: Job, until: int) -> None:
+        """One attempt; if its outcome cannot be written (the database is away), that is
+        logged and counted, and the attempt is claimed again when its lease runs out."""
+        try:
+            await self.deliver(job, until)
+        except Exception as exc:
+            self._failures.failed(exc)
 
     async def deliver(self, job: Job, until: int) -> None:
-        """One attempt of a webhook claimed under the lease that ends `until`."""
-        body = orjson.dumps({"type": f"image.job.{job.state}", "data": describe(job)})
-        stamp = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": job.id,
-                   "webhook-timestamp": str(stamp),
-                   "webhook-signature": webhooks.sign(self._secret, job.id, stamp, body)}
-        delivered = False
-        with contextlib.suppress(httpx.HTTPError, TimeoutError):
-            assert job.callback_url is not None
-            async with asyncio.timeout(WEBHOOK_DEADLINE_S):
-                answer = await self._client.post(job.callback_url, content=body,
-                                                 headers=headers)
-            delivered = 200 <= answer.status_code < 300
+        """One attempt of a webhook claimed under the lease that ends `until`, and its
+        outcome written: delivered, due again after its backoff, or given up (after the
+        last step, or at once for a receiver Switchyard does not send to)."""
         attempt = job.webhook_attempts
-        retry = WEBHOOK_BACKOFF_S[attempt] if not delivered and \
-            attempt < len(WEBHOOK_BACKOFF_S) else None
+        delivered, outcome, final = await self._send(job)
+        retry = WEBHOOK_BACKOFF_S[attempt] if attempt < len(WEBHOOK_BACKOFF_S) and \
+            not (delivered or final) else None
         log.info("webhook for job %s, attempt %d: %s", job.id, attempt + 1,
-                 "delivered" if delivered else f"failed, next in {retry}s" if retry else
-                 "failed, giving up")
+                 "delivered" if delivered else f"{outcome}, next in {retry}s" if retry
+                 else f"{outcome}, giving up")
         if not await asyncio.to_thread(self._jobs.webhook_done, job.id, until, delivered,
                                        retry):
             log.warning("webhook for job %s: its lease ran out before this attempt's outcome "
                         "was written; the process that took it over writes its own", job.id)
 
+    async def _send(self, job: Job) -> tuple[bool, str, bool]:
+        """(delivered, what happened, whether to give up now). Whatever the sending raises
+        is this attempt's failure: a bug is logged and counted too."""
+        try:
+            async with asyncio.timeout(WEBHOOK_DEADLINE_S):
+                status = await self._post(job, parse(job.callback_url))
+        except Refused as exc:
+            return False, f"refused: {exc}", True
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            return False, f"failed ({type(exc).__name__})", False
+        except Exception as exc:
+            self._failures.failed(exc)
+            return False, f"failed ({type(exc).__name__})", False
+        self._failures.succeeded()
+        return 200 <= status < 300, f"answered {status}", False
+
+    async def _post(self, job: Job, target: Target) -> int:
+        """POST the signed event to the receiver's checked address; its status (the body is
+        not read: a receiver cannot make Switchyard hold its answer)."""
+        address = await self._policy.pinned(target, self._resolve)
+        body = orjson.dumps({"type": f"image.job.{job.state}", "data": describe(job)})
+        stamp = int(time.time())
+        headers = {"host": target.authority, "content-type": "application/json",
+                   "webhook-id": job.id, "webhook-timestamp": str(stamp),
+                   "webhook-signature": webhooks.sign(self._secret, job.id, stamp, body)}
+        url = httpx.URL(target.url).copy_with(host=str(address))
+        sni = {"sni_hostname": target.host.removesuffix(".")} \
+            if target.secure and target.address is None else {}
+        async with self._client.stream("POST", url, content=body, headers=headers,
+                                       extensions=sni) as answer:
+            return answer.status_code
+
     async def aclose(self) -> None:
+        """Cancel the attempts in flight (their leases run out and they are sent again)."""
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
         await self._client.aclose()
+        if self._resolver is not None:
+            self._resolver.close()

@@ -35,6 +35,7 @@ from proxy.api.openai_schema import from_json
 from proxy.api.render import Origin
 from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.jobs import Job
+from proxy.egress import Policy
 from proxy.providers.resume import Resume
 from proxy.services import Services
 
@@ -67,7 +68,7 @@ class Worker:
     def __init__(self, svc: Services, secret: str, concurrency: int | None = None) -> None:
         self._svc = svc
         self._capacity = concurrency or capacity(svc)
-        self._webhooks = Webhooks(svc.store.jobs, secret)
+        self._webhooks = Webhooks(svc.store.jobs, secret, Policy(svc.config.callback_allow_cidrs))
         self._running: dict[asyncio.Task[None], Job] = {}
         self._per_key: Counter[str] = Counter()
         self._key_limit: dict[str, int | None] = {}  # the key's concurrency, as last read

@@ -8,9 +8,7 @@ later) and stored as JSON, so the worker parses it again exactly as the handler 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -20,6 +18,7 @@ from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
 from proxy.billing.jobs import Job
 from proxy.billing.keys import KeyRecord
+from proxy.egress import Policy, Refused
 from proxy.services import Services, services
 
 PREFER = "respond-async"
@@ -31,23 +30,15 @@ def wants_async(request: Request, data: dict[str, Any] | None) -> bool:
 
 
 def callback_url(svc: Services, value: Any) -> str | None:
-    """A client's webhook URL: https, or plain http to this machine while Switchyard itself
-    listens on loopback (development); never another private address over http."""
+    """A client's webhook URL, if it passes proxy.egress's rules: https to a public address,
+    or to a network the operator allows (plain http only there). A host name is checked
+    again, against what it resolves to, each time its webhook connects."""
     if value is None:
         return None
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or not parts.hostname or parts.scheme not in ("https", "http"):
-        raise bad_request("callback_url", "'callback_url' must be an https URL")
-    if parts.scheme == "http" and not (_loopback(parts.hostname) and _loopback(svc.config.host)):
-        raise bad_request("callback_url", "'callback_url' must be an https URL")
-    return str(value)
-
-
-def _loopback(host: str) -> bool:
     try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return Policy(svc.config.callback_allow_cidrs).check_url(value).url
+    except Refused as exc:
+        raise bad_request("callback_url", str(exc)) from None
 
 
 async def accept(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, Any],

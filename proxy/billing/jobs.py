@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,19 +160,37 @@ class Jobs:
         rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", args)
         return _job(rows[0]) if rows else None
 
-    def claim_webhooks(self, until: int, limit: int = 20, now: float | None = None) -> list[Job]:
+    def claim_webhooks(self, until: int, limit: int = 20, per_key: int | None = None,
+                       busy: Mapping[str, int] | None = None,
+                       now: float | None = None) -> list[Job]:
         """Up to `limit` jobs whose webhook attempt is due, leased to the caller until `until`
         (epoch s), so one process of a fleet POSTs it. While an attempt is `sending`, its
         webhook_after is the lease's end: a sender that died leaves it to run out and the
         attempt is due again. Safe across processes as claim_many is: each UPDATE re-checks
-        that its attempt is still due (PostgreSQL re-reads a row another claim just changed)."""
+        that its attempt is still due (PostgreSQL re-reads a row another claim just changed).
+
+        With `per_key`, no key gets more than that many attempts, counting those it already
+        has `busy` with the caller: a key with many due webhooks cannot crowd out the others,
+        whose turns come in the same claim."""
         now_s = int(time.time() if now is None else now)
-        rows = self._db.query(f"SELECT id FROM jobs WHERE {_HOOK_DUE} ORDER BY webhook_after "
-                              f"LIMIT ?", (now_s, limit))
+        busy = busy or {}
+        room = {key: per_key - n for key, n in busy.items()} if per_key is not None else {}
+        full = [key for key, left in room.items() if left <= 0]
+        unfull = f" AND key_id NOT IN ({', '.join('?' * len(full))})" if full else ""
+        rows = self._db.query(
+            f"SELECT id, key_id FROM (SELECT id, key_id, webhook_after, ROW_NUMBER() OVER "
+            f"(PARTITION BY key_id ORDER BY webhook_after, id) AS turn FROM jobs "
+            f"WHERE {_HOOK_DUE}{unfull}) AS due WHERE turn <= ? ORDER BY turn, webhook_after "
+            f"LIMIT ?", (now_s, *full, per_key or limit, limit))
+        chosen: list[str] = []
+        for job_id, key_id in rows:
+            if room.get(key_id, per_key or limit) > 0:
+                room[key_id] = room.get(key_id, per_key or limit) - 1
+                chosen.append(job_id)
         won: list[str] = []
-        if rows:
+        if chosen:
             with self._db.transaction() as cur:
-                for (job_id,) in rows:
+                for job_id in chosen:
                     if cur.execute(f"UPDATE jobs SET webhook_state = 'sending', webhook_after "
                                    f"= ? WHERE id = ? AND {_HOOK_DUE}",
                                    (until, job_id, now_s)) == 1:
