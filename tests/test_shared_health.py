@@ -19,7 +19,7 @@ from proxy.failures import Failure, Kind
 from proxy.routing.health import Health, Outcome, State
 from proxy.state import shared_slots
 from proxy.state.leases import Leases
-from proxy.state.link import Link, connect
+from proxy.state.link import open_link
 from proxy.state.shared_health import HealthFeed, decode, encode
 from proxy.state.shared_slots import SharedSlots
 from tests.fakes import scripted
@@ -45,7 +45,7 @@ class Clock:
 async def replica(prefix: str, url: str = REDIS_URL,
                   clock: Clock | None = None) -> AsyncIterator[Health]:
     health = Health([ROUTE], clock=clock or Clock())
-    link = Link(connect(url), prefix, Leases())
+    link = open_link(url, prefix, Leases())
     feed = HealthFeed(link, health)
     await link.start()
     feed.start()
@@ -118,7 +118,7 @@ def test_an_attempt_ended_elsewhere_wakes_a_request_waiting_here_for_its_host(
         from dataclasses import replace
 
         capped = replace(host, max_in_flight=1)
-        a_link, b_link = (Link(connect(REDIS_URL), redis_prefix, Leases()) for _ in "ab")
+        a_link, b_link = (open_link(REDIS_URL, redis_prefix, Leases()) for _ in "ab")
         a_health, b_health = Health([ROUTE]), Health([ROUTE])
         a_slots = SharedSlots(a_link, [capped])
         b_slots = SharedSlots(b_link, [capped])

@@ -28,10 +28,10 @@ from proxy.catalog import Provider
 from proxy.config import Config, Secret
 from proxy.routing.slots import Slots
 from proxy.state import State, build
+from proxy.state import link as link_module
 from proxy.state.fleet import FleetLimits, FleetSlots
 from proxy.state.leases import Leases
-from proxy.state import link as link_module
-from proxy.state.link import Link, connect
+from proxy.state.link import Link, open_link
 from proxy.state.local import LocalLimits
 from proxy.state.shared_limits import SharedLimits
 from proxy.state.shared_slots import SharedSlots
@@ -52,7 +52,7 @@ def key(key_id: str = "key_fleet", **limits: int) -> KeyRecord:
 async def replica(prefix: str, url: str = REDIS_URL, lease_s: float = 5.0,
                   keep: bool = True) -> AsyncIterator[Link]:
     """One replica's link; `keep=False` never renews its leases (as if it were killed)."""
-    link = Link(connect(url), prefix, Leases(lease_s))
+    link = open_link(url, prefix, Leases(lease_s))
     await (link.start() if keep else link.check())
     try:
         yield link

@@ -17,7 +17,7 @@ from proxy.catalog import Provider
 from proxy.routing.health import Health
 from proxy.routing.slots import Slot, Slots
 from proxy.state.leases import Leases
-from proxy.state.link import Link, connect
+from proxy.state.link import Link, open_link
 from proxy.state.local import LocalLimits
 from proxy.state.shared_health import HealthFeed
 from proxy.state.shared_limits import SharedLimits
@@ -98,7 +98,7 @@ class FleetSlots:
 def build(url: str, prefix: str, providers: Sequence[Provider], own_limits: LocalLimits,
           own_slots: Slots, health: Health | None
           ) -> tuple[Link, FleetLimits, FleetSlots, HealthFeed | None]:
-    link = Link(connect(url), prefix, Leases())
+    link = open_link(url, prefix, Leases())
     shared_slots = SharedSlots(link, providers, own_slots.wait_s)
     feed = None if health is None else HealthFeed(link, health, shared_slots.freed)
     return (link, FleetLimits(link, SharedLimits(link, shared_slots), own_limits),

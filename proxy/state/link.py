@@ -17,16 +17,22 @@ from typing import TYPE_CHECKING
 from proxy import metrics, supervise
 from proxy.state import scripts
 from proxy.state.leases import Leases
+from proxy.state.wire import Wire
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
 log = logging.getLogger("switchyard.fleet")
 
 TIMEOUT_S = 0.25  # a Redis call slower than this counts as Redis being away
 CHECK_S = 1.0  # how often a replica on its own state asks whether Redis is back
 CARRY_S = 0.005  # a release waits this long for an admission to carry it before the loop sends it
+
+
+def open_link(url: str, prefix: str, leases: Leases) -> Link:
+    """A replica's link to the Redis at `url`: redis-py for what is off the request path, our
+    own pipelined connection (proxy/state/wire.py) for the request path's scripts."""
+    return Link(connect(url), prefix, leases, Wire(url, TIMEOUT_S))
 
 
 def connect(url: str) -> Redis:
@@ -40,7 +46,7 @@ def connect(url: str) -> Redis:
 
 
 class Link:
-    def __init__(self, client: Redis, prefix: str, leases: Leases) -> None:
+    def __init__(self, client: Redis, prefix: str, leases: Leases, wire: Wire) -> None:
         from redis.exceptions import RedisError
 
         self.client = client
@@ -48,9 +54,7 @@ class Link:
         self.leases = leases
         self.errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self.shared: bool | None = None  # None until the first answer or failure
-        self._admit = client.register_script(scripts.ADMIT)
-        self._acquire = client.register_script(scripts.ACQUIRE)
-        self._count = client.register_script(scripts.COUNT)
+        self._wire = wire
         self._wake = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -75,29 +79,28 @@ class Link:
                 async with asyncio.timeout(TIMEOUT_S * 2):
                     await self.leases.flush(self.client)
         await self.client.aclose()
+        await self._wire.aclose()
 
     async def admit(self, keys: list[str], args: list[str | int]) -> list[int]:
         """The admission script, carrying this replica's releases not yet sent."""
         released = self.leases.take_released()
         try:
             return _integers(await self._call(
-                self._admit, keys + [where for where, _ in released],
+                scripts.ADMIT, keys + [where for where, _ in released],
                 args + [lease for _, lease in released]))
         except BaseException:
             self.leases.give_back(released)
             raise
 
     async def acquire(self, key: str, args: list[str | int]) -> bool:
-        return bool(await self._call(self._acquire, [key], args))
+        return bool(await self._call(scripts.ACQUIRE, [key], args))
 
     async def count(self, keys: list[str]) -> list[int]:
-        return _integers(await self._call(self._count, keys, []))
+        return _integers(await self._call(scripts.COUNT, keys, []))
 
-    async def _call(self, script: AsyncScript, keys: list[str],
-                    args: list[str | int]) -> object:
-        try:  # bounded by the socket timeouts: connect, then the reply
-            reply: object = await script(keys=keys, args=args)
-            return reply
+    async def _call(self, script: str, keys: list[str], args: list[str | int]) -> object:
+        try:  # bounded by the wire's timeout: connect, then the reply
+            return await self._wire.evalsha(script, keys, args)
         except self.errors as exc:
             self.lost(exc)
             raise
@@ -107,7 +110,7 @@ class Link:
         if not self.shared:
             return
         try:
-            await self.client.zrem(where, lease)
+            await self._wire.call("ZREM", where, lease)
         except self.errors as exc:
             self.lost(exc)
 
@@ -179,6 +182,6 @@ class Link:
 
 
 def _integers(reply: object) -> list[int]:
-    """A Lua table of integers, as redis-py hands it over."""
+    """A Lua table of integers, as the wire hands it over."""
     assert isinstance(reply, list)
     return [int(x) for x in reply]
