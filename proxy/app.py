@@ -16,6 +16,8 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy import catalog as catalog_module
@@ -23,7 +25,7 @@ from proxy import config as config_module
 from proxy import logs, shared, supervise
 from proxy import state as state_module
 from proxy.api import admin, batches, callbacks, health, images, jobs, models, usage
-from proxy.api.context import RequestContext
+from proxy.api.context import Endpoint, RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
 from proxy.billing import pricing
@@ -139,16 +141,13 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/v1/files", batches.upload_file, methods=["POST"]),
             Route("/v1/files/{file_id}", batches.get_file, methods=["GET"]),
             Route("/v1/files/{file_id}/content", batches.file_content, methods=["GET"]),
-            Route("/v1/batches", batches.create_batch, methods=["POST"]),
-            Route("/v1/batches", batches.list_batches, methods=["GET"]),
+            one_path("/v1/batches", {"GET": batches.list_batches, "POST": batches.create_batch}),
             Route("/v1/batches/{batch_id}", batches.get_batch, methods=["GET"]),
             Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
             Route("/v1/usage", usage.own_usage, methods=["GET"]),
-            Route("/admin/keys", admin.list_keys, methods=["GET"]),
-            Route("/admin/keys", admin.create_key, methods=["POST"]),
-            Route("/admin/keys/{key_id}", admin.get_key, methods=["GET"]),
-            Route("/admin/keys/{key_id}", admin.update_key, methods=["PATCH"]),
-            Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+            one_path("/admin/keys", {"GET": admin.list_keys, "POST": admin.create_key}),
+            one_path("/admin/keys/{key_id}", {"GET": admin.get_key, "PATCH": admin.update_key,
+                                              "DELETE": admin.revoke_key}),
             Route("/admin/keys/{key_id}/revoke", admin.revoke_key, methods=["POST"]),
             Route("/admin/keys/{key_id}/rotate", admin.rotate_key, methods=["POST"]),
             Route("/admin/usage", admin.admin_usage, methods=["GET"]),
@@ -165,6 +164,15 @@ def build_app(config: Config, catalog: Catalog | None = None,
         exception_handlers={HTTPException: on_http_exception, ApiError: on_api_error},
         lifespan=lifespan,
     )
+
+
+def one_path(path: str, handlers: Mapping[str, Endpoint]) -> Route:
+    """One route for every method of a path, so that a 405's Allow header names them all
+    (Starlette answers with the first route whose path matched, and only its methods)."""
+    async def endpoint(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, endpoint, methods=list(handlers))
 
 
 def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[asyncio.Task[None]]:

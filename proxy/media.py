@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from proxy.billing.images import StoredImage
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 MIME_TYPES = {ext: mime for mime, ext in EXTENSIONS.items()}
+_EXPIRES = re.compile(r"[0-9]{1,12}")
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -112,7 +114,9 @@ class MediaStore:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def verify(self, name: str, expires: str, signature: str, now: float | None = None) -> bool:
-        if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+        # ASCII digits, and few: "²".isdigit() is true, and int() refuses 5,000 digits.
+        if not _EXPIRES.fullmatch(expires) or int(expires) < (time.time() if now is None
+                                                                  else now):
             return False
         return hmac.compare_digest(self._sign(name, int(expires)), signature)
 

@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import usage
+from proxy.api import inputs, usage
 from proxy.api.errors import ApiError, bad_request
 from proxy.billing.keys import KeyLimits, KeyRecord, LimitError, describe, parse_limits
 from proxy.catalog import STRATEGIES
@@ -40,13 +40,8 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 async def _object(request: Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.body() or b"{}")
-    except orjson.JSONDecodeError:
-        raise bad_request(None, "the request body is not valid JSON", "invalid_json") from None
-    if not isinstance(data, dict):
-        raise bad_request(None, "the request body must be a JSON object", "invalid_json")
-    return data
+    """The JSON object body; none at all reads as {} (nothing to change)."""
+    return inputs.parse_json_object(await request.body() or b"{}")
 
 
 def _limits(data: dict[str, Any], base: KeyLimits, svc: Services) -> KeyLimits:
@@ -87,12 +82,12 @@ async def create_key(request: Request) -> Response:
 
 async def get_key(request: Request) -> Response:
     svc = _admin(request)
-    return _json(describe(await _found(svc, request.path_params["key_id"])))
+    return _json(describe(await _found(svc, inputs.path_param(request, "key_id"))))
 
 
 async def update_key(request: Request) -> Response:
     svc = _admin(request)
-    record = await _found(svc, request.path_params["key_id"])
+    record = await _found(svc, inputs.path_param(request, "key_id"))
     limits = _limits(await _object(request), record.limits, svc)
     updated = await asyncio.to_thread(svc.store.update_limits, record.id, limits)
     svc.keys.forget_id(record.id)
@@ -101,7 +96,7 @@ async def update_key(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     svc = _admin(request)
-    record = await _found(svc, request.path_params["key_id"])
+    record = await _found(svc, inputs.path_param(request, "key_id"))
     revoked = await asyncio.to_thread(svc.store.revoke_key, record.id)
     svc.keys.forget_id(record.id)
     return _json({**describe(await _found(svc, record.id)), "revoked": revoked})
@@ -109,7 +104,7 @@ async def revoke_key(request: Request) -> Response:
 
 async def rotate_key(request: Request) -> Response:
     svc = _admin(request)
-    record = await _found(svc, request.path_params["key_id"])
+    record = await _found(svc, inputs.path_param(request, "key_id"))
     rotated = await asyncio.to_thread(svc.store.rotate_key, record.id)
     svc.keys.forget_id(record.id)
     if rotated is None:
@@ -120,4 +115,4 @@ async def rotate_key(request: Request) -> Response:
 
 async def admin_usage(request: Request) -> Response:
     svc = _admin(request)
-    return await usage.report(request, svc, key_id=request.query_params.get("key"))
+    return await usage.report(request, svc, key_id=inputs.query(request, "key"))

@@ -9,20 +9,20 @@ Items are queued jobs (job_worker.py runs them); request_counts are read live fr
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.api import batch_inputs, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.openai_schema import from_json
-from proxy.billing.batches import MAX_REQUESTS, WINDOW_S, Batch, StoredFile
+from proxy.billing.batches import MAX_REQUESTS, Batch, StoredFile
 from proxy.billing.keys import KeyRecord
 from proxy.services import Services, services
-
-ENDPOINTS = ("/v1/images/generations", "/v1/images/edits")
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -30,39 +30,39 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def file_object(stored: StoredFile) -> dict[str, Any]:
+    # A batch's output and error files are both 'batch_output' to OpenAI (its purposes
+    # enum has no other); the store tells them apart by its own purpose.
     return {"id": stored.id, "object": "file", "bytes": stored.size,
             "created_at": stored.created_at, "filename": stored.filename,
-            "purpose": stored.purpose, "status": "processed"}
+            "purpose": "batch_output" if stored.batch_id else stored.purpose,
+            "status": "processed"}
 
 
 async def upload_file(request: Request) -> Response:
     svc = services(request)
     key = await authenticate(request, svc)
-    async with request.form() as form:  # closes the spooled upload when done
-        purpose, upload = form.get("purpose"), form.get("file")
-        if purpose != "batch":
-            raise bad_request("purpose", "only purpose 'batch' is served here")
-        if upload is None or isinstance(upload, str):
-            raise bad_request("file", "'file' is required: a JSONL file of requests",
-                              code="missing_required_parameter")
-        content = await upload.read()
+    upload = await batch_inputs.upload(request)
     stored = await asyncio.to_thread(svc.store.batches.add_file, key.id, "batch",
-                                     upload.filename or "batch.jsonl", content)
+                                     upload.filename, upload.content)
     return _json(file_object(stored))
 
 
 async def _own_file(request: Request) -> tuple[Services, KeyRecord, StoredFile]:
     svc = services(request)
     key = await authenticate(request, svc)
-    stored = await asyncio.to_thread(svc.store.batches.file, request.path_params["file_id"],
-                                     key.id)
+    stored = await asyncio.to_thread(svc.store.batches.file,
+                                     inputs.path_param(request, "file_id"), key.id)
     if stored is None:
         raise ApiError(404, "no such file for this key", code="not_found")
     return svc, key, stored
 
 
 async def get_file(request: Request) -> Response:
-    _, _, stored = await _own_file(request)
+    svc, _, stored = await _own_file(request)
+    if stored.content is None and not stored.size:  # a batch's result file: sized once read
+        size = len(await asyncio.to_thread(results_jsonl, svc, stored))
+        await asyncio.to_thread(svc.store.batches.set_size, stored.id, size)
+        stored = replace(stored, size=size)
     return _json(file_object(stored))
 
 
@@ -94,14 +94,10 @@ def results_jsonl(svc: Services, stored: StoredFile) -> bytes:
 async def create_batch(request: Request) -> Response:
     svc = services(request)
     key = await authenticate(request, svc)
-    data = await request.json()
-    endpoint, window = data.get("endpoint"), data.get("completion_window")
-    if endpoint not in ENDPOINTS:
-        raise bad_request("endpoint", f"'endpoint' must be one of {', '.join(ENDPOINTS)}")
-    if window not in WINDOW_S:
-        raise bad_request("completion_window", "'completion_window' must be '24h'")
-    stored = await asyncio.to_thread(svc.store.batches.file, str(data.get("input_file_id")),
-                                     key.id)
+    data = await inputs.json_object(request)
+    ask = batch_inputs.batch_ask(data)  # so data["metadata"] is OpenAI's Metadata too
+    endpoint, window = ask.endpoint, ask.completion_window
+    stored = await asyncio.to_thread(svc.store.batches.file, ask.input_file_id, key.id)
     if stored is None or stored.content is None:
         raise bad_request("input_file_id", "no such input file for this key")
     items, errors = _items(stored.content, endpoint,
@@ -138,6 +134,10 @@ def _check_line(line: bytes, endpoint: str, check: Any,
         return None, "not valid JSON"
     if not isinstance(item, dict):
         return None, "not a JSON object"
+    try:
+        inputs.nul_free(item)
+    except ApiError as exc:
+        return None, exc.message
     custom_id = item.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         return None, "'custom_id' is required"
@@ -175,8 +175,8 @@ async def _batch_object(svc: Services, batch: Batch) -> dict[str, Any]:
 async def get_batch(request: Request) -> Response:
     svc = services(request)
     key = await authenticate(request, svc)
-    batch = await asyncio.to_thread(svc.store.batches.get, request.path_params["batch_id"],
-                                    key.id)
+    batch = await asyncio.to_thread(svc.store.batches.get,
+                                    inputs.path_param(request, "batch_id"), key.id)
     if batch is None:
         raise ApiError(404, "no such batch for this key", code="not_found")
     return _json(await _batch_object(svc, batch))
@@ -185,9 +185,9 @@ async def get_batch(request: Request) -> Response:
 async def list_batches(request: Request) -> Response:
     svc = services(request)
     key = await authenticate(request, svc)
-    limit = int(request.query_params.get("limit", "20"))
+    limit = inputs.query_integer(request, "limit", 1, 100, 20)  # OpenAI's range
     found = await asyncio.to_thread(svc.store.batches.of_key, key.id, limit + 1,
-                                    request.query_params.get("after"))
+                                    inputs.query(request, "after"))
     data = [await _batch_object(svc, b) for b in found[:limit]]
     return _json({"object": "list", "data": data,
                   "first_id": data[0]["id"] if data else None,
@@ -197,7 +197,7 @@ async def list_batches(request: Request) -> Response:
 async def cancel_batch(request: Request) -> Response:
     svc = services(request)
     key = await authenticate(request, svc)
-    batch_id = request.path_params["batch_id"]
+    batch_id = inputs.path_param(request, "batch_id")
     if await asyncio.to_thread(svc.store.batches.get, batch_id, key.id) is None:
         raise ApiError(404, "no such batch for this key", code="not_found")
     await asyncio.to_thread(svc.store.batches.cancel, batch_id)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import idempotent, jobs, uploads
+from proxy.api import idempotent, inputs, jobs, uploads
 from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.metering import charge
@@ -101,23 +100,18 @@ async def _edit(request: Request, svc: Services, key: KeyRecord,
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise bad_request(None, "the request body is not valid JSON", code="invalid_json") \
-            from None
-    if not isinstance(data, dict):
-        raise bad_request(None, "the request body must be a JSON object", code="invalid_json")
-    return data
+    return await inputs.json_object(request)
 
 
 async def image_file(request: Request) -> Response:
     """GET /images/{name}?expires&sig: the signed link is the only way to read a stored image."""
     svc = services(request)
-    name = request.path_params["name"]
-    query = request.query_params
-    if not svc.media.verify(name, query.get("expires", ""), query.get("sig", "")):
+    name = inputs.path_param(request, "name")
+    expires = inputs.query(request, "expires")
+    if expires is not None and inputs.integer_text(expires) is None:
+        raise bad_request("expires", "'expires' must be the link's expiry time in Unix "
+                                     "seconds, as the link gave it")
+    if not svc.media.verify(name, expires or "", inputs.query(request, "sig") or ""):
         raise ApiError(404, "no such image, or the link expired", code="not_found")
     stored = await svc.media.read(name)
     if stored is None:

@@ -14,6 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.api import inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
 from proxy.billing.jobs import Job
@@ -67,7 +68,8 @@ def describe(job: Job) -> dict[str, Any]:
 async def get_job(request: Request) -> Response:
     svc = services(request)
     key = await authenticate(request, svc)
-    job = await asyncio.to_thread(svc.store.jobs.get, request.path_params["job_id"], key.id)
+    job = await asyncio.to_thread(svc.store.jobs.get, inputs.path_param(request, "job_id"),
+                                  key.id)
     if job is None:
         raise ApiError(404, "no such image job for this key", code="not_found")
     return Response(orjson.dumps(describe(job)), media_type="application/json")

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy import geometry
-from proxy.api import uploads
+from proxy.api import inputs, uploads
 from proxy.api.auth import resolve_model
 from proxy.api.errors import bad_request
 from proxy.api.policy import request_policy
@@ -67,7 +67,7 @@ class Body:
             return default
         if not isinstance(value, str):
             raise bad_request(name, f"'{name}' must be a string")
-        return value
+        return inputs.text(value, name)
 
     def enum(self, name: str, allowed: tuple[str, ...], default: str | None = None) -> str | None:
         value = self.string(name, default)
@@ -80,8 +80,10 @@ class Body:
         value = self.data.get(name)
         if value is None or (self.form and value == ""):
             return default
-        if self.form and isinstance(value, str) and value.lstrip("-").isdigit():
-            value = int(value)
+        if self.form and isinstance(value, str):
+            value = inputs.integer_text(value)
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON Schema's integer includes 1.0
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise bad_request(name, f"'{name}' must be an integer from {low} to {high}")
         return value
@@ -154,9 +156,9 @@ def _geometry(body: Body, model: Model) -> Geometry:
     if size not in (None, "auto") and (ratio or tier):
         raise bad_request("size", "give either 'size' or 'aspect_ratio'/'resolution', not both")
     if ratio or tier:
-        return Geometry(ratio or "1:1", tier or _default_tier(tiers), None, "aspect_ratio")
+        return Geometry(ratio or "1:1", tier or default_tier(tiers), None, "aspect_ratio")
     if size in (None, "auto"):
-        return Geometry("1:1" if "1:1" in ratios else ratios[0], _default_tier(tiers), None,
+        return Geometry("1:1" if "1:1" in ratios else ratios[0], default_tier(tiers), None,
                         "default")
     assert size is not None
     try:
@@ -178,7 +180,7 @@ def _resolution(body: Body) -> str | None:
     return canonical
 
 
-def _default_tier(tiers: tuple[str, ...]) -> str:
+def default_tier(tiers: tuple[str, ...]) -> str:
     return "1K" if "1K" in tiers else tiers[0]
 
 

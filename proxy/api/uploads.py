@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from proxy import imaging
+from proxy.api import inputs
 from proxy.api.errors import bad_request
 from proxy.domain import InputImage
 
@@ -82,7 +83,7 @@ async def read_form(request: Request) -> tuple[dict[str, str], list[InputImage],
             elif name == "mask":
                 mask = await _file(value, "mask")
             elif isinstance(value, str):
-                fields[name] = value
+                fields[inputs.text(name, name)] = inputs.text(value, name)
             else:
                 raise bad_request(name, f"'{name}' must be a form field, not a file")
     if len(images) > MAX_IMAGES:

@@ -87,6 +87,10 @@ class Batches:
                               (file_id, key_id))
         return _file(rows[0]) if rows else None
 
+    def set_size(self, file_id: str, size: int) -> None:
+        """Record a batch result file's size once its content was first rendered."""
+        self._db.execute("UPDATE files SET bytes = ? WHERE id = ?", (size, file_id))
+
     def create(self, key_id: str, endpoint: str, input_file_id: str, window: str,
                metadata: dict[str, str] | None, items: list[tuple[str, bytes]],
                errors: bytes) -> Batch:
@@ -102,8 +106,8 @@ class Batches:
                 "status, total, created_at, expires_at, metadata, errors, in_progress_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (batch.id, key_id, endpoint, input_file_id, window, batch.status, batch.total,
-                 now, batch.expires_at, json.dumps(metadata) if metadata else None, errors,
-                 now))
+                 now, batch.expires_at,
+                 json.dumps(metadata) if metadata is not None else None, errors, now))
             for custom_id, request in items:
                 cur.execute(
                     "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, "

@@ -21,6 +21,10 @@ PREFIX = "sy-"
 
 
 PERIODS: tuple[str, ...] = ("total", "monthly", "daily")
+# What the database's columns hold: budgets are stored in micro-dollars as 64-bit integers,
+# rates and concurrency as 32-bit ones.
+MAX_BUDGET_USD = 1_000_000_000
+MAX_COUNT = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +165,14 @@ def _limit(name: str, value: Any, strategies: tuple[str, ...]) -> Any:
             amount = Decimal(str(value)) if not isinstance(value, bool) else None
         except ArithmeticError:
             amount = None
-        if amount is None or not amount.is_finite() or amount < 0:
-            raise LimitError(name, "budget_usd must be a non-negative number of US dollars")
+        if amount is None or not amount.is_finite() or not 0 <= amount <= MAX_BUDGET_USD:
+            raise LimitError(name, f"budget_usd must be a number of US dollars from 0 to "
+                                   f"{MAX_BUDGET_USD}")
         return amount
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LimitError(name, f"{name} must be a positive integer")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integer includes 1.0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise LimitError(name, f"{name} must be an integer from 1 to {MAX_COUNT}")
     return value
 
 
