@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from proxy.bench.hostile import images_body, json_reply, png_b64
-from proxy.bench.loopback import LoopbackServer, on_own_loop, read_request
+from proxy.bench.loopback import LoopbackServer, client_left, on_own_loop, read_request
 
 
 @dataclass
@@ -44,7 +44,7 @@ class CountingHost(LoopbackServer):
                 self.calls += 1
                 self._count(+1)
                 try:
-                    left = await _client_left(reader, self.delay_s)
+                    left = await client_left(reader, self.delay_s)
                 finally:
                     self._count(-1)
                 if left:
@@ -62,18 +62,6 @@ class CountingHost(LoopbackServer):
             return json_reply(images_body(self.image))
         body = b'{"error": {"message": "the host is broken", "type": "server_error"}}'
         return json_reply(body).replace(b"200 OK", f"{self.status} Error".encode(), 1)
-
-
-async def _client_left(reader: asyncio.StreamReader, delay_s: float) -> bool:
-    """Wait out the call's time; True if the client hung up first."""
-    eof = asyncio.ensure_future(reader.read(1))
-    try:
-        done, _ = await asyncio.wait([eof], timeout=delay_s)
-        return bool(done) and not eof.exception() and eof.result() == b""
-    finally:
-        eof.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await eof
 
 
 @contextlib.contextmanager

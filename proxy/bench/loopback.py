@@ -9,7 +9,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -21,6 +21,24 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                    if line.lower().startswith(b"content-length:")), 0)
     return head, await reader.readexactly(length)
+
+
+async def client_left(reader: asyncio.StreamReader, timeout_s: float | None = None,
+                      until: asyncio.Event | None = None) -> bool:
+    """Wait out `timeout_s` (or until `until` is set, whichever comes first); True if the
+    client hung up meanwhile (a replica killed with -9, a caller that gave up)."""
+    eof = asyncio.ensure_future(reader.read(1))
+    waits: list[asyncio.Future[Any]] = [eof]
+    if until is not None:
+        waits.append(asyncio.ensure_future(until.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        return eof.done() and not eof.exception() and eof.result() == b""
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await waiting
 
 
 class Server(Protocol):

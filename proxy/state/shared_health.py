@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -73,14 +73,8 @@ class HealthFeed:
             batch, self._pending = self._pending, []
             if not self._link.shared:
                 continue  # each replica on its own evidence until Redis answers again
-            try:
-                await self._link.client.publish(self._channel, encode(self._replica, batch))
-            except self._link.errors as exc:
-                self._link.lost(exc)
-            except Exception as exc:
-                await asyncio.sleep(failures.failed(exc))
-            else:
-                failures.succeeded()
+            await self._guarded(failures, self._link.client.publish(
+                self._channel, encode(self._replica, batch)))
 
     async def _listening(self) -> None:
         """Subscribe and apply; after a lost connection (Redis restarted), subscribe again
@@ -92,19 +86,25 @@ class HealthFeed:
                 continue
             pubsub = self._link.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._channel)
-                await self._apply_until_lost(pubsub)
-            except self._link.errors as exc:
-                self._link.lost(exc)
-            except Exception as exc:
-                await asyncio.sleep(failures.failed(exc))
-            else:
-                failures.succeeded()
+                await self._guarded(failures, self._apply_until_lost(pubsub))
             finally:
                 with contextlib.suppress(*self._link.errors):
                     await pubsub.aclose()
 
+    async def _guarded(self, failures: supervise.Failures, work: Awaitable[object]) -> None:
+        """Redis failing turns the link down (one log line); anything else is logged and
+        counted as the loop's failure, and the loop pauses."""
+        try:
+            await work
+        except self._link.errors as exc:
+            self._link.lost(exc)
+        except Exception as exc:
+            await asyncio.sleep(failures.failed(exc))
+        else:
+            failures.succeeded()
+
     async def _apply_until_lost(self, pubsub: PubSub) -> None:
+        await pubsub.subscribe(self._channel)
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                timeout=LISTEN_S)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from proxy.bench.loopback import LoopbackServer, on_own_loop, read_request
+from proxy.bench.loopback import LoopbackServer, client_left, on_own_loop, read_request
 from tests.fakes.gemini import GEMINI_HOST
 from tests.fakes.gemini_batch import FakeGeminiBatch
 
@@ -71,7 +71,7 @@ class GeminiBatchHost(LoopbackServer):
                 content = await reply.aread()
                 if target.endswith(b":batchGenerateContent") and reply.status_code == 200:
                     create = self._accepted()
-                    if self.hold_replies and await _left_before(reader, self._released):
+                    if self.hold_replies and await client_left(reader, until=self._released):
                         create.orphaned = True
                         return
                 writer.write(_response(reply.status_code, content))
@@ -98,20 +98,6 @@ def _response(status: int, body: bytes) -> bytes:
     return (f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
             ).encode() + body
-
-
-async def _left_before(reader: asyncio.StreamReader, released: asyncio.Event) -> bool:
-    """Wait for the release; True if the caller hung up first."""
-    eof = asyncio.ensure_future(reader.read(1))
-    go = asyncio.ensure_future(released.wait())
-    try:
-        await asyncio.wait([eof, go], return_when=asyncio.FIRST_COMPLETED)
-        return eof.done() and not eof.exception() and eof.result() == b""
-    finally:
-        for waiting in (eof, go):
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await waiting
 
 
 @contextlib.contextmanager
