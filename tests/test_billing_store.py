@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.billing import db as db_module
-from proxy.billing.idempotency import Claimed, Stored
+from proxy.billing.idempotency import Claim, Claimed, Stored
 from proxy.billing.keys import KeyLimits, digest
 from proxy.billing.money import Entry, micros, period_label, usd
 from proxy.billing.schema import migrate
@@ -124,24 +124,26 @@ def test_micros_round_trip() -> None:
 
 
 def test_idempotency_claims(database: str) -> None:
+    first, second = Claim("key_a", "k1", "h1"), Claim("key_a", "k1", "h2")
     with Store(database) as store:
         idem = store.idempotency
-        assert idem.claim("key_a", "k1", "fp") == (Claimed.NEW, None)
-        assert idem.claim("key_a", "k1", "fp") == (Claimed.BUSY, None)
-        assert idem.claim("key_a", "k1", "other") == (Claimed.MISMATCH, None)
-        assert idem.claim("key_b", "k1", "fp") == (Claimed.NEW, None), "keys never share"
+        assert idem.claim(first, "fp") == (Claimed.NEW, None)
+        assert idem.claim(second, "fp") == (Claimed.BUSY, None)
+        assert idem.claim(second, "other") == (Claimed.MISMATCH, None)
+        assert idem.claim(Claim("key_b", "k1", "h3"), "fp") == (Claimed.NEW, None), \
+            "keys never share"
         stored = Stored(200, {"x-request-id": "req_1"}, b'{"data": []}')
-        idem.complete("key_a", "k1", stored)
-        assert idem.claim("key_a", "k1", "fp") == (Claimed.DONE, stored)
-        assert idem.claim("key_a", "k1", "fp", now=time.time() + 25 * 3600)[0] is Claimed.NEW
+        idem.complete(first, stored)
+        assert idem.claim(second, "fp") == (Claimed.DONE, stored)
+        assert idem.claim(second, "fp", now=time.time() + 25 * 3600)[0] is Claimed.NEW
 
 
 def test_an_abandoned_claim_can_be_taken_again(database: str) -> None:
     with Store(database) as store:
         idem = store.idempotency
-        idem.claim("key_a", "k1", "fp")
-        idem.abandon("key_a", "k1")
-        assert idem.claim("key_a", "k1", "fp")[0] is Claimed.NEW
+        idem.claim(Claim("key_a", "k1", "h1"), "fp")
+        idem.abandon(Claim("key_a", "k1", "h1"))
+        assert idem.claim(Claim("key_a", "k1", "h2"), "fp")[0] is Claimed.NEW
 
 
 def test_usage_groups_and_filters(database: str) -> None:

@@ -24,7 +24,7 @@ from proxy.api.errors import internal
 from proxy.billing import db as db_module
 from proxy.billing import postgres
 from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable
-from proxy.billing.idempotency import Claimed, Idempotency, Stored
+from proxy.billing.idempotency import Claim, Claimed, Idempotency, Stored
 from proxy.billing.keys import KeyLimits
 from proxy.billing.money import Money, micros
 from proxy.billing.store import Store
@@ -168,16 +168,18 @@ def test_idempotent_responses_and_delivered_marks_wait_for_the_database(database
     with Store(database) as store:
         key = store.create_key("k")[0]
         store.money.settle(None, entry("req_1", key.id), "total")
-        assert store.idempotency.claim(key.id, "idem", "fp")[0] is Claimed.NEW
+        claim = Claim(key.id, "idem", "holder")
+        assert store.idempotency.claim(claim, "fp")[0] is Claimed.NEW
         flaky = Flaky(store.db)
         flaky.down = True  # the database goes away after the claim
         idempotency = Idempotency(flaky, store.deferred)
-        idempotency.complete(key.id, "idem", Stored(200, {"a": "b"}, b"{}"))  # no raise
+        idempotency.complete(claim, Stored(200, {"a": "b"}, b"{}"))  # no raise
         Money(flaky, store.deferred).delivered("req_1")
         assert len(store.deferred) == 2
         flaky.down = False
         assert store.deferred.retry() == 2
-        assert store.idempotency.claim(key.id, "idem", "fp")[0] is Claimed.DONE
+        assert store.idempotency.claim(Claim(key.id, "idem", "retry"), "fp")[0] is \
+            Claimed.DONE
         delivered = store.db.query("SELECT delivered_at FROM ledger WHERE request_id = 'req_1'")
         assert delivered[0][0] is not None
 

@@ -16,11 +16,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import batch_inputs, inputs
+from proxy.api import batch_inputs, idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.openai_schema import from_json
 from proxy.billing.batches import MAX_REQUESTS, Batch, StoredFile
+from proxy.billing.idempotency import Once
 from proxy.billing.keys import KeyRecord
 from proxy.services import Services, services
 
@@ -92,8 +93,12 @@ def results_jsonl(svc: Services, stored: StoredFile) -> bytes:
 
 
 async def create_batch(request: Request) -> Response:
+    """A new batch; with an Idempotency-Key, a retry gets the batch its first request made."""
     svc = services(request)
     key = await authenticate(request, svc)
+    once = await _once(request, key)
+    if once is not None and (earlier := await idempotent.created_before(svc, once)):
+        return await _replayed(svc, earlier)
     data = await inputs.json_object(request)
     ask = batch_inputs.batch_ask(data)  # so data["metadata"] is OpenAI's Metadata too
     endpoint, window = ask.endpoint, ask.completion_window
@@ -102,9 +107,36 @@ async def create_batch(request: Request) -> Response:
         raise bad_request("input_file_id", "no such input file for this key")
     items, errors = _items(stored.content, endpoint,
                            lambda body: from_json(svc, key, endpoint.rsplit("/", 1)[-1], body))
-    batch = await asyncio.to_thread(svc.store.batches.create, key.id, endpoint, stored.id,
-                                    window, data.get("metadata"), items, errors)
-    return _json(await _batch_object(svc, batch))
+    table = svc.store.batches
+    if once is None:
+        batch = await asyncio.to_thread(table.create, key.id, endpoint, stored.id, window,
+                                        data.get("metadata"), items, errors)
+        return _json(await _batch_object(svc, batch))
+    batch_id, replayed = await idempotent.create_once(svc, once, lambda cur: table.create(
+        key.id, endpoint, stored.id, window, data.get("metadata"), items, errors, cur).id)
+    if replayed:
+        return await _replayed(svc, batch_id)
+    return _json(await _batch_object(svc, await _found(svc, batch_id)))
+
+
+async def _once(request: Request, key: KeyRecord) -> Once | None:
+    idem_key = request.headers.get(idempotent.HEADER)
+    return None if idem_key is None else \
+        idempotent.creating(key, idem_key, request.url.path, await request.body())
+
+
+async def _replayed(svc: Services, batch_id: str) -> Response:
+    """The batch an Idempotency-Key created before, as it is now."""
+    response = _json(await _batch_object(svc, await _found(svc, batch_id)))
+    response.headers[idempotent.REPLAYED] = "true"
+    return response
+
+
+async def _found(svc: Services, batch_id: str) -> Batch:
+    batch = await asyncio.to_thread(svc.store.batches.get, batch_id)
+    if batch is None:
+        raise ApiError(404, "no such batch for this key", code="not_found")
+    return batch
 
 
 def _items(content: bytes, endpoint: str, check: Any) -> tuple[list[tuple[str, bytes]], bytes]:

@@ -61,13 +61,21 @@ async def _metered(request: Request, parse_body: Parser, endpoint: str) -> Respo
 
 async def _queued(request: Request, svc: Services, key: KeyRecord, endpoint: str,
                   data: dict[str, Any]) -> Response:
-    """Validate now (a bad request is a 400 now, not a failed job later), then queue."""
+    """Validate now (a bad request is a 400 now, not a failed job later), then queue. With an
+    Idempotency-Key, once: a retry gets the job its first request queued."""
+    idem_key, once = request.headers.get(idempotent.HEADER), None
+    if idem_key is not None:
+        once = idempotent.creating(key, idem_key, f"{request.url.path} {jobs.PREFER}",
+                                   await request.body())
+        earlier = await idempotent.created_before(svc, once)
+        if earlier is not None:
+            return await jobs.replay(svc, key, earlier)
     hook = jobs.callback_url(svc, data.pop("callback_url", None))
     header = request.headers.get(HEADER)
     if header and isinstance(data.get("route", {}), dict):
         data["route"] = {"strategy": header, **data.get("route", {})}
     from_json(svc, key, endpoint, dict(data))
-    return await jobs.accept(svc, key, endpoint, data, hook)
+    return await jobs.accept(svc, key, endpoint, data, hook, once)
 
 
 async def _generation(request: Request, svc: Services, key: KeyRecord,

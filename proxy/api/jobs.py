@@ -2,7 +2,9 @@
 202 with a job; GET /v1/images/jobs/{id} reports it, with the OpenAI images body when done.
 
 The request is validated before it is queued (a bad one is a 400 now, never a failed job
-later) and stored as JSON, so the worker parses it again exactly as the handler would.
+later) and stored as JSON, so the worker parses it again exactly as the handler would. With
+an Idempotency-Key a retry gets the job its first request queued (202 while it runs, 200 once
+it has finished), never a second job.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import inputs
+from proxy.api import idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
+from proxy.billing.idempotency import Once
 from proxy.billing.jobs import Job
 from proxy.billing.keys import KeyRecord
 from proxy.egress import Policy, Refused
@@ -43,11 +46,38 @@ def callback_url(svc: Services, value: Any) -> str | None:
 
 
 async def accept(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, Any],
-                 hook: str | None) -> Response:
-    job = await asyncio.to_thread(svc.store.jobs.enqueue, key.id, endpoint,
-                                  orjson.dumps(data), hook)
-    return Response(orjson.dumps(describe(job)), 202,
-                    {"location": f"/v1/images/jobs/{job.id}"}, "application/json")
+                 hook: str | None, once: Once | None = None) -> Response:
+    """Queue the job: 202. With an Idempotency-Key (`once`), the job this key queued before
+    if it did: a retry gets the same job, whoever asked first (idempotent.create_once)."""
+    table, body = svc.store.jobs, orjson.dumps(data)
+    if once is None:
+        job = await asyncio.to_thread(table.enqueue, key.id, endpoint, body, hook)
+        return _accepted(job, replayed=False)
+    job_id, replayed = await idempotent.create_once(
+        svc, once, lambda cur: table.enqueue(key.id, endpoint, body, hook, into=cur).id)
+    return await replay(svc, key, job_id) if replayed else \
+        _accepted(await _own(svc, key, job_id), replayed=False)
+
+
+async def replay(svc: Services, key: KeyRecord, job_id: str) -> Response:
+    """The job an Idempotency-Key queued before, as it is now."""
+    return _accepted(await _own(svc, key, job_id), replayed=True)
+
+
+def _accepted(job: Job, replayed: bool) -> Response:
+    """202 with the job; a replay of a job that has finished is a 200 (its result is in)."""
+    headers = {"location": f"/v1/images/jobs/{job.id}"}
+    if replayed:
+        headers[idempotent.REPLAYED] = "true"
+    status = 200 if replayed and job.finished_at is not None else 202
+    return Response(orjson.dumps(describe(job)), status, headers, "application/json")
+
+
+async def _own(svc: Services, key: KeyRecord, job_id: str) -> Job:
+    job = await asyncio.to_thread(svc.store.jobs.get, job_id, key.id)
+    if job is None:
+        raise ApiError(404, "no such image job for this key", code="not_found")
+    return job
 
 
 def describe(job: Job) -> dict[str, Any]:
@@ -68,8 +98,5 @@ def describe(job: Job) -> dict[str, Any]:
 async def get_job(request: Request) -> Response:
     svc = services(request)
     key = await authenticate(request, svc)
-    job = await asyncio.to_thread(svc.store.jobs.get, inputs.path_param(request, "job_id"),
-                                  key.id)
-    if job is None:
-        raise ApiError(404, "no such image job for this key", code="not_found")
+    job = await _own(svc, key, inputs.path_param(request, "job_id"))
     return Response(orjson.dumps(describe(job)), media_type="application/json")

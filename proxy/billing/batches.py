@@ -93,27 +93,18 @@ class Batches:
 
     def create(self, key_id: str, endpoint: str, input_file_id: str, window: str,
                metadata: dict[str, str] | None, items: list[tuple[str, bytes]],
-               errors: bytes) -> Batch:
-        """The batch and one queued job per valid item (custom_id, request JSON), at once."""
+               errors: bytes, into: Cursor | None = None) -> Batch:
+        """The batch and one queued job per valid item (custom_id, request JSON), at once:
+        in the transaction `into` if given (an Idempotency-Key's), else in one of its own."""
         now = int(time.time())
         batch = Batch("batch_" + secrets.token_hex(12), key_id, endpoint, input_file_id, window,
                       "in_progress", len(items), now, now + WINDOW_S[window], metadata,
                       errors, times={"in_progress_at": now})
-        kind = endpoint.rsplit("/", 1)[-1]
-        with self._db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO batches (id, key_id, endpoint, input_file_id, completion_window, "
-                "status, total, created_at, expires_at, metadata, errors, in_progress_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (batch.id, key_id, endpoint, input_file_id, window, batch.status, batch.total,
-                 now, batch.expires_at,
-                 json.dumps(metadata) if metadata is not None else None, errors, now))
-            for custom_id, request in items:
-                cur.execute(
-                    "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, "
-                    "created_at, batch_id, custom_id) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                    ("imgjob_" + secrets.token_hex(12), key_id, kind, request, now, now,
-                     batch.id, custom_id))
+        if into is not None:
+            _insert_batch(into, batch, items)
+        else:
+            with self._db.transaction() as cur:
+                _insert_batch(cur, batch, items)
         return batch
 
     def get(self, batch_id: str, key_id: str | None = None) -> Batch | None:
@@ -194,6 +185,24 @@ class Batches:
             (batch_id, *states))
         return [(r[0], r[1], int(r[2]) if r[2] is not None else 0,
                  bytes(r[3]) if r[3] is not None else b"") for r in rows]
+
+
+def _insert_batch(cur: Cursor, batch: Batch, items: list[tuple[str, bytes]]) -> None:
+    now, kind = batch.created_at, batch.endpoint.rsplit("/", 1)[-1]
+    cur.execute(
+        "INSERT INTO batches (id, key_id, endpoint, input_file_id, completion_window, "
+        "status, total, created_at, expires_at, metadata, errors, in_progress_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (batch.id, batch.key_id, batch.endpoint, batch.input_file_id, batch.completion_window,
+         batch.status, batch.total, now, batch.expires_at,
+         json.dumps(batch.metadata) if batch.metadata is not None else None, batch.errors,
+         now))
+    for custom_id, request in items:
+        cur.execute(
+            "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, "
+            "created_at, batch_id, custom_id) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            ("imgjob_" + secrets.token_hex(12), batch.key_id, kind, request, now, now,
+             batch.id, custom_id))
 
 
 def _insert_file(cur: Cursor, stored: StoredFile) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.billing import journal
-from proxy.billing.db import Database
+from proxy.billing.db import Cursor, Database
 from proxy.billing.journal import Call
 
 STATES = ("queued", "processing", "succeeded", "failed")
@@ -64,11 +64,13 @@ class Jobs:
         self._db = db
 
     def enqueue(self, key_id: str, endpoint: str, request: bytes,
-                callback_url: str | None = None) -> Job:
+                callback_url: str | None = None, into: Cursor | None = None) -> Job:
+        """A new queued job; written in the transaction `into` if given (an
+        Idempotency-Key's: proxy/billing/idempotency.py)."""
         now = int(time.time())
         job = Job("imgjob_" + secrets.token_hex(12), key_id, endpoint, request, "queued", 0,
                   callback_url=callback_url, created_at=now)
-        self._db.execute(
+        (into or self._db).execute(
             "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, callback_url, "
             "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
             (job.id, key_id, endpoint, request, now, callback_url, now))

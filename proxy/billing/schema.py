@@ -178,6 +178,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX images_expiry ON images (expires_at);
     """,
+    """
+    ALTER TABLE idempotency ADD COLUMN lease_until BIGINT;
+    ALTER TABLE idempotency ADD COLUMN holder TEXT;
+    ALTER TABLE idempotency ADD COLUMN ref TEXT;
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}
