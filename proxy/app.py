@@ -24,7 +24,7 @@ from proxy import catalog as catalog_module
 from proxy import config as config_module
 from proxy import logs, shared, supervise
 from proxy import state as state_module
-from proxy.api import admin, batches, callbacks, health, images, jobs, models, usage
+from proxy.api import admin, batches, callbacks, health, images, jobs, metrics, models, usage
 from proxy.api.context import Endpoint, RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
@@ -110,6 +110,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
         )
         for line in describe(live):
             log.info("%s", line)
+        log.info("%s", metrics.describe(config))
         sweepers = _sweep(media, store, config.request_timeout_s)
         worker = Worker(app.state.services, shared.webhook_secret(config, store.db))
         working = asyncio.create_task(worker.run())
@@ -156,7 +157,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
-            Route("/metrics", health.metrics, methods=["GET"]),
+            Route("/metrics", metrics.metrics, methods=["GET"]),
         ],
         middleware=[Middleware(RequestContext, max_body_bytes=config.max_body_bytes,
                                direct={("POST", "/v1/images/generations"): images.generations,

@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="event loop (default auto: uvloop where it is installed, as it is "
                             "with switchyard on Linux and macOS, else asyncio)")
     serve.add_argument("--http", choices=HTTP_PARSERS, default="auto",
-                       help="HTTP/1.1 parser (default auto: httptools when installed, else h11)")
+                       help="HTTP/1.1 parser (default auto: httptools); either is guarded by the "
+                       "header, body and keep-alive timeouts and max_header_bytes")
     serve.set_defaults(run=_serve)
 
     cli_billing.add_commands(commands, common)
@@ -285,6 +286,7 @@ def is_loopback(host: str) -> bool:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from proxy import connections
     from proxy.app import build_app, describe, load_catalog
 
     if not is_loopback(config.host) and config.admin_key is None:
@@ -295,15 +297,19 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     logs.configure()
     catalog = load_catalog(config)
     _banner(config, catalog, describe(catalog))
+    # Slow and oversized clients are cut off inside the HTTP protocol (h11's own cap too).
+    limits = connections.Limits.of(config)
+    http = connections.protocol(args.http, limits)
     if config.workers > 1:
         _prepare_workers(config, args)
         uvicorn.run("proxy.app:from_environment", factory=True, workers=config.workers,
                     host=config.host, port=config.port, access_log=config.access_log,
-                    log_config=None, log_level="info", loop=args.loop, http=args.http)
+                    log_config=None, log_level="info", loop=args.loop, http=http,
+                    h11_max_incomplete_event_size=limits.max_header_bytes)
         return 0
     uvicorn.run(build_app(config, catalog), host=config.host, port=config.port,
                 access_log=config.access_log, log_config=None, log_level="info",
-                loop=args.loop, http=args.http)
+                loop=args.loop, http=http, h11_max_incomplete_event_size=limits.max_header_bytes)
     return 0
 
 

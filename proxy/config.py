@@ -86,6 +86,16 @@ class Config:
     metrics_per_key: bool = True
     # The prompt in the per-request JSON log line; off by default (prompts are tenants' data).
     log_prompts: bool = False
+    # The bearer token Prometheus scrapes /metrics with (it shows every key's money); None:
+    # /metrics answers loopback clients that send no credentials (proxy/api/metrics.py).
+    metrics_token: Secret | None = None
+    # Slow clients (proxy/connections.py): the longest a connection may wait idle for its next
+    # request, take to send a request's headers, or let a body stall (either way); and the
+    # largest header block taken (431 above).
+    keep_alive_timeout_s: float = 5.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
     # Networks tenants' webhooks may reach although they are not public (a receiver on this
     # machine or the LAN), plain http included; empty: public https receivers only.
     callback_allow_cidrs: tuple[Network, ...] = ()
@@ -127,15 +137,22 @@ _ENV: dict[str, str] = {
     "workers": "SWITCHYARD_WORKERS",
     "metrics_per_key": "SWITCHYARD_METRICS_PER_KEY",
     "log_prompts": "SWITCHYARD_LOG_PROMPTS",
+    "metrics_token": "SWITCHYARD_METRICS_TOKEN",
+    "keep_alive_timeout_s": "SWITCHYARD_KEEP_ALIVE_TIMEOUT_S",
+    "header_timeout_s": "SWITCHYARD_HEADER_TIMEOUT_S",
+    "body_timeout_s": "SWITCHYARD_BODY_TIMEOUT_S",
+    "max_header_bytes": "SWITCHYARD_MAX_HEADER_BYTES",
     "callback_allow_cidrs": "SWITCHYARD_CALLBACK_ALLOW_CIDRS",
 }
+
+MIN_METRICS_TOKEN = 16  # characters: a scrape credential worth the name
 
 
 def _coerce(name: str, raw: object) -> object:
     """Turn a TOML or environment value into the field's type, or say which setting is wrong."""
     try:
         if name in ("port", "max_body_bytes", "max_reply_bytes", "max_image_pixels",
-                    "image_url_ttl_s", "workers"):
+                    "image_url_ttl_s", "workers", "max_header_bytes"):
             value = int(str(raw))
             if value <= 0 or (name == "port" and value > 65535):
                 raise ValueError
@@ -145,6 +162,11 @@ def _coerce(name: str, raw: object) -> object:
             if number < 0:
                 raise ValueError
             return number
+        if name in ("keep_alive_timeout_s", "header_timeout_s", "body_timeout_s"):
+            seconds = float(str(raw))
+            if not 0 < seconds < float("inf"):  # 0 would close every connection at once
+                raise ValueError
+            return seconds
         if name == "demo":
             return _boolean(raw)
         if name in ("access_log", "metrics_per_key", "log_prompts"):
@@ -159,7 +181,7 @@ def _coerce(name: str, raw: object) -> object:
             if key == str(raw) or len(base64.b64decode(key, validate=True)) < 16:
                 raise ValueError
             return Secret(str(raw))
-        if name in ("admin_key", "database_url", "redis_url"):
+        if name in ("admin_key", "database_url", "redis_url", "metrics_token"):
             return Secret(str(raw)) if str(raw) else None
         if name == "callback_allow_cidrs":  # "10.0.0.0/8, 127.0.0.0/8", or a TOML list
             return allow_list(raw)
@@ -217,4 +239,7 @@ def _checked(config: Config) -> Config:
     redis = config.redis_url.reveal() if config.redis_url else ""
     if config.fleet and not redis.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("setting 'redis_url' must start with redis://, rediss:// or unix://")
+    if config.metrics_token and len(config.metrics_token.reveal()) < MIN_METRICS_TOKEN:
+        raise ConfigError(f"setting 'metrics_token' must be at least {MIN_METRICS_TOKEN} "
+                          "characters: a long random string")
     return config

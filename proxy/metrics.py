@@ -101,6 +101,12 @@ BACKGROUND_ERRORS = Counter(
     "deferred_writes, delivered_marks): each is logged with its traceback and the loop goes on.",
     ["loop"],
 )
+CONNECTIONS_CUT = Counter(
+    "switchyard_connections_cut", "Client connections closed for being too slow or too big: "
+    "header_timeout, body_timeout, send_timeout (408 or a plain close), headers_too_large "
+    "(431). Idle keep-alive connections closed on time are not counted.",
+    ["reason"],
+)
 LEDGER_BACKLOG = Gauge(
     "switchyard_ledger_backlog", "Ledger writes started and not yet committed.",
     multiprocess_mode="livesum",

@@ -218,3 +218,33 @@ def test_callback_allow_cidrs_from_file_and_environment(tmp_path: Path) -> None:
 def test_a_bad_callback_allow_list_names_the_setting(value: str) -> None:
     with pytest.raises(ConfigError, match="'callback_allow_cidrs'"):
         load(env={"SWITCHYARD_CALLBACK_ALLOW_CIDRS": value})
+
+
+def test_slow_client_limits_default_and_come_from_the_environment() -> None:
+    config = load(env={})
+    assert (config.keep_alive_timeout_s, config.header_timeout_s, config.body_timeout_s,
+            config.max_header_bytes) == (5.0, 10.0, 30.0, 65536)
+    config = load(env={"SWITCHYARD_KEEP_ALIVE_TIMEOUT_S": "75", "SWITCHYARD_HEADER_TIMEOUT_S":
+                       "2.5", "SWITCHYARD_BODY_TIMEOUT_S": "60",
+                       "SWITCHYARD_MAX_HEADER_BYTES": "16384"})
+    assert (config.keep_alive_timeout_s, config.header_timeout_s, config.body_timeout_s,
+            config.max_header_bytes) == (75.0, 2.5, 60.0, 16384)
+
+
+@pytest.mark.parametrize("setting", ["keep_alive_timeout_s", "header_timeout_s",
+                                     "body_timeout_s", "max_header_bytes"])
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_slow_client_limits_must_be_positive_and_finite(setting: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{setting}'"):
+        load(env={f"SWITCHYARD_{setting.upper()}": value})
+
+
+def test_metrics_token_is_secret_and_long_enough(tmp_path: Path) -> None:
+    token = "mtk-0123456789abcdef"
+    for config in (load(env={"SWITCHYARD_METRICS_TOKEN": token}),
+                   load(_file(tmp_path, f'metrics_token = "{token}"\n'), env={})):
+        assert config.metrics_token is not None and config.metrics_token.reveal() == token
+        assert token not in repr(config) and token not in str(config)
+    assert load(env={"SWITCHYARD_METRICS_TOKEN": ""}).metrics_token is None
+    with pytest.raises(ConfigError, match="'metrics_token' must be at least 16 characters"):
+        load(env={"SWITCHYARD_METRICS_TOKEN": "short"})

@@ -40,6 +40,7 @@ DATASOURCE_UID = "switchyard-prometheus"
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 METRIC = re.compile(r"\bswitchyard_[a-z0-9_]+\b")
 SERVICES = {"switchyard", "postgres", "redis", "prometheus", "grafana"}
+METRICS_TOKEN = "mtk-test-3f9a1c7e5b2d4068"
 
 
 def need(tool: str, package: str) -> str:
@@ -108,11 +109,14 @@ def alert_rules() -> list[dict[str, Any]]:
 # --- (a) promtool ------------------------------------------------------------------------
 
 
-def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
+def test_alert_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
     promtool = need("promtool", "prometheus")
+    # The config as an operator's checkout has it: with the git-ignored token file beside it.
+    shutil.copytree(DEPLOY / "prometheus", tmp_path / "prometheus")
+    (tmp_path / "prometheus" / "metrics-token").write_text(METRICS_TOKEN + "\n")
     for command in (("check", "rules", str(ALERTS)),
                     ("test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")),
-                    ("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))):
+                    ("check", "config", str(tmp_path / "prometheus" / "prometheus.yml"))):
         done = run(promtool, *command)
         assert done.returncode == 0, f"promtool {' '.join(command)}:\n{done.stdout}{done.stderr}"
 
@@ -183,20 +187,33 @@ def start_switchyard(stack: contextlib.ExitStack, tmp: Path, port: int) -> None:
            if not name.startswith("SWITCHYARD_")}
     env.update(SWITCHYARD_DATA_DIR=str(tmp / "data"),
                SWITCHYARD_ROUTES_DIR=str(FIXTURES / "routes"),
-               SWITCHYARD_SIMULATION_TIME_SCALE="0", SWITCHYARD_DEMO="true")
+               SWITCHYARD_SIMULATION_TIME_SCALE="0", SWITCHYARD_DEMO="true",
+               SWITCHYARD_METRICS_TOKEN=METRICS_TOKEN)
     start(stack, [sys.executable, "-m", "proxy", "serve", "--port", str(port)], env,
           tmp / "switchyard.log")
     wait_for("Switchyard's /healthz",
              lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
 
 
+def shipped_scrape() -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml's scrape of Switchyard."""
+    config = yaml_file(DEPLOY / "prometheus" / "prometheus.yml")
+    (scrape,) = [s for s in config["scrape_configs"] if s["job_name"] == "switchyard"]
+    return dict(scrape)
+
+
 def start_prometheus(stack: contextlib.ExitStack, tmp: Path, target_port: int,
                      port: int) -> None:
+    """Prometheus on the shipped scrape (its token file written as the operator does, with
+    the newline a shell leaves), aimed at the test's Switchyard."""
+    (tmp / "metrics-token").write_text(METRICS_TOKEN + "\n")
+    scrape = shipped_scrape()
+    scrape["authorization"] = {**scrape["authorization"],
+                               "credentials_file": str(tmp / "metrics-token")}
+    scrape["static_configs"] = [{"targets": [f"127.0.0.1:{target_port}"]}]
     config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                          "evaluation_interval": "1s"},
-              "rule_files": [str(ALERTS)],
-              "scrape_configs": [{"job_name": "switchyard", "static_configs": [
-                  {"targets": [f"127.0.0.1:{target_port}"]}]}]}
+              "rule_files": [str(ALERTS)], "scrape_configs": [scrape]}
     (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
     command = [need("prometheus", "prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
                f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
@@ -263,7 +280,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         for first in (True, False):  # scrapes between two rounds, so that rates are not 0
             send_traffic(base, keys, first)
             wait_scrapes(state, 2)
-        state.exposition = httpx.get(f"{base}/metrics").text
+        # Prometheus scraped a /metrics that answers nobody without the token.
+        assert httpx.get(f"{base}/metrics").status_code == 401
+        state.exposition = httpx.get(f"{base}/metrics",
+                                     headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
         yield state
 
 
@@ -453,6 +473,18 @@ def test_compose_config_accepts_the_stack(tmp_path: Path) -> None:
     done = run(*command, "-f", str(copy / "docker-compose.yml"), "config")
     assert done.returncode == 0, f"compose config:\n{done.stderr}"
     assert all(f"  {service}:" in done.stdout for service in SERVICES), done.stdout
+
+
+def test_the_metrics_token_reaches_prometheus_from_a_git_ignored_file() -> None:
+    scrape = shipped_scrape()
+    assert scrape["authorization"] == {"type": "Bearer", "credentials_file": "metrics-token"}
+    prometheus = yaml_file(DEPLOY / "docker-compose.yml")["services"]["prometheus"]
+    assert "./prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    ignored = run("git", "-C", str(ROOT), "check-ignore", "-q", "deploy/prometheus/metrics-token")
+    assert ignored.returncode == 0, "deploy/prometheus/metrics-token would be committed"
+    assert "SWITCHYARD_METRICS_TOKEN=replace-with" in (
+        DEPLOY / "switchyard.env.example").read_text()
+    assert "SWITCHYARD_METRICS_TOKEN" in k8s("secret.example.yaml")["stringData"]
 
 
 def test_compose_keeps_secrets_in_env_files() -> None:

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,6 +67,8 @@ class RequestContext:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
+        except ClientDisconnect:
+            return  # the client left (or was cut off) before its body was in: no one to answer
         except Exception as exc:
             _unhandled(exc, scope, request_id)
             if not started:
@@ -77,6 +79,8 @@ class RequestContext:
         request = Request(scope, receive)
         try:
             response = await endpoint(request)
+        except ClientDisconnect:
+            return  # as above
         except ApiError as exc:
             response = render(exc)
         except HTTPException as exc:

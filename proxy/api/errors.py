@@ -39,11 +39,15 @@ def bad_request(param: str | None, message: str, code: str = "invalid_value") ->
     return ApiError(400, message, param=param, code=code)
 
 
+def body(error: ApiError) -> bytes:
+    """OpenAI's error body for `error`."""
+    return orjson.dumps({"error": {"message": error.message, "type": error.type,
+                                   "param": error.param, "code": error.code}})
+
+
 def render(error: ApiError) -> Response:
     """The error as a response; the request-context middleware adds x-request-id."""
-    body = {"error": {"message": error.message, "type": error.type,
-                      "param": error.param, "code": error.code}}
-    return Response(orjson.dumps(body), error.status, error.headers, "application/json")
+    return Response(body(error), error.status, error.headers, "application/json")
 
 
 INTERNAL = ApiError(500, "internal error in Switchyard; the x-request-id header identifies it "
