@@ -1,7 +1,9 @@
-"""`switchyard keys …` and `switchyard usage`: tenant keys, their limits, and the ledger.
+"""`switchyard keys …` and `switchyard usage`: tenant keys, their limits and webhook secrets,
+and the ledger.
 
 Thin: flags become the same key settings the admin API takes (billing.keys.parse_limits), and
-reports come from billing.usage. A key is printed once, alone on the last line of stdout.
+reports come from billing.usage. A key (or a new webhook secret) is printed once, alone on
+the last line of stdout.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from proxy.billing.keys import KeyLimits, KeyRecord, LimitError, describe, parse
 from proxy.billing.money import dollars, period_label
 from proxy.billing.store import Store
 from proxy.billing.usage import GROUPS
+from proxy.billing.webhook_secrets import GRACE_S, MAX_GRACE_HOURS
 from proxy.catalog import STRATEGIES
 from proxy.config import Config
 
@@ -44,6 +47,14 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         action = keys.add_parser(name, parents=[common], help=text)
         action.add_argument("id")
         action.set_defaults(run=run)
+    webhook = keys.add_parser("rotate-webhook-secret", parents=[common],
+                              help="a new webhook signing secret for a key (printed once, "
+                                   "last line)")
+    webhook.add_argument("id")
+    webhook.add_argument("--grace-hours", type=float, default=GRACE_S / 3600,
+                         help="how long the secret before it still signs beside it, a "
+                              "second signature (default 24; 0 ends it now)")
+    webhook.set_defaults(run=rotate_webhook_secret)
     change = keys.add_parser("set", parents=[common], help="change a key's settings "
                                                            "('none' clears one)")
     change.add_argument("id")
@@ -108,7 +119,11 @@ def create_key(config: Config, args: argparse.Namespace) -> int:
     limits = _limits(args, KeyLimits())
     with Store(config.database) as store:
         record, key = store.create_key(args.name, args.tenant, limits)
-    print(f"created {record.id} ({record.name}); the key is shown once, store it now:")
+        secrets = store.webhook_secrets.of_key(record.id)
+    assert secrets is not None and secrets.current is not None
+    print(f"created {record.id} ({record.name}); its webhook signing secret and the key are "
+          f"shown once, store them now:")
+    print(f"webhook secret: {secrets.current}")
     print(key)
     return 0
 
@@ -173,6 +188,23 @@ def rotate_key(config: Config, args: argparse.Namespace) -> int:
     print(f"rotated {args.id}; the old secret stops working within a second. The new one, "
           f"shown once:")
     print(rotated[1])
+    return 0
+
+
+def rotate_webhook_secret(config: Config, args: argparse.Namespace) -> int:
+    if not 0 <= args.grace_hours <= MAX_GRACE_HOURS:
+        raise SystemExit(f"switchyard: --grace-hours: from 0 to {MAX_GRACE_HOURS}")
+    with Store(config.database) as store:
+        rotated = store.webhook_secrets.rotate(args.id, args.grace_hours * 3600)
+    if rotated is None:
+        print(f"switchyard: no active key with id {args.id!r}", file=sys.stderr)
+        return 1
+    secret, until = rotated
+    before = "stopped signing now" if until is None else \
+        f"signs beside it until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}"
+    print(f"rotated {args.id}'s webhook secret; the one before it {before}. The new one, "
+          f"shown once:")
+    print(secret)
     return 0
 
 

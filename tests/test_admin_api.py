@@ -53,11 +53,13 @@ def test_without_an_admin_key_the_admin_api_is_off(server: Running) -> None:
 def test_create_shows_the_key_once_and_it_works(running: Running, admin: httpx.Client) -> None:
     created = create(admin, tenant="acme-corp", budget_usd="5", budget_period="monthly",
                      rpm=100, allowed_models=["test-image"], strategy="fastest")
-    key = created.pop("key")
-    assert key.startswith("sy-") and created["tenant"] == "acme-corp"
+    key, secret = created.pop("key"), created.pop("webhook_secret")
+    assert key.startswith("sy-") and secret.startswith("whsec_")
+    assert created["tenant"] == "acme-corp"
     assert created["budget_usd"] == "5" and created["allowed_models"] == ["test-image"]
     listed = admin.get("/admin/keys").json()["data"]
-    assert key not in str(listed) and listed[0]["id"] == created["id"]
+    assert key not in str(listed) and secret not in str(listed)
+    assert listed[0]["id"] == created["id"]
     assert admin.get(f"/admin/keys/{created['id']}").json() == created
     with openai.OpenAI(base_url=running.v1, api_key=key, max_retries=0) as sdk:
         raw = sdk.images.with_raw_response.generate(model="test-image", prompt="x")

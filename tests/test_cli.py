@@ -65,8 +65,9 @@ def test_keys_create_prints_the_key_alone_on_the_last_line(
     code, out, err = _run(capsys, tmp_path, "keys", "create", "alice")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "alice" in lines[0] and re.search(r"key_[0-9a-f]{12}", lines[0])
+    assert re.fullmatch(r"webhook secret: whsec_[A-Za-z0-9+/]{43}=", lines[1])
     assert lines[-1].startswith("sy-")
     assert KEY_LINE.fullmatch(lines[-1])
     assert _find(tmp_path, lines[-1])

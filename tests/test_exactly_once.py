@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from proxy.api.batches import finalize
-from proxy.api.job_webhooks import Webhooks
+from proxy.api.job_webhooks import Signer, Webhooks
 from proxy.billing.store import Store
 from proxy.egress import Policy, allow_list
 from tests.receivers import Receiver
@@ -130,8 +130,8 @@ def test_two_replicas_delivering_at_once_post_each_job_once(database: str,
         ids = _finished(one, 12, receiver.url)
 
         async def rounds() -> None:
-            senders = [Webhooks(one.jobs, SECRET, LOOPBACK), Webhooks(other.jobs, SECRET,
-                                                                      LOOPBACK)]
+            senders = [Webhooks(one.jobs, Signer(SECRET), LOOPBACK),
+                       Webhooks(other.jobs, Signer(SECRET), LOOPBACK)]
             deadline = time.monotonic() + 10
             # Rounds overlap while the receiver takes its time, until every job is sent.
             while len(receiver.seen) < len(ids) and time.monotonic() < deadline:
@@ -156,7 +156,7 @@ def test_a_sender_that_lost_its_lease_says_so_and_writes_nothing(
         store.jobs.claim_webhooks(second, now=first + 1)  # it stalled past its lease
 
         async def late() -> None:
-            sender = Webhooks(store.jobs, SECRET, LOOPBACK)
+            sender = Webhooks(store.jobs, Signer(SECRET), LOOPBACK)
             await sender.deliver(job, first)
             await sender.aclose()
 

@@ -3,7 +3,6 @@ with retries, isolation per key, and jobs that survive a restart."""
 
 from __future__ import annotations
 
-import base64
 import http.server
 import threading
 import time
@@ -16,6 +15,7 @@ import openai
 import orjson
 import pytest
 
+from proxy.billing.keys import digest
 from proxy.billing.store import Store
 from proxy.providers import webhooks
 from tests.conftest import Running, free_socket, make_config, serve
@@ -154,8 +154,12 @@ def test_a_callback_url_gets_a_signed_webhook(running: Running) -> None:
         time.sleep(0.05)
     receiver.stop()
     (headers, body), = receiver.seen
-    secret = (running.config.data_dir / "webhook-signing.key").read_bytes()
-    whsec = "whsec_" + base64.b64encode(secret).decode()
+    with running.store() as store:
+        found = store.find_key(digest(key))
+        assert found is not None
+        secrets = store.webhook_secrets.of_key(found[1].id)
+    assert secrets is not None and secrets.current is not None
+    whsec = secrets.current  # the key's own (issue 18.8; tests/test_webhook_secrets.py)
     assert webhooks.verify(headers, body, whsec, time.time())
     assert not webhooks.verify(headers, body + b" ", whsec, time.time())
     event = orjson.loads(body)

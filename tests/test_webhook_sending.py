@@ -18,7 +18,7 @@ import orjson
 import pytest
 import trustme
 
-from proxy.api.job_webhooks import WEBHOOK_BACKOFF_S, Webhooks
+from proxy.api.job_webhooks import WEBHOOK_BACKOFF_S, Signer, Webhooks
 from proxy.billing.store import Store
 from proxy.egress import IPAddress, Policy, allow_list
 from tests.receivers import Receiver
@@ -60,7 +60,7 @@ def _state(store: Store, job_id: str) -> tuple[str, int]:
 
 def _send_due(store: Store, policy: Policy, names: Names) -> None:
     async def once() -> None:
-        sender = Webhooks(store.jobs, SECRET, policy, names)
+        sender = Webhooks(store.jobs, Signer(SECRET), policy, names)
         await sender.deliver_due()
         await sender.settle()
         await sender.aclose()

@@ -1,8 +1,9 @@
 """The admin API: tenant keys and usage for operators, behind the admin key.
 
 `Authorization: Bearer <admin_key>`. Without an admin key configured the admin API is off
-(403 saying how to turn it on). Keys are shown once, at creation and rotation; listings carry
-a hint, never the key.
+(403 saying how to turn it on). Keys are shown once, at creation and rotation, and so is a
+key's webhook signing secret (at creation and its own rotation); listings carry a hint,
+never the key or the secret.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from proxy.api import inputs, usage
 from proxy.api.errors import ApiError, bad_request
 from proxy.billing.keys import KeyLimits, KeyRecord, LimitError, describe, parse_limits
+from proxy.billing.webhook_secrets import GRACE_S, MAX_GRACE_HOURS
 from proxy.catalog import STRATEGIES
 from proxy.services import Services, services
 
@@ -77,7 +79,9 @@ async def create_key(request: Request) -> Response:
         raise bad_request("tenant", "'tenant' must be a non-empty string")
     limits = _limits(data, KeyLimits(), svc)
     record, key = await asyncio.to_thread(svc.store.create_key, name.strip(), tenant, limits)
-    return _json({**describe(record), "key": key}, 201)
+    secrets = await asyncio.to_thread(svc.store.webhook_secrets.of_key, record.id)
+    assert secrets is not None
+    return _json({**describe(record), "key": key, "webhook_secret": secrets.current}, 201)
 
 
 async def get_key(request: Request) -> Response:
@@ -111,6 +115,24 @@ async def rotate_key(request: Request) -> Response:
         raise ApiError(409, f"key {record.id} is revoked; create a new one", code="key_revoked")
     new_record, key = rotated
     return _json({**describe(new_record), "key": key})
+
+
+async def rotate_webhook_secret(request: Request) -> Response:
+    """A new webhook signing secret for the key; `grace_hours` (default 24, 0 to end it now)
+    is how long the one before it still signs beside it."""
+    svc = _admin(request)
+    record = await _found(svc, request.path_params["key_id"])
+    grace = (await _object(request)).get("grace_hours", GRACE_S / 3600)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or \
+            not 0 <= grace <= MAX_GRACE_HOURS:
+        raise bad_request("grace_hours", f"'grace_hours' must be a number of hours from 0 to "
+                                         f"{MAX_GRACE_HOURS}")
+    rotated = await asyncio.to_thread(svc.store.webhook_secrets.rotate, record.id, grace * 3600)
+    if rotated is None:
+        raise ApiError(409, f"key {record.id} is revoked; create a new one", code="key_revoked")
+    secret, until = rotated
+    return _json({**describe(record), "webhook_secret": secret,
+                  "previous_webhook_secret_until": until})
 
 
 async def admin_usage(request: Request) -> Response:

@@ -1,7 +1,10 @@
 """Webhooks for finished jobs: Standard Webhooks, signed, retried with backoff, POSTed once.
 
 `webhook-id` is the job id, `webhook-timestamp` the send time, and `webhook-signature`
-`v1,<HMAC-SHA256>` over id, timestamp and body, with the fleet's one secret (proxy/shared.py).
+`v1,<HMAC-SHA256>` over id, timestamp and body, with the job's key's own secret (read for
+each attempt, so a rotation counts from the next one; within a rotation's grace period the
+secret before it signs too, a second signature), or the fleet's for a key from before keys
+had their own (proxy/billing/webhook_secrets.py).
 Each attempt is claimed with a lease in the database before it is sent (Jobs.claim_webhooks),
 so one process of a fleet POSTs it; a process that dies mid-attempt leaves its lease to run
 out, and the attempt is claimed again. Each attempt is logged; after the last backoff step it
@@ -27,6 +30,7 @@ import orjson
 
 from proxy.api.jobs import describe
 from proxy.billing.jobs import Job, Jobs
+from proxy.billing.webhook_secrets import KeySecrets, WebhookSecrets
 from proxy.egress import Policy, Refused, Resolve, Resolver, Target, parse
 from proxy.providers import webhooks
 from proxy.supervise import Failures
@@ -43,14 +47,30 @@ MAX_SENDING = 64  # attempts in flight in one process
 PER_KEY_SENDING = 4  # of them, one key's at most
 
 
+class Signer:
+    """The secrets a key's webhooks are signed with: its own, else the fleet's `fleet`."""
+
+    def __init__(self, fleet: str, keys: WebhookSecrets | None = None) -> None:
+        self._fleet = fleet
+        self._keys = keys
+
+    def secrets(self, key_id: str) -> list[str]:
+        """Synchronous (a database read): call it off the event loop."""
+        found = self._keys.of_key(key_id) if self._keys is not None else None
+        return (found or KeySecrets(None)).signing(self._fleet, time.time())
+
+    def __repr__(self) -> str:
+        return "Signer()"
+
+
 class Webhooks:
     """The webhook sender of one process. `resolve` looks host names up (tests give their
     own); by default, on threads of its own."""
 
-    def __init__(self, jobs: Jobs, secret: str, policy: Policy,
+    def __init__(self, jobs: Jobs, signer: Signer, policy: Policy,
                  resolve: Resolve | None = None) -> None:
         self._jobs = jobs
-        self._secret = secret
+        self._signer = signer
         self._policy = policy
         self._resolver: Resolver | None = None
         if resolve is None:
@@ -133,11 +153,12 @@ class Webhooks:
         """POST the signed event to the receiver's checked address; its status (the body is
         not read: a receiver cannot make Switchyard hold its answer)."""
         address = await self._policy.pinned(target, self._resolve)
+        secrets = await asyncio.to_thread(self._signer.secrets, job.key_id)
         body = orjson.dumps({"type": f"image.job.{job.state}", "data": describe(job)})
         stamp = int(time.time())
         headers = {"host": target.authority, "content-type": "application/json",
                    "webhook-id": job.id, "webhook-timestamp": str(stamp),
-                   "webhook-signature": webhooks.sign(self._secret, job.id, stamp, body)}
+                   "webhook-signature": webhooks.sign_all(secrets, job.id, stamp, body)}
         url = httpx.URL(target.url).copy_with(host=str(address))
         sni = {"sni_hostname": target.host.removesuffix(".")} \
             if target.secure and target.address is None else {}

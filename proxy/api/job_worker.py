@@ -29,7 +29,7 @@ import orjson
 from proxy import supervise
 from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, internal, render
-from proxy.api.job_webhooks import Webhooks
+from proxy.api.job_webhooks import Signer, Webhooks
 from proxy.api.metering import charge, count_abandoned
 from proxy.api.openai_schema import from_json
 from proxy.api.render import Origin
@@ -68,7 +68,8 @@ class Worker:
     def __init__(self, svc: Services, secret: str, concurrency: int | None = None) -> None:
         self._svc = svc
         self._capacity = concurrency or capacity(svc)
-        self._webhooks = Webhooks(svc.store.jobs, secret, Policy(svc.config.callback_allow_cidrs))
+        self._webhooks = Webhooks(svc.store.jobs, Signer(secret, svc.store.webhook_secrets),
+                                  Policy(svc.config.callback_allow_cidrs))
         self._running: dict[asyncio.Task[None], Job] = {}
         self._per_key: Counter[str] = Counter()
         self._key_limit: dict[str, int | None] = {}  # the key's concurrency, as last read

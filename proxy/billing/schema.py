@@ -183,6 +183,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE idempotency ADD COLUMN holder TEXT;
     ALTER TABLE idempotency ADD COLUMN ref TEXT;
     """,
+    """
+    ALTER TABLE api_keys ADD COLUMN webhook_secret TEXT;
+    ALTER TABLE api_keys ADD COLUMN webhook_secret_old TEXT;
+    ALTER TABLE api_keys ADD COLUMN webhook_old_until BIGINT;
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

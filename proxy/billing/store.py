@@ -24,15 +24,16 @@ from proxy.billing.keys import KeyLimits, KeyRecord, digest, hint, new_key, new_
 from proxy.billing.money import Money, micros, usd
 from proxy.billing.schema import migrate
 from proxy.billing.usage import Usage
+from proxy.billing.webhook_secrets import WebhookSecrets, new_secret
 
 _COLUMNS = ("id, name, tenant, hint, created_at, revoked_at, allowed_models, strategy, plan, "
             "budget_micros, budget_period, rpm, ipm, concurrency")
 
 
 class Store:
-    """Opens (and migrates) the database; `money`, `idempotency`, `usage`, `jobs`, `batches`
-    and `journal` share it, and `deferred` keeps their writes that must wait for it (the
-    server retries them)."""
+    """Opens (and migrates) the database; `money`, `idempotency`, `usage`, `jobs`, `batches`,
+    `journal` and `webhook_secrets` share it, and `deferred` keeps their writes that must
+    wait for it (the server retries them)."""
 
     def __init__(self, target: str | Path) -> None:
         self.db = db_module.connect(target)
@@ -44,6 +45,7 @@ class Store:
         self.jobs = Jobs(self.db)
         self.batches = Batches(self.db)
         self.journal = Journal(self.db)
+        self.webhook_secrets = WebhookSecrets(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -61,14 +63,15 @@ class Store:
 
     def create_key(self, name: str, tenant: str | None = None,
                    limits: KeyLimits | None = None) -> tuple[KeyRecord, str]:
-        """A new key; the plain key is returned once and never stored."""
+        """A new key, with a webhook signing secret of its own (webhook_secrets.py); the plain
+        key is returned once and never stored."""
         key = new_key()
         record = KeyRecord(new_key_id(), name, tenant or name, hint(key), int(time.time()),
                            limits=limits or KeyLimits())
         self.db.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}, key_hash) "
-            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*_row(record), digest(key)))
+            f"INSERT INTO api_keys ({_COLUMNS}, key_hash, webhook_secret) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*_row(record), digest(key), new_secret()))
         return record, key
 
     def list_keys(self) -> list[KeyRecord]:

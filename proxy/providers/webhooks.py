@@ -23,6 +23,12 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest.digest()).decode()
 
 
+def sign_all(secrets: list[str], webhook_id: str, timestamp: int, body: bytes) -> str:
+    """`webhook-signature` with one `v1,` signature per secret, space-separated: a receiver
+    that knows any one of them accepts it (a rotation's grace period)."""
+    return " ".join(sign(secret, webhook_id, timestamp, body) for secret in secrets)
+
+
 def verify(headers: Mapping[str, str], body: bytes, secret: str, now: float,
            tolerance_s: float = TOLERANCE_S) -> bool:
     """True only for a genuine, fresh Standard Webhooks delivery."""
