@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -45,9 +46,37 @@ from proxy.services import Services
 T = TypeVar("T")
 
 
+# (origin, services, what was asked, what was served) -> the response body, in the surface's
+# own shape (OpenAI images by default; chat completions and Gemini have theirs).
+Renderer = Callable[[Origin, Services, ImageRequest, Served], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Charged:
+    """A served, billed request, before its body goes out: the body, the headers that say who
+    served it and what it cost, and the mark to make once it was delivered."""
+
+    content: dict[str, Any]
+    headers: dict[str, str]
+    delivered: BackgroundTask
+    billed: Decimal
+    served: Served
+
+
 async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
                  asked: ImageRequest, idempotency_key: str | None = None,
                  resume: Resume | None = None) -> Response:
+    """The OpenAI images response to `asked`, billed."""
+    return respond(await charged(origin, svc, key, model, asked, idempotency_key, resume))
+
+
+async def charged(origin: Origin, svc: Services, key: KeyRecord, model: Model,
+                  asked: ImageRequest, idempotency_key: str | None = None,
+                  resume: Resume | None = None, *, render: Renderer = images_body,
+                  running: asyncio.Future[None] | None = None) -> Charged:
+    """Plan, admit, reserve, run and bill `asked`; its body made by `render`. `running` is
+    resolved once the request is admitted and paid for and only the run is left (a stream
+    starts then: every refusal before it is still a plain HTTP error)."""
     ledger = _Ledger(origin.request_id, svc, key, asked, idempotency_key)
     first = await ledger.take_up(resume, model) if resume is not None else ()
     try:
@@ -69,10 +98,12 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     try:
         reservation = await ledger.reserve(quote)
         slot = None  # the router's from here: it uses the slot or releases it
-        response = await _run(origin, svc, ledger, model, prepared, reservation, plan, quote,
-                              admission.slot)
-        response.headers.update(admission.headers)
-        return response
+        if running is not None and not running.done():
+            running.set_result(None)
+        done = await _run(_Run(origin, svc, ledger, model, prepared, plan, quote, render),
+                          reservation, admission.slot)
+        done.headers.update(admission.headers)
+        return done
     finally:
         if slot is not None:
             svc.state.slots.release(slot)
@@ -88,12 +119,25 @@ def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) ->
     return plan.per_image(model.name, tier, first.price_per_image[tier]) * asked.n
 
 
-async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
-               prepared: Prepared, reservation: str | None, plan: Plan,
-               quote: Decimal, slot: Slot | None) -> Response:
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What one run needs besides its reservation and host slot."""
+
+    origin: Origin
+    svc: Services
+    ledger: _Ledger
+    model: Model
+    prepared: Prepared
+    plan: Plan
+    quote: Decimal
+    render: Renderer
+
+
+async def _run(run: _Run, reservation: str | None, slot: Slot | None) -> Charged:
+    svc, ledger, model = run.svc, run.ledger, run.model
     started = time.monotonic()
     try:
-        served = await svc.router.run(prepared, ledger.asked, ledger.resume, slot)
+        served = await svc.router.run(run.prepared, ledger.asked, ledger.resume, slot)
     except RoutesFailed as exc:
         await ledger.failed(reservation, exc, started)
         _observe_failure(model, exc, time.monotonic() - started)
@@ -108,7 +152,7 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         metrics.REQUESTS.labels(model.name, "none", "cancelled").inc()
         raise
     try:
-        content = await images_body(origin, svc, ledger.asked, served)
+        content = await run.render(run.origin, svc, ledger.asked, served)
     except BaseException:
         # Storing the images failed (or the client left): nothing is delivered or billed, the
         # hold goes, and the row keeps what the upstream was paid.
@@ -117,8 +161,8 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         raise
     delivered = len(served.result.images)
     upstream_per_image = served.cost_usd / delivered
-    billed = min(quote, plan.per_image(model.name, ledger.asked.geometry.tier,
-                                       upstream_per_image) * delivered)
+    billed = min(run.quote, run.plan.per_image(model.name, ledger.asked.geometry.tier,
+                                               upstream_per_image) * delivered)
     await ledger.succeeded(reservation, served, billed, started)
     observe(model, ledger.asked, served, time.monotonic() - started)
     ledger.log("success", started, served.provider, len(served.attempts), billed,
@@ -129,21 +173,20 @@ async def _run(origin: Origin, svc: Services, ledger: _Ledger, model: Model,
         float(served.cost_usd + served.hedge_cost_usd))
     headers = image_headers(ledger.asked, served)
     headers["x-switchyard-billed-usd"] = f"{billed:.6f}"
-    big = any(len(image.b64) >= streamed.MIN_STREAMED for image in served.result.images)
-    return _respond(content, headers, BackgroundTask(ledger.delivered), big)
+    return Charged(content, headers, BackgroundTask(ledger.delivered), billed, served)
 
 
-def _respond(content: dict[str, Any], headers: dict[str, str], background: BackgroundTask,
-             big: bool) -> Response:
+def respond(done: Charged) -> Response:
     """The response, serialized only once the row is in (a request waiting for its row holds
     one copy of its images, not two). Big base64 strings are never copied whole (orjson.dumps
     would copy each image once more and hold it until a slow client has read it): they go
-    out in slices (`big`: there are some to look for)."""
-    pieces = streamed.split(content) if big else None
+    out in slices."""
+    big = any(len(image.b64) >= streamed.MIN_STREAMED for image in done.served.result.images)
+    pieces = streamed.split(done.content) if big else None
     if pieces is not None:
-        return streamed.PiecesResponse(pieces, 200, headers, background)
-    return Response(orjson.dumps(content), 200, headers, "application/json",
-                    background=background)
+        return streamed.PiecesResponse(pieces, 200, done.headers, done.delivered)
+    return Response(orjson.dumps(done.content), 200, done.headers, "application/json",
+                    background=done.delivered)
 
 
 def _key_label(svc: Services, key: KeyRecord) -> str:
