@@ -129,6 +129,9 @@ class ImageResult:
     usage: Usage | None = None
     # The upstream's own format, when Switchyard converted the images to the asked one.
     converted_from: str | None = None
+    # Words the host sent beside the images (Gemini's text parts): chat and Gemini answers
+    # carry them; an images response has no place for them.
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,8 @@ async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
         raise first
     return ImageResult(images=tuple(i for r in results for i in r.images), size=results[0].size,
                        upstream_id=results[0].upstream_id,
-                       usage=_total_usage(r.usage for r in results))
+                       usage=_total_usage(r.usage for r in results),
+                       text=" ".join(r.text for r in results if r.text) or None)
 
 
 async def _one(adapter: Adapter, route: Route, request: ImageRequest,

@@ -136,7 +136,7 @@ def parse(reply: Any) -> ImageResult:
         raise UpstreamError(no_image(reply))
     return ImageResult(images=images, size=_size(images[0].b64),
                        upstream_id=reply.get("responseId"),
-                       usage=usage(reply.get("usageMetadata")))
+                       usage=usage(reply.get("usageMetadata")), text=_text(reply) or None)
 
 
 def _candidates(reply: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -178,14 +178,19 @@ def no_image(reply: Mapping[str, Any]) -> Failure:
     if reason in REFUSED:
         return Failure(Kind.CONTENT_BLOCKED, f"the model produced no image ({reason})",
                        status=200)
-    text = " ".join(str(part.get("text", "")) for c in candidates for part in _parts(c)
-                    if not part.get("thought")).strip()
+    text = _text(reply)
     if reason == "STOP" and text:
         # The model answered in words instead of drawing: almost always a refusal.
         return Failure(Kind.CONTENT_BLOCKED, "the model answered without an image: "
                        + _clean(text), status=200)
     return Failure(Kind.UPSTREAM_BROKEN, f"upstream returned no image ({reason or 'no reason'})",
                    status=200)
+
+
+def _text(reply: Mapping[str, Any]) -> str:
+    """The answer's words, its thoughts left out."""
+    return " ".join(str(part.get("text", "")) for c in _candidates(reply) for part in _parts(c)
+                    if not part.get("thought") and part.get("text")).strip()
 
 
 def usage(meta: Any) -> Usage | None:
