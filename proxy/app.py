@@ -24,7 +24,18 @@ from proxy import catalog as catalog_module
 from proxy import config as config_module
 from proxy import logs, shared, supervise
 from proxy import state as state_module
-from proxy.api import admin, batches, callbacks, health, images, jobs, metrics, models, usage
+from proxy.api import (
+    admin,
+    batches,
+    callbacks,
+    gemini,
+    health,
+    images,
+    jobs,
+    metrics,
+    models,
+    usage,
+)
 from proxy.api.context import Endpoint, RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
@@ -137,7 +148,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
         routes=[
             Route("/v1/images/generations", images.generations, methods=["POST"]),
             Route("/v1/images/edits", images.edits, methods=["POST"]),
-            Route("/v1/models", models.list_models, methods=["GET"]),
+            Route("/v1/models", gemini.either(gemini.list_models, models.list_models),
+                  methods=["GET"]),
             Route("/v1/images/jobs/{job_id}", jobs.get_job, methods=["GET"]),
             Route("/v1/files", batches.upload_file, methods=["POST"]),
             Route("/v1/files/{file_id}", batches.get_file, methods=["GET"]),
@@ -154,7 +166,12 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/admin/keys/{key_id}/rotate-webhook-secret", admin.rotate_webhook_secret,
                   methods=["POST"]),
             Route("/admin/usage", admin.admin_usage, methods=["GET"]),
-            Route("/v1/models/{model}", models.get_model, methods=["GET"]),
+            one_path("/v1/models/{model}", {
+                "GET": gemini.either(gemini.get_model, models.get_model),
+                "POST": gemini.generate}),
+            Route("/v1beta/models", gemini.list_models, methods=["GET"]),
+            one_path("/v1beta/models/{model}", {"GET": gemini.get_model,
+                                                "POST": gemini.generate}),
             Route("/images/{name}", images.image_file, methods=["GET"]),
             Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),

@@ -1,4 +1,5 @@
-"""Bearer tenant keys on every /v1 call, and model names (with strategy suffixes) to models."""
+"""Tenant keys on every API call (Bearer; Google's header or ?key= on /v1beta), and model
+names (with strategy suffixes) to models."""
 
 from __future__ import annotations
 
@@ -18,10 +19,28 @@ async def authenticate(request: Request, services: Services) -> KeyRecord:
         raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: "
                             "Bearer <key>' (create one: switchyard keys create NAME)",
                        code="missing_api_key")
+    return await _record(request, services, token, ApiError(
+        401, "Incorrect API key provided, or the key was revoked.", code="invalid_api_key"))
+
+
+async def authenticate_google(request: Request, services: Services) -> KeyRecord:
+    """The tenant key as Google's clients send it (the Gemini surface only): the
+    x-goog-api-key header, or the `key` query parameter; refused with Google's statuses."""
+    token = (request.headers.get("x-goog-api-key") or request.query_params.get("key")
+             or "").strip()
+    if not token:
+        raise ApiError(403, "Method doesn't allow unregistered callers. Send the tenant key "
+                            "as the x-goog-api-key header or the key query parameter (create "
+                            "one: switchyard keys create NAME)", code="missing_api_key")
+    return await _record(request, services, token, ApiError(
+        400, "API key not valid. Please pass a valid API key.", code="api_key_invalid"))
+
+
+async def _record(request: Request, services: Services, token: str,
+                  invalid: ApiError) -> KeyRecord:
     record = await services.keys.find(token)
     if record is None:
-        raise ApiError(401, "Incorrect API key provided, or the key was revoked.",
-                       code="invalid_api_key")
+        raise invalid
     request.scope["state"]["key_id"] = record.id
     return record
 

@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.api.errors import ApiError, internal, log, on_http_exception, render
+from proxy.api.errors import ApiError, internal, log, on_http_exception, render, render_for
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -52,7 +52,7 @@ class RequestContext:
 
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await render(self._too_large())(scope, receive, send_with_id)
+            await render_for(scope, self._too_large())(scope, receive, send_with_id)
             return
         endpoint = self.direct.get((scope["method"], scope["path"]))
         if endpoint is not None:
@@ -72,7 +72,7 @@ class RequestContext:
         except Exception as exc:
             _unhandled(exc, scope, request_id)
             if not started:
-                await render(internal(exc))(scope, receive, send_with_id)
+                await render_for(scope, internal(exc))(scope, receive, send_with_id)
 
     async def _direct(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send,
                       request_id: str) -> None:

@@ -1,4 +1,5 @@
-"""Every error a client can see, in OpenAI's shape, with the status the SDKs expect.
+"""Every error a client can see, in OpenAI's shape (or Google's, on the Gemini surface), with
+the status the SDKs expect.
 
 This is the one place an internal condition becomes an HTTP error; handlers raise ApiError and
 the app's exception handlers render it. No traceback or secret ever reaches the body.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from proxy.billing.db import DatabaseUnavailable
 from proxy.failures import Failure, Kind
@@ -86,14 +90,64 @@ def from_failure(failure: Failure, attempts: int) -> ApiError:
     return ApiError(status, f"{failure.message}{tried}", type=type_, code=code, headers=headers)
 
 
+# The Gemini surface answers in Google's shape (google.rpc.Status): the HTTP code, the
+# canonical status name Google pairs with it, and the details its clients read.
+GOOGLE_METHODS = (":generateContent", ":streamGenerateContent")
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                  404: "NOT_FOUND", 405: "UNIMPLEMENTED", 409: "ABORTED",
+                  429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 501: "UNIMPLEMENTED",
+                  503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_RPC = "type.googleapis.com/google.rpc."
+
+
+def is_google(scope: Scope) -> bool:
+    """Whether a request is the Gemini surface's: under /v1beta, a model's method (where
+    google-genai's default API version, v1, puts it), or carrying Google's style of key."""
+    path = scope["path"]
+    if path.startswith("/v1beta/") or path.endswith(GOOGLE_METHODS):
+        return True
+    if any(name == b"x-goog-api-key" for name, _ in scope["headers"]):
+        return True
+    query = scope.get("query_string", b"")
+    return bool(query) and any(name == "key" for name, _ in parse_qsl(query.decode("latin-1")))
+
+
+def google_status(status: int) -> str:
+    return _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+
+
+def google_error(error: ApiError) -> dict[str, Any]:
+    """`{"error": {code, message, status, details}}`: ErrorInfo carries our code as its reason,
+    BadRequest names the field, RetryInfo carries a retry-after."""
+    details: list[dict[str, Any]] = []
+    if error.code:
+        details.append({"@type": _RPC + "ErrorInfo", "reason": error.code.upper(),
+                        "domain": "switchyard", "metadata": {"type": error.type}})
+    if error.param:
+        details.append({"@type": _RPC + "BadRequest", "fieldViolations": [
+            {"field": error.param, "description": error.message}]})
+    if (after := error.headers.get("retry-after")) is not None:
+        details.append({"@type": _RPC + "RetryInfo", "retryDelay": f"{after}s"})
+    return {"error": {"code": error.status, "message": error.message,
+                      "status": google_status(error.status), "details": details}}
+
+
+def render_for(scope: Scope, error: ApiError) -> Response:
+    """The error in the shape of the surface the request belongs to."""
+    if is_google(scope):
+        return Response(orjson.dumps(google_error(error)), error.status, error.headers,
+                        "application/json")
+    return render(error)
+
+
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     error = ApiError(exc.status_code, str(exc.detail), param=None, code=code,
                      headers=exc.headers)
-    return render(error)
+    return render_for(request.scope, error)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return render(exc)
+    return render_for(request.scope, exc)
