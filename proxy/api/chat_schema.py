@@ -1,0 +1,173 @@
+"""A chat completions request for an image model to an ImageRequest, in the shape OpenRouter
+set for image output: `modalities`, `image_config.aspect_ratio` / `image_size`, reference
+images as `image_url` content parts.
+
+A conversation becomes one request: the prompt is the system and user messages' text, in
+order; the reference images are every image in it (the user's parts, and the assistant's
+earlier `images`, which is what an edit in a chat refers to). Sampling hints no image host
+takes are accepted and named in the x-switchyard-ignored header; what an image answer cannot
+be (tools, JSON output, audio) is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.api.errors import bad_request
+from proxy.api.openai_schema import Body
+from proxy.api.surface import Translated, prompt, references, shape
+from proxy.api.uploads import image_ref
+from proxy.catalog import Model
+from proxy.domain import ASPECT_RATIOS, TIERS, ImageRequest, InputImage, Policy
+
+FIELDS = frozenset({"model", "messages", "modalities", "image_config", "stream",
+                    "stream_options", "n", "seed", "user", "route"})
+# Sampling hints: taken, named in the ignored header.
+HINTS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "frequency_penalty",
+         "presence_penalty", "stop", "logit_bias", "store", "metadata", "service_tier",
+         "reasoning_effort", "verbosity", "parallel_tool_calls", "safety_identifier",
+         "prompt_cache_key")
+# What an image answer cannot be: refused unless empty or false.
+REFUSED = {"tools": "tool calls", "tool_choice": "tool calls", "functions": "tool calls",
+           "function_call": "tool calls", "response_format": "a response format",
+           "audio": "audio", "logprobs": "log probabilities",
+           "top_logprobs": "log probabilities", "prediction": "predicted outputs",
+           "web_search_options": "web search"}
+_ROLES = ("system", "developer", "user", "assistant")
+_MESSAGE = frozenset({"role", "content", "name", "images"})
+
+
+def translate(model: Model, data: dict[str, Any], policy: Policy) -> Translated:
+    """A chat completions body for `model`, validated field by field."""
+    for name, value in data.items():
+        if name in REFUSED and value not in (None, False, [], {}):
+            raise bad_request(name, f"'{name}' is not supported: image models give no "
+                                    f"{REFUSED[name]}", code="unsupported_parameter")
+        if name not in FIELDS and name not in HINTS and name not in REFUSED:
+            raise bad_request(name, f"Unrecognized request argument supplied: {name}",
+                              code="unknown_parameter")
+    body = Body(data, form=False)
+    stream = body.boolean("stream")
+    _stream_options(data.get("stream_options"), stream)
+    texts, images = _conversation(data.get("messages"))
+    ratio, tier = _image_config(data.get("image_config"))
+    asked = ImageRequest(
+        kind="edit" if images else "generate", model=model.name,
+        prompt=prompt(texts, "messages"), n=body.integer("n", 1, 10, 1) or 1,
+        geometry=shape(model, ratio, tier), output_format="png",
+        response_format="b64_json", user=body.string("user"),
+        seed=body.integer("seed", 0, 2**32 - 1), images=references(images, "messages"),
+        policy=policy)
+    ignored = tuple(name for name in HINTS if data.get(name) is not None)
+    return Translated(model, asked, ignored, stream,
+                      with_text=_modalities(data.get("modalities")))
+
+
+def _conversation(messages: Any) -> tuple[list[str], list[InputImage]]:
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages", "'messages' is required: a list of messages",
+                          code="missing_required_parameter")
+    texts: list[str] = []
+    images: list[InputImage] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad_request(where, f"'{where}' must be an object with 'role' and 'content'")
+        for name, value in message.items():
+            if name not in _MESSAGE and value not in (None, [], "", {}):
+                raise bad_request(f"{where}.{name}", f"'{where}.{name}' is not supported "
+                                                     "for image models",
+                                  code="unsupported_parameter")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise bad_request(f"{where}.role", f"'{where}.role' must be one of "
+                                               f"{', '.join(_ROLES)}; got {role!r}")
+        said, shown = _content(message.get("content"), f"{where}.content")
+        images += shown + _images(message.get("images"), f"{where}.images")
+        if role != "assistant":  # the assistant's own words are not the prompt
+            texts += said
+    return texts, images
+
+
+def _content(content: Any, where: str) -> tuple[list[str], list[InputImage]]:
+    """A message's content: a string, or a list of text and image_url parts."""
+    if content is None or isinstance(content, str):
+        return [content or ""], []
+    if not isinstance(content, list):
+        raise bad_request(where, f"'{where}' must be a string or a list of content parts")
+    texts, images = [], []
+    for j, part in enumerate(content):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            images.append(_image_url(part.get("image_url"), f"{at}.image_url"))
+        else:
+            raise bad_request(at, f"'{at}' must be a text or image_url part; image models "
+                                  "take no other input", code="unsupported_value")
+    return texts, images
+
+
+def _images(value: Any, where: str) -> list[InputImage]:
+    """An assistant message's `images`, as a chat client sends its history back."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad_request(where, f"'{where}' must be a list of image_url items")
+    return [_image_url(item.get("image_url") if isinstance(item, dict) else None,
+                       f"{where}[{k}].image_url") for k, item in enumerate(value)]
+
+
+def _image_url(value: Any, where: str) -> InputImage:
+    url = value.get("url") if isinstance(value, dict) else None
+    if not isinstance(url, str):
+        raise bad_request(f"{where}.url", f"'{where}.url' is required: an https or data: URL",
+                          code="missing_required_parameter")
+    return image_ref(url, f"{where}.url")
+
+
+def _image_config(value: Any) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        raise bad_request("image_config", "'image_config' must be an object")
+    for name in value:
+        if name not in ("aspect_ratio", "image_size"):
+            raise bad_request(f"image_config.{name}", f"'image_config.{name}' is not "
+                                                      "supported; use aspect_ratio and "
+                                                      "image_size", code="unknown_parameter")
+    return _enum(value, "aspect_ratio", ASPECT_RATIOS), _enum(value, "image_size", TIERS)
+
+
+def _enum(config: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = config.get(name)
+    if value is not None and value not in allowed:
+        raise bad_request(f"image_config.{name}", f"'image_config.{name}' must be one of "
+                                                  f"{', '.join(allowed)}; got {value!r}")
+    return value if isinstance(value, str) else None
+
+
+def _modalities(value: Any) -> bool:
+    """Whether the answer may carry words: "image" must be asked, "text" may be."""
+    if value is None:
+        return True
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad_request("modalities", "'modalities' must be a list such as "
+                                        "[\"image\", \"text\"]")
+    if "image" not in value or not set(value) <= {"image", "text"}:
+        raise bad_request("modalities", "'modalities' must include \"image\" and may add "
+                                        "\"text\": the models served here draw",
+                          code="unsupported_value")
+    return "text" in value
+
+
+def _stream_options(value: Any, stream: bool) -> None:
+    if value is None:
+        return
+    if not stream:
+        raise bad_request("stream_options", "'stream_options' is only allowed when 'stream' "
+                                            "is true")
+    if not isinstance(value, dict) or not set(value) <= {"include_usage",
+                                                          "include_obfuscation"}:
+        raise bad_request("stream_options", "'stream_options' takes only 'include_usage'")
