@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import sys
 import threading
+from urllib.parse import unquote_plus
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FLUSH_INTERVAL_S = 0.05
@@ -92,7 +94,35 @@ def configure(level: int = logging.INFO) -> BatchingHandler:
     handler = BatchingHandler(stream)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     quiet_libraries()
+    hide_keys()
     return handler
+
+
+# A query parameter in a logged request line: its separator, name and value.
+_QUERY_PARAM = re.compile(r'([?&])([^=&\s"?#]+)=([^&\s"#]*)')
+
+
+class HideKeys(logging.Filter):
+    """Blanks the value of any `key` query parameter in a record: a Gemini client may send
+    its tenant key as `?key=`, and uvicorn's access log prints the path with its query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "=" in message:
+            record.msg, record.args = _QUERY_PARAM.sub(_hidden, message), None
+        return True
+
+
+def _hidden(param: re.Match[str]) -> str:
+    separator, name, _ = param.groups()
+    return f"{separator}{name}=***" if unquote_plus(name) == "key" else param.group(0)
+
+
+def hide_keys() -> None:
+    """uvicorn's access log never prints a `?key=` (idempotent)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, HideKeys) for f in access.filters):
+        access.addFilter(HideKeys())
 
 
 def quiet_libraries() -> None:
