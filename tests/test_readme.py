@@ -16,6 +16,7 @@ import httpx
 from PIL import Image as PILImage
 
 from proxy import catalog as catalog_module
+from proxy import geometry
 from proxy.config import default_routes_dir
 from proxy.providers import ADAPTERS
 from tests.conftest import free_socket
@@ -85,7 +86,14 @@ def stop(server: subprocess.Popen[bytes]) -> int | None:
         return None
 
 
-def test_quick_start_serves_and_the_sdk_example_saves_a_valid_image(tmp_path: Path) -> None:
+# Each SDK example of README.md, run against the quick start's server: what it prints, the
+# file it saves and that image's size.
+EXAMPLES = (("sdk-example", "lighthouse.png", (1024, 1024)),
+            ("gemini-example", "lighthouse-gemini.png", geometry.pixels("16:9", "1K")),
+            ("chat-example", "lighthouse-chat.png", geometry.pixels("16:9", "1K")))
+
+
+def test_quick_start_serves_and_each_sdk_example_saves_a_valid_image(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with free_socket() as sock:
         port = sock.getsockname()[1]
@@ -98,16 +106,19 @@ def test_quick_start_serves_and_the_sdk_example_saves_a_valid_image(tmp_path: Pa
                                   stderr=stderr)
     try:
         wait_healthy(server, f"http://127.0.0.1:{port}", err)
-        script = block("sdk-example").replace("127.0.0.1:8080", f"127.0.0.1:{port}")
-        done = subprocess.run(["bash", "-c", script.replace(".venv/bin/", VENV_BIN)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=120)
+        runs = []
+        for marker, _, _ in EXAMPLES:
+            script = block(marker).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+            runs.append(subprocess.run(["bash", "-c", script.replace(".venv/bin/", VENV_BIN)],
+                                       cwd=tmp_path, env=env, capture_output=True, text=True,
+                                       timeout=120))
     finally:
         code = stop(server)
-    assert done.returncode == 0, done.stderr
-    assert "saved lighthouse.png" in done.stdout
-    with PILImage.open(tmp_path / "lighthouse.png") as image:
-        assert (image.format, image.size) == ("PNG", (1024, 1024))
+    for done, (_, saved, size) in zip(runs, EXAMPLES, strict=True):
+        assert done.returncode == 0, done.stderr
+        assert f"saved {saved}" in done.stdout
+        with PILImage.open(tmp_path / saved) as image:
+            assert (image.format, image.size) == ("PNG", size)
     banner, log = out.read_text(), err.read_text()
     assert "demo catalog ON" in banner  # no provider key reached it: the zero-config demo
     assert re.search(r"^ {4}sy-\S+$", banner, re.M), "the first start prints a key"
