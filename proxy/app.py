@@ -35,6 +35,7 @@ from proxy.api import (
     jobs,
     metrics,
     models,
+    openapi,
     usage,
 )
 from proxy.api.context import Endpoint, RequestContext
@@ -176,6 +177,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
                                                 "POST": gemini.generate}),
             Route("/images/{name}", images.image_file, methods=["GET"]),
             Route("/callbacks/{provider}/{token}", callbacks.receive, methods=["POST"]),
+            Route("/openapi.json", openapi.endpoint(), methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", metrics.metrics, methods=["GET"]),

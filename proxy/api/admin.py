@@ -121,7 +121,7 @@ async def rotate_webhook_secret(request: Request) -> Response:
     """A new webhook signing secret for the key; `grace_hours` (default 24, 0 to end it now)
     is how long the one before it still signs beside it."""
     svc = _admin(request)
-    record = await _found(svc, request.path_params["key_id"])
+    record = await _found(svc, inputs.path_param(request, "key_id"))
     grace = (await _object(request)).get("grace_hours", GRACE_S / 3600)
     if isinstance(grace, bool) or not isinstance(grace, int | float) or \
             not 0 <= grace <= MAX_GRACE_HOURS:

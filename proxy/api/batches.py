@@ -221,9 +221,9 @@ async def list_batches(request: Request) -> Response:
     found = await asyncio.to_thread(svc.store.batches.of_key, key.id, limit + 1,
                                     inputs.query(request, "after"))
     data = [await _batch_object(svc, b) for b in found[:limit]]
-    return _json({"object": "list", "data": data,
-                  "first_id": data[0]["id"] if data else None,
-                  "last_id": data[-1]["id"] if data else None, "has_more": len(found) > limit})
+    # OpenAI's ListBatchesResponse types first_id and last_id as strings: absent when empty
+    ends = {"first_id": data[0]["id"], "last_id": data[-1]["id"]} if data else {}
+    return _json({"object": "list", "data": data, **ends, "has_more": len(found) > limit})
 
 
 async def cancel_batch(request: Request) -> Response:

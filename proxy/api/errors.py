@@ -104,6 +104,8 @@ def is_google(scope: Scope) -> bool:
     """Whether a request is the Gemini surface's: under /v1beta, a model's method (where
     google-genai's default API version, v1, puts it), or carrying Google's style of key."""
     path = scope["path"]
+    if path.startswith("/admin/"):  # its own API, whose /admin/usage takes a `key` query
+        return False
     if path.startswith("/v1beta/") or path.endswith(GOOGLE_METHODS):
         return True
     if any(name == b"x-goog-api-key" for name, _ in scope["headers"]):
