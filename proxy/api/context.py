@@ -91,6 +91,10 @@ class RequestContext:
         response.raw_headers.append((b"x-request-id", request_id.encode()))
         try:
             await response(scope, receive, send)
+        except ApiError as exc:  # an event stream's refusal, raised before its first byte
+            error = render(exc)
+            error.raw_headers.append((b"x-request-id", request_id.encode()))
+            await error(scope, receive, send)
         except Exception as exc:  # the response had started: nothing more can be said
             _unhandled(exc, scope, request_id)
 

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import idempotent, inputs, jobs, uploads
+from proxy.api import idempotent, image_stream, inputs, jobs, surface, uploads
 from proxy.api.auth import authenticate, resolve_model
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.metering import charge
@@ -16,8 +16,7 @@ from proxy.api.openai_schema import Body, from_json, model_name, parse
 from proxy.api.policy import HEADER, request_policy
 from proxy.api.render import Origin
 from proxy.billing.keys import KeyRecord
-from proxy.catalog import Model
-from proxy.domain import ImageRequest, InputImage
+from proxy.domain import InputImage
 from proxy.services import Services, services
 
 
@@ -29,14 +28,14 @@ async def edits(request: Request) -> Response:
     return await _metered(request, _edit, "edits")
 
 
-# (request, services, key, its JSON body if already read) -> what to serve
+# (request, services, key, its JSON body if already read) -> what to serve, and how
 Parser = Callable[[Request, Services, KeyRecord, dict[str, Any] | None],
-                  Awaitable[tuple[Model, ImageRequest]]]
+                  Awaitable[surface.Translated]]
 
 
 async def _metered(request: Request, parse_body: Parser, endpoint: str) -> Response:
     """Authenticate, then parse and charge; with an Idempotency-Key, at most once; with
-    `Prefer: respond-async` or a `callback_url`, as a queued job."""
+    `Prefer: respond-async` or a `callback_url`, as a queued job; with `stream`, as events."""
     svc = services(request)
     key = await authenticate(request, svc)
     data = None
@@ -50,8 +49,10 @@ async def _metered(request: Request, parse_body: Parser, endpoint: str) -> Respo
     idem_key = request.headers.get(idempotent.HEADER)
 
     async def produce() -> Response:
-        model, asked = await parse_body(request, svc, key, data)
-        return await charge(Origin.of(request), svc, key, model, asked, idem_key)
+        ask = await parse_body(request, svc, key, data)
+        if ask.stream:
+            return await surface.answer(request, svc, key, ask, image_stream.SURFACE)
+        return await charge(Origin.of(request), svc, key, ask.model, ask.asked, idem_key)
 
     if idem_key is None:
         return await produce()
@@ -63,6 +64,10 @@ async def _queued(request: Request, svc: Services, key: KeyRecord, endpoint: str
                   data: dict[str, Any]) -> Response:
     """Validate now (a bad request is a 400 now, not a failed job later), then queue. With an
     Idempotency-Key, once: a retry gets the job its first request queued."""
+    if image_stream.taken(data, form=False)[1]:
+        raise bad_request("stream", "an asynchronous request is answered by its job, not a "
+                                    "stream; omit 'stream' or the async request",
+                          code="unsupported_value")
     idem_key, once = request.headers.get(idempotent.HEADER), None
     if idem_key is not None:
         once = idempotent.creating(key, idem_key, f"{request.url.path} {jobs.PREFER}",
@@ -79,23 +84,28 @@ async def _queued(request: Request, svc: Services, key: KeyRecord, endpoint: str
 
 
 async def _generation(request: Request, svc: Services, key: KeyRecord,
-                      data: dict[str, Any] | None) -> tuple[Model, ImageRequest]:
-    return from_json(svc, key, "generations",
-                     data if data is not None else await _json_object(request),
-                     request.headers.get(HEADER))
+                      data: dict[str, Any] | None) -> surface.Translated:
+    return await _from_json(request, svc, key, "generations", data)
+
+
+async def _from_json(request: Request, svc: Services, key: KeyRecord, endpoint: str,
+                     data: dict[str, Any] | None) -> surface.Translated:
+    rest, stream = image_stream.taken(data if data is not None else await _json_object(request),
+                                      form=False)
+    model, asked = from_json(svc, key, endpoint, rest, request.headers.get(HEADER))
+    return surface.Translated(model, asked, stream=stream)
 
 
 async def _edit(request: Request, svc: Services, key: KeyRecord,
-                data: dict[str, Any] | None) -> tuple[Model, ImageRequest]:
+                data: dict[str, Any] | None) -> surface.Translated:
     content_type = request.headers.get("content-type", "")
     images: tuple[InputImage, ...]
     if content_type.startswith("multipart/form-data"):
-        fields, files, mask = await uploads.read_form(request)
+        form, files, mask = await uploads.read_form(request)
+        fields, stream = image_stream.taken(form, form=True)
         body, images = Body(fields, form=True), tuple(files)
     elif content_type.startswith("application/json"):
-        return from_json(svc, key, "edits",
-                         data if data is not None else await _json_object(request),
-                         request.headers.get(HEADER))
+        return await _from_json(request, svc, key, "edits", data)
     else:
         raise ApiError(415, "send multipart/form-data (as the OpenAI SDK does) or JSON",
                        code="unsupported_media_type")
@@ -104,7 +114,8 @@ async def _edit(request: Request, svc: Services, key: KeyRecord,
                           code="missing_required_parameter")
     model, suffix = resolve_model(svc.catalog, model_name(body.data), key)
     policy = request_policy(body.data.get("route"), request.headers.get(HEADER), suffix)
-    return model, parse("edit", body, model, policy, images, mask)
+    return surface.Translated(model, parse("edit", body, model, policy, images, mask),
+                              stream=stream)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

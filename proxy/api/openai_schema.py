@@ -115,7 +115,8 @@ def parse(kind: Kind, body: Body, model: Model, policy: Policy,
             raise bad_request(name, f"unrecognized request argument supplied: {name}",
                               code="unknown_parameter")
     if body.boolean("stream"):
-        raise bad_request("stream", "streaming responses are not supported yet; "
+        # The images endpoints take `stream` before this; a job or batch item cannot stream.
+        raise bad_request("stream", "a queued job or batch item is not streamed; "
                                     "omit 'stream' or set it to false", code="unsupported_value")
     body.integer("partial_images", 0, 3)
     urls = _image_urls(body)
