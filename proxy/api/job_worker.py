@@ -61,8 +61,9 @@ class Worker:
     has room, and waits for a slot when all are full), so every host is kept busy and none
     is pushed past its limit. A tenant at its own concurrency limit, or resting after its
     rate limit, is skipped when claiming, and no more is claimed while MAX_WAITING items wait
-    for a slot, so queued items wait in the queue, not in memory. Interactive requests take a
-    freed slot before a waiting batch item does (they wait on the slot itself).
+    for a slot, so queued items wait in the queue, not in memory. Keys take turns at the queue
+    (proxy/billing/fairness.py), and interactive requests (async jobs among them) come before
+    batch items for a host's slots (proxy/routing/slots.py).
     """
 
     def __init__(self, svc: Services, secret: str, concurrency: int | None = None) -> None:

@@ -86,7 +86,9 @@ async def charged(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
     quote = _quote(plan, model, asked, prepared)
     try:
-        admission = await svc.limits.admit(key, asked.n, prepared.routes[0].provider)
+        # A batch item takes its slot apart: only if no interactive request waits for one.
+        admission = await svc.limits.admit(
+            key, asked.n, None if asked.patience_s else prepared.routes[0].provider)
     except Limited as exc:
         metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
         metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()

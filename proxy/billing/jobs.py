@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.billing import journal
 from proxy.billing.db import Cursor, Database
+from proxy.billing.fairness import due_in_turn
 from proxy.billing.journal import Call
 
 STATES = ("queued", "processing", "succeeded", "failed")
@@ -84,23 +85,21 @@ class Jobs:
     def claim_many(self, lease_s: float, limit: int, skip_keys: Collection[str] = (),
                    now: float | None = None) -> list[Job]:
         """Up to `limit` runnable jobs (queued and due, or processing with its lease run out),
-        due first, none of `skip_keys` (tenants at their own limits), leased to the caller.
+        none of `skip_keys` (tenants at their own limits), keys taking turns (fairness.py),
+        leased to the caller.
 
         Safe across processes: each UPDATE re-checks that its job is still runnable, so two
         claimers never get the same job; one transaction keeps a claim of many cheap."""
         now_s = int(time.time() if now is None else now)
-        skip = tuple(skip_keys)
-        unskipped = f" AND key_id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
-        rows = self._db.query(
-            f"SELECT id FROM jobs WHERE {_RUNNABLE}{unskipped} ORDER BY run_after LIMIT ?",
-            (now_s, now_s, *skip, limit))
+        ids = due_in_turn(self._db, now_s, limit, frozenset(skip_keys))
         won: list[str] = []
-        with self._db.transaction() as cur:
-            for (job_id,) in rows:
-                if cur.execute(f"UPDATE jobs SET state = 'processing', lease_until = ?, "
-                               f"attempts = attempts + 1 WHERE id = ? AND {_RUNNABLE}",
-                               (now_s + int(lease_s), job_id, now_s, now_s)) == 1:
-                    won.append(job_id)
+        if ids:
+            with self._db.transaction() as cur:
+                for job_id in ids:
+                    if cur.execute(f"UPDATE jobs SET state = 'processing', lease_until = ?, "
+                                   f"attempts = attempts + 1 WHERE id = ? AND {_RUNNABLE}",
+                                   (now_s + int(lease_s), job_id, now_s, now_s)) == 1:
+                        won.append(job_id)
         return [job for job in map(self.get, won) if job is not None]
 
     def renew(self, job_ids: Collection[str], lease_s: float) -> None:

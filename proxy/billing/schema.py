@@ -188,6 +188,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE api_keys ADD COLUMN webhook_secret_old TEXT;
     ALTER TABLE api_keys ADD COLUMN webhook_old_until BIGINT;
     """,
+    """
+    CREATE INDEX jobs_turns ON jobs (state, key_id, run_after);
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

@@ -310,14 +310,23 @@ class _Run:
     async def _start_next(self) -> _Live | None:
         """Take a slot of the next route that has a free one and begin its attempt; None when
         none is left to start. A patient request (a batch item) with nothing running waits
-        for a slot of a full route instead of giving up: the queue holds it, not the client."""
+        for a slot of a full route instead of giving up: the queue holds it, not the client.
+        An interactive one whose routes are all full waits for a slot that batch items owe
+        it, if any does (proxy/routing/slots.py)."""
         while True:
             if (live := await self._start_pending()) is not None:
                 return live
-            if not self.request.patience_s or not self.full or self.running:
+            if not self.full or self.running:
                 return None
             remaining = self.deadline - self.router._clock()
             if remaining <= 0:
+                return None
+            if not self.request.patience_s:  # the first full route that owes it a slot
+                for route in self.full:
+                    slot = await self.router._slots.acquire(route.provider, 0.0,
+                                                            owed_s=remaining)
+                    if slot is not None:
+                        return self._begin(route, slot)
                 return None
             await self.router._slots.released([r.provider for r in self.full],
                                               min(PATIENT_RECHECK_S, remaining))
@@ -337,18 +346,23 @@ class _Run:
                 wait = max(0.0, self.deadline - now)
             slot = self._take_held(route)
             if slot is None:
-                slot = await self.router._slots.acquire(route.provider, wait)
+                slot = await self.router._slots.acquire(route.provider, wait,
+                                                        bool(self.request.patience_s))
             if slot is None:
                 self.saturated = True
                 self.full.append(route)
                 continue
-            token = self.router.health.of(route).begin()
-            # Only a deferred route gets a patient request's whole window; any other host is
-            # held to the usual request timeout.
-            deadline = self.deadline if route.provider.deferred else \
-                min(self.deadline, now + self.router._timeout_s)
-            return _Live(route, token, self.router._clock(), deadline, slot)
+            return self._begin(route, slot)
         return None
+
+    def _begin(self, route: Route, slot: Slot) -> _Live:
+        token = self.router.health.of(route).begin()
+        now = self.router._clock()
+        # Only a deferred route gets a patient request's whole window; any other host is
+        # held to the usual request timeout.
+        deadline = self.deadline if route.provider.deferred else \
+            min(self.deadline, now + self.router._timeout_s)
+        return _Live(route, token, now, deadline, slot)
 
     def _take_held(self, route: Route) -> Slot | None:
         held = self.held

@@ -58,8 +58,11 @@ class HostSlots(Protocol):
     def capacity(self) -> int:
         """Calls that may be in flight at once, all hosts together."""
 
-    async def acquire(self, provider: Provider, wait_s: float) -> Slot | None:
-        """The slot once held; None if none freed up within `wait_s`."""
+    async def acquire(self, provider: Provider, wait_s: float, patient: bool = False,
+                      owed_s: float = 0.0) -> Slot | None:
+        """The slot once held; None if none freed up within `wait_s`. A `patient` request
+        (a batch item) never takes a slot an interactive request waits for; an interactive
+        one waits up to `owed_s` for a slot batch items hold (proxy/routing/slots.py)."""
 
     def release(self, slot: Slot) -> None: ...
 

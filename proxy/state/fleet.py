@@ -62,14 +62,16 @@ class FleetSlots:
     def capacity(self) -> int:
         return self._shared.capacity
 
-    async def acquire(self, provider: Provider, wait_s: float) -> Slot | None:
+    async def acquire(self, provider: Provider, wait_s: float, patient: bool = False,
+                      owed_s: float = 0.0) -> Slot | None:
         if self._link.shared:
             started = time.monotonic()
             try:
-                return await self._shared.acquire(provider, wait_s)
+                return await self._shared.acquire(provider, wait_s, patient, owed_s)
             except self._link.errors:
-                wait_s = max(0.0, wait_s - (time.monotonic() - started))
-        return await self._own.acquire(provider, wait_s)
+                waited = time.monotonic() - started
+                wait_s, owed_s = max(0.0, wait_s - waited), max(0.0, owed_s - waited)
+        return await self._own.acquire(provider, wait_s, patient, owed_s)
 
     def release(self, slot: Slot) -> None:
         if slot.lease is None:

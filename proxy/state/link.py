@@ -92,8 +92,8 @@ class Link:
             self.leases.give_back(released)
             raise
 
-    async def acquire(self, key: str, args: list[str | int]) -> bool:
-        return bool(await self._call(scripts.ACQUIRE, [key], args))
+    async def acquire(self, keys: list[str], args: list[str | int]) -> list[int]:
+        return _integers(await self._call(scripts.ACQUIRE, keys, args))
 
     async def count(self, keys: list[str]) -> list[int]:
         return _integers(await self._call(scripts.COUNT, keys, []))

@@ -82,13 +82,32 @@ end
 return {0, requests, pictures, reset(), live, slot}
 """
 
-# A host slot. KEYS: the host's leases; ARGV: its cap, lease id, lease ms. Returns 1 if held.
+# A host slot, interactive requests first (proxy/state/shared_slots.py). A batch item's lease
+# id starts with "b:"; a batch item takes no slot while an interactive request waits.
+# KEYS: the host's leases, the interactive requests waiting for it (their ids, scored by
+#       expiry)
+# ARGV: the host's cap, lease id, lease ms, the waiter's id ("" for a batch item), waiter ms
+# Returns {1 if held, slots batch items hold, interactive requests waiting}; an interactive
+# request that did not get one is counted as waiting until it tries again or gives up.
 ACQUIRE = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
-return 1
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local waiter = ARGV[4]
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) and
+   (waiter ~= '' or redis.call('ZCARD', KEYS[2]) == 0) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+  if waiter ~= '' then redis.call('ZREM', KEYS[2], waiter) end
+  return {1, 0, 0}
+end
+if waiter == '' then return {0, 0, 0} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), waiter)
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 2)
+local batch = 0
+for _, lease in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(lease, 1, 2) == 'b:' then batch = batch + 1 end
+end
+return {0, batch, redis.call('ZCARD', KEYS[2])}
 """
 
 # Leases live now, per set. KEYS: lease sets. Returns their counts, in order.
