@@ -19,6 +19,7 @@ import pytest
 import referencing
 import uvicorn
 
+from proxy.api import sse
 from proxy.app import build_app
 from proxy.billing.keys import KeyLimits
 from proxy.billing.store import Store
@@ -122,6 +123,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     config = make_config(tmp_path_factory.mktemp("data"), max_body_bytes=4 * 1024 * 1024)
     with serve(config) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A server whose simulated hosts take their catalog latency, for the streams' tests:
+    sim-cheap takes 1 s, sim-broken fails after 0.1 s."""
+    with serve(make_config(tmp_path_factory.mktemp("data"), simulation_time_scale=1.0)) as s:
+        yield s
+
+
+@pytest.fixture
+def keepalive(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A stream's keep-alive every 20 ms, so a 1 s run sends many."""
+    monkeypatch.setattr(sse, "KEEPALIVE_S", 0.02)
+    return 0.02
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,25 +16,10 @@ import orjson
 import pytest
 from openai.types import ImageEditCompletedEvent, ImageGenCompletedEvent
 
-from proxy.api import sse
-from tests.conftest import Running, make_config, serve
+from tests.conftest import Running
 from tests.surfaces import key_id, ledger, opened, picture
 
 BODY = {"model": "test-image", "prompt": "a red fox", "stream": True}
-
-
-@pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """Simulated hosts at their catalog latency: sim-cheap takes 1 s, sim-broken fails
-    after 0.1 s."""
-    with serve(make_config(tmp_path_factory.mktemp("data"), simulation_time_scale=1.0)) as s:
-        yield s
-
-
-@pytest.fixture
-def keepalive(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(sse, "KEEPALIVE_S", 0.02)
-    return 0.02
 
 
 def events(text: str) -> list[tuple[str, dict[str, Any]]]:

@@ -6,7 +6,6 @@ is answered plainly (see test_e2e_chat and test_e2e_gemini)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -14,27 +13,12 @@ import orjson
 import pytest
 from google.genai import errors
 
-from proxy.api import sse
-from tests.conftest import Running, make_config, serve
+from tests.conftest import Running
 from tests.surfaces import Row, gemini, key_id, ledger, opened
 
 PROMPT = {"contents": [{"parts": [{"text": "a slow red fox"}]}]}
 CHAT = {"model": "test-image", "messages": [{"role": "user", "content": "a slow red fox"}],
         "stream": True}
-
-
-@pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """Simulated hosts at their catalog latency: sim-cheap takes 1 s, sim-broken fails
-    after 0.1 s."""
-    with serve(make_config(tmp_path_factory.mktemp("data"), simulation_time_scale=1.0)) as s:
-        yield s
-
-
-@pytest.fixture
-def keepalive(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(sse, "KEEPALIVE_S", 0.02)
-    return 0.02
 
 
 def test_gemini_stream_keeps_alive_with_blank_lines(slow: Running, keepalive: float) -> None:
