@@ -105,3 +105,25 @@ def test_a_password_is_sent(private_redis: PrivateRedis) -> None:
     with pytest.raises(ReplyError, match="NOAUTH"):
         asyncio.run(go(private_redis.url))
     assert asyncio.run(go(private_redis.url.replace("redis://", "redis://:s3cret@"))) == "PONG"
+    assert asyncio.run(go(private_redis.url + "?password=s3cret")) == "PONG"  # as redis-py reads
+
+
+def test_callers_share_one_connect_and_give_up_together(private_redis: PrivateRedis) -> None:
+    """A Redis that takes connections but answers nothing (frozen; AUTH never answered):
+    twenty callers each fail at their own timeout, together, not one after another."""
+    redis.Redis.from_url(private_redis.url).config_set("requirepass", "s3cret")
+    private_redis.freeze()
+
+    async def go() -> float:
+        wire = Wire(private_redis.url.replace("redis://", "redis://:s3cret@"), 0.2)
+        started = asyncio.get_running_loop().time()
+        try:
+            results = await asyncio.gather(*(wire.call("PING") for _ in range(20)),
+                                           return_exceptions=True)
+        finally:
+            await wire.aclose()
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        return asyncio.get_running_loop().time() - started
+    took = asyncio.run(go())
+    private_redis.thaw()
+    assert took < 1.0, f"20 callers took {took:.2f} s"

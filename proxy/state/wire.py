@@ -17,10 +17,11 @@ calls waiting on it and is made again by the next call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import ssl
+import socket
 from collections import deque
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 from redis.exceptions import ResponseError
 
@@ -36,7 +37,7 @@ class Wire:
         self._url = url
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Task[_Protocol] | None = None
         self._shas: dict[str, str] = {}
 
     async def evalsha(self, script: str, keys: list[str], args: list[str | int]) -> Value:
@@ -52,51 +53,91 @@ class Wire:
         return await self.call("EVAL", script, len(keys), *keys, *args)
 
     async def call(self, *parts: str | int | bytes) -> Value:
-        protocol = await self._connected()
-        reply = await asyncio.wait_for(protocol.send(parts), self._timeout_s)
+        """One command's reply, within the timeout (connecting included). A timeout, or a
+        Redis that says it cannot serve (a replica after a failover, loading), drops the
+        connection: the next call makes a new one instead of waiting on a dead socket."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                protocol = await self._connected()
+                reply = await protocol.send(parts)
+        except TimeoutError:
+            self._drop()
+            raise
         if isinstance(reply, ReplyError):
+            if str(reply).startswith(_UNSERVING):
+                self._drop()
             raise reply
         return reply
 
     async def aclose(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
 
     async def _connected(self) -> _Protocol:
+        """The open connection, or the one attempt to make it that every caller shares
+        (callers give up at their own timeout; the attempt ends at its own)."""
         protocol = self._protocol
         if protocol is not None and not protocol.closed:
             return protocol
         if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._protocol is None or self._protocol.closed:
-                self._protocol = await asyncio.wait_for(self._connect(), self._timeout_s)
-            return self._protocol
+            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(self._connected_or_not)
+        return await asyncio.shield(self._connecting)
+
+    def _connected_or_not(self, attempt: asyncio.Task[_Protocol]) -> None:
+        self._connecting = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._protocol = attempt.result()
 
     async def _connect(self) -> _Protocol:
+        """Connected as redis-py would connect to the same URL (its own parser reads it)."""
+        from redis.asyncio.connection import (
+            RedisSSLContext,
+            SSLConnection,
+            UnixDomainSocketConnection,
+            parse_url,
+        )
+
+        options: dict[str, Any] = dict(parse_url(self._url))
         loop = asyncio.get_running_loop()
-        parts = urlsplit(self._url)
-        query = parse_qs(parts.query)
-        if parts.scheme == "unix":
-            _, protocol = await loop.create_unix_connection(_Protocol, unquote(parts.path))
-            db = query.get("db", ["0"])[0]
-        else:
-            context = ssl.create_default_context() if parts.scheme == "rediss" else None
-            _, protocol = await loop.create_connection(
-                _Protocol, parts.hostname or "127.0.0.1", parts.port or 6379, ssl=context)
-            db = parts.path.lstrip("/") or query.get("db", ["0"])[0]
-        try:
-            if parts.password is not None:
-                user = unquote(parts.username) if parts.username else None
-                auth = [user, unquote(parts.password)] if user else [unquote(parts.password)]
-                _checked(await protocol.send(("AUTH", *auth)))
-            if db not in ("", "0"):
-                _checked(await protocol.send(("SELECT", db)))
-        except BaseException:
-            protocol.close()
-            raise
+        async with asyncio.timeout(self._timeout_s):
+            kind = options.get("connection_class")
+            if kind is UnixDomainSocketConnection:
+                _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+            else:
+                context = None
+                if kind is SSLConnection:
+                    context = RedisSSLContext(
+                        keyfile=options.get("ssl_keyfile"),
+                        certfile=options.get("ssl_certfile"),
+                        cert_reqs=options.get("ssl_cert_reqs", "required"),
+                        ca_certs=options.get("ssl_ca_certs"),
+                        ca_path=options.get("ssl_ca_path"),
+                        check_hostname=bool(options.get("ssl_check_hostname", True)),
+                    ).get()
+                host = options.get("host", "localhost")
+                _, protocol = await loop.create_connection(
+                    _Protocol, host, options.get("port", 6379), ssl=context,
+                    server_hostname=host if context else None)
+            try:
+                password, user = options.get("password"), options.get("username")
+                if password is not None:
+                    _checked(await protocol.send(
+                        ("AUTH", user, password) if user else ("AUTH", password)))
+                if int(options.get("db", 0) or 0):
+                    _checked(await protocol.send(("SELECT", options["db"])))
+            except BaseException:
+                protocol.close()
+                raise
         return protocol
+
+
+# Error replies of a Redis that cannot serve this connection now: connect again.
+_UNSERVING = ("READONLY", "MASTERDOWN", "LOADING")
 
 
 def _checked(reply: Value | ReplyError) -> None:
@@ -113,14 +154,18 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:  # a peer that vanished is
+            with contextlib.suppress(OSError):  # found by the kernel, not in 15 minutes
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def send(self, parts: tuple[str | int | bytes, ...]) -> asyncio.Future[Value | ReplyError]:
         if self.closed or self._transport is None:
             raise ConnectionError("the connection to Redis is closed")
         future: asyncio.Future[Value | ReplyError] = \
             asyncio.get_running_loop().create_future()
+        self._transport.write(encode(parts))  # first: a write that raises leaves no slot
         self._waiting.append(future)
-        self._transport.write(encode(parts))
         return future
 
     def data_received(self, data: bytes) -> None:
