@@ -99,6 +99,9 @@ class Config:
     # Networks tenants' webhooks may reach although they are not public (a receiver on this
     # machine or the LAN), plain http included; empty: public https receivers only.
     callback_allow_cidrs: tuple[Network, ...] = ()
+    # The most async jobs and batch items one key may have queued or running (429 past it),
+    # so that no tenant fills the queue, and the database, for everyone.
+    max_queued_per_key: int = 100_000
 
     @property
     def database_path(self) -> Path:
@@ -143,6 +146,7 @@ _ENV: dict[str, str] = {
     "body_timeout_s": "SWITCHYARD_BODY_TIMEOUT_S",
     "max_header_bytes": "SWITCHYARD_MAX_HEADER_BYTES",
     "callback_allow_cidrs": "SWITCHYARD_CALLBACK_ALLOW_CIDRS",
+    "max_queued_per_key": "SWITCHYARD_MAX_QUEUED_PER_KEY",
 }
 
 MIN_METRICS_TOKEN = 16  # characters: a scrape credential worth the name
@@ -152,7 +156,7 @@ def _coerce(name: str, raw: object) -> object:
     """Turn a TOML or environment value into the field's type, or say which setting is wrong."""
     try:
         if name in ("port", "max_body_bytes", "max_reply_bytes", "max_image_pixels",
-                    "image_url_ttl_s", "workers", "max_header_bytes"):
+                    "image_url_ttl_s", "workers", "max_header_bytes", "max_queued_per_key"):
             value = int(str(raw))
             if value <= 0 or (name == "port" and value > 65535):
                 raise ValueError

@@ -248,3 +248,13 @@ def test_metrics_token_is_secret_and_long_enough(tmp_path: Path) -> None:
     assert load(env={"SWITCHYARD_METRICS_TOKEN": ""}).metrics_token is None
     with pytest.raises(ConfigError, match="'metrics_token' must be at least 16 characters"):
         load(env={"SWITCHYARD_METRICS_TOKEN": "short"})
+
+
+def test_max_queued_per_key_defaults_and_comes_from_file_or_environment(
+        tmp_path: Path) -> None:
+    assert load(env={}).max_queued_per_key == 100_000
+    assert load(_file(tmp_path, "max_queued_per_key = 500\n"), env={}).max_queued_per_key == 500
+    assert load(env={"SWITCHYARD_MAX_QUEUED_PER_KEY": "20"}).max_queued_per_key == 20
+    for value in ("0", "-5", "many", "1.5"):
+        with pytest.raises(ConfigError, match="'max_queued_per_key'"):
+            load(env={"SWITCHYARD_MAX_QUEUED_PER_KEY": value})

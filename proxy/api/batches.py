@@ -19,10 +19,12 @@ from starlette.responses import Response
 from proxy.api import batch_inputs, idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
+from proxy.api.jobs import queue_full
 from proxy.api.openai_schema import from_json
 from proxy.billing.batches import MAX_REQUESTS, Batch, StoredFile
 from proxy.billing.idempotency import Once
 from proxy.billing.keys import KeyRecord
+from proxy.billing.queue_cap import QueueFull
 from proxy.services import Services, services
 
 
@@ -105,16 +107,23 @@ async def create_batch(request: Request) -> Response:
     stored = await asyncio.to_thread(svc.store.batches.file, ask.input_file_id, key.id)
     if stored is None or stored.content is None:
         raise bad_request("input_file_id", "no such input file for this key")
-    items, errors = _items(stored.content, endpoint,
-                           lambda body: from_json(svc, key, endpoint.rsplit("/", 1)[-1], body))
+    # 50,000 lines take seconds to check and write: on threads, never on the event loop.
+    items, errors = await asyncio.to_thread(
+        _items, stored.content, endpoint,
+        lambda body: from_json(svc, key, endpoint.rsplit("/", 1)[-1], body))
     table = svc.store.batches
+    try:
+        staged = await asyncio.to_thread(table.stage, key.id, endpoint, stored.id, window,
+                                         data.get("metadata"), items, errors,
+                                         svc.config.max_queued_per_key)
+    except QueueFull as exc:
+        raise queue_full(exc, "input_file_id") from None
     if once is None:
-        batch = await asyncio.to_thread(table.create, key.id, endpoint, stored.id, window,
-                                        data.get("metadata"), items, errors)
-        return _json(await _batch_object(svc, batch))
-    batch_id, replayed = await idempotent.create_once(svc, once, lambda cur: table.create(
-        key.id, endpoint, stored.id, window, data.get("metadata"), items, errors, cur).id)
-    if replayed:
+        return _json(await _batch_object(svc, await asyncio.to_thread(table.open, staged)))
+    batch_id, replayed = await idempotent.create_once(
+        svc, once, lambda cur: table.open(staged, cur).id)
+    if replayed:  # another request with the key made it first
+        await asyncio.to_thread(table.discard, staged.id)
         return await _replayed(svc, batch_id)
     return _json(await _batch_object(svc, await _found(svc, batch_id)))
 
@@ -240,9 +249,11 @@ async def cancel_batch(request: Request) -> Response:
 
 def finalize(svc: Services) -> None:
     """End every open batch whose items have all ended, with its output and error files:
-    each once, whichever process of a fleet gets there first. Called by the job worker
-    between jobs (synchronous: run it off the event loop)."""
+    each once, whichever process of a fleet gets there first; and drop the batches a crash
+    left half written. Called by the job worker between jobs (synchronous: run it off the
+    event loop)."""
     table = svc.store.batches
+    table.discard_stale()
     for batch in table.open_batches():
         counts = table.counts(batch.id)  # a read first: most rounds find items still to run
         if not (counts.get("queued") or counts.get("processing")):

@@ -22,6 +22,7 @@ from proxy.api.errors import ApiError, bad_request
 from proxy.billing.idempotency import Once
 from proxy.billing.jobs import Job
 from proxy.billing.keys import KeyRecord
+from proxy.billing.queue_cap import QueueFull
 from proxy.egress import Policy, Refused
 from proxy.services import Services, services
 
@@ -50,13 +51,27 @@ async def accept(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, A
     """Queue the job: 202. With an Idempotency-Key (`once`), the job this key queued before
     if it did: a retry gets the same job, whoever asked first (idempotent.create_once)."""
     table, body = svc.store.jobs, orjson.dumps(data)
-    if once is None:
-        job = await asyncio.to_thread(table.enqueue, key.id, endpoint, body, hook)
-        return _accepted(job, replayed=False)
-    job_id, replayed = await idempotent.create_once(
-        svc, once, lambda cur: table.enqueue(key.id, endpoint, body, hook, into=cur).id)
+    most = svc.config.max_queued_per_key
+    try:
+        if once is None:
+            job = await asyncio.to_thread(table.enqueue, key.id, endpoint, body, hook,
+                                          most=most)
+            return _accepted(job, replayed=False)
+        job_id, replayed = await idempotent.create_once(
+            svc, once, lambda cur: table.enqueue(key.id, endpoint, body, hook, cur, most).id)
+    except QueueFull as exc:
+        raise queue_full(exc, None) from None
     return await replay(svc, key, job_id) if replayed else \
         _accepted(await _own(svc, key, job_id), replayed=False)
+
+
+def queue_full(exc: QueueFull, param: str | None) -> ApiError:
+    """429 for work the key's cap on queued work (max_queued_per_key) has no room for."""
+    return ApiError(429, f"This key has {exc.queued:,} async jobs and batch items queued or "
+                         f"running; {exc.adding:,} more would pass its limit of {exc.most:,} "
+                         f"(max_queued_per_key). Nothing was queued or billed; retry once some "
+                         f"have finished.", type="requests", param=param,
+                    code="queue_limit_exceeded")
 
 
 async def replay(svc: Services, key: KeyRecord, job_id: str) -> Response:

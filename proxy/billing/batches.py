@@ -2,22 +2,30 @@
 
 A batch's items are ordinary jobs (jobs.py) tagged with the batch id and their custom_id, so
 they are leased, retried, billed and survive restarts like any job. Output and error files
-are not copies: their content is read from the batch's jobs when asked for.
+are not copies: their content is read from the batch's jobs when asked for. A batch is written
+in steps while `validating` (no item of it is claimed meanwhile) and then opened at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.billing import journal
-from proxy.billing.db import Cursor, Database
+from proxy.billing.db import Cursor, Database, DatabaseUnavailable
+from proxy.billing.queue_cap import make_room
 
 MAX_REQUESTS = 50_000
 WINDOW_S = {"24h": 24 * 3600}
+STAGE_ROWS = 100  # a staged batch's items written per transaction
+# Between them: other requests' writes waiting for the database take their turn (a Python
+# lock is not first come, first served: the next chunk would take it straight back).
+STAGE_PAUSE_S = 0.002
+STALE_S = 3600  # a batch still `validating` this long after its creation was left by a crash
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,19 +101,61 @@ class Batches:
 
     def create(self, key_id: str, endpoint: str, input_file_id: str, window: str,
                metadata: dict[str, str] | None, items: list[tuple[str, bytes]],
-               errors: bytes, into: Cursor | None = None) -> Batch:
-        """The batch and one queued job per valid item (custom_id, request JSON), at once:
-        in the transaction `into` if given (an Idempotency-Key's), else in one of its own."""
+               errors: bytes, most: int | None = None) -> Batch:
+        """The batch and one queued job per valid item (custom_id, request JSON): staged,
+        then opened."""
+        return self.open(self.stage(key_id, endpoint, input_file_id, window, metadata, items,
+                                    errors, most))
+
+    def stage(self, key_id: str, endpoint: str, input_file_id: str, window: str,
+              metadata: dict[str, str] | None, items: list[tuple[str, bytes]],
+              errors: bytes, most: int | None = None) -> Batch:
+        """The batch, `validating`, with its items as queued jobs no worker claims before it
+        is opened. Written STAGE_ROWS items per transaction, with a pause between, so a
+        50,000-item batch never holds SQLite's one writer for long; gone again if a write
+        fails. QueueFull, and
+        nothing written, if the items would take the key past `most` (queue_cap.py)."""
         now = int(time.time())
         batch = Batch("batch_" + secrets.token_hex(12), key_id, endpoint, input_file_id, window,
-                      "in_progress", len(items), now, now + WINDOW_S[window], metadata,
-                      errors, times={"in_progress_at": now})
-        if into is not None:
-            _insert_batch(into, batch, items)
-        else:
-            with self._db.transaction() as cur:
-                _insert_batch(cur, batch, items)
+                      "validating", len(items), now, now + WINDOW_S[window], metadata, errors)
+        with self._db.transaction() as cur:
+            make_room(cur, self._db.engine, key_id, len(items), most)
+            _insert_batch(cur, batch)
+        try:
+            for start in range(0, len(items), STAGE_ROWS):
+                with self._db.transaction() as cur:
+                    _insert_items(cur, batch, items[start:start + STAGE_ROWS])
+                time.sleep(STAGE_PAUSE_S)
+        except BaseException:
+            with contextlib.suppress(DatabaseUnavailable):
+                self.discard(batch.id)
+            raise
         return batch
+
+    def open(self, batch: Batch, into: Cursor | None = None) -> Batch:
+        """A staged batch's items may run from now: in the transaction `into` if given (an
+        Idempotency-Key's)."""
+        now = int(time.time())
+        if (into or self._db).execute(
+                "UPDATE batches SET status = 'in_progress', in_progress_at = ? "
+                "WHERE id = ? AND status = 'validating'", (now, batch.id)) != 1:
+            raise LookupError(f"batch {batch.id} was discarded while it was written")
+        return replace(batch, status="in_progress", times={"in_progress_at": now})
+
+    def discard(self, batch_id: str) -> None:
+        """A staged batch that will not be opened, with its items."""
+        with self._db.transaction() as cur:
+            if cur.execute("DELETE FROM batches WHERE id = ? AND status = 'validating'",
+                           (batch_id,)) == 1:
+                cur.execute("DELETE FROM jobs WHERE batch_id = ?", (batch_id,))
+
+    def discard_stale(self, now: float | None = None) -> int:
+        """Batches a process that died left half written (STALE_S on): how many."""
+        rows = self._db.query("SELECT id FROM batches WHERE status = 'validating' AND "
+                              "created_at < ?", (int((now or time.time()) - STALE_S),))
+        for (batch_id,) in rows:
+            self.discard(batch_id)
+        return len(rows)
 
     def get(self, batch_id: str, key_id: str | None = None) -> Batch | None:
         where, args = ("id = ? AND key_id = ?", (batch_id, key_id)) if key_id else \
@@ -187,22 +237,25 @@ class Batches:
                  bytes(r[3]) if r[3] is not None else b"") for r in rows]
 
 
-def _insert_batch(cur: Cursor, batch: Batch, items: list[tuple[str, bytes]]) -> None:
-    now, kind = batch.created_at, batch.endpoint.rsplit("/", 1)[-1]
+def _insert_batch(cur: Cursor, batch: Batch) -> None:
     cur.execute(
         "INSERT INTO batches (id, key_id, endpoint, input_file_id, completion_window, "
-        "status, total, created_at, expires_at, metadata, errors, in_progress_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "status, total, created_at, expires_at, metadata, errors) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (batch.id, batch.key_id, batch.endpoint, batch.input_file_id, batch.completion_window,
-         batch.status, batch.total, now, batch.expires_at,
-         json.dumps(batch.metadata) if batch.metadata is not None else None, batch.errors,
-         now))
-    for custom_id, request in items:
-        cur.execute(
-            "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, "
-            "created_at, batch_id, custom_id) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-            ("imgjob_" + secrets.token_hex(12), batch.key_id, kind, request, now, now,
-             batch.id, custom_id))
+         batch.status, batch.total, batch.created_at, batch.expires_at,
+         json.dumps(batch.metadata) if batch.metadata is not None else None, batch.errors))
+
+
+def _insert_items(cur: Cursor, batch: Batch, items: list[tuple[str, bytes]]) -> None:
+    """One INSERT of many rows: one statement (and round trip) for STAGE_ROWS items."""
+    now, kind = batch.created_at, batch.endpoint.rsplit("/", 1)[-1]
+    cur.execute("INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, "
+                "created_at, batch_id, custom_id) VALUES " +
+                ", ".join(["(?, ?, ?, ?, 'queued', ?, ?, ?, ?)"] * len(items)),
+                [value for custom_id, request in items for value in (
+                    "imgjob_" + secrets.token_hex(12), batch.key_id, kind, request, now, now,
+                    batch.id, custom_id)])
 
 
 def _insert_file(cur: Cursor, stored: StoredFile) -> None:

@@ -33,9 +33,10 @@ FROM queued WHERE key_id IS NOT NULL
 """
 _RUNNING = "SELECT key_id, COUNT(*) FROM jobs WHERE state = 'processing' GROUP BY key_id"
 _OVERDUE = "SELECT id, key_id FROM jobs WHERE state = 'processing' AND lease_until < ?"
-# A key's due jobs, oldest first.
+# A key's due jobs, oldest first; none of a batch still being written (batches.py: stage).
 _DUE = ("SELECT id, key_id FROM (SELECT id, key_id FROM jobs WHERE state = 'queued' AND "
-        "key_id = ? AND run_after <= ? ORDER BY run_after LIMIT ?) AS k{n}")
+        "key_id = ? AND run_after <= ? AND (batch_id IS NULL OR batch_id NOT IN (SELECT id "
+        "FROM batches WHERE status = 'validating')) ORDER BY run_after LIMIT ?) AS k{n}")
 
 
 def due_in_turn(cur: Cursor, now_s: int, limit: int, skip: Collection[str] = ()) -> list[str]:

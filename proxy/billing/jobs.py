@@ -18,6 +18,7 @@ from proxy.billing import journal
 from proxy.billing.db import Cursor, Database
 from proxy.billing.fairness import due_in_turn
 from proxy.billing.journal import Call
+from proxy.billing.queue_cap import make_room
 
 STATES = ("queued", "processing", "succeeded", "failed")
 
@@ -65,13 +66,20 @@ class Jobs:
         self._db = db
 
     def enqueue(self, key_id: str, endpoint: str, request: bytes,
-                callback_url: str | None = None, into: Cursor | None = None) -> Job:
+                callback_url: str | None = None, into: Cursor | None = None,
+                most: int | None = None) -> Job:
         """A new queued job; written in the transaction `into` if given (an
-        Idempotency-Key's: proxy/billing/idempotency.py)."""
+        Idempotency-Key's: proxy/billing/idempotency.py). With `most`, QueueFull instead if
+        the key has that many unfinished jobs and batch items already (queue_cap.py)."""
+        if into is None and most is not None:  # the cap's count and the insert as one
+            with self._db.transaction() as cur:
+                return self.enqueue(key_id, endpoint, request, callback_url, cur, most)
+        target = into or self._db
+        make_room(target, self._db.engine, key_id, 1, most)
         now = int(time.time())
         job = Job("imgjob_" + secrets.token_hex(12), key_id, endpoint, request, "queued", 0,
                   callback_url=callback_url, created_at=now)
-        (into or self._db).execute(
+        target.execute(
             "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, callback_url, "
             "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
             (job.id, key_id, endpoint, request, now, callback_url, now))
