@@ -174,6 +174,7 @@ def test_what_is_no_evidence_is_not_published_and_junk_is_not_applied() -> None:
     assert heard == []
     b = Health([ROUTE])
     assert decode(b"not json") == ("", [])
+    assert decode(b"[1, 2]") == ("", [])  # JSON, but not a batch
     sender, outcomes = decode(b'{"from": "x", "outcomes": [["m/shared-host", "1K"], 5]}')
     assert (sender, outcomes) == ("x", [])
     b.observe(Outcome("m/unknown-route", "1K", 1.0, False))  # another catalog's route

@@ -214,6 +214,29 @@ def test_an_admission_takes_the_first_host_s_slot_and_carries_releases(
     run(go)
 
 
+def test_a_request_woken_by_a_release_here_finds_the_slot_free(
+        private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host slot script carries this replica's releases, as the admission does: the
+    waiter woken by a local release gets that slot at once, not when the lease loop has sent
+    the release (here held back 2 s)."""
+    monkeypatch.setattr(link_module, "CARRY_S", 2.0)
+    single = replace(HOST, max_in_flight=1)
+
+    async def go() -> float:
+        async with replica("fleet", private_redis.url) as link:
+            slots = SharedSlots(link, [single])
+            held = await slots.acquire(single, 0)
+            assert held is not None
+            waiting = asyncio.create_task(slots.acquire(single, 3.0))
+            await asyncio.sleep(0.1)
+            released = time.monotonic()
+            slots.release(held)
+            assert await waiting is not None
+            return time.monotonic() - released
+    took = run(go)
+    assert took < 0.5, f"the waiter got the slot {took:.2f} s after its release"
+
+
 def fleet_state(url: str, prefix: str, providers: list[Provider]) -> State:
     config = Config(redis_url=Secret(url), redis_prefix=prefix)
     return build(config, providers)

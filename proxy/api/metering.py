@@ -107,9 +107,11 @@ async def charged(origin: Origin, svc: Services, key: KeyRecord, model: Model,
         done.headers.update(admission.headers)
         return done
     finally:
-        if slot is not None:
-            svc.state.slots.release(slot)
-        await svc.limits.done(admission)
+        try:
+            if slot is not None:
+                svc.state.slots.release(slot)
+        finally:
+            await svc.limits.done(admission)
 
 
 def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) -> Decimal:

@@ -182,10 +182,10 @@ class _Run:
         try:
             return await (self._loop() if self.hedge else self._one_at_a_time())
         finally:
-            self._cancel_all()
             if self.held is not None:  # its host was never tried
                 self.router._slots.release(self.held)
                 self.held = None
+            self._cancel_all()
 
     async def _one_at_a_time(self) -> tuple[Route, ImageResult]:
         """Without hedging, attempts run one after another, each in this task: no task of its

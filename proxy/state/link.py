@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from proxy import metrics, supervise
 from proxy.state import scripts
 from proxy.state.leases import Leases
-from proxy.state.wire import Wire
+from proxy.state.wire import ReplyError, Wire
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -78,22 +78,28 @@ class Link:
             with contextlib.suppress(*self.errors):
                 async with asyncio.timeout(TIMEOUT_S * 2):
                     await self.leases.flush(self.client)
+        self.shared = False  # a request still ending asks Redis nothing more
         await self.client.aclose()
         await self._wire.aclose()
 
     async def admit(self, keys: list[str], args: list[str | int]) -> list[int]:
         """The admission script, carrying this replica's releases not yet sent."""
+        return await self._carrying(scripts.ADMIT, keys, args)
+
+    async def acquire(self, keys: list[str], args: list[str | int]) -> list[int]:
+        """The host-slot script, carrying the releases too: a request woken by a release
+        here must find that slot free."""
+        return await self._carrying(scripts.ACQUIRE, keys, args)
+
+    async def _carrying(self, script: str, keys: list[str], args: list[str | int]) -> list[int]:
         released = self.leases.take_released()
         try:
             return _integers(await self._call(
-                scripts.ADMIT, keys + [where for where, _ in released],
+                script, keys + [where for where, _ in released],
                 args + [lease for _, lease in released]))
         except BaseException:
             self.leases.give_back(released)
             raise
-
-    async def acquire(self, keys: list[str], args: list[str | int]) -> list[int]:
-        return _integers(await self._call(scripts.ACQUIRE, keys, args))
 
     async def count(self, keys: list[str]) -> list[int]:
         return _integers(await self._call(scripts.COUNT, keys, []))
@@ -133,8 +139,10 @@ class Link:
             log.info("fleet: Redis answers: rate limits and host slots are shared by the fleet")
 
     async def check(self) -> None:
+        """Redis answers on both connections: the request path's own and redis-py's."""
         try:
             async with asyncio.timeout(TIMEOUT_S * 2):
+                await self._wire.call("PING")
                 await self.client.ping()
         except self.errors as exc:
             self.lost(exc)
@@ -182,6 +190,7 @@ class Link:
 
 
 def _integers(reply: object) -> list[int]:
-    """A Lua table of integers, as the wire hands it over."""
-    assert isinstance(reply, list)
+    """A Lua table of integers, as the wire hands it over (anything else is Redis failing)."""
+    if not isinstance(reply, list) or not all(isinstance(x, int) for x in reply):
+        raise ReplyError(f"unexpected reply from a script ({type(reply).__name__})")
     return [int(x) for x in reply]

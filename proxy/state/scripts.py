@@ -85,11 +85,13 @@ return {0, requests, pictures, reset(), live, slot}
 # A host slot, interactive requests first (proxy/state/shared_slots.py). A batch item's lease
 # id starts with "b:"; a batch item takes no slot while an interactive request waits.
 # KEYS: the host's leases, the interactive requests waiting for it (their ids, scored by
-#       expiry)
-# ARGV: the host's cap, lease id, lease ms, the waiter's id ("" for a batch item), waiter ms
+#       expiry), then one lease set per release this replica carries (as ADMIT does)
+# ARGV: the host's cap, lease id, lease ms, the waiter's id ("" for a batch item), waiter ms,
+#       then the released lease ids
 # Returns {1 if held, slots batch items hold, interactive requests waiting}; an interactive
 # request that did not get one is counted as waiting until it tries again or gives up.
 ACQUIRE = _NOW + """
+for k = 3, #KEYS do redis.call('ZREM', KEYS[k], ARGV[k + 3]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local waiter = ARGV[4]

@@ -73,8 +73,10 @@ class HealthFeed:
             batch, self._pending = self._pending, []
             if not self._link.shared:
                 continue  # each replica on its own evidence until Redis answers again
-            await self._guarded(failures, self._link.client.publish(
-                self._channel, encode(self._replica, batch)))
+            await self._guarded(failures, self._publish(batch))
+
+    async def _publish(self, batch: list[Outcome]) -> None:
+        await self._link.client.publish(self._channel, encode(self._replica, batch))
 
     async def _listening(self) -> None:
         """Subscribe and apply; after a lost connection (Redis restarted), subscribe again
@@ -130,6 +132,8 @@ def decode(data: bytes) -> tuple[str, list[Outcome]]:
     try:
         message = orjson.loads(data)
     except orjson.JSONDecodeError:
+        message = None
+    if not isinstance(message, dict):
         log.warning("fleet: skipped a malformed health message")
         return "", []
     outcomes = []

@@ -38,10 +38,17 @@ class SharedLimits:
         where, cap, slot_lease = f"{base}:window", -1, ""  # no slot asked: placeholders
         if first is not None and self._slots is not None:
             where, cap, slot_lease = self._slots.offer(first)
-        refused, requests, images_used, reset_ms, live, slot = await self._link.admit(
-            [f"{base}:window", f"{base}:totals", f"{base}:live", where],
-            [_limit(limits.rpm), _limit(limits.ipm), _limit(limits.concurrency), images,
-             lease, self._link.leases.lease_ms, _WINDOW_MS, _MERGE_MS, cap, slot_lease])
+        try:
+            refused, requests, images_used, reset_ms, live, slot = await self._link.admit(
+                [f"{base}:window", f"{base}:totals", f"{base}:live", where],
+                [_limit(limits.rpm), _limit(limits.ipm), _limit(limits.concurrency), images,
+                 lease, self._link.leases.lease_ms, _WINDOW_MS, _MERGE_MS, cap, slot_lease])
+        except BaseException:  # sent, maybe run: never leave a lease nobody holds
+            if lease:
+                self._link.leases.release(f"{base}:live", lease)
+            if slot_lease:
+                self._link.leases.release(where, slot_lease)
+            raise
         used = Figures(requests, images_used, reset_ms / 1000, reset_ms / 1000)
         if refused:
             check(key, used, images, live)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from collections.abc import Iterable
 from proxy.catalog import Provider
 from proxy.routing.slots import SLOT_WAIT_S, Slot
 from proxy.state.link import Link
+
+log = logging.getLogger("switchyard.fleet")
 
 POLL_S = 0.05  # between tries of a waiting request (jittered)
 PATIENT_POLL_S = 0.25  # how often a patient request (a batch item) looks again
@@ -69,8 +72,13 @@ class SharedSlots:
         started = time.monotonic()
         while True:
             lease = BATCH + leases.new_id() if patient else leases.new_id()
-            held, batch, waiting = await self._link.acquire(
-                [where, asking], [cap, lease, leases.lease_ms, waiter, round(ASKING_S * 1000)])
+            try:
+                held, batch, waiting = await self._link.acquire(
+                    [where, asking], [cap, lease, leases.lease_ms, waiter,
+                                      round(ASKING_S * 1000)])
+            except BaseException:  # sent, maybe run: never leave a lease nobody holds
+                leases.release(where, lease)
+                raise
             if held:
                 return self.adopt(provider, lease, patient)
             owed = 0 < waiting <= batch
@@ -97,8 +105,11 @@ class SharedSlots:
 
     def release(self, slot: Slot) -> None:
         provider, lease = slot.provider, slot.lease
-        assert lease is not None
-        self._held[provider.name].remove(lease)
+        held = self._held.get(provider.name, [])
+        if lease is None or lease not in held:
+            log.error("fleet: a slot of %s released twice or never held", provider.name)
+            return
+        held.remove(lease)
         self.held -= 1
         self._link.leases.release(self._where(provider.name), lease)
         self._link.released()
