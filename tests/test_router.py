@@ -15,7 +15,7 @@ import pytest
 from proxy.catalog import Model, Route
 from proxy.domain import Geometry, ImageRequest, Policy, Served
 from proxy.failures import Kind
-from proxy.routing import router as router_module
+from proxy.routing import run as run_module
 from proxy.routing.health import Health, Settings
 from proxy.routing.planning import NoRoute
 from proxy.routing.router import Router, RoutesFailed
@@ -230,7 +230,7 @@ def test_a_flow_that_outlives_the_deadline_is_given_up_without_evidence(
     """The backstop past the request's deadline (and the grace) ends an attempt whose flow
     never ended itself: a timeout for the client, no judgement on the route, slot and
     in-flight count given back."""
-    monkeypatch.setattr(router_module, "DEADLINE_GRACE_S", 0.05)
+    monkeypatch.setattr(run_module, "DEADLINE_GRACE_S", 0.05)
     router = make_router(Scripted(), (CHEAP,), timeout_s=0.1)
     monkeypatch.setattr(router, "_generate",
                         lambda route, req, deadline, submits=None: asyncio.sleep(60))

@@ -1,0 +1,298 @@
+"""One request's execution: the routes still to try, the attempts in flight and made.
+
+The Router (router.py) holds what lasts (adapters, clients, health, slots); a Run is one
+request's pass over its plan: start the best route, move on after a retryable failure, hedge
+past the route's p95, release every slot it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy import metrics
+from proxy.catalog import Route
+from proxy.domain import Attempt, ImageRequest, ImageResult
+from proxy.failures import Failure, Kind, UpstreamError
+from proxy.providers import flows
+from proxy.routing.slots import Slot
+from proxy.routing.strategies import quote
+
+if TYPE_CHECKING:
+    from proxy.routing.router import Router
+
+# Retry-After for a client turned away because every route is at its concurrency limit.
+SATURATED_RETRY_AFTER_S = 1.0
+# How long past the deadline to wait for flows to end themselves before giving up on them.
+DEADLINE_GRACE_S = 1.0
+# How often a patient request waiting for a slot looks again even if no slot was released.
+PATIENT_RECHECK_S = 5.0
+
+
+class RoutesFailed(Exception):
+    """Every route tried failed, or one failed in a way no other route can fix."""
+
+    def __init__(self, failure: Failure, attempts: tuple[Attempt, ...]) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.attempts = attempts
+
+
+@dataclass
+class Live:
+    """An attempt in flight."""
+
+    route: Route
+    token: int
+    started: float
+    deadline: float
+    slot: Slot
+
+
+
+class Run:
+    """One request's execution: the routes still to try, the attempts in flight and made."""
+
+    def __init__(self, router: Router, request: ImageRequest, pending: deque[Route],
+                 deadline: float, hedge: bool) -> None:
+        self.router = router
+        self.request = request
+        self.pending = pending
+        self.deadline = deadline
+        self.hedge = hedge
+        self.running: dict[asyncio.Task[ImageResult], Live] = {}
+        self.attempts: list[Attempt] = []
+        self.last: Failure | None = None
+        self.saturated = False
+        self.full: list[Route] = []  # routes skipped for want of a slot
+        self.submits: flows.Submits | None = None  # a queued request's submits, written down
+        self.held: Slot | None = None  # a slot taken before the run (with the admission)
+
+    async def execute(self) -> tuple[Route, ImageResult]:
+        try:
+            return await (self._loop() if self.hedge else self._one_at_a_time())
+        finally:
+            if self.held is not None:  # its host was never tried
+                self.router._slots.release(self.held)
+                self.held = None
+            self._cancel_all()
+
+    async def _one_at_a_time(self) -> tuple[Route, ImageResult]:
+        """Without hedging, attempts run one after another, each in this task: no task of its
+        own and no asyncio.wait per request. Same outcomes as _loop: a failure moves on to
+        the next route, and an attempt that outlives its deadline (and the grace) is ended."""
+        while True:
+            live = await self._start_next()
+            if live is None:
+                raise RoutesFailed(self._final_failure(), tuple(self.attempts))
+            backstop = min(self.deadline, live.deadline) + DEADLINE_GRACE_S
+            error: BaseException | None = None
+            try:
+                async with asyncio.timeout(max(0.0, backstop - self.router._clock())) as limit:
+                    result = await self.router._generate(live.route, self.request,
+                                                         live.deadline, self.submits)
+            except UpstreamError as exc:
+                error = exc
+            except TimeoutError:
+                if not limit.expired():
+                    self.router.health.of(live.route).abandon(live.token)
+                    raise
+                if live.deadline < self.deadline:  # its own deadline: the next route's turn
+                    self._expire_one(live)
+                    continue
+                # The request's backstop: as in _loop, the attempt is given up without evidence.
+                self.router.health.of(live.route).abandon(live.token)
+                raise RoutesFailed(Failure(Kind.TIMEOUT, "request deadline reached"),
+                                   tuple(self.attempts)) from None
+            except BaseException:
+                self.router.health.of(live.route).abandon(live.token)
+                raise
+            finally:
+                self.router._slots.release(live.slot)
+            outcome = self._ended(live, error, None if error else result)
+            if outcome is not None:
+                return live.route, outcome
+
+    async def _loop(self) -> tuple[Route, ImageResult]:
+        hedge_at: float | None = None
+        while True:
+            if not self.running:
+                if not await self._launch_next():
+                    raise RoutesFailed(self._final_failure(), tuple(self.attempts))
+                hedge_at = self._hedge_time()
+            now = self.router._clock()
+            wake = min(self.deadline, hedge_at) if hedge_at is not None else self.deadline
+            # An attempt held to a shorter deadline than the request's (a patient request on
+            # an interactive route) is ended by its own backstop.
+            wake = min([wake, *(live.deadline + DEADLINE_GRACE_S
+                                for live in self.running.values() if live.deadline < wake)])
+            done, _ = await asyncio.wait(self.running, timeout=max(0.0, wake - now),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                now = self.router._clock()
+                if hedge_at is not None and now >= hedge_at:
+                    hedge_at = None
+                    metrics.HEDGES.labels(self.request.model).inc()
+                    await self._launch_next()
+                elif now >= self.deadline + DEADLINE_GRACE_S:
+                    # The flows end themselves at the deadline; this is the backstop.
+                    raise RoutesFailed(Failure(Kind.TIMEOUT, "request deadline reached"),
+                                       tuple(self.attempts))
+                else:
+                    self._expire(now)
+                continue
+            # Successes first: an image that arrived is never thrown away for a failure.
+            for task in sorted(done, key=lambda t: t.exception() is not None):
+                live = self.running.pop(task)
+                outcome = self._settle(task, live)
+                if outcome is not None:
+                    return live.route, outcome
+
+    def _settle(self, task: asyncio.Task[ImageResult], live: Live) -> ImageResult | None:
+        error = task.exception()
+        return self._ended(live, error, None if error else task.result())
+
+    def _ended(self, live: Live, error: BaseException | None,
+               result: ImageResult | None) -> ImageResult | None:
+        """Record a finished attempt; its result if it delivered. Raises when it failed in a
+        way no other route can fix."""
+        health = self.router.health.of(live.route)
+        if error is None:
+            seconds = health.end(live.token, self.request.geometry.tier, None)
+            self._record(live.route, None, seconds)
+            return result
+        if not isinstance(error, UpstreamError):
+            health.abandon(live.token)
+            raise error
+        failure = error.failure
+        seconds = health.end(live.token, self.request.geometry.tier, failure)
+        self._record(live.route, failure, seconds)
+        if not failure.retryable:
+            raise RoutesFailed(failure, tuple(self.attempts))
+        self.last = failure
+        return None
+
+    def _expire(self, now: float) -> None:
+        """End attempts past their own deadline (and grace) as timeouts; the next route
+        gets its turn."""
+        for task, live in list(self.running.items()):
+            if now >= live.deadline + DEADLINE_GRACE_S:
+                task.cancel()
+                del self.running[task]
+                self._expire_one(live)
+
+    def _expire_one(self, live: Live) -> None:
+        failure = Failure(Kind.TIMEOUT, "request deadline reached")
+        seconds = self.router.health.of(live.route).end(live.token, self.request.geometry.tier,
+                                                        failure)
+        self._record(live.route, failure, seconds)
+        self.last = failure
+
+    async def _launch_next(self) -> bool:
+        """Start the next route as a task of its own; False when none is left to start."""
+        live = await self._start_next()
+        if live is None:
+            return False
+        self.running[self.router._attempt(live.route, self.request, live.deadline,
+                                          self.submits, live.slot)] = live
+        return True
+
+    async def _start_next(self) -> Live | None:
+        """Take a slot of the next route that has a free one and begin its attempt; None when
+        none is left to start. A patient request (a batch item) with nothing running waits
+        for a slot of a full route instead of giving up: the queue holds it, not the client.
+        An interactive one whose routes are all full waits for a slot that batch items owe
+        it, if any does (proxy/routing/slots.py)."""
+        while True:
+            if (live := await self._start_pending()) is not None:
+                return live
+            if not self.full or self.running:
+                return None
+            remaining = self.deadline - self.router._clock()
+            if remaining <= 0:
+                return None
+            if not self.request.patience_s:  # the first full route that owes it a slot
+                for route in self.full:
+                    slot = await self.router._slots.acquire(route.provider, 0.0,
+                                                            owed_s=remaining)
+                    if slot is not None:
+                        return self._begin(route, slot)
+                return None
+            await self.router._slots.released([r.provider for r in self.full],
+                                              min(PATIENT_RECHECK_S, remaining))
+            self.pending.extend(self.full)
+            self.full.clear()
+
+    async def _start_pending(self) -> Live | None:
+        while self.pending:
+            route = self.pending.popleft()
+            now = self.router._clock()
+            # A patient request never waits on one full route: the next one may have a slot.
+            # But a route holding this request's upstream task is waited for: another route
+            # would be paid again for the same work.
+            wait = 0.0 if self.request.patience_s else \
+                min(self.router._slots.wait_s, self.deadline - now)
+            if self.submits is not None and route.id in self.submits.resumed:
+                wait = max(0.0, self.deadline - now)
+            slot = self._take_held(route)
+            if slot is None:
+                slot = await self.router._slots.acquire(route.provider, wait,
+                                                        bool(self.request.patience_s))
+            if slot is None:
+                self.saturated = True
+                self.full.append(route)
+                continue
+            return self._begin(route, slot)
+        return None
+
+    def _begin(self, route: Route, slot: Slot) -> Live:
+        token = self.router.health.of(route).begin()
+        now = self.router._clock()
+        # Only a deferred route gets a patient request's whole window; any other host is
+        # held to the usual request timeout.
+        deadline = self.deadline if route.provider.deferred else \
+            min(self.deadline, now + self.router._timeout_s)
+        return Live(route, token, now, deadline, slot)
+
+    def _take_held(self, route: Route) -> Slot | None:
+        held = self.held
+        if held is None or held.provider.name != route.provider.name:
+            return None
+        self.held = None
+        return held
+
+    def _hedge_time(self) -> float | None:
+        """When to start a second attempt: the first one's route p95 for this tier."""
+        if not self.hedge or not self.pending or len(self.running) != 1:
+            return None
+        (live,) = self.running.values()
+        p95 = self.router.health.of(live.route).snapshot(self.request.geometry.tier).p95_s
+        return live.started + p95
+
+    def _final_failure(self) -> Failure:
+        if self.last is not None:
+            return self.last
+        if self.saturated:
+            return Failure(Kind.OVERLOADED, "every route for this model is at its concurrency "
+                                            "limit; retry shortly", SATURATED_RETRY_AFTER_S)
+        return Failure(Kind.UPSTREAM_BROKEN, "no route could be tried")
+
+    def _record(self, route: Route, failure: Failure | None, seconds: float) -> None:
+        outcome = failure.kind.value if failure else "success"
+        metrics.UPSTREAM_ATTEMPTS.labels(self.request.model, route.provider.name, outcome).inc()
+        metrics.UPSTREAM_SECONDS.labels(route.provider.name, outcome).observe(seconds)
+        self.attempts.append(Attempt(route.id, route.provider.name,
+                                     failure.kind.value if failure else None, seconds))
+
+    def _cancel_all(self) -> None:
+        """Cancel attempts still in flight (a hedge that lost): no evidence about their
+        routes, but what they started is counted at its quote."""
+        for task, live in self.running.items():
+            task.cancel()
+            self.router.health.of(live.route).abandon(live.token)
+            self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
+                                         self.router._clock() - live.started,
+                                         quote(live.route, self.request)))
+        self.running.clear()
