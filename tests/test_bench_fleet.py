@@ -15,13 +15,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import psycopg
 import pytest
 import redis
 
 from proxy.bench import fleet, hey
-from proxy.bench.fleet_report import script_commands
+from proxy.bench.fleet_report import script_commands, two_over_one_ceiling
+from proxy.bench.machine import CpuSplit
 from tests.databases import POSTGRES_URL, _admin
 from tests.redis_servers import REDIS_URL, redis_prefix
 
@@ -74,6 +76,25 @@ def test_commands_inside_the_scripts_are_not_counted_as_round_trips() -> None:
     inside = script_commands()
     assert {"zadd", "zcard", "time", "zremrangebyscore", "zrem"} <= inside
     assert not {"evalsha", "eval", "publish"} & inside
+
+
+def _row(replica_ms: float, rest_ms: float) -> fleet.Row:
+    """A fleet x1 row of 1000 requests in a second, with that CPU spent per request."""
+    answered = 1000
+    cpu = CpuSplit(wall_s=1.0, replicas_s=replica_ms * answered / 1000, hey_s=0, hosts_s=0,
+                   redis_s=0, postgres_s=0, busy_s=(replica_ms + rest_ms) * answered / 1000)
+    load = hey.Result((0.001,) * answered, Counter({"200": answered}), 1.0, 0.0)
+    return fleet.Row("fleet", 1, (fleet.Sample(load, cpu, {}, None),))  # type: ignore[arg-type]
+
+
+def test_the_two_replica_ceiling_comes_from_where_the_cpu_went() -> None:
+    # A replica's own cost against the rest's (hey, hosts, Redis, PostgreSQL) on 2 cores.
+    ratio, replica, rest = two_over_one_ceiling(_row(1.66, 1.21), 2)
+    assert (round(replica * 1000, 2), round(rest * 1000, 2)) == (1.66, 1.21)
+    assert ratio == pytest.approx(2 * 1.66 / 2.87)  # about 1.16x, whatever the code does
+    assert two_over_one_ceiling(_row(1.0, 0.0), 2)[0] == 2.0  # nothing else: twice one
+    assert two_over_one_ceiling(_row(1.0, 0.0), 4)[0] == 2.0  # never past 2 replicas' worth
+    assert two_over_one_ceiling(_row(1.0, 1.0), 2)[0] == pytest.approx(1.0)
 
 
 @pytest.fixture
