@@ -83,6 +83,12 @@ HEDGES = Counter(
     "switchyard_hedges", "Second attempts started because the first passed its route's p95.",
     ["model"],
 )
+RESCUES = Counter(
+    "switchyard_hang_rescues",
+    "Attempts that hung (past their route's stall time, nothing delivered there since they "
+    "began) and were moved to the next route (hedging off) or raced by it (hedging on).",
+    ["model", "how"],
+)
 CONTENT_BLOCKS = Counter(
     "switchyard_content_blocks", "Requests an upstream refused on content policy.",
     ["model", "provider"],

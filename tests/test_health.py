@@ -173,12 +173,27 @@ def test_an_attempt_far_past_its_p95_marks_the_route_stalled() -> None:
     health, clock = _health()
     for _ in range(10):
         _attempt(health, clock, None, seconds=2.0)
-    health.begin()
-    clock.now += 4.0
-    assert not health.snapshot("1K").stalled  # under max(5 s, 2 x p95)
-    clock.now += 1.5
+    token = health.begin()
+    clock.now += 3.5
+    assert not health.snapshot("1K").stalled  # under max(1 s, 2 x p95)
+    assert not health.hung(token, "1K")
+    clock.now += 1.0
     snap = health.snapshot("1K")
     assert snap.stalled and snap.in_flight == 1
+    assert health.hung(token, "1K")
+
+
+def test_a_straggler_is_no_stall_while_its_route_delivers() -> None:
+    # One slow attempt among many that come back: the host answers, this call is unlucky.
+    health, clock = _health()
+    for _ in range(10):
+        _attempt(health, clock, None, seconds=2.0)
+    straggler = health.begin()
+    clock.now += 3.0
+    _attempt(health, clock, None, seconds=2.0)  # delivered after the straggler began
+    clock.now += 2.0
+    assert not health.snapshot("1K").stalled
+    assert not health.hung(straggler, "1K")
 
 
 def test_probes_go_to_stale_routes_within_their_share() -> None:
@@ -244,3 +259,105 @@ def test_the_window_holds_at_most_window_max_outcomes() -> None:
     snapshot = health.snapshot("1K")
     assert snapshot.samples == 100
     assert snapshot.success_ratio == 1.0
+
+
+def test_a_lost_hedge_past_the_p95_counts_as_a_failure() -> None:
+    # Issue 20.1: a host whose attempts keep losing hedges opens its breaker like a failing one.
+    health, clock = _health()
+    for _ in range(10):
+        _attempt(health, clock, None, seconds=2.0)
+    for _ in range(4):
+        token = health.begin()
+        clock.now += 2.5  # past the p95 (2.0 s) when the hedge won
+        health.lost(token, "1K")
+    assert health.state is State.CLOSED and health.snapshot("1K").success_ratio < 1.0
+    token = health.begin()
+    clock.now += 2.5
+    health.lost(token, "1K")
+    assert health.state is State.OPEN
+
+
+def test_a_hedge_lost_within_the_p95_says_nothing() -> None:
+    health, clock = _health()
+    for _ in range(10):
+        _attempt(health, clock, None, seconds=2.0)
+    for _ in range(8):
+        token = health.begin()
+        clock.now += 1.0  # the other route was simply faster
+        health.lost(token, "1K")
+    snap = health.snapshot("1K")
+    assert (snap.state, snap.success_ratio, snap.samples, snap.in_flight) == \
+        (State.CLOSED, 1.0, 10, 0)
+
+
+def test_closing_the_breaker_forgets_the_outage_in_the_success_ratio() -> None:
+    # Issue 20.3: balanced divides by the success ratio; the outage's failures must not keep
+    # a host that recovered behind for a minute.
+    health, clock = _health()
+    for _ in range(5):
+        _attempt(health, clock, BROKEN)
+    assert health.state is State.OPEN
+    clock.now += Settings().cooldown_s
+    _attempt(health, clock, None)
+    snap = health.snapshot("1K")
+    assert (snap.state, snap.success_ratio, snap.samples) == (State.CLOSED, 1.0, 1)
+
+
+def test_a_half_open_route_that_could_lead_is_probed_before_stale_ones() -> None:
+    clock = Clock()
+    best, broken = _route("best"), _route("broken")
+    health = Health([best, broken], Settings(probe_share=0.0), clock)
+    for _ in range(5):
+        token = health.of(broken).begin()
+        health.of(broken).end(token, "1K", BROKEN)
+    ranked = [best, broken]
+    assert health.probe(ranked, health.snapshots(ranked, "1K")) is None  # open: not yet
+    clock.now += Settings().cooldown_s
+    assert health.probe(ranked, health.snapshots(ranked, "1K")) is broken  # no share needed
+    health.of(broken).begin()  # the probe is on its way: nobody else's request goes there
+    assert health.probe(ranked, health.snapshots(ranked, "1K")) is None
+
+
+def test_cooldowns_keep_probing_a_down_host_every_few_seconds() -> None:
+    # Issue 20.3: a host that recovered is found within one probe interval, not 30 s.
+    health, clock = _health()
+    for _ in range(5):
+        _attempt(health, clock, BROKEN, seconds=0.1)
+    gaps = []
+    for _ in range(6):
+        opened = clock.now
+        while health.state is State.OPEN:
+            clock.now += 0.5
+        gaps.append(clock.now - opened)
+        _attempt(health, clock, BROKEN, seconds=0.1)
+    assert max(gaps) <= Settings().max_cooldown_s + 0.5 <= 7.0
+
+
+def test_one_fast_probe_after_a_quiet_spell_outweighs_the_old_estimate() -> None:
+    # Issue 20.3/20.4: a host that was slow, then out of traffic, is ranked back after one
+    # fast probe; at a steady pace the EWMA moves by its usual alpha.
+    health, clock = _health()
+    for _ in range(10):
+        _attempt(health, clock, None, seconds=8.0)
+    steady = health.snapshot("1K").expected_s
+    _attempt(health, clock, None, seconds=2.0)
+    assert health.snapshot("1K").expected_s > 0.6 * steady  # 2 s after the last: mostly old
+    clock.now += 60  # no traffic for a minute
+    _attempt(health, clock, None, seconds=2.0)
+    assert health.snapshot("1K").expected_s < 2.5
+
+
+def test_a_run_of_fast_successes_ends_a_slow_spell_in_the_p95() -> None:
+    # Issue 20.4: max_latency_s and the hedge trigger follow a recovery as fast as the
+    # breaker follows failures (five in a row), not after the window rolls over.
+    health, clock = _health()
+    for _ in range(20):
+        _attempt(health, clock, None, seconds=8.0)
+    assert health.snapshot("1K").p95_s == 8.0
+    for _ in range(4):
+        _attempt(health, clock, None, seconds=1.0)
+    assert health.snapshot("1K").p95_s == 8.0
+    _attempt(health, clock, None, seconds=1.0)
+    assert health.snapshot("1K").p95_s == 1.0
+    _attempt(health, clock, None, seconds=8.0)  # and a slow one counts again at once
+    assert health.snapshot("1K").p95_s == 8.0

@@ -3,20 +3,28 @@
 Everything here is a function of the evidence and an injected clock, so ranking is tested
 table-driven and the market benchmark runs the same code on a fake clock. The router reports
 each attempt's start and end; strategies read frozen snapshots.
+
+Silence is evidence too. An attempt far past its route's p95 while the route delivered
+nothing since it began is a hang: the route is `stalled` (ranked behind the others) and the
+router moves or races that attempt (run.py). An attempt that lost a hedge after running past
+the p95 counts as a failure, so a host that keeps losing hedges opens its breaker like one
+that keeps failing. A breaker's probe is bounded by the same stall time, so probing a host
+that hangs costs one client a second or so, not a full timeout; and the probe comes every
+few seconds, so a host that recovered is back within about that long.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from proxy.catalog import Route
 from proxy.failures import Failure, Kind
+from proxy.routing.latency import Knobs, Latency
 
 # Failures that say something about the route. The client's own (bad request, content
 # blocked) do not; rate limits are a cooldown, not a sign the route is broken.
@@ -38,19 +46,29 @@ class Settings:
     # ... of at most this many outcomes: at 1000 requests a second a minute's outcomes would
     # hold 60,000 entries (about 5 MB) per route, and 2048 tell the ratio as well.
     window_max: int = 2048
-    ewma_alpha: float = 0.3  # weight of the newest latency sample
-    latency_window_s: float = 300.0  # p95 from samples this recent
-    p95_samples: int = 64  # at most this many per tier
+    ewma_alpha: float = 0.3  # weight of the newest latency sample (when the EWMA is fresh)
+    ewma_fresh_s: float = 10.0  # an EWMA this old weighs e times less against a new sample
+    latency_window_s: float = 120.0  # p95 from samples this recent
+    p95_samples: int = 32  # at most this many per tier
     min_p95_samples: int = 5  # below this the p95 is the prior's
-    open_after_failures: int = 5  # consecutive counted failures
+    open_after_failures: int = 5  # consecutive counted failures; also the run of fast
+    # successes after which a slow spell's samples leave the p95 (latency.py)
     open_ratio: float = 0.5  # or this failure ratio over the window ...
     open_min_volume: int = 10  # ... once it holds this many outcomes
-    cooldown_s: float = 5.0  # first open period; doubles on each failed probe
-    max_cooldown_s: float = 30.0
+    cooldown_s: float = 4.0  # first open period; doubles on each failed probe ...
+    max_cooldown_s: float = 6.0  # ... to this: a host that recovered is probed this soon
     rate_limit_cooldown_s: float = 1.0  # a 429 without Retry-After
-    stale_after_s: float = 30.0  # a route with no outcome this long earns a probe
+    stale_after_s: float = 5.0  # a route with no outcome this long earns a probe
     probe_share: float = 0.02  # at most this share of requests go to stale routes first
-    stall_floor_s: float = 5.0  # in-flight longer than max(this, 2 x p95) marks a stall
+    # An attempt in flight longer than max(floor, factor x p95) while its route delivered
+    # nothing since it began is a hang; a breaker's probe gets no longer than that either.
+    stall_floor_s: float = 1.0
+    stall_factor: float = 2.0
+
+    @property
+    def latency(self) -> Knobs:
+        return Knobs(self.ewma_alpha, self.ewma_fresh_s, self.latency_window_s,
+                     self.p95_samples, self.min_p95_samples, self.open_after_failures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +82,7 @@ class Snapshot:
     success_ratio: float  # over the window; 1.0 with no evidence
     in_flight: int
     samples: int  # outcomes in the window
-    stalled: bool  # an attempt has been in flight far longer than this route's p95
+    stalled: bool  # an attempt is far past this route's p95 and nothing was delivered since
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,30 +106,6 @@ def verdict(failure: Failure | None, settings: Settings) -> tuple[bool | None, f
     return (False if failure.kind in COUNTED else None), rest
 
 
-@dataclass
-class _Tier:
-    ewma: float
-    recent: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds)
-    # The same seconds kept sorted as samples come and go: every request reads every
-    # candidate's p95, which is then an index, not a sort of the window.
-    ordered: list[float] = field(default_factory=list)
-
-    def add(self, when: float, seconds: float, keep: int) -> None:
-        self.recent.append((when, seconds))
-        bisect.insort(self.ordered, seconds)
-        while len(self.recent) > keep:
-            self._drop()
-
-    def trim(self, oldest: float) -> None:
-        """Forget samples taken before `oldest`."""
-        while self.recent and self.recent[0][0] < oldest:
-            self._drop()
-
-    def _drop(self) -> None:
-        _, seconds = self.recent.popleft()
-        del self.ordered[bisect.bisect_left(self.ordered, seconds)]
-
-
 class RouteHealth:
     """The evidence about one route. Not thread-safe: it lives on the event loop."""
 
@@ -121,7 +115,7 @@ class RouteHealth:
         self._prior = route.typical_latency_s
         self._settings = settings
         self._clock = clock
-        self._tiers: dict[str, _Tier] = {}
+        self._tiers: dict[str, Latency] = {}
         self._outcomes: deque[tuple[float, bool]] = deque()
         self._failures = 0  # of the outcomes in the window: kept, not counted per request
         self._consecutive = 0
@@ -135,6 +129,7 @@ class RouteHealth:
         # When the latest counted failure's attempt started: a success that started earlier
         # is older news and neither resets the failure count nor closes the breaker.
         self._failure_started = -math.inf
+        self._delivered_at = -math.inf  # the latest success's end: a hang has none since
         self.last_outcome_at = -math.inf
         self.tell: Callable[[Outcome], None] | None = None  # hears each local outcome
 
@@ -181,14 +176,49 @@ class RouteHealth:
             self._failed(now, started)
 
     def abandon(self, token: int) -> None:
-        """An attempt was cancelled (it lost a hedge): no evidence either way."""
+        """An attempt was cancelled for a reason of its own (the client left, the request
+        failed elsewhere): no evidence either way."""
         self._starts.pop(token, None)
         self._probing = False
 
+    def lost(self, token: int, tier: str) -> None:
+        """An attempt was cancelled because another route delivered first (a hedge). One
+        that ran past the p95 is a slow answer or none: a counted failure, told like any
+        other; one still within it says nothing."""
+        started = self._starts.get(token)
+        if started is None or self._clock() - started <= self.p95(tier):
+            self.abandon(token)
+            return
+        self.end(token, tier, Failure(Kind.TIMEOUT, "lost a hedge after its route's p95"))
+
+    def hung(self, token: int, tier: str) -> bool:
+        """This attempt is past the stall time and its route delivered nothing since it
+        began (router.py moves or races it)."""
+        started = self._starts.get(token)
+        if started is None:
+            return False
+        return self._clock() - started >= self.stall_s(tier) and self._delivered_at <= started
+
+    def stall_s(self, tier: str) -> float:
+        """How long an attempt may go unanswered before its silence is a hang (and how long
+        a breaker's probe may take)."""
+        s = self._settings
+        return max(s.stall_floor_s, s.stall_factor * self.p95(tier))
+
+    def p95(self, tier: str) -> float:
+        return self._p95(self._tiers.get(tier), self._clock())
+
     def _succeeded(self, now: float, tier: str, seconds: float, started: float) -> None:
-        entry = self._tiers.setdefault(tier, _Tier(self._prior))
-        entry.ewma += self._settings.ewma_alpha * (seconds - entry.ewma)
-        entry.add(now, seconds, self._settings.p95_samples)
+        entry = self._tiers.get(tier)
+        if entry is None:
+            entry = self._tiers[tier] = Latency(self._prior, self._settings.latency)
+        entry.add(now, seconds)
+        self._delivered_at = max(self._delivered_at, now)
+        if started >= self._failure_started and self._state is not State.CLOSED:
+            # The breaker closes: the failures that opened it were another spell's, and
+            # would keep a recovered host behind (balanced divides by the success ratio).
+            self._outcomes.clear()
+            self._failures = 0
         self._record(now, True)
         if started < self._failure_started:
             return
@@ -244,12 +274,14 @@ class RouteHealth:
         p95 = self._p95(entry, now)
         volume = len(self._outcomes)
         ok = volume - self._failures
-        oldest = min(self._starts.values(), default=now)
+        # The oldest attempt begun after the latest delivery: silent all along.
+        silent = min((t for t in self._starts.values() if t >= self._delivered_at),
+                     default=now)
+        stall_s = max(self._settings.stall_floor_s, self._settings.stall_factor * p95)
         return Snapshot(
             state=self._state, available=self._available(now), expected_s=expected, p95_s=p95,
             success_ratio=ok / volume if volume else 1.0, in_flight=len(self._starts),
-            samples=volume,
-            stalled=now - oldest > max(self._settings.stall_floor_s, 2 * p95),
+            samples=volume, stalled=now - silent >= stall_s,
         )
 
     def _available(self, now: float) -> bool:
@@ -257,15 +289,8 @@ class RouteHealth:
             return False
         return self._state is State.CLOSED or not self._probing
 
-    def _p95(self, entry: _Tier | None, now: float) -> float:
-        if entry is None:
-            return 1.5 * self._prior
-        entry.trim(now - self._settings.latency_window_s)
-        recent = entry.ordered
-        if len(recent) < self._settings.min_p95_samples:
-            # Too little evidence: the prior, widened the way image latencies spread.
-            return max(1.5 * self._prior, entry.ewma * 1.5)
-        return recent[min(len(recent) - 1, math.ceil(0.95 * len(recent)) - 1)]
+    def _p95(self, entry: Latency | None, now: float) -> float:
+        return 1.5 * self._prior if entry is None else entry.p95(now)
 
     @property
     def state(self) -> State:
@@ -313,9 +338,15 @@ class Health:
         return {r.id: self.of(r).snapshot(tier) for r in routes}
 
     def probe(self, ranked: list[Route], snapshots: dict[str, Snapshot]) -> Route | None:
-        """A stale route (no outcome for a while) to try first, within the probe share, so a
-        route that lost traffic can earn it back. Counts every request it is asked about."""
+        """A route to try first so it can earn traffic back: one whose breaker waits for its
+        probe (the cooldown paces those), else a stale route (no outcome for a while) within
+        the probe share. `ranked`: the leader, then routes that could lead on fresh
+        evidence. Counts every request it is asked about."""
         self._requests += 1
+        for route in ranked[1:]:
+            snap = snapshots[route.id]
+            if snap.state is State.HALF_OPEN and snap.available:
+                return route
         now = self.clock()
         s = self.settings
         if self._probes + 1 > s.probe_share * self._requests:

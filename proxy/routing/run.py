@@ -2,7 +2,10 @@
 
 The Router (router.py) holds what lasts (adapters, clients, health, slots); a Run is one
 request's pass over its plan: start the best route, move on after a retryable failure, hedge
-past the route's p95, release every slot it took.
+past the route's p95, release every slot it took. An attempt that hangs (past its route's
+stall time with nothing delivered there since it began, routing/health.py) does not hold the
+request to its full timeout: without hedging it is ended as a timeout and the next route
+starts (a host bills no image it never sent); with hedging the next route races it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from proxy.catalog import Route
 from proxy.domain import Attempt, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import flows
+from proxy.routing.health import State
 from proxy.routing.slots import Slot
 from proxy.routing.strategies import quote
 
@@ -49,7 +53,12 @@ class Live:
     started: float
     deadline: float
     slot: Slot
+    watched: bool = False  # its stall time came (and it was raced if it hung)
 
+
+def hang(live: Live, stall_s: float) -> Failure:
+    return Failure(Kind.TIMEOUT, f"no answer in {stall_s:.1f} s while {live.route.provider.name} "
+                                 f"delivered nothing: moved to the next route")
 
 
 class Run:
@@ -69,15 +78,20 @@ class Run:
         self.full: list[Route] = []  # routes skipped for want of a slot
         self.submits: flows.Submits | None = None  # a queued request's submits, written down
         self.held: Slot | None = None  # a slot taken before the run (with the admission)
+        self.moved: Live | None = None  # the attempt ended because it hung
+        self._watching: asyncio.TimerHandle | None = None  # the look at its stall time
 
     async def execute(self) -> tuple[Route, ImageResult]:
+        won = False
         try:
-            return await (self._loop() if self.hedge else self._one_at_a_time())
+            found = await (self._loop() if self.hedge else self._one_at_a_time())
+            won = True
+            return found
         finally:
             if self.held is not None:  # its host was never tried
                 self.router._slots.release(self.held)
                 self.held = None
-            self._cancel_all()
+            self._cancel_all(won)
 
     async def _one_at_a_time(self) -> tuple[Route, ImageResult]:
         """Without hedging, attempts run one after another, each in this task: no task of its
@@ -91,6 +105,7 @@ class Run:
             error: BaseException | None = None
             try:
                 async with asyncio.timeout(max(0.0, backstop - self.router._clock())) as limit:
+                    self._watch(live, limit)
                     result = await self.router._generate(live.route, self.request,
                                                          live.deadline, self.submits)
             except UpstreamError as exc:
@@ -99,6 +114,11 @@ class Run:
                 if not limit.expired():
                     self.router.health.of(live.route).abandon(live.token)
                     raise
+                if self.moved is live:  # it hung: the next route's turn
+                    self.moved = None
+                    metrics.RESCUES.labels(self.request.model, "moved").inc()
+                    self._expire_one(live, hang(live, self._stall_s(live)))
+                    continue
                 if live.deadline < self.deadline:  # its own deadline: the next route's turn
                     self._expire_one(live)
                     continue
@@ -110,10 +130,37 @@ class Run:
                 self.router.health.of(live.route).abandon(live.token)
                 raise
             finally:
+                if self._watching is not None:
+                    self._watching.cancel()
+                    self._watching = None
                 self.router._slots.release(live.slot)
             outcome = self._ended(live, error, None if error else result)
             if outcome is not None:
                 return live.route, outcome
+
+    def _watch(self, live: Live, limit: asyncio.Timeout) -> None:
+        """At the attempt's stall time, end it (through `limit`) if it hung and another
+        route is left to try within the request's time."""
+        if not self.pending or live.route.provider.deferred:
+            return
+        loop = asyncio.get_running_loop()
+
+        def look() -> None:
+            now = self.router._clock()
+            due = live.started + self._stall_s(live)
+            if now < due:  # the loop's timers may run a hair early (uvloop counts in ms)
+                self._watching = loop.call_later(due - now, look)
+            elif self.pending and now < self.deadline and \
+                    self.router.health.of(live.route).hung(live.token,
+                                                           self.request.geometry.tier):
+                self.moved = live
+                limit.reschedule(loop.time())
+
+        self._watching = loop.call_later(
+            max(0.0, live.started + self._stall_s(live) - self.router._clock()), look)
+
+    def _stall_s(self, live: Live) -> float:
+        return self.router.health.of(live.route).stall_s(self.request.geometry.tier)
 
     async def _loop(self) -> tuple[Route, ImageResult]:
         hedge_at: float | None = None
@@ -124,6 +171,9 @@ class Run:
                 hedge_at = self._hedge_time()
             now = self.router._clock()
             wake = min(self.deadline, hedge_at) if hedge_at is not None else self.deadline
+            watch_at = self._watch_time()
+            if watch_at is not None:
+                wake = min(wake, watch_at)
             # An attempt held to a shorter deadline than the request's (a patient request on
             # an interactive route) is ended by its own backstop.
             wake = min([wake, *(live.deadline + DEADLINE_GRACE_S
@@ -136,6 +186,11 @@ class Run:
                     hedge_at = None
                     metrics.HEDGES.labels(self.request.model).inc()
                     await self._launch_next()
+                elif watch_at is not None and now >= watch_at:
+                    if self._all_hung(now):  # every attempt hung: race the next route
+                        metrics.RESCUES.labels(self.request.model, "raced").inc()
+                        hedge_at = None
+                        await self._launch_next()
                 elif now >= self.deadline + DEADLINE_GRACE_S:
                     # The flows end themselves at the deadline; this is the backstop.
                     raise RoutesFailed(Failure(Kind.TIMEOUT, "request deadline reached"),
@@ -183,8 +238,8 @@ class Run:
                 del self.running[task]
                 self._expire_one(live)
 
-    def _expire_one(self, live: Live) -> None:
-        failure = Failure(Kind.TIMEOUT, "request deadline reached")
+    def _expire_one(self, live: Live, failure: Failure | None = None) -> None:
+        failure = failure or Failure(Kind.TIMEOUT, "request deadline reached")
         seconds = self.router.health.of(live.route).end(live.token, self.request.geometry.tier,
                                                         failure)
         self._record(live.route, failure, seconds)
@@ -248,12 +303,17 @@ class Run:
         return None
 
     def _begin(self, route: Route, slot: Slot) -> Live:
-        token = self.router.health.of(route).begin()
+        health = self.router.health.of(route)
+        probe = health.state is State.HALF_OPEN  # this attempt is its breaker's probe
+        token = health.begin()
         now = self.router._clock()
         # Only a deferred route gets a patient request's whole window; any other host is
-        # held to the usual request timeout.
+        # held to the usual request timeout, and a probe to its route's stall time: a host
+        # that still hangs costs the client that much, then the next route serves it.
         deadline = self.deadline if route.provider.deferred else \
             min(self.deadline, now + self.router._timeout_s)
+        if probe and not route.provider.deferred:
+            deadline = min(deadline, now + health.stall_s(self.request.geometry.tier))
         return Live(route, token, now, deadline, slot)
 
     def _take_held(self, route: Route) -> Slot | None:
@@ -262,6 +322,24 @@ class Run:
             return None
         self.held = None
         return held
+
+    def _watch_time(self) -> float | None:
+        """When the next attempt in flight reaches its stall time (while a route is left)."""
+        if not self.pending:
+            return None
+        due = [live.started + self._stall_s(live) for live in self.running.values()
+               if not live.watched and not live.route.provider.deferred]
+        return min(due, default=None)
+
+    def _all_hung(self, now: float) -> bool:
+        """Mark the attempts whose stall time came as watched; whether every attempt in
+        flight has hung (one that still may answer is not raced again)."""
+        for live in self.running.values():
+            if live.started + self._stall_s(live) <= now:
+                live.watched = True
+        tier = self.request.geometry.tier
+        return all(live.watched and self.router.health.of(live.route).hung(live.token, tier)
+                   for live in self.running.values())
 
     def _hedge_time(self) -> float | None:
         """When to start a second attempt: the first one's route p95 for this tier."""
@@ -286,12 +364,18 @@ class Run:
         self.attempts.append(Attempt(route.id, route.provider.name,
                                      failure.kind.value if failure else None, seconds))
 
-    def _cancel_all(self) -> None:
-        """Cancel attempts still in flight (a hedge that lost): no evidence about their
-        routes, but what they started is counted at its quote."""
+    def _cancel_all(self, won: bool) -> None:
+        """Cancel attempts still in flight. What they started is counted at its quote. One
+        that lost to another route (`won`) is evidence when it ran past its p95
+        (RouteHealth.lost); any other cancel (the client left) is none."""
+        tier = self.request.geometry.tier
         for task, live in self.running.items():
             task.cancel()
-            self.router.health.of(live.route).abandon(live.token)
+            health = self.router.health.of(live.route)
+            if won:
+                health.lost(live.token, tier)
+            else:
+                health.abandon(live.token)
             self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
                                          self.router._clock() - live.started,
                                          quote(live.route, self.request)))
