@@ -87,7 +87,7 @@ RESCUES = Counter(
     "switchyard_hang_rescues",
     "Attempts that hung (past their route's stall time, nothing delivered there since they "
     "began) and were moved to the next route (hedging off) or raced by it (hedging on).",
-    ["model", "how"],
+    ["model", "outcome"],
 )
 CONTENT_BLOCKS = Counter(
     "switchyard_content_blocks", "Requests an upstream refused on content policy.",
