@@ -74,13 +74,19 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     routing = bench.add_parser("routing", help=(
         "run thousands of requests through the real router, per strategy, against simulated "
-        "backends that go down, slow down and rate-limit, on a virtual clock; compare with "
-        "oracles and single providers and check the routing targets"))
+        "backends that go down, slow down, rate-limit and hang, on a virtual clock; compare "
+        "with oracles and single providers and check the routing targets"))
     routing.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
-    routing.add_argument("--duration", type=_positive, default=3600.0,
-                         help="virtual seconds; events scale with it (default 3600)")
-    routing.add_argument("--rate", type=_positive, default=2.0,
-                         help="mean requests per virtual second (default 2)")
+    routing.add_argument("--market", choices=("default", "hangs", "all"), default="all",
+                         help="default: an hour with an outage, a slow spell and a 429 storm; "
+                         "hangs: issue 20's audit (three hosts, a hang among the events, "
+                         "hedging off and on, judged per phase); all: both (default)")
+    routing.add_argument("--duration", type=_positive, default=None,
+                         help="virtual seconds; events scale with it (default: the market's, "
+                         "3600 for default, 600 for hangs)")
+    routing.add_argument("--rate", type=_positive, default=None,
+                         help="mean requests per virtual second (default: the market's, 2 for "
+                         "default, 16 for hangs)")
     # The benchmark reads no config; these keep main()'s config loading uniform.
     routing.set_defaults(run=_bench_routing, config=None, data_dir=None)
     overhead = bench.add_parser("overhead", help=(
@@ -214,9 +220,16 @@ def _status(provider: Provider, demo_on: bool) -> str:
 
 
 def _bench_routing(config: Config, args: argparse.Namespace) -> int:
-    from proxy.bench import routing
+    from proxy.bench import hangs, routing
 
-    print(routing.main(args.seed, args.duration, args.rate))
+    if args.market in ("default", "all"):
+        print(routing.main(args.seed, args.duration or routing.DEFAULT_DURATION_S,
+                           args.rate or routing.DEFAULT_RATE), flush=True)
+    if args.market == "all":
+        print()
+    if args.market in ("hangs", "all"):
+        print(hangs.main(args.seed, args.duration or hangs.DEFAULT_DURATION_S,
+                         args.rate or hangs.DEFAULT_RATE))
     return 0
 
 

@@ -167,7 +167,22 @@ def test_a_short_benchmark_reports_every_contender_with_sane_numbers() -> None:
     assert len(verdicts) == 5
 
 
-def test_the_command_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_prints_both_markets_reports(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "routing", "--duration", "60", "--rate", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "router: cheapest" in out and "Targets" in out and "wall time" in out
+    assert "Hangs benchmark" in out and "Targets (issue 20)" in out
+    assert out.index("router: cheapest") < out.index("Hangs benchmark")
+    assert out.count("wall time") == 2
+
+
+@pytest.mark.parametrize(("market", "shown", "hidden"), [
+    ("default", "router: cheapest", "Hangs benchmark"),
+    ("hangs", "Hangs benchmark", "router: cheapest"),
+])
+def test_the_command_prints_one_market_when_asked(capsys: pytest.CaptureFixture[str],
+                                                  market: str, shown: str, hidden: str) -> None:
+    assert cli.main(["bench", "routing", "--market", market, "--duration", "60",
+                     "--rate", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert shown in out and hidden not in out

@@ -3,13 +3,15 @@
 The adapter sends one POST per attempt carrying the request's number; the transport answers
 it at the loop's (virtual) time from the scenario: the backend's state when the call started
 and that (request, backend) pair's dice. A reply slower than the client's read timeout ends as
-httpx.ReadTimeout, as it would on the network. Every call is logged.
+httpx.ReadTimeout, as it would on the network (a hung backend's call always does, or waits
+until cancelled when the client sets no read timeout). Every call is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,7 +75,8 @@ def routes(scenario: Scenario) -> tuple[Route, ...]:
     return tuple(Route(
         id=f"{MODEL}/{b.name}", model=MODEL,
         provider=Provider(name=b.name, protocol="market", base_url=f"http://{b.name}",
-                          timeout_s=scenario.deadline_s, max_in_flight=scenario.max_in_flight),
+                          timeout_s=scenario.read_timeout_s(),
+                          max_in_flight=scenario.max_in_flight),
         upstream_model=b.name, price_per_image={TIER: b.price},
         capabilities=Capabilities(tiers=(TIER,), aspect_ratios=("1:1",)),
         typical_latency_s=b.median_s) for b in scenario.backends)
@@ -122,6 +125,8 @@ class MarketUpstream(httpx.AsyncBaseTransport):
                 log.end("timeout")
                 raise httpx.ReadTimeout("market reply slower than the read timeout",
                                         request=request)
+            if math.isinf(outcome.seconds):  # hung, and no read timeout: until cancelled
+                await asyncio.get_running_loop().create_future()
             await asyncio.sleep(outcome.seconds)
         except asyncio.CancelledError:
             log.end("cancelled")

@@ -20,14 +20,14 @@ Ranking = Callable[[Backend, State], tuple[float, ...]]
 
 
 def by_cost(backend: Backend, state: State) -> tuple[float, ...]:
-    """Cheapest first; down last. Failed calls are free, so error rates do not change the
-    cheapest choice, only what it costs in time."""
-    return (state.down, float(backend.price), state.median_s)
+    """Cheapest first; down or hung last. Failed calls are free, so error rates do not change
+    the cheapest choice, only what it costs in time."""
+    return (not state.up, float(backend.price), state.median_s)
 
 
 def by_latency(backend: Backend, state: State) -> tuple[float, ...]:
-    """Lowest true median latency first; down last."""
-    return (state.down, state.median_s, float(backend.price))
+    """Lowest true median latency first; down or hung last."""
+    return (not state.up, state.median_s, float(backend.price))
 
 
 def oracle(scenario: Scenario, ranking: Ranking) -> tuple[Delivery, ...]:
@@ -50,14 +50,23 @@ def single(scenario: Scenario, name: str) -> tuple[Delivery, ...]:
 
 def walk(scenario: Scenario, number: int, order: Sequence[int]) -> Delivery:
     """Request `number` tried on the backends in `order` (indices) until one delivers, each
-    call starting when the last one failed, all within the request deadline."""
+    call starting when the last one failed, all within the request deadline. A call slower
+    than the provider's read timeout (a hung backend's, always) fails at that timeout."""
     arrival = scenario.arrivals[number]
     deadline = arrival + scenario.deadline_s
+    read_timeout = scenario.read_timeout_s()
     now = arrival
     tried: list[str] = []
     for index in order:
         backend = scenario.backends[index]
         outcome = answer(backend, backend.state(now), scenario.dice[number][index])
+        if outcome.seconds > read_timeout:
+            now += read_timeout
+            tried.append(backend.name)
+            if now >= deadline:
+                return Delivery(number, arrival, None, deadline - arrival, Decimal(0), 0,
+                                tuple(tried))
+            continue
         if now + outcome.seconds > deadline:
             tried.append(backend.name)
             return Delivery(number, arrival, None, deadline - arrival, Decimal(0), 0,

@@ -97,7 +97,7 @@ def _scenario_lines(results: Results) -> list[str]:
     lines = [f"Routing benchmark: seed {results.seed}, {s.duration_s:g} virtual s, "
              f"{len(s.arrivals)} requests (Poisson), deadline {s.deadline_s:g} s, real Router "
              "per strategy on a virtual clock", "Backends (true behaviour):"]
-    lines += [f"  {_describe(b)}" for b in s.backends]
+    lines += [f"  {describe(b)}" for b in s.backends]
     peaks = {name: max(r.peak_in_flight[name] for r in results.runs)
              for name in (b.name for b in s.backends)}
     verdict = "no backend reached it" if max(peaks.values()) < s.max_in_flight \
@@ -107,8 +107,9 @@ def _scenario_lines(results: Results) -> list[str]:
     return lines
 
 
-def _describe(backend: Backend) -> str:
-    events = [f"{e.kind}{'' if e.kind == 'down' else f' x{e.factor:g}'} "
+def describe(backend: Backend) -> str:
+    """A backend's price, latency, errors and events, on one line."""
+    events = [f"{e.kind}{'' if e.kind in ('down', 'hang') else f' x{e.factor:g}'} "
               f"{e.start_s:g}-{e.end_s:g} s" for e in backend.events]
     limited = [e for e in backend.events if e.kind == "rate_limited"]
     after = f" (429s say Retry-After {limited[0].retry_after_s:g} s)" if limited else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from proxy.bench import oracle, report, runner, scenario
@@ -21,21 +22,27 @@ def measure(seed: int = DEFAULT_SEED, duration_s: float = DEFAULT_DURATION_S,
     baseline, on one scenario. Strategies run in `workers` processes (default: one per CPU);
     each run is independent and deterministic, so this changes only the wall time."""
     market = scenario.build(seed, duration_s, rate)
-    runs = _run_all(market, workers or os.cpu_count() or 1)
+    runs = run_all(market, [(strategy, False) for strategy in STRATEGIES], workers)
     return report.Results(
         market, seed, runs, oracle.oracle(market, oracle.by_cost),
         oracle.oracle(market, oracle.by_latency),
         {b.name: oracle.single(market, b.name) for b in market.backends})
 
 
-def _run_all(market: scenario.Scenario, workers: int) -> tuple[runner.RouterRun, ...]:
+def run_all(market: scenario.Scenario, runs: Sequence[tuple[str, bool]],
+            workers: int | None = None) -> tuple[runner.RouterRun, ...]:
+    """Each (strategy, hedge) through a fresh router, in `workers` processes (default: one
+    per CPU), results in the order asked."""
+    workers = workers or os.cpu_count() or 1
+    strategies = [strategy for strategy, _ in runs]
+    hedges = [hedge for _, hedge in runs]
     if workers <= 1:
-        return tuple(runner.run(market, strategy) for strategy in STRATEGIES)
+        return tuple(map(runner.run, [market] * len(runs), strategies, hedges))
     # spawn, not fork: the caller may have threads (a test server), which fork would copy
     # mid-flight.
-    with ProcessPoolExecutor(min(workers, len(STRATEGIES)),
+    with ProcessPoolExecutor(min(workers, len(runs)),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        return tuple(pool.map(runner.run, [market] * len(STRATEGIES), STRATEGIES))
+        return tuple(pool.map(runner.run, [market] * len(runs), strategies, hedges))
 
 
 def main(seed: int = DEFAULT_SEED, duration_s: float = DEFAULT_DURATION_S,

@@ -20,13 +20,15 @@ LIMITED_REPLY_S = 0.3
 # The suggested scenario is laid out over an hour; other durations scale its events.
 REFERENCE_DURATION_S = 3600.0
 
-EventKind = Literal["down", "slow", "rate_limited"]
+EventKind = Literal["down", "slow", "rate_limited", "hang"]
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """A change in a backend's condition over [start_s, end_s): down (fast 503s); slow
-    (latency times `factor`); rate_limited (`factor` of calls answered 429 with Retry-After)."""
+    (latency times `factor`); rate_limited (`factor` of calls answered 429 with Retry-After);
+    hang (calls started during it never answer: the client's read timeout or a cancel ends
+    them, which is how a wedged host looks from outside)."""
 
     kind: EventKind
     start_s: float
@@ -47,6 +49,12 @@ class State:
     error_rate: float
     limited_share: float
     retry_after_s: float
+    hung: bool = False
+
+    @property
+    def up(self) -> bool:
+        """Calls started now can be answered (a hung host is as useless as a down one)."""
+        return not (self.down or self.hung)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +75,8 @@ class Backend:
         return State(down=any(e.kind == "down" for e in live), median_s=self.median_s * slow,
                      error_rate=self.error_rate,
                      limited_share=max((e.factor for e in limits), default=0.0),
-                     retry_after_s=max((e.retry_after_s for e in limits), default=0.0))
+                     retry_after_s=max((e.retry_after_s for e in limits), default=0.0),
+                     hung=any(e.kind == "hang" for e in live))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +97,16 @@ class Outcome:
     retry_after_s: float | None = None
 
 
+# A call to a hung backend: no reply, ever (no status is sent; the number is never read).
+HUNG = Outcome(0, math.inf)
+
+
 def answer(backend: Backend, state: State, dice: Dice) -> Outcome:
     """The reply to a call started while the backend was in `state`."""
     if state.down:
         return Outcome(503, DOWN_REPLY_S)
+    if state.hung:
+        return HUNG
     if dice.limit < state.limited_share:
         return Outcome(429, LIMITED_REPLY_S, state.retry_after_s)
     seconds = state.median_s * math.exp(backend.sigma * dice.z)
@@ -119,7 +134,9 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """A whole run: the backends (catalog order), arrival times and dice[request][backend]."""
+    """A whole run: the backends (catalog order), arrival times and dice[request][backend].
+    `deadline_s` is the router's request deadline; `provider_timeout_s` each provider's
+    read timeout (None: the deadline, so one slow call may use the whole of it)."""
 
     backends: tuple[Backend, ...]
     arrivals: tuple[float, ...]
@@ -127,13 +144,18 @@ class Scenario:
     duration_s: float
     deadline_s: float = 120.0
     max_in_flight: int = 128  # per backend: far above what this load needs (the report checks)
+    provider_timeout_s: float | None = None
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.backends if b.name == name)
 
+    def read_timeout_s(self) -> float:
+        """How long a provider's client waits for one call's reply."""
+        return self.deadline_s if self.provider_timeout_s is None else self.provider_timeout_s
+
     def healthy_at(self, t: float) -> bool:
-        """At least one backend is up."""
-        return any(not b.state(t).down for b in self.backends)
+        """At least one backend is up (neither down nor hung)."""
+        return any(b.state(t).up for b in self.backends)
 
 
 def backends(duration_s: float) -> tuple[Backend, ...]:
