@@ -10,6 +10,7 @@ import pytest
 from proxy.catalog import Capabilities, Provider, Route
 from proxy.failures import Failure, Kind
 from proxy.routing.health import Health, RouteHealth, Settings, State
+from proxy.routing.latency import Latency
 
 
 class Clock:
@@ -335,16 +336,16 @@ def test_cooldowns_keep_probing_a_down_host_every_few_seconds() -> None:
 
 def test_one_fast_probe_after_a_quiet_spell_outweighs_the_old_estimate() -> None:
     # Issue 20.3/20.4: a host that was slow, then out of traffic, is ranked back after one
-    # fast probe; at a steady pace the EWMA moves by its usual alpha.
-    health, clock = _health()
-    for _ in range(10):
-        _attempt(health, clock, None, seconds=8.0)
-    steady = health.snapshot("1K").expected_s
-    _attempt(health, clock, None, seconds=2.0)
-    assert health.snapshot("1K").expected_s > 0.6 * steady  # 2 s after the last: mostly old
-    clock.now += 60  # no traffic for a minute
-    _attempt(health, clock, None, seconds=2.0)
-    assert health.snapshot("1K").expected_s < 2.5
+    # fast probe; on a busy route the EWMA moves by about its usual alpha.
+    knobs = Settings().latency
+    busy, quiet = Latency(8.0, knobs), Latency(8.0, knobs)
+    for i in range(10):
+        busy.add(i * 0.1, 8.0)
+        quiet.add(i * 0.1, 8.0)
+    busy.add(1.0, 2.0)  # 0.1 s after the last sample
+    quiet.add(61.0, 2.0)  # a minute after it
+    assert busy.ewma == pytest.approx(8.0 - Settings().ewma_alpha * 6.0, rel=0.05)
+    assert quiet.ewma < 2.1
 
 
 def test_a_run_of_fast_successes_ends_a_slow_spell_in_the_p95() -> None:

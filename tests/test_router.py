@@ -14,7 +14,7 @@ import pytest
 
 from proxy.catalog import Model, Route
 from proxy.domain import Geometry, ImageRequest, Policy, Served
-from proxy.failures import Kind
+from proxy.failures import Failure, Kind
 from proxy.routing import run as run_module
 from proxy.routing.health import Health, Settings
 from proxy.routing.planning import NoRoute
@@ -149,6 +149,19 @@ def test_a_hedge_starts_past_the_p95_and_the_first_image_wins() -> None:
     assert upstream.cancelled["cheap"] == 1, "the losing attempt is cancelled"
     assert served.hedge_cost_usd == Decimal("0.02"), "what it started is counted honestly"
     assert served.cost_usd == Decimal("0.04")
+
+
+def test_no_hedge_goes_to_a_route_whose_breaker_is_open() -> None:
+    # A hedge is a bet on a healthy route; an open breaker is a failover's last resort only.
+    upstream = Scripted()
+    upstream.script("cheap", Step(delay_s=0.4))
+    router = make_router(upstream, (CHEAP, MID))
+    mid = router.health.of(MID)
+    for _ in range(5):
+        mid.end(mid.begin(), "1K", Failure(Kind.UPSTREAM_BROKEN, "down"))
+    served = run(serve(router, scripted.model((CHEAP, MID), hedge=True)))
+    assert served.provider == "cheap" and upstream.calls["mid"] == 0
+    assert log(served) == ["cheap=ok"]
 
 
 def test_no_hedge_unless_asked() -> None:

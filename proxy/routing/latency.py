@@ -61,12 +61,16 @@ class Latency:
             self._under = 0
 
     def p95(self, now: float) -> float:
+        return self.quantile(now, 0.95)
+
+    def quantile(self, now: float, q: float) -> float:
+        """The q-quantile of the recent samples (nearest rank)."""
         self._trim(now - self._knobs.window_s)
         ordered = self._ordered
         if len(ordered) < self._knobs.least:
             # Too little evidence: the prior, widened the way image latencies spread.
             return max(1.5 * self._prior, self.ewma * 1.5)
-        return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
     def _trim(self, oldest: float) -> None:
         """Forget samples taken before `oldest`."""

@@ -2,10 +2,10 @@
 
 The Router (router.py) holds what lasts (adapters, clients, health, slots); a Run is one
 request's pass over its plan: start the best route, move on after a retryable failure, hedge
-past the route's p95, release every slot it took. An attempt that hangs (past its route's
-stall time with nothing delivered there since it began, routing/health.py) does not hold the
-request to its full timeout: without hedging it is ended as a timeout and the next route
-starts (a host bills no image it never sent); with hedging the next route races it.
+past the route's 97th percentile, release every slot it took. An attempt that hangs (past its
+route's stall time with nothing delivered there since it began, routing/health.py) does not
+hold the request to its full timeout: without hedging it is ended as a timeout and the next
+route starts (a host bills no image it never sent); with hedging the next route races it.
 """
 
 from __future__ import annotations
@@ -342,12 +342,18 @@ class Run:
                    for live in self.running.values())
 
     def _hedge_time(self) -> float | None:
-        """When to start a second attempt: the first one's route p95 for this tier."""
+        """When to start a second attempt: past the first route's hedge quantile (97th) for
+        this tier."""
         if not self.hedge or not self.pending or len(self.running) != 1:
             return None
+        # A hedge is a bet on a healthy route: one kept last in the plan (breaker open,
+        # resting, stalled) is a failover's last resort, never a hedge's.
+        spare = self.router.health.of(self.pending[0]).snapshot(self.request.geometry.tier)
+        if not spare.available or spare.stalled:
+            return None
         (live,) = self.running.values()
-        p95 = self.router.health.of(live.route).snapshot(self.request.geometry.tier).p95_s
-        return live.started + p95
+        return live.started + self.router.health.of(live.route).hedge_after_s(
+            self.request.geometry.tier)
 
     def _final_failure(self) -> Failure:
         if self.last is not None:
