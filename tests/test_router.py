@@ -164,6 +164,48 @@ def test_no_hedge_goes_to_a_route_whose_breaker_is_open() -> None:
     assert log(served) == ["cheap=ok"]
 
 
+def test_a_stale_route_that_could_lead_is_probed_in_a_race_with_the_leader() -> None:
+    # Issue 20.2/20.3: a probe is no unlucky client's wait. `fastest`: swift was slow (its
+    # EWMA says so) and has had no traffic since; it could lead on its catalog figure, so a
+    # request probes it, and the leader starts at once beside it.
+    swift = scripted.route("swift", "0.04", latency=0.01)
+    steady = scripted.route("steady", "0.04", latency=0.3)
+    clock = Later()
+    upstream = Scripted()
+    router = make_router(upstream, (swift, steady), clock=clock)
+    health = router.health.of(swift)
+    for _ in range(5):
+        token = health.begin()
+        clock.offset += 2.0  # slow
+        health.end(token, "1K", None)
+    clock.offset += 60  # and no outcome since
+    model = scripted.model((swift, steady), strategy="fastest")
+
+    async def until_probed() -> tuple[list[list[str]], float]:
+        """Requests until one probes swift (within the probe share: 1 in 20)."""
+        logs = []
+        for _ in range(25):
+            started = time.monotonic()
+            served = await serve(router, model)
+            logs.append(log(served))
+            if len(served.attempts) > 1 or served.provider == "swift":
+                return logs, time.monotonic() - started
+        return logs, 0.0
+
+    upstream.script("steady", *[Step(delay_s=0.05)] * 60)
+    upstream.script("swift", *[Step(delay_s=2.0)] * 30)  # still slow
+    logs, seconds = run(until_probed())
+    assert logs[:-1] == [["steady=ok"]] * (len(logs) - 1)
+    assert logs[-1] == ["steady=ok", "swift=hedged"]
+    assert seconds < 1.0, "the client did not wait for the probe"
+    # Recovered: the next probe wins its race, and one fast sample puts swift back first.
+    upstream.scripts["swift"].clear()  # answers at once from now on
+    clock.offset += 60
+    logs, _ = run(until_probed())
+    assert logs[-1][0] == "swift=ok"  # (steady was cancelled, or never needed to start)
+    assert run(serve(router, model)).provider == "swift"
+
+
 def test_no_hedge_unless_asked() -> None:
     upstream = Scripted()
     upstream.script("cheap", Step(delay_s=0.4))

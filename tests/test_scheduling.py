@@ -39,7 +39,7 @@ def planned(req_patience: float | None) -> list[str]:
     routes = (CHEAP, DEAR, BATCH_API)
     req = replace(request(), patience_s=req_patience)
     ranked = plan(scripted.model(routes), req, Policy(), Health(routes, Settings()))
-    return [r.provider.name for r in ranked]
+    return [r.provider.name for r in ranked.routes]
 
 
 def test_a_deferred_route_is_only_for_requests_that_can_wait() -> None:

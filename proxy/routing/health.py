@@ -58,9 +58,9 @@ class Settings:
     cooldown_s: float = 2.0  # first open period; doubles on each failed probe ...
     max_cooldown_s: float = 4.0  # ... to this: a host that recovered is probed this soon
     rate_limit_cooldown_s: float = 1.0  # a 429 without Retry-After
-    stale_after_s: float = 2.0  # a route that could lead, with no outcome this long,
+    stale_after_s: float = 1.0  # a route that could lead, with no outcome this long,
     # earns a probe
-    probe_share: float = 0.02  # at most this share of requests go to stale routes first
+    probe_share: float = 0.05  # at most this share of requests go to stale routes first
     # An attempt in flight longer than max(floor, factor x p95) while its route delivered
     # nothing since it began is a hang; a breaker's probe gets no longer than that either.
     stall_floor_s: float = 1.0

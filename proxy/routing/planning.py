@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from proxy.catalog import Model, Route
 from proxy.domain import ImageRequest, Policy
 from proxy.routing.fit import fits, unservable_param
-from proxy.routing.health import Health
+from proxy.routing.health import Health, State
 from proxy.routing.strategies import Unmet, constrain, could_lead, rank
 
 # A deferred route is offered only to a request that can wait this many times its typical
@@ -31,8 +31,11 @@ def effective_policy(model: Model, request: ImageRequest, key_policy: Policy) ->
         Policy(strategy=model.default_strategy, hedge=model.hedge))
 
 
-def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) -> list[Route]:
-    """Routes that fit and meet the policy, best first; a stale route may go first as a probe."""
+def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) -> Plan:
+    """Routes that fit and meet the policy, best first; a route may go first as a probe: a
+    half-open one (its attempt is bounded by its stall time, health.py), or a stale one, raced
+    by the leader (`Plan.race`) so the client waits no longer for it. A patient request
+    (a batch item) does not mind a slow probe: it is not raced."""
     candidates = [route for route in model.routes
                   if patient_enough(route, request) and fits(route, request)]
     if not candidates:
@@ -48,10 +51,18 @@ def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) ->
     ranked = rank(kept, strategy, request, snapshots)
     worth = [r for r in ranked[1:] if could_lead(r, ranked[0], strategy, request, snapshots)]
     probe = health.probe([ranked[0], *worth], snapshots) if ranked else None
-    if probe is not None:
-        ranked.remove(probe)
-        ranked.insert(0, probe)
-    return ranked
+    if probe is None:
+        return Plan(ranked)
+    ranked.remove(probe)
+    ranked.insert(0, probe)
+    stale = snapshots[probe.id].state is not State.HALF_OPEN
+    return Plan(ranked, race=stale and not request.patience_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    routes: list[Route]
+    race: bool = False  # the first route is a stale probe: start the second at once too
 
 
 def patient_enough(route: Route, request: ImageRequest) -> bool:
@@ -69,3 +80,4 @@ class Prepared:
 
     routes: tuple[Route, ...]
     policy: Policy
+    race: bool = False  # the first two routes start together (Plan.race)

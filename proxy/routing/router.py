@@ -88,10 +88,12 @@ class Router:
         Routes named in `first` (they hold upstream work an earlier run of this request
         started) come first, in the plan's order."""
         policy = effective_policy(model, request, key_policy or Policy())
-        routes = tuple(plan(model, request, policy, self.health))
+        planned = plan(model, request, policy, self.health)
+        routes = tuple(planned.routes)
         if first:
             routes = tuple(sorted(routes, key=lambda route: route.id not in first))
-        return Prepared(routes, policy)
+            return Prepared(routes, policy)
+        return Prepared(routes, policy, planned.race)
 
     async def run(self, prepared: Prepared, request: ImageRequest,
                   submits: flows.Submits | None = None, slot: Slot | None = None) -> Served:
@@ -102,7 +104,7 @@ class Router:
         policy = prepared.policy
         run = Run(self, request, deque(prepared.routes),
                    self._clock() + max(self._timeout_s, request.patience_s or 0.0),
-                   bool(policy.hedge))
+                   bool(policy.hedge), prepared.race)
         run.submits = submits
         run.held = slot
         started = self._clock()

@@ -65,12 +65,13 @@ class Run:
     """One request's execution: the routes still to try, the attempts in flight and made."""
 
     def __init__(self, router: Router, request: ImageRequest, pending: deque[Route],
-                 deadline: float, hedge: bool) -> None:
+                 deadline: float, hedge: bool, race: bool = False) -> None:
         self.router = router
         self.request = request
         self.pending = pending
         self.deadline = deadline
         self.hedge = hedge
+        self.race = race  # the first route is a probe: the second starts with it
         self.running: dict[asyncio.Task[ImageResult], Live] = {}
         self.attempts: list[Attempt] = []
         self.last: Failure | None = None
@@ -84,7 +85,7 @@ class Run:
     async def execute(self) -> tuple[Route, ImageResult]:
         won = False
         try:
-            found = await (self._loop() if self.hedge else self._one_at_a_time())
+            found = await (self._loop() if self.hedge or self.race else self._one_at_a_time())
             won = True
             return found
         finally:
@@ -344,7 +345,7 @@ class Run:
     def _hedge_time(self) -> float | None:
         """When to start a second attempt: past the first route's hedge quantile (97th) for
         this tier."""
-        if not self.hedge or not self.pending or len(self.running) != 1:
+        if not (self.hedge or self.race) or not self.pending or len(self.running) != 1:
             return None
         # A hedge is a bet on a healthy route: one kept last in the plan (breaker open,
         # resting, stalled) is a failover's last resort, never a hedge's.
@@ -352,6 +353,11 @@ class Run:
         if not spare.available or spare.stalled:
             return None
         (live,) = self.running.values()
+        if self.race:  # a probe, raced by the leader from the start
+            self.race = False
+            return live.started
+        if not self.hedge:
+            return None
         return live.started + self.router.health.of(live.route).hedge_after_s(
             self.request.geometry.tier)
 
