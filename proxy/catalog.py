@@ -21,6 +21,11 @@ from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS
 
 STRATEGIES: tuple[str, ...] = ("cheapest", "fastest", "balanced", "ordered")
 BACKGROUNDS: tuple[str, ...] = ("auto", "opaque", "transparent")
+# Every `quality` the images API takes. `xhigh` and `max` came with gpt-image-2.5 (openai-python
+# 3.63.0, types/image_generate_params.py): a route serves them only where its catalog entry
+# lists them in capabilities.qualities; every route serves the rest (as it always has).
+QUALITIES: tuple[str, ...] = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
+DEFAULT_QUALITIES: tuple[str, ...] = ("auto", "low", "medium", "high", "standard", "hd")
 
 
 class CatalogError(ValueError):
@@ -74,6 +79,7 @@ class Capabilities:
     max_reference_images: int = 0
     output_formats: tuple[str, ...] = ("png",)
     backgrounds: tuple[str, ...] = ("auto",)
+    qualities: tuple[str, ...] = DEFAULT_QUALITIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +96,15 @@ class Route:
     options: Mapping[str, Any] = field(default_factory=dict)
     price_terms: str = "per image"  # how the host itself bills (tokens, credits, packs)
     usd_per_image_token: Decimal | None = None  # per-token routes bill the reported usage
+    # `price.quality`: an image of that quality costs this multiple of the tier price.
+    quality_factors: Mapping[str, Decimal] = field(default_factory=dict)
     # What adapters derive from the route alone (auth headers, URLs, size choices), computed
     # on first use. Not copied by dataclasses.replace: a route with a fresh key starts empty.
     memo: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def unit_price(self, tier: str, quality: str = "auto") -> Decimal:
+        """Dollars per image at a tier and quality, before the call."""
+        return self.price_per_image[tier] * self.quality_factors.get(quality, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,14 +269,19 @@ def _route(model: str, spec: dict[str, Any], provider: Provider, base_caps: Mapp
            where: str) -> Route:
     try:
         prices = pricing.per_image(spec.get("price"), where)
+        factors = pricing.quality_factors(spec["price"], where)
     except pricing.PriceError as exc:
         raise CatalogError(str(exc)) from None
     caps = _capabilities({**base_caps, **spec.get("capabilities", {})}, tuple(prices), where)
+    unserved = sorted(set(factors) - set(caps.qualities))
+    if unserved:
+        raise CatalogError(f"{where}: price.quality names {unserved}, which "
+                           f"capabilities.qualities does not list")
     return Route(
         id=f"{model}/{provider.name}", model=model, provider=provider,
         upstream_model=_require(spec, "upstream_model", str, where),
         price_per_image=prices, price_terms=pricing.terms(spec["price"]),
-        usd_per_image_token=pricing.token_rate(spec["price"]),
+        usd_per_image_token=pricing.token_rate(spec["price"]), quality_factors=factors,
         capabilities=caps, typical_latency_s=_number(spec, "typical_latency_s", 10.0, where),
         options=dict(spec.get("options", {})),
     )
@@ -278,10 +295,12 @@ def _capabilities(spec: Mapping[str, Any], tiers: tuple[str, ...], where: str) -
         max_reference_images=int(_number(spec, "max_reference_images", 0, where)),
         output_formats=tuple(spec.get("output_formats", ("png",))),
         backgrounds=tuple(spec.get("backgrounds", ("auto",))),
+        qualities=tuple(spec.get("qualities", DEFAULT_QUALITIES)),
     )
     for value, known, label in ((caps.aspect_ratios, ASPECT_RATIOS, "aspect_ratios"),
                                 (caps.output_formats, OUTPUT_FORMATS, "output_formats"),
-                                (caps.backgrounds, BACKGROUNDS, "backgrounds")):
+                                (caps.backgrounds, BACKGROUNDS, "backgrounds"),
+                                (caps.qualities, QUALITIES, "qualities")):
         unknown = [v for v in value if v not in known]
         if unknown:
             raise CatalogError(f"{where}: unknown {label} {unknown}")

@@ -120,7 +120,7 @@ def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) ->
     Switchyard absorbs the difference, so a budget is never overspent."""
     tier = asked.geometry.tier
     first = prepared.routes[0]
-    return plan.per_image(model.name, tier, first.price_per_image[tier]) * asked.n
+    return plan.per_image(model.name, tier, first.unit_price(tier, asked.quality)) * asked.n
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,9 +38,11 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "style": ("vivid", "natural"),
     "input_fidelity": ("high", "low"),
 }
+# `xhigh` and `max` are gpt-image-2.5's (openai-python 3.63.0 types/image_generate_params.py
+# and image_edit_params.py); only routes that list them serve them (proxy.routing.fit).
 _QUALITY = {
-    "generate": ("standard", "hd", "low", "medium", "high", "auto"),
-    "edit": ("standard", "low", "medium", "high", "auto"),
+    "generate": ("standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"),
+    "edit": ("standard", "low", "medium", "high", "xhigh", "max", "auto"),
 }
 _COMMON = frozenset({
     "model", "prompt", "n", "size", "quality", "response_format", "output_format",

@@ -71,6 +71,20 @@ def actual(per_image_usd: Decimal, images: int, rate: Decimal | None,
     return per_image_usd * images
 
 
+def quality_factors(price: Mapping[str, Any], where: str) -> dict[str, Decimal]:
+    """`price.quality = { low = 0.25, max = 4 }`: what an image of each named quality costs,
+    as a multiple of the tier prices (which are the price of every quality not named). Hosts
+    whose bill grows with `quality` (OpenAI's output tokens) quote it right before the call."""
+    spec = price.get("quality", {})
+    if not isinstance(spec, Mapping):
+        raise PriceError(f"{where} price.quality: expected a table of quality = factor")
+    factors = {str(name): _amount(value, f"{where} price.quality.{name}")
+               for name, value in spec.items()}
+    if any(factor == 0 for factor in factors.values()):
+        raise PriceError(f"{where} price.quality: a factor must be above zero")
+    return factors
+
+
 def terms(price: Mapping[str, Any]) -> str:
     """The host's own pricing terms in a few words, for `switchyard routes list`."""
     if "per_token" in price:

@@ -84,7 +84,8 @@ class Resume:
         tier = request.geometry.tier
         return Call(f"{ticket}.{secrets.token_hex(6)}", ticket, route.id, part, ordinal,
                     route.provider.name, key_id, tenant, request.model, tier, request.n,
-                    micros(route.price_per_image[tier] * request.n), int(time.time()))
+                    micros(route.unit_price(tier, request.quality) * request.n),
+                    int(time.time()))
 
     async def _begin(self, call: Call) -> None:
         """The call's row, written before it is sent. Cancelled meanwhile, the call is never

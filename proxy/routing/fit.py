@@ -24,6 +24,7 @@ CHECKS: tuple[tuple[Check, Callable[[ImageRequest], str]], ...] = (
     (lambda r, q: q.geometry.aspect_ratio in r.capabilities.aspect_ratios,
      lambda q: _param(q, "aspect_ratio")),
     (lambda r, q: q.background in r.capabilities.backgrounds, lambda q: "background"),
+    (lambda r, q: q.quality in r.capabilities.qualities, lambda q: "quality"),
     (lambda r, q: q.kind != "edit" or r.capabilities.edits, lambda q: "image"),
     (lambda r, q: len(q.images) <= r.capabilities.max_reference_images, _reference_param),
     (lambda r, q: q.n <= r.capabilities.max_n, lambda q: "n"),

@@ -110,8 +110,8 @@ class Router:
         started = self._clock()
         route, result = await run.execute()
         waited = self._clock() - started
-        cost = pricing.actual(route.price_per_image[request.geometry.tier], len(result.images),
-                              route.usd_per_image_token,
+        cost = pricing.actual(route.unit_price(request.geometry.tier, request.quality),
+                              len(result.images), route.usd_per_image_token,
                               result.usage.output_image_tokens if result.usage else None)
         return Served(result, route.id, route.provider.name, route.upstream_model, cost,
                       tuple(run.attempts), result.converted_from,

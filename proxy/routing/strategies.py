@@ -27,7 +27,7 @@ class Unmet(Exception):
 
 def quote(route: Route, request: ImageRequest) -> Decimal:
     """The upstream price of this request on this route, before the call."""
-    return route.price_per_image[request.geometry.tier] * request.n
+    return route.unit_price(request.geometry.tier, request.quality) * request.n
 
 
 def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
@@ -41,7 +41,7 @@ def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
         ("route.ignore", bool(policy.ignore), lambda r: r.provider.name not in policy.ignore,
          "every route of this model is on an ignored provider"),
         ("route.max_price", policy.max_price is not None,
-         lambda r: r.price_per_image[tier] <= (policy.max_price or 0),
+         lambda r: r.unit_price(tier, request.quality) <= (policy.max_price or 0),
          f"no route serves {tier} at or below max_price {policy.max_price} USD per image"),
         ("route.max_latency_s", policy.max_latency_s is not None,
          lambda r: snapshots[r.id].p95_s <= (policy.max_latency_s or 0),

@@ -36,6 +36,7 @@ from proxy.upstream.credentials import Credentials
 
 GEMINI_HOST = "generativelanguage.googleapis.com"
 TEN = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+FOURTEEN = (*TEN, "1:4", "4:1", "1:8", "8:1")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,12 @@ MODELS = {
     "gemini-2.5-flash-image": Model(3, TEN, {}, fixed_tokens=1290),
     "gemini-3-pro-image": Model(14, TEN, {"1K": ("1K", 1120), "2K": ("2K", 1120),
                                           "4K": ("4K", 2000)}),
-    "gemini-3.1-flash-image": Model(14, (*TEN, "1:4", "4:1", "1:8", "8:1"), {
+    "gemini-3.1-flash-image": Model(14, FOURTEEN, {
         "512": ("0.5K", 747), "1K": ("1K", 1120), "2K": ("2K", 1680), "4K": ("4K", 2520)}),
+    # Nano Banana 2 Lite: 1K only; Nano Banana 2.1: no 512 (a 400), 4K at 3780 tokens.
+    "gemini-3.1-flash-lite-image": Model(14, FOURTEEN, {"1K": ("1K", 1120)}),
+    "gemini-nano-banana-2.1": Model(14, FOURTEEN, {"1K": ("1K", 1120), "2K": ("2K", 1680),
+                                                   "4K": ("4K", 3780)}),
 }
 # The published 2.5 Flash Image sizes (about one megapixel at every ratio).
 FLASH_25_PIXELS = {"1:1": (1024, 1024), "2:3": (832, 1248), "3:2": (1248, 832),

@@ -150,6 +150,23 @@ class Seen:
     files: list[tuple[str, str, str, bytes]] = field(default_factory=list)
 
 
+# `xhigh` and `max` exist for gpt-image-2.5 and its snapshots only (openai-python 3.63.0,
+# types/image_generate_params.py); other models answer OpenAI's invalid_value 400 [I: body].
+_QUALITIES = ("low", "medium", "high", "auto")
+_QUALITIES_25 = (*_QUALITIES, "xhigh", "max")
+
+
+def _quality_refused(fields: dict[str, Any]) -> dict[str, Any] | None:
+    quality = fields.get("quality", "auto")
+    allowed = _QUALITIES_25 if str(fields.get("model", "")).startswith("gpt-image-2.5") \
+        else _QUALITIES
+    if quality in allowed:
+        return None
+    return error_body(f"Invalid value: '{quality}'. Supported values are: "
+                      f"{', '.join(repr(q) for q in allowed)}.", "invalid_request_error",
+                      "invalid_value", "quality")
+
+
 @dataclass
 class FakeOpenAIImages(httpx.AsyncBaseTransport):
     """api.openai.com's images endpoints, and its result files on FILES_HOST."""
@@ -190,6 +207,8 @@ class FakeOpenAIImages(httpx.AsyncBaseTransport):
         if self.script:
             return canned_response(self.script.pop(0))
         fields = seen.json if seen.json is not None else seen.form
+        if refused := _quality_refused(fields):
+            return json_response(400, refused)
         return self._success(fields)
 
     def _success(self, fields: dict[str, Any]) -> httpx.Response:
