@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, Protocol
 
 TIERS: tuple[str, ...] = ("0.5K", "1K", "2K", "4K")
 # Long edge of a square image at each tier; other aspect ratios keep about the same pixel count.
@@ -96,6 +97,34 @@ class ImageRequest:
     # A stable name for this piece of work across retries and restarts (the queued job's id):
     # a deferred host is given it, so a resumed job finds what it already submitted.
     ticket: str | None = None
+    # A streamed request: how many partial images the client asked for (0 to 3), and where a
+    # host that streams them relays them as they arrive (None: the client does not stream).
+    partial_images: int = 0
+    partials: Partials | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PartialImage:
+    """A draft of an image that a host streamed before the final one: relayed to the client
+    as it arrives, never billed, never kept."""
+
+    b64: str
+    index: int  # 0-based, per the host's count
+    mime: str
+    size: str | None = None
+    quality: str | None = None
+    background: str | None = None
+
+
+class Partials(Protocol):
+    """Where a streamed request's partial images go: the client's event stream. The first
+    route to relay one owns the stream from then on (the client saw that host's drafts)."""
+
+    def put(self, route_id: str, image: PartialImage) -> bool:
+        """Relay `image`; False (and dropped) when the stream is another route's."""
+
+    def on_commit(self, commit: Callable[[str], None]) -> None:
+        """Have `commit(route_id)` called when the first image is relayed."""
 
 
 @dataclass(frozen=True, slots=True)

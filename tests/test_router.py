@@ -143,7 +143,9 @@ def test_a_hedge_starts_past_the_p95_and_the_first_image_wins() -> None:
     upstream = Scripted()
     upstream.script("cheap", Step(delay_s=3.0))  # p95 prior: 1.5 x 0.1 s
     router = make_router(upstream)
-    served = run(serve(router, scripted.model(ROUTES, hedge=True)))
+    started = time.monotonic()
+    served = run(serve(router, scripted.model((CHEAP, MID), "fastest", hedge=True)))
+    assert time.monotonic() - started < 0.5, "hedged at the p97, not rescued at the stall"
     assert served.provider == "mid"
     assert log(served) == ["mid=ok", "cheap=hedged"]
     assert upstream.cancelled["cheap"] == 1, "the losing attempt is cancelled"
@@ -204,6 +206,15 @@ def test_a_stale_route_that_could_lead_is_probed_in_a_race_with_the_leader() -> 
     logs, _ = run(until_probed())
     assert logs[-1][0] == "swift=ok"  # (steady was cancelled, or never needed to start)
     assert run(serve(router, model)).provider == "swift"
+
+
+def test_no_hedge_that_does_not_pay_for_itself() -> None:
+    # Issue 22.5: under cheapest, mid is as fast as cheap: a hedge would buy a second image
+    # for no expected time saved. The slow call is left alone (below its stall time).
+    upstream = Scripted()
+    upstream.script("cheap", Step(delay_s=0.5))
+    served = run(serve(make_router(upstream), scripted.model(ROUTES, hedge=True)))
+    assert log(served) == ["cheap=ok"] and upstream.calls["mid"] == 0
 
 
 def test_no_hedge_unless_asked() -> None:

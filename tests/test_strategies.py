@@ -249,9 +249,25 @@ def test_unservable_param(routes: tuple[Route, ...], request_: ImageRequest, par
     # Under `fastest`, a slow-looking swift with a fast prior is worth a probe; steady is not.
     ("fastest", SWIFT, True),
     ("fastest", STEADY, False),
-    ("ordered", STEADY, True),
+    # `ordered` ranks by the catalog alone: no evidence can move a route, so none is probed.
+    ("ordered", STEADY, False),
 ])
 def test_only_a_route_that_could_lead_is_worth_a_probe(strategy: str, route: Route,
                                                        expected: bool) -> None:
     snaps = {THRIFTY.id: _snap(1.0), STEADY.id: _snap(2.4), SWIFT.id: _snap(9.0)}
     assert strategies.could_lead(route, THRIFTY, strategy, _request(), snaps) is expected
+
+
+@pytest.mark.parametrize(("strategy", "first_s", "spare_s", "pays"), [
+    ("fastest", 1.0, 1.0, True),  # time is the objective: a hedge is always worth it
+    ("cheapest", 10.0, 10.0, False),  # no time to save: a second image for nothing
+    ("balanced", 10.0, 9.0, False),  # 1 s at $0.005/s is not worth swift's $0.08
+    ("balanced", 40.0, 4.0, True),  # 36 s is worth $0.18
+    ("cheapest", 40.0, 4.0, True),
+])
+def test_a_hedge_must_pay_for_itself(strategy: str, first_s: float, spare_s: float,
+                                     pays: bool) -> None:
+    # Issue 22.5: a hedge buys a second image (the loser is billed); it goes ahead only when
+    # the time it is expected to save, at balanced's value of time, covers that price.
+    assert strategies.hedge_pays(strategy, _request(), _snap(first_s), SWIFT,
+                                 _snap(spare_s)) is pays

@@ -1,9 +1,11 @@
 """`stream: true` on the OpenAI images API: OpenAI's image_generation.* / image_edit.* events.
 
-A host that delivers whole images gets an honest stream: no invented partial images, SSE
-comments as keep-alives while the run goes on, then one `*.completed` event per image. The
-keep-alives, the early plain errors, the error event after the stream began and the
-cancelled run of a client that leaves are proxy/api/sse.py's.
+A host that streams partial images (OpenAI's gpt-image models) has them relayed as
+`*.partial_image` events as they arrive; a host that delivers whole images gets an honest
+stream: no invented partial images, SSE comments as keep-alives while the run goes on. Either
+way one `*.completed` event per image follows once it is billed. The keep-alives, the early
+plain errors, the error event after the stream began and the cancelled run of a client that
+leaves are proxy/api/sse.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from proxy.api.metering import Charged
 from proxy.api.openai_schema import Body
 from proxy.api.render import Origin
 from proxy.api.sse import Style
-from proxy.domain import ImageRequest, Served, Usage
+from proxy.domain import ImageRequest, PartialImage, Served, Usage
 from proxy.media import EXTENSIONS
 from proxy.services import Services
 
@@ -30,36 +32,62 @@ _QUALITIES = frozenset({"low", "medium", "high"})
 _BACKGROUNDS = frozenset({"transparent", "opaque"})
 
 
-def taken(data: Mapping[str, Any], form: bool) -> tuple[dict[str, Any], bool]:
-    """The body without `stream` and `partial_images` (validated here), and whether a stream
-    was asked. A stream carries base64 only, so `response_format: url` is refused with it."""
+def taken(data: Mapping[str, Any], form: bool) -> tuple[dict[str, Any], bool, int]:
+    """The body without `stream` and `partial_images` (validated here), whether a stream was
+    asked, and how many partial images (0 without a stream). A stream carries base64 only,
+    so `response_format: url` is refused with it."""
     body = Body(data, form)
     stream = body.boolean("stream")
-    body.integer("partial_images", 0, 3)
+    partials = body.integer("partial_images", 0, 3)
     if stream and body.string("response_format") == "url":
         raise bad_request("response_format", "a streamed answer carries its images as "
                                              "b64_json; omit 'response_format' or 'stream'",
                           code="unsupported_value")
     rest = {k: v for k, v in data.items() if k not in ("stream", "partial_images")}
-    return rest, stream
+    return rest, stream, (partials or 0) if stream else 0
 
 
 async def _events_body(origin: Origin, svc: Services, asked: ImageRequest,
                        served: Served) -> dict[str, Any]:
     """The completed events, one per image; the request's token usage on the last (a host
     reports it for the whole request, and a client summing the events must count it once)."""
-    kind = "image_generation" if asked.kind == "generate" else "image_edit"
+    kind = _kind(asked)
     images = served.result.images
     events = []
     for i, image in enumerate(images):
         events.append({
             "type": f"{kind}.completed", "b64_json": image.b64, "created_at": int(time.time()),
-            "size": served.result.size if served.result.size in _SIZES else "auto",
-            "quality": asked.quality if asked.quality in _QUALITIES else "auto",
-            "background": asked.background if asked.background in _BACKGROUNDS else "auto",
+            "size": _enum(served.result.size, _SIZES),
+            "quality": _enum(asked.quality, _QUALITIES),
+            "background": _enum(asked.background, _BACKGROUNDS),
             "output_format": EXTENSIONS.get(image.mime, asked.output_format),
             "usage": _usage(served.result.usage if i == len(images) - 1 else None)})
     return {"events": events}
+
+
+def _partial(asked: ImageRequest, image: PartialImage) -> bytes:
+    """A host's partial image as OpenAI's event: what the host said of it where the spec's
+    enums allow, else what was asked, as the completed event says."""
+    name = f"{_kind(asked)}.partial_image"
+    event = {"type": name, "b64_json": image.b64,
+             "created_at": int(time.time()), "size": _enum(image.size, _SIZES),
+             "quality": _enum(image.quality, _QUALITIES, asked.quality),
+             "background": _enum(image.background, _BACKGROUNDS, asked.background),
+             "output_format": EXTENSIONS.get(image.mime, asked.output_format),
+             "partial_image_index": image.index}
+    return _event(name, orjson.dumps(event))
+
+
+def _kind(asked: ImageRequest) -> str:
+    return "image_generation" if asked.kind == "generate" else "image_edit"
+
+
+def _enum(value: str | None, allowed: frozenset[str], fallback: str | None = None) -> str:
+    """`value` if the spec's enum has it, else `fallback` if it does, else "auto"."""
+    for candidate in (value, fallback):
+        if candidate in allowed or candidate == "auto":
+            return candidate or "auto"
+    return "auto"
 
 
 def _usage(found: Usage | None) -> dict[str, Any]:
@@ -89,4 +117,4 @@ def _event(name: str, data: bytes) -> bytes:
 
 
 SURFACE = surface.Surface(_events_body, Style(keepalive=b": keep-alive\n\n", events=_events,
-                                              failure=_failure))
+                                              failure=_failure), partial=_partial)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -90,10 +91,10 @@ async def _generation(request: Request, svc: Services, key: KeyRecord,
 
 async def _from_json(request: Request, svc: Services, key: KeyRecord, endpoint: str,
                      data: dict[str, Any] | None) -> surface.Translated:
-    rest, stream = image_stream.taken(data if data is not None else await _json_object(request),
-                                      form=False)
+    rest, stream, partials = image_stream.taken(
+        data if data is not None else await _json_object(request), form=False)
     model, asked = from_json(svc, key, endpoint, rest, request.headers.get(HEADER))
-    return surface.Translated(model, asked, stream=stream)
+    return surface.Translated(model, replace(asked, partial_images=partials), stream=stream)
 
 
 async def _edit(request: Request, svc: Services, key: KeyRecord,
@@ -102,7 +103,7 @@ async def _edit(request: Request, svc: Services, key: KeyRecord,
     images: tuple[InputImage, ...]
     if content_type.startswith("multipart/form-data"):
         form, files, mask = await uploads.read_form(request)
-        fields, stream = image_stream.taken(form, form=True)
+        fields, stream, partials = image_stream.taken(form, form=True)
         body, images = Body(fields, form=True), tuple(files)
     elif content_type.startswith("application/json"):
         return await _from_json(request, svc, key, "edits", data)
@@ -114,8 +115,8 @@ async def _edit(request: Request, svc: Services, key: KeyRecord,
                           code="missing_required_parameter")
     model, suffix = resolve_model(svc.catalog, model_name(body.data), key)
     policy = request_policy(body.data.get("route"), request.headers.get(HEADER), suffix)
-    return surface.Translated(model, parse("edit", body, model, policy, images, mask),
-                              stream=stream)
+    return surface.Translated(model, replace(parse("edit", body, model, policy, images, mask),
+                                             partial_images=partials), stream=stream)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

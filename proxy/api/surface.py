@@ -5,8 +5,9 @@ whole or as a stream in the surface's own shape."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.requests import Request
@@ -17,10 +18,10 @@ from proxy.api.errors import ApiError, bad_request
 from proxy.api.metering import Charged, Renderer, charged, respond
 from proxy.api.openai_schema import MAX_IMAGES, MAX_PROMPT, default_tier
 from proxy.api.render import Origin
-from proxy.api.sse import EventStream, Style
+from proxy.api.sse import EventStream, Relay, Style
 from proxy.billing.keys import KeyRecord
 from proxy.catalog import Model
-from proxy.domain import Geometry, ImageRequest, InputImage
+from proxy.domain import Geometry, ImageRequest, InputImage, PartialImage
 from proxy.services import Services
 
 IGNORED_HEADER = "x-switchyard-ignored"
@@ -50,6 +51,8 @@ class Surface:
     # The pipeline's parameter names (`size`, `n`, `image`…) -> this surface's, for errors.
     params: Mapping[str, str] = field(default_factory=dict)
     finish: Callable[[Charged], None] = _as_is  # last touches to the body, once billed
+    # A host's partial image as this surface's event; None: the surface relays none.
+    partial: Callable[[ImageRequest, PartialImage], bytes] | None = None
 
 
 async def answer(request: Request, svc: Services, key: KeyRecord, ask: Translated,
@@ -73,7 +76,11 @@ async def _answer(request: Request, svc: Services, key: KeyRecord, ask: Translat
                                                  "answer; send the request without streaming",
                               code="unsupported_value")
         running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        work = asyncio.create_task(charged(origin, svc, key, ask.model, ask.asked,
+        asked, relay = ask.asked, None
+        if surface.partial is not None and asked.partial_images:
+            relay = Relay(functools.partial(surface.partial, asked))
+            asked = replace(asked, partials=relay)
+        work = asyncio.create_task(charged(origin, svc, key, ask.model, asked,
                                            render=surface.render, running=running))
         either: set[asyncio.Future[Any]] = {work, running}
         try:
@@ -83,7 +90,7 @@ async def _answer(request: Request, svc: Services, key: KeyRecord, ask: Translat
             raise
         if work.done():
             work.result()  # refused before the run (a bad route, a limit): a plain error
-        return EventStream(work, surface.style, extra, origin.request_id)
+        return EventStream(work, surface.style, extra, origin.request_id, relay)
 
     async def produce() -> Response:
         done = await charged(origin, svc, key, ask.model, ask.asked, idem_key,

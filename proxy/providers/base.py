@@ -16,9 +16,10 @@ from typing import Any, Literal
 import httpx
 
 from proxy.catalog import Provider, Route
-from proxy.domain import ImageRequest, ImageResult
+from proxy.domain import ImageRequest, ImageResult, PartialImage
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.upstream import fastjson
+from proxy.upstream.events import ServerEvent
 
 # submit: may start paid work, so never re-sent; poll and fetch: safe to repeat.
 CallKind = Literal["submit", "poll", "fetch", "cancel"]
@@ -40,6 +41,10 @@ class UpstreamCall:
     # The reply is the outcome (fal's result fetch): an error status goes to the flow at once
     # instead of being retried as a transient poll error until the deadline.
     final: bool = False
+    # A streamed call (text/event-stream): each event is handed to this as it arrives; the
+    # partial images it finds are relayed to the client at once and dropped, and the other
+    # events make up the reply's body. A reply that is not a stream is read whole as usual.
+    partials: Callable[[ServerEvent], PartialImage | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ for another.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import fields, replace
 from typing import Any, Protocol
@@ -21,12 +22,12 @@ import orjson
 
 from proxy.catalog import Provider, Route
 from proxy.config import Secret
-from proxy.domain import ImageRequest, ImageResult, Usage
+from proxy.domain import ImageRequest, ImageResult, Partials, Usage
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers.base import Adapter, Flow, Sleep, Steps, UpstreamCall, UpstreamReply
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.grouping import Groups
-from proxy.upstream.clients import send
+from proxy.upstream.clients import Relay, send
 from proxy.upstream.credentials import Credentials
 
 TRANSIENT_RETRY_S = 1.0
@@ -146,7 +147,8 @@ async def _one(adapter: Adapter, route: Route, request: ImageRequest,
     flow's pauses end when the host calls back, with slow polling as the fallback."""
     if callbacks is None or not callbacks.enabled or adapter.takes_callback is None \
             or not adapter.takes_callback(route):
-        return await drive(adapter.flow(request, route), route, client, deadline, log=log)
+        return await drive(adapter.flow(request, route), route, client, deadline, log=log,
+                           partials=request.partials)
     token, url = callbacks.open(route.provider.name)
     hooked = replace(route, options={**route.options, "callback_url": url})
 
@@ -158,7 +160,7 @@ async def _one(adapter: Adapter, route: Route, request: ImageRequest,
 
     try:
         return await drive(adapter.flow(request, hooked), hooked, client, deadline,
-                           until_called, log)
+                           until_called, log, request.partials)
     finally:
         callbacks.close(token)
 
@@ -180,20 +182,22 @@ Pause = Callable[[float, float], Awaitable[None]]
 
 async def drive(flow: Flow, route: Route, client: httpx.AsyncClient,
                 deadline: float, pause: Pause | None = None,
-                log: SubmitLog | None = None) -> ImageResult:
+                log: SubmitLog | None = None, partials: Partials | None = None) -> ImageResult:
     """Run a flow to its result: send what it yields, sleep when it asks (or, with a callback
     ticket, until the host calls back), within the deadline."""
-    return _nonempty(await run_steps(flow, route, client, deadline, pause, log))
+    return _nonempty(await run_steps(flow, route, client, deadline, pause, log, partials))
 
 
 async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
                     deadline: float, pause: Pause | None = None,
-                    log: SubmitLog | None = None) -> Any:
+                    log: SubmitLog | None = None, partials: Partials | None = None) -> Any:
     """Run any adapter generator to what it returns (a group's job name, its ended job).
 
     With a `log`, each submit is written down before it is sent, and its reply kept before
     the flow's next call; a submit an earlier run made is answered from the log, not sent.
-    A flow that fails says so to its log."""
+    A flow that fails says so to its log. A streamed call's partial images go to `partials`
+    as they arrive, in this route's name."""
+    relay = None if partials is None else functools.partial(partials.put, route.id)
     pause = pause or _sleep
     reply: UpstreamReply | None = None
     submits = 0
@@ -215,11 +219,11 @@ async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
                 await pause(step.seconds, deadline)
                 reply = None
             elif log is None or step.kind != "submit":
-                reply = await _call(step, route, client, deadline)
+                reply = await _call(step, route, client, deadline, relay)
             else:
                 reply = await log.sending(submits)
                 if reply is None:
-                    reply = unkept = await _call(step, route, client, deadline)
+                    reply = unkept = await _call(step, route, client, deadline, relay)
                 submits += 1
     except UpstreamError:
         if log is not None:
@@ -228,7 +232,7 @@ async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
 
 
 async def _call(call: UpstreamCall, route: Route, client: httpx.AsyncClient,
-                deadline: float) -> UpstreamReply:
+                deadline: float, relay: Relay | None = None) -> UpstreamReply:
     if call.kind != "submit" and not host_allowed(call.url, route.provider):
         raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN,
                                     "upstream pointed to a host it is not allowed to use"))
@@ -237,7 +241,7 @@ async def _call(call: UpstreamCall, route: Route, client: httpx.AsyncClient,
         if remaining <= 0:
             raise UpstreamError(Failure(Kind.TIMEOUT, "request deadline reached"))
         try:
-            reply = await send(client, call, min(remaining, route.provider.timeout_s))
+            reply = await send(client, call, min(remaining, route.provider.timeout_s), relay)
         except UpstreamError as exc:
             if call.kind == "submit" or not exc.failure.retryable:
                 raise

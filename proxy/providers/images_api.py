@@ -179,7 +179,12 @@ def delivered_or_raise(delivered: Delivered) -> Delivered:
 def exchange(call: UpstreamCall, kinds: Mapping[str, Kind], asked_format: str) -> Flow:
     """The whole flow of these synchronous APIs: one call, then its data[] (fetching any
     URLs). The image size is the one the upstream names, else the one the image header says."""
-    reply = check((yield call), lambda r: classify(r, kinds))
+    return (yield from answered(check((yield call), lambda r: classify(r, kinds)), kinds,
+                                asked_format))
+
+
+def answered(reply: UpstreamReply, kinds: Mapping[str, Kind], asked_format: str) -> Flow:
+    """The images of a successful whole reply: its data[] (fetching any URLs)."""
     body = json_object(reply)
     fallback = MIME.get(str(body.get("output_format") or asked_format), "image/png")
     delivered = delivered_or_raise((yield from collect(body["data"], fallback, kinds)))

@@ -3,20 +3,23 @@
 A host that speaks this schema is a routes/ entry, not code: its paths (`generations_path`,
 `edits_path`, with {model}), auth style (`auth_header`, `auth_scheme`), the fields it cannot
 take (`omit_fields`), a `response_format` to ask for, its sizes (`sizes` or `arbitrary_sizes`)
-and its error codes (`error_kinds`) are provider or route options.
+and its error codes (`error_kinds`) are provider or route options. A host that streams partial
+images as OpenAI does (option `stream_partials`) is asked to when the client streams, and
+its drafts are relayed as they arrive (image_events.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from proxy import geometry
 from proxy.catalog import Route
 from proxy.domain import ImageRequest, InputImage
 from proxy.failures import Failure, Kind, UpstreamError
+from proxy.providers import image_events, sizes
 from proxy.providers import images_api as api
-from proxy.providers import sizes
-from proxy.providers.base import Adapter, Flow, UpstreamCall
+from proxy.providers.base import Adapter, Flow, UpstreamCall, check
 
 # The GPT image models' fixed sizes, for routes that list none of their own.
 DEFAULT_SIZES = ("1024x1024", "1536x1024", "1024x1536")
@@ -61,7 +64,16 @@ def fields(request: ImageRequest, route: Route) -> dict[str, Any]:
         body[name] = value
     if response_format := api.option(route, "response_format"):
         body["response_format"] = response_format
+    if streams(request, route):
+        body.update(stream=True, partial_images=request.partial_images)
     return {**body, **api.extra_body(route)}
+
+
+def streams(request: ImageRequest, route: Route) -> bool:
+    """Whether to ask the host for partial images: the client streams and asked for some,
+    and the host streams them (option `stream_partials`: OpenAI's gpt-image models do)."""
+    return request.partials is not None and request.partial_images > 0 and \
+        bool(api.option(route, "stream_partials", False))
 
 
 def build(request: ImageRequest, route: Route) -> UpstreamCall:
@@ -105,7 +117,15 @@ def _form(value: Any) -> str:
 def flow(request: ImageRequest, route: Route) -> Flow:
     # A generator itself, so even building the call runs inside the driver.
     kinds = api.error_kinds(route, ERROR_KINDS)
-    return (yield from api.exchange(build(request, route), kinds, request.output_format))
+    call = build(request, route)
+    if not streams(request, route):
+        return (yield from api.exchange(call, kinds, request.output_format))
+    reply = yield replace(call, partials=image_events.partial)
+    if reply is not None and reply.status < 300 and image_events.is_stream(reply):
+        return image_events.result(reply, kinds, request.output_format)
+    # An error, or a host that answered whole after all.
+    return (yield from api.answered(check(reply, lambda r: api.classify(r, kinds)), kinds,
+                                    request.output_format))
 
 
 ADAPTER = Adapter("openai_images", flow, images_per_call=10)

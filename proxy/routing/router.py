@@ -104,7 +104,7 @@ class Router:
         policy = prepared.policy
         run = Run(self, request, deque(prepared.routes),
                    self._clock() + max(self._timeout_s, request.patience_s or 0.0),
-                   bool(policy.hedge), prepared.race)
+                   bool(policy.hedge), prepared.race, policy.strategy or "cheapest")
         run.submits = submits
         run.held = slot
         started = self._clock()

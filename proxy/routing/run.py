@@ -22,7 +22,7 @@ from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import flows
 from proxy.routing.health import State
 from proxy.routing.slots import Slot
-from proxy.routing.strategies import quote
+from proxy.routing.strategies import hedge_pays, quote
 
 if TYPE_CHECKING:
     from proxy.routing.router import Router
@@ -65,13 +65,15 @@ class Run:
     """One request's execution: the routes still to try, the attempts in flight and made."""
 
     def __init__(self, router: Router, request: ImageRequest, pending: deque[Route],
-                 deadline: float, hedge: bool, race: bool = False) -> None:
+                 deadline: float, hedge: bool, race: bool = False,
+                 strategy: str = "cheapest") -> None:
         self.router = router
         self.request = request
         self.pending = pending
         self.deadline = deadline
         self.hedge = hedge
         self.race = race  # the first route is a probe: the second starts with it
+        self.strategy = strategy  # whether a hedge pays depends on what the request values
         self.running: dict[asyncio.Task[ImageResult], Live] = {}
         self.attempts: list[Attempt] = []
         self.last: Failure | None = None
@@ -84,6 +86,8 @@ class Run:
 
     async def execute(self) -> tuple[Route, ImageResult]:
         won = False
+        if self.request.partials is not None:
+            self.request.partials.on_commit(self._commit)
         try:
             found = await (self._loop() if self.hedge or self.race else self._one_at_a_time())
             won = True
@@ -181,6 +185,7 @@ class Run:
                                 for live in self.running.values() if live.deadline < wake)])
             done, _ = await asyncio.wait(self.running, timeout=max(0.0, wake - now),
                                          return_when=asyncio.FIRST_COMPLETED)
+            done = {task for task in done if task in self.running}  # not one _commit ended
             if not done:
                 now = self.router._clock()
                 if hedge_at is not None and now >= hedge_at:
@@ -358,8 +363,12 @@ class Run:
             return live.started
         if not self.hedge:
             return None
-        return live.started + self.router.health.of(live.route).hedge_after_s(
-            self.request.geometry.tier)
+        tier = self.request.geometry.tier
+        first = self.router.health.of(live.route)
+        if not hedge_pays(self.strategy, self.request, first.snapshot(tier), self.pending[0],
+                          spare):
+            return None
+        return live.started + first.hedge_after_s(tier)
 
     def _final_failure(self) -> Failure:
         if self.last is not None:
@@ -375,6 +384,21 @@ class Run:
         metrics.UPSTREAM_SECONDS.labels(route.provider.name, outcome).observe(seconds)
         self.attempts.append(Attempt(route.id, route.provider.name,
                                      failure.kind.value if failure else None, seconds))
+
+    def _commit(self, route_id: str) -> None:
+        """A streamed attempt relayed its first partial image: the client saw that host's
+        drafts, so the run is its route's. No other route is tried or kept (no failover,
+        hedge or hang rescue from here: none is left pending), and its failure is final."""
+        self.pending.clear()
+        self.full.clear()
+        for task, live in list(self.running.items()):
+            if live.route.id != route_id:
+                del self.running[task]
+                task.cancel()
+                self.router.health.of(live.route).abandon(live.token)
+                self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
+                                             self.router._clock() - live.started,
+                                             quote(live.route, self.request)))
 
     def _cancel_all(self, won: bool) -> None:
         """Cancel attempts still in flight. What they started is counted at its quote. One

@@ -56,6 +56,19 @@ def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
     return kept
 
 
+def hedge_pays(strategy: str, request: ImageRequest, first: Snapshot, spare_route: Route,
+               spare: Snapshot) -> bool:
+    """Whether a hedge is worth the second image it buys (whichever attempt loses is billed
+    by its host): under `fastest` time is the objective, so always; under the others, when
+    the time it is expected to save, at `balanced`'s value of time, covers the spare's
+    price. A call past its 97th percentile is slow for a reason: it is expected to take
+    about its typical latency more, against the spare's typical latency."""
+    if strategy == "fastest":
+        return True
+    saving_s = max(0.0, first.expected_s - spare.expected_s)
+    return VALUE_OF_TIME_USD_PER_S * request.n * saving_s >= float(quote(spare_route, request))
+
+
 def _cheapest(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
     return (float(quote(route, request)), snap.expected_s)
 
@@ -98,7 +111,10 @@ def rank(routes: Sequence[Route], strategy: str, request: ImageRequest,
 def could_lead(route: Route, leader: Route, strategy: str, request: ImageRequest,
                snapshots: Mapping[str, Snapshot]) -> bool:
     """Whether `route` would rank level with `leader` or ahead of it if its evidence were back
-    to the catalog's prior: only then can a probe of it change where traffic goes."""
+    to the catalog's prior: only then can a probe of it change where traffic goes. Under
+    `ordered` no evidence decides the order (the catalog does), so no route is worth one."""
     key = KEYS[strategy]
+    if not key(leader, request, snapshots[leader.id]):
+        return False  # no figure decides the order: a probe cannot change it
     fresh = replace(snapshots[route.id], expected_s=route.typical_latency_s, success_ratio=1.0)
     return key(route, request, fresh) <= key(leader, request, snapshots[leader.id])

@@ -9,15 +9,16 @@ the router fails over from."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 import orjson
 
 from proxy.catalog import Provider
+from proxy.domain import PartialImage
 from proxy.failures import Failure, Kind, UpstreamError, from_transport
 from proxy.providers.base import Adapter, UpstreamCall, UpstreamReply
-from proxy.upstream import tls, transport
+from proxy.upstream import events, tls, transport
 from proxy.upstream.http1 import ReplyTooLarge
 
 # What one upstream reply may hold, compressed or decoded: a few times the biggest 4K image
@@ -60,12 +61,19 @@ def build_clients(providers: tuple[Provider, ...], adapters: Mapping[str, Adapte
     return clients
 
 
-async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float) -> UpstreamReply:
+Relay = Callable[[PartialImage], object]  # where a streamed call's partial images go
+
+
+async def send(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float,
+               relay: Relay | None = None) -> UpstreamReply:
     """Send one call, its whole reply due within `timeout_s`; transport errors, a late reply
-    and an oversized one become classified UpstreamErrors."""
+    and an oversized one become classified UpstreamErrors. A streamed call's partial images
+    go to `relay` as they arrive."""
     try:
         # A little later than the silence timeouts inside, which name what went quiet.
         async with asyncio.timeout(timeout_s * 1.05 + 0.05) as limit:
+            if call.partials is not None:
+                return await _streamed(client, call, timeout_s, relay)
             return await _exchange(client, call, timeout_s)
     except TimeoutError:
         if not limit.expired():
@@ -93,20 +101,68 @@ async def _exchange(client: httpx.AsyncClient, call: UpstreamCall,
             return UpstreamReply(raw.status, httpx.Headers(raw.headers), raw.body)
     # Only codings transport.inflate undoes with a cap (httpx would offer br or zstd too).
     headers.setdefault("accept-encoding", transport.HTTPS_ENCODINGS)
-    if call.files or call.form:
-        request = client.build_request(call.method, call.url, headers=headers,
-                                       data=dict(call.form or {}), files=list(call.files),
-                                       timeout=timeout_s)
-    else:
-        request = client.build_request(call.method, call.url, content=content,
-                                       headers=headers, timeout=timeout_s)
-    cap = client.max_reply_bytes if isinstance(client, transport.Capped) else None
+    request = _request(client, call, headers, content, timeout_s)
+    cap = _cap(client)
     response = await client.send(request, stream=True)
     try:
         body = await _read(response, cap)
     finally:
         await response.aclose()
     return UpstreamReply(response.status_code, response.headers, body)
+
+
+def _request(client: httpx.AsyncClient, call: UpstreamCall, headers: dict[str, str],
+             content: bytes | None, timeout_s: float) -> httpx.Request:
+    if call.files or call.form:
+        return client.build_request(call.method, call.url, headers=headers,
+                                    data=dict(call.form or {}), files=list(call.files),
+                                    timeout=timeout_s)
+    return client.build_request(call.method, call.url, content=content, headers=headers,
+                                timeout=timeout_s)
+
+
+def _cap(client: httpx.AsyncClient) -> int | None:
+    return client.max_reply_bytes if isinstance(client, transport.Capped) else None
+
+
+async def _streamed(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: float,
+                    relay: Relay | None) -> UpstreamReply:
+    """A call whose reply may be an event stream, read as it arrives: partial images go to
+    `relay` (never kept), the other events make the reply's body (within the cap). Bytes
+    already through are not thrown away when the stream breaks: a host that completed an
+    image and then dropped the connection still delivered it."""
+    assert call.partials is not None
+    # Uncompressed: a compressor upstream may hold an event back until its buffer fills.
+    headers = {**call.headers, "accept": "text/event-stream", "accept-encoding": "identity"}
+    content = orjson.dumps(call.json) if call.json is not None else call.content
+    if call.json is not None:
+        headers.setdefault("content-type", "application/json")
+    cap = _cap(client)
+    response = await client.send(_request(client, call, headers, content, timeout_s),
+                                 stream=True)
+    try:
+        if response.status_code >= 300 or \
+                not events.is_event_stream(response.headers.get("content-type", "")):
+            return UpstreamReply(response.status_code, response.headers,
+                                 await _read(response, cap))
+        kept = bytearray()
+        decoder = events.Decoder(cap)
+        try:
+            async for chunk in response.aiter_bytes():
+                for event in decoder.feed(chunk):
+                    image = call.partials(event)
+                    if image is None:
+                        kept += event.encoded()
+                        if cap is not None and len(kept) > cap:
+                            raise ReplyTooLarge(f"reply larger than {cap} bytes")
+                    elif relay is not None:
+                        relay(image)
+        except httpx.TransportError as exc:
+            if not kept or isinstance(exc, ReplyTooLarge):
+                raise
+        return UpstreamReply(response.status_code, response.headers, bytes(kept))
+    finally:
+        await response.aclose()
 
 
 async def _read(response: httpx.Response, cap: int | None) -> bytes:

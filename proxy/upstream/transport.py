@@ -179,7 +179,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """httpx's entry (multipart uploads come this way): lean connections where they may
-        go, anything else on httpx's own transport."""
+        go, anything else on httpx's own transport, and so is a call that asks for an event
+        stream (lean connections read a reply whole)."""
+        if request.headers.get("accept") == "text/event-stream":
+            return await self.fallback.handle_async_request(request)
         target = self.target(str(request.url))
         headers = [(name.decode("latin-1"), value.decode("latin-1"))
                    for name, value in request.headers.raw

@@ -1,0 +1,85 @@
+"""Server-sent events off an upstream's reply as its bytes arrive (text/event-stream).
+
+A host that streams (OpenAI's partial images) sends events of megabytes each; each is cut out
+of the bytes once, as soon as its blank line arrives, and none may grow past a cap: a host
+that never ends an event cannot fill memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from proxy.upstream.http1 import ReplyTooLarge
+
+_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """One event: its `event:` name ("message" when it has none) and its data lines joined."""
+
+    name: str
+    data: bytes
+
+    def encoded(self) -> bytes:
+        """The event as it goes on the wire again."""
+        lines = b"".join(b"data: " + line + b"\n" for line in self.data.split(b"\n"))
+        return b"event: " + self.name.encode() + b"\n" + lines + b"\n"
+
+
+def is_event_stream(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "text/event-stream"
+
+
+class Decoder:
+    """Bytes in, whole events out; an event over `max_bytes` raises ReplyTooLarge."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.max_bytes = max_bytes
+        self._pending = bytearray()
+        self._searched = 0  # bytes of _pending already known to hold no event end
+
+    def feed(self, chunk: bytes) -> Iterator[ServerEvent]:
+        self._pending += chunk
+        while True:
+            end, width = self._end()
+            if end < 0:
+                break
+            block = bytes(self._pending[:end])
+            del self._pending[:end + width]
+            self._searched = 0
+            event = parse(block)
+            if event is not None:
+                yield event
+        if self.max_bytes is not None and len(self._pending) > self.max_bytes:
+            self._pending.clear()
+            raise ReplyTooLarge(f"an upstream event larger than {self.max_bytes} bytes")
+        # An end may straddle two chunks: look again from a few bytes back.
+        self._searched = max(0, len(self._pending) - 3)
+
+    def _end(self) -> tuple[int, int]:
+        found = [(at, len(end)) for end in _ENDS
+                 if (at := self._pending.find(end, self._searched)) >= 0]
+        return min(found) if found else (-1, 0)
+
+
+def parse(block: bytes) -> ServerEvent | None:
+    """One event's lines; None for a block of comments (keep-alives) or without data."""
+    name = "message"
+    data: list[bytes] = []
+    for line in block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        field, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if field == b"event":
+            name = value.decode("utf-8", "replace")
+        elif field == b"data":
+            data.append(value)
+    return ServerEvent(name, b"\n".join(data)) if data else None
+
+
+def decode_all(body: bytes) -> list[ServerEvent]:
+    """Every whole event of a reply read to its end."""
+    return list(Decoder(None).feed(body + b"\n\n"))
