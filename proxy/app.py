@@ -29,6 +29,8 @@ from proxy.api import (
     batches,
     callbacks,
     chat,
+    console,
+    console_api,
     gemini,
     health,
     images,
@@ -41,7 +43,7 @@ from proxy.api import (
 from proxy.api.context import Endpoint, RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
-from proxy.billing import pricing
+from proxy.billing import pricing, savings
 from proxy.billing.keys import KeyFinder
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
@@ -65,7 +67,12 @@ DEFERRED_S = 1.0  # how often writes kept while the database was away are tried 
 def load_catalog(config: Config, env: Mapping[str, str] | None = None) -> Catalog:
     """The live catalog; a route whose protocol options do not check out stops startup."""
     env = os.environ if env is None else env
-    problems = check_routes(catalog_module.inventory(config.routes_dir, env, ADAPTERS))
+    models = catalog_module.inventory(config.routes_dir, env, ADAPTERS)
+    problems = check_routes(models)
+    try:
+        savings.reference_routes(models, config.reference_routes)
+    except savings.ReferenceError as exc:
+        problems.append(str(exc))
     if problems:
         raise catalog_module.CatalogError("; ".join(problems))
     return catalog_module.load(config.routes_dir, env, config.demo, ADAPTERS)
@@ -146,6 +153,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
             await _last_deferred(store)
             store.close()
 
+    console_page, console_file = console.endpoints()
     return Starlette(
         routes=[
             Route("/v1/images/generations", images.generations, methods=["POST"]),
@@ -169,6 +177,12 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/admin/keys/{key_id}/rotate-webhook-secret", admin.rotate_webhook_secret,
                   methods=["POST"]),
             Route("/admin/usage", admin.admin_usage, methods=["GET"]),
+            Route("/admin/routes", console_api.routes, methods=["GET"]),
+            Route("/admin/activity", console_api.admin_activity, methods=["GET"]),
+            Route("/admin/budgets", console_api.budgets, methods=["GET"]),
+            Route("/v1/activity", console_api.own_activity, methods=["GET"]),
+            Route(console.PATH, console_page, methods=["GET"]),
+            Route(console.PATH + "/{name}", console_file, methods=["GET"]),
             one_path("/v1/models/{model}", {
                 "GET": gemini.either(gemini.get_model, models.get_model),
                 "POST": gemini.generate}),

@@ -347,6 +347,9 @@ def _banner(config: Config, catalog: Catalog, lines: list[str]) -> None:
     """What a first-time user sees: where it runs, what it serves, and a key to try it with."""
     base = f"http://{config.host}:{config.port}/v1"
     print(f"Switchyard {__version__}: OpenAI-compatible images API at {base}")
+    print(f"Console: http://{config.host}:{config.port}/console"
+          + (" (sign in with the admin key)" if config.admin_key else
+             " (tenant view only: set SWITCHYARD_ADMIN_KEY for the admin view)"))
     for line in lines:
         print(f"  {line}")
     with Store(config.database) as store:

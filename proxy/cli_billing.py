@@ -9,17 +9,17 @@ the last line of stdout.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import sys
 import time
 from decimal import Decimal
 from typing import Any
 
+from proxy.billing import savings
 from proxy.billing.keys import KeyLimits, KeyRecord, LimitError, describe, parse_limits
 from proxy.billing.money import dollars, period_label
 from proxy.billing.store import Store
-from proxy.billing.usage import GROUPS
+from proxy.billing.usage import CSV_COLUMNS, GROUPS, as_csv, cells
 from proxy.billing.webhook_secrets import GRACE_S, MAX_GRACE_HOURS
 from proxy.catalog import STRATEGIES
 from proxy.config import Config
@@ -216,23 +216,26 @@ def _found(store: Store, key_id: str) -> KeyRecord:
 
 
 def usage_report(config: Config, args: argparse.Namespace) -> int:
+    """The ledger's totals, with what the images would have cost on each model's reference
+    route and what routing saved: the figures the usage API and the console show."""
     group_by = [g for g in args.group_by.split(",") if g]
     start = _epoch(args.start)
     end = _epoch(args.end + dt.timedelta(days=1)) if args.end else None
+    try:
+        reference = savings.for_config(config.routes_dir, config.reference_routes)
+    except savings.ReferenceError as exc:
+        raise SystemExit(f"switchyard: {exc}") from None
     with Store(config.database) as store:
         try:
-            rows = store.usage.report(group_by, start, end, args.key)
+            rows = store.usage.report(group_by, start, end, args.key, reference)
         except ValueError as exc:
             raise SystemExit(f"switchyard: --group-by: {exc}") from None
-    header = [*group_by, "requests", "succeeded", "images", "billed_usd", "upstream_usd"]
-    table = [[*r.group.values(), str(r.requests), str(r.succeeded), str(r.images),
-              dollars(r.billed_usd), dollars(r.upstream_usd)] for r in rows]
     if args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerows([header, *table])
+        sys.stdout.write(as_csv(group_by, rows))
         return 0
-    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
-    for row in [header, *table]:
+    table = [[*group_by, *CSV_COLUMNS], *(cells(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 

@@ -102,6 +102,9 @@ class Config:
     # The most async jobs and batch items one key may have queued or running (429 past it),
     # so that no tenant fills the queue, and the database, for everyone.
     max_queued_per_key: int = 100_000
+    # What routing saved is priced against one route per model: by default the first its
+    # catalog file lists; here model -> provider names another (proxy/billing/savings.py).
+    reference_routes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def database_path(self) -> Path:
@@ -147,6 +150,7 @@ _ENV: dict[str, str] = {
     "max_header_bytes": "SWITCHYARD_MAX_HEADER_BYTES",
     "callback_allow_cidrs": "SWITCHYARD_CALLBACK_ALLOW_CIDRS",
     "max_queued_per_key": "SWITCHYARD_MAX_QUEUED_PER_KEY",
+    "reference_routes": "SWITCHYARD_REFERENCE_ROUTES",
 }
 
 MIN_METRICS_TOKEN = 16  # characters: a scrape credential worth the name
@@ -189,11 +193,23 @@ def _coerce(name: str, raw: object) -> object:
             return Secret(str(raw)) if str(raw) else None
         if name == "callback_allow_cidrs":  # "10.0.0.0/8, 127.0.0.0/8", or a TOML list
             return allow_list(raw)
+        if name == "reference_routes":  # a TOML table, or "model=provider,model=provider"
+            return _pairs(raw)
         if name == "public_base_url":
             return str(raw).rstrip("/") or None
         return str(raw)
     except ValueError:  # binascii.Error is one
         raise ConfigError(f"setting {name!r} has an invalid value") from None
+
+
+def _pairs(raw: object) -> dict[str, str]:
+    """model -> provider from a TOML table or from "model=provider,…" text."""
+    items = list(raw.items()) if isinstance(raw, dict) else \
+        [part.partition("=")[::2] for part in str(raw).split(",") if part.strip()]
+    pairs = {str(k).strip(): v.strip() for k, v in items if isinstance(v, str)}
+    if len(pairs) != len(items) or not all(pairs) or not all(pairs.values()):
+        raise ValueError("reference_routes")
+    return pairs
 
 
 def _boolean(raw: object) -> bool | None:

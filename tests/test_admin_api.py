@@ -123,7 +123,9 @@ def test_usage_is_per_key_for_tenants_and_any_key_for_admins(running: Running,
     own = httpx.get(f"{running.v1}/usage", params={"group_by": "model"},
                     headers={"authorization": f"Bearer {a['key']}"}).json()
     assert own["data"] == [{"model": "test-image", "requests": 1, "succeeded": 1, "images": 2,
-                            "billed_usd": "0.04", "upstream_usd": "0.04"}]
+                            "billed_usd": "0.04", "upstream_usd": "0.04",
+                            # served on the reference route itself: nothing saved
+                            "reference_usd": "0.04", "saved_usd": "0"}]
     refused = httpx.get(f"{running.v1}/usage", params={"group_by": "key"},
                         headers={"authorization": f"Bearer {a['key']}"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "group_by"

@@ -112,12 +112,34 @@ def test_usage_table_and_csv(capsys: pytest.CaptureFixture[str], tmp_path: Path)
                     "--to", "2025-11-09", "--group-by", "day,model")
     assert code == 0
     rows = list(csv.reader(io.StringIO(out)))
+    # Models the catalog does not know are their own reference: nothing saved.
     assert rows == [["day", "model", "requests", "succeeded", "images", "billed_usd",
-                     "upstream_usd"],
-                    ["2025-11-08", "a", "2", "2", "2", "0.1", "0.05"],
-                    ["2025-11-09", "b", "1", "1", "1", "0.05", "0.025"]]
+                     "upstream_usd", "reference_usd", "saved_usd"],
+                    ["2025-11-08", "a", "2", "2", "2", "0.1", "0.05", "0.05", "0"],
+                    ["2025-11-09", "b", "1", "1", "1", "0.05", "0.025", "0.025", "0"]]
     code, out = run(capsys, tmp_path, "usage", "--to", "2025-11-08", "--group-by", "model")
-    assert code == 0 and out.splitlines()[1].split() == ["a", "2", "2", "2", "0.1", "0.05"]
+    assert code == 0
+    assert out.splitlines()[1].split() == ["a", "2", "2", "2", "0.1", "0.05", "0.05", "0"]
     assert len(out.splitlines()) == 2
     code, out = run(capsys, tmp_path, "usage", "--group-by", "colour")
     assert code != 0 and "--group-by" in out
+
+
+def test_usage_prices_the_images_on_the_reference_route(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """demo-image's first route (sim-thrifty) prices 1K at $0.03; each entry cost $0.025."""
+    monkeypatch.delenv("SWITCHYARD_ROUTES_DIR", raising=False)
+    with Store(tmp_path / "switchyard.db") as store:
+        for i in range(2):
+            store.money.settle(None, _entry("key_1", f"req_{i}", 50_000, "demo-image"))
+    code, out = run(capsys, tmp_path, "usage", "--csv", "--group-by", "model")
+    assert code == 0
+    assert list(csv.reader(io.StringIO(out)))[1] == [
+        "demo-image", "2", "2", "2", "0.1", "0.05", "0.06", "0.01"]
+    monkeypatch.setenv("SWITCHYARD_REFERENCE_ROUTES", "demo-image=sim-swift")  # $0.08
+    code, out = run(capsys, tmp_path, "usage", "--csv", "--group-by", "model")
+    assert list(csv.reader(io.StringIO(out)))[1][-2:] == ["0.16", "0.11"]
+    monkeypatch.setenv("SWITCHYARD_REFERENCE_ROUTES", "demo-image=nowhere")
+    code, out = run(capsys, tmp_path, "usage", "--group-by", "model")
+    assert code != 0 and "'nowhere'" in out and "sim-thrifty" in out

@@ -15,8 +15,10 @@ from proxy.app import build_app
 from tests.conftest import Running, make_config
 
 OPENAI_SPEC = Path(__file__).parents[2] / "shared" / "openai-openapi" / "openapi.json"
-# Served, and not the document's: Prometheus' scrape (its own text format and token).
+# Served, and not the document's: Prometheus' scrape (its own text format and token),
 UNDOCUMENTED = {("GET", "/metrics")}
+# and the console's page and its static files (HTML, CSS, JavaScript), not an API.
+UNDOCUMENTED |= {("GET", "/console"), ("GET", "/console/{name}")}
 # Surfaces for other clients carry their own formats: Gemini's (under /v1beta, and its
 # generateContent under /v1/models), and chat completions (issue 19), not yet described here.
 OTHER_SURFACES = ("/v1beta",)

@@ -24,7 +24,9 @@ from proxy.catalog import STRATEGIES
 from proxy.services import Services, services
 
 
-def _admin(request: Request) -> Services:
+def admin_services(request: Request) -> Services:
+    """The services, once the request carries the admin key; the admin API is off (403)
+    while no admin key is configured."""
     svc = services(request)
     if svc.config.admin_key is None:
         raise ApiError(403, "the admin API is off: set admin_key (SWITCHYARD_ADMIN_KEY)",
@@ -64,13 +66,13 @@ async def _found(svc: Services, key_id: str) -> KeyRecord:
 
 
 async def list_keys(request: Request) -> Response:
-    svc = _admin(request)
+    svc = admin_services(request)
     records = await asyncio.to_thread(svc.store.list_keys)
     return _json({"object": "list", "data": [describe(r) for r in records]})
 
 
 async def create_key(request: Request) -> Response:
-    svc = _admin(request)
+    svc = admin_services(request)
     data = await _object(request)
     name, tenant = data.pop("name", None), data.pop("tenant", None)
     if not isinstance(name, str) or not name.strip():
@@ -85,12 +87,12 @@ async def create_key(request: Request) -> Response:
 
 
 async def get_key(request: Request) -> Response:
-    svc = _admin(request)
+    svc = admin_services(request)
     return _json(describe(await _found(svc, inputs.path_param(request, "key_id"))))
 
 
 async def update_key(request: Request) -> Response:
-    svc = _admin(request)
+    svc = admin_services(request)
     record = await _found(svc, inputs.path_param(request, "key_id"))
     limits = _limits(await _object(request), record.limits, svc)
     updated = await asyncio.to_thread(svc.store.update_limits, record.id, limits)
@@ -99,7 +101,7 @@ async def update_key(request: Request) -> Response:
 
 
 async def revoke_key(request: Request) -> Response:
-    svc = _admin(request)
+    svc = admin_services(request)
     record = await _found(svc, inputs.path_param(request, "key_id"))
     revoked = await asyncio.to_thread(svc.store.revoke_key, record.id)
     svc.keys.forget_id(record.id)
@@ -107,7 +109,7 @@ async def revoke_key(request: Request) -> Response:
 
 
 async def rotate_key(request: Request) -> Response:
-    svc = _admin(request)
+    svc = admin_services(request)
     record = await _found(svc, inputs.path_param(request, "key_id"))
     rotated = await asyncio.to_thread(svc.store.rotate_key, record.id)
     svc.keys.forget_id(record.id)
@@ -120,7 +122,7 @@ async def rotate_key(request: Request) -> Response:
 async def rotate_webhook_secret(request: Request) -> Response:
     """A new webhook signing secret for the key; `grace_hours` (default 24, 0 to end it now)
     is how long the one before it still signs beside it."""
-    svc = _admin(request)
+    svc = admin_services(request)
     record = await _found(svc, inputs.path_param(request, "key_id"))
     grace = (await _object(request)).get("grace_hours", GRACE_S / 3600)
     if isinstance(grace, bool) or not isinstance(grace, int | float) or \
@@ -136,5 +138,5 @@ async def rotate_webhook_secret(request: Request) -> Response:
 
 
 async def admin_usage(request: Request) -> Response:
-    svc = _admin(request)
+    svc = admin_services(request)
     return await usage.report(request, svc, key_id=inputs.query(request, "key"))

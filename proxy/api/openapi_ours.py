@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.api.openapi_console import console_paths, console_schemas
 from proxy.api.policy import HEADER as STRATEGY_HEADER
 from proxy.billing.keys import MAX_BUDGET_USD, MAX_COUNT, PERIODS
 from proxy.billing.webhook_secrets import MAX_GRACE_HOURS
@@ -128,7 +129,8 @@ def schemas() -> Json:
                     "properties": {"requests": {"type": "integer"},
                                    "succeeded": {"type": "integer"},
                                    "images": {"type": "integer"},
-                                   "billed_usd": STRING, "upstream_usd": STRING}}}}},
+                                   "billed_usd": STRING, "upstream_usd": STRING,
+                                   "reference_usd": STRING, "saved_usd": STRING}}}}},
         "AdminKeyCreate": {"type": "object", "required": ["name"],
                            "additionalProperties": False,
                            "properties": {"name": {"type": "string", "minLength": 1},
@@ -156,6 +158,7 @@ def schemas() -> Json:
         "AdminKeyList": {"type": "object", "required": ["object", "data"],
                          "properties": {"object": {"type": "string", "enum": ["list"]},
                                         "data": {"type": "array", "items": ref("AdminKey")}}},
+        **console_schemas(),
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": STRING}},
         "CallbackAck": {"type": "object", "required": ["received", "waiting"],
@@ -184,7 +187,15 @@ _KEY_ID = _path("key_id", "the key's id (key_…)")
 _USAGE_QUERY = [_query("from", "first UTC day, YYYY-MM-DD"),
                 _query("to", "last UTC day (inclusive), YYYY-MM-DD"),
                 _query("group_by", "comma-separated: day, model (and, for the admin API, "
-                                   "provider, key)")]
+                                   "provider, key)"),
+                {**_query("format", "json (default), or csv: `switchyard usage --csv`'s "
+                                    "lines"), "schema": {"type": "string",
+                                                         "enum": ["json", "csv"]}}]
+_USAGE_OK = {"description": "OK: each row also prices its images on the model's reference "
+                            "route (reference_usd) and says what routing saved (saved_usd)",
+             "content": {"application/json": {"schema": ref("UsageReport")},
+                         "text/csv": {"schema": STRING}}}
+_LIMIT = _query("limit", "how many of each (1 to 200, default 50)")
 
 
 def paths() -> Json:
@@ -198,7 +209,11 @@ def paths() -> Json:
             "responses": {"200": response(ref("ImageJob"))}}},
         "/v1/usage": {"get": {
             "operationId": "ownUsage", "summary": "The calling key's usage",
-            "parameters": _USAGE_QUERY, "responses": {"200": response(ref("UsageReport"))}}},
+            "parameters": _USAGE_QUERY, "responses": {"200": _USAGE_OK}}},
+        "/v1/activity": {"get": {
+            "operationId": "ownActivity", "summary": "The calling key's latest requests, "
+                                                     "async jobs and batches (the console's)",
+            "parameters": [_LIMIT], "responses": {"200": response(ref("Activity"))}}},
         "/admin/keys": {
             "get": {"operationId": "adminListKeys", "security": ADMIN,
                     "responses": {"200": response(ref("AdminKeyList"))}},
@@ -231,7 +246,8 @@ def paths() -> Json:
         "/admin/usage": {"get": {
             "operationId": "adminUsage", "security": ADMIN,
             "parameters": [*_USAGE_QUERY, _query("key", "one key's id")],
-            "responses": {"200": response(ref("UsageReport"))}}},
+            "responses": {"200": _USAGE_OK}}},
+        **console_paths(ADMIN, _LIMIT),
         "/images/{name}": {"get": {
             "operationId": "getImage", "security": PUBLIC,
             "summary": "An image behind a signed link (response_format=url)",

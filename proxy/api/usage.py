@@ -2,7 +2,9 @@
 admin API serves for any key.
 
 Query: `from` and `to` (UTC dates, YYYY-MM-DD; `to` inclusive), `group_by` (comma-separated:
-day, model, provider, key; /v1/usage may group by day and model only).
+day, model, provider, key; /v1/usage may group by day and model only), `format` (json, or csv:
+the lines `switchyard usage --csv` prints). Each row says what its images would have cost on
+their model's reference route and what routing saved (proxy/billing/savings.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from starlette.responses import Response
 
 from proxy.api.auth import authenticate
 from proxy.api.errors import bad_request
+from proxy.billing import savings
 from proxy.billing.money import dollars
-from proxy.billing.usage import GROUPS, UsageRow
+from proxy.billing.usage import GROUPS, UsageRow, as_csv
 from proxy.services import Services, services
 
 TENANT_GROUPS = ("day", "model")
@@ -41,17 +44,32 @@ async def report(request: Request, svc: Services, key_id: str | None,
                                       f"{unknown[0]!r}")
     start = _date(query.get("from"), "from")
     end = _date(query.get("to"), "to")
-    rows = await asyncio.to_thread(svc.store.usage.report, group_by,
-                                   start, end + 86400 if end is not None else None, key_id)
+    form = query.get("format", "json")
+    if form not in ("json", "csv"):
+        raise bad_request("format", "'format' must be json or csv")
+    rows = await asyncio.to_thread(_rows, svc, group_by, (start, end), key_id)
+    if form == "csv":
+        return Response(as_csv(group_by, rows), media_type="text/csv; charset=utf-8",
+                        headers={"content-disposition": 'attachment; filename="usage.csv"'})
     body: dict[str, Any] = {"object": "list", "group_by": group_by,
                             "data": [as_json(row) for row in rows]}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _rows(svc: Services, group_by: list[str], days: tuple[int | None, int | None],
+          key_id: str | None) -> list[UsageRow]:
+    """The report, off the event loop (the catalog's files are read for reference prices)."""
+    start, end = days
+    reference = savings.for_config(svc.config.routes_dir, svc.config.reference_routes)
+    return svc.store.usage.report(group_by, start, end + 86400 if end is not None else None,
+                                  key_id, reference)
+
+
 def as_json(row: UsageRow) -> dict[str, Any]:
     return {**row.group, "requests": row.requests, "succeeded": row.succeeded,
             "images": row.images, "billed_usd": dollars(row.billed_usd),
-            "upstream_usd": dollars(row.upstream_usd)}
+            "upstream_usd": dollars(row.upstream_usd),
+            "reference_usd": dollars(row.reference_usd), "saved_usd": dollars(row.saved_usd)}
 
 
 def _date(value: str | None, param: str) -> int | None:

@@ -1,19 +1,26 @@
-"""Usage reports from the ledger: totals grouped by day, model, provider or key."""
+"""Usage reports from the ledger: totals grouped by day, model, provider or key, and what the
+same images would have cost on each model's reference route (what routing saved)."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from proxy.billing.db import Database
-from proxy.billing.money import usd
+from proxy.billing.money import dollars, usd
 
 # group name -> portable SQL expression (days are whole UTC days since the epoch)
 GROUPS: dict[str, str] = {"day": "created_at / 86400", "model": "model",
                           "provider": "provider", "key": "key_id"}
+# model -> tier -> USD per image on the model's reference route (proxy/billing/savings.py)
+Reference = Mapping[str, Mapping[str, Decimal]]
+CSV_COLUMNS = ("requests", "succeeded", "images", "billed_usd", "upstream_usd",
+               "reference_usd", "saved_usd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +31,15 @@ class UsageRow:
     images: int
     billed_usd: Decimal
     upstream_usd: Decimal
+    # The delivered images priced on their model's reference route; images it has no price
+    # for (another tier, a model gone from the catalog) count at what they did cost.
+    reference_usd: Decimal = Decimal(0)
+
+    @property
+    def saved_usd(self) -> Decimal:
+        """What routing earned against always sending to the reference route (negative: it
+        cost more, failed attempts and lost hedges included)."""
+        return self.reference_usd - self.upstream_usd
 
 
 class Usage:
@@ -31,22 +47,62 @@ class Usage:
         self._db = db
 
     def report(self, group_by: Sequence[str], start: int | None = None, end: int | None = None,
-               key_id: str | None = None) -> list[UsageRow]:
+               key_id: str | None = None, reference: Reference | None = None
+               ) -> list[UsageRow]:
         """Totals per group over [start, end) (epoch seconds), optionally for one key."""
         unknown = [g for g in group_by if g not in GROUPS]
         if unknown:
             raise ValueError(f"unknown group {unknown[0]!r} (known: {', '.join(GROUPS)})")
         where, args = _filters(start, end, key_id)
-        columns = [f"{GROUPS[g]} AS g{i}" for i, g in enumerate(group_by)]
+        # Priced per model and tier, then folded into the groups asked for.
+        fine = [GROUPS[g] for g in group_by] + [e for e in ("model", "tier")
+                                                 if e not in [GROUPS[g] for g in group_by]]
+        columns = [f"{expr} AS g{i}" for i, expr in enumerate(fine)]
         # An abandoned call (cut off by a crash, run again) is upstream spend, no request.
         select = ", ".join([*columns, "SUM(CASE WHEN outcome = 'abandoned' THEN 0 ELSE 1 END)",
                             "SUM(CASE WHEN outcome = 'success' THEN 1 ELSE 0 END)",
                             "SUM(n_delivered)", "SUM(billed_micros)", "SUM(upstream_micros)"])
-        grouping = f" GROUP BY {', '.join(GROUPS[g] for g in group_by)}" if group_by else ""
-        order = f" ORDER BY {', '.join(GROUPS[g] for g in group_by)}" if group_by else ""
-        rows = self._db.query(f"SELECT {select} FROM ledger{where}{grouping}{order}", args)
-        n = len(group_by)
-        return [_row(group_by, row) for row in rows if row[n] or row[n + 4]]
+        listed = ", ".join(fine)
+        rows = self._db.query(f"SELECT {select} FROM ledger{where} GROUP BY {listed} "
+                              f"ORDER BY {listed}", args)
+        return _fold(group_by, fine, rows, reference or {})
+
+
+def _fold(group_by: Sequence[str], fine: Sequence[str], rows: Sequence[tuple[Any, ...]],
+          reference: Reference) -> list[UsageRow]:
+    n, m = len(group_by), len(fine)
+    model_at, tier_at = fine.index("model"), fine.index("tier")
+    totals: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        requests, succeeded, images, billed, upstream = (int(v or 0) for v in row[m:])
+        if not requests and not upstream:
+            continue
+        price = reference.get(row[model_at], {}).get(row[tier_at])
+        priced = usd(upstream) if price is None else price * images
+        sums = totals.setdefault(tuple(row[:n]), [0, 0, 0, 0, 0, Decimal(0)])
+        for i, value in enumerate((requests, succeeded, images, billed, upstream, priced)):
+            sums[i] += value
+    return [UsageRow({name: _label(name, key[i]) for i, name in enumerate(group_by)},
+                     s[0], s[1], s[2], usd(s[3]), usd(s[4]), s[5])
+            for key, s in totals.items()]
+
+
+def as_csv(group_by: Sequence[str], rows: Sequence[UsageRow]) -> str:
+    """The report as `switchyard usage --csv` prints it and the usage API's format=csv sends
+    it: one header line, then a line per group."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*group_by, *CSV_COLUMNS])
+    for row in rows:
+        writer.writerow(cells(row))
+    return out.getvalue()
+
+
+def cells(row: UsageRow) -> list[str]:
+    """A row's group labels and figures as text, in CSV_COLUMNS order after the groups."""
+    return [*row.group.values(), str(row.requests), str(row.succeeded), str(row.images),
+            dollars(row.billed_usd), dollars(row.upstream_usd), dollars(row.reference_usd),
+            dollars(row.saved_usd)]
 
 
 def _filters(start: int | None, end: int | None, key_id: str | None
@@ -58,14 +114,6 @@ def _filters(start: int | None, end: int | None, key_id: str | None
             clauses.append(clause)
             args.append(value)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
-
-
-def _row(group_by: Sequence[str], row: tuple[Any, ...]) -> UsageRow:
-    n = len(group_by)
-    group = {name: _label(name, row[i]) for i, name in enumerate(group_by)}
-    requests, succeeded, images, billed, upstream = row[n:]
-    return UsageRow(group, int(requests), int(succeeded or 0), int(images or 0),
-                    usd(int(billed or 0)), usd(int(upstream or 0)))
 
 
 def _label(group: str, value: Any) -> str:
