@@ -51,6 +51,9 @@ class Failure:
     message: str
     retry_after_s: float | None = None
     status: int | None = None
+    # One upstream call's failure that many requests share (a batch job's create): the
+    # route's health counts it once, whoever reports it (routing/health.py).
+    shared: str | None = None
 
     @property
     def retryable(self) -> bool:

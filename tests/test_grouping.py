@@ -20,6 +20,7 @@ from proxy.failures import Kind, UpstreamError
 from proxy.providers import flows
 from proxy.providers.gemini_batch import ADAPTER
 from proxy.providers.grouping import SENDING, Groups
+from proxy.routing.health import Health, State
 from tests.fakes.gemini_batch import GEMINI_BASE, FakeGeminiBatch
 from tests.protocol_kit import decoded, make_request
 from tests.test_gemini_batch import make_route
@@ -117,6 +118,21 @@ def test_a_refused_submit_fails_every_member_with_its_reason() -> None:
     assert fake.creates == 1
     assert all(isinstance(r, UpstreamError) and r.failure.kind is Kind.RATE_LIMITED
                for r in results)
+
+
+def test_a_failed_create_is_one_failure_of_the_route_however_many_members_hear_it() -> None:
+    # Issue 22.3: eight members of one failed create open no breaker (one failure, not eight).
+    fake = FakeGeminiBatch().fail_create("unavailable")
+    route = deferred()
+    results = asyncio.run(send_all(fake, items(8), route, Groups(flows.run_steps)))
+    assert fake.creates == 1
+    failures = [r.failure for r in results if isinstance(r, UpstreamError)]
+    assert len(failures) == 8 and len({f.shared for f in failures}) == 1
+    assert failures[0].shared is not None
+    health = Health([route])
+    for failure in failures:
+        health.of(route).end(health.of(route).begin(), "1K", failure)
+    assert health.of(route).state is State.CLOSED
 
 
 def crash(fake: FakeGeminiBatch, refs: Remembered, when: Callable[[], bool]) -> None:

@@ -362,3 +362,18 @@ def test_a_run_of_fast_successes_ends_a_slow_spell_in_the_p95() -> None:
     assert health.snapshot("1K").p95_s == 1.0
     _attempt(health, clock, None, seconds=8.0)  # and a slow one counts again at once
     assert health.snapshot("1K").p95_s == 8.0
+
+
+def test_a_failure_many_requests_share_counts_once() -> None:
+    # Issue 22.3: one failed create of a batch job fails all its members; the route saw one
+    # failure, not one per member (that opened its breaker and sent the rest to full price).
+    health, clock = _health()
+    shared = Failure(Kind.OVERLOADED, "create failed", shared="switchyard-group-1")
+    for _ in range(8):
+        _attempt(health, clock, shared)
+    assert health.state is State.CLOSED
+    snap = health.snapshot("1K")
+    assert (snap.samples, snap.success_ratio) == (1, 0.0)
+    for group in range(2, 6):  # other jobs' creates are failures of their own
+        _attempt(health, clock, Failure(Kind.OVERLOADED, "x", shared=f"switchyard-group-{group}"))
+    assert health.state is State.OPEN

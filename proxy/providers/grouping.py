@@ -170,9 +170,13 @@ class Groups:
                 await self._remember(group.tickets, name)
         except BaseException as exc:  # every member hears why (cancelled at shutdown too)
             if not group.named.done():
-                group.named.set_exception(exc if isinstance(exc, Exception)
-                                          else UpstreamError(Failure(Kind.UPSTREAM_BROKEN,
-                                                                     "shutting down")))
+                if isinstance(exc, UpstreamError):  # one failed create, however many hear it
+                    told: Exception = UpstreamError(replace(exc.failure, shared=label))
+                elif isinstance(exc, Exception):
+                    told = exc
+                else:
+                    told = UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "shutting down"))
+                group.named.set_exception(told)
                 group.named.exception()  # retrieved: members may all have gone
             if not isinstance(exc, Exception):
                 raise

@@ -32,6 +32,11 @@ COUNTED: frozenset[Kind] = frozenset({Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTRE
                                       Kind.AUTH})
 
 
+# Shared failures (Failure.shared) remembered per route: a batch's members report theirs
+# within seconds of each other, so the last few dozen are plenty.
+SHARED_KEPT = 64
+
+
 class State(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
@@ -135,6 +140,7 @@ class RouteHealth:
         # is older news and neither resets the failure count nor closes the breaker.
         self._failure_started = -math.inf
         self._delivered_at = -math.inf  # the latest success's end: a hang has none since
+        self._shared: deque[str] = deque(maxlen=SHARED_KEPT)  # shared failures counted
         self.last_outcome_at = -math.inf
         self.tell: Callable[[Outcome], None] | None = None  # hears each local outcome
 
@@ -157,6 +163,11 @@ class RouteHealth:
         started = self._starts.pop(token, now)
         seconds = now - started
         ok, rest = verdict(failure, self._settings)
+        if failure is not None and failure.shared is not None:
+            if failure.shared in self._shared:
+                ok = None  # a batch's one failed create, counted with its first member
+            else:
+                self._shared.append(failure.shared)
         self._apply(now, started, tier, seconds, ok, rest)
         self._probing = False  # a probe that proved nothing frees the slot for the next
         if self.tell is not None and (ok is not None or rest):
