@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -141,3 +142,30 @@ def test_a_phone_sees_the_page_without_sideways_scrolling(page: Any, served: Ser
     width = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert width <= 0, "wide tables scroll inside their own region"
     assert [p for p in page.problems if "401" not in p] == []
+
+
+def test_a_tenant_key_sees_only_its_own_spend_and_requests(page: Any, served: Served) -> None:
+    from playwright.sync_api import expect
+
+    key = _key(served)
+    with openai.OpenAI(base_url=f"{served.base}/v1", api_key=key, max_retries=0) as sdk:
+        sdk.images.generate(model="test-image", prompt="x")
+    page.goto(f"{served.base}/console")
+    page.get_by_label("Admin key, or a tenant key").fill(key)
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Signed in with a tenant key")).to_be_visible()
+    expect(page.get_by_role("tab", name="Routes")).to_be_hidden()
+    expect(page.get_by_role("tab", name="Keys")).to_be_hidden()
+    expect(page.locator("#spend-total")).to_contain_text("over 1 requests")
+    page.get_by_role("tab", name="Requests").click()
+    latest = page.get_by_role("region", name="Latest requests")
+    expect(latest.get_by_role("row").filter(has_text="test-image")).to_contain_text("$0.0200")
+    assert page.problems == []
+
+
+def _key(served: Served) -> str:
+    """A tenant key made through the admin API of the running server."""
+    created = httpx.post(f"{served.base}/admin/keys", json={"name": "tenant-view"},
+                         headers={"authorization": f"Bearer {ADMIN}"})
+    key: str = created.json()["key"]
+    return key

@@ -42,7 +42,8 @@ async function reload(api, status) {
     ["Strategy", (k) => k.strategy || "model's"],
     ["Actions", (k) => actions(api, k, status)],
   ];
-  replace(document.getElementById("keys-body"), table("Keys", columns, keys.data));
+  replace(document.getElementById("keys-body"),
+    table("Every key, revoked ones too", columns, keys.data));
 }
 
 function budgetBar(key, use) {
