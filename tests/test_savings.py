@@ -1,8 +1,10 @@
 """What routing saved: the same images priced on each model's reference route (the first in its
-catalog file, or the configured one), in the ledger's reports, the usage API and the CLI."""
+catalog file, or the configured one), in the ledger's reports, the usage API and the CLI; and
+the console's other reads of the ledger, jobs and batches, on both database engines."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from proxy import cli
 from proxy.app import load_catalog
-from proxy.billing import savings
+from proxy.billing import activity, savings
 from proxy.billing.money import Entry
 from proxy.billing.store import Store
 from proxy.catalog import CatalogError, inventory
@@ -100,3 +102,27 @@ def test_the_usage_api_and_the_cli_report_the_same_savings(
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert printed.splitlines()[1].startswith(f"{day},test-image,sim-cheap,key_")
     assert printed.splitlines()[1].endswith(",1,1,1,0.02,0.02,0.05,0.03")
+
+
+def test_activity_reads_the_same_on_both_engines(database: str) -> None:
+    """The console's reads (proxy/billing/activity.py) on SQLite and PostgreSQL: requests
+    newest first, a job, a batch's progress, and p50/p95 per route and tier."""
+    with Store(database) as store:
+        for i, ms in enumerate((100, 200, 300, 400)):
+            store.money.settle(None, dataclasses.replace(
+                entry(f"r{i}", "m", "1K", 1, 10_000, when=DAY + i), latency_ms=ms))
+        store.money.settle(None, entry("r9", "m", "1K", 0, 0, key_id="key_b",
+                                       outcome="timeout", when=DAY + 9))
+        job = store.jobs.enqueue("key_a", "generations", b'{"prompt": "secret"}')
+        batch = store.batches.create("key_a", "/v1/images/generations", "file_1", "24h", None,
+                                     [("one", b"{}"), ("two", b"{}")], b"")
+        latest = activity.requests(store.db, None, 3)
+        mine = activity.requests(store.db, "key_a", 10)
+        jobs = activity.jobs(store.db, "key_a", 10)
+        batches = activity.batches(store.db, "key_a", 10)
+        seen = activity.latencies(store.db)
+    assert [r.request_id for r in latest] == ["r9", "r3", "r2"]
+    assert len(mine) == 4 and {r.key_id for r in mine} == {"key_a"}
+    assert [(j.id, j.kind, j.state, j.done) for j in jobs] == [(job.id, "job", "queued", 0)]
+    assert [(b.id, b.total, b.done) for b in batches] == [(batch.id, 2, 0)]
+    assert seen == {("m/sim-cheap", "1K"): activity.Observed(0.2, 0.4, 4)}
