@@ -32,6 +32,9 @@ class CatalogError(ValueError):
     """The catalog is wrong; the message names the file and field."""
 
 
+LANES: tuple[str, ...] = ("standard", "discount", "priority")
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     """One upstream host: how to reach it and with which credential."""
@@ -52,6 +55,10 @@ class Provider:
     # A deferred host (the Gemini Batch API) answers in minutes to hours at a discount: only
     # requests that can wait that long (batch items) are routed to it.
     deferred: bool = False
+    # Its price lane: "standard"; "discount" (a batch API, Gemini's Flex tier: cheaper for
+    # requests that can wait, routing/planning.py); "priority" (dearer, faster: a host like
+    # any other, left to the strategies).
+    lane: str = "standard"
 
     @property
     def credentialed(self) -> bool:
@@ -235,7 +242,16 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
         allowed_hosts=tuple(spec.get("allowed_hosts", ())), options=options,
         required_options=tuple(spec.get("required_options", ())), options_env=options_env,
         deferred=_flag(spec, "deferred", where),
+        lane=_lane(spec, where),
     )
+
+
+def _lane(spec: dict[str, Any], where: str) -> str:
+    """A deferred host is a discount lane unless it says otherwise."""
+    lane = spec.get("lane", "discount" if spec.get("deferred") else "standard")
+    if lane not in LANES:
+        raise CatalogError(f"{where}: lane must be one of {', '.join(LANES)}, not {lane!r}")
+    return str(lane)
 
 
 

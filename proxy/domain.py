@@ -56,6 +56,9 @@ class Policy:
     only: frozenset[str] = frozenset()  # provider names
     ignore: frozenset[str] = frozenset()
     hedge: bool | None = None
+    # "discount": only a discount lane (wait for the discount, never pay interactive prices);
+    # "standard": never one; None: one only for a request that can wait (routing/planning.py)
+    lane: str | None = None
 
     def over(self, fallback: Policy) -> Policy:
         """This policy, with what it leaves unsaid taken from `fallback`."""
@@ -66,6 +69,7 @@ class Policy:
             else fallback.max_latency_s,
             only=self.only or fallback.only, ignore=self.ignore | fallback.ignore,
             hedge=self.hedge if self.hedge is not None else fallback.hedge,
+            lane=self.lane or fallback.lane,
         )
 
 

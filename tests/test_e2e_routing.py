@@ -71,6 +71,9 @@ def test_an_edit_takes_the_route_object_as_a_form_field(client: openai.OpenAI) -
     ({"extra_body": {"route": {"only": ["nobody"]}}}, "route.only"),
     ({"extra_body": {"route": {"max_price": 0.001}}}, "route.max_price"),
     ({"extra_body": {"route": {"max_latency_s": 1e-9}}}, "route.max_latency_s"),
+    ({"extra_body": {"route": {"lane": "cheap"}}}, "route.lane"),
+    # The test catalog has no discount lane: asked to wait for one, nothing can serve.
+    ({"extra_body": {"route": {"lane": "discount"}}}, "route.lane"),
 ])
 def test_routing_mistakes_are_400s_naming_the_field(
         client: openai.OpenAI, validate: Callable[[str, Any], None], kwargs: dict[str, Any],

@@ -111,6 +111,18 @@ def test_options_come_from_route_then_provider() -> None:
     assert sent["safetySettings"] == safety
 
 
+@pytest.mark.parametrize("tier", ["flex", "priority"])
+def test_a_lane_of_the_gemini_api_is_its_service_tier(tier: str) -> None:
+    # Issue 22.3: Gemini's Flex (half price, minutes) and Priority (dearer, faster) lanes are
+    # the same call with the request body's service tier; the provider says which.
+    fake = FakeGemini()
+    attempt(ADAPTER, make_request(), make_route(provider_options={"service_tier": tier}), fake)
+    assert fake.seen[0].json["serviceTier"] == tier
+    plain = FakeGemini()
+    attempt(ADAPTER, make_request(), make_route(), plain)
+    assert "serviceTier" not in plain.seen[0].json
+
+
 def test_edit_sends_reference_images_inline_before_the_prompt() -> None:
     fake = FakeGemini()
     first, second = png(300, 200), png(64, 64)

@@ -19,7 +19,7 @@ from proxy.bench.batch_hosts import HostSpec
 from proxy.billing.keys import KeyLimits
 from proxy.domain import Policy
 from proxy.routing.health import Health, Settings
-from proxy.routing.planning import plan
+from proxy.routing.planning import NoRoute, plan
 from proxy.routing.router import RoutesFailed
 from proxy.routing.slots import Slots
 from tests.conftest import make_config, serve
@@ -40,6 +40,32 @@ def planned(req_patience: float | None) -> list[str]:
     req = replace(request(), patience_s=req_patience)
     ranked = plan(scripted.model(routes), req, Policy(), Health(routes, Settings()))
     return [r.provider.name for r in ranked.routes]
+
+
+FLEX = replace(scripted.route("flex", "0.01", latency=180),
+               provider=replace(scripted.route("flex", "0.01").provider, lane="discount"))
+
+
+def laned(patience: float | None, lane: str | None = None) -> list[str]:
+    routes = (CHEAP, DEAR, BATCH_API, FLEX)
+    req = replace(request(), patience_s=patience)
+    ranked = plan(scripted.model(routes), req, Policy(lane=lane), Health(routes, Settings()))
+    return [r.provider.name for r in ranked.routes]
+
+
+def test_a_discount_lane_serves_who_can_wait_or_asks_for_it() -> None:
+    # Issue 22.3: Gemini's Flex lane (minutes, half price) is never an interactive request's
+    # route unasked; a batch item takes it when its window covers it; `route.lane` chooses.
+    assert laned(None) == ["cheap", "dear"]
+    assert laned(1000.0) == ["flex", "cheap", "dear"]  # too short for the batch API
+    assert laned(24 * 3600.0) == ["flex", "batch-api", "cheap", "dear"]  # same price: sooner
+    assert laned(None, "discount") == ["flex"]  # waits for the discount, never full price
+    assert laned(24 * 3600.0, "discount") == ["flex", "batch-api"]
+    assert laned(24 * 3600.0, "standard") == ["cheap", "dear"]
+    with pytest.raises(NoRoute) as caught:
+        plan(scripted.model((CHEAP, DEAR)), request(), Policy(lane="discount"),
+             Health((CHEAP, DEAR), Settings()))
+    assert caught.value.param == "route.lane"
 
 
 def test_a_deferred_route_is_only_for_requests_that_can_wait() -> None:

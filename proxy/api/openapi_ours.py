@@ -107,7 +107,8 @@ def schemas() -> Json:
                 "max_latency_s": {"type": "number", "exclusiveMinimum": 0},
                 "only": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "ignore": {"type": "array", "items": {"type": "string", "minLength": 1}},
-                "hedge": {"type": "boolean"}}},
+                "hedge": {"type": "boolean"},
+                "lane": {"type": "string", "enum": ["discount", "standard"]}}},
         "ImageJob": {
             "type": "object", "required": ["id", "object", "status", "created_at"],
             "properties": {

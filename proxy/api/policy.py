@@ -4,7 +4,7 @@ or a model-name suffix; the first one that says something wins.
 `route` reaches us from the OpenAI SDK through `extra_body`, as a JSON object (or, in a
 multipart edit, as a form field holding that object's JSON text):
 `{"strategy": "fastest", "max_price": 0.08, "max_latency_s": 30, "only": [...],
-"ignore": [...], "hedge": true}`.
+"ignore": [...], "hedge": true, "lane": "discount"}`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from proxy.catalog import STRATEGIES
 from proxy.domain import Policy
 
 HEADER = "x-switchyard-strategy"
-FIELDS = frozenset({"strategy", "max_price", "max_latency_s", "only", "ignore", "hedge"})
+FIELDS = frozenset({"strategy", "max_price", "max_latency_s", "only", "ignore", "hedge",
+                    "lane"})
+LANES = ("discount", "standard")  # what a request may ask for (routing/planning.py)
 
 
 def request_policy(route: Any, header: str | None, suffix: str | None) -> Policy:
@@ -53,10 +55,13 @@ def _from_body(route: Any) -> Policy:
     hedge = route.get("hedge")
     if hedge is not None and not isinstance(hedge, bool):
         raise bad_request("route.hedge", "'route.hedge' must be true or false")
+    lane = route.get("lane")
+    if lane is not None and lane not in LANES:
+        raise bad_request("route.lane", f"'route.lane' must be one of {', '.join(LANES)}")
     return Policy(strategy=strategy, max_price=_price(route.get("max_price")),
                   max_latency_s=_seconds(route.get("max_latency_s")),
                   only=_providers(route, "only"), ignore=_providers(route, "ignore"),
-                  hedge=hedge)
+                  hedge=hedge, lane=lane)
 
 
 def _price(value: Any) -> Decimal | None:

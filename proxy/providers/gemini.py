@@ -84,6 +84,8 @@ def body(request: ImageRequest, route: Route,
     }
     if safety := option(route, "safety_settings", None):
         payload["safetySettings"] = list(safety)
+    if tier := option(route, "service_tier", None):  # Gemini API's Flex or Priority lane
+        payload["serviceTier"] = tier
     return payload
 
 

@@ -42,6 +42,12 @@ def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) ->
         param = unservable_param(model.routes, request)
         raise NoRoute(param, f"no route of model {model.name!r} can serve this request; "
                              f"change {param!r}")
+    candidates = in_lane(candidates, request, policy.lane)
+    if not candidates:
+        raise NoRoute("route.lane", f"no {policy.lane} lane of model {model.name!r} can serve "
+                                    f"this request" + (" (a batch API's lane is for batch "
+                                                       "items)" if policy.lane == "discount"
+                                                       else ""))
     snapshots = health.snapshots(candidates, request.geometry.tier)
     try:
         kept = constrain(candidates, policy, request, snapshots)
@@ -65,13 +71,31 @@ class Plan:
     race: bool = False  # the first route is a stale probe: start the second at once too
 
 
+def in_lane(routes: list[Route], request: ImageRequest, lane: str | None) -> list[Route]:
+    """The routes of the lane asked for. Without one, a discount lane (Gemini's Flex: minutes
+    for half the price) serves only a request that can wait as long as it takes, as a
+    deferred route does: an interactive request is never slowed to minutes unasked."""
+    if lane == "discount":
+        return [r for r in routes if _discount(r)]
+    if lane == "standard":
+        return [r for r in routes if not _discount(r)]
+    return [r for r in routes if not _discount(r) or _can_wait(r, request)]
+
+
+def _discount(route: Route) -> bool:
+    """A deferred host (a batch API) is a discount lane whatever its catalog entry says."""
+    return route.provider.lane == "discount" or route.provider.deferred
+
+
+def _can_wait(route: Route, request: ImageRequest) -> bool:
+    return request.patience_s is not None and \
+        request.patience_s >= route.typical_latency_s * DEFERRED_PATIENCE_FACTOR
+
+
 def patient_enough(route: Route, request: ImageRequest) -> bool:
     """Interactive requests never take a deferred route (a batch API's hours); a batch item
     does when its remaining window covers the route's turnaround with room to spare."""
-    if not route.provider.deferred:
-        return True
-    return request.patience_s is not None and \
-        request.patience_s >= route.typical_latency_s * DEFERRED_PATIENCE_FACTOR
+    return not route.provider.deferred or _can_wait(route, request)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,9 @@ FLASH_25_PIXELS = {"1:1": (1024, 1024), "2:3": (832, 1248), "3:2": (1248, 832),
                    "5:4": (1152, 896), "9:16": (768, 1344), "16:9": (1344, 768),
                    "21:9": (1536, 672)}
 IMAGE_CONFIG_FIELDS = {"aspectRatio", "imageSize"}
+# The request body's service tier (ai.google.dev/gemini-api/docs/optimization): the Gemini
+# API's only; Vertex AI refuses the field here.
+SERVICE_TIERS = ("standard", "flex", "priority")
 VERTEX_ONLY_FIELDS = {"personGeneration", "prominentPeople", "imageOutputOptions"}
 INPUT_MIMES = {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"}
 _PATH = re.compile(r"^/(v1|v1beta1|v1beta)/(?:projects/([^/]+)/locations/([^/]+)/)?"
@@ -184,6 +187,10 @@ class FakeGemini(httpx.AsyncBaseTransport):
             image_config = config.get("imageConfig", {})
         except (KeyError, IndexError, TypeError, AttributeError):
             return "Invalid JSON payload received. contents is required."
+        tier = body.get("serviceTier")
+        if tier is not None and (self.vertex or tier not in SERVICE_TIERS):
+            return (f'Invalid value at \'service_tier\' ({tier!r}): the Gemini API takes '
+                    f"{', '.join(SERVICE_TIERS)}")
         allowed = IMAGE_CONFIG_FIELDS | (VERTEX_ONLY_FIELDS if self.vertex else set())
         for name in image_config:
             if name not in allowed:
