@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
                           help="the fake upstream on https (a throwaway certificate, trusted "
                                "through the bench provider's options.ca_file)")
     overhead.set_defaults(run=_bench_overhead, config=None, data_dir=None)
+    stream = bench.add_parser("stream", help=(
+        "time to first event of a relayed image stream (partial images), through Switchyard "
+        "against a fake streaming OpenAI host's own"))
+    stream.add_argument("--requests", type=int, default=200,
+                        help="requests each way, one at a time (default 200)")
+    stream.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    stream.set_defaults(run=_bench_stream, config=None, data_dir=None)
     batch = bench.add_parser("batch", help=(
         "push a large batch through the Batch API, the queue and the scheduler (in this "
         "process) to fake hosts with concurrency caps and realistic latencies on a fast "
@@ -244,6 +251,21 @@ def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
         return 2
     with procs.stopped_by_sigterm():
         print(overhead.main(options))
+    return 0
+
+
+def _bench_stream(config: Config, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from proxy.bench import first_event, procs
+
+    if args.requests < 1:
+        print("switchyard: --requests must be at least 1", file=sys.stderr)
+        return 2
+    options = first_event.QUICK if args.quick else \
+        replace(first_event.Options(), requests=args.requests)
+    with procs.stopped_by_sigterm():
+        print(first_event.main(options))
     return 0
 
 

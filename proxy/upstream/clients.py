@@ -138,8 +138,12 @@ async def _streamed(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: fl
     if call.json is not None:
         headers.setdefault("content-type", "application/json")
     cap = _cap(client)
-    response = await client.send(_request(client, call, headers, content, timeout_s),
-                                 stream=True)
+    request = _request(client, call, headers, content, timeout_s)
+    # On a lean client, straight to its httpx transport: the client's own send (auth,
+    # redirects, cookies, hooks) has nothing to do here and costs the first event time.
+    response = await (client.lean.fallback.handle_async_request(request)
+                      if isinstance(client, transport.Client) else
+                      client.send(request, stream=True))
     try:
         if response.status_code >= 300 or \
                 not events.is_event_stream(response.headers.get("content-type", "")):

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from proxy.upstream.http1 import ReplyTooLarge
 
-_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
-
 
 @dataclass(frozen=True, slots=True)
 class ServerEvent:
@@ -33,23 +31,24 @@ def is_event_stream(content_type: str) -> bool:
 
 
 class Decoder:
-    """Bytes in, whole events out; an event over `max_bytes` raises ReplyTooLarge."""
+    """Bytes in, whole events out; an event over `max_bytes` raises ReplyTooLarge. The line
+    ending is the stream's first one (hosts do not mix them), so each byte is searched once."""
 
     def __init__(self, max_bytes: int | None) -> None:
         self.max_bytes = max_bytes
         self._pending = bytearray()
         self._searched = 0  # bytes of _pending already known to hold no event end
+        self._end = b""  # the blank line, once the first line ending is known
 
     def feed(self, chunk: bytes) -> Iterator[ServerEvent]:
         self._pending += chunk
-        while True:
-            end, width = self._end()
-            if end < 0:
-                break
+        if not self._end:
+            self._end = _blank_line(self._pending)
+        while self._end and (end := self._pending.find(self._end, self._searched)) >= 0:
             block = bytes(self._pending[:end])
-            del self._pending[:end + width]
+            del self._pending[:end + len(self._end)]
             self._searched = 0
-            event = parse(block)
+            event = parse(block, self._end == b"\n\n")
             if event is not None:
                 yield event
         if self.max_bytes is not None and len(self._pending) > self.max_bytes:
@@ -58,17 +57,25 @@ class Decoder:
         # An end may straddle two chunks: look again from a few bytes back.
         self._searched = max(0, len(self._pending) - 3)
 
-    def _end(self) -> tuple[int, int]:
-        found = [(at, len(end)) for end in _ENDS
-                 if (at := self._pending.find(end, self._searched)) >= 0]
-        return min(found) if found else (-1, 0)
+
+def _blank_line(pending: bytearray) -> bytes:
+    """The blank line that ends an event, by the first line ending; b"" before there is one."""
+    lf = pending.find(b"\n")
+    cr = pending.find(b"\r", 0, lf if lf >= 0 else len(pending))
+    if cr < 0:
+        return b"\n\n" if lf >= 0 else b""
+    if cr + 1 == len(pending):
+        return b""  # a \r last: \r\n or a lone \r, not known yet
+    return b"\r\n\r\n" if pending[cr + 1] == ord("\n") else b"\r\r"
 
 
-def parse(block: bytes) -> ServerEvent | None:
-    """One event's lines; None for a block of comments (keep-alives) or without data."""
+def parse(block: bytes, plain: bool = False) -> ServerEvent | None:
+    """One event's lines (`plain`: they end in \\n alone, no need to look for \\r); None for
+    a block of comments (keep-alives) or without data."""
     name = "message"
     data: list[bytes] = []
-    for line in block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+    lines = block if plain else block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    for line in lines.split(b"\n"):
         if not line or line.startswith(b":"):
             continue
         field, _, value = line.partition(b":")
