@@ -26,6 +26,7 @@ BACKGROUNDS: tuple[str, ...] = ("auto", "opaque", "transparent")
 # lists them in capabilities.qualities; every route serves the rest (as it always has).
 QUALITIES: tuple[str, ...] = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
 DEFAULT_QUALITIES: tuple[str, ...] = ("auto", "low", "medium", "high", "standard", "hd")
+MAX_CACHE_TTL_S = 30 * 86400  # the longest a cached answer may be kept: thirty days
 
 
 class CatalogError(ValueError):
@@ -87,6 +88,9 @@ class Capabilities:
     output_formats: tuple[str, ...] = ("png",)
     backgrounds: tuple[str, ...] = ("auto",)
     qualities: tuple[str, ...] = DEFAULT_QUALITIES
+    # The host gives the same image for the same request and seed: a seeded request it
+    # serves may be answered from the response cache by default (proxy/api/caching.py).
+    seeds: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,9 @@ class Model:
     description: str = ""
     shutdown_date: str | None = None
     hedge: bool = False  # start a second attempt when the first passes its route's p95
+    # Keep and reuse this model's answers for this long (seconds; 0: never) unless the
+    # request or its key says otherwise; None: only seeded requests (proxy/api/caching.py).
+    cache_ttl_s: int | None = None
     # tiers() and aspect_ratios(), worked out once: every request's size is checked by them.
     _shapes: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False,
                                                 compare=False, repr=False)
@@ -278,6 +285,7 @@ def _model(spec: dict[str, Any], providers: Mapping[str, Provider], path: Path) 
         description=str(spec.get("description", "")),
         shutdown_date=str(spec["shutdown_date"]) if spec.get("shutdown_date") else None,
         hedge=_flag(spec, "hedge", str(path)),
+        cache_ttl_s=_cache_ttl(spec, str(path)),
     )
 
 
@@ -312,6 +320,7 @@ def _capabilities(spec: Mapping[str, Any], tiers: tuple[str, ...], where: str) -
         output_formats=tuple(spec.get("output_formats", ("png",))),
         backgrounds=tuple(spec.get("backgrounds", ("auto",))),
         qualities=tuple(spec.get("qualities", DEFAULT_QUALITIES)),
+        seeds=_flag(spec, "seeds", where),
     )
     for value, known, label in ((caps.aspect_ratios, ASPECT_RATIOS, "aspect_ratios"),
                                 (caps.output_formats, OUTPUT_FORMATS, "output_formats"),
@@ -329,6 +338,16 @@ def _flag(spec: Mapping[str, Any], key: str, where: str) -> bool:
     value = spec.get(key, False)
     if not isinstance(value, bool):
         raise CatalogError(f"{where}: {key!r} must be true or false")
+    return value
+
+
+def _cache_ttl(spec: Mapping[str, Any], where: str) -> int | None:
+    value = spec.get("cache_ttl_s")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CACHE_TTL_S:
+        raise CatalogError(f"{where}: 'cache_ttl_s' must be an integer from 0 to "
+                           f"{MAX_CACHE_TTL_S} (seconds)")
     return value
 
 

@@ -27,7 +27,8 @@ from proxy.config import Config
 # flag -> key setting; values are parsed as the admin API's JSON would be
 LIMIT_FLAGS: dict[str, str] = {"tenant": "", "budget": "budget_usd", "period": "budget_period",
                                "rpm": "rpm", "ipm": "ipm", "concurrency": "concurrency",
-                               "models": "allowed_models", "strategy": "strategy", "plan": "plan"}
+                               "models": "allowed_models", "strategy": "strategy", "plan": "plan",
+                               "cache_ttl": "cache_ttl_s"}
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -84,6 +85,8 @@ def _limit_flags(parser: argparse.ArgumentParser, tenant: bool = True) -> None:
     parser.add_argument("--models", help="comma-separated models the key may use")
     parser.add_argument("--strategy", help=f"default strategy: {', '.join(STRATEGIES)}")
     parser.add_argument("--plan", help="price plan from routes/plans.toml")
+    parser.add_argument("--cache-ttl", metavar="SECONDS",
+                        help="keep and reuse this key's answers this long (0: never)")
 
 
 def _limits(args: argparse.Namespace, base: KeyLimits) -> KeyLimits:
@@ -105,7 +108,7 @@ def _value(setting: str, raw: str) -> Any:
         return None
     if setting == "allowed_models":
         return [m.strip() for m in raw.split(",") if m.strip()]
-    if setting in ("rpm", "ipm", "concurrency"):
+    if setting in ("rpm", "ipm", "concurrency", "cache_ttl_s"):
         return int(raw) if raw.lstrip("-").isdigit() else raw
     if setting == "budget_usd":
         try:

@@ -105,6 +105,13 @@ class Config:
     # What routing saved is priced against one route per model: by default the first its
     # catalog file lists; here model -> provider names another (proxy/billing/savings.py).
     reference_routes: Mapping[str, str] = field(default_factory=dict)
+    # The response cache (proxy/api/caching.py): the most its entries may hold together
+    # (least recently used go first), whether tenants share it (off: a tenant never gets
+    # another's image), and how long a seeded request's answer is kept when nothing else
+    # says (0: a seed alone makes nothing cacheable).
+    cache_max_bytes: int = 1024 * 1024 * 1024
+    cache_shared: bool = False
+    cache_seed_ttl_s: int = 3600
 
     @property
     def database_path(self) -> Path:
@@ -151,6 +158,9 @@ _ENV: dict[str, str] = {
     "callback_allow_cidrs": "SWITCHYARD_CALLBACK_ALLOW_CIDRS",
     "max_queued_per_key": "SWITCHYARD_MAX_QUEUED_PER_KEY",
     "reference_routes": "SWITCHYARD_REFERENCE_ROUTES",
+    "cache_max_bytes": "SWITCHYARD_CACHE_MAX_BYTES",
+    "cache_shared": "SWITCHYARD_CACHE_SHARED",
+    "cache_seed_ttl_s": "SWITCHYARD_CACHE_SEED_TTL_S",
 }
 
 MIN_METRICS_TOKEN = 16  # characters: a scrape credential worth the name
@@ -160,11 +170,17 @@ def _coerce(name: str, raw: object) -> object:
     """Turn a TOML or environment value into the field's type, or say which setting is wrong."""
     try:
         if name in ("port", "max_body_bytes", "max_reply_bytes", "max_image_pixels",
-                    "image_url_ttl_s", "workers", "max_header_bytes", "max_queued_per_key"):
+                    "image_url_ttl_s", "workers", "max_header_bytes", "max_queued_per_key",
+                    "cache_max_bytes"):
             value = int(str(raw))
             if value <= 0 or (name == "port" and value > 65535):
                 raise ValueError
             return value
+        if name == "cache_seed_ttl_s":  # 0 turns the seed's default off
+            ttl = int(str(raw))
+            if not 0 <= ttl <= 30 * 86400:
+                raise ValueError
+            return ttl
         if name in ("request_timeout_s", "simulation_time_scale"):
             number = float(str(raw))
             if number < 0:
@@ -177,7 +193,7 @@ def _coerce(name: str, raw: object) -> object:
             return seconds
         if name == "demo":
             return _boolean(raw)
-        if name in ("access_log", "metrics_per_key", "log_prompts"):
+        if name in ("access_log", "metrics_per_key", "log_prompts", "cache_shared"):
             flag = _boolean(raw)
             if flag is None:
                 raise ValueError

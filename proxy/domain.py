@@ -101,6 +101,10 @@ class ImageRequest:
     # A stable name for this piece of work across retries and restarts (the queued job's id):
     # a deferred host is given it, so a resumed job finds what it already submitted.
     ticket: str | None = None
+    # The response cache (proxy/api/caching.py): how long an answer may be kept and reused,
+    # in seconds, as the request asked (`cache: {"ttl_s": …}`; 0: not from or into the
+    # cache); None: the request said nothing, and its key, model or seed decide.
+    cache_ttl_s: int | None = None
     # A streamed request: how many partial images the client asked for (0 to 3), and where a
     # host that streams them relays them as they arrive (None: the client does not stream).
     partial_images: int = 0

@@ -168,3 +168,21 @@ FLEET_FALLBACKS = Counter(
     "switchyard_fleet_fallbacks", "Times this replica turned to its own rate limits and host "
     "slots because Redis did not answer.",
 )
+CACHE_REQUESTS = Remembered(Counter(
+    "switchyard_cache_requests", "Cacheable image requests by public model and how the "
+    "response cache answered: hit (from the store), coalesced (shared an identical request's "
+    "upstream call) or miss (made the call).", ["model", "result"],
+))
+CACHE_SAVED = Remembered(Counter(
+    "switchyard_cache_saved_usd", "Upstream dollars the response cache saved: what the images "
+    "it answered with cost when they were made.", ["model"],
+))
+CACHE_EVICTIONS = Counter(
+    "switchyard_cache_evictions", "Response cache entries dropped, expired or least recently "
+    "used, to keep the cache within cache_max_bytes.",
+)
+CACHE_BYTES = Gauge(
+    "switchyard_cache_bytes", "What the response cache held after this replica's last store "
+    "(it is shared: every replica sees the same store).",
+    multiprocess_mode="mostrecent",
+)

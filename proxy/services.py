@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from proxy.api.caching import Flights
 from proxy.billing.keys import KeyFinder
 from proxy.billing.pricing import Plan
 from proxy.billing.store import Store
@@ -33,6 +34,8 @@ class Services:
     # The ledger writes of image requests run on threads of their own: behind other work in
     # the default executor they would wait, and one warm thread answers a lone request sooner.
     ledger_writes: Writer = field(default_factory=lambda: Writer(LEDGER_THREADS))
+    # Identical cacheable requests in flight in this process (proxy/api/caching.py).
+    flights: Flights = field(default_factory=Flights)
 
     @property
     def limits(self) -> RateLimits:

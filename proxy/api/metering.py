@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -26,14 +26,14 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from proxy import metrics
-from proxy.api import streamed
+from proxy.api import caching, streamed
 from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.render import Origin, attempt_headers, image_headers, images_body, observe
 from proxy.api.request_log import request_line
 from proxy.billing.journal import Call
 from proxy.billing.keys import KeyRecord
 from proxy.billing.limits import Limited
-from proxy.billing.money import Entry, micros, period_label, usd
+from proxy.billing.money import BILLED, Entry, micros, period_label, usd
 from proxy.billing.pricing import DEFAULT_PLAN, Plan
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, Policy, Served
@@ -85,25 +85,57 @@ async def charged(origin: Origin, svc: Services, key: KeyRecord, model: Model,
         raise bad_request(exc.param, exc.message, code="unsupported_value") from None
     plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
     quote = _quote(plan, model, asked, prepared)
+    role = await _cache_role(svc, key, model, asked, prepared) if not first else None
     try:
-        # A batch item takes its slot apart: only if no interactive request waits for one.
-        admission = await svc.limits.admit(
-            key, asked.n, None if asked.patience_s else prepared.routes[0].provider)
+        return await _admitted(_Run(origin, svc, ledger, model, prepared, plan, quote, render,
+                                    role), running)
+    finally:
+        if role is not None:
+            role.close()
+
+
+async def _cache_role(svc: Services, key: KeyRecord, model: Model, asked: ImageRequest,
+                      prepared: Prepared) -> caching.Role | None:
+    """How the response cache takes part: None if the request is not cacheable."""
+    cache = caching.cacheable(svc.config, (asked.cache_ttl_s, key.limits.cache_ttl_s,
+                                           model.cache_ttl_s), asked, prepared.routes[0],
+                              key.tenant)
+    if cache is None:
+        return None
+    return await caching.consult(svc.flights, svc.store.cache, cache,
+                                 prepared.policy.strategy or "cheapest")
+
+
+async def _admitted(run: _Run, running: asyncio.Future[None] | None) -> Charged:
+    """Admit (rate limits, and in fleet mode the first host's slot), reserve, run."""
+    svc, key, asked, model = run.svc, run.ledger.key, run.ledger.asked, run.model
+    role = run.role
+    quote = run.quote
+    if role is not None and role.found is not None:  # a hit's bill is known before it runs
+        quote = min(quote, run.plan.cached(model.name, asked.geometry.tier,
+                                           role.found.made_for,
+                                           len(role.found.served.result.images)))
+        run = replace(run, quote=quote)
+    # A batch item takes its slot apart (only if no interactive request waits for one); an
+    # answer from the cache or from a flight calls no host.
+    host = None if asked.patience_s or (role is not None and role.reuses) \
+        else run.prepared.routes[0].provider
+    try:
+        admission = await svc.limits.admit(key, asked.n, host)
     except Limited as exc:
         metrics.KEY_REJECTIONS.labels(_key_label(svc, key), "rate").inc()
         metrics.REQUESTS.labels(model.name, "none", "rate_limited_key").inc()
-        request_line(origin.request_id, key.id, asked, "rate_limited_key",
+        request_line(run.origin.request_id, key.id, asked, "rate_limited_key",
                      seconds=0.0, with_prompt=svc.config.log_prompts)
         raise ApiError(429, exc.message, type="requests", code="rate_limit_exceeded",
                        headers=exc.headers) from None
     slot = admission.slot  # fleet mode: the first host's slot, taken with the admission
     try:
-        reservation = await ledger.reserve(quote)
+        reservation = await run.ledger.reserve(quote)
         slot = None  # the router's from here: it uses the slot or releases it
         if running is not None and not running.done():
             running.set_result(None)
-        done = await _run(_Run(origin, svc, ledger, model, prepared, plan, quote, render),
-                          reservation, admission.slot)
+        done = await _run(run, reservation, admission.slot)
         done.headers.update(admission.headers)
         return done
     finally:
@@ -135,14 +167,33 @@ class _Run:
     plan: Plan
     quote: Decimal
     render: Renderer
+    role: caching.Role | None = None
+
+
+async def _served(run: _Run, slot: Slot | None) -> tuple[Served, caching.Reuse | None]:
+    """The answer: from the cache, from the identical request in flight, or from a host."""
+    role = run.role
+    if role is not None and role.found is not None:
+        return role.found.served, role.found
+    if role is not None and role.how == "coalesced":
+        shared = await role.wait()
+        if shared is not None:
+            return shared.served, shared
+        # The leader left without an answer: this request calls a host itself.
+    served = await run.svc.router.run(run.prepared, run.ledger.asked, run.ledger.resume, slot)
+    if role is not None:
+        role.landed(served)
+    return served, None
 
 
 async def _run(run: _Run, reservation: str | None, slot: Slot | None) -> Charged:
     svc, ledger, model = run.svc, run.ledger, run.model
     started = time.monotonic()
     try:
-        served = await svc.router.run(run.prepared, ledger.asked, ledger.resume, slot)
+        served, reuse = await _served(run, slot)
     except RoutesFailed as exc:
+        if run.role is not None:
+            run.role.failed(exc)
         await ledger.failed(reservation, exc, started)
         _observe_failure(model, exc, time.monotonic() - started)
         ledger.log(exc.failure.kind.value, started, exc.attempts[-1].provider
@@ -163,13 +214,17 @@ async def _run(run: _Run, reservation: str | None, slot: Slot | None) -> Charged
         await asyncio.shield(ledger.undelivered(reservation, served, started))
         metrics.REQUESTS.labels(model.name, served.provider, "undelivered").inc()
         raise
-    delivered = len(served.result.images)
-    upstream_per_image = served.cost_usd / delivered
-    billed = min(run.quote, run.plan.per_image(model.name, ledger.asked.geometry.tier,
-                                               upstream_per_image) * delivered)
-    await ledger.succeeded(reservation, served, billed, started)
-    observe(model, ledger.asked, served, time.monotonic() - started)
-    ledger.log("success", started, served.provider, len(served.attempts), billed,
+    delivered, tier = len(served.result.images), ledger.asked.geometry.tier
+    if reuse is None:
+        billed = min(run.quote, run.plan.per_image(model.name, tier,
+                                                   served.cost_usd / delivered) * delivered)
+        outcome = "success"
+        observe(model, ledger.asked, served, time.monotonic() - started)
+    else:
+        billed = min(run.quote, run.plan.cached(model.name, tier, reuse.made_for, delivered))
+        outcome = caching.OUTCOMES[reuse.how]
+    await ledger.succeeded(reservation, served, billed, started, outcome)
+    ledger.log(outcome, started, served.provider, len(served.attempts), billed,
                served.cost_usd + served.hedge_cost_usd)
     label = _key_label(svc, ledger.key)
     metrics.BILLED.labels(label, model.name, served.provider).inc(float(billed))
@@ -177,7 +232,21 @@ async def _run(run: _Run, reservation: str | None, slot: Slot | None) -> Charged
         float(served.cost_usd + served.hedge_cost_usd))
     headers = image_headers(ledger.asked, served)
     headers["x-switchyard-billed-usd"] = f"{billed:.6f}"
+    if run.role is not None:
+        await _cached(run, served, reuse)
+        headers["x-switchyard-cache"] = reuse.how if reuse is not None else "miss"
     return Charged(content, headers, BackgroundTask(ledger.delivered), billed, served)
+
+
+async def _cached(run: _Run, served: Served, reuse: caching.Reuse | None) -> None:
+    """The cache's part once a request is billed: its metrics, and a miss's whole answer kept
+    (a short one, fewer images than asked, is not) where the host that made it allows."""
+    assert run.role is not None
+    caching.observe(run.model, run.ledger.asked, run.role, reuse)
+    if reuse is None and len(served.result.images) == run.ledger.asked.n and \
+            run.role.cache.keeps(caching.route_of(run.model, served.route_id)):
+        await caching.keep(run.svc.store.cache, run.svc.config.cache_max_bytes, run.role,
+                           run.model, served)
 
 
 def respond(done: Charged) -> Response:
@@ -259,10 +328,10 @@ class _Ledger:
         return reservation
 
     async def succeeded(self, reservation: str | None, served: Served, billed: Decimal,
-                        started: float) -> None:
+                        started: float, outcome: str = "success") -> None:
         upstream = served.cost_usd + served.hedge_cost_usd
         await self._settle(reservation, self._entry(
-            started, "success", served.provider, served.route_id, len(served.result.images),
+            started, outcome, served.provider, served.route_id, len(served.result.images),
             micros(billed), micros(upstream), len(served.attempts),
             served.result.upstream_id))
 
@@ -324,6 +393,6 @@ class _Ledger:
             tier=self.asked.geometry.tier, n_asked=self.asked.n, n_delivered=delivered,
             billed_micros=billed, upstream_micros=upstream,
             latency_ms=round((time.monotonic() - started) * 1000),
-            outcome=outcome, failure=None if outcome == "success" else outcome,
+            outcome=outcome, failure=None if outcome in BILLED else outcome,
             attempts=attempts, upstream_id=upstream_id,
             idempotency_key=self.idempotency_key, created_at=int(time.time()))

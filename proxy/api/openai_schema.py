@@ -11,6 +11,7 @@ from typing import Any
 from proxy import geometry
 from proxy.api import inputs, uploads
 from proxy.api.auth import resolve_model
+from proxy.api.caching import cache_ttl
 from proxy.api.errors import bad_request
 from proxy.api.policy import request_policy
 from proxy.api.uploads import image_ref
@@ -48,7 +49,7 @@ _COMMON = frozenset({
     "model", "prompt", "n", "size", "quality", "response_format", "output_format",
     "output_compression", "background", "user", "stream", "partial_images",
     # Switchyard extensions, sent by the SDK through extra_body.
-    "aspect_ratio", "resolution", "seed", "image_urls", "route",
+    "aspect_ratio", "resolution", "seed", "image_urls", "route", "cache",
 })
 FIELDS: dict[str, frozenset[str]] = {
     "generate": _COMMON | {"moderation", "style"},
@@ -136,7 +137,7 @@ def parse(kind: Kind, body: Body, model: Model, policy: Policy,
         user=body.string("user"),
         seed=body.integer("seed", 0, 2**32 - 1),
         input_fidelity=body.enum("input_fidelity", _ENUMS["input_fidelity"]),
-        images=images + urls, mask=mask, policy=policy,
+        images=images + urls, mask=mask, policy=policy, cache_ttl_s=cache_ttl(body.data),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from proxy.api.openapi_console import console_paths, console_schemas
 from proxy.api.policy import HEADER as STRATEGY_HEADER
-from proxy.billing.keys import MAX_BUDGET_USD, MAX_COUNT, PERIODS
+from proxy.billing.keys import MAX_BUDGET_USD, MAX_CACHE_TTL_S, MAX_COUNT, PERIODS
 from proxy.billing.webhook_secrets import MAX_GRACE_HOURS
 from proxy.catalog import STRATEGIES
 from proxy.domain import ASPECT_RATIOS, TIERS
@@ -44,6 +44,11 @@ IMAGE_EXTENSIONS: Json = {
                    "items": {"type": "string", "description": "https:// or a data: URL"},
                    "description": "Switchyard: reference images by URL."},
     "route": ref("RoutePolicy"),
+    "cache": {"type": "object", "additionalProperties": False,
+              "properties": {"ttl_s": {"type": "integer", "minimum": 0,
+                                       "maximum": MAX_CACHE_TTL_S}},
+              "description": "Switchyard: answer from the response cache, and keep this "
+                             "answer there, for `ttl_s` seconds (0: neither)."},
 }
 ASYNC_EXTENSIONS: Json = {
     "callback_url": {"type": "string", "maxLength": 2048,
@@ -70,6 +75,9 @@ RESPONSE_HEADERS: Json = {
         "x-switchyard-billed-usd": "what this key was billed, in US dollars",
         "x-switchyard-strategy": "the routing strategy used",
         "x-switchyard-attempts": "how many upstream attempts it took",
+        "x-switchyard-cache": "hit (answered from the response cache), coalesced (shared "
+                              "an identical request's upstream call) or miss; absent when "
+                              "the request was not cacheable",
     }.items()}
 
 
@@ -85,6 +93,9 @@ def _limits() -> Json:
             {"type": "string", "description": "a decimal number of US dollars"}]}),
         "budget_period": _nullable({"type": "string", "enum": list(PERIODS)}),
         "rpm": _nullable(count), "ipm": _nullable(count), "concurrency": _nullable(count),
+        "cache_ttl_s": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_CACHE_TTL_S,
+                                  "description": "Switchyard: keep and reuse this key's "
+                                                 "answers this long (0: never)"}),
     }
 
 
@@ -96,7 +107,8 @@ def schemas() -> Json:
                   "active": {"type": "boolean"},
                   "allowed_models": _nullable({"type": "array", "items": STRING}),
                   "strategy": text, "plan": text, "budget_usd": text,
-                  "budget_period": STRING, "rpm": count, "ipm": count, "concurrency": count}
+                  "budget_period": STRING, "rpm": count, "ipm": count, "concurrency": count,
+                  "cache_ttl_s": count}
     return {
         "RoutePolicy": {
             "type": "object", "additionalProperties": False,

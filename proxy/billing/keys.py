@@ -39,6 +39,9 @@ class KeyLimits:
     rpm: int | None = None  # requests per minute
     ipm: int | None = None  # images per minute
     concurrency: int | None = None  # requests in flight at once
+    # Keep and reuse its answers this long (seconds; 0: never), unless a request says
+    # otherwise; None: its models decide (proxy/api/caching.py).
+    cache_ttl_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,8 @@ class LimitError(ValueError):
 
 
 LIMIT_FIELDS = ("allowed_models", "strategy", "plan", "budget_usd", "budget_period", "rpm",
-                "ipm", "concurrency")
+                "ipm", "concurrency", "cache_ttl_s")
+MAX_CACHE_TTL_S = 30 * 86400  # as catalog.MAX_CACHE_TTL_S
 
 
 def parse_limits(data: Mapping[str, Any], base: KeyLimits,
@@ -171,6 +175,12 @@ def _limit(name: str, value: Any, strategies: tuple[str, ...]) -> Any:
         return amount
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON Schema's integer includes 1.0
+    if name == "cache_ttl_s":
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                not 0 <= value <= MAX_CACHE_TTL_S:
+            raise LimitError(name, f"cache_ttl_s must be an integer from 0 to "
+                                   f"{MAX_CACHE_TTL_S} (seconds; 0: never cache)")
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
         raise LimitError(name, f"{name} must be an integer from 1 to {MAX_COUNT}")
     return value
@@ -189,5 +199,5 @@ def describe(record: KeyRecord) -> dict[str, Any]:
         "budget_usd": format(limits.budget_usd.normalize(), "f")
         if limits.budget_usd is not None else None,
         "budget_period": limits.budget_period, "rpm": limits.rpm, "ipm": limits.ipm,
-        "concurrency": limits.concurrency,
+        "concurrency": limits.concurrency, "cache_ttl_s": limits.cache_ttl_s,
     }

@@ -63,7 +63,7 @@ class Entry:
     billed_micros: int
     upstream_micros: int
     latency_ms: int
-    outcome: str  # success | a failure class
+    outcome: str  # success | cache_hit | coalesced | a failure class
     failure: str | None
     attempts: int
     upstream_id: str | None
@@ -71,6 +71,10 @@ class Entry:
     created_at: int
 
 
+# The outcomes of a request that was answered and billed: a host's images, the response
+# cache's, or those of an identical request in flight (proxy/api/caching.py).
+BILLED: tuple[str, ...] = ("success", "cache_hit", "coalesced")
+_BILLED_SQL = "(" + ", ".join(f"'{outcome}'" for outcome in BILLED) + ")"
 _FIELDS = tuple(Entry.__dataclass_fields__)
 _LEDGER_COLUMNS = ", ".join(_FIELDS)
 # One row per request id. A success is never replaced (a request is billed once); anything
@@ -81,7 +85,7 @@ _LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
                   f"ON CONFLICT (request_id) DO UPDATE SET "
                   + ", ".join(f"{c} = excluded.{c}" for c in Entry.__dataclass_fields__
                               if c != "request_id")
-                  + " WHERE ledger.outcome <> 'success'")
+                  + f" WHERE ledger.outcome NOT IN {_BILLED_SQL}")
 
 
 UNAVAILABLE = "database_unavailable"  # the outcome of a request whose settle was refused
@@ -165,7 +169,7 @@ class Money:
         with self._db.transaction() as cur:
             if entry.outcome == UNAVAILABLE:
                 rows = cur.query("SELECT billed_micros FROM ledger WHERE request_id = ? AND "
-                                 "outcome = 'success' AND delivered_at IS NULL",
+                                 f"outcome IN {_BILLED_SQL} AND delivered_at IS NULL",
                                  (entry.request_id,))
                 if rows:
                     cur.execute("UPDATE ledger SET outcome = ?, failure = ?, n_delivered = 0, "
@@ -240,7 +244,7 @@ class Money:
 def unbilled(entry: Entry) -> Entry:
     """A request's row once its settle was refused: the client got an error, so nothing is
     billed (what the upstream charged stays on record); a failure's row is kept as it is."""
-    if entry.outcome != "success":
+    if entry.outcome not in BILLED:
         return entry
     return replace(entry, outcome=UNAVAILABLE, failure=UNAVAILABLE, n_delivered=0,
                    billed_micros=0)

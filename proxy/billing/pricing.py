@@ -138,10 +138,20 @@ class Plan:
     name: str
     markup: Decimal = Decimal(0)
     list_prices: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
+    # An image answered from the response cache (or shared with an identical request in
+    # flight) costs this multiple of the plan's price for it: 1 bills it like the call it
+    # saved, 0 gives it away. Its upstream cost is $0 either way.
+    cache_hit_factor: Decimal = Decimal(1)
 
     def per_image(self, model: str, tier: str, upstream_per_image: Decimal) -> Decimal:
         listed = self.list_prices.get(model, {}).get(tier)
         return listed if listed is not None else upstream_per_image * (1 + self.markup)
+
+    def cached(self, model: str, tier: str, made_for: Decimal, images: int) -> Decimal:
+        """What `images` images from the cache are billed, made upstream for `made_for`."""
+        if not images:
+            return Decimal(0)
+        return self.per_image(model, tier, made_for / images) * images * self.cache_hit_factor
 
 
 DEFAULT_PLAN = Plan("default")
@@ -157,7 +167,7 @@ def load_plans(path: Path) -> dict[str, Plan]:
         where = f"{path} [{name}]"
         if not isinstance(spec, Mapping):
             raise PriceError(f"{where}: expected a table")
-        unknown = set(spec) - {"markup", "prices", "description"}
+        unknown = set(spec) - {"markup", "prices", "description", "cache_hit_factor"}
         if unknown:
             raise PriceError(f"{where}: unknown field {sorted(unknown)[0]!r}")
         prices = spec.get("prices", {})
@@ -165,5 +175,7 @@ def load_plans(path: Path) -> dict[str, Plan]:
             raise PriceError(f"{where}: prices maps model names to tables of tier prices")
         plans[name] = Plan(name, _amount(spec.get("markup", 0), f"{where} markup"),
                            {model: _tiers(tiers, f"{where} prices.{model}", _amount)
-                            for model, tiers in prices.items()})
+                            for model, tiers in prices.items()},
+                           _amount(spec.get("cache_hit_factor", 1),
+                                   f"{where} cache_hit_factor"))
     return plans

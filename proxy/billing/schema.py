@@ -191,6 +191,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX jobs_turns ON jobs (state, key_id, run_after);
     """,
+    """
+    ALTER TABLE api_keys ADD COLUMN cache_ttl_s INTEGER;
+    CREATE TABLE cache_entries (
+        key TEXT PRIMARY KEY,
+        scope TEXT NOT NULL,
+        model TEXT NOT NULL,
+        body {blob} NOT NULL,
+        bytes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT NOT NULL
+    );
+    CREATE INDEX cache_entries_used ON cache_entries (used_at);
+    CREATE INDEX cache_entries_expiry ON cache_entries (expires_at);
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

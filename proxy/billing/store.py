@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.billing import db as db_module
 from proxy.billing.batches import Batches
+from proxy.billing.cache_store import CacheStore
 from proxy.billing.deferred import Deferred
 from proxy.billing.idempotency import Idempotency
 from proxy.billing.jobs import Jobs
@@ -27,7 +28,7 @@ from proxy.billing.usage import Usage
 from proxy.billing.webhook_secrets import WebhookSecrets, new_secret
 
 _COLUMNS = ("id, name, tenant, hint, created_at, revoked_at, allowed_models, strategy, plan, "
-            "budget_micros, budget_period, rpm, ipm, concurrency")
+            "budget_micros, budget_period, rpm, ipm, concurrency, cache_ttl_s")
 
 
 class Store:
@@ -46,6 +47,7 @@ class Store:
         self.batches = Batches(self.db)
         self.journal = Journal(self.db)
         self.webhook_secrets = WebhookSecrets(self.db)
+        self.cache = CacheStore(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -70,7 +72,7 @@ class Store:
                            limits=limits or KeyLimits())
         self.db.execute(
             f"INSERT INTO api_keys ({_COLUMNS}, key_hash, webhook_secret) "
-            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*_row(record), digest(key), new_secret()))
         return record, key
 
@@ -91,7 +93,8 @@ class Store:
         values = _row(updated)[6:]
         self.db.execute(
             "UPDATE api_keys SET allowed_models = ?, strategy = ?, plan = ?, budget_micros = ?, "
-            "budget_period = ?, rpm = ?, ipm = ?, concurrency = ? WHERE id = ?",
+            "budget_period = ?, rpm = ?, ipm = ?, concurrency = ?, cache_ttl_s = ? "
+            "WHERE id = ?",
             (*values, key_id))
         return updated
 
@@ -126,17 +129,19 @@ def _row(record: KeyRecord) -> tuple[Any, ...]:
     budget = micros(limits.budget_usd) if limits.budget_usd is not None else None
     return (record.id, record.name, record.tenant, record.hint, record.created_at,
             record.revoked_at, models, limits.strategy, limits.plan, budget,
-            limits.budget_period, limits.rpm, limits.ipm, limits.concurrency)
+            limits.budget_period, limits.rpm, limits.ipm, limits.concurrency,
+            limits.cache_ttl_s)
 
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:
     (key_id, name, tenant, key_hint, created, revoked, models, strategy, plan, budget, period,
-     rpm, ipm, concurrency) = row
+     rpm, ipm, concurrency, cache_ttl_s) = row
     limits = KeyLimits(
         allowed_models=tuple(json.loads(models)) if models is not None else None,
         strategy=strategy, plan=plan,
         budget_usd=usd(int(budget)) if budget is not None else None,
-        budget_period=period or "total", rpm=rpm, ipm=ipm, concurrency=concurrency)
+        budget_period=period or "total", rpm=rpm, ipm=ipm, concurrency=concurrency,
+        cache_ttl_s=cache_ttl_s)
     return KeyRecord(key_id, name, tenant, key_hint, int(created),
                      int(revoked) if revoked is not None else None, limits)
 

@@ -12,13 +12,15 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.billing.db import Database
-from proxy.billing.money import dollars, usd
+from proxy.billing.money import BILLED, dollars, usd
 
 # group name -> portable SQL expression (days are whole UTC days since the epoch)
 GROUPS: dict[str, str] = {"day": "created_at / 86400", "model": "model",
                           "provider": "provider", "key": "key_id"}
 # model -> tier -> USD per image on the model's reference route (proxy/billing/savings.py)
 Reference = Mapping[str, Mapping[str, Decimal]]
+# Answered and billed (a host's images, or the response cache's): `succeeded`.
+BILLED_SQL = "(" + ", ".join(f"'{outcome}'" for outcome in BILLED) + ")"
 CSV_COLUMNS = ("requests", "succeeded", "images", "billed_usd", "upstream_usd",
                "reference_usd", "saved_usd")
 
@@ -60,7 +62,7 @@ class Usage:
         columns = [f"{expr} AS g{i}" for i, expr in enumerate(fine)]
         # An abandoned call (cut off by a crash, run again) is upstream spend, no request.
         select = ", ".join([*columns, "SUM(CASE WHEN outcome = 'abandoned' THEN 0 ELSE 1 END)",
-                            "SUM(CASE WHEN outcome = 'success' THEN 1 ELSE 0 END)",
+                            f"SUM(CASE WHEN outcome IN {BILLED_SQL} THEN 1 ELSE 0 END)",
                             "SUM(n_delivered)", "SUM(billed_micros)", "SUM(upstream_micros)"])
         listed = ", ".join(fine)
         rows = self._db.query(f"SELECT {select} FROM ledger{where} GROUP BY {listed} "
