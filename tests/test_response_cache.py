@@ -15,12 +15,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from proxy.billing.keys import KeyLimits
 from tests.conftest import FIXTURES, Running, make_config, serve
 from tests.fakes.sim_wrap import Wrapped, wrapped
+from tests.test_jobs import wait_for
 
 CACHE = {"cache": {"ttl_s": 3600}}
 
@@ -52,12 +54,12 @@ class Server:
 
 @contextlib.contextmanager
 def started(tmp_path: Path, delay_s: float = 0.0, routes: Path | None = None,
-            **settings: Any) -> Iterator[Server]:
+            host: str = "sim-cheap", **settings: Any) -> Iterator[Server]:
     config = make_config(tmp_path / "data", **({"routes_dir": routes} if routes else {}),
                          **settings)
-    hosts = wrapped(config, ("sim-cheap",), delay_s=delay_s)
+    hosts = wrapped(config, (host,), delay_s=delay_s)
     with serve(config, transports=hosts) as running:
-        yield Server(running, hosts["sim-cheap"])
+        yield Server(running, hosts[host])
 
 
 @pytest.fixture
@@ -217,3 +219,41 @@ def test_bad_cache_options_are_a_400_naming_the_parameter(
         sdk.images.generate(model="test-image", prompt="x", extra_body={"cache": cache})
     assert caught.value.body["param"] == param  # type: ignore[index]
     assert server.host.calls == 0
+
+
+def test_a_leader_that_fails_fails_those_waiting_on_it(tmp_path: Path) -> None:
+    """test-down's one host always fails: two identical requests at once make one call and
+    both get its error, billed nothing."""
+    with started(tmp_path, delay_s=0.3, host="sim-broken") as server:
+        key = server.running.new_key()
+
+        async def both() -> list[Any]:
+            async with openai.AsyncOpenAI(base_url=server.running.v1, api_key=key,
+                                          max_retries=0) as sdk:
+                return list(await asyncio.gather(*(
+                    sdk.images.generate(model="test-down", prompt="doomed", extra_body=CACHE)
+                    for _ in range(2)), return_exceptions=True))
+
+        outcomes = asyncio.run(both())
+        assert all(isinstance(o, openai.APIStatusError) for o in outcomes), outcomes
+        assert server.host.calls == 1
+        with server.running.store() as store:
+            rows = store.db.query("SELECT outcome, billed_micros FROM ledger")
+        assert len(rows) == 2 and all(row[1] == 0 and row[0] != "success" for row in rows)
+
+
+def test_a_stream_and_a_job_are_answered_from_the_cache(server: Server) -> None:
+    key = server.running.new_key("cached", KeyLimits(cache_ttl_s=600))
+    server.generate(key, "a streamed stork")
+    with server.sdk(key) as sdk:
+        events = list(sdk.images.generate(model="test-image", prompt="a streamed stork",
+                                          stream=True))
+    assert len(events) == 1 and events[0].model_extra is not None
+    said = events[0].model_extra["switchyard"]
+    assert said["cache"] == "hit" and said["billed_usd"] == "0.020000"
+    job = httpx.post(f"{server.running.v1}/images/generations", json={
+        "model": "test-image", "prompt": "a streamed stork"}, headers={
+        "authorization": f"Bearer {key}", "prefer": "respond-async"}).json()
+    done = wait_for(server.running, key, job["id"])
+    assert done["status"] == "succeeded"
+    assert server.ledger(job["id"])[0] == "cache_hit" and server.host.calls == 1
