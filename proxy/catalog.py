@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from proxy import key_pools
 from proxy.billing import pricing
 from proxy.config import Secret
 from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS
@@ -60,6 +61,14 @@ class Provider:
     # requests that can wait, routing/planning.py); "priority" (dearer, faster: a host like
     # any other, left to the strategies).
     lane: str = "standard"
+    # Several keys (proxy/key_pools.py): the catalog splits it into one member per key.
+    pool_keys: tuple[Secret, ...] = ()
+    pool: str | None = None  # a member's provider: the name `route.only` and the like use
+
+    @property
+    def family(self) -> str:
+        """The provider's own name, also for each member of its key pool."""
+        return self.pool or self.name
 
     @property
     def credentialed(self) -> bool:
@@ -234,8 +243,13 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
     if protocol not in protocols:
         raise CatalogError(f"{where}: unknown protocol {protocol!r} "
                            f"(known: {', '.join(sorted(protocols))})")
-    key_env = spec.get("key_env") or None
-    key = Secret(env[key_env]) if key_env and env.get(key_env) else None
+    try:
+        names = key_pools.key_names(spec.get("key_env"), where)
+    except key_pools.PoolError as exc:
+        raise CatalogError(str(exc)) from None
+    found = key_pools.keys(names, env)
+    key_env = ", ".join(names) or None
+    key = found[0] if found else None
     options_env = spec.get("options_env", {})
     if not isinstance(options_env, dict) or not all(isinstance(v, str)
                                                      for v in options_env.values()):
@@ -250,6 +264,7 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
         required_options=tuple(spec.get("required_options", ())), options_env=options_env,
         deferred=_flag(spec, "deferred", where),
         lane=_lane(spec, where),
+        pool_keys=found if len(found) > 1 else (),
     )
 
 
@@ -268,14 +283,15 @@ def _model(spec: dict[str, Any], providers: Mapping[str, Provider], path: Path) 
     if strategy not in STRATEGIES:
         raise CatalogError(f"{path}: default_strategy {strategy!r} is not one of {STRATEGIES}")
     base_caps = spec.get("capabilities", {})
-    routes = []
+    routes: list[Route] = []
     for i, route in enumerate(spec.get("routes", [])):
         where = f"{path} routes[{i}]"
         provider = _require(route, "provider", str, where)
         if provider not in providers:
             raise CatalogError(f"{where}: provider {provider!r} is not in providers.toml")
         # Every route is checked, live or not, so a mistake shows before its key is set.
-        routes.append(_route(name, route, providers[provider], base_caps, where))
+        routes.extend(_route(name, route, member, base_caps, where)
+                      for member in key_pools.members(providers[provider]))
     created = spec.get("created", dt.date(2026, 1, 1))
     return Model(
         name=name, aliases=tuple(spec.get("aliases", ())),

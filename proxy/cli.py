@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import __version__, cli_batch, cli_billing, logs
+from proxy.bench import cache as bench_cache
 from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.store import Store
 from proxy.catalog import Catalog, CatalogError, Provider
@@ -142,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     hostile.add_argument("--requests", type=int, default=4, help="per misbehaviour (default 4)")
     hostile.add_argument("--concurrency", type=int, default=2, help="default 2")
     hostile.set_defaults(run=_bench_hostile, config=None, data_dir=None)
+    bench_cache.add_command(bench)
     _add_bench_fleet(bench)
     return parser
 

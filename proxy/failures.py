@@ -32,8 +32,10 @@ class Kind(StrEnum):
 # An upstream's Retry-After beyond this is read as "not soon": one hour.
 MAX_RETRY_AFTER_S = 3600.0
 
+# A refused credential is Switchyard's trouble, not the client's: the next route (another
+# host, or another key of the same one) serves the request, and the refused one rests.
 RETRYABLE: frozenset[Kind] = frozenset(
-    {Kind.RATE_LIMITED, Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN}
+    {Kind.RATE_LIMITED, Kind.OVERLOADED, Kind.TIMEOUT, Kind.UPSTREAM_BROKEN, Kind.AUTH}
 )
 
 # Words by which a host says it cannot serve now: its own trouble, never a refusal of the

@@ -143,6 +143,12 @@ ROUTE_BREAKER = Gauge(
     "2 open.", ["model", "provider"],
     multiprocess_mode="mostrecent",
 )
+ROUTE_REFUSED = Gauge(
+    "switchyard_route_refused", "1 while a route's host refuses its credential (401, 403, "
+    "quota exhausted): that key is out for a while, the others of its pool go on.",
+    ["model", "provider"],
+    multiprocess_mode="mostrecent",
+)
 ROUTE_IN_FLIGHT = Gauge(
     "switchyard_route_in_flight", "Attempts in flight on a route.", ["model", "provider"],
     multiprocess_mode="livesum",

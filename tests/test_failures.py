@@ -108,7 +108,7 @@ def test_from_status_500_message_names_the_status() -> None:
 
 @pytest.mark.parametrize(("kind", "retryable"), [
     (Kind.BAD_REQUEST, False),
-    (Kind.AUTH, False),
+    (Kind.AUTH, True),  # Switchyard's credential: another route (or key) serves it
     (Kind.CONTENT_BLOCKED, False),
     (Kind.RATE_LIMITED, True),
     (Kind.OVERLOADED, True),

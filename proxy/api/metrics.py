@@ -108,6 +108,7 @@ def export_route_health(svc: Services) -> None:
             metrics_module.ROUTE_BREAKER.labels(*labels).set(
                 metrics_module.BREAKER_STATES[state])
             metrics_module.ROUTE_IN_FLIGHT.labels(*labels).set(first.in_flight)
+            metrics_module.ROUTE_REFUSED.labels(*labels).set(int(first.refused))
             for tier, snap in snaps.items():
                 metrics_module.ROUTE_LATENCY.labels(*labels, tier).set(snap.expected_s)
                 metrics_module.ROUTE_P95.labels(*labels, tier).set(snap.p95_s)

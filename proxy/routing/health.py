@@ -63,6 +63,9 @@ class Settings:
     cooldown_s: float = 2.0  # first open period; doubles on each failed probe ...
     max_cooldown_s: float = 4.0  # ... to this: a host that recovered is probed this soon
     rate_limit_cooldown_s: float = 1.0  # a 429 without Retry-After
+    # A refused credential (401, 403, quota exhausted) takes its route out this long: a
+    # key pool's other keys go on (proxy/key_pools.py); then one request tries it again.
+    refused_rest_s: float = 300.0
     stale_after_s: float = 1.0  # a route that could lead, with no outcome this long,
     # earns a probe
     probe_share: float = 0.05  # at most this share of requests go to stale routes first
@@ -93,6 +96,7 @@ class Snapshot:
     in_flight: int
     samples: int  # outcomes in the window
     stalled: bool  # an attempt is far past this route's p95 and nothing was delivered since
+    refused: bool = False  # the host refused its credential: out until the rest ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +115,9 @@ def verdict(failure: Failure | None, settings: Settings) -> tuple[bool | None, f
     if failure is None:
         return True, 0.0
     rest = 0.0
-    if failure.kind is Kind.RATE_LIMITED or failure.retry_after_s:
+    if failure.kind is Kind.AUTH:
+        rest = settings.refused_rest_s
+    elif failure.kind is Kind.RATE_LIMITED or failure.retry_after_s:
         rest = failure.retry_after_s or settings.rate_limit_cooldown_s
     return (False if failure.kind in COUNTED else None), rest
 
@@ -134,6 +140,7 @@ class RouteHealth:
         self._cooldown = settings.cooldown_s
         self._probing = False
         self._resting_until = 0.0  # Retry-After
+        self._refused_until = 0.0  # a refused credential (also a rest)
         self._starts: dict[int, float] = {}
         self._next_token = 0
         # When the latest counted failure's attempt started: a success that started earlier
@@ -163,6 +170,8 @@ class RouteHealth:
         started = self._starts.pop(token, now)
         seconds = now - started
         ok, rest = verdict(failure, self._settings)
+        if failure is not None and failure.kind is Kind.AUTH:
+            self._refused_until = max(self._refused_until, now + rest)
         if failure is not None and failure.shared is not None:
             if failure.shared in self._shared:
                 ok = None  # a batch's one failed create, counted with its first member
@@ -305,6 +314,7 @@ class RouteHealth:
             state=self._state, available=self._available(now), expected_s=expected, p95_s=p95,
             success_ratio=ok / volume if volume else 1.0, in_flight=len(self._starts),
             samples=volume, stalled=now - silent >= stall_s,
+            refused=now < self._refused_until,
         )
 
     def _available(self, now: float) -> bool:

@@ -36,9 +36,10 @@ def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
     the list (only, ignore, max_price, max_latency_s: checked in that order)."""
     tier = request.geometry.tier
     checks: tuple[tuple[str, bool, Callable[[Route], bool], str], ...] = (
-        ("route.only", bool(policy.only), lambda r: r.provider.name in policy.only,
+        ("route.only", bool(policy.only), lambda r: r.provider.family in policy.only,
          f"no route of this model is on a provider in 'only' ({', '.join(sorted(policy.only))})"),
-        ("route.ignore", bool(policy.ignore), lambda r: r.provider.name not in policy.ignore,
+        ("route.ignore", bool(policy.ignore),
+         lambda r: r.provider.family not in policy.ignore,
          "every route of this model is on an ignored provider"),
         ("route.max_price", policy.max_price is not None,
          lambda r: r.unit_price(tier, request.quality) <= (policy.max_price or 0),
@@ -105,7 +106,25 @@ def rank(routes: Sequence[Route], strategy: str, request: ImageRequest,
         snap = snapshots[route.id]
         return not snap.available, snap.stalled, key(route, request, snap)
 
-    return sorted(routes, key=order)
+    return least_loaded_keys(sorted(routes, key=order), snapshots)
+
+
+def least_loaded_keys(ranked: list[Route], snapshots: Mapping[str, Snapshot]) -> list[Route]:
+    """Keys of one provider's pool (proxy/key_pools.py) ranked side by side take turns, the
+    one with the fewest attempts in flight first: each key is its own rate limit, so load
+    spreads over them instead of filling one before the next (an unusable key stays last)."""
+    out: list[Route] = []
+    i = 0
+    while i < len(ranked):
+        j = i + 1
+        while j < len(ranked) and ranked[i].provider.pool is not None \
+                and ranked[j].provider.pool == ranked[i].provider.pool:
+            j += 1
+        out.extend(sorted(ranked[i:j], key=lambda r: (not snapshots[r.id].available,
+                                                       snapshots[r.id].stalled,
+                                                       snapshots[r.id].in_flight)))
+        i = j
+    return out
 
 
 def could_lead(route: Route, leader: Route, strategy: str, request: ImageRequest,
