@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.applications import Starlette
@@ -22,7 +23,7 @@ from starlette.routing import Route
 
 from proxy import catalog as catalog_module
 from proxy import config as config_module
-from proxy import logs, shared, supervise
+from proxy import logs, shared, supervise, tracing
 from proxy import state as state_module
 from proxy.api import (
     admin,
@@ -57,6 +58,9 @@ from proxy.routing.router import Router
 from proxy.services import Services
 from proxy.upstream import clients as upstream_clients
 from proxy.upstream.credentials import Credentials
+
+if TYPE_CHECKING:
+    from proxy.tracing.otel import Tracer
 
 log = logging.getLogger("switchyard")
 
@@ -101,11 +105,16 @@ def from_environment() -> Starlette:
 
 
 def build_app(config: Config, catalog: Catalog | None = None,
-              transports: Mapping[str, httpx.AsyncBaseTransport] | None = None) -> Starlette:
+              transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+              tracer: Tracer | None = None) -> Starlette:
     """The ASGI app. `catalog` defaults to loading routes/; `transports` (provider name ->
-    httpx transport) lets tests put fake upstreams where the network would be."""
+    httpx transport) lets tests put fake upstreams where the network would be. `tracer`
+    defaults to the environment's (OTEL_EXPORTER_OTLP_ENDPOINT): None, traces off."""
+    tracer = tracer or tracing.from_environment(os.environ)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tracing.ACTIVE.set(tracer)  # the job worker and its jobs, started below, inherit it
         live = catalog or load_catalog(config)
         store = Store(config.database)
         clients = upstream_clients.build_clients(live.providers, ADAPTERS,
@@ -152,6 +161,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
             await asyncio.to_thread(app.state.services.ledger_writes.shutdown)
             await _last_deferred(store)
             store.close()
+            if tracer is not None:
+                await tracer.close()
 
     console_page, console_file = console.endpoints()
     return Starlette(
@@ -196,7 +207,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", metrics.metrics, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestContext, max_body_bytes=config.max_body_bytes,
+        middleware=[*([Middleware(tracer.asgi)] if tracer is not None else []),
+                    Middleware(RequestContext, max_body_bytes=config.max_body_bytes,
                                direct={("POST", "/v1/images/generations"): images.generations,
                                        ("POST", "/v1/images/edits"): images.edits})],
         exception_handlers={HTTPException: on_http_exception, ApiError: on_api_error},

@@ -86,14 +86,16 @@ def free_socket() -> socket.socket:
 
 @contextlib.contextmanager
 def serve(config: Config, catalog: Catalog | None = None,
-          transports: Mapping[str, httpx.AsyncBaseTransport] | None = None) -> Iterator[Running]:
+          transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+          tracer: Any = None) -> Iterator[Running]:
     """Run build_app under uvicorn in a thread, on a real socket, until the block ends.
 
-    `transports` maps provider names to fake upstreams (httpx transports) for adapter tests.
+    `transports` maps provider names to fake upstreams (httpx transports) for adapter tests;
+    `tracer` (proxy.tracing.otel.Tracer) turns traces on.
     """
     sock = free_socket()
     port = sock.getsockname()[1]
-    app = build_app(config, catalog, transports)
+    app = build_app(config, catalog, transports, tracer)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
                                            access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -16,6 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy import tracing
 from proxy.api import batch_inputs, idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
@@ -115,7 +116,7 @@ async def create_batch(request: Request) -> Response:
     try:
         staged = await asyncio.to_thread(table.stage, key.id, endpoint, stored.id, window,
                                          data.get("metadata"), items, errors,
-                                         svc.config.max_queued_per_key)
+                                         svc.config.max_queued_per_key, tracing.traceparent())
     except QueueFull as exc:
         raise queue_full(exc, "input_file_id") from None
     if once is None:

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import orjson
 
-from proxy import supervise
+from proxy import supervise, tracing
 from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, internal, render
 from proxy.api.job_webhooks import Signer, Webhooks
@@ -246,8 +246,9 @@ class Worker:
             asked = replace(asked, ticket=job.id,
                             patience_s=await self._patience(job) if job.batch_id else None)
             base = svc.config.public_base_url or f"http://{svc.config.host}:{svc.config.port}"
-            response = await charge(Origin(job.id, base), svc, key, model, asked,
-                                    resume=resume)
+            with tracing.job(job.traceparent, job.id, job.batch_id):
+                response = await charge(Origin(job.id, base), svc, key, model, asked,
+                                        resume=resume)
         except ApiError as error:
             later = _later(error, job)
             if later is not None and error.code == "rate_limit_exceeded":

@@ -16,6 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy import tracing
 from proxy.api import idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
@@ -51,14 +52,15 @@ async def accept(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, A
     """Queue the job: 202. With an Idempotency-Key (`once`), the job this key queued before
     if it did: a retry gets the same job, whoever asked first (idempotent.create_once)."""
     table, body = svc.store.jobs, orjson.dumps(data)
-    most = svc.config.max_queued_per_key
+    most, trace = svc.config.max_queued_per_key, tracing.traceparent()
     try:
         if once is None:
             job = await asyncio.to_thread(table.enqueue, key.id, endpoint, body, hook,
-                                          most=most)
+                                          most=most, traceparent=trace)
             return _accepted(job, replayed=False)
         job_id, replayed = await idempotent.create_once(
-            svc, once, lambda cur: table.enqueue(key.id, endpoint, body, hook, cur, most).id)
+            svc, once, lambda cur: table.enqueue(key.id, endpoint, body, hook, cur, most,
+                                                 trace).id)
     except QueueFull as exc:
         raise queue_full(exc, None) from None
     return await replay(svc, key, job_id) if replayed else \

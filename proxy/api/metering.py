@@ -25,7 +25,7 @@ import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.api import caching, streamed
 from proxy.api.errors import ApiError, bad_request, from_failure
 from proxy.api.render import Origin, attempt_headers, image_headers, images_body, observe
@@ -380,7 +380,8 @@ class _Ledger:
     async def _settle(self, reservation: str | None, entry: Entry) -> None:
         metrics.LEDGER_BACKLOG.inc()
         try:
-            await self._write(self.svc.store.money.settle, reservation, entry, self.period)
+            with tracing.ledger(entry):
+                await self._write(self.svc.store.money.settle, reservation, entry, self.period)
         finally:
             metrics.LEDGER_BACKLOG.dec()
 

@@ -109,12 +109,13 @@ class Batches:
 
     def stage(self, key_id: str, endpoint: str, input_file_id: str, window: str,
               metadata: dict[str, str] | None, items: list[tuple[str, bytes]],
-              errors: bytes, most: int | None = None) -> Batch:
+              errors: bytes, most: int | None = None, traceparent: str | None = None) -> Batch:
         """The batch, `validating`, with its items as queued jobs no worker claims before it
         is opened. Written STAGE_ROWS items per transaction, with a pause between, so a
         50,000-item batch never holds SQLite's one writer for long; gone again if a write
         fails. QueueFull, and
-        nothing written, if the items would take the key past `most` (queue_cap.py)."""
+        nothing written, if the items would take the key past `most` (queue_cap.py). Each
+        item keeps the `traceparent` of the request that made the batch."""
         now = int(time.time())
         batch = Batch("batch_" + secrets.token_hex(12), key_id, endpoint, input_file_id, window,
                       "validating", len(items), now, now + WINDOW_S[window], metadata, errors)
@@ -124,7 +125,7 @@ class Batches:
         try:
             for start in range(0, len(items), STAGE_ROWS):
                 with self._db.transaction() as cur:
-                    _insert_items(cur, batch, items[start:start + STAGE_ROWS])
+                    _insert_items(cur, batch, items[start:start + STAGE_ROWS], traceparent)
                 time.sleep(STAGE_PAUSE_S)
         except BaseException:
             with contextlib.suppress(DatabaseUnavailable):
@@ -247,15 +248,16 @@ def _insert_batch(cur: Cursor, batch: Batch) -> None:
          json.dumps(batch.metadata) if batch.metadata is not None else None, batch.errors))
 
 
-def _insert_items(cur: Cursor, batch: Batch, items: list[tuple[str, bytes]]) -> None:
+def _insert_items(cur: Cursor, batch: Batch, items: list[tuple[str, bytes]],
+                  traceparent: str | None = None) -> None:
     """One INSERT of many rows: one statement (and round trip) for STAGE_ROWS items."""
     now, kind = batch.created_at, batch.endpoint.rsplit("/", 1)[-1]
     cur.execute("INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, "
-                "created_at, batch_id, custom_id) VALUES " +
-                ", ".join(["(?, ?, ?, ?, 'queued', ?, ?, ?, ?)"] * len(items)),
+                "created_at, batch_id, custom_id, traceparent) VALUES " +
+                ", ".join(["(?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"] * len(items)),
                 [value for custom_id, request in items for value in (
                     "imgjob_" + secrets.token_hex(12), batch.key_id, kind, request, now, now,
-                    batch.id, custom_id)])
+                    batch.id, custom_id, traceparent)])
 
 
 def _insert_file(cur: Cursor, stored: StoredFile) -> None:

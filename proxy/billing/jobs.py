@@ -40,11 +40,12 @@ class Job:
     batch_id: str | None = None
     # Earlier runs left upstream calls in the journal (proxy/billing/journal.py) to take up.
     calls_left: bool = False
+    traceparent: str | None = None  # the trace of the request that queued it (tracing on)
 
 
 _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, callback_url, "
             "created_at, finished_at, webhook_attempts, batch_id, "
-            "EXISTS (SELECT 1 FROM upstream_calls WHERE ticket = jobs.id)")
+            "EXISTS (SELECT 1 FROM upstream_calls WHERE ticket = jobs.id), traceparent")
 # A webhook attempt that is due, or whose sender's lease ran out.
 _HOOK_DUE = "webhook_state IN ('due', 'sending') AND webhook_after <= ?"
 _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
@@ -53,12 +54,12 @@ _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
 
 def _job(row: tuple[Any, ...]) -> Job:
     (job_id, key_id, endpoint, request, state, attempts, status, response, callback, created,
-     finished, hooks, batch_id, calls_left) = row
+     finished, hooks, batch_id, calls_left, traceparent) = row
     return Job(job_id, key_id, endpoint, bytes(request), state, int(attempts),
                int(status) if status is not None else None,
                bytes(response) if response is not None else None, callback or None,
                int(created), int(finished) if finished is not None else None, int(hooks),
-               batch_id or None, bool(calls_left))
+               batch_id or None, bool(calls_left), traceparent or None)
 
 
 class Jobs:
@@ -67,22 +68,23 @@ class Jobs:
 
     def enqueue(self, key_id: str, endpoint: str, request: bytes,
                 callback_url: str | None = None, into: Cursor | None = None,
-                most: int | None = None) -> Job:
+                most: int | None = None, traceparent: str | None = None) -> Job:
         """A new queued job; written in the transaction `into` if given (an
         Idempotency-Key's: proxy/billing/idempotency.py). With `most`, QueueFull instead if
         the key has that many unfinished jobs and batch items already (queue_cap.py)."""
         if into is None and most is not None:  # the cap's count and the insert as one
             with self._db.transaction() as cur:
-                return self.enqueue(key_id, endpoint, request, callback_url, cur, most)
+                return self.enqueue(key_id, endpoint, request, callback_url, cur, most,
+                                    traceparent)
         target = into or self._db
         make_room(target, self._db.engine, key_id, 1, most)
         now = int(time.time())
         job = Job("imgjob_" + secrets.token_hex(12), key_id, endpoint, request, "queued", 0,
-                  callback_url=callback_url, created_at=now)
+                  callback_url=callback_url, created_at=now, traceparent=traceparent)
         target.execute(
             "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, callback_url, "
-            "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-            (job.id, key_id, endpoint, request, now, callback_url, now))
+            "created_at, traceparent) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (job.id, key_id, endpoint, request, now, callback_url, now, traceparent))
         return job
 
     def claim(self, lease_s: float, now: float | None = None) -> Job | None:

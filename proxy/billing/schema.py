@@ -206,6 +206,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX cache_entries_used ON cache_entries (used_at);
     CREATE INDEX cache_entries_expiry ON cache_entries (expires_at);
     """,
+    # The W3C traceparent of the request that queued a job (tracing on): its runs continue
+    # that trace.
+    """
+    ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from proxy import tracing
 from proxy.catalog import Provider, Route
 from proxy.config import Secret
 from proxy.domain import ImageRequest, ImageResult, Partials, Usage
@@ -233,6 +234,14 @@ async def run_steps(flow: Steps, route: Route, client: httpx.AsyncClient,
 
 async def _call(call: UpstreamCall, route: Route, client: httpx.AsyncClient,
                 deadline: float, relay: Relay | None = None) -> UpstreamReply:
+    with tracing.upstream(call, route.provider.name) as span:
+        reply = await _calling(span.outgoing(call), route, client, deadline, relay)
+        span.replied(reply)
+        return reply
+
+
+async def _calling(call: UpstreamCall, route: Route, client: httpx.AsyncClient,
+                   deadline: float, relay: Relay | None = None) -> UpstreamReply:
     if call.kind != "submit" and not host_allowed(call.url, route.provider):
         raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN,
                                     "upstream pointed to a host it is not allowed to use"))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from proxy import verify
+from proxy import tracing, verify
 from proxy.billing import pricing
 from proxy.catalog import Model, Route
 from proxy.convert import conform
@@ -108,25 +108,32 @@ class Router:
         run.submits = submits
         run.held = slot
         started = self._clock()
-        route, result = await run.execute()
-        waited = self._clock() - started
-        cost = pricing.actual(route.unit_price(request.geometry.tier, request.quality),
-                              len(result.images), route.usd_per_image_token,
-                              result.usage.output_image_tokens if result.usage else None)
-        return Served(result, route.id, route.provider.name, route.upstream_model, cost,
-                      tuple(run.attempts), result.converted_from,
-                      strategy=policy.strategy or "cheapest", quote_usd=quote(route, request),
-                      upstream_s=waited)
+        with tracing.routing(request, prepared.routes, policy.strategy or "cheapest") as span:
+            route, result = await run.execute()
+            waited = self._clock() - started
+            cost = pricing.actual(route.unit_price(request.geometry.tier, request.quality),
+                                  len(result.images), route.usd_per_image_token,
+                                  result.usage.output_image_tokens if result.usage else None)
+            served = Served(result, route.id, route.provider.name, route.upstream_model, cost,
+                            tuple(run.attempts), result.converted_from,
+                            strategy=policy.strategy or "cheapest",
+                            quote_usd=quote(route, request), upstream_s=waited)
+            span.served(served)
+        return served
 
     async def _generate(self, route: Route, request: ImageRequest, deadline: float,
                         submits: flows.Submits | None = None) -> ImageResult:
         """One attempt: the flow, then what it delivered verified and in the asked format,
         so an image that is not one fails this attempt (and the next route is tried)."""
-        result = await flows.generate(
-            self._adapters[route.provider.protocol], route, request,
-            self._clients[route.provider.name], deadline, self._credentials, self.callbacks,
-            self.groups, submits)
-        return await conform(await verify.checked(result, request, self._max_pixels), request)
+        with tracing.attempt(route, request) as span:
+            result = await flows.generate(
+                self._adapters[route.provider.protocol], route, request,
+                self._clients[route.provider.name], deadline, self._credentials,
+                self.callbacks, self.groups, submits)
+            result = await conform(await verify.checked(result, request, self._max_pixels),
+                                   request)
+            span.delivered(result)
+            return result
 
     def _attempt(self, route: Route, request: ImageRequest, deadline: float,
                  submits: flows.Submits | None, slot: Slot) -> asyncio.Task[ImageResult]:
