@@ -20,12 +20,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from proxy import metrics
 from proxy.api.errors import bad_request
+from proxy.billing.cache_store import CacheStore, Found
 from proxy.catalog import MAX_CACHE_TTL_S, Model, Route
 from proxy.config import Config
 from proxy.domain import Image, ImageRequest, ImageResult, InputImage, Served, Usage
@@ -219,7 +220,13 @@ class Role:
             return None
 
 
-async def consult(flights: Flights, store: Any, cache: Cacheable, strategy: str) -> Role:
+class Lookup(Protocol):
+    """What consult needs of the store (CacheStore; tests give a stand-in)."""
+
+    def get(self, key: str, not_before: int) -> Found | None: ...
+
+
+async def consult(flights: Flights, store: Lookup, cache: Cacheable, strategy: str) -> Role:
     """The request's role: waits on a flight if an identical request is in one, else is
     answered by the store if it holds a fresh answer, else leads a new flight."""
     flight = flights.joined(cache.key)
@@ -239,7 +246,7 @@ async def consult(flights: Flights, store: Any, cache: Cacheable, strategy: str)
     return Role("miss", cache, flights, flight=flights.lead(cache.key))
 
 
-async def keep(store: Any, max_bytes: int, role: Role, model: Model, served: Served) -> None:
+async def keep(store: CacheStore, max_bytes: int, role: Role, model: Model, served: Served) -> None:
     """Store a miss's answer for the role's ttl; a failure is logged, never the client's."""
     body = pack(served)
     try:
