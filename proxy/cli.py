@@ -78,16 +78,19 @@ def _parser() -> argparse.ArgumentParser:
         "backends that go down, slow down, rate-limit and hang, on a virtual clock; compare "
         "with oracles and single providers and check the routing targets"))
     routing.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
-    routing.add_argument("--market", choices=("default", "hangs", "all"), default="all",
+    routing.add_argument("--market", choices=("default", "hangs", "pools", "all"),
+                         default="all",
                          help="default: an hour with an outage, a slow spell and a 429 storm; "
                          "hangs: issue 20's audit (three hosts, a hang among the events, "
-                         "hedging off and on, judged per phase); all: both (default)")
+                         "hedging off and on, judged per phase); pools: one key against a "
+                         "key pool on a host with per-key rate limits; all: every market "
+                         "(default)")
     routing.add_argument("--duration", type=_positive, default=None,
                          help="virtual seconds; events scale with it (default: the market's, "
-                         "3600 for default, 600 for hangs)")
+                         "3600 for default, 600 for hangs, 300 for pools)")
     routing.add_argument("--rate", type=_positive, default=None,
                          help="mean requests per virtual second (default: the market's, 2 for "
-                         "default, 16 for hangs)")
+                         "default, 16 for hangs and pools)")
     # The benchmark reads no config; these keep main()'s config loading uniform.
     routing.set_defaults(run=_bench_routing, config=None, data_dir=None)
     overhead = bench.add_parser("overhead", help=(
@@ -238,7 +241,14 @@ def _bench_routing(config: Config, args: argparse.Namespace) -> int:
         print()
     if args.market in ("hangs", "all"):
         print(hangs.main(args.seed, args.duration or hangs.DEFAULT_DURATION_S,
-                         args.rate or hangs.DEFAULT_RATE))
+                         args.rate or hangs.DEFAULT_RATE), flush=True)
+    if args.market == "all":
+        print()
+    if args.market in ("pools", "all"):
+        from proxy.bench import pools
+
+        print(pools.main(args.seed, args.duration or pools.DEFAULT_DURATION_S,
+                         args.rate or pools.DEFAULT_RATE))
     return 0
 
 

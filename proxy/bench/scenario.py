@@ -67,6 +67,10 @@ class Backend:
     sigma: float  # of log latency
     error_rate: float = 0.0  # HTTP 500 after the work's latency
     events: tuple[Event, ...] = ()
+    # The operator's keys for it (a key pool, proxy/key_pools.py), and the calls each key
+    # may start per second: past it, a 429 with Retry-After 1 s (None: no such limit).
+    keys: int = 1
+    key_rps: float | None = None
 
     def state(self, t: float) -> State:
         live = [e for e in self.events if e.covers(t)]
