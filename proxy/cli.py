@@ -78,13 +78,14 @@ def _parser() -> argparse.ArgumentParser:
         "backends that go down, slow down, rate-limit and hang, on a virtual clock; compare "
         "with oracles and single providers and check the routing targets"))
     routing.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
-    routing.add_argument("--market", choices=("default", "hangs", "pools", "all"),
+    routing.add_argument("--market", choices=("default", "hangs", "pools", "cache", "all"),
                          default="all",
                          help="default: an hour with an outage, a slow spell and a 429 storm; "
                          "hangs: issue 20's audit (three hosts, a hang among the events, "
                          "hedging off and on, judged per phase); pools: one key against a "
-                         "key pool on a host with per-key rate limits; all: every market "
-                         "(default)")
+                         "key pool on a host with per-key rate limits; cache: repeated seeds "
+                         "with the response cache off and on (bench cache); all: every "
+                         "market (default)")
     routing.add_argument("--duration", type=_positive, default=None,
                          help="virtual seconds; events scale with it (default: the market's, "
                          "3600 for default, 600 for hangs, 300 for pools)")
@@ -248,7 +249,13 @@ def _bench_routing(config: Config, args: argparse.Namespace) -> int:
         from proxy.bench import pools
 
         print(pools.main(args.seed, args.duration or pools.DEFAULT_DURATION_S,
-                         args.rate or pools.DEFAULT_RATE))
+                         args.rate or pools.DEFAULT_RATE), flush=True)
+    if args.market == "all":
+        print()
+    if args.market in ("cache", "all"):  # repeated seeds through the real app
+        from proxy.bench import cache
+
+        print(cache.main())
     return 0
 
 

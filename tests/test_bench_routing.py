@@ -174,7 +174,8 @@ def test_the_command_prints_both_markets_reports(capsys: pytest.CaptureFixture[s
     assert "Hangs benchmark" in out and "Targets (issue 20)" in out
     assert out.index("router: cheapest") < out.index("Hangs benchmark")
     assert out.index("Hangs benchmark") < out.index("Key pools benchmark")
-    assert out.count("wall time") == 3
+    assert out.index("Key pools benchmark") < out.index("Response cache:")
+    assert out.count("wall time") == 3 and "lower with the cache" in out
 
 
 @pytest.mark.parametrize(("market", "shown", "hidden"), [
