@@ -28,7 +28,7 @@ from proxy.config import Config
 LIMIT_FLAGS: dict[str, str] = {"tenant": "", "budget": "budget_usd", "period": "budget_period",
                                "rpm": "rpm", "ipm": "ipm", "concurrency": "concurrency",
                                "models": "allowed_models", "strategy": "strategy", "plan": "plan",
-                               "cache_ttl": "cache_ttl_s"}
+                               "cache_ttl": "cache_ttl_s", "lane": "lane"}
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -87,6 +87,8 @@ def _limit_flags(parser: argparse.ArgumentParser, tenant: bool = True) -> None:
     parser.add_argument("--plan", help="price plan from routes/plans.toml")
     parser.add_argument("--cache-ttl", metavar="SECONDS",
                         help="keep and reuse this key's answers this long (0: never)")
+    parser.add_argument("--lane", help="discount: wait for a discount lane only (Gemini's "
+                        "Flex, a batch API); standard: never take one")
 
 
 def _limits(args: argparse.Namespace, base: KeyLimits) -> KeyLimits:

@@ -76,6 +76,7 @@ def test_create_shows_the_key_once_and_it_works(running: Running, admin: httpx.C
     ({"name": "a", "allowed_models": "test-image"}, "allowed_models"),
     ({"name": "a", "plan": "platinum"}, "plan"),
     ({"name": "a", "colour": "blue"}, "colour"),
+    ({"name": "a", "lane": "cheap"}, "lane"),
 ])
 def test_bad_settings_name_the_field(admin: httpx.Client, body: dict[str, Any],
                                      param: str) -> None:
@@ -92,6 +93,24 @@ def test_limits_change_and_take_effect_at_once(running: Running, admin: httpx.Cl
         with pytest.raises(openai.RateLimitError):
             sdk.images.generate(model="test-image", prompt="x")
         admin.patch(f"/admin/keys/{created['id']}", json={"rpm": None})
+        sdk.images.generate(model="test-image", prompt="x")
+
+
+def test_a_keys_lane_decides_where_its_requests_may_go(running: Running,
+                                                      admin: httpx.Client) -> None:
+    # Issue 22.3: a key may wait for the discount only. The test catalog has no discount
+    # lane, so such a key's requests are refused, naming the setting's request twin.
+    created = create(admin, lane="discount")
+    assert created["lane"] == "discount"
+    with openai.OpenAI(base_url=running.v1, api_key=created["key"], max_retries=0) as sdk:
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.images.generate(model="test-image", prompt="x")
+        assert caught.value.response.json()["error"]["param"] == "route.lane"
+        # The request's own lane speaks first; the key's "discount" is then no matter.
+        sdk.images.generate(model="test-image", prompt="x",
+                            extra_body={"route": {"lane": "standard"}})
+        patched = admin.patch(f"/admin/keys/{created['id']}", json={"lane": None})
+        assert patched.status_code == 200 and patched.json()["lane"] is None
         sdk.images.generate(model="test-image", prompt="x")
 
 

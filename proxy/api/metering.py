@@ -80,7 +80,8 @@ async def charged(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     ledger = _Ledger(origin.request_id, svc, key, asked, idempotency_key)
     first = await ledger.take_up(resume, model) if resume is not None else ()
     try:
-        prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy), first)
+        prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy,
+                                                           lane=key.limits.lane), first)
     except NoRoute as exc:
         raise bad_request(exc.param, exc.message, code="unsupported_value") from None
     plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)

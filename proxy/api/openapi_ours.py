@@ -96,6 +96,9 @@ def _limits() -> Json:
         "cache_ttl_s": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_CACHE_TTL_S,
                                   "description": "Switchyard: keep and reuse this key's "
                                                  "answers this long (0: never)"}),
+        "lane": _nullable({"type": "string", "enum": ["discount", "standard"],
+                           "description": "Switchyard: discount: wait for a discount lane "
+                                          "only; standard: never take one"}),
     }
 
 
@@ -108,7 +111,7 @@ def schemas() -> Json:
                   "allowed_models": _nullable({"type": "array", "items": STRING}),
                   "strategy": text, "plan": text, "budget_usd": text,
                   "budget_period": STRING, "rpm": count, "ipm": count, "concurrency": count,
-                  "cache_ttl_s": count}
+                  "cache_ttl_s": count, "lane": text}
     return {
         "RoutePolicy": {
             "type": "object", "additionalProperties": False,

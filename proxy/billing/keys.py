@@ -42,6 +42,7 @@ class KeyLimits:
     # Keep and reuse its answers this long (seconds; 0: never), unless a request says
     # otherwise; None: its models decide (proxy/api/caching.py).
     cache_ttl_s: int | None = None
+    lane: str | None = None  # "discount": wait for a discount lane only; "standard": never
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,8 @@ class LimitError(ValueError):
 
 
 LIMIT_FIELDS = ("allowed_models", "strategy", "plan", "budget_usd", "budget_period", "rpm",
-                "ipm", "concurrency", "cache_ttl_s")
+                "ipm", "concurrency", "cache_ttl_s", "lane")
+LANES = ("discount", "standard")  # as route.lane (proxy/api/policy.py)
 MAX_CACHE_TTL_S = 30 * 86400  # as catalog.MAX_CACHE_TTL_S
 
 
@@ -155,7 +157,7 @@ def _limit(name: str, value: Any, strategies: tuple[str, ...]) -> Any:
                                                           for m in value):
             raise LimitError(name, "allowed_models must be a list of model names")
         return tuple(value)
-    choices = {"strategy": strategies, "budget_period": PERIODS}.get(name)
+    choices = {"strategy": strategies, "budget_period": PERIODS, "lane": LANES}.get(name)
     if choices is not None:
         if value not in choices:
             raise LimitError(name, f"{name} must be one of {', '.join(choices)}")
@@ -200,4 +202,5 @@ def describe(record: KeyRecord) -> dict[str, Any]:
         if limits.budget_usd is not None else None,
         "budget_period": limits.budget_period, "rpm": limits.rpm, "ipm": limits.ipm,
         "concurrency": limits.concurrency, "cache_ttl_s": limits.cache_ttl_s,
+        "lane": limits.lane,
     }

@@ -211,6 +211,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN traceparent TEXT;
     """,
+    """
+    ALTER TABLE api_keys ADD COLUMN lane TEXT;
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

@@ -28,7 +28,7 @@ from proxy.billing.usage import Usage
 from proxy.billing.webhook_secrets import WebhookSecrets, new_secret
 
 _COLUMNS = ("id, name, tenant, hint, created_at, revoked_at, allowed_models, strategy, plan, "
-            "budget_micros, budget_period, rpm, ipm, concurrency, cache_ttl_s")
+            "budget_micros, budget_period, rpm, ipm, concurrency, cache_ttl_s, lane")
 
 
 class Store:
@@ -72,7 +72,7 @@ class Store:
                            limits=limits or KeyLimits())
         self.db.execute(
             f"INSERT INTO api_keys ({_COLUMNS}, key_hash, webhook_secret) "
-            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"VALUES ({', '.join('?' * (_COLUMNS.count(',') + 3))})",
             (*_row(record), digest(key), new_secret()))
         return record, key
 
@@ -93,8 +93,8 @@ class Store:
         values = _row(updated)[6:]
         self.db.execute(
             "UPDATE api_keys SET allowed_models = ?, strategy = ?, plan = ?, budget_micros = ?, "
-            "budget_period = ?, rpm = ?, ipm = ?, concurrency = ?, cache_ttl_s = ? "
-            "WHERE id = ?",
+            "budget_period = ?, rpm = ?, ipm = ?, concurrency = ?, cache_ttl_s = ?, "
+            "lane = ? WHERE id = ?",
             (*values, key_id))
         return updated
 
@@ -130,18 +130,18 @@ def _row(record: KeyRecord) -> tuple[Any, ...]:
     return (record.id, record.name, record.tenant, record.hint, record.created_at,
             record.revoked_at, models, limits.strategy, limits.plan, budget,
             limits.budget_period, limits.rpm, limits.ipm, limits.concurrency,
-            limits.cache_ttl_s)
+            limits.cache_ttl_s, limits.lane)
 
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:
     (key_id, name, tenant, key_hint, created, revoked, models, strategy, plan, budget, period,
-     rpm, ipm, concurrency, cache_ttl_s) = row
+     rpm, ipm, concurrency, cache_ttl_s, lane) = row
     limits = KeyLimits(
         allowed_models=tuple(json.loads(models)) if models is not None else None,
         strategy=strategy, plan=plan,
         budget_usd=usd(int(budget)) if budget is not None else None,
         budget_period=period or "total", rpm=rpm, ipm=ipm, concurrency=concurrency,
-        cache_ttl_s=cache_ttl_s)
+        cache_ttl_s=cache_ttl_s, lane=lane)
     return KeyRecord(key_id, name, tenant, key_hint, int(created),
                      int(revoked) if revoked is not None else None, limits)
 
