@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     overhead.add_argument("--https", action="store_true",
                           help="the fake upstream on https (a throwaway certificate, trusted "
                                "through the bench provider's options.ca_file)")
+    overhead.add_argument("--otel", action="store_true",
+                          help="each scenario with traces off, then on (OTLP/HTTP to a local "
+                               "receiver; needs the otel extra), and the difference")
     overhead.set_defaults(run=_bench_overhead, config=None, data_dir=None)
     stream = bench.add_parser("stream", help=(
         "time to first event of a relayed image stream (partial images), through Switchyard "
@@ -269,7 +272,18 @@ def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     with procs.stopped_by_sigterm():
-        print(overhead.main(options))
+        if args.otel:
+            import importlib.util
+
+            from proxy.bench import overhead_otel
+
+            if importlib.util.find_spec("opentelemetry.exporter.otlp") is None:
+                print("switchyard: --otel needs the otel extra (pip install "
+                      "'switchyard[otel]')", file=sys.stderr)
+                return 2
+            print(overhead_otel.main(options))
+        else:
+            print(overhead.main(options))
     return 0
 
 

@@ -28,7 +28,7 @@ import ssl
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -194,7 +194,9 @@ def _paired(base: Sequence[Run], other: Sequence[Run]) -> float:
                              for a, b in zip(base, other, strict=True))
 
 
-def measure(options: Options) -> tuple[Row, ...]:
+def measure(options: Options, settings: Mapping[str, str] | None = None) -> tuple[Row, ...]:
+    """Every scenario's row; `settings` are more environment variables for Switchyard (an
+    OTLP endpoint turns traces on: `--otel`)."""
     sizes = sorted({SMALL, *(s.payload_chars for s in options.scenarios)})
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="switchyard-bench-")))
@@ -209,11 +211,12 @@ def measure(options: Options) -> tuple[Row, ...]:
         key = procs.create_key(data_dir)
         rows = []
         shared = None if options.fresh_server else \
-            stack.enter_context(procs.switchyard(routes_dir, data_dir, options.serve_args))
+            stack.enter_context(procs.switchyard(routes_dir, data_dir, options.serve_args,
+                                                 settings))
         for scenario in options.scenarios:
             with contextlib.ExitStack() as inner:
                 server = shared or inner.enter_context(
-                    procs.switchyard(routes_dir, data_dir, options.serve_args))
+                    procs.switchyard(routes_dir, data_dir, options.serve_args, settings))
                 rows.append(asyncio.run(_scenario(
                     scenario, options, Target(direct_url, scenario.concurrency, verify=verify),
                     Target(server.base_url, scenario.concurrency,

@@ -122,6 +122,14 @@ def relay(upstream_port: int, cert: Cert | None, loop: str) -> Iterator[int]:
 
 
 @contextlib.contextmanager
+def otlp_sink() -> Iterator[int]:
+    """A local OTLP/HTTP receiver that counts spans (proxy.bench.otlp_sink); yields its
+    port."""
+    with _listening([sys.executable, "-m", "proxy.bench.otlp_sink"], "the OTLP sink") as port:
+        yield port
+
+
+@contextlib.contextmanager
 def _listening(command: Sequence[str], name: str) -> Iterator[int]:
     """`command` in its own process, which prints the port it listens on first; yields it."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -163,9 +171,10 @@ class Server:
 def switchyard(routes_dir: Path, data_dir: Path, serve_args: Sequence[str] = (),
                settings: Mapping[str, str] | None = None) -> Iterator[Server]:
     """`python -m proxy serve --port P [serve_args]` with the bench catalog, until the block
-    ends; `settings` are more environment variables (SWITCHYARD_DATABASE_URL, ...)."""
+    ends; `settings` are more environment variables (SWITCHYARD_DATABASE_URL, ...). Traces
+    are off unless `settings` turn them on (OTEL_EXPORTER_OTLP_ENDPOINT)."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHYARD_", "OTEL_"))}
     env.update({"SWITCHYARD_ROUTES_DIR": str(routes_dir), "SWITCHYARD_DATA_DIR": str(data_dir),
                 "SWITCHYARD_DEMO": "0", KEY_ENV: "sk-bench-upstream", **(settings or {})})
     log_path = data_dir / "switchyard.log"
