@@ -97,12 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     overhead = bench.add_parser("overhead", help=(
         "latency, throughput and memory Switchyard adds: a fake OpenAI-shaped upstream and "
         "`python -m proxy serve` in their own processes, driven straight and through the proxy"))
-    overhead.add_argument("--runs", type=int, default=None, help="runs per scenario (default 3)")
-    overhead.add_argument("--requests", type=int, default=None,
-                          help="requests per run and target, after warm-up (default 200)")
+    overhead.add_argument("--runs", type=int, default=None,
+                          help="rounds per scenario, every side once a round (default 3)")
+    overhead.add_argument("--seconds", type=float, default=None,
+                          help="seconds of load per side and round, after warm-up (default 2)")
     overhead.add_argument("--scenario", action="append", default=None,
-                          help="SIZE:CONCURRENCY, e.g. 1.4MB:8; repeatable (default: 2KB:1, "
-                               "1.4MB:1, 1.4MB:8, 6MB:50)")
+                          help="SIZE:CONCURRENCY[:png|jpeg], e.g. 1.4MB:8; repeatable (default: "
+                               "2KB:1, 2KB:64, 1.4MB:1, 1.4MB:8, 1.4MB:8:jpeg, 6MB:50)")
+    overhead.add_argument("--workers", type=int, default=1,
+                          help="also measure Switchyard on this many workers, beside one")
     overhead.add_argument("--delay", type=float, default=0.0,
                           help="upstream seconds before each answer (default 0)")
     overhead.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
@@ -266,8 +269,8 @@ def _bench_overhead(config: Config, args: argparse.Namespace) -> int:
     from proxy.bench import overhead, procs
 
     try:
-        options = overhead.options(args.quick, args.runs, args.requests, args.scenario,
-                                   args.delay, (args.loop, args.http), args.https)
+        options = overhead.options(args.quick, args.runs, args.seconds, args.scenario,
+                                   args.delay, (args.loop, args.http), args.https, args.workers)
     except ValueError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2

@@ -1,12 +1,13 @@
-"""proxy.bench overhead: the fake upstream's payloads, scenario parsing, and smoke runs of the
-whole benchmark (--quick; not timed: wall time and speed are not tested), on http through the
-CLI and on https with its throwaway certificate."""
+"""proxy.bench overhead: the fake upstream's real images, scenario parsing, the pairing and the
+withheld shares, and smoke runs of the whole benchmark driven by hey (--quick; not timed: no
+figure is asserted, only that each is printed), on http through the CLI, with two workers, and
+on https with its throwaway certificate."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import math
+import io
 import os
 import re
 import shutil
@@ -14,15 +15,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
+import PIL.Image
 import pytest
 
 from proxy import catalog, cli, imaging, verify
-from proxy.bench import load, overhead, procs, upstream
-from proxy.bench.load import Run
+from proxy.bench import load, overhead, procs, real_images, upstream
 from proxy.bench.overhead import Scenario
+from proxy.bench.sides import Run
 from proxy.domain import Image
 from proxy.providers import ADAPTERS
 from proxy.upstream import tls
@@ -43,17 +46,31 @@ def test_the_body_is_openai_shaped() -> None:
     assert body.startswith(b'{"created":') and b'"data":[{"b64_json":"' in body
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+@pytest.mark.parametrize("chars", [2_000, 1_400_000])
+def test_the_host_sends_real_images_of_the_stated_size(chars: int, fmt: str) -> None:
+    """A decoder opens them, and Switchyard's checks take them as they are."""
+    text = real_images.image_base64(chars, fmt)
+    assert len(text) == chars
+    data = base64.b64decode(text, validate=True)
+    with PIL.Image.open(io.BytesIO(data)) as picture:
+        picture.load()
+        assert (picture.format or "").lower() == fmt
+    assert verify.header_checked(Image(verify.MIME[fmt], text), 36_000_000).b64 == text
+
+
 @pytest.mark.parametrize(("text", "scenario"), [
     ("1.4MB:8", Scenario(1_400_000, 8)),
     ("2kb:1", Scenario(2_000, 1)),
     ("6MB", Scenario(6_000_000, 1)),
     ("5001:3", Scenario(5_000, 3)),
+    ("1.4MB:8:jpeg", Scenario(1_400_000, 8, "jpeg")),
 ])
 def test_scenarios_parse(text: str, scenario: Scenario) -> None:
     assert overhead.parse_scenario(text) == scenario
 
 
-@pytest.mark.parametrize("text", ["big:2", "1.4MB:x", "8:1", "2KB:0"])
+@pytest.mark.parametrize("text", ["big:2", "1.4MB:x", "8:1", "2KB:0", "2KB:1:gif"])
 def test_bad_scenarios_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         overhead.parse_scenario(text)
@@ -65,38 +82,58 @@ def test_a_bad_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 
 
 _NUMBER = r"(-?[\d.]+)"
-_ROW = re.compile(rf"^(?P<payload>[\d.]+ [KM]?B)\s+(?P<conc>\d+)\s+{_NUMBER}\s+{_NUMBER}\s+"
-                  rf"{_NUMBER}%\s+{_NUMBER} / {_NUMBER}\s+{_NUMBER} / {_NUMBER}\s+{_NUMBER}\s+"
-                  rf"{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}$")
+_SIDE = re.compile(rf"^(?P<label>[\d.]+ [KM]?B x\d+ (png|jpeg))?\s+(?P<side>direct|relay|"
+                   rf"switchyard|\d workers)\s+{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}\s+"
+                   rf"{_NUMBER}\s+{_NUMBER}\s+{_NUMBER}\s+(?P<odd>\d+)$")
 
 
-def check_rows(out: str, scenarios: tuple[Scenario, ...]) -> None:
-    rows = {(m["payload"], int(m["conc"])): [float(x) for x in m.groups()[2:]]
-            for m in map(_ROW.match, out.splitlines()) if m}
-    expected = {(overhead.size_label(s.payload_chars), s.concurrency) for s in scenarios}
-    assert set(rows) == expected, out
-    for numbers in rows.values():
-        direct_rps, proxied_rps, ratio, d50, d99, p50, p99, *_added, _rss, cpu = numbers
-        assert min(direct_rps, proxied_rps, ratio, d50, d99, p50, p99) > 0, out
-        assert d50 <= d99 and p50 <= p99 and all(map(math.isfinite, numbers))
-        assert cpu >= 0  # RSS above idle may be ~0 (or just below) in a tiny run
+def check_rows(out: str, scenarios: tuple[Scenario, ...], workers: int = 1) -> None:
+    """Every scenario has a line per side with positive req/s and ordered latencies, the
+    client's CPU beside them, no failed request, and a headline."""
+    found: dict[str, list[str]] = {}
+    label = ""
+    for match in map(_SIDE.match, out.splitlines()):
+        if match is None:
+            continue
+        label = match["label"] or label
+        rps, p50, p99, cpu, client, busy = (float(x) for x in match.groups()[3:9])
+        assert min(rps, p50, p99) > 0 and p50 <= p99 and cpu >= 0 and client > 0, out
+        assert busy > 0 and match["odd"] == "0", out
+        found.setdefault(label, []).append(match["side"])
+    expected = ["direct", "relay", "switchyard"] + ([f"{workers} workers"] if workers > 1 else [])
+    assert found == {s.label: expected for s in scenarios}, out
+    for scenario in scenarios:
+        assert re.search(rf"  {scenario.label}: [+-][\d.]+ ms p50, [+-][\d.]+ ms CPU", out), out
 
 
-def test_the_added_latency_pairs_each_proxied_run_with_the_direct_run_before_it() -> None:
-    def run(p50_ms: float) -> Run:
-        return Run(1.0, (p50_ms / 1000,) * 3, 0.5)
+def test_a_share_is_withheld_when_the_client_may_set_the_pace() -> None:
+    def run(client_cores: float, throughput: float) -> Run:
+        return Run(1.0, (0.001,) * int(throughput), Counter({"200": int(throughput)}),
+                   client_cores, 0.5, 1.0, 1.0)
 
-    # The machine is slow during the second pair only: each proxied run is 0.1 to 0.5 ms
-    # behind the direct run next to it (median 0.2), but the medians of the runs taken apart
-    # differ by 0.5 ms.
+    row = overhead.Row(Scenario(2_000, 1), direct=(run(0.9, 4000),), relayed=(run(0.5, 2000),),
+                       proxied=(run(0.3, 1000),), workers=(), idle_rss=0, peak_rss=(0,))
+    assert row.share_of(row.relayed) == (0.5, "")
+    share, why = row.share_of(row.direct)
+    assert share is None and "hey at 90% of a core" in why
+
+
+def test_differences_pair_each_round() -> None:
+    def run(p50_ms: float, cpu_s: float = 0.0) -> Run:
+        return Run(1.0, (p50_ms / 1000,) * 3, Counter({"200": 3}), 0.1, cpu_s, 1.0, 1.0)
+
+    # The machine is slow during the second round only: Switchyard is 0.1 to 0.5 ms behind
+    # the host in each round (median 0.2), but the medians of the runs taken apart differ by
+    # 0.5 ms.
     row = overhead.Row(Scenario(2_000, 1), direct=(run(1.0), run(2.0), run(1.0)),
-                       proxied=(run(1.5), run(2.1), run(1.2)),
-                       relayed=(run(1.2), run(2.3), run(1.1)), idle_rss=0, peak_rss=(0, 0, 0),
-                       proxy_cpu_s=(0.0, 0.0, 0.0))
+                       relayed=(run(1.2, 0.3), run(2.3, 0.6), run(1.1, 0.3)),
+                       proxied=(run(1.5, 0.9), run(2.1, 1.5), run(1.2, 1.2)), workers=(),
+                       idle_rss=0, peak_rss=(0, 0, 0))
     assert row.p50(row.proxied) - row.p50(row.direct) == pytest.approx(0.0005)
     assert row.added_p50_s == pytest.approx(0.0002)
     assert row.relay_added_p50_s == pytest.approx(0.0002)  # of 0.2, 0.3, 0.1
     assert row.over_relay_p50_s == pytest.approx(0.0001)  # of 0.3, -0.2, 0.1
+    assert row.over_relay_cpu_s == pytest.approx(0.3)  # of 0.2, 0.3, 0.3 per request
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -118,8 +155,13 @@ def test_a_quick_run_prints_every_scenario(capsys: pytest.CaptureFixture[str]) -
     assert cli.main(["bench", "overhead", "--quick"]) == 0
     out = capsys.readouterr().out
     check_rows(out, overhead.SCENARIOS)
-    verdicts = [line for line in out.splitlines() if line[:4] in ("PASS", "FAIL")]
-    assert len(verdicts) == 4 and "wall time" in out
+    verdicts = [line for line in out.splitlines() if line[:4] in ("PASS", "FAIL", "N/A ")]
+    assert len(verdicts) == 8 and "hey" in out and "wall time" in out
+
+
+def test_a_quick_run_with_two_workers_prints_them() -> None:
+    chosen = overhead.options(quick=True, scenarios=["2KB:4"], workers=2)
+    check_rows(overhead.main(chosen), chosen.scenarios, workers=2)
 
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
@@ -140,9 +182,9 @@ def test_the_https_catalog_trusts_the_throwaway_certificate(tmp_path: Path) -> N
 
 @needs_openssl
 def test_a_quick_https_run_goes_through() -> None:
-    chosen = overhead.options(quick=True, scenarios=["2KB:1", "1.4MB:2"], https=True)
+    chosen = overhead.options(quick=True, scenarios=["2KB:1", "1.4MB:2:jpeg"], https=True)
     out = overhead.main(chosen)
-    assert "upstream in its own process on https" in out
+    assert "host in its own process on https" in out
     check_rows(out, chosen.scenarios)
 
 
@@ -156,7 +198,7 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
 def test_sigterm_stops_the_processes_the_benchmark_started() -> None:
     bench = subprocess.Popen([sys.executable, "-m", "proxy", "bench", "overhead", "--scenario",
-                              "2KB:1", "--requests", "100000"],
+                              "2KB:1", "--seconds", "600"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: set[int] = set()
     try:

@@ -1,29 +1,27 @@
-"""`switchyard bench overhead`: what Switchyard adds to a request, in latency, throughput and
-memory, against a fake OpenAI-shaped upstream on a real socket.
+"""`switchyard bench overhead`: what Switchyard adds to a request, in latency, CPU, throughput and
+memory, against a fake OpenAI-shaped host on a real socket, measured so it cannot flatter us.
 
-Per scenario (payload size x concurrency) a fresh Switchyard is started as a user starts it
-(`python -m proxy serve`), so its idle memory is measured clean; then, after a warm-up, each run
-sends the same number of requests with the same client straight to the upstream and through
-Switchyard. Figures are medians over the runs; latency percentiles are nearest-rank within a run.
-The added latency is the median of per-run differences (each proxied run against the direct run
-just before it), so a shared machine whose speed drifts between runs compares like with like.
-Each run also goes through a bare relay (proxy.bench.relay), which only receives each reply and
-sends it on: what it adds is the floor for any proxy that must hold a whole reply before it
-answers, and what Switchyard adds over it is Switchyard's own cost.
-With `https`, the upstream serves TLS with a certificate made at the start, which the client
-trusts and Switchyard trusts through the bench provider's `options.ca_file`. To measure httpx's
-path instead of lean connections, name a proxy that is never used:
-`HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1` (a proxy in the environment turns lean
-connections off; NO_PROXY keeps every call direct).
+Every side is driven by `hey` (Go, one process; its own CPU is measured and printed): the host
+direct, a bare relay (proxy.bench.relay: it only receives each reply whole and sends it on, the
+floor for any proxy that must hold a reply before answering), and Switchyard as a user starts it
+(`python -m proxy serve`, fresh per scenario so its idle memory is measured clean), and with
+`--workers N` Switchyard on N workers too. The host answers real PNG or JPEG images of the
+stated size (proxy.bench.real_images), so sniffing and verification run on what hosts send.
+
+Each round runs every side once for a few seconds, the first side rotating; figures are medians
+over rounds, and differences (added p50, CPU over the relay) are medians of each round's
+difference, so a shared machine's drift hits both sides of a pair alike. A ratio to a side is
+printed only when hey stayed under CLIENT_LIMIT of a core on both sides: above it, the client
+may have set the pace, and the report says so instead. The headline is Switchyard's own cost
+over the relay per request, in CPU and p50: that holds whatever the machine's noise.
+With `https`, the host serves TLS with a certificate made at the start (Switchyard trusts it
+through the bench provider's `options.ca_file`; hey does not check certificates).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
-import os
-import platform
 import ssl
 import statistics
 import tempfile
@@ -33,27 +31,32 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import orjson
 
-from proxy.bench import load, procs
-from proxy.bench.load import Run, Target
+from proxy.bench import procs, sides
+from proxy.bench.procs import MODEL, BenchError
+from proxy.bench.sides import Run, Side
 
-SMALL = 2_000  # base64 characters: the idle-priming request and the small scenario
+SMALL = 2_000  # base64 characters: the idle-priming request and the small scenarios
+CLIENT_LIMIT = 0.70  # of a core: above it a ratio to that side is not printed
 
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
     payload_chars: int  # length of the base64 string in the upstream's answer
     concurrency: int
+    fmt: str = "png"
 
     @property
     def label(self) -> str:
-        return f"{size_label(self.payload_chars)} x{self.concurrency}"
+        return f"{size_label(self.payload_chars)} x{self.concurrency} {self.fmt}"
 
 
-SCENARIOS: tuple[Scenario, ...] = (Scenario(SMALL, 1), Scenario(1_400_000, 1),
-                                   Scenario(1_400_000, 8), Scenario(6_000_000, 50))
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(SMALL, 1), Scenario(SMALL, 64), Scenario(1_400_000, 1), Scenario(1_400_000, 8),
+    Scenario(1_400_000, 8, "jpeg"), Scenario(6_000_000, 50))
 DEFAULT_RUNS = 3
-DEFAULT_REQUESTS = 200
+DEFAULT_SECONDS = 2.0
 
 
 def size_label(chars: int) -> str:
@@ -63,26 +66,29 @@ def size_label(chars: int) -> str:
 
 
 def parse_scenario(text: str) -> Scenario:
-    """'1.4MB:8', '2KB:1' or '5000:4' (base64 characters) as a Scenario."""
-    size, sep, concurrency = text.upper().replace(" ", "").partition(":")
+    """'1.4MB:8', '2KB:1', '1.4MB:8:jpeg' or '5000:4' (base64 characters) as a Scenario."""
+    size, _, rest = text.upper().replace(" ", "").partition(":")
+    concurrency, _, fmt = rest.partition(":")
     scale = {"MB": 1_000_000, "KB": 1_000}
     unit = next((u for u in scale if size.endswith(u)), None)
     try:
         chars = round(float(size[:-2]) * scale[unit]) if unit else int(size)
-        scenario = Scenario(chars - chars % 4, int(concurrency) if sep else 1)
+        scenario = Scenario(chars - chars % 4, int(concurrency) if concurrency else 1,
+                            fmt.lower() or "png")
     except ValueError:
-        raise ValueError(f"a scenario is SIZE:CONCURRENCY, e.g. 1.4MB:8; got {text!r}") \
-            from None
-    if scenario.payload_chars < 44 or scenario.concurrency < 1:
-        raise ValueError(f"scenario {text!r}: at least 44 characters and 1 concurrent")
+        raise ValueError("a scenario is SIZE:CONCURRENCY[:png|jpeg], e.g. 1.4MB:8; got "
+                         f"{text!r}") from None
+    if scenario.payload_chars < 2_000 or scenario.concurrency < 1 \
+            or scenario.fmt not in ("png", "jpeg"):
+        raise ValueError(f"scenario {text!r}: at least 2KB, 1 concurrent, png or jpeg")
     return scenario
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
     runs: int = DEFAULT_RUNS
-    requests: int = DEFAULT_REQUESTS  # per run, per target
-    warmup: int | None = None  # requests per target; None: 2 x concurrency, at least 20
+    seconds: float = DEFAULT_SECONDS  # per run and side
+    warmup_s: float = 0.5  # per side, before the rounds
     delay_s: float = 0.0
     scenarios: tuple[Scenario, ...] = SCENARIOS
     # A fresh Switchyard per scenario measures each idle RSS clean; a smoke run shares one.
@@ -90,6 +96,7 @@ class Options:
     loop: str = "auto"  # `switchyard serve --loop`
     http: str = "auto"  # `switchyard serve --http`
     https: bool = False  # the upstream on https (a throwaway certificate)
+    workers: int = 1  # above 1: Switchyard on this many workers too, beside one
 
     @property
     def serve_args(self) -> tuple[str, ...]:
@@ -108,39 +115,37 @@ class Options:
             "httptools" if importlib.util.find_spec("httptools") else "h11"
         return f"{self.event_loop} + {http}"
 
-    def warmup_for(self, scenario: Scenario) -> int:
-        return self.warmup if self.warmup is not None else max(20, 2 * scenario.concurrency)
+
+QUICK = Options(runs=1, seconds=0.3, warmup_s=0.1, fresh_server=False)
 
 
-QUICK = Options(runs=1, requests=4, warmup=2, fresh_server=False)
-
-
-def options(quick: bool = False, runs: int | None = None, requests: int | None = None,
+def options(quick: bool = False, runs: int | None = None, seconds: float | None = None,
             scenarios: Sequence[str] | None = None, delay_s: float = 0.0,
-            server: tuple[str, str] = ("auto", "auto"), https: bool = False) -> Options:
-    """Options from the command line: --quick's tiny counts unless runs or requests say more."""
+            server: tuple[str, str] = ("auto", "auto"), https: bool = False,
+            workers: int = 1) -> Options:
+    """Options from the command line: --quick's tiny counts unless runs or seconds say more."""
     base = QUICK if quick else Options()
     chosen = tuple(parse_scenario(s) for s in scenarios) if scenarios else base.scenarios
-    if (runs is not None and runs < 1) or (requests is not None and requests < 1):
-        raise ValueError("--runs and --requests must be at least 1")
-    if delay_s < 0:
-        raise ValueError("--delay must not be negative")
-    return replace(base, runs=runs or base.runs, requests=requests or base.requests,
+    if (runs is not None and runs < 1) or (seconds is not None and seconds <= 0):
+        raise ValueError("--runs must be at least 1 and --seconds above 0")
+    if delay_s < 0 or workers < 1:
+        raise ValueError("--delay must not be negative, --workers at least 1")
+    return replace(base, runs=runs or base.runs, seconds=seconds or base.seconds,
                    scenarios=chosen, delay_s=delay_s, loop=server[0], http=server[1],
-                   https=https)
+                   https=https, workers=workers)
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One scenario's runs, straight and through Switchyard, and Switchyard's memory and CPU."""
+    """One scenario's rounds on every side, and Switchyard's memory."""
 
     scenario: Scenario
     direct: tuple[Run, ...]
+    relayed: tuple[Run, ...]
     proxied: tuple[Run, ...]
-    relayed: tuple[Run, ...]  # through the bare relay, each just after the proxied run
+    workers: tuple[Run, ...]  # Switchyard on Options.workers workers; () with one
     idle_rss: int
     peak_rss: tuple[int, ...]  # per proxied run
-    proxy_cpu_s: tuple[float, ...]  # per proxied run
 
     def median(self, runs: Sequence[Run], figure: Callable[[Run], float]) -> float:
         return statistics.median(figure(run) for run in runs)
@@ -154,181 +159,155 @@ class Row:
     def throughput(self, runs: Sequence[Run]) -> float:
         return self.median(runs, lambda r: r.throughput)
 
+    def cpu_per_request(self, runs: Sequence[Run]) -> float:
+        return self.median(runs, lambda r: r.cpu_per_request_s)
+
+    def client_cores(self, runs: Sequence[Run]) -> float:
+        return self.median(runs, lambda r: r.client_cores)
+
     @property
     def added_p50_s(self) -> float:
-        """The median over runs of each proxied run's p50 less that of the direct run just
-        before it: pairs see the same machine, so a shared machine's drifting speed cancels."""
-        return _paired(self.direct, self.proxied)
+        """Switchyard's p50 less the host's, round by round (median)."""
+        return _paired(self.direct, self.proxied, lambda r: r.percentile(0.5))
 
     @property
     def relay_added_p50_s(self) -> float:
-        """As added_p50_s, for the bare relay against the same run's direct one."""
-        return _paired(self.direct, self.relayed)
+        return _paired(self.direct, self.relayed, lambda r: r.percentile(0.5))
 
     @property
     def over_relay_p50_s(self) -> float:
-        """Switchyard's p50 less the bare relay's, run by run: its cost beyond the floor."""
-        return _paired(self.relayed, self.proxied)
+        """Switchyard's p50 less the bare relay's, round by round: its own latency."""
+        return _paired(self.relayed, self.proxied, lambda r: r.percentile(0.5))
+
+    @property
+    def proxy_cpu_per_request_s(self) -> float:
+        return self.cpu_per_request(self.proxied)
+
+    @property
+    def over_relay_cpu_s(self) -> float:
+        """Switchyard's CPU per request less the relay's, round by round: its own CPU."""
+        return _paired(self.relayed, self.proxied, lambda r: r.cpu_per_request_s)
 
     @property
     def ratio(self) -> float:
         return self.throughput(self.proxied) / self.throughput(self.direct)
 
+    def share_of(self, base: Sequence[Run]) -> tuple[float | None, str]:
+        """Switchyard's req/s over `base`'s, or None and why when hey may have set the pace
+        on either side."""
+        busiest = max(self.client_cores(base), self.client_cores(self.proxied))
+        if busiest > CLIENT_LIMIT:
+            return None, f"hey at {busiest:.0%} of a core > {CLIENT_LIMIT:.0%}"
+        return self.throughput(self.proxied) / self.throughput(base), ""
+
     @property
     def peak_above_idle(self) -> int:
-        return int(statistics.median(self.peak_rss)) - self.idle_rss
+        return int(statistics.median(self.peak_rss)) - self.idle_rss if self.peak_rss else 0
 
     @property
-    def proxy_cpu_per_request_s(self) -> float:
-        return statistics.median(cpu / len(run.latencies_s)
-                                 for cpu, run in zip(self.proxy_cpu_s, self.proxied, strict=True))
-
-    @property
-    def client_busy(self) -> float:
-        """The client's CPU over wall time in the direct runs: near 1 would make it the limit."""
-        return self.median(self.direct, lambda r: r.client_cpu_s / r.wall_s)
+    def errors_5xx(self) -> int:
+        return sum(r.errors_5xx for r in (*self.proxied, *self.workers))
 
 
-def _paired(base: Sequence[Run], other: Sequence[Run]) -> float:
-    return statistics.median(b.percentile(0.50) - a.percentile(0.50)
-                             for a, b in zip(base, other, strict=True))
+def _paired(base: Sequence[Run], other: Sequence[Run], figure: Callable[[Run], float]) -> float:
+    return statistics.median(figure(b) - figure(a) for a, b in zip(base, other, strict=True))
+
+
+def request_body(scenario: Scenario) -> bytes:
+    """A generation the proxy passes through untouched; the prompt and format pick the host's
+    reply."""
+    return orjson.dumps({"model": MODEL, "prompt": f"bench payload={scenario.payload_chars}",
+                         "size": "1024x1024", "output_format": scenario.fmt})
 
 
 def measure(options: Options, settings: Mapping[str, str] | None = None) -> tuple[Row, ...]:
     """Every scenario's row; `settings` are more environment variables for Switchyard (an
     OTLP endpoint turns traces on: `--otel`)."""
     sizes = sorted({SMALL, *(s.payload_chars for s in options.scenarios)})
+    formats = sorted({"png", *(s.fmt for s in options.scenarios)})
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="switchyard-bench-")))
         cert = procs.throwaway_cert(tmp / "tls") if options.https else None
-        port = stack.enter_context(procs.upstream(sizes, options.delay_s, cert))
+        port = stack.enter_context(procs.upstream(sizes, options.delay_s, cert, formats))
         routes_dir, data_dir = tmp / "routes", tmp / "data"
         procs.write_routes(routes_dir, port, cert.cert if cert else None)
-        direct_url = f"{'https' if cert else 'http'}://127.0.0.1:{port}"
         relay_port = stack.enter_context(procs.relay(port, cert, options.event_loop))
-        verify = ssl.create_default_context(cafile=str(cert.cert)) if cert else True
+        scheme = "https" if cert else "http"
+        direct = Side("direct", f"{scheme}://127.0.0.1:{port}",
+                      (sides.child_running("proxy.bench.upstream"),),
+                      ca_file=cert.cert if cert else None)
+        relay = Side("relay", f"http://127.0.0.1:{relay_port}",
+                     (sides.child_running("proxy.bench.relay"),))
         data_dir.mkdir()
         key = procs.create_key(data_dir)
+
+        def start(workers: int) -> contextlib.AbstractContextManager[procs.Server]:
+            extra = ("--workers", str(workers)) if workers > 1 else ()
+            return procs.switchyard(routes_dir, data_dir, (*options.serve_args, *extra),
+                                    settings)
+
         rows = []
-        shared = None if options.fresh_server else \
-            stack.enter_context(procs.switchyard(routes_dir, data_dir, options.serve_args,
-                                                 settings))
+        shared = None if options.fresh_server else stack.enter_context(start(1))
         for scenario in options.scenarios:
             with contextlib.ExitStack() as inner:
-                server = shared or inner.enter_context(
-                    procs.switchyard(routes_dir, data_dir, options.serve_args, settings))
-                rows.append(asyncio.run(_scenario(
-                    scenario, options, Target(direct_url, scenario.concurrency, verify=verify),
-                    Target(server.base_url, scenario.concurrency,
-                           {"authorization": f"Bearer {key}"}),
-                    Target(f"http://127.0.0.1:{relay_port}", scenario.concurrency), server.pid)))
+                server = shared or inner.enter_context(start(1))
+                auth = {"authorization": f"Bearer {key}"}
+                proxied = Side("switchyard", server.base_url, (server.pid,), auth)
+                many = None
+                if options.workers > 1:
+                    pool = inner.enter_context(start(options.workers))
+                    many = Side(f"{options.workers} workers", pool.base_url, (pool.pid,), auth)
+                rows.append(_scenario(scenario, options, (direct, relay, proxied), many))
         return tuple(rows)
 
 
-async def _scenario(scenario: Scenario, options: Options, direct: Target, proxied: Target,
-                    relay: Target, pid: int) -> Row:
-    body, size = load.request_body(scenario.payload_chars), scenario.payload_chars
-    try:
-        await proxied.one(load.request_body(SMALL), SMALL)  # lazy imports, pools, caches
-        idle = procs.rss_bytes(pid)
-        await load.same_image(direct, proxied, body, size)
-        warmup = options.warmup_for(scenario)
-        for target in (direct, proxied, relay):
-            await target.run(body, size, warmup, scenario.concurrency)
-        straight, through, relayed, peaks, cpus = [], [], [], [], []
-        for _ in range(options.runs):
-            straight.append(await direct.run(body, size, options.requests, scenario.concurrency))
-            cpu = procs.cpu_seconds(pid)
-            with procs.PeakMemory(pid) as memory:
-                through.append(await proxied.run(body, size, options.requests,
-                                                 scenario.concurrency))
-            cpus.append(procs.cpu_seconds(pid) - cpu)
-            peaks.append(memory.peak)
-            relayed.append(await relay.run(body, size, options.requests, scenario.concurrency))
-    finally:
-        for target in (direct, proxied, relay):
-            await target.aclose()
-    return Row(scenario, tuple(straight), tuple(through), tuple(relayed), idle, tuple(peaks),
-               tuple(cpus))
+def _scenario(scenario: Scenario, options: Options, trio: tuple[Side, Side, Side],
+              many: Side | None) -> Row:
+    direct, relay, proxied = trio
+    body = request_body(scenario)
+    pid = proxied.pids[0]
+    _one(proxied, request_body(Scenario(SMALL, 1)))  # lazy imports, pools, caches
+    idle = procs.rss_bytes(pid)
+    expected = _one(direct, body)
+    for side in (relay, proxied, *([many] if many else [])):
+        if _one(side, body) != expected:
+            raise BenchError(f"the image that came through {side.name} differs from the host's")
+    everyone = [direct, relay, proxied, *([many] if many else [])]
+    for side in everyone:
+        sides.drive(side, body, options.warmup_s, scenario.concurrency)
+    runs: dict[str, list[Run]] = {side.name: [] for side in everyone}
+    peaks = []
+    for order in sides.interleaved(everyone, options.runs):
+        for side in order:
+            if side is proxied:
+                with procs.PeakMemory(pid) as memory:
+                    runs[side.name].append(sides.drive(side, body, options.seconds,
+                                                       scenario.concurrency))
+                peaks.append(memory.peak)
+            else:
+                runs[side.name].append(sides.drive(side, body, options.seconds,
+                                                   scenario.concurrency))
+    return Row(scenario, tuple(runs["direct"]), tuple(runs["relay"]), tuple(runs["switchyard"]),
+               tuple(runs[many.name]) if many else (), idle, tuple(peaks))
 
 
-# --- the report ---------------------------------------------------------------------------
-
-# The targets of issue 8 (one worker, zero-delay upstream, medians).
-MAX_ADDED_P50_S = {(SMALL, 1): 0.001, (1_400_000, 1): 0.003}
-MIN_RATIO = (1_400_000, 8, 0.40)
-MAX_MEMORY = (6_000_000, 50, 50 * 2**20)  # above idle, besides one copy of each payload in flight
-
-_HEADER = ("payload", "conc", "direct req/s", "proxied req/s", "ratio", "direct p50/p99 ms",
-           "proxied p50/p99 ms", "added p50 ms", "bare relay ms", "over relay ms",
-           "peak RSS +MB", "proxy CPU ms/req")
+def _one(side: Side, body: bytes) -> str:
+    """One request's image (base64), checked to be a 200 with one."""
+    response = httpx.post(f"{side.base_url}/v1/images/generations", content=body,
+                          headers={"content-type": "application/json", **(side.headers or {})},
+                          timeout=120.0,
+                          verify=ssl.create_default_context(cafile=side.ca_file)
+                          if side.ca_file else True)
+    if response.status_code != 200:
+        raise BenchError(f"{side.name} answered {response.status_code}: {response.text[:300]}")
+    image: str = orjson.loads(response.content)["data"][0]["b64_json"]
+    return image
 
 
 def render(rows: Sequence[Row], options: Options, wall_s: float) -> str:
-    lines = [
-        "Switchyard overhead: one worker (python -m proxy serve, on "
-        f"{options.server}), fake openai_images upstream in its own process"
-        f"{' on https' if options.https else ''}, upstream delay {options.delay_s:g} s",
-        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"httpx {httpx.__version__} client (one process, pooled); "
-        f"{options.runs} run(s) x {options.requests} requests per target and scenario after "
-        "warm-up; medians of runs (added p50: the median of each run's difference with the "
-        "direct run just before it); bare relay: the added p50 of proxy.bench.relay, which only "
-        "receives each reply whole and sends it on (the floor for a proxy that holds a reply "
-        "before answering); over relay: Switchyard's p50 less the relay's, run by run", "",
-    ]
-    table = [_HEADER, *(_cells(row) for row in rows)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(_HEADER))]
-    for cells in table:
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(cells, widths, strict=True))))
-    lines += ["", "client CPU / wall in the direct runs (near 100% would cap the direct figures): "
-              + ", ".join(f"{r.scenario.label} {r.client_busy:.0%}" for r in rows),
-              "peak RSS: Switchyard's VmHWM (reset per run via clear_refs) and VmRSS sampled "
-              "during each run, above its idle RSS after one 2 KB request: "
-              + ", ".join(f"{r.scenario.label} idle {r.idle_rss / 2**20:.0f} MB" for r in rows),
-              "", "Targets (issue 8)"]
-    lines += targets(rows) or ["(none of the target scenarios ran)"]
-    lines += ["", f"wall time {wall_s:.1f} s"]
-    return "\n".join(lines)
+    from proxy.bench import overhead_report
 
-
-def _cells(row: Row) -> tuple[str, ...]:
-    ms = 1000.0
-    return (size_label(row.scenario.payload_chars), str(row.scenario.concurrency),
-            f"{row.throughput(row.direct):.1f}", f"{row.throughput(row.proxied):.1f}",
-            f"{row.ratio:.0%}",
-            f"{row.p50(row.direct) * ms:.2f} / {row.p99(row.direct) * ms:.2f}",
-            f"{row.p50(row.proxied) * ms:.2f} / {row.p99(row.proxied) * ms:.2f}",
-            f"{row.added_p50_s * ms:.2f}", f"{row.relay_added_p50_s * ms:.2f}",
-            f"{row.over_relay_p50_s * ms:.2f}", f"{row.peak_above_idle / 2**20:.1f}",
-            f"{row.proxy_cpu_per_request_s * ms:.2f}")
-
-
-def targets(rows: Sequence[Row]) -> list[str]:
-    found = {(r.scenario.payload_chars, r.scenario.concurrency): r for r in rows}
-    lines = []
-    for (chars, conc), limit in MAX_ADDED_P50_S.items():
-        if (row := found.get((chars, conc))) is not None:
-            lines.append(f"{_verdict(row.added_p50_s <= limit)} {row.scenario.label}: added p50 "
-                         f"{row.added_p50_s * 1000:.2f} ms <= {limit * 1000:g} ms")
-    chars, conc, share = MIN_RATIO
-    if (row := found.get((chars, conc))) is not None:
-        lines.append(f"{_verdict(row.ratio >= share)} {row.scenario.label}: proxied throughput "
-                     f"{row.ratio:.0%} of direct >= {share:.0%}")
-    chars, conc, extra = MAX_MEMORY
-    if (row := found.get((chars, conc))) is not None:
-        payloads = conc * chars
-        above = row.peak_above_idle
-        lines.append(f"{_verdict(above < extra + payloads)} {row.scenario.label}: peak RSS "
-                     f"{above / 2**20:.0f} MB above idle < {extra / 2**20:.0f} MB + the "
-                     f"{conc} payloads in flight ({payloads / 2**20:.0f} MB); "
-                     f"{above / payloads:.1f} payload copies per request")
-    return lines
-
-
-def _verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
+    return overhead_report.render(rows, options, wall_s)
 
 
 def main(options: Options) -> str:

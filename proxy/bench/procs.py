@@ -41,7 +41,7 @@ default_strategy = "cheapest"
 
 [capabilities]
 aspect_ratios = ["1:1"]
-output_formats = ["png"]
+output_formats = ["png", "jpeg"]
 
 [[routes]]
 provider = "bench"
@@ -98,11 +98,13 @@ def stopped_by_sigterm() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def upstream(sizes: Sequence[int], delay_s: float, cert: Cert | None = None) -> Iterator[int]:
-    """The fake upstream (proxy.bench.upstream) in its own process, on https with `cert`;
-    yields its port."""
-    command = [sys.executable, "-m", "proxy.bench.upstream",
-               "--sizes", ",".join(str(s) for s in sizes), "--delay", str(delay_s)]
+def upstream(sizes: Sequence[int], delay_s: float, cert: Cert | None = None,
+             formats: Sequence[str] = ("png",)) -> Iterator[int]:
+    """The fake upstream (proxy.bench.upstream) in its own process, on https with `cert`,
+    with each size in each of `formats`; yields its port."""
+    command = [sys.executable, "-m", "proxy.bench.upstream", "--sizes",
+               ",".join(str(s) for s in sizes), "--formats", ",".join(formats),
+               "--delay", str(delay_s)]
     if cert is not None:
         command += ["--cert", str(cert.cert), "--key", str(cert.key)]
     with _listening(command, "the fake upstream") as port:

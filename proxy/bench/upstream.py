@@ -1,13 +1,14 @@
 """The overhead benchmark's fake upstream: OpenAI's POST /v1/images/generations on a raw asyncio
 socket, answering a pre-built `{"created", "data": [{"b64_json"}]}` body after an optional delay.
 
-It runs in its own process (`python -m proxy.bench.upstream --sizes 2000,1400000`, with
-`--cert C --key K` on https), prints its port on the first line of stdout, and serves until
-killed. The prompt picks the body: a prompt holding `payload=N` gets the body whose base64 is N
-characters long. Every body is built once at startup; the base64 decodes to a well-formed PNG
-(1024x1024) of random pixel data, so the proxy's checks see a 1024x1024 PNG and pass it
-through untouched. Kept minimal on purpose: the upstream must cost far less than the
-proxy it measures.
+It runs in its own process (`python -m proxy.bench.upstream --sizes 2000,1400000
+[--formats png,jpeg]`, with `--cert C --key K` on https), prints its port on the first line of
+stdout, and serves until killed. The request picks the body: a prompt holding `payload=N` gets
+the body whose base64 is N characters long, of the image format its `output_format` names (png
+unless it says jpeg). Every body is built once at startup, a real image that decoders open
+(proxy.bench.real_images), so the proxy's sniffing and checks meet what hosts send. Kept
+minimal on purpose: the upstream must cost far less than the proxy it measures.
+png_base64 is the cheaper stand-in other benchmarks use (well-formed chunks, random pixels).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ import sys
 import zlib
 from collections.abc import Mapping, Sequence
 
+from proxy.bench import real_images
+
 PATH = b"/v1/images/generations"
 SIDE = 1024
 _PAYLOAD = re.compile(rb"payload=(\d+)")
+_FORMAT = re.compile(rb'"output_format"\s*:\s*"(\w+)"')
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -48,9 +52,11 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-def response_body(chars: int) -> bytes:
-    """The JSON body an OpenAI-shaped host answers with, holding `chars` characters of base64."""
-    return b'{"created":1700000000,"data":[{"b64_json":"' + png_base64(chars).encode() + b'"}]}'
+def response_body(chars: int, fmt: str = "png") -> bytes:
+    """The JSON body an OpenAI-shaped host answers with: a real `fmt` image in `chars`
+    characters of base64."""
+    image = real_images.image_base64(chars, fmt).encode()
+    return b'{"created":1700000000,"data":[{"b64_json":"' + image + b'"}]}'
 
 
 def _http(status: int, body: bytes) -> tuple[bytes, bytes]:
@@ -63,7 +69,7 @@ def _http(status: int, body: bytes) -> tuple[bytes, bytes]:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: read a request (head and Content-Length body), answer it."""
 
-    def __init__(self, bodies: Mapping[int, bytes], delay_s: float) -> None:
+    def __init__(self, bodies: Mapping[tuple[int, bytes], bytes], delay_s: float) -> None:
         self.bodies = bodies
         self.delay_s = delay_s
         self.buffer = bytearray()
@@ -86,8 +92,9 @@ class _Connection(asyncio.Protocol):
             self._answer(head.split(b" ", 2)[1] if b" " in head else b"", body)
 
     def _answer(self, path: bytes, body: bytes) -> None:
-        wanted = _PAYLOAD.search(body)
-        reply = self.bodies.get(int(wanted.group(1))) if wanted else None
+        wanted, fmt = _PAYLOAD.search(body), _FORMAT.search(body)
+        key = (int(wanted.group(1)) if wanted else 0, fmt.group(1) if fmt else b"png")
+        reply = self.bodies.get(key)
         if path != PATH or reply is None:
             reply_parts = _http(404, b'{"error":{"code":"not_found","message":"no such payload"}}')
         else:
@@ -104,10 +111,11 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve(sizes: Sequence[int], delay_s: float, port: int = 0,
-                tls: ssl.SSLContext | None = None) -> None:
-    """Build every body once, listen on 127.0.0.1 (over TLS with `tls`), print the port, serve
-    forever."""
-    bodies = {chars: response_body(chars) for chars in sizes}
+                tls: ssl.SSLContext | None = None, formats: Sequence[str] = ("png",)) -> None:
+    """Build every body once (each size in each format), listen on 127.0.0.1 (over TLS with
+    `tls`), print the port, serve forever."""
+    bodies = {(chars, fmt.encode()): response_body(chars, fmt)
+              for chars in sizes for fmt in formats}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(bodies, delay_s), "127.0.0.1", port,
                                       backlog=1024, ssl=tls)
@@ -120,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m proxy.bench.upstream")
     parser.add_argument("--sizes", required=True,
                         help="comma-separated base64 lengths of the bodies to serve")
+    parser.add_argument("--formats", default="png",
+                        help="comma-separated image formats of each size (png, jpeg)")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cert", help="PEM certificate: serve https (with --key)")
@@ -131,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(args.cert, args.key)
     try:
-        asyncio.run(serve(sizes, args.delay, args.port, tls))
+        asyncio.run(serve(sizes, args.delay, args.port, tls, args.formats.split(",")))
     except KeyboardInterrupt:
         sys.exit(0)
 
