@@ -148,8 +148,10 @@ def test_sync_calls_cut_off_are_in_the_ledger_as_abandoned(
         [sys.executable, "-m", "proxy", "usage", "--group-by", "model", "--csv"],
         env={**os.environ, **setup.env, "SWITCHYARD_DATA_DIR": str(setup.data_dir)},
         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert usage == ["model,requests,succeeded,images,billed_usd,upstream_usd",
-                     "slow-sync,4,4,4,0.12,0.24"]
+    # The abandoned calls are upstream spend beside the runs that delivered: against the
+    # images' price on the reference route (the model's first), routing "saved" -$0.12.
+    assert usage == ["model,requests,succeeded,images,billed_usd,upstream_usd,reference_usd,"
+                     "saved_usd", "slow-sync,4,4,4,0.12,0.24,0.12,-0.12"]
     assert setup.journal_left() == 0
 
 
