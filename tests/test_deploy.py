@@ -512,7 +512,7 @@ def test_dockerfile_is_slim_non_root_and_checks_health() -> None:
     text = "\n".join(lines)
     assert all(line == "FROM python:3.11-slim" or line.startswith("FROM python:3.11-slim AS ")
                for line in lines if line.startswith("FROM "))
-    assert 'pip install --prefix=/install ".[postgres,fleet]"' in text
+    assert 'pip install --prefix=/install ".[postgres,fleet,otel]"' in text
     (user,) = [line for line in lines if line.startswith("USER ")]
     assert user.split()[1].split(":")[0] not in ("root", "0")
     assert "HEALTHCHECK" in text and "/healthz" in text

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 
 from proxy import tracing
 from proxy.app import load_catalog
+from proxy.billing.store import Store
 from proxy.domain import Policy
 from proxy.providers.simulated import SimulatedUpstream
 from proxy.tracing.otel import Tracer
@@ -240,14 +241,32 @@ def test_no_secret_is_in_any_span(traced: Traced) -> None:
     httpx.post(f"{traced.running.base_url}/v1beta/models/test-image:generateContent?key={key}",
                json={"contents": [{"parts": [{"text": PROMPT}]}]})
     httpx.get(f"{traced.running.v1}/models", headers={"authorization": f"Bearer {key}"})
+    token = secrets.token_hex(16)  # a callback URL's path is a capability
+    httpx.post(f"{traced.running.base_url}/callbacks/sim-cheap/{token}", json={})
     time.sleep(0.3)
     spans = traced.exporter.get_finished_spans()
     assert len(spans) >= 8
     texts = [s.name for s in spans] + [str(v) for s in spans for v in (s.attributes or {}
                                                                         ).values()]
-    for secret in (key, key[3:15], PROMPT, "Bearer"):
+    for secret in (key, key[3:15], PROMPT, "Bearer", token):
         assert not any(secret in text for text in texts), secret
     assert any("/v1beta/models/{model}" in text for text in texts)
+
+
+def test_queued_work_keeps_its_traceparent(database: str) -> None:
+    """On SQLite and PostgreSQL: a job and a batch's items keep the creating request's."""
+    with Store(database) as store:
+        key = store.create_key("t")[0].id
+        job = store.jobs.enqueue(key, "generations", b"{}", traceparent=TRACEPARENT)
+        plain = store.jobs.enqueue(key, "generations", b"{}")
+        staged = store.batches.stage(key, "/v1/images/generations", "file-x", "24h", None,
+                                     [("a", b"{}"), ("b", b"{}")], b"", None, TRACEPARENT)
+        store.batches.open(staged)
+        claimed = store.jobs.claim_many(60, 10)
+    assert {j.id: j.traceparent for j in claimed} == {
+        job.id: TRACEPARENT, plain.id: None,
+        **{j.id: TRACEPARENT for j in claimed if j.batch_id == staged.id}}
+    assert sum(j.batch_id == staged.id for j in claimed) == 2
 
 
 def test_without_an_endpoint_nothing_of_opentelemetry_is_imported(tmp_path: Path) -> None:

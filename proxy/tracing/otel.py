@@ -5,8 +5,8 @@ OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_*, OTEL_BSP_*)
 over OTLP/HTTP from the SDK's batch thread, off the event loop. Propagation is W3C trace
 context alone: a client's `traceparent` is the server span's parent, and each upstream call
 carries its own (baggage from a client is never handed to third-party hosts). Attributes name
-routes, providers, ids, classes, prices and sizes; never a key, a header value, a URL's query
-or a prompt.
+routes, providers, ids, classes, prices and sizes; never a key, a header value, a URL's path or
+query (only its route, parameters named) or a prompt.
 """
 
 from __future__ import annotations
@@ -196,9 +196,10 @@ class ServerSpans:
         carried = {name.decode("latin-1"): value.decode("latin-1")
                    for name, value in scope["headers"] if name in _CARRIED}
         method = scope["method"]
+        # No url.path: a path may carry a capability (/callbacks/{provider}/{token}); the
+        # route, with its parameters named, is set once the app has matched it.
         span = self.tracer.start(method, SpanKind.SERVER, {
-            "http.request.method": method, "url.path": scope["path"],
-            "url.scheme": scope.get("scheme", "http")},
+            "http.request.method": method, "url.scheme": scope.get("scheme", "http")},
             PROPAGATOR.extract(carried) if carried else None)
         status = 0
 
