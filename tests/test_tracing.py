@@ -299,3 +299,38 @@ def test_the_environment_decides() -> None:
                                 "OTEL_SDK_DISABLED": "true"})
     assert not tracing.enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x",
                                 "OTEL_TRACES_EXPORTER": "none"})
+
+
+def test_an_async_host_shows_its_submit_polls_and_downloads() -> None:
+    from proxy.providers import flows
+    from proxy.providers.fal import ADAPTER
+    from tests.fakes.fal import FakeFal
+    from tests.protocol_kit import make_request
+    from tests.test_protocol_fal import make_route
+
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(exporter)
+    fake = FakeFal(states=("IN_QUEUE", "IN_PROGRESS", "COMPLETED"))
+    route, asked = make_route(), make_request(n=2)
+
+    async def go() -> None:
+        tracing.ACTIVE.set(tracer)
+        with tracing.attempt(route, asked):
+            async with httpx.AsyncClient(transport=fake) as client:
+                await flows.generate(ADAPTER, route, asked, client, time.monotonic() + 10)
+
+    asyncio.run(go())
+    spans = exporter.get_finished_spans()
+    attempt = one(spans, "attempt fal")
+    calls = children(spans, attempt)
+    polls = sum(str(seen.url).endswith("/status") for seen in fake.seen)
+    assert polls >= 2
+    # The submit, each status poll, the result, then each image downloaded.
+    assert [s.name for s in calls] == ["submit fal", *["poll fal"] * polls, "fetch fal",
+                                       "fetch fal", "fetch fal"]
+    assert all(s.attributes and s.attributes["http.response.status_code"] == 200
+               for s in calls)
+    downloads = calls[-2:]  # the images, from fal's CDN
+    assert {s.attributes["server.address"] for s in downloads  # type: ignore[index]
+            } == {"v3.fal.media"}
+    assert all(seen.headers.get("traceparent") for seen in fake.seen)

@@ -12,6 +12,7 @@ query (only its route, parameters named) or a prompt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -144,11 +145,14 @@ class Tracer:
             "switchyard.hedge": bool(request.policy.hedge)}))
 
     def attempt(self, route: Route, request: ImageRequest) -> Handle:
-        return Handle(self.start(f"attempt {route.provider.name}", SpanKind.INTERNAL, {
+        attributes: dict[str, Value] = {
             "switchyard.provider": route.provider.name, "switchyard.route": route.id,
             "switchyard.upstream_model": route.upstream_model,
-            "switchyard.tier": request.geometry.tier,
-            "switchyard.price_usd": float(quote(route, request))}))
+            "switchyard.tier": request.geometry.tier}
+        with contextlib.suppress(KeyError):  # a route without a price for the tier: none
+            attributes["switchyard.price_usd"] = float(quote(route, request))
+        return Handle(self.start(f"attempt {route.provider.name}", SpanKind.INTERNAL,
+                                 attributes))
 
     def upstream(self, call: UpstreamCall, provider: str) -> Handle:
         return Handle(self.start(f"{call.kind} {provider}", SpanKind.CLIENT, {
