@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy import metrics
@@ -20,46 +19,23 @@ from proxy.catalog import Route
 from proxy.domain import Attempt, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import flows
+from proxy.routing.attempts import (
+    DEADLINE_GRACE_S,
+    PATIENT_RECHECK_S,
+    SATURATED_RETRY_AFTER_S,
+    Live,
+    RoutesFailed,
+    hang,
+)
 from proxy.routing.health import State
 from proxy.routing.slots import Slot
 from proxy.routing.strategies import hedge_pays, quote
 
+__all__ = ["DEADLINE_GRACE_S", "PATIENT_RECHECK_S", "SATURATED_RETRY_AFTER_S", "Live",
+           "RoutesFailed", "Run"]
+
 if TYPE_CHECKING:
     from proxy.routing.router import Router
-
-# Retry-After for a client turned away because every route is at its concurrency limit.
-SATURATED_RETRY_AFTER_S = 1.0
-# How long past the deadline to wait for flows to end themselves before giving up on them.
-DEADLINE_GRACE_S = 1.0
-# How often a patient request waiting for a slot looks again even if no slot was released.
-PATIENT_RECHECK_S = 5.0
-
-
-class RoutesFailed(Exception):
-    """Every route tried failed, or one failed in a way no other route can fix."""
-
-    def __init__(self, failure: Failure, attempts: tuple[Attempt, ...]) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
-        self.attempts = attempts
-
-
-@dataclass
-class Live:
-    """An attempt in flight."""
-
-    route: Route
-    token: int
-    started: float
-    deadline: float
-    slot: Slot
-    watched: bool = False  # its stall time came (and it was raced if it hung)
-
-
-def hang(live: Live, stall_s: float) -> Failure:
-    return Failure(Kind.TIMEOUT, f"no answer in {stall_s:.1f} s while {live.route.provider.name} "
-                                 f"delivered nothing: moved to the next route")
-
 
 class Run:
     """One request's execution: the routes still to try, the attempts in flight and made."""
@@ -396,9 +372,7 @@ class Run:
                 del self.running[task]
                 task.cancel()
                 self.router.health.of(live.route).abandon(live.token)
-                self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
-                                             self.router._clock() - live.started,
-                                             quote(live.route, self.request)))
+                self._cancelled(live)
 
     def _cancel_all(self, won: bool) -> None:
         """Cancel attempts still in flight. What they started is counted at its quote. One
@@ -412,7 +386,11 @@ class Run:
                 health.lost(live.token, tier)
             else:
                 health.abandon(live.token)
-            self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
-                                         self.router._clock() - live.started,
-                                         quote(live.route, self.request)))
+            self._cancelled(live)
         self.running.clear()
+
+    def _cancelled(self, live: Live) -> None:
+        """A cancelled attempt's record: hosts bill work they started, so at its quote."""
+        self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
+                                     self.router._clock() - live.started,
+                                     quote(live.route, self.request)))
