@@ -235,7 +235,7 @@ def _webp(width: int, height: int, c: RGB) -> bytes:
 # --- Reading headers ---------------------------------------------------------------------
 
 
-def sniff(data: bytes) -> str | None:
+def sniff(data: bytes | bytearray) -> str | None:
     """'png', 'jpeg', 'webp' or 'gif' from the magic bytes, else None (rejects non-images)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -248,7 +248,7 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def dimensions(data: bytes) -> tuple[int, int] | None:
+def dimensions(data: bytes | bytearray) -> tuple[int, int] | None:
     """(width, height) from a PNG, JPEG, WebP or GIF header without decoding; None if
     unreadable."""
     kind = sniff(data)
@@ -269,7 +269,7 @@ _SOF = {0xC0 + n for n in range(16)} - {0xC4, 0xC8, 0xCC}
 _STANDALONE = {0x01, 0xD8} | {0xD0 + n for n in range(8)}
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def _jpeg_size(data: bytes | bytearray) -> tuple[int, int] | None:
     """Walk the marker segments up to the first SOFn and read its frame size."""
     i = 2
     while i + 4 <= len(data):
@@ -292,7 +292,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _webp_size(data: bytes) -> tuple[int, int] | None:
+def _webp_size(data: bytes | bytearray) -> tuple[int, int] | None:
     """Canvas size from the first chunk: VP8 (lossy), VP8L (lossless) or VP8X (extended)."""
     kind, body = data[12:16], data[20:30]
     if kind == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":

@@ -18,7 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from proxy.api import streamed
-from proxy.bench import procs, upstream
+from proxy.bench import procs, real_images
 from tests.conftest import make_config, serve
 
 BIG = base64.b64encode(bytes(range(256)) * 2000).decode()  # 682,668 characters
@@ -108,5 +108,5 @@ def test_an_image_comes_through_unchanged(through_switchyard: tuple[str, str],
         raw = client.images.with_raw_response.generate(
             model=procs.MODEL, prompt=f"payload={chars}", size="1024x1024")
     assert raw.http_response.headers["content-length"] == str(len(raw.http_response.content))
-    assert raw.parse().data[0].b64_json == upstream.png_base64(chars)
+    assert raw.parse().data[0].b64_json == real_images.image_base64(chars, "png")
     assert raw.headers["x-switchyard-provider"] == "bench"

@@ -64,7 +64,7 @@ class UpstreamReply:
 
     status: int
     headers: httpx.Headers
-    body: bytes
+    body: bytes | bytearray  # a bytearray as the lean transport received it (no copy)
     _parsed: Any = field(default=_UNPARSED, compare=False, repr=False)
 
     def json(self) -> Any:

@@ -153,7 +153,7 @@ class FlowLog:
 
 def _kept(reply: UpstreamReply) -> Answer:
     headers = tuple((k, v) for k, v in reply.headers.multi_items() if k.lower() != "set-cookie")
-    return Answer(reply.status, headers, reply.body)
+    return Answer(reply.status, headers, bytes(reply.body))
 
 
 def _reply(answer: Answer) -> UpstreamReply:

@@ -169,7 +169,7 @@ async def _streamed(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: fl
         await response.aclose()
 
 
-async def _read(response: httpx.Response, cap: int | None) -> bytes:
+async def _read(response: httpx.Response, cap: int | None) -> bytes | bytearray:
     """The body as sent, refused (ReplyTooLarge) as soon as it passes `cap` bytes, then
     decoded with the same cap (httpx would inflate a gzip bomb whole first)."""
     declared = response.headers.get("content-length", "")

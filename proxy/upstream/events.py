@@ -87,6 +87,6 @@ def parse(block: bytes, plain: bool = False) -> ServerEvent | None:
     return ServerEvent(name, b"\n".join(data)) if data else None
 
 
-def decode_all(body: bytes) -> list[ServerEvent]:
+def decode_all(body: bytes | bytearray) -> list[ServerEvent]:
     """Every whole event of a reply read to its end."""
-    return list(Decoder(None).feed(body + b"\n\n"))
+    return list(Decoder(None).feed(b"".join((body, b"\n\n"))))

@@ -23,7 +23,7 @@ MIN_BYTES = 64 * 1024
 _SPACE = (b" ", b"\n", b"\r", b"\t")
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes | bytearray) -> Any:
     if len(body) < MIN_BYTES or KEY not in body:
         return orjson.loads(body)
     spans = _string_spans(body)
@@ -45,7 +45,7 @@ def loads(body: bytes) -> Any:
     return data
 
 
-def _string_spans(body: bytes) -> list[tuple[int, int]]:
+def _string_spans(body: bytes | bytearray) -> list[tuple[int, int]]:
     """(start, end) of each b64_json string's characters; [] if any is not a plain string."""
     spans, pos = [], 0
     while (at := body.find(KEY, pos)) >= 0:
@@ -63,7 +63,7 @@ def _string_spans(body: bytes) -> list[tuple[int, int]]:
     return spans
 
 
-def _skip(body: bytes, i: int) -> int:
+def _skip(body: bytes | bytearray, i: int) -> int:
     while body[i:i + 1] in _SPACE:
         i += 1
     return i

@@ -43,7 +43,7 @@ class Reply:
 
     status: int
     headers: list[tuple[bytes, bytes]]
-    body: bytes
+    body: bytes | bytearray  # a bytearray when received in place (no copy)
     reusable: bool
 
 
@@ -160,22 +160,25 @@ class Connection(asyncio.BufferedProtocol):
             self._waiter.set_exception(exc)
         self.close()
 
-    def _take_body(self) -> bytes:
-        """The received body as bytes; the buffer is let go at once (an idle connection must
-        not hold on to the last reply)."""
+    def _take_body(self) -> bytes | bytearray:
+        """The received body; the buffer is let go at once (an idle connection must not hold
+        on to the last reply). A heap buffer is handed over as it is, a bytearray (copying
+        a 1.4 MB image reply cost a tenth of its CPU); a mapping is copied out, so its pages
+        go back now."""
         if self._body_view is None:
             self._pieces.append(bytes(self._piece))
             body = b"".join(self._pieces)
             self._pieces, self._piece, self._held = [], bytearray(), 0
             return body
-        body = bytes(self._body_view)
-        # Dropped, not closed: the transport may still hold the slice it received into; a
+        fixed = self._fixed
+        # Released, not closed: the transport may still hold the slice it received into; a
         # mapping is unmapped as soon as the last view of it goes.
+        taken = fixed if isinstance(fixed, bytearray) else bytes(self._body_view)
         self._body_view.release()
         self._body_view = self._fixed = None
-        return body
+        return taken
 
-    def _finish(self, body: bytes) -> None:
+    def _finish(self, body: bytes | bytearray) -> None:
         assert self._head is not None
         head, self._framing = self._head, _Framing.DONE
         reusable = head.keep_alive and not self._pending and not self.closed

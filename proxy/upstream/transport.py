@@ -197,7 +197,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         reply = await self._send(target, _pieces(head, body), request.method == "HEAD",
                                  Timeouts.of(request.extensions.get("timeout", {})))
         return httpx.Response(reply.status, headers=reply.headers,
-                              stream=httpx.ByteStream(reply.body),
+                              stream=httpx.ByteStream(bytes(reply.body)),
                               extensions={"http_version": b"HTTP/1.1"})
 
     async def aclose(self) -> None:
@@ -312,14 +312,14 @@ def decoded(reply: Reply, max_bytes: int | None) -> Reply:
                  reply.reusable)
 
 
-def undone(body: bytes, codings: str, max_bytes: int | None) -> bytes:
+def undone(body: bytes | bytearray, codings: str, max_bytes: int | None) -> bytes | bytearray:
     """`body` with its Content-Encoding codings (in the order they were applied) undone."""
     for coding in reversed([c.strip().lower() for c in codings.split(",") if c.strip()]):
         body = inflate(body, coding, max_bytes)
     return body
 
 
-def inflate(body: bytes, coding: str, max_bytes: int | None) -> bytes:
+def inflate(body: bytes | bytearray, coding: str, max_bytes: int | None) -> bytes | bytearray:
     """One content coding undone, never past `max_bytes` of output (ReplyTooLarge), as httpx
     does for the codings Switchyard asks for (gzip, deflate; identity and unknown ones pass)."""
     if coding == "gzip":
