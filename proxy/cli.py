@@ -372,11 +372,15 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     limits = connections.Limits.of(config)
     http = connections.protocol(args.http, limits)
     if config.workers > 1:
+        from proxy import workers
+
         _prepare_workers(config, args)
-        uvicorn.run("proxy.app:from_environment", factory=True, workers=config.workers,
-                    host=config.host, port=config.port, access_log=config.access_log,
-                    log_config=None, log_level="info", loop=args.loop, http=http,
-                    h11_max_incomplete_event_size=limits.max_header_bytes)
+        # Each worker listens on a socket of its own (SO_REUSEPORT): the kernel spreads the
+        # connections, where uvicorn's one shared socket let one worker take them all.
+        workers.run(uvicorn.Config(
+            "proxy.app:from_environment", factory=True, host=config.host, port=config.port,
+            access_log=config.access_log, log_config=None, log_level="info", loop=args.loop,
+            http=http, h11_max_incomplete_event_size=limits.max_header_bytes), config.workers)
         return 0
     uvicorn.run(build_app(config, catalog), host=config.host, port=config.port,
                 access_log=config.access_log, log_config=None, log_level="info",
