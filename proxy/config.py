@@ -21,6 +21,12 @@ class ConfigError(ValueError):
     """A configuration problem, reported at startup with a message that says how to fix it."""
 
 
+# uvicorn's choices for `serve --loop` and `--http` (and the benchmarks that start serve);
+# `auto` takes uvloop and httptools (dependencies; not on Windows for uvloop).
+LOOPS = ("auto", "asyncio", "uvloop")
+HTTP_PARSERS = ("auto", "h11", "httptools")
+
+
 @dataclass(frozen=True, slots=True)
 class Secret:
     """A string that never prints itself."""
