@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
 from proxy.catalog import Capabilities, Provider, Route
+from proxy.config import Secret
 from proxy.failures import Failure, Kind
 from proxy.routing.health import Health, RouteHealth, Settings, State
 from proxy.routing.latency import Latency
@@ -343,7 +345,7 @@ def test_one_fast_probe_after_a_quiet_spell_outweighs_the_old_estimate() -> None
         busy.add(i * 0.1, 8.0)
         quiet.add(i * 0.1, 8.0)
     busy.add(1.0, 2.0)  # 0.1 s after the last sample
-    quiet.add(61.0, 2.0)  # a minute after it
+    quiet.add(601.0, 2.0)  # ten minutes after it: many calls' worth of time
     assert busy.ewma == pytest.approx(8.0 - Settings().ewma_alpha * 6.0, rel=0.05)
     assert quiet.ewma < 2.1
 
@@ -377,3 +379,48 @@ def test_a_failure_many_requests_share_counts_once() -> None:
     for group in range(2, 6):  # other jobs' creates are failures of their own
         _attempt(health, clock, Failure(Kind.OVERLOADED, "x", shared=f"switchyard-group-{group}"))
     assert health.state is State.OPEN
+
+
+def test_a_half_open_probe_is_one_request_not_every_one_planned_meanwhile() -> None:
+    # Review: requests planned before the probe's attempt began all led with the half-open
+    # route, each held to the probe's deadline.
+    clock = Clock()
+    best, broken = _route("best"), _route("broken")
+    health = Health([best, broken], Settings(probe_share=0.0), clock)
+    for _ in range(5):
+        health.of(broken).end(health.of(broken).begin(), "1K", BROKEN)
+    clock.now += Settings().cooldown_s
+    ranked = [best, broken]
+    assert health.probe(ranked, health.snapshots(ranked, "1K")) is broken
+    assert health.probe(ranked, health.snapshots(ranked, "1K")) is None  # promised already
+    clock.now += health.of(broken).stall_s("1K") + 0.1  # its request never began it
+    assert health.probe(ranked, health.snapshots(ranked, "1K")) is broken
+
+
+def test_a_refused_token_commands_token_rests_briefly_a_static_key_long() -> None:
+    # A token command's next attempt fetches a fresh token: no five-minute rest for it.
+    refused = Failure(Kind.AUTH, "token expired")
+    route, keyed_clock = _route("vertex"), Clock()
+    keyed = RouteHealth(replace(route, provider=replace(route.provider, key=Secret("k"))),
+                        Settings(), keyed_clock)
+    keyed.end(keyed.begin(), "1K", refused)
+    assert keyed.snapshot("1K").refused
+    tokened = RouteHealth(replace(route, provider=replace(
+        route.provider, options={"token_command": "gcloud auth print-access-token"})),
+        Settings(), keyed_clock)
+    tokened.end(tokened.begin(), "1K", refused)
+    assert not tokened.snapshot("1K").refused
+    keyed_clock.now += Settings().rate_limit_cooldown_s + 0.1
+    assert tokened.snapshot("1K").available and not keyed.snapshot("1K").available
+
+
+def test_a_long_tail_is_no_end_of_a_slow_spell() -> None:
+    # Review: five calls in a row under half the p95 is ordinary luck when latencies have a
+    # long tail; only a run under half the median ends a slow spell.
+    health, clock = _health()
+    for seconds in [1.0, 3.0] * 10:
+        _attempt(health, clock, None, seconds=seconds)
+    assert health.snapshot("1K").p95_s == 3.0
+    for _ in range(6):
+        _attempt(health, clock, None, seconds=1.2)  # under 3.0 / 2, not under the median's
+    assert health.snapshot("1K").p95_s == 3.0

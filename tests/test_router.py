@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from proxy.catalog import Model, Route
+from proxy.config import Secret
 from proxy.domain import Geometry, ImageRequest, Policy, Served
 from proxy.failures import Failure, Kind
 from proxy.routing import run as run_module
@@ -104,13 +106,19 @@ def test_a_refused_credential_fails_over_and_rests_its_route() -> None:
     # the refused route is out for a while (issue 22.1: a key pool's other keys go on).
     upstream = Scripted()
     upstream.script("cheap", Step(401))
-    router = make_router(upstream)
-    served = run(serve(router, scripted.model(ROUTES)))
+    routes = (keyed(CHEAP), MID, DEAR)
+    router = make_router(upstream, routes)
+    served = run(serve(router, scripted.model(routes)))
     assert served.provider == "mid" and log(served) == ["cheap=auth", "mid=ok"]
-    snap = router.health.of(CHEAP).snapshot("1K")
+    snap = router.health.of(routes[0]).snapshot("1K")
     assert snap.refused and not snap.available
-    assert run(serve(router, scripted.model(ROUTES))).provider == "mid"
+    assert run(serve(router, scripted.model(routes))).provider == "mid"
     assert upstream.calls["cheap"] == 1
+
+
+def keyed(route: Route) -> Route:
+    """The route with a key of its own (a refused one rests long; a token command's not)."""
+    return replace(route, provider=replace(route.provider, key=Secret("sk-test")))
 
 
 def test_every_route_failing_returns_the_last_failure() -> None:
@@ -228,6 +236,20 @@ def test_no_hedge_that_does_not_pay_for_itself() -> None:
     upstream.script("cheap", Step(delay_s=0.5))
     served = run(serve(make_router(upstream), scripted.model(ROUTES, hedge=True)))
     assert log(served) == ["cheap=ok"] and upstream.calls["mid"] == 0
+
+
+def test_a_slow_call_is_not_ended_for_a_route_that_cannot_take_over() -> None:
+    # Review: mid's key was refused (it rests five minutes); cheap's call, slower than its
+    # stall time (1 s here), must not be ended to hand the request to mid.
+    upstream = Scripted()
+    upstream.script("cheap", Step(delay_s=1.4))
+    routes = (CHEAP, keyed(MID))
+    router = make_router(upstream, routes)
+    mid = router.health.of(routes[1])
+    mid.end(mid.begin(), "1K", Failure(Kind.AUTH, "refused"))
+    served = run(serve(router, scripted.model(routes)))
+    assert served.provider == "cheap" and log(served) == ["cheap=ok"]
+    assert upstream.calls["mid"] == 0
 
 
 def test_no_hedge_unless_asked() -> None:

@@ -66,6 +66,10 @@ def test_a_discount_lane_serves_who_can_wait_or_asks_for_it() -> None:
         plan(scripted.model((CHEAP, DEAR)), request(), Policy(lane="discount"),
              Health((CHEAP, DEAR), Settings()))
     assert caught.value.param == "route.lane"
+    # Only a discount lane serves the model: an interactive request is told how to wait.
+    with pytest.raises(NoRoute) as caught:
+        plan(scripted.model((FLEX,)), request(), Policy(), Health((FLEX,), Settings()))
+    assert caught.value.param == "route.lane" and "'discount'" in caught.value.message
 
 
 def test_a_deferred_route_is_only_for_requests_that_can_wait() -> None:

@@ -129,6 +129,7 @@ class RouteHealth:
         self.route_id = route.id
         self.provider = route.provider.name
         self._prior = route.typical_latency_s
+        self._static_key = route.provider.key is not None  # not a token command's
         self._settings = settings
         self._clock = clock
         self._tiers: dict[str, Latency] = {}
@@ -139,6 +140,7 @@ class RouteHealth:
         self._open_until = 0.0
         self._cooldown = settings.cooldown_s
         self._probing = False
+        self._promised_until = 0.0  # a plan put this half-open route first: its probe
         self._resting_until = 0.0  # Retry-After
         self._refused_until = 0.0  # a refused credential (also a rest)
         self._starts: dict[int, float] = {}
@@ -160,6 +162,7 @@ class RouteHealth:
         self._refresh(now)
         if self._state is State.HALF_OPEN:
             self._probing = True
+            self._promised_until = 0.0
         self._next_token += 1
         self._starts[self._next_token] = now
         return self._next_token
@@ -171,7 +174,10 @@ class RouteHealth:
         seconds = now - started
         ok, rest = verdict(failure, self._settings)
         if failure is not None and failure.kind is Kind.AUTH:
-            self._refused_until = max(self._refused_until, now + rest)
+            if self._static_key:
+                self._refused_until = max(self._refused_until, now + rest)
+            else:  # a token command's token: the next attempt fetches a fresh one
+                rest = self._settings.rate_limit_cooldown_s
         if failure is not None and failure.shared is not None:
             if failure.shared in self._shared:
                 ok = None  # a batch's one failed create, counted with its first member
@@ -320,7 +326,14 @@ class RouteHealth:
     def _available(self, now: float) -> bool:
         if now < self._resting_until or self._state is State.OPEN:
             return False
-        return self._state is State.CLOSED or not self._probing
+        return self._state is State.CLOSED or \
+            not (self._probing or now < self._promised_until)
+
+    def promise_probe(self, tier: str) -> None:
+        """A plan made this half-open route its probe: other requests planned before that
+        attempt begins must not send theirs too (one client pays for a probe, not a burst).
+        The promise lapses after the stall time, should its request never begin it."""
+        self._promised_until = self._clock() + self.stall_s(tier)
 
     def _p95(self, entry: Latency | None, now: float) -> float:
         return 1.5 * self._prior if entry is None else entry.p95(now)
@@ -370,7 +383,8 @@ class Health:
     def snapshots(self, routes: Iterable[Route], tier: str) -> dict[str, Snapshot]:
         return {r.id: self.of(r).snapshot(tier) for r in routes}
 
-    def probe(self, ranked: list[Route], snapshots: dict[str, Snapshot]) -> Route | None:
+    def probe(self, ranked: list[Route], snapshots: dict[str, Snapshot],
+              tier: str = "1K") -> Route | None:
         """A route to try first so it can earn traffic back: one whose breaker waits for its
         probe (the cooldown paces those), else a stale route (no outcome for a while) within
         the probe share. `ranked`: the leader, then routes that could lead on fresh
@@ -379,6 +393,7 @@ class Health:
         for route in ranked[1:]:
             snap = snapshots[route.id]
             if snap.state is State.HALF_OPEN and snap.available:
+                self.of(route).promise_probe(tier)
                 return route
         now = self.clock()
         s = self.settings

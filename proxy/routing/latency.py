@@ -2,10 +2,11 @@
 triggers hedges, bounds probes and answers `route.max_latency_s`.
 
 Both follow fresh evidence as fast as the breaker follows failures. The EWMA weighs its past
-by how old it is: after a quiet spell (a host ranked out of traffic, then probed) one fresh
-sample says more than a minute-old average, so a host that was slow is ranked back after one
-fast probe, not three. The p95 forgets a slow spell once a run of successes (as many as it
-takes to open a breaker) all came in under half of it: the host changed, the window did not.
+by how old it is against how long a call takes: after a quiet spell (a host ranked out of
+traffic, then probed) one fresh sample says more than an old average, so a host that was
+slow is ranked back after one fast probe, not three. The p95 forgets a slow spell once a run
+of successes (as many as it takes to open a breaker) all came in under half the window's
+median: the host changed, the window did not.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
+
+# The EWMA's own weight halves over a few calls' worth of time (Knobs.fresh_s at least).
+FRESH_CALLS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +48,13 @@ class Latency:
         k = self._knobs
         kept = 1.0 - k.alpha  # the catalog's prior counts as fresh: one call is no reason
         if self._last_at > -math.inf:  # to forget it
-            kept *= math.exp(-max(0.0, now - self._last_at) / k.fresh_s)
+            # "Old" is relative to how long a call takes: at a minute a call, a sample a few
+            # seconds old is as fresh as they come.
+            fresh_s = max(k.fresh_s, FRESH_CALLS * self.ewma)
+            kept *= math.exp(-max(0.0, now - self._last_at) / fresh_s)
         self.ewma = kept * self.ewma + (1.0 - kept) * seconds
         self._last_at = now
-        if len(self._ordered) >= k.least and seconds < self.p95(now) / 2:
+        if len(self._ordered) >= k.least and seconds < self._median(now) / 2:
             self._under += 1
         else:
             self._under = 0
@@ -62,6 +69,11 @@ class Latency:
 
     def p95(self, now: float) -> float:
         return self.quantile(now, 0.95)
+
+    def _median(self, now: float) -> float:
+        """Of the samples before this one. Half the median, not of the p95: image latencies
+        have long tails, and five calls in a row under half the p95 is ordinary luck."""
+        return self.quantile(now, 0.5)
 
     def quantile(self, now: float, q: float) -> float:
         """The q-quantile of the recent samples (nearest rank)."""

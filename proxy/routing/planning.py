@@ -43,6 +43,10 @@ def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) ->
         raise NoRoute(param, f"no route of model {model.name!r} can serve this request; "
                              f"change {param!r}")
     candidates = in_lane(candidates, request, policy.lane)
+    if not candidates and policy.lane is None:
+        raise NoRoute("route.lane", f"only discount lanes (answers in minutes) serve model "
+                                    f"{model.name!r} now; send route.lane 'discount' to wait "
+                                    f"for one")
     if not candidates:
         raise NoRoute("route.lane", f"no {policy.lane} lane of model {model.name!r} can serve "
                                     f"this request" + (" (a batch API's lane is for batch "
@@ -56,7 +60,8 @@ def plan(model: Model, request: ImageRequest, policy: Policy, health: Health) ->
     strategy = policy.strategy or "cheapest"
     ranked = rank(kept, strategy, request, snapshots)
     worth = [r for r in ranked[1:] if could_lead(r, ranked[0], strategy, request, snapshots)]
-    probe = health.probe([ranked[0], *worth], snapshots) if ranked else None
+    probe = health.probe([ranked[0], *worth], snapshots, request.geometry.tier) \
+        if ranked else None
     if probe is None:
         return Plan(ranked)
     ranked.remove(probe)

@@ -2,7 +2,8 @@
 
 Execution is one loop (run.py): start the best route; on a retryable failure start the next;
 with hedging on, start one more when the first passes its route's p95; the first image wins.
-The client's own errors (bad request, content blocked) and auth failures go straight back.
+The client's own errors (bad request, content blocked) go straight back; a host that refuses
+Switchyard's credential is a failover (routing/health.py rests that route).
 The Router holds what outlives a request: adapters, pooled clients, health and slots.
 """
 

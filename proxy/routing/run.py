@@ -5,7 +5,8 @@ request's pass over its plan: start the best route, move on after a retryable fa
 past the route's 97th percentile, release every slot it took. An attempt that hangs (past its
 route's stall time with nothing delivered there since it began, routing/health.py) does not
 hold the request to its full timeout: without hedging it is ended as a timeout and the next
-route starts (a host bills no image it never sent); with hedging the next route races it.
+route starts (recorded at $0: a call that never answered is taken as unbilled); with hedging
+the next route races it; either only when the next route can take over now.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class Run:
             due = live.started + self._stall_s(live)
             if now < due:  # the loop's timers may run a hair early (uvloop counts in ms)
                 self._watching = loop.call_later(due - now, look)
-            elif self.pending and now < self.deadline and \
+            elif self._rescuable() and now < self.deadline and \
                     self.router.health.of(live.route).hung(live.token,
                                                            self.request.geometry.tier):
                 self.moved = live
@@ -142,6 +143,17 @@ class Run:
 
     def _stall_s(self, live: Live) -> float:
         return self.router.health.of(live.route).stall_s(self.request.geometry.tier)
+
+    def _rescuable(self) -> bool:
+        """Whether the next route can take over a hung attempt now: usable (breaker closed
+        or its probe free, not resting, not stalled) and with a free slot here. Ending a
+        slow call for a route that would refuse or wait helps nobody."""
+        if not self.pending:
+            return False
+        route = self.pending[0]
+        spare = self.router.health.of(route).snapshot(self.request.geometry.tier)
+        return spare.available and not spare.stalled and \
+            self.router._slots.in_use(route.provider) < route.provider.max_in_flight
 
     async def _loop(self) -> tuple[Route, ImageResult]:
         hedge_at: float | None = None
@@ -169,7 +181,7 @@ class Run:
                     metrics.HEDGES.labels(self.request.model).inc()
                     await self._launch_next()
                 elif watch_at is not None and now >= watch_at:
-                    if self._all_hung(now):  # every attempt hung: race the next route
+                    if self._all_hung(now) and self._rescuable():  # race the next route
                         metrics.RESCUES.labels(self.request.model, "raced").inc()
                         hedge_at = None
                         await self._launch_next()
@@ -307,7 +319,7 @@ class Run:
 
     def _watch_time(self) -> float | None:
         """When the next attempt in flight reaches its stall time (while a route is left)."""
-        if not self.pending:
+        if not self._rescuable():
             return None
         due = [live.started + self._stall_s(live) for live in self.running.values()
                if not live.watched and not live.route.provider.deferred]
@@ -380,9 +392,10 @@ class Run:
         (RouteHealth.lost); any other cancel (the client left) is none."""
         tier = self.request.geometry.tier
         for task, live in self.running.items():
+            ended = task.done()  # finished beside the winner: no loser, whatever it was
             task.cancel()
             health = self.router.health.of(live.route)
-            if won:
+            if won and not ended:
                 health.lost(live.token, tier)
             else:
                 health.abandon(live.token)
