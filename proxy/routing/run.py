@@ -20,6 +20,7 @@ from proxy.catalog import Route
 from proxy.domain import Attempt, ImageRequest, ImageResult
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers import flows
+from proxy.routing import second
 from proxy.routing.attempts import (
     DEADLINE_GRACE_S,
     PATIENT_RECHECK_S,
@@ -30,7 +31,7 @@ from proxy.routing.attempts import (
 )
 from proxy.routing.health import State
 from proxy.routing.slots import Slot
-from proxy.routing.strategies import hedge_pays, quote
+from proxy.routing.strategies import quote
 
 __all__ = ["DEADLINE_GRACE_S", "PATIENT_RECHECK_S", "SATURATED_RETRY_AFTER_S", "Live",
            "RoutesFailed", "Run"]
@@ -99,7 +100,7 @@ class Run:
                 if self.moved is live:  # it hung: the next route's turn
                     self.moved = None
                     metrics.RESCUES.labels(self.request.model, "moved").inc()
-                    self._expire_one(live, hang(live, self._stall_s(live)))
+                    self._expire_one(live, hang(live, second.stall_s(self, live)))
                     continue
                 if live.deadline < self.deadline:  # its own deadline: the next route's turn
                     self._expire_one(live)
@@ -129,31 +130,17 @@ class Run:
 
         def look() -> None:
             now = self.router._clock()
-            due = live.started + self._stall_s(live)
+            due = live.started + second.stall_s(self, live)
             if now < due:  # the loop's timers may run a hair early (uvloop counts in ms)
                 self._watching = loop.call_later(due - now, look)
-            elif self._rescuable() and now < self.deadline and \
+            elif second.rescuable(self) and now < self.deadline and \
                     self.router.health.of(live.route).hung(live.token,
                                                            self.request.geometry.tier):
                 self.moved = live
                 limit.reschedule(loop.time())
 
         self._watching = loop.call_later(
-            max(0.0, live.started + self._stall_s(live) - self.router._clock()), look)
-
-    def _stall_s(self, live: Live) -> float:
-        return self.router.health.of(live.route).stall_s(self.request.geometry.tier)
-
-    def _rescuable(self) -> bool:
-        """Whether the next route can take over a hung attempt now: usable (breaker closed
-        or its probe free, not resting, not stalled) and with a free slot here. Ending a
-        slow call for a route that would refuse or wait helps nobody."""
-        if not self.pending:
-            return False
-        route = self.pending[0]
-        spare = self.router.health.of(route).snapshot(self.request.geometry.tier)
-        return spare.available and not spare.stalled and \
-            self.router._slots.in_use(route.provider) < route.provider.max_in_flight
+            max(0.0, live.started + second.stall_s(self, live) - self.router._clock()), look)
 
     async def _loop(self) -> tuple[Route, ImageResult]:
         hedge_at: float | None = None
@@ -161,10 +148,10 @@ class Run:
             if not self.running:
                 if not await self._launch_next():
                     raise RoutesFailed(self._final_failure(), tuple(self.attempts))
-                hedge_at = self._hedge_time()
+                hedge_at = second.hedge_time(self)
             now = self.router._clock()
             wake = min(self.deadline, hedge_at) if hedge_at is not None else self.deadline
-            watch_at = self._watch_time()
+            watch_at = second.watch_time(self)
             if watch_at is not None:
                 wake = min(wake, watch_at)
             # An attempt held to a shorter deadline than the request's (a patient request on
@@ -181,7 +168,7 @@ class Run:
                     metrics.HEDGES.labels(self.request.model).inc()
                     await self._launch_next()
                 elif watch_at is not None and now >= watch_at:
-                    if self._all_hung(now) and self._rescuable():  # race the next route
+                    if second.all_hung(self, now) and second.rescuable(self):  # race the next route
                         metrics.RESCUES.labels(self.request.model, "raced").inc()
                         hedge_at = None
                         await self._launch_next()
@@ -316,47 +303,6 @@ class Run:
             return None
         self.held = None
         return held
-
-    def _watch_time(self) -> float | None:
-        """When the next attempt in flight reaches its stall time (while a route is left)."""
-        if not self._rescuable():
-            return None
-        due = [live.started + self._stall_s(live) for live in self.running.values()
-               if not live.watched and not live.route.provider.deferred]
-        return min(due, default=None)
-
-    def _all_hung(self, now: float) -> bool:
-        """Mark the attempts whose stall time came as watched; whether every attempt in
-        flight has hung (one that still may answer is not raced again)."""
-        for live in self.running.values():
-            if live.started + self._stall_s(live) <= now:
-                live.watched = True
-        tier = self.request.geometry.tier
-        return all(live.watched and self.router.health.of(live.route).hung(live.token, tier)
-                   for live in self.running.values())
-
-    def _hedge_time(self) -> float | None:
-        """When to start a second attempt: past the first route's hedge quantile (97th) for
-        this tier."""
-        if not (self.hedge or self.race) or not self.pending or len(self.running) != 1:
-            return None
-        # A hedge is a bet on a healthy route: one kept last in the plan (breaker open,
-        # resting, stalled) is a failover's last resort, never a hedge's.
-        spare = self.router.health.of(self.pending[0]).snapshot(self.request.geometry.tier)
-        if not spare.available or spare.stalled:
-            return None
-        (live,) = self.running.values()
-        if self.race:  # a probe, raced by the leader from the start
-            self.race = False
-            return live.started
-        if not self.hedge:
-            return None
-        tier = self.request.geometry.tier
-        first = self.router.health.of(live.route)
-        if not hedge_pays(self.strategy, self.request, first.snapshot(tier), self.pending[0],
-                          spare):
-            return None
-        return live.started + first.hedge_after_s(tier)
 
     def _final_failure(self) -> Failure:
         if self.last is not None:
