@@ -208,7 +208,7 @@ def test_probes_go_to_stale_routes_within_their_share() -> None:
     for _ in range(200):
         clock.now += 1
         snaps = health.snapshots(ranked, "1K")
-        probe = health.probe(ranked, snaps)
+        probe = health.probe(ranked, snaps, "1K")
         if probe is not None:
             probes.append(clock.now)
             token = health.of(stale).begin()
@@ -227,7 +227,7 @@ def test_no_probe_for_the_best_route_or_an_unavailable_one() -> None:
         _attempt(health.of(down), clock, BROKEN)
     clock.now += 100  # both stale; down's cooldown is long over, so it is half-open
     health.of(down).begin()  # … and its probe is already out
-    assert health.probe([best, down], health.snapshots([best, down], "1K")) is None
+    assert health.probe([best, down], health.snapshots([best, down], "1K"), "1K") is None
 
 
 def test_a_slow_success_that_started_before_the_failures_is_old_news() -> None:
@@ -314,11 +314,11 @@ def test_a_half_open_route_that_could_lead_is_probed_before_stale_ones() -> None
         token = health.of(broken).begin()
         health.of(broken).end(token, "1K", BROKEN)
     ranked = [best, broken]
-    assert health.probe(ranked, health.snapshots(ranked, "1K")) is None  # open: not yet
+    assert health.probe(ranked, health.snapshots(ranked, "1K"), "1K") is None  # open: not yet
     clock.now += Settings().cooldown_s
-    assert health.probe(ranked, health.snapshots(ranked, "1K")) is broken  # no share needed
+    assert health.probe(ranked, health.snapshots(ranked, "1K"), "1K") is broken  # no share needed
     health.of(broken).begin()  # the probe is on its way: nobody else's request goes there
-    assert health.probe(ranked, health.snapshots(ranked, "1K")) is None
+    assert health.probe(ranked, health.snapshots(ranked, "1K"), "1K") is None
 
 
 def test_cooldowns_keep_probing_a_down_host_every_few_seconds() -> None:
@@ -391,10 +391,10 @@ def test_a_half_open_probe_is_one_request_not_every_one_planned_meanwhile() -> N
         health.of(broken).end(health.of(broken).begin(), "1K", BROKEN)
     clock.now += Settings().cooldown_s
     ranked = [best, broken]
-    assert health.probe(ranked, health.snapshots(ranked, "1K")) is broken
-    assert health.probe(ranked, health.snapshots(ranked, "1K")) is None  # promised already
+    assert health.probe(ranked, health.snapshots(ranked, "1K"), "1K") is broken
+    assert health.probe(ranked, health.snapshots(ranked, "1K"), "1K") is None  # promised already
     clock.now += health.of(broken).stall_s("1K") + 0.1  # its request never began it
-    assert health.probe(ranked, health.snapshots(ranked, "1K")) is broken
+    assert health.probe(ranked, health.snapshots(ranked, "1K"), "1K") is broken
 
 
 def test_a_refused_token_commands_token_rests_briefly_a_static_key_long() -> None:

@@ -299,7 +299,7 @@ class Health:
         return {r.id: self.of(r).snapshot(tier) for r in routes}
 
     def probe(self, ranked: list[Route], snapshots: dict[str, Snapshot],
-              tier: str = "1K") -> Route | None:
+              tier: str) -> Route | None:
         """A route to try first so it can earn traffic back: one whose breaker waits for its
         probe (the cooldown paces those), else a stale route (no outcome for a while) within
         the probe share. `ranked`: the leader, then routes that could lead on fresh

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
+from itertools import groupby
 
 from proxy.catalog import Route
 from proxy.domain import ImageRequest, Policy
@@ -113,18 +114,13 @@ def least_loaded_keys(ranked: list[Route], snapshots: Mapping[str, Snapshot]) ->
     """Keys of one provider's pool (proxy/key_pools.py) ranked side by side take turns, the
     one with the fewest attempts in flight first: each key is its own rate limit, so load
     spreads over them instead of filling one before the next (an unusable key stays last)."""
-    out: list[Route] = []
-    i = 0
-    while i < len(ranked):
-        j = i + 1
-        while j < len(ranked) and ranked[i].provider.pool is not None \
-                and ranked[j].provider.pool == ranked[i].provider.pool:
-            j += 1
-        out.extend(sorted(ranked[i:j], key=lambda r: (not snapshots[r.id].available,
-                                                       snapshots[r.id].stalled,
-                                                       snapshots[r.id].in_flight)))
-        i = j
-    return out
+    def load(route: Route) -> tuple[bool, bool, int]:
+        snap = snapshots[route.id]
+        return not snap.available, snap.stalled, snap.in_flight
+
+    # A route outside any pool is a run of its own (its id is unique).
+    runs = groupby(ranked, key=lambda route: route.provider.pool or route.id)
+    return [route for _, run in runs for route in sorted(run, key=load)]
 
 
 def could_lead(route: Route, leader: Route, strategy: str, request: ImageRequest,
