@@ -138,6 +138,21 @@ async def _streamed(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: fl
     if call.json is not None:
         headers.setdefault("content-type", "application/json")
     cap = _cap(client)
+    stream = _Events(call.partials, cap, relay)
+    if isinstance(client, transport.Client) and not (call.files or call.form):
+        # The event stream is decoded as its bytes arrive on the lean connection: no httpx
+        # objects, no chunk iterator, between the host's first event and the client's.
+        try:
+            raw = await client.lean.exchange(call.method, call.url, headers, content,
+                                             timeout_s, stream.sink_for)
+        except httpx.TransportError as exc:
+            if stream.head is None or not stream.kept or isinstance(exc, ReplyTooLarge):
+                raise
+            return stream.reply(stream.head)
+        if raw is not None:
+            if stream.head is None:  # an error, or not sunk (compressed): read whole
+                return stream.whole(raw.status, httpx.Headers(raw.headers), raw.body)
+            return stream.reply(stream.head)
     request = _request(client, call, headers, content, timeout_s)
     # On a lean client, straight to its httpx transport: the client's own send (auth,
     # redirects, cookies, hooks) has nothing to do here and costs the first event time.
@@ -149,24 +164,58 @@ async def _streamed(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: fl
                 not events.is_event_stream(response.headers.get("content-type", "")):
             return UpstreamReply(response.status_code, response.headers,
                                  await _read(response, cap))
-        kept = bytearray()
-        decoder = events.Decoder(cap)
+        stream.head = (response.status_code, response.headers)
         try:
             async for chunk in response.aiter_bytes():
-                for event in decoder.feed(chunk):
-                    image = call.partials(event)
-                    if image is None:
-                        kept += event.encoded()
-                        if cap is not None and len(kept) > cap:
-                            raise ReplyTooLarge(f"reply larger than {cap} bytes")
-                    elif relay is not None:
-                        relay(image)
+                stream.feed(chunk)
         except httpx.TransportError as exc:
-            if not kept or isinstance(exc, ReplyTooLarge):
+            if not stream.kept or isinstance(exc, ReplyTooLarge):
                 raise
-        return UpstreamReply(response.status_code, response.headers, bytes(kept))
+        return stream.reply(stream.head)
     finally:
         await response.aclose()
+
+
+class _Events:
+    """A streamed reply's events as they arrive: partial images go to `relay`, never kept; the
+    others are kept, within `cap`, to make the reply's body."""
+
+    def __init__(self, partials: Callable[[events.ServerEvent], PartialImage | None],
+                 cap: int | None, relay: Relay | None) -> None:
+        self.partials, self.cap, self.relay = partials, cap, relay
+        self.kept = bytearray()
+        self.head: tuple[int, httpx.Headers] | None = None  # once the event stream began
+        self._decoder = events.Decoder(cap)
+
+    def sink_for(self, status: int, raw: list[tuple[bytes, bytes]]) -> Callable[[bytes], None] \
+            | None:
+        """Where the lean connection puts the body: here, when it is an event stream."""
+        headers = httpx.Headers(raw)
+        if status >= 300 or not events.is_event_stream(headers.get("content-type", "")):
+            return None
+        self.head = (status, headers)
+        return self.feed
+
+    def feed(self, chunk: bytes) -> None:
+        for event in self._decoder.feed(chunk):
+            image = self.partials(event)
+            if image is None:
+                self.kept += event.encoded()
+                if self.cap is not None and len(self.kept) > self.cap:
+                    raise ReplyTooLarge(f"reply larger than {self.cap} bytes")
+            elif self.relay is not None:
+                self.relay(image)
+
+    def whole(self, status: int, headers: httpx.Headers,
+              body: bytes | bytearray) -> UpstreamReply:
+        """A reply read whole: an event stream's events are handled as if they had streamed."""
+        if status >= 300 or not events.is_event_stream(headers.get("content-type", "")):
+            return UpstreamReply(status, headers, body)
+        self.feed(bytes(body) + b"\n\n")
+        return self.reply((status, headers))
+
+    def reply(self, head: tuple[int, httpx.Headers]) -> UpstreamReply:
+        return UpstreamReply(head[0], head[1], bytes(self.kept))
 
 
 async def _read(response: httpx.Response, cap: int | None) -> bytes | bytearray:

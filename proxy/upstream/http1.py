@@ -16,6 +16,7 @@ import asyncio
 import enum
 import mmap
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -30,6 +31,10 @@ SCRATCH = 64 * 1024  # the receive buffer for everything but a Content-Length bo
 # pages cost no page faults (about 0.3 ms per MB on a VM).
 MAPPED = 4 * 1024 * 1024
 _NO_BODY = frozenset({204, 304})
+# Where a streamed reply's body goes as it arrives, if anywhere: given the status and headers,
+# a sink for the body's bytes, or None to receive the body whole as usual.
+Sink = Callable[[bytes], None]
+SinkFor = Callable[[int, list[tuple[bytes, bytes]]], Sink | None]
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -52,7 +57,8 @@ class _Framing(enum.Enum):
     LENGTH = 1  # a Content-Length body, into one buffer
     CHUNKED = 2
     CLOSE = 3  # the body ends when the server closes
-    DONE = 4
+    COUNTED = 4  # a Content-Length body handed to a sink piece by piece
+    DONE = 5
 
 
 @dataclass(slots=True)
@@ -85,6 +91,9 @@ class Connection(asyncio.BufferedProtocol):
         # CHUNKED: bytes left of this chunk's data; -1 size line; -2 trailers; -3 its CRLF
         self._chunk_left = -1
         self._head_only = False
+        self._sink_for: SinkFor | None = None
+        self._sink: Sink | None = None
+        self._left = 0  # COUNTED: bytes of the body still to come
         self._seen = 0  # bytes of this reply received so far
         self._progress = False  # bytes came (or left) since the timer was last armed
         self._unsent = 0
@@ -93,10 +102,12 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- the exchange --------------------------------------------------------------------
 
-    async def request(self, data: list[bytes], head_only: bool,
-                      timeout_s: float | None) -> Reply:
+    async def request(self, data: list[bytes], head_only: bool, timeout_s: float | None,
+                      sink_for: SinkFor | None = None) -> Reply:
         """Send `data` (the encoded request) and return the reply; no silence lasts longer
-        than `timeout_s` (ReadTimeout, or WriteTimeout while the request is unsent)."""
+        than `timeout_s` (ReadTimeout, or WriteTimeout while the request is unsent). When
+        `sink_for` gives a sink for the reply's head, the body goes there as it arrives (the
+        reply's own body is then empty); a sink that raises fails the request."""
         assert self.transport is not None and self._waiter is None
         if self.closed:
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
@@ -104,6 +115,7 @@ class Connection(asyncio.BufferedProtocol):
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiter = waiter
         self._framing, self._head, self._head_only, self._seen = _Framing.HEAD, None, head_only, 0
+        self._sink_for, self._sink = sink_for, None
         for piece in data:
             self.transport.write(piece)
         self._progress, self._unsent = False, self.transport.get_write_buffer_size()
@@ -115,6 +127,7 @@ class Connection(asyncio.BufferedProtocol):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._waiter = None
+            self._sink_for = self._sink = None
             if self._framing is not _Framing.DONE:
                 self.close()  # cancelled or failed mid-reply: its bytes would confuse the next
 
@@ -143,7 +156,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def _keep(self, piece: bytes | bytearray) -> None:
         """Part of a CHUNKED or CLOSE body; past `max_body` the reply is refused. Small parts
-        (a chunk per byte) are gathered, so a part costs its bytes, not an object."""
+        (a chunk per byte) are gathered, so a part costs its bytes, not an object. With a sink,
+        the part goes there at once (the sink bounds what it keeps)."""
+        if self._sink is not None:
+            self._sink(bytes(piece))
+            return
         self._held += len(piece)
         if self.max_body is not None and self._held > self.max_body:
             raise self._too_large()
@@ -207,7 +224,7 @@ class Connection(asyncio.BufferedProtocol):
         self._pending += self._scratch[:nbytes]
         try:
             self._parse()
-        except httpx.RemoteProtocolError as exc:
+        except Exception as exc:  # a malformed reply, or a sink that refused its bytes
             self._fail(exc)
 
     def eof_received(self) -> bool:
@@ -222,7 +239,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._waiter is None or self._waiter.done():
             return
         if self._framing is _Framing.CLOSE and exc is None:
-            self._finish(self._take_body())
+            self._finish(b"" if self._sink is not None else self._take_body())
         elif isinstance(exc, OSError):
             self._fail(httpx.ReadError(str(exc) or type(exc).__name__))
         elif self._seen == 0:
@@ -246,6 +263,15 @@ class Connection(asyncio.BufferedProtocol):
             elif self._framing is _Framing.CHUNKED:
                 if not self._parse_chunks():
                     return
+            elif self._framing is _Framing.COUNTED:
+                take = min(self._left, len(self._pending))
+                if take:
+                    self._keep(self._pending[:take])
+                    del self._pending[:take]
+                    self._left -= take
+                if self._left:
+                    return
+                self._finish(b"")
             else:  # CLOSE: the body is everything until the server closes
                 if self._pending:
                     self._keep(self._pending)
@@ -272,7 +298,11 @@ class Connection(asyncio.BufferedProtocol):
             return
         framing, length = body_framing(head.headers)
         self._framing = framing
-        if framing is _Framing.CHUNKED:
+        if self._sink_for is not None:
+            self._sink = self._sink_for(head.status, head.headers)
+        if framing is _Framing.LENGTH and self._sink is not None:
+            self._framing, self._left = _Framing.COUNTED, length
+        elif framing is _Framing.CHUNKED:
             self._pieces, self._piece, self._held, self._chunk_left = [], bytearray(), 0, -1
         elif framing is _Framing.LENGTH:
             if self.max_body is not None and length > self.max_body:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from proxy.upstream.http1 import Connection, Reply, ReplyTooLarge
+from proxy.upstream.http1 import Connection, Reply, ReplyTooLarge, Sink, SinkFor
 
 # As httpx: an idle connection older than this is closed instead of reused.
 KEEPALIVE_EXPIRY_S = 5.0
@@ -155,9 +155,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return target
 
     async def exchange(self, method: str, url: str, headers: Mapping[str, str],
-                       content: bytes | None, timeout_s: float) -> Reply | None:
+                       content: bytes | None, timeout_s: float,
+                       sink_for: SinkFor | None = None) -> Reply | None:
         """The reply to a call, sent without building httpx objects; None when the call is not
-        lean as written (the caller sends it through httpx instead)."""
+        lean as written (the caller sends it through httpx instead). `sink_for` may take the
+        body as it arrives (http1.Connection.request); a compressed body is never sunk."""
         target = self._targets.get(url, _UNKNOWN)
         if target is _UNKNOWN:
             if len(self._targets) >= _MAX_TARGETS:  # poll URLs carry job ids: keep it bounded
@@ -171,8 +173,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
                            self.https_defaults if target.secure else _DEFAULTS)
         if head is None:
             return None
+        if sink_for is not None:
+            sink_for = _plain(sink_for)
         reply = await self._send(target, _pieces(head, content), method == "HEAD",
-                                 Timeouts(timeout_s, timeout_s, timeout_s))
+                                 Timeouts(timeout_s, timeout_s, timeout_s), sink_for)
         if any(name.lower() == b"content-encoding" for name, _ in reply.headers):
             return decoded(reply, self.max_reply_bytes)
         return reply
@@ -208,7 +212,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         await self.fallback.aclose()
 
     async def _send(self, target: Target, data: list[bytes], head_only: bool,
-                    timeouts: Timeouts) -> Reply:
+                    timeouts: Timeouts, sink_for: SinkFor | None = None) -> Reply:
         if self._slots.locked():
             try:
                 async with asyncio.timeout(timeouts.pool):
@@ -221,7 +225,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             connection = self._reuse(target.origin) or await _connect(
                 target, self.tls if target.secure else None, timeouts.connect,
                 self.max_reply_bytes)
-            reply = await connection.request(data, head_only, timeouts.read)
+            reply = await connection.request(data, head_only, timeouts.read, sink_for)
         finally:
             self._slots.release()
         if not reply.reusable or connection.closed:
@@ -295,6 +299,16 @@ async def _connect(target: Target, tls: ssl.SSLContext | None, timeout_s: float 
     except OSError as exc:  # refused, unreachable, and every ssl.SSLError (a bad certificate)
         raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
     return connection
+
+
+def _plain(sink_for: SinkFor) -> SinkFor:
+    """`sink_for`, for bodies sent as they are: a compressed one is read whole and decoded."""
+    def plain(status: int, headers: list[tuple[bytes, bytes]]) -> Sink | None:
+        if any(name.lower() == b"content-encoding" and value.strip().lower() != b"identity"
+               for name, value in headers):
+            return None
+        return sink_for(status, headers)
+    return plain
 
 
 def _pieces(head: bytes, body: bytes) -> list[bytes]:
