@@ -139,9 +139,14 @@ async def _streamed(client: httpx.AsyncClient, call: UpstreamCall, timeout_s: fl
         headers.setdefault("content-type", "application/json")
     cap = _cap(client)
     stream = _Events(call.partials, cap, relay)
-    if isinstance(client, transport.Client) and not (call.files or call.form):
+    if isinstance(client, transport.Client):
         # The event stream is decoded as its bytes arrive on the lean connection: no httpx
         # objects, no chunk iterator, between the host's first event and the client's.
+        if call.files or call.form:  # an edit's upload: httpx writes the multipart body
+            built = _request(client, call, headers, content, timeout_s)
+            content = built.read()
+            headers = {name: value for name, value in built.headers.items()
+                       if name not in ("content-length", "transfer-encoding")}
         try:
             raw = await client.lean.exchange(call.method, call.url, headers, content,
                                              timeout_s, stream.sink_for)
