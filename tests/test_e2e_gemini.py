@@ -174,6 +174,11 @@ BAD: list[tuple[Any, dict[str, str], int, str, str | None]] = [
      "INVALID_ARGUMENT", "generationConfig.imageConfig.personGeneration"),
     ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 11}},
      {}, 400, "INVALID_ARGUMENT", "generationConfig.candidateCount"),
+    # Digits int() refuses ("²": a 500 once) or takes though no client means them ("٣").
+    ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": "²"}},
+     {}, 400, "INVALID_ARGUMENT", "generationConfig.candidateCount"),
+    ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"seed": "٣"}},
+     {}, 400, "INVALID_ARGUMENT", "generationConfig.seed"),
     ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"seed": -1}}, {}, 400,
      "INVALID_ARGUMENT", "generationConfig.seed"),
     ({"contents": [{"parts": [{"text": "x"}]}],
@@ -202,6 +207,9 @@ BAD: list[tuple[Any, dict[str, str], int, str, str | None]] = [
     ({"contents": [{"parts": [{"text": "x"}]}],
       "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "SOMETIMES"}]},
      {}, 400, "INVALID_ARGUMENT", "safetySettings[0].threshold"),
+    ({"contents": [{"parts": [{"text": "x"}]}],  # a 500 once (found by tests/test_fuzz_api.py)
+      "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": {}}]},
+     {}, 400, "INVALID_ARGUMENT", "safetySettings[0].threshold"),
     # Valid Gemini, but no route of test-image serves it: the field that rules it out.
     ({"contents": [{"parts": [{"text": "x"}]}],
       "generationConfig": {"imageConfig": {"aspectRatio": "4:5"}}}, {}, 400,
@@ -211,6 +219,16 @@ BAD: list[tuple[Any, dict[str, str], int, str, str | None]] = [
      "INVALID_ARGUMENT", "generationConfig.imageConfig.imageSize"),
     ([{"contents": []}], {}, 400, "INVALID_ARGUMENT", None),
 ]
+
+
+@pytest.mark.parametrize("count", ["2", 2.0])
+def test_an_integer_may_be_quoted_or_integral(server: Running, api_key: str,
+                                              count: str | float) -> None:
+    """proto3 JSON quotes integers at will, and JSON Schema's integer includes 2.0."""
+    answer = post(server, GENERATE, {"contents": [{"parts": [{"text": "x"}]}],
+                                     "generationConfig": {"candidateCount": count}}, api_key)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["candidates"]) == 2
 
 
 @pytest.mark.parametrize(("body", "params", "status", "google", "field"), BAD)

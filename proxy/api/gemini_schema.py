@@ -17,7 +17,7 @@ import binascii
 import re
 from typing import Any
 
-from proxy.api import uploads
+from proxy.api import inputs, uploads
 from proxy.api.errors import bad_request
 from proxy.api.surface import Translated, prompt, references, shape
 from proxy.catalog import Model
@@ -36,16 +36,16 @@ _CONFIG = frozenset({
     "logprobs", "speechConfig",
 })
 # Sampling and thinking hints: accepted, named in the ignored header.
-_HINTS = ("temperature", "topP", "topK", "maxOutputTokens", "stopSequences", "presencePenalty",
-          "frequencyPenalty", "thinkingConfig", "mediaResolution", "enableEnhancedCivicAnswers",
-          "responseMimeType")
+CONFIG_HINTS = ("temperature", "topP", "topK", "maxOutputTokens", "stopSequences",
+                "presencePenalty", "frequencyPenalty", "thinkingConfig", "mediaResolution",
+                "enableEnhancedCivicAnswers", "responseMimeType")
 # What an image answer cannot be: refused unless empty.
 _REFUSED = {"tools": "tools", "toolConfig": "tools", "cachedContent": "cached content",
             "responseSchema": "structured output", "responseJsonSchema": "structured output",
             "responseLogprobs": "log probabilities", "logprobs": "log probabilities",
             "speechConfig": "speech output"}
-_THRESHOLDS = frozenset({"HARM_BLOCK_THRESHOLD_UNSPECIFIED", "BLOCK_LOW_AND_ABOVE",
-                         "BLOCK_MEDIUM_AND_ABOVE", "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF"})
+THRESHOLDS = frozenset({"HARM_BLOCK_THRESHOLD_UNSPECIFIED", "BLOCK_LOW_AND_ABOVE",
+                        "BLOCK_MEDIUM_AND_ABOVE", "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF"})
 _PART = frozenset({"text", "inlineData", "fileData", "thought", "thoughtSignature"})
 _SNAKE = re.compile(r"_([a-z0-9])")
 
@@ -54,7 +54,8 @@ def translate(model: Model, data: Any, policy: Policy, stream: bool) -> Translat
     """A GenerateContentRequest body for `model`, validated field by field."""
     top = fields(data, "", _TOP)
     config = fields(_unset_empty(top.get("generationConfig")), "generationConfig", _CONFIG)
-    ignored = [f"generationConfig.{name}" for name in _HINTS if config.get(name) is not None]
+    ignored = [f"generationConfig.{name}" for name in CONFIG_HINTS
+               if config.get(name) is not None]
     ignored += [name for name in ("serviceTier", "store", "labels") if top.get(name)]
     if _safety(top.get("safetySettings")):
         ignored.append("safetySettings")
@@ -192,9 +193,9 @@ def _safety(value: Any) -> bool:
         if not isinstance(category, str) or not category.startswith("HARM_CATEGORY_"):
             raise bad_request(f"{where}.category", f"'{where}.category' must be a "
                                                    "HARM_CATEGORY_… value")
-        if threshold not in _THRESHOLDS:
+        if not isinstance(threshold, str) or threshold not in THRESHOLDS:
             raise bad_request(f"{where}.threshold", f"'{where}.threshold' must be one of "
-                                                    f"{', '.join(sorted(_THRESHOLDS))}")
+                                                    f"{', '.join(sorted(THRESHOLDS))}")
     return bool(value)
 
 
@@ -232,8 +233,10 @@ def _seed(value: Any) -> int | None:
 def _integer(value: Any, param: str, low: int, high: int) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)  # proto3 JSON may quote integers
+    if isinstance(value, str):
+        value = inputs.integer_text(value)  # proto3 JSON may quote integers
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integer includes 2.0
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise bad_request(param, f"'{param}' must be an integer from {low} to {high}")
     return value
