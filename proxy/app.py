@@ -153,6 +153,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
                 await working
             logs.write_through()  # the last lines must not wait for a thread that may not run
             await app.state.services.router.groups.aclose()
+            await app.state.services.offload.aclose()
             await state.aclose()
             for client in clients.values():
                 await client.aclose()

@@ -95,6 +95,24 @@ def add_commands(commands: Any) -> None:
     hostile.set_defaults(run=_bench_hostile, config=None, data_dir=None)
     bench_cache.add_command(bench)
     _add_bench_fleet(bench)
+    _add_bench_batch_create(bench)
+
+
+def _add_bench_batch_create(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    create = bench.add_parser("batch-create", help=(
+        "another key's image requests (hey at a steady rate) through a real `serve`, before "
+        "and while a large batch is created; p50/p99/max of each, per round"))
+    create.add_argument("--lines", type=int, default=50_000, help="default 50000")
+    create.add_argument("--rounds", type=int, default=3, help="default 3")
+    create.add_argument("--seconds", type=_positive, default=3.0,
+                        help="baseline load per round (default 3)")
+    create.add_argument("--workers", type=int, default=4, help="hey workers (default 4)")
+    create.add_argument("--rate", type=_positive, default=25.0,
+                        help="requests/s per hey worker (default 25)")
+    create.add_argument("--code", action="append", default=[],
+                        help="serve the code of this checkout root instead of the installed "
+                             "one; repeat it to compare trees, interleaved round by round")
+    create.set_defaults(run=_bench_batch_create, config=None, data_dir=None)
 
 
 def _add_bench_fleet(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -234,4 +252,18 @@ def _bench_hostile(config: Config, args: argparse.Namespace) -> int:
 
     with procs.stopped_by_sigterm():
         print(hostile_replies.main(args.requests, args.concurrency))
+    return 0
+
+
+def _bench_batch_create(config: Config, args: argparse.Namespace) -> int:
+    from proxy.bench import batch_create, procs
+
+    options = batch_create.Options(args.lines, args.rounds, args.seconds, args.workers,
+                                   args.rate, tuple(args.code))
+    try:
+        with procs.stopped_by_sigterm():
+            print(batch_create.main(options))
+    except procs.BenchError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 1
     return 0

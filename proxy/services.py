@@ -15,6 +15,7 @@ from proxy.billing.writer import Writer
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.media import MediaStore
+from proxy.offload import Offload
 from proxy.routing.router import Router
 from proxy.state import RateLimits, State
 
@@ -36,6 +37,8 @@ class Services:
     ledger_writes: Writer = field(default_factory=lambda: Writer(LEDGER_THREADS))
     # Identical cacheable requests in flight in this process (proxy/api/caching.py).
     flights: Flights = field(default_factory=Flights)
+    # A process for CPU-bound work (a batch's lines checked), started when first needed.
+    offload: Offload = field(default_factory=Offload)
 
     @property
     def limits(self) -> RateLimits:

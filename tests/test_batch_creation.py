@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Final
 
 import httpx
 import openai
@@ -17,7 +18,7 @@ import orjson
 from proxy.billing.store import Store
 from tests.serving import Served
 
-ENDPOINT = "/v1/images/generations"
+ENDPOINT: Final = "/v1/images/generations"
 LINES = 50_000
 
 
@@ -74,3 +75,48 @@ def test_other_requests_do_not_wait_while_a_big_batch_is_created(tmp_path: Path)
         assert batch.status == "in_progress" and batch.request_counts is not None
         assert batch.request_counts.total == LINES
         assert max(during) < max(0.5, 2 * max(baseline))
+
+
+def children(pid: int) -> dict[int, str]:
+    """The processes whose parent is `pid`: their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_bytes()
+            if entry.name.isdigit() and int(stat.rpartition(b")")[2].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")\
+                    .decode()
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_the_lines_are_checked_in_a_process_of_their_own(tmp_path: Path) -> None:
+    """Checked on a thread, 50,000 lines held the server's GIL for over a second; in a
+    process of its own (started at the first batch, stopped with the server) they never do."""
+    with Served(tmp_path / "data") as served:
+        assert served.process is not None
+        with Store(tmp_path / "data" / "switchyard.db") as store:
+            key = store.create_key("big")[1]
+        assert not [c for c in children(served.process.pid).values() if "spawn_main" in c]
+        sdk = openai.OpenAI(base_url=f"{served.base}/v1", api_key=key, max_retries=0,
+                            timeout=600)
+        content = b"\n".join(orjson.dumps({"custom_id": f"item-{i}", "method": "POST",
+                                           "url": ENDPOINT, "body": {"model": "test-image",
+                                                                     "prompt": f"p{i}"}})
+                             for i in range(5_000)) + b"\nnot json\n"
+        upload = sdk.files.create(file=("big.jsonl", content), purpose="batch")
+        batch = sdk.batches.create(input_file_id=upload.id, endpoint=ENDPOINT,
+                                   completion_window="24h")
+        assert batch.request_counts is not None and batch.request_counts.total == 5_001
+        assert batch.request_counts.failed == 1
+        workers = [pid for pid, command in children(served.process.pid).items()
+                   if "spawn_main" in command]
+        assert len(workers) == 1, children(served.process.pid)
+        assert cpu_ticks(workers[0]) > 0
+    assert not Path(f"/proc/{workers[0]}").exists()  # stopped with the server, not left behind

@@ -17,12 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy import tracing
-from proxy.api import batch_inputs, idempotent, inputs
+from proxy.api import batch_inputs, batch_lines, idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.jobs import queue_full
-from proxy.api.openai_schema import from_json
-from proxy.billing.batches import MAX_REQUESTS, Batch, StoredFile
+from proxy.billing.batches import Batch, StoredFile
 from proxy.billing.idempotency import Once
 from proxy.billing.keys import KeyRecord
 from proxy.billing.queue_cap import QueueFull
@@ -108,10 +107,12 @@ async def create_batch(request: Request) -> Response:
     stored = await asyncio.to_thread(svc.store.batches.file, ask.input_file_id, key.id)
     if stored is None or stored.content is None:
         raise bad_request("input_file_id", "no such input file for this key")
-    # 50,000 lines take seconds to check and write: on threads, never on the event loop.
-    items, errors = await asyncio.to_thread(
-        _items, stored.content, endpoint,
-        lambda body: from_json(svc, key, endpoint.rsplit("/", 1)[-1], body))
+    # 50,000 lines take seconds of pure Python to check: in the worker process, whose GIL
+    # is not the event loop's (batch_lines.py); the writing is mostly I/O, on a thread.
+    checked = await svc.offload.run(batch_lines.check, stored.content, endpoint, svc.catalog,
+                                    key)
+    checked.raise_if_refused()
+    items, errors = await asyncio.to_thread(checked.items), checked.errors
     table = svc.store.batches
     try:
         staged = await asyncio.to_thread(table.stage, key.id, endpoint, stored.id, window,
@@ -147,54 +148,6 @@ async def _found(svc: Services, batch_id: str) -> Batch:
     if batch is None:
         raise ApiError(404, "no such batch for this key", code="not_found")
     return batch
-
-
-def _items(content: bytes, endpoint: str, check: Any) -> tuple[list[tuple[str, bytes]], bytes]:
-    """Valid (custom_id, body JSON) items, and JSONL error lines for the rest."""
-    lines = [line for line in content.splitlines() if line.strip()]
-    if len(lines) > MAX_REQUESTS:
-        raise bad_request("input_file_id", f"a batch holds at most {MAX_REQUESTS} requests")
-    items: list[tuple[str, bytes]] = []
-    errors: list[bytes] = []
-    seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        custom_id, problem = _check_line(line, endpoint, check, seen)
-        if problem is None:
-            items.append((custom_id or "", orjson.dumps(orjson.loads(line)["body"])))
-        else:
-            errors.append(orjson.dumps({
-                "id": f"batch_req_line_{number}", "custom_id": custom_id, "response": None,
-                "error": {"code": "invalid_request", "message": f"line {number}: {problem}"}}))
-    return items, b"\n".join(errors) + (b"\n" if errors else b"")
-
-
-def _check_line(line: bytes, endpoint: str, check: Any,
-                seen: set[str]) -> tuple[str | None, str | None]:
-    try:
-        item = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None, "not valid JSON"
-    if not isinstance(item, dict):
-        return None, "not a JSON object"
-    try:
-        inputs.nul_free(item)
-    except ApiError as exc:
-        return None, exc.message
-    custom_id = item.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        return None, "'custom_id' is required"
-    if custom_id in seen:
-        return custom_id, f"custom_id {custom_id!r} is used twice"
-    seen.add(custom_id)
-    if item.get("method") != "POST" or item.get("url") != endpoint:
-        return custom_id, f"each line must be a POST to {endpoint}"
-    if not isinstance(item.get("body"), dict):
-        return custom_id, "'body' must be an object"
-    try:
-        check(dict(item["body"]))
-    except ApiError as exc:
-        return custom_id, f"{exc.param or 'body'}: {exc.message}"
-    return custom_id, None
 
 
 async def _batch_object(svc: Services, batch: Batch) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from proxy.api.errors import bad_request
 from proxy.api.policy import request_policy
 from proxy.api.uploads import image_ref
 from proxy.billing.keys import KeyRecord
-from proxy.catalog import BACKGROUNDS, Model
+from proxy.catalog import BACKGROUNDS, Catalog, Model
 from proxy.domain import (
     ASPECT_RATIOS,
     OUTPUT_FORMATS,
@@ -203,6 +203,13 @@ def from_json(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, Any]
               strategy_header: str | None = None) -> tuple[Model, ImageRequest]:
     """A JSON images request (generations, or edits with `images: [{image_url}]`) parsed and
     validated: what the handlers and the job worker share."""
+    return json_request(svc.catalog, key, endpoint, data, strategy_header)
+
+
+def json_request(catalog: Catalog, key: KeyRecord, endpoint: str, data: dict[str, Any],
+                 strategy_header: str | None = None) -> tuple[Model, ImageRequest]:
+    """from_json on the catalog alone: what a process without the app's services (a batch's
+    line checker, proxy/api/batch_lines.py) can call."""
     images: tuple[InputImage, ...] = ()
     mask = None
     if endpoint == "edits":
@@ -212,7 +219,7 @@ def from_json(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, Any]
         if not images:
             raise bad_request("image", "'image' is required: upload at least one image",
                               code="missing_required_parameter")
-    model, suffix = resolve_model(svc.catalog, model_name(data), key)
+    model, suffix = resolve_model(catalog, model_name(data), key)
     policy = request_policy(data.get("route"), strategy_header, suffix)
     kind: Kind = "edit" if endpoint == "edits" else "generate"
     return model, parse(kind, Body(data, form=False), model, policy, images, mask)

@@ -1,0 +1,174 @@
+"""`switchyard bench batch-create`: other tenants' latency while a 50,000-line batch is created
+(issue 18.3: "other requests' p99 unchanged"), through a real `serve`.
+
+Each round, for each code tree, a fresh `serve` (a data dir of its own) in front of the fake
+upstream: one key uploads a batch input file and creates a 10-line batch (so both sides start
+warm), then hey sends another key's image requests at a steady rate (workers x requests/s
+each, well below what the server can do, so latency is the server's, not a queue's) for
+`seconds`: the baseline. Then hey again, and meanwhile the big batch is created; the requests
+in flight at any moment of that creation are the "during" figures. Several `--code` trees
+(checkout roots: `git archive` of two commits, say) are served in turn, the first side
+rotating each round, because a shared machine's noise drifts.
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+from proxy.bench import procs
+from proxy.bench.hey import require
+from proxy.bench.load import PATH, percentile
+
+BODY = orjson.dumps({"model": procs.MODEL, "prompt": "bench payload=2000",
+                     "size": "1024x1024"})
+MAX_CREATE_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    lines: int = 50_000
+    rounds: int = 3
+    seconds: float = 3.0  # of baseline load
+    workers: int = 4  # hey -c
+    rate: float = 25.0  # requests/s per worker (hey -q)
+    codes: tuple[str, ...] = ()  # checkout roots; () is this installation's code
+
+
+@dataclass(frozen=True, slots=True)
+class Latencies:
+    """Sorted seconds of the requests answered 200, and how many were not."""
+
+    seconds: tuple[float, ...]
+    failed: int
+
+    def figures(self) -> str:
+        s = self.seconds
+        return (f"p50 {percentile(s, 0.5) * 1e3:5.1f}  p99 {percentile(s, 0.99) * 1e3:6.1f}  "
+                f"max {s[-1] * 1e3:6.1f} ms  ({len(s)} ok, {self.failed} failed)") if s \
+            else f"no request answered ({self.failed} failed)"
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    code: str
+    baseline: Latencies
+    during: Latencies
+    create_s: float
+
+
+def _hey(base_url: str, key: str, options: Options, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["hey", "-z", f"{seconds:g}s", "-c", str(options.workers), "-q", f"{options.rate:g}",
+         "-m", "POST", "-T", "application/json", "-H", f"Authorization: Bearer {key}",
+         "-d", BODY.decode(), "-o", "csv", f"{base_url}{PATH}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _rows(process: subprocess.Popen[str]) -> list[tuple[float, float, str]]:
+    """(start offset, latency, status) of each request, from hey's CSV."""
+    out, err = process.communicate()
+    if process.returncode not in (0, -signal.SIGINT):
+        raise procs.BenchError(f"hey failed ({process.returncode}): {err.strip()[:300]}")
+    rows = [row.split(",") for row in out.splitlines()[1:]]
+    return [(float(c[7]), float(c[0]), c[6]) for c in rows if len(c) >= 8]
+
+
+def _latencies(rows: Sequence[tuple[float, float, str]]) -> Latencies:
+    ok = sorted(latency for _, latency, status in rows if status == "200")
+    return Latencies(tuple(ok), len(rows) - len(ok))
+
+
+def batch_file(lines: int) -> bytes:
+    return b"\n".join(orjson.dumps({"custom_id": f"item-{i}", "method": "POST", "url": PATH,
+                                    "body": {"model": procs.MODEL, "prompt": f"p{i}"}})
+                      for i in range(lines)) + b"\n"
+
+
+def _create(http: httpx.Client, lines: int) -> None:
+    uploaded = http.post("/v1/files", data={"purpose": "batch"},
+                         files={"file": ("in.jsonl", batch_file(lines))})
+    uploaded.raise_for_status()
+    created = http.post("/v1/batches", json={"input_file_id": uploaded.json()["id"],
+                                             "endpoint": PATH, "completion_window": "24h"})
+    if created.status_code != 200:
+        raise procs.BenchError(f"batch creation answered {created.status_code}: "
+                               f"{created.text[:300]}")
+
+
+def _round(root: Path, code: str, options: Options, content: bytes) -> Round:
+    """One fresh `serve` of `code`: its baseline, then its figures during a creation."""
+    data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=root))
+    tenant, other = procs.create_key(data_dir), procs.create_key(data_dir)
+    settings = {"PYTHONPATH": code, "PYTHONSAFEPATH": "1"} if code else {}
+    with procs.switchyard(root / "routes", data_dir, settings=settings) as server, \
+            httpx.Client(base_url=server.base_url, timeout=MAX_CREATE_S,
+                         headers={"authorization": f"Bearer {tenant}"}) as http:
+        _create(http, 10)
+        baseline = _rows(_hey(server.base_url, other, options, options.seconds))
+        uploaded = http.post("/v1/files", data={"purpose": "batch"},
+                             files={"file": ("big.jsonl", content)})
+        uploaded.raise_for_status()
+        hey = _hey(server.base_url, other, options, MAX_CREATE_S)
+        began = time.monotonic()
+        time.sleep(1.0)  # hey's workers under way
+        start = time.monotonic() - began
+        created = http.post("/v1/batches", json={"input_file_id": uploaded.json()["id"],
+                                                 "endpoint": PATH, "completion_window": "24h"})
+        end = time.monotonic() - began
+        hey.send_signal(signal.SIGINT)  # hey stops and writes what it has
+        rows = _rows(hey)
+        if created.status_code != 200:
+            raise procs.BenchError(f"batch creation answered {created.status_code}")
+    during = [row for row in rows if row[0] < end and row[0] + row[1] > start]
+    return Round(code or "installed", _latencies(baseline), _latencies(during), end - start)
+
+
+def main(options: Options) -> str:
+    require()
+    codes = options.codes or ("",)
+    rounds: list[Round] = []
+    out = [f"batch-create: another key's requests ({options.workers} hey workers x "
+           f"{options.rate:g}/s) before and while a {options.lines:,}-line batch is created; "
+           f"{options.rounds} round(s), a fresh serve per round and code"]
+    with tempfile.TemporaryDirectory(prefix="switchyard-batch-create-") as tmp, \
+            procs.upstream([2000], 0.0) as port:
+        root = Path(tmp)
+        procs.write_routes(root / "routes", port)
+        content = batch_file(options.lines)
+        for number in range(options.rounds):
+            shift = number % len(codes)  # the first side rotates
+            for code in (*codes[shift:], *codes[:shift]):
+                done = _round(root, code, options, content)
+                rounds.append(done)
+                out.append(f"round {number + 1} {Path(done.code).name:>10}: baseline "
+                           f"{done.baseline.figures()}")
+                out.append(f"{'':>19}during   {done.during.figures()}; created in "
+                           f"{done.create_s:.1f} s")
+    out += summary(rounds)
+    return "\n".join(out)
+
+
+def summary(rounds: Sequence[Round]) -> list[str]:
+    """Per code: the median over rounds of each p99, and of during / baseline."""
+    lines = ["medians over rounds (p99 ms: baseline, during, during/baseline; creation s):"]
+    for code in dict.fromkeys(r.code for r in rounds):
+        mine = [r for r in rounds if r.code == code and r.baseline.seconds and r.during.seconds]
+        if not mine:
+            continue
+        base = [percentile(r.baseline.seconds, 0.99) for r in mine]
+        during = [percentile(r.during.seconds, 0.99) for r in mine]
+        ratio = statistics.median(d / b for b, d in zip(base, during, strict=True))
+        lines.append(f"  {Path(code).name:>10}: {statistics.median(base) * 1e3:6.1f}  "
+                     f"{statistics.median(during) * 1e3:6.1f}  {ratio:4.2f}x  "
+                     f"{statistics.median(r.create_s for r in mine):4.1f} s")
+    return lines
