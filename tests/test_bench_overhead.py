@@ -23,7 +23,7 @@ import PIL.Image
 import pytest
 
 from proxy import catalog, cli, imaging, verify
-from proxy.bench import load, overhead, procs, real_images, upstream
+from proxy.bench import load, overhead, overhead_report, procs, real_images, upstream
 from proxy.bench.overhead import Scenario
 from proxy.bench.sides import Run
 from proxy.domain import Image
@@ -216,3 +216,18 @@ def test_sigterm_stops_the_processes_the_benchmark_started() -> None:
         for child in children:  # whatever a failure left behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+def test_the_workers_ceiling_is_what_the_cores_leave_after_the_others() -> None:
+    def run(server_cpu_s: float, busy_s: float) -> Run:
+        return Run(1.0, (0.001,) * 1000, Counter({"200": 1000}), 0.2, server_cpu_s, busy_s, 1.0)
+
+    # 1 ms of Switchyard's CPU and 0.5 ms of everyone else's per request: 2 cores serve at
+    # most 2 / 1.5 ms = 1333 req/s, where one worker bound by its core serves 1000.
+    row = overhead.Row(Scenario(2_000, 64), direct=(run(0.0, 1.0),), relayed=(run(0.2, 0.5),),
+                       proxied=(run(1.0, 1.5),), workers=(run(1.3, 2.0),), idle_rss=0,
+                       peak_rss=(0,))
+    most, server, rest = overhead_report.workers_ceiling(row, 2, cores=2)
+    assert (most, server, rest) == (pytest.approx(4 / 3), pytest.approx(0.001),
+                                    pytest.approx(0.0005))
+    assert overhead_report.workers_ceiling(row, 2, cores=8)[0] == 2.0  # never past N workers

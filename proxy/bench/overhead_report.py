@@ -55,7 +55,7 @@ def render(rows: Sequence[Row], options: Options, wall_s: float) -> str:
                   f"{r.scenario.label} {r.peak_above_idle / 2**20:+.1f} MB "
                   f"(idle {r.idle_rss / 2**20:.0f} MB)" for r in rows),
               "", "Targets (issue 21)"]
-    lines += targets(rows) or ["(none of the target scenarios ran)"]
+    lines += targets(rows, options.workers) or ["(none of the target scenarios ran)"]
     lines += ["", f"load average {_loadavg()} at the end; wall time {wall_s:.1f} s"]
     return "\n".join(lines)
 
@@ -105,7 +105,7 @@ def _share(value: float | None, why: str) -> str:
     return f"{value:.0%}" if value is not None else f"withheld ({why})"
 
 
-def targets(rows: Sequence[Row]) -> list[str]:
+def targets(rows: Sequence[Row], workers: int = 1) -> list[str]:
     found = {(r.scenario.payload_chars, r.scenario.concurrency, r.scenario.fmt): r
              for r in rows}
     lines: list[str] = []
@@ -129,7 +129,8 @@ def targets(rows: Sequence[Row]) -> list[str]:
                      f">= {MIN_SMALL_RPS:.0f}")
     if (row := found.get((HUGE, 50, "png"))) is not None:
         lines.append(_memory_line(row))
-    lines += [_workers_line(found[key]) for key in ((SMALL, 64, "png"), (BIG, 8, "png"))
+    lines += [_workers_line(found[key], workers)
+              for key in ((SMALL, 64, "png"), (BIG, 8, "png"))
               if key in found and found[key].workers]
     return lines
 
@@ -149,12 +150,31 @@ def _memory_line(row: Row) -> str:
             f"({payloads / 2**20:.0f} MB), and {row.errors_5xx} 5xx")
 
 
-def _workers_line(row: Row) -> str:
+def _workers_line(row: Row, workers: int) -> str:
     gain = row.throughput(row.workers) / row.throughput(row.proxied)
     p99_many, p99_one = row.p99(row.workers), row.p99(row.proxied)
     passed = gain >= MIN_WORKER_GAIN and p99_many <= p99_one
+    cores = os.cpu_count() or 1
+    most, server, rest = workers_ceiling(row, workers, cores)
     return (f"{_verdict(passed)} {row.scenario.label}: workers {gain:.2f}x one worker's req/s "
-            f">= {MIN_WORKER_GAIN:g}x, p99 {p99_many * MS:.2f} <= {p99_one * MS:.2f} ms")
+            f">= {MIN_WORKER_GAIN:g}x, p99 {p99_many * MS:.2f} <= {p99_one * MS:.2f} ms; the "
+            f"most this machine allows is {most:.2f}x, since a request costs {server * MS:.2f} "
+            f"ms of Switchyard's core and {rest * MS:.2f} ms of the others' (hey, the fake "
+            f"host) on the same {cores} cores")
+
+
+def workers_ceiling(row: Row, workers: int, cores: int) -> tuple[float, float, float]:
+    """The most `workers` workers can serve over one on this machine, from where the one
+    worker's runs spent CPU: (ratio, Switchyard's ms per request, everything else's). One
+    worker is one event loop, bound by its core (1 / its CPU per request); N are bound by
+    the machine (cores / everything's CPU per request), as hey and the fake host share the
+    cores. The fleet benchmark's ceiling, for workers."""
+    server = row.cpu_per_request(row.proxied)
+    busy = row.median(row.proxied, lambda r: r.busy_s / max(1, len(r.latencies_s)))
+    rest = max(0.0, busy - server)
+    if server <= 0:
+        return 0.0, 0.0, rest
+    return min(float(workers), cores * server / (server + rest)), server, rest
 
 
 def _verdict(passed: bool) -> str:
