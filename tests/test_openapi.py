@@ -1,9 +1,11 @@
 """Switchyard's OpenAPI document: served without a key, current with OpenAI's spec and our own
-surface, and naming exactly the operations the app serves."""
+surface, and naming exactly the operations the app serves, on every client surface (OpenAI's,
+chat completions and Gemini's)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -11,6 +13,8 @@ import pytest
 from starlette.routing import Route
 
 from proxy.api import openapi_build
+from proxy.api.gemini import METHODS
+from proxy.api.openapi_gemini import is_gemini
 from proxy.app import build_app
 from tests.conftest import Running, make_config
 
@@ -19,10 +23,9 @@ OPENAI_SPEC = Path(__file__).parents[2] / "shared" / "openai-openapi" / "openapi
 UNDOCUMENTED = {("GET", "/metrics")}
 # and the console's page and its static files (HTML, CSS, JavaScript), not an API.
 UNDOCUMENTED |= {("GET", "/console"), ("GET", "/console/{name}")}
-# Surfaces for other clients carry their own formats: Gemini's (under /v1beta, and its
-# generateContent under /v1/models), and chat completions (issue 19), not yet described here.
-OTHER_SURFACES = ("/v1beta",)
-UNDOCUMENTED |= {("POST", "/v1/models/{model}"), ("POST", "/v1/chat/completions")}
+# A model's Gemini methods are one route ({model} holds "name:method"), documented as Google
+# writes them: a path per method.
+METHOD_SUFFIX = re.compile(r"(?<=\}):(" + "|".join(METHODS) + ")$")
 
 
 def test_the_document_is_served_without_a_key(server: Running) -> None:
@@ -44,18 +47,43 @@ def test_the_document_names_every_operation_served(tmp_path: Path) -> None:
     app = build_app(make_config(tmp_path))
     served = {(method, route.path) for route in app.routes if isinstance(route, Route)
               for method in route.methods or () if method != "HEAD"}
-    served = {(m, p) for m, p in served if not p.startswith(OTHER_SURFACES)} - UNDOCUMENTED
     document = json.loads(openapi_build.DOCUMENT.read_text())
-    documented = {(method.upper(), path) for path, item in document["paths"].items()
-                  for method in item}
-    assert documented == served
+    documented = {(method.upper(), METHOD_SUFFIX.sub("", path))
+                  for path, item in document["paths"].items() for method in item}
+    assert documented == served - UNDOCUMENTED
 
 
-def test_every_error_answer_is_openai_error_shaped() -> None:
+def test_every_gemini_method_is_documented_under_both_versions() -> None:
+    paths = json.loads(openapi_build.DOCUMENT.read_text())["paths"]
+    for version in ("v1beta", "v1"):
+        for method in METHODS:
+            assert set(paths[f"/{version}/models/{{model}}:{method}"]) == {"post"}
+    stream = paths["/v1beta/models/{model}:streamGenerateContent"]["post"]
+    alt = next(p for p in stream["parameters"] if p["name"] == "alt")
+    assert (alt["in"], alt["required"], alt["schema"]) == \
+        ("query", True, {"type": "string", "enum": ["sse"]})
+
+
+def test_every_error_answer_is_in_its_surfaces_shape() -> None:
+    """OpenAI's error body everywhere but on the Gemini surface, which answers Google's."""
     document = json.loads(openapi_build.DOCUMENT.read_text())
-    for item in document["paths"].values():
+    for path, item in document["paths"].items():
+        expected = "GoogleErrorResponse" if is_gemini(path) else "ErrorResponse"
         for operation in item.values():
             for status, response in operation["responses"].items():
                 if status.startswith("4"):
                     schema = response["content"]["application/json"]["schema"]
-                    assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+                    assert schema == {"$ref": f"#/components/schemas/{expected}"}, path
+
+
+@pytest.mark.parametrize(("path", "schema"), [
+    ("/v1/images/generations", "ImageGenStreamEvent"),
+    ("/v1/images/edits", "ImageEditStreamEvent"),
+    ("/v1/chat/completions", "CreateChatImageCompletionChunk"),
+    ("/v1beta/models/{model}:streamGenerateContent", "GeminiGenerateContentResponse"),
+])
+def test_streamed_answers_are_described(path: str, schema: str) -> None:
+    document = json.loads(openapi_build.DOCUMENT.read_text())
+    content = document["paths"][path]["post"]["responses"]["200"]["content"]
+    data = content["text/event-stream"]["schema"]["properties"]["data"]
+    assert f"#/components/schemas/{schema}" in json.dumps(data)

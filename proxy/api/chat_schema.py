@@ -33,7 +33,8 @@ REFUSED = {"tools": "tool calls", "tool_choice": "tool calls", "functions": "too
            "audio": "audio", "logprobs": "log probabilities",
            "top_logprobs": "log probabilities", "prediction": "predicted outputs",
            "web_search_options": "web search"}
-_ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant")
+MAX_N = 10
 _MESSAGE = frozenset({"role", "content", "name", "images"})
 
 
@@ -53,7 +54,7 @@ def translate(model: Model, data: dict[str, Any], policy: Policy) -> Translated:
     ratio, tier = _image_config(data.get("image_config"))
     asked = ImageRequest(
         kind="edit" if images else "generate", model=model.name,
-        prompt=prompt(texts, "messages"), n=body.integer("n", 1, 10, 1) or 1,
+        prompt=prompt(texts, "messages"), n=body.integer("n", 1, MAX_N, 1) or 1,
         geometry=shape(model, ratio, tier), output_format="png",
         response_format="b64_json", user=body.string("user"),
         seed=body.integer("seed", 0, 2**32 - 1), images=references(images, "messages"),
@@ -79,9 +80,9 @@ def _conversation(messages: Any) -> tuple[list[str], list[InputImage]]:
                                                      "for image models",
                                   code="unsupported_parameter")
         role = message.get("role")
-        if role not in _ROLES:
+        if role not in ROLES:
             raise bad_request(f"{where}.role", f"'{where}.role' must be one of "
-                                               f"{', '.join(_ROLES)}; got {role!r}")
+                                               f"{', '.join(ROLES)}; got {role!r}")
         said, shown = _content(message.get("content"), f"{where}.content")
         images += shown + _images(message.get("images"), f"{where}.images")
         if role != "assistant":  # the assistant's own words are not the prompt

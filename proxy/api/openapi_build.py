@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy import __version__
+from proxy.api import openapi_chat as chat
+from proxy.api import openapi_gemini as gemini
 from proxy.api import openapi_ours as ours
 from proxy.api.batch_inputs import ENDPOINTS
 from proxy.api.openai_schema import MAX_PROMPT
@@ -40,13 +42,15 @@ def build(openai: Json) -> Json:
     paths = {f"/v1{path}": {method: _operation(openai["paths"][path][method])
                             for method in methods} for path, methods in OPENAI.items()}
     _restrict_paths(paths)
-    paths.update(ours.paths())
-    for item in paths.values():
+    paths.update({**ours.paths(), **chat.paths(), **gemini.paths()})
+    for path, item in paths.items():
+        error = _ERRORS[gemini.is_gemini(path)]
         for operation in item.values():
             for status in ours.ERRORS:
-                operation["responses"].setdefault(status, ours.response(
-                    ours.ref("ErrorResponse"), "an error, in OpenAI's shape"))
-    available = {**copy.deepcopy(openai["components"]["schemas"]), **ours.schemas()}
+                operation["responses"].setdefault(status, error)
+    openai_schemas = copy.deepcopy(openai["components"]["schemas"])
+    available = {**openai_schemas, **ours.schemas(), **chat.schemas(openai_schemas, _MODEL),
+                 **gemini.schemas()}
     _restrict_schemas(available)
     schemas = _closure(available, _refs(paths))
     return {
@@ -55,7 +59,11 @@ def build(openai: Json) -> Json:
                  "description": "An OpenAI-compatible routing proxy for image generation. "
                                 "Operations under /v1 are OpenAI's (spec "
                                 f"{openai['info']['version']}), restricted to what Switchyard "
-                                "serves; what is marked 'Switchyard:' is ours."},
+                                "serves; what is marked 'Switchyard:' is ours. Chat "
+                                "completions serve the image models in the shape OpenRouter "
+                                "set for image output; under /v1beta (and its methods under "
+                                "/v1) is Gemini's own API, in Google's shapes and errors, "
+                                "for the google-genai SDK."},
         "servers": [{"url": "/"}],
         "security": [{"TenantKey": []}],
         "paths": paths,
@@ -63,8 +71,14 @@ def build(openai: Json) -> Json:
             "TenantKey": {"type": "http", "scheme": "bearer",
                           "description": "a tenant key (switchyard keys create NAME)"},
             "AdminKey": {"type": "http", "scheme": "bearer",
-                         "description": "the admin key (admin_key / SWITCHYARD_ADMIN_KEY)"}}},
+                         "description": "the admin key (admin_key / SWITCHYARD_ADMIN_KEY)"},
+            **gemini.SECURITY_SCHEMES}},
     }
+
+
+# An operation's 4xx answers: OpenAI's error body, or Google's on the Gemini surface.
+_ERRORS = {False: ours.response(ours.ref("ErrorResponse"), "an error, in OpenAI's shape"),
+           True: ours.response(ours.ref("GoogleErrorResponse"), "an error, in Google's shape")}
 
 
 def _operation(operation: Json) -> Json:
@@ -72,12 +86,21 @@ def _operation(operation: Json) -> Json:
 
 
 def _restrict_paths(paths: Json) -> None:
-    for path in ("/v1/images/generations", "/v1/images/edits"):
+    for path, kind, events in (("/v1/images/generations", "image_generation",
+                                "ImageGenStreamEvent"),
+                               ("/v1/images/edits", "image_edit", "ImageEditStreamEvent")):
         operation = paths[path]["post"]
         operation["parameters"] = [ours.STRATEGY_PARAMETER, ours.PREFER_PARAMETER,
                                    ours.IDEMPOTENCY_PARAMETER]
+        ok = ours.response(ours.ref("ImagesResponse"), "the images; with `stream: true`, "
+                                                       "OpenAI's events (an error after the "
+                                                       "first event comes as an `error` event)")
+        ok["content"]["text/event-stream"] = {"schema": ours.json_events(
+            {"anyOf": [ours.ref(events), ours.ref("ErrorResponse")]},
+            event={"type": "string", "enum": [f"{kind}.partial_image", f"{kind}.completed",
+                                              "error"]})}
         operation["responses"] = {
-            "200": {**ours.response(ours.ref("ImagesResponse")), "headers": ours.RESPONSE_HEADERS},
+            "200": {**ok, "headers": ours.RESPONSE_HEADERS},
             "202": ours.response(ours.ref("ImageJob"), "queued (Prefer: respond-async or "
                                                     "callback_url; JSON bodies only)")}
     paths["/v1/files/{file_id}/content"]["get"]["responses"]["200"] = {

@@ -187,6 +187,19 @@ def response(schema: Json, description: str = "OK") -> Json:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def json_events(data: Json, event: Json | None = None, done: str | None = None) -> Json:
+    """The schema of one event of a text/event-stream whose data are JSON matching `data`:
+    the event object ({event, data}) that OpenAPI 3.2's itemSchema describes, which
+    schemathesis reads a 3.1 document's event-stream schema as, the data checked through
+    contentMediaType and contentSchema. `done`: a last data line that is not JSON."""
+    payload: Json = {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": data}
+    if done is not None:
+        payload = {"anyOf": [{"const": done}, payload]}
+    properties = {"data": payload} if event is None else {"event": event, "data": payload}
+    return {"type": "object", "required": ["data"], "properties": properties}
+
+
 def _path(name: str, description: str) -> Json:
     return {"in": "path", "name": name, "required": True, "schema": STRING,
             "description": description}
