@@ -11,11 +11,12 @@ out, and the attempt is claimed again. Each attempt is logged; after the last ba
 gives up.
 
 Attempts are sent concurrently, each within its own deadline, and one key has at most
-PER_KEY_SENDING of them in flight per process: a tenant's hanging receivers hold only its own
-turns, never another tenant's webhook. Whatever one attempt raises is that attempt's failure.
-The receiver's address is checked (proxy.egress) and pinned for the connection: a name is
-resolved once, every address it has is checked, and the POST goes to the checked one with
-the name kept as Host and TLS server name. Redirects are not followed.
+PER_KEY_SENDING of them in flight in the whole fleet (counted from their leases, in the claim:
+a replica that dies holds its share only until they run out): a tenant's hanging receivers
+hold only its own turns, never another tenant's webhook. Whatever one attempt raises is that
+attempt's failure. The receiver's address is checked (proxy.egress) and pinned for the
+connection: a name is resolved once, every address it has is checked, and the POST goes to
+the checked one with the name kept as Host and TLS server name. Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 
 import httpx
 import orjson
@@ -44,7 +44,7 @@ WEBHOOK_DEADLINE_S = 20.0  # for a whole attempt (name lookup included): a dripp
 # WEBHOOK_DEADLINE_S, so a live sender reports long before its lease runs out.
 WEBHOOK_LEASE_S = 3 * WEBHOOK_DEADLINE_S
 MAX_SENDING = 64  # attempts in flight in one process
-PER_KEY_SENDING = 4  # of them, one key's at most
+PER_KEY_SENDING = 4  # one key's at most, in all the fleet's processes together
 
 
 class Signer:
@@ -81,29 +81,21 @@ class Webhooks:
             timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
             limits=httpx.Limits(max_connections=MAX_SENDING, max_keepalive_connections=0))
         self._failures = Failures("webhooks")
-        self._sending: dict[asyncio.Task[None], str] = {}  # attempt -> its key id
-        self._per_key: Counter[str] = Counter()
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def deliver_due(self) -> None:
-        """Claim the attempts that are due, as far as there is room (in all, and for each
-        key), and start sending them; returns without waiting for them."""
+        """Claim the attempts that are due, as far as there is room (in this process, and for
+        each key in the fleet), and start sending them; returns without waiting for them."""
         room = MAX_SENDING - len(self._sending)
         if room <= 0:
             return
         until = int(time.time() + WEBHOOK_LEASE_S)
         claimed = await asyncio.to_thread(self._jobs.claim_webhooks, until, room,
-                                          PER_KEY_SENDING, dict(self._per_key))
+                                          PER_KEY_SENDING)
         for job in claimed:
             task = asyncio.create_task(self._attempt(job, until))
-            self._sending[task] = job.key_id
-            self._per_key[job.key_id] += 1
-            task.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        key_id = self._sending.pop(task)
-        self._per_key[key_id] -= 1
-        if not self._per_key[key_id]:
-            del self._per_key[key_id]
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def settle(self) -> None:
         """Wait for the attempts in flight (tests; a shutdown cancels them instead)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +172,6 @@ class Jobs:
         return _job(rows[0]) if rows else None
 
     def claim_webhooks(self, until: int, limit: int = 20, per_key: int | None = None,
-                       busy: Mapping[str, int] | None = None,
                        now: float | None = None) -> list[Job]:
         """Up to `limit` jobs whose webhook attempt is due, leased to the caller until `until`
         (epoch s), so one process of a fleet POSTs it. While an attempt is `sending`, its
@@ -180,31 +179,36 @@ class Jobs:
         attempt is due again. Safe across processes as claim_many is: each UPDATE re-checks
         that its attempt is still due (PostgreSQL re-reads a row another claim just changed).
 
-        With `per_key`, no key gets more than that many attempts, counting those it already
-        has `busy` with the caller: a key with many due webhooks cannot crowd out the others,
-        whose turns come in the same claim."""
+        With `per_key`, no key has more than that many attempts in flight in the whole fleet:
+        those `sending` under a lease not yet run out, counted in the claim's transaction with
+        the key's other claims shut out (SQLite's write lock; on PostgreSQL a lock on the
+        key's row, as queue_cap.py takes). A key with many due webhooks cannot crowd out the
+        others, whose turns come in the same claim; a replica that dies holds its turns only
+        until their leases run out."""
         now_s = int(time.time() if now is None else now)
-        busy = busy or {}
-        room = {key: per_key - n for key, n in busy.items()} if per_key is not None else {}
-        full = [key for key, left in room.items() if left <= 0]
+        bound = per_key or limit
+        full = [key for key, n in _in_flight(self._db, now_s).items() if n >= bound] \
+            if per_key is not None else []
         unfull = f" AND key_id NOT IN ({', '.join('?' * len(full))})" if full else ""
         rows = self._db.query(
             f"SELECT id, key_id FROM (SELECT id, key_id, webhook_after, ROW_NUMBER() OVER "
             f"(PARTITION BY key_id ORDER BY webhook_after, id) AS turn FROM jobs "
             f"WHERE {_HOOK_DUE}{unfull}) AS due WHERE turn <= ? ORDER BY turn, webhook_after "
-            f"LIMIT ?", (now_s, *full, per_key or limit, limit))
-        chosen: list[str] = []
-        for job_id, key_id in rows:
-            if room.get(key_id, per_key or limit) > 0:
-                room[key_id] = room.get(key_id, per_key or limit) - 1
-                chosen.append(job_id)
+            f"LIMIT ?", (now_s, *full, bound, limit))
         won: list[str] = []
-        if chosen:
+        if rows:
             with self._db.transaction() as cur:
-                for job_id in chosen:
-                    if cur.execute(f"UPDATE jobs SET webhook_state = 'sending', webhook_after "
-                                   f"= ? WHERE id = ? AND {_HOOK_DUE}",
-                                   (until, job_id, now_s)) == 1:
+                keys = sorted({key_id for _, key_id in rows})
+                if per_key is not None and self._db.engine == "postgres":
+                    for key_id in keys:  # in one order everywhere: no deadlock between claims
+                        cur.query("SELECT id FROM api_keys WHERE id = ? FOR UPDATE", (key_id,))
+                busy = _in_flight(cur, now_s, keys) if per_key is not None else {}
+                room = {key_id: bound - busy.get(key_id, 0) for key_id in keys}
+                for job_id, key_id in rows:
+                    if room[key_id] > 0 and cur.execute(
+                            f"UPDATE jobs SET webhook_state = 'sending', webhook_after = ? "
+                            f"WHERE id = ? AND {_HOOK_DUE}", (until, job_id, now_s)) == 1:
+                        room[key_id] -= 1
                         won.append(job_id)
         return [job for job in map(self.get, won) if job is not None]
 
@@ -221,3 +225,12 @@ class Jobs:
 
     def count(self, state: str) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,))[0][0])
+
+
+def _in_flight(db: Cursor, now_s: int,
+               keys: Collection[str] | None = None) -> dict[str, int]:
+    """Webhook attempts `sending` under a lease that has not run out, per key (of `keys`)."""
+    among = f" AND key_id IN ({', '.join('?' * len(keys))})" if keys else ""
+    rows = db.query(f"SELECT key_id, COUNT(*) FROM jobs WHERE webhook_state = 'sending' AND "
+                    f"webhook_after > ?{among} GROUP BY key_id", (now_s, *(keys or ())))
+    return {str(key_id): int(n) for key_id, n in rows}

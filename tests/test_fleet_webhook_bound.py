@@ -1,0 +1,81 @@
+"""The per-key webhook bound holds for a fleet (issue 18.3): two real `switchyard serve`
+processes on one PostgreSQL database, one tenant's receivers hanging, and never more than
+PER_KEY_SENDING of its webhooks in flight in all (each process counted only its own: twice
+as many went out, and with N replicas N times). Another tenant's webhook still arrives.
+
+The database is the test's own (created and dropped here); without a reachable PostgreSQL the
+test skips with the reason, except in CI.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.api.job_webhooks import PER_KEY_SENDING
+from proxy.billing.store import Store
+from tests.databases import own_database
+from tests.receivers import Hanging, Receiver
+from tests.serving import Served
+
+OPENED = "127.0.0.2"  # the operator's allow-list opens it: the receivers listen there
+REPLICAS = 2
+HOOKS = 12
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[str, list[Served]]]:
+    with own_database("switchyard_hook_bound") as url:
+        replicas = [Served(tmp_path / f"replica-{i}", env={
+                        "SWITCHYARD_DATABASE_URL": url,
+                        "SWITCHYARD_CALLBACK_ALLOW_CIDRS": f"{OPENED}/32"})
+                    for i in range(REPLICAS)]
+        with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor() as pool:
+            list(pool.map(stack.enter_context, replicas))
+            yield url, replicas
+
+
+def _until(check: Callable[[], bool], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def _submit(replica: Served, key: str, hook: str) -> None:
+    answer = httpx.post(f"{replica.base}/v1/images/generations",
+                        headers={"authorization": f"Bearer {key}", "prefer": "respond-async"},
+                        json={"model": "test-image", "prompt": "x", "callback_url": hook})
+    assert answer.status_code == 202, answer.text
+
+
+def test_one_keys_webhooks_in_flight_stay_bounded_across_replicas(
+        fleet: tuple[str, list[Served]]) -> None:
+    url, replicas = fleet
+    with Store(url) as store:
+        slow, other = store.create_key("slow")[1], store.create_key("other")[1]
+    hanging, good = Hanging(OPENED), Receiver(host=OPENED)
+    try:
+        for i in range(HOOKS):
+            _submit(replicas[i % REPLICAS], slow, f"http://{OPENED}:{hanging.port}/hooks/{i}")
+        assert _until(lambda: hanging.accepted >= PER_KEY_SENDING, 15), hanging.accepted
+        _submit(replicas[1], other, good.url)
+        assert _until(lambda: len(good.seen) == 1, 10), "the other tenant's webhook waited"
+        # Every replica has looked for due webhooks several times meanwhile (once a second),
+        # and the hanging attempts are far from their 20 s deadline.
+        time.sleep(3.0)
+        in_flight = hanging.accepted
+        logs = [replica.log() for replica in replicas]
+    finally:
+        hanging.stop()
+        good.stop()
+    assert in_flight == PER_KEY_SENDING, (in_flight, [log[-1500:] for log in logs])
+    assert all("Traceback" not in log for log in logs)
