@@ -4,12 +4,15 @@ chat completions and Gemini's)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from starlette.routing import Route
 
 from proxy.api import openapi_build
@@ -17,6 +20,7 @@ from proxy.api.gemini import METHODS
 from proxy.api.openapi_gemini import is_gemini
 from proxy.app import build_app
 from tests.conftest import Running, make_config
+from tests.surfaces import picture
 
 OPENAI_SPEC = Path(__file__).parents[2] / "shared" / "openai-openapi" / "openapi.json"
 # Served, and not the document's: Prometheus' scrape (its own text format and token),
@@ -87,3 +91,77 @@ def test_streamed_answers_are_described(path: str, schema: str) -> None:
     content = document["paths"][path]["post"]["responses"]["200"]["content"]
     data = content["text/event-stream"]["schema"]["properties"]["data"]
     assert f"#/components/schemas/{schema}" in json.dumps(data)
+
+
+SCHEMA = schemathesis.openapi.from_path(str(openapi_build.DOCUMENT))
+USER = [{"role": "user", "content": [{"type": "text", "text": "a lighthouse"}]}]
+CONTENTS = [{"role": "user", "parts": [{"text": "a lighthouse"}]}]
+PNG = "data:image/png;base64," + base64.b64encode(picture(64, 64)).decode()
+# (method, documented path, the model it is asked of, body, query, status): each surface's
+# answers, whole and streamed, and its errors.
+ANSWERS: list[tuple[str, str, Any, dict[str, str], int]] = [
+    ("POST", "/v1/chat/completions", {"model": "test-image", "messages": USER, "n": 2}, {}, 200),
+    ("POST", "/v1/chat/completions", {"model": "test-image", "messages": USER, "n": 2,
+                                      "stream": True}, {}, 200),
+    ("POST", "/v1/chat/completions", {"model": "test-image", "messages": []}, {}, 400),
+    ("POST", "/v1beta/models/{model}:generateContent", {"contents": CONTENTS}, {}, 200),
+    ("POST", "/v1beta/models/{model}:streamGenerateContent",
+     {"contents": CONTENTS, "generationConfig": {"candidateCount": 2}}, {"alt": "sse"}, 200),
+    ("POST", "/v1/models/{model}:streamGenerateContent", {"contents": CONTENTS},
+     {"alt": "sse"}, 200),
+    ("POST", "/v1beta/models/{model}:generateContent", {"contents": []}, {}, 400),
+    ("GET", "/v1beta/models", None, {}, 200),
+    ("GET", "/v1beta/models/{model}", None, {}, 200),
+    ("GET", "/v1beta/models/{model}", None, {"key": "sy-wrong"}, 400),
+    ("POST", "/v1/images/generations", {"model": "test-image", "prompt": "x", "n": 2,
+                                        "stream": True}, {}, 200),
+    ("POST", "/v1/images/edits", {"model": "test-image", "prompt": "x", "stream": True,
+                                  "images": [{"image_url": PNG}]}, {}, 200),
+]
+
+
+def answer(server: Running, key: str, method: str, path: str, body: Any,
+           query: dict[str, str]) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}", "x-goog-api-key": key}
+    if "key" in query or not is_gemini(path):
+        del headers["x-goog-api-key"]
+    return httpx.request(method, server.base_url + path.replace("{model}", "test-image"),
+                         json=body, params=query, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "query", "status"), ANSWERS,
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_served_answers_match_the_document(server: Running, method: str, path: str,
+                                           body: Any, query: dict[str, str],
+                                           status: int) -> None:
+    """Streamed answers event by event, each event's data against the document's schema."""
+    response = answer(server, server.new_key(), method, path, body, query)
+    assert response.status_code == status, response.text
+    streamed = isinstance(body, dict) and (body.get("stream") or "alt" in query)
+    if status == 200:
+        assert response.headers["content-type"].startswith(
+            "text/event-stream" if streamed else "application/json")
+    SCHEMA[path][method].validate_response(response)
+
+
+@pytest.mark.parametrize(("path", "body", "query", "real", "wrong"), [
+    ("/v1/chat/completions", {"model": "test-image", "messages": USER, "stream": True}, {},
+     '"object":"chat.completion.chunk"', '"object":"chat.completion"'),
+    ("/v1beta/models/{model}:streamGenerateContent", {"contents": CONTENTS}, {"alt": "sse"},
+     '"role":"model"', '"role":"user"'),
+    ("/v1/images/generations", {"model": "test-image", "prompt": "x", "stream": True}, {},
+     '"type":"image_generation.completed"', '"type":"image_edit.completed"'),
+])
+def test_an_event_unlike_the_document_is_caught(server: Running, path: str, body: Any,
+                                                query: dict[str, str], real: str,
+                                                wrong: str) -> None:
+    """The check above reads every event: one event off the document fails it."""
+    response = answer(server, server.new_key(), "POST", path, body, query)
+    assert real in response.text
+    SCHEMA[path]["POST"].validate_response(response)
+    tampered = httpx.Response(200, headers={"content-type": response.headers["content-type"]},
+                              content=response.text.replace(real, wrong, 1).encode(),
+                              request=response.request)
+    tampered.elapsed = response.elapsed
+    with pytest.raises(AssertionError):
+        SCHEMA[path]["POST"].validate_response(tampered)
