@@ -189,6 +189,9 @@ BAD: list[tuple[Any, dict[str, str], int, str, str | None]] = [
     ({"contents": [{"parts": [{"text": "x"}]}], "prompt": "x"}, {}, 400, "INVALID_ARGUMENT",
      "prompt"),
     ({"generationConfig": {}}, {}, 400, "INVALID_ARGUMENT", "contents"),
+    ({"contents": [{"parts": [{"text": "x"}]}],  # was taken, and the image dropped
+      "systemInstruction": {"parts": [{"fileData": {"fileUri": "https://example.com/a.png"}}]}},
+     {}, 400, "INVALID_ARGUMENT", "systemInstruction.parts[0]"),
     ({"contents": [{"parts": [{"text": "  "}]}]}, {}, 400, "INVALID_ARGUMENT", "contents"),
     ({"contents": [{"role": "tool", "parts": [{"text": "x"}]}]}, {}, 400, "INVALID_ARGUMENT",
      "contents[0].role"),

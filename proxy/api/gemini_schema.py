@@ -106,6 +106,10 @@ def _conversation(top: dict[str, Any]) -> tuple[list[str], list[InputImage]]:
         for part in _parts(top["systemInstruction"], "systemInstruction"):
             if "text" in part.fields:
                 texts.append(part.text())
+            elif not part.fields.get("thought"):  # never dropped unsaid
+                raise bad_request(part.path, f"'{part.path}' must be a text part: a system "
+                                             "instruction is text only",
+                                  code="unsupported_value")
     contents = top.get("contents")
     if not isinstance(contents, list) or not contents:
         raise bad_request("contents", "'contents' is required: a list of turns, each with "

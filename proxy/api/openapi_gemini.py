@@ -78,7 +78,10 @@ def _request_schemas() -> Json:
                       "method": _STRING}, ("category", "threshold"))
     request = _object({
         "contents": {"type": "array", "minItems": 1, "items": ref("GeminiContent")},
-        "systemInstruction": ref("GeminiContent"),
+        "systemInstruction": _object({
+            "role": _STRING, "parts": {"type": "array", "items": _object({"text": _STRING},
+                                                                         ("text",))}},
+            ("parts",), "text only"),
         "generationConfig": ref("GeminiGenerationConfig"),
         "safetySettings": {"type": "array", "items": safety,
                            "description": "checked, then left to the hosts' own filters "
