@@ -121,11 +121,11 @@ ANSWERS: list[tuple[str, str, Any, dict[str, str], int]] = [
 
 
 def answer(server: Running, key: str, method: str, path: str, body: Any,
-           query: dict[str, str]) -> httpx.Response:
+           query: dict[str, str], model: str = "test-image") -> httpx.Response:
     headers = {"authorization": f"Bearer {key}", "x-goog-api-key": key}
     if "key" in query or not is_gemini(path):
         del headers["x-goog-api-key"]
-    return httpx.request(method, server.base_url + path.replace("{model}", "test-image"),
+    return httpx.request(method, server.base_url + path.replace("{model}", model),
                          json=body, params=query, headers=headers, timeout=30)
 
 
@@ -165,3 +165,16 @@ def test_an_event_unlike_the_document_is_caught(server: Running, path: str, body
     tampered.elapsed = response.elapsed
     with pytest.raises(AssertionError):
         SCHEMA[path]["POST"].validate_response(tampered)
+
+
+@pytest.mark.parametrize(("path", "body", "query"), [
+    ("/v1/chat/completions", {"model": "test-down", "messages": USER, "stream": True}, {}),
+    ("/v1beta/models/{model}:streamGenerateContent", {"contents": CONTENTS}, {"alt": "sse"}),
+    ("/v1/images/generations", {"model": "test-down", "prompt": "x", "stream": True}, {}),
+])
+def test_an_error_after_the_stream_began_is_described(
+        slow: Running, keepalive: float, path: str, body: Any, query: dict[str, str]) -> None:
+    """Every route of test-down fails after the first keep-alive: an event holds the error."""
+    response = answer(slow, slow.new_key(), "POST", path, body, query, model="test-down")
+    assert response.status_code == 200 and '"error"' in response.text, response.text
+    SCHEMA[path]["POST"].validate_response(response)
