@@ -7,7 +7,7 @@ Two passes. schemathesis draws valid and invalid requests from the document (pro
 a bounded number per operation, with values that broke handlers before mixed into every
 string and integer; on the chat and Gemini surfaces, whose handlers look the model up before
 they read the body, the model is mostly one the test catalog serves, so the bodies are read and
-answered). Then every path and query parameter of every operation gets each of
+answered: reach_the_answer). Then every path and query parameter of every operation gets each of
 those values in turn: schemathesis never puts control characters in a path, and a NUL in an
 id was a 500 on PostgreSQL. SWITCHYARD_FUZZ_EXAMPLES and SWITCHYARD_FUZZ_SEED run it longer
 or differently by hand; CI keeps the defaults (about a minute in all).
@@ -109,29 +109,35 @@ def surface_error_body(ctx: Any, response: schemathesis.Response,
     return True
 
 
-def served_model(case: schemathesis.Case) -> None:
-    """On the chat and Gemini surfaces, whose handlers look the model up before they read the
-    body, a model the test catalog serves in two cases of three (the drawn one in the rest):
-    every phase's cases then reach the body's checks. Chosen by the drawn value, so a run is
-    repeatable."""
-    if not (case.path == "/v1/chat/completions" or is_gemini(case.path)):
+def reach_the_answer(case: schemathesis.Case) -> None:
+    """On the chat and Gemini surfaces, a case that gets past the checks before the body's:
+    their handlers look the model up first, so the model is one the test catalog serves in two
+    cases of three (the drawn one in the rest, chosen by its value: a run is repeatable); and a
+    streamed request takes no Idempotency-Key (tests/test_e2e_streams.py checks that refusal),
+    so a streamed case is sent without one; and half the chat cases leave out `route`, whose
+    drawn constraints no route meets (the images API's cases fuzz it). Every phase's cases then
+    reach the body's checks, and the valid ones an answer, checked against the document."""
+    chat = case.path == "/v1/chat/completions"
+    if not (chat or is_gemini(case.path)):
         return
-    drawn = (case.path_parameters or {}).get("model")
-    if isinstance(case.body, dict) and case.path == "/v1/chat/completions":
-        drawn = case.body.get("model")
+    body = case.body if isinstance(case.body, dict) else {}
+    drawn = body.get("model") if chat else (case.path_parameters or {}).get("model")
     choice = zlib.crc32(repr(drawn).encode()) % (len(SERVED) + 1)
-    if choice == len(SERVED):
-        return
-    if "model" in (case.path_parameters or {}):
+    if choice < len(SERVED) and chat and body:
+        case.body = {**body, "model": SERVED[choice]}
+        if zlib.crc32(repr(body).encode()) % 2:  # routing is fuzzed on images
+            case.body.pop("route", None)
+    elif choice < len(SERVED) and "model" in (case.path_parameters or {}):
         case.path_parameters = {**case.path_parameters, "model": SERVED[choice]}
-    elif isinstance(case.body, dict):
-        case.body = {**case.body, "model": SERVED[choice]}
+    if body.get("stream") is True or case.path.endswith(":streamGenerateContent"):
+        case.headers = {k: v for k, v in (case.headers or {}).items()
+                        if k.lower() != "idempotency-key"}
 
 
 @SCHEMA.parametrize()
 @settings(deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_operation_answers_5xx(case: schemathesis.Case, target: Target) -> None:
-    served_model(case)
+    reach_the_answer(case)
     case.call_and_validate(base_url=target.base_url, headers=target.auth(case.path), timeout=30,
                            checks=[not_a_server_error, response_schema_conformance,
                                    surface_error_body])

@@ -19,8 +19,6 @@ from proxy.domain import ASPECT_RATIOS, TIERS
 
 Json = dict[str, Any]
 _STRING = {"type": "string"}
-# Blank texts are skipped, and a conversation without any other text is refused (400).
-_TEXT = {"type": "string", "pattern": "\\S", "description": "text to draw (not blank)"}
 _IMAGE_ITEM: Json = {
     "type": "object", "required": ["image_url"],
     "properties": {"type": {"type": "string", "enum": ["image_url"]},
@@ -39,7 +37,7 @@ def _openai_field(openai: Json, name: str) -> Json:
 
 def _request(openai: Json, model: Json) -> Json:
     text_part = copy.deepcopy(openai["ChatCompletionRequestMessageContentPartText"])
-    text_part["properties"]["text"] = _TEXT
+    text_part["properties"]["text"] = ours.TEXT
     image_part = copy.deepcopy(openai["ChatCompletionRequestMessageContentPartImage"])
     image_part["properties"]["image_url"]["properties"]["url"] = _IMAGE_ITEM[
         "properties"]["image_url"]["properties"]["url"]
@@ -50,7 +48,7 @@ def _request(openai: Json, model: Json) -> Json:
                        "edit), the assistant's earlier `images` included.",
         "properties": {
             "role": {"type": "string", "enum": list(ROLES)},
-            "content": {"anyOf": [_TEXT, {"type": "null"}, {
+            "content": {"anyOf": [ours.TEXT, {"type": "null"}, {
                 "type": "array", "items": {"anyOf": [ours.ref("ChatImageContentPartText"),
                                                      ours.ref("ChatImageContentPartImage")]}}]},
             "name": _STRING,

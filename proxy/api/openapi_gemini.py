@@ -15,7 +15,7 @@ from typing import Any
 from proxy.api.errors import google_status
 from proxy.api.gemini import MAX_PAGE, METHODS
 from proxy.api.gemini_schema import CONFIG_HINTS, IMAGE_SIZES, MAX_CANDIDATES, THRESHOLDS
-from proxy.api.openapi_ours import json_events, ref, response
+from proxy.api.openapi_ours import TEXT, json_events, ref, response
 from proxy.domain import ASPECT_RATIOS
 
 Json = dict[str, Any]
@@ -50,6 +50,7 @@ def _request_schemas() -> Json:
     config = _object({
         "responseModalities": {"type": "array", "items": {"type": "string",
                                                           "enum": ["TEXT", "IMAGE"]},
+                               "contains": {"const": "IMAGE"},
                                "description": "must include IMAGE; TEXT lets the answer "
                                               "carry the host's words"},
         "imageConfig": image_config,
@@ -59,20 +60,27 @@ def _request_schemas() -> Json:
         **{name: _HINT_SCHEMAS[name] for name in CONFIG_HINTS}},
         description="Hints no image host takes (temperature…) are accepted and named in the "
                     "x-switchyard-ignored header.")
-    part = _object({
-        "text": _STRING,
+    kinds = {
+        "text": TEXT,
         "inlineData": _object({"mimeType": _STRING, "displayName": _STRING,
                                "data": {"type": "string", "contentEncoding": "base64",
+                                        "minLength": 1,
                                         "description": "a PNG, JPEG or WebP image"}},
                               ("data",)),
         "fileData": _object({"mimeType": _STRING, "displayName": _STRING,
-                             "fileUri": {"type": "string",
+                             "fileUri": {"type": "string", "pattern": "^(https://|data:)",
                                          "description": "an https:// or data: URL"}},
-                            ("fileUri",)),
-        "thought": {"type": "boolean"}, "thoughtSignature": _STRING},
-        description="Exactly one of text, inlineData, fileData (thought parts are left out).")
+                            ("fileUri",))}
+    thought = {"thought": {"type": "boolean"}, "thoughtSignature": _STRING}
+    part = {"oneOf": [_object({name: schema, **thought}, (name,)) for name, schema in
+                      kinds.items()],
+            "description": "Exactly one of text, inlineData, fileData (thought parts are left "
+                           "out)."}
     content = _object({"role": {"type": "string", "enum": ["user", "model"]},
-                       "parts": {"type": "array", "items": ref("GeminiPart")}}, ("parts",))
+                       "parts": {"type": "array", "minItems": 1,
+                                 "items": ref("GeminiPart")}}, ("parts",),
+                      "A turn. The user turns' text is the prompt (a conversation without any "
+                      "is refused); every image is a reference image.")
     safety = _object({"category": {"type": "string", "pattern": "^HARM_CATEGORY_"},
                       "threshold": {"type": "string", "enum": sorted(THRESHOLDS)},
                       "method": _STRING}, ("category", "threshold"))

@@ -28,6 +28,9 @@ def _nullable(schema: Json) -> Json:
 
 
 STRING = {"type": "string"}
+# A prompt's text on the chat and Gemini surfaces: blank texts are skipped, and a conversation
+# without any other text is refused (400).
+TEXT = {"type": "string", "pattern": "\\S", "description": "text to draw (not blank)"}
 UNIX = {"type": "integer", "format": "unixtime"}
 ERRORS = ("400", "401", "403", "404", "405", "409", "413", "415", "429", "503")
 
