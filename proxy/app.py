@@ -55,7 +55,7 @@ from proxy.providers.callbacks import Callbacks
 from proxy.providers.grouping import Groups
 from proxy.routing.health import Health
 from proxy.routing.router import Router
-from proxy.services import Services
+from proxy.services import Services, ledger_writer
 from proxy.upstream import clients as upstream_clients
 from proxy.upstream.credentials import Credentials
 
@@ -136,6 +136,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
                           max_pixels=config.max_image_pixels,
                           groups=Groups(flows.run_steps, refs=store.jobs)),
             store=store, keys=KeyFinder(store), media=media,
+            ledger_writes=ledger_writer(store.db.engine),
         )
         for line in describe(live):
             log.info("%s", line)

@@ -45,6 +45,12 @@ class Services:
         return self.state.limits
 
 
+def ledger_writer(engine: str) -> Writer:
+    """SQLite is one connection behind a lock: a second thread would only queue on it (and
+    take writes a batch could have carried); PostgreSQL's pool takes LEDGER_THREADS at once."""
+    return Writer(1 if engine == "sqlite" else LEDGER_THREADS)
+
+
 def services(request: Request) -> Services:
     found = request.app.state.services
     assert isinstance(found, Services)

@@ -130,6 +130,28 @@ def test_a_refused_settle_leaves_no_hold_and_no_bill_once_the_database_is_back(
         assert spent_and_held(store, key.id) == (Decimal("0.05"), Decimal(0))
 
 
+def test_settles_written_together_bill_each_once_and_are_refused_together(
+        database: str) -> None:
+    with Store(database) as store:
+        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(10)))[0]
+        flaky = Flaky(store.db)
+        money = Money(flaky, store.deferred)
+        held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal(10)))
+        settles = [(held, entry("req_1", key.id, "0.05"), "total"),
+                   (None, entry("req_2", key.id, "0.02"), "total"),
+                   (None, entry("req_2", key.id, "0.02"), "total")]  # a retry, in the batch
+        assert money.settle_each(settles) == [None, None, None]
+        assert spent_and_held(store, key.id) == (Decimal("0.07"), Decimal(0))
+        flaky.down = True
+        refused = money.settle_each([(None, entry("req_3", key.id), "total"),
+                                     (None, entry("req_4", key.id), "total")])
+        assert all(isinstance(exc, DatabaseUnavailable) for exc in refused)
+        assert len(store.deferred) == 2
+        flaky.down = False
+        assert store.deferred.retry() == 2
+        assert spent_and_held(store, key.id) == (Decimal("0.07"), Decimal(0))
+
+
 def test_a_settle_committed_then_cut_off_is_no_bill_for_the_503_the_client_got(
         database: str) -> None:
     """The settle commits, its answer is lost, and the database is away for every retry: the

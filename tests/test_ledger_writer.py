@@ -127,3 +127,44 @@ def test_a_writer_that_never_wrote_starts_no_threads() -> None:
     before = threading.active_count()
     Writer(8).shutdown()
     assert threading.active_count() == before
+
+
+def test_writes_queued_together_go_to_their_each_as_one_list() -> None:
+    writer, calls = Writer(1), []
+    gate = threading.Event()
+
+    def each(items: list[int]) -> list[BaseException | None]:
+        calls.append(list(items))
+        return [ValueError(f"item {i}") if i == 2 else None for i in items]
+
+    async def go() -> list[BaseException | None]:
+        blocker = asyncio.ensure_future(writer.run(gate.wait, 5))  # the thread is busy
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.ensure_future(writer.each(each, i)) for i in range(4)]
+        writer.later_each(each, 9)
+        writer.send_later()
+        await asyncio.sleep(0.01)
+        gate.set()
+        await blocker
+        return list(await asyncio.gather(*waiting, return_exceptions=True))
+
+    outcomes = asyncio.run(go())
+    writer.shutdown()
+    assert calls == [[0, 1, 2, 3], [9]]  # one call for the four answered, the later one after
+    assert outcomes[:2] == [None, None] and outcomes[3] is None
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "item 2"
+
+
+def test_an_each_that_raises_fails_every_item_it_was_given() -> None:
+    writer = Writer(1)
+
+    def broken(items: list[int]) -> list[BaseException | None]:
+        raise RuntimeError("disk full")
+
+    async def go() -> None:
+        with pytest.raises(RuntimeError, match="disk full"):
+            await writer.each(broken, 1)
+        assert await writer.run(lambda: 7) == 7  # the thread goes on
+
+    asyncio.run(go())
+    writer.shutdown()

@@ -363,16 +363,7 @@ class _Ledger:
         """After the response went out: mark the row delivered and refresh the budget gauge
         on a ledger thread, with the next ledger write (nothing waits for either, and a
         write of their own would wake a thread for each request)."""
-        self.svc.ledger_writes.later(self._mark_delivered)
-
-    def _mark_delivered(self) -> None:
-        money = self.svc.store.money
-        money.delivered(self.request_id)
-        budget = self.key.limits.budget_usd
-        if budget is not None:
-            spent, held = money.spent(self.key.id, self.period)
-            metrics.BUDGET_REMAINING.labels(_key_label(self.svc, self.key)).set(
-                float(budget - spent - held))
+        self.svc.ledger_writes.later_each(_mark_delivered, self)
 
     async def _write(self, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)` on a ledger thread: database I/O stays off the event loop."""
@@ -382,7 +373,8 @@ class _Ledger:
         metrics.LEDGER_BACKLOG.inc()
         try:
             with tracing.ledger(entry):
-                await self._write(self.svc.store.money.settle, reservation, entry, self.period)
+                await self.svc.ledger_writes.each(self.svc.store.money.settle_each,
+                                                  (reservation, entry, self.period))
         finally:
             metrics.LEDGER_BACKLOG.dec()
 
@@ -398,3 +390,19 @@ class _Ledger:
             outcome=outcome, failure=None if outcome in BILLED else outcome,
             attempts=attempts, upstream_id=upstream_id,
             idempotency_key=self.idempotency_key, created_at=int(time.time()))
+
+
+def _mark_delivered(ledgers: list[_Ledger]) -> list[BaseException | None]:
+    """On a ledger thread: mark the rows delivered (one transaction for those that went
+    together) and refresh the budget gauge once per key and window among them."""
+    svc = ledgers[0].svc
+    done = svc.store.money.delivered_each([ledger.request_id for ledger in ledgers])
+    budgets = {(ledger.key.id, ledger.period): ledger for ledger in ledgers
+               if ledger.key.limits.budget_usd is not None}
+    for ledger in budgets.values():
+        budget = ledger.key.limits.budget_usd
+        assert budget is not None
+        spent, held = svc.store.money.spent(ledger.key.id, ledger.period)
+        metrics.BUDGET_REMAINING.labels(_key_label(svc, ledger.key)).set(
+            float(budget - spent - held))
+    return done

@@ -16,8 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from proxy.billing.db import ConnectionLost, Cursor, Database, DatabaseUnavailable, retry_lost
 from proxy.billing.deferred import Deferred
@@ -89,6 +91,9 @@ _LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
 
 
 UNAVAILABLE = "database_unavailable"  # the outcome of a request whose settle was refused
+_MARK = "UPDATE ledger SET delivered_at = ? WHERE request_id = ?"
+# A request's settle: its reservation (None without a budget), its row, its budget window.
+Settle = tuple[str | None, Entry, str | None]
 
 
 class Money:
@@ -161,6 +166,23 @@ class Money:
             self._deferred.add(self._refused, reservation, unbilled(entry), period)
             raise
 
+    def settle_each(self, settles: list[Settle]) -> list[BaseException | None]:
+        """`settle` for the requests the ledger writer took together, in one transaction (one
+        commit, and its pages, for all). If the database refuses it, every one is refused as
+        `settle` refuses one; if it fails otherwise, each is settled alone, so a request fails
+        only for its own row."""
+        if len(settles) > 1:
+            try:
+                retry_lost(lambda: self._settle_all(settles))
+                return [None] * len(settles)
+            except DatabaseUnavailable as exc:
+                for reservation, entry, period in settles:
+                    self._deferred.add(self._refused, reservation, unbilled(entry), period)
+                return [DatabaseUnavailable(str(exc)) for _ in settles]
+            except Exception:  # each alone, below: only its own row fails a request
+                pass
+        return [_met(self.settle, *settle) for settle in settles]
+
     def _refused(self, reservation: str | None, entry: Entry, period: str | None) -> None:
         """The settle of a request that answered an error, once the database is back. If the
         first try had committed before its answer was lost, the client was billed for an
@@ -184,6 +206,11 @@ class Money:
     def _settle(self, reservation: str | None, entry: Entry, period: str | None) -> None:
         with self._db.transaction() as cur:
             self._settle_in(cur, reservation, entry, period)
+
+    def _settle_all(self, settles: list[Settle]) -> None:
+        with self._db.transaction() as cur:
+            for reservation, entry, period in settles:
+                self._settle_in(cur, reservation, entry, period)
 
     def _settle_in(self, cur: Cursor, reservation: str | None, entry: Entry,
                    period: str | None) -> None:
@@ -209,14 +236,26 @@ class Money:
     def delivered(self, request_id: str) -> None:
         """The response was handed to the client's connection. A success row without this
         was written but its response never left (the process died in between)."""
+        self.delivered_each([request_id])
+
+    def delivered_each(self, request_ids: list[str]) -> list[BaseException | None]:
+        """`delivered` for the responses the ledger writer took together, in one transaction;
+        kept for later (never refused) while the database is away."""
+        when = int(time.time())
         try:
-            self._mark(request_id, int(time.time()))
+            if len(request_ids) == 1:
+                self._mark(request_ids[0], when)
+            else:
+                with self._db.transaction() as cur:
+                    for request_id in request_ids:
+                        cur.execute(_MARK, (when, request_id))
         except DatabaseUnavailable:
-            self._deferred.add(self._mark, request_id, int(time.time()))
+            for request_id in request_ids:
+                self._deferred.add(self._mark, request_id, when)
+        return [None] * len(request_ids)
 
     def _mark(self, request_id: str, when: int) -> None:
-        self._db.execute("UPDATE ledger SET delivered_at = ? WHERE request_id = ?",
-                         (when, request_id))
+        self._db.execute(_MARK, (when, request_id))
 
     def sweep(self, older_than_s: float) -> int:
         """Release reservations older than any request can live (left by a crash), or past
@@ -239,6 +278,15 @@ class Money:
         rows = self._db.query(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE request_id = ?",
                               (request_id,))
         return Entry(*rows[0]) if rows else None
+
+
+def _met(call: Callable[..., None], *args: Any) -> BaseException | None:
+    """What `call(*args)` raised, or None."""
+    try:
+        call(*args)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def unbilled(entry: Entry) -> Entry:

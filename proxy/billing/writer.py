@@ -8,6 +8,11 @@ rides with the next answered write, run after that one is answered, so it costs 
 its own; a timer sends it if none comes within LATER_S. Such a write that fails is logged with
 its traceback (never its message: values may hold secrets) and counted as a background error
 (loop `delivered_marks`), and the thread goes on.
+
+Group commit: a thread takes every write queued behind the one it woke for (up to MAX_BATCH),
+and the writes of one `Each` function queued side by side (`each`, `later_each`: a settle, a
+delivered mark) go to it as one list, which it writes in one transaction. Under load a commit,
+and the pages it writes, is paid once per batch instead of once per request.
 """
 
 from __future__ import annotations
@@ -15,18 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
-from queue import SimpleQueue
+from collections.abc import Callable, Sequence
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 from proxy.supervise import Failures
 
 T = TypeVar("T")
 
-_Call = tuple[Callable[..., Any], tuple[Any, ...]]
-# (call, its args, who waits for it, calls that were waiting to go with the next write)
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None", list[_Call]]
+# Writes one item each, together: for each item None (written) or the exception that item
+# met; an exception raised by the call itself is every item's.
+Each = Callable[[list[Any]], Sequence[BaseException | None]]
+# (call, its args, batched: `call` is an Each and args is (item,))
+_Call = tuple[Callable[..., Any], tuple[Any, ...], bool]
+# (call, its args, batched, who waits for it, calls that were waiting to go with the next write)
+_Job = tuple[Callable[..., Any], tuple[Any, ...], bool, "asyncio.Future[Any] | None",
+             list[_Call]]
 LATER_S = 0.05  # the longest a `later` write waits for company
+MAX_BATCH = 64  # writes one thread takes at a time
 
 
 class Writer:
@@ -52,13 +63,27 @@ class Writer:
         """`call(*args)` on a writer thread; its result (or exception) here. Cancelling the
         caller does not stop a write already queued: it is written all the same."""
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._put((call, args, answer, self._take_later()))
+        self._put((call, args, False, answer, self._take_later()))
         return await answer
+
+    async def each(self, batch: Each, item: Any) -> None:
+        """`batch([item, ...])` on a writer thread, with the items of other callers queued
+        beside this one; raises what this item met."""
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put((batch, (item,), True, answer, self._take_later()))
+        await answer
 
     def later(self, call: Callable[..., Any], *args: Any) -> None:
         """`call(*args)` with the next write `run` sends, after that one is answered, or
         within LATER_S; nobody waits, and a failure is logged and counted."""
-        self._later.append((call, args))
+        self._add_later((call, args, False))
+
+    def later_each(self, batch: Each, item: Any) -> None:
+        """`later`, written with the other items of `batch` that go along."""
+        self._add_later((batch, (item,), True))
+
+    def _add_later(self, call: _Call) -> None:
+        self._later.append(call)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(LATER_S, self.send_later)
 
@@ -68,7 +93,7 @@ class Writer:
             self._timer.cancel()
             self._timer = None
         if self._later:
-            self._put((_nothing, (), None, self._take_later()))
+            self._put((_nothing, (), False, None, self._take_later()))
 
     def _take_later(self) -> list[_Call]:
         if not self._later:
@@ -79,7 +104,7 @@ class Writer:
     def shutdown(self) -> None:
         """Write everything queued, then stop the threads (blocking: call it off the loop)."""
         if self._later:  # left by a caller that did not send_later() on its loop
-            self._put((_nothing, (), None, self._take_later()))
+            self._put((_nothing, (), False, None, self._take_later()))
         if not self._started:
             return
         for _ in self._threads:
@@ -88,25 +113,67 @@ class Writer:
             thread.join()
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
-            call, args, answer, later = job
+        stop = False
+        while not stop and (job := self._queue.get()) is not None:
+            jobs, stop = self._behind(job)
+            for call, args, batched, answers in _grouped([job[:4] for job in jobs]):
+                for answer, outcome in zip(answers, _outcomes(call, args, batched), strict=True):
+                    if answer is not None:
+                        _answer(answer, *outcome)
+            later: list[_Step] = [(*call, None) for job in jobs for call in job[4]]
+            for call, args, batched, _ in _grouped(later):
+                for settle, value in _outcomes(call, args, batched):
+                    if settle is _fail:
+                        self._failures.failed(value)
+                    else:
+                        self._failures.succeeded()
+
+    def _behind(self, job: _Job) -> tuple[list[_Job], bool]:
+        """`job` and those queued behind it (up to MAX_BATCH); True if this thread's stop was
+        among them (it stops after writing them)."""
+        jobs = [job]
+        while len(jobs) < MAX_BATCH:
             try:
-                result = call(*args)
-            except BaseException as exc:  # handed to the waiter, or logged
-                if answer is None:
-                    self._failures.failed(exc)
-                else:
-                    _answer(answer, _fail, exc)
-            else:
-                if answer is not None:
-                    _answer(answer, _done, result)
-            for call, args in later:
-                try:
-                    call(*args)
-                except BaseException as exc:
-                    self._failures.failed(exc)
-                else:
-                    self._failures.succeeded()
+                more = self._queue.get_nowait()
+            except Empty:
+                break
+            if more is None:
+                return jobs, True
+            jobs.append(more)
+        return jobs, False
+
+
+_Step = tuple[Callable[..., Any], tuple[Any, ...], bool, "asyncio.Future[Any] | None"]
+# (call, its args or a batch's items, batched, their waiters)
+_Group = tuple[Callable[..., Any], list[Any], bool, list["asyncio.Future[Any] | None"]]
+
+
+def _grouped(steps: list[_Step]) -> list[_Group]:
+    """Steps in their order, a batched one joined with the next ones of the same Each."""
+    groups: list[_Group] = []
+    for call, args, batched, answer in steps:
+        if batched and groups and groups[-1][2] and groups[-1][0] == call:
+            groups[-1][1].extend(args)
+            groups[-1][3].append(answer)
+        else:
+            groups.append((call, list(args), batched, [answer]))
+    return groups
+
+
+_Outcome = tuple[Callable[["asyncio.Future[Any]", Any], None], Any]
+
+
+def _outcomes(call: Callable[..., Any], args: list[Any], batched: bool) -> list[_Outcome]:
+    """What each waiter of a group gets: (_done, result) or (_fail, exception)."""
+    try:
+        if not batched:
+            return [(_done, call(*args))]
+        met = list(call(args))
+        if len(met) != len(args):
+            raise RuntimeError(f"{call!r} answered {len(met)} of {len(args)} items")
+    except BaseException as exc:  # handed to the waiters, or logged
+        return [(_fail, exc)] * (len(args) if batched else 1)
+    return [(_done, None) if exc is None else (_fail, exc) for exc in met]
 
 
 def _nothing() -> None:
