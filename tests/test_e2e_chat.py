@@ -198,6 +198,22 @@ def test_invalid_json_and_a_missing_key_are_openai_errors(server: Running) -> No
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize(("extra", "params"), [({"x-goog-api-key": "x"}, {}),
+                                               ({}, {"key": "x"})])
+def test_a_google_style_key_along_does_not_make_errors_googles(
+        server: Running, extra: dict[str, str], params: dict[str, str]) -> None:
+    """Chat is OpenAI's surface: its errors stay OpenAI's whatever else the client sends (a
+    Google-style key made them Google's once, as it does on GET /v1/models)."""
+    headers = {"authorization": f"Bearer {server.new_key()}", **extra}
+    answer = httpx.post(f"{server.v1}/chat/completions", content=b"{nope", headers=headers,
+                        params=params)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_json", answer.text
+    too_big = httpx.post(f"{server.v1}/chat/completions", content=b"x" * (5 * 1024 * 1024),
+                         headers=headers, params=params)
+    assert too_big.status_code == 413 and isinstance(too_big.json()["error"]["type"], str)
+
+
 def test_hints_no_host_takes_are_named_not_dropped(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="test-image", messages=USER, temperature=0.2, max_tokens=100)

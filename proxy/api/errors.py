@@ -104,7 +104,9 @@ def is_google(scope: Scope) -> bool:
     """Whether a request is the Gemini surface's: under /v1beta, a model's method (where
     google-genai's default API version, v1, puts it), or carrying Google's style of key."""
     path = scope["path"]
-    if path.startswith("/admin/"):  # its own API, whose /admin/usage takes a `key` query
+    # The admin API (whose /admin/usage takes a `key` query) and chat completions are never
+    # Google's, whatever a client sends along.
+    if path.startswith(("/admin/", "/v1/chat/")):
         return False
     if path.startswith("/v1beta/") or path.endswith(GOOGLE_METHODS):
         return True
