@@ -35,7 +35,8 @@ def _openai_field(openai: Json, name: str) -> Json:
     return copy.deepcopy(own[name] if name in own else shared[name])
 
 
-def _request(openai: Json, model: Json) -> Json:
+def _messages(openai: Json) -> Json:
+    """A message and its content parts: text, and images by https:// or data: URL."""
     text_part = copy.deepcopy(openai["ChatCompletionRequestMessageContentPartText"])
     text_part["properties"]["text"] = ours.TEXT
     image_part = copy.deepcopy(openai["ChatCompletionRequestMessageContentPartImage"])
@@ -53,9 +54,13 @@ def _request(openai: Json, model: Json) -> Json:
                                                      ours.ref("ChatImageContentPartImage")]}}]},
             "name": _STRING,
             "images": {"type": "array", "items": ours.ref("ChatImageItem")}}}
+    return {"ChatImageContentPartText": text_part, "ChatImageContentPartImage": image_part,
+            "ChatImageMessage": message}
+
+
+def _request(openai: Json, model: Json) -> Json:
     return {
-        "ChatImageContentPartText": text_part, "ChatImageContentPartImage": image_part,
-        "ChatImageMessage": message,
+        **_messages(openai),
         "CreateChatImageCompletionRequest": {
             "type": "object", "required": ["model", "messages"], "additionalProperties": False,
             "dependentSchemas": {"stream_options": {  # OpenAI's rule
@@ -99,13 +104,12 @@ def _kept(openai: Json, name: str, keep: tuple[str, ...], extra: Json | None = N
     return schema
 
 
-def _choices(schema: Json, part: str, keep: tuple[str, ...]) -> None:
-    """Choices with `part` (message or delta) ours, and no log probabilities (always null)."""
+def _choices(schema: Json, part: str, part_schema: str) -> None:
+    """Choices with our `part` (message or delta), and no log probabilities (always null)."""
     items = schema["properties"]["choices"]["items"]
-    items["properties"] = {k: v for k, v in items["properties"].items() if k in keep}
-    items["properties"][part] = ours.ref("ChatImageResponseMessage" if part == "message"
-                                    else "ChatImageStreamDelta")
-    items["properties"]["logprobs"] = {"type": "null"}
+    items["properties"] = {"index": items["properties"]["index"],
+                           "finish_reason": items["properties"]["finish_reason"],
+                           part: ours.ref(part_schema), "logprobs": {"type": "null"}}
 
 
 def _response(openai: Json) -> Json:
@@ -115,13 +119,13 @@ def _response(openai: Json) -> Json:
     provider = {"type": "string", "description": "the provider that served it"}
     completion = _kept(openai, "CreateChatCompletionResponse", top,
                        {"usage": ours.ref("ChatImageUsage"), "provider": provider})
-    _choices(completion, "message", ("index", "finish_reason"))
+    _choices(completion, "message", "ChatImageResponseMessage")
     chunk = _kept(openai, "CreateChatCompletionStreamResponse", top, {
         "usage": ours.ref("ChatImageUsage"), "provider": provider,
         "switchyard": {"type": "object", "additionalProperties": _STRING,
                        "description": "on the last chunk: what the x-switchyard-* headers "
                                       "of a plain answer say"}})
-    _choices(chunk, "delta", ("index", "finish_reason"))
+    _choices(chunk, "delta", "ChatImageStreamDelta")
     return {
         "ChatImageItem": _IMAGE_ITEM,
         "ChatImageResponseMessage": _kept(openai, "ChatCompletionResponseMessage",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.api.errors import google_status
+from proxy.api.errors import GOOGLE_METHODS, google_status
 from proxy.api.gemini import MAX_PAGE, METHODS
 from proxy.api.gemini_schema import CONFIG_HINTS, IMAGE_SIZES, MAX_CANDIDATES, THRESHOLDS
 from proxy.api.openapi_ours import TEXT, json_events, ref, response
@@ -44,10 +44,11 @@ def _object(properties: Json, required: tuple[str, ...] = (), description: str =
     return schema
 
 
-def _request_schemas() -> Json:
+def _config() -> Json:
+    """generationConfig: what shapes the images, and the hints taken but not applied."""
     image_config = _object({"aspectRatio": {"type": "string", "enum": list(ASPECT_RATIOS)},
                             "imageSize": {"type": "string", "enum": list(IMAGE_SIZES)}})
-    config = _object({
+    return _object({
         "responseModalities": {"type": "array", "items": {"type": "string",
                                                           "enum": ["TEXT", "IMAGE"]},
                                "contains": {"const": "IMAGE"},
@@ -60,6 +61,9 @@ def _request_schemas() -> Json:
         **{name: _HINT_SCHEMAS[name] for name in CONFIG_HINTS}},
         description="Hints no image host takes (temperature…) are accepted and named in the "
                     "x-switchyard-ignored header.")
+
+
+def _request_schemas() -> Json:
     kinds = {
         "text": TEXT,
         "inlineData": _object({"mimeType": _STRING, "displayName": _STRING,
@@ -101,7 +105,7 @@ def _request_schemas() -> Json:
         "text; the reference images are every image in the conversation. Tools, cached "
         "content, structured or speech output are refused (400).")
     return {"GeminiGenerateContentRequest": request, "GeminiContent": content,
-            "GeminiPart": part, "GeminiGenerationConfig": config}
+            "GeminiPart": part, "GeminiGenerationConfig": _config()}
 
 
 def _response_schemas() -> Json:
@@ -218,4 +222,4 @@ def paths() -> Json:
 
 def is_gemini(path: str) -> bool:
     """Whether a documented path is the Gemini surface's (its errors are Google's)."""
-    return path.startswith("/v1beta/") or path.endswith(tuple(f":{m}" for m in METHODS))
+    return path.startswith("/v1beta/") or path.endswith(GOOGLE_METHODS)
