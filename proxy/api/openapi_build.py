@@ -1,7 +1,7 @@
 """Builds Switchyard's OpenAPI document, proxy/api/openapi.json (served at GET /openapi.json):
 the operations of OpenAI's spec that we serve, restricted to what we accept, plus our own
-(openapi_ours.py). Run it when either changes; tests/test_openapi.py checks the shipped copy
-is what this builds:
+(openapi_ours.py), chat completions (openapi_chat.py) and Gemini's API (openapi_gemini.py).
+Run it when any changes; tests/test_openapi.py checks the shipped copy is what this builds:
 
     python -m proxy.api.openapi_build ../shared/openai-openapi/openapi.json
 """
@@ -37,6 +37,10 @@ _SIZE = {"type": "string", "description": "`auto` or WIDTHxHEIGHT: Switchyard se
                                           "nearest shape and tier the model has, and says so "
                                           "in x-switchyard-size headers."}
 
+# An operation's 4xx answers: OpenAI's error body, or Google's on the Gemini surface.
+_ERRORS = {False: ours.response(ours.ref("ErrorResponse"), "an error, in OpenAI's shape"),
+           True: ours.response(ours.ref("GoogleErrorResponse"), "an error, in Google's shape")}
+
 
 def build(openai: Json) -> Json:
     paths = {f"/v1{path}": {method: _operation(openai["paths"][path][method])
@@ -47,7 +51,7 @@ def build(openai: Json) -> Json:
         error = _ERRORS[gemini.is_gemini(path)]
         for operation in item.values():
             for status in ours.ERRORS:
-                operation["responses"].setdefault(status, error)
+                operation["responses"].setdefault(status, copy.deepcopy(error))
     openai_schemas = copy.deepcopy(openai["components"]["schemas"])
     available = {**openai_schemas, **ours.schemas(), **chat.schemas(openai_schemas, _MODEL),
                  **gemini.schemas()}
@@ -74,11 +78,6 @@ def build(openai: Json) -> Json:
                          "description": "the admin key (admin_key / SWITCHYARD_ADMIN_KEY)"},
             **gemini.SECURITY_SCHEMES}},
     }
-
-
-# An operation's 4xx answers: OpenAI's error body, or Google's on the Gemini surface.
-_ERRORS = {False: ours.response(ours.ref("ErrorResponse"), "an error, in OpenAI's shape"),
-           True: ours.response(ours.ref("GoogleErrorResponse"), "an error, in Google's shape")}
 
 
 def _operation(operation: Json) -> Json:
