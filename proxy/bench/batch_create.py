@@ -129,8 +129,15 @@ def _round(root: Path, code: str, options: Options, content: bytes) -> Round:
         rows = _rows(hey)
         if created.status_code != 200:
             raise procs.BenchError(f"batch creation answered {created.status_code}")
-    during = [row for row in rows if row[0] < end and row[0] + row[1] > start]
-    return Round(code or "installed", _latencies(baseline), _latencies(during), end - start)
+    return Round(code or "installed", _latencies(baseline),
+                 _latencies(in_window(rows, start, end)), end - start)
+
+
+def in_window(rows: Sequence[tuple[float, float, str]], start: float,
+              end: float) -> list[tuple[float, float, str]]:
+    """The requests in flight at some moment from `start` to `end` (seconds from hey's
+    start): sent before it ended, answered after it began."""
+    return [row for row in rows if row[0] < end and row[0] + row[1] > start]
 
 
 def main(options: Options) -> str:
