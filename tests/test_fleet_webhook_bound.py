@@ -12,10 +12,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from proxy.api.job_webhooks import PER_KEY_SENDING
@@ -23,8 +22,8 @@ from proxy.billing.store import Store
 from tests.databases import own_database
 from tests.receivers import Hanging, Receiver
 from tests.serving import Served
+from tests.test_webhook_isolation import OPENED, _submit, _until
 
-OPENED = "127.0.0.2"  # the operator's allow-list opens it: the receivers listen there
 REPLICAS = 2
 HOOKS = 12
 
@@ -41,22 +40,6 @@ def fleet(tmp_path: Path) -> Iterator[tuple[str, list[Served]]]:
             yield url, replicas
 
 
-def _until(check: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
-def _submit(replica: Served, key: str, hook: str) -> None:
-    answer = httpx.post(f"{replica.base}/v1/images/generations",
-                        headers={"authorization": f"Bearer {key}", "prefer": "respond-async"},
-                        json={"model": "test-image", "prompt": "x", "callback_url": hook})
-    assert answer.status_code == 202, answer.text
-
-
 def test_one_keys_webhooks_in_flight_stay_bounded_across_replicas(
         fleet: tuple[str, list[Served]]) -> None:
     url, replicas = fleet
@@ -65,9 +48,10 @@ def test_one_keys_webhooks_in_flight_stay_bounded_across_replicas(
     hanging, good = Hanging(OPENED), Receiver(host=OPENED)
     try:
         for i in range(HOOKS):
-            _submit(replicas[i % REPLICAS], slow, f"http://{OPENED}:{hanging.port}/hooks/{i}")
+            hook = f"http://{OPENED}:{hanging.port}/hooks/{i}"
+            assert _submit(replicas[i % REPLICAS], slow, hook).status_code == 202
         assert _until(lambda: hanging.accepted >= PER_KEY_SENDING, 15), hanging.accepted
-        _submit(replicas[1], other, good.url)
+        assert _submit(replicas[1], other, good.url).status_code == 202
         assert _until(lambda: len(good.seen) == 1, 10), "the other tenant's webhook waited"
         # Every replica has looked for due webhooks several times meanwhile (once a second),
         # and the hanging attempts are far from their 20 s deadline.
