@@ -349,3 +349,29 @@ def test_an_idempotent_retry_is_answered_once(server: Running, api_key: str) -> 
     assert again.headers["idempotent-replayed"] == "true"
     assert first.json() == again.json()
     assert sum(r.request_id == first.json()["responseId"] for r in ledger(server)) == 1
+
+
+@pytest.mark.parametrize(("method", "path", "content"), [
+    ("POST", "/v1/images/generations", b"{nope"),
+    ("POST", "/v1/images/edits", b"{nope"),
+    ("GET", "/v1/batches?limit=abc", None),
+    ("POST", "/v1/batches", b"[]"),
+    ("GET", "/v1/files/file-none", None),
+    ("GET", "/v1/usage?format=xml", None),
+])
+@pytest.mark.parametrize("style", ["header", "query"])
+def test_openai_surfaces_answer_openai_errors_whatever_key_comes_along(
+        server: Running, api_key: str, method: str, path: str, content: bytes | None,
+        style: str) -> None:
+    """A client that sends a Google-style key along to OpenAI's surfaces still gets OpenAI's
+    error body, which its SDK reads (a Google-style key made them Google's once)."""
+    headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
+    if style == "header":
+        headers["x-goog-api-key"] = "x"
+    else:
+        path += ("&" if "?" in path else "?") + "key=x"
+    answer = httpx.request(method, server.base_url + path, content=content, headers=headers)
+    assert 400 <= answer.status_code < 500, answer.text
+    error = answer.json()["error"]
+    assert isinstance(error["message"], str) and "status" not in error, answer.text
+    assert "type" in error and "code" in error, answer.text

@@ -98,18 +98,20 @@ _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISS
                   429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 501: "UNIMPLEMENTED",
                   503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 _RPC = "type.googleapis.com/google.rpc."
+_NEVER_GOOGLE = ("/admin/", "/v1/chat/", "/v1/images/", "/v1/files", "/v1/batches",
+                 "/v1/usage", "/v1/activity", "/images/", "/callbacks/")
 
 
 def is_google(scope: Scope) -> bool:
     """Whether a request is the Gemini surface's: under /v1beta, a model's method (where
     google-genai's default API version, v1, puts it), or carrying Google's style of key."""
     path = scope["path"]
-    # The admin API (whose /admin/usage takes a `key` query) and chat completions are never
-    # Google's, whatever a client sends along.
-    if path.startswith(("/admin/", "/v1/chat/")):
-        return False
     if path.startswith("/v1beta/") or path.endswith(GOOGLE_METHODS):
         return True
+    # OpenAI's surfaces and our own (the admin API's /admin/usage takes a `key` query) are
+    # never Google's, whatever a client sends along; GET /v1/models serves both.
+    if path.startswith(_NEVER_GOOGLE):
+        return False
     if any(name == b"x-goog-api-key" for name, _ in scope["headers"]):
         return True
     query = scope.get("query_string", b"")
