@@ -26,7 +26,7 @@ from proxy.billing import postgres
 from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable
 from proxy.billing.idempotency import Claim, Claimed, Idempotency, Stored
 from proxy.billing.keys import KeyLimits
-from proxy.billing.money import Money, micros
+from proxy.billing.money import Delivered, Money, Settle, micros
 from proxy.billing.store import Store
 from tests.conftest import free_socket, make_config, serve
 from tests.databases import POSTGRES_URL
@@ -137,19 +137,25 @@ def test_settles_written_together_bill_each_once_and_are_refused_together(
         flaky = Flaky(store.db)
         money = Money(flaky, store.deferred)
         held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal(10)))
-        settles = [(held, entry("req_1", key.id, "0.05"), "total"),
-                   (None, entry("req_2", key.id, "0.02"), "total"),
-                   (None, entry("req_2", key.id, "0.02"), "total")]  # a retry, in the batch
-        assert money.settle_each(settles) == [None, None, None]
+        writes: list[Settle | Delivered] = [
+            (held, entry("req_1", key.id, "0.05"), "total"),
+            (None, entry("req_2", key.id, "0.02"), "total"),
+            (None, entry("req_2", key.id, "0.02"), "total"),  # a retry, in the same batch
+            Delivered("req_1")]
+        assert money.write_each(writes) == [None] * 4
         assert spent_and_held(store, key.id) == (Decimal("0.07"), Decimal(0))
+        assert store.db.query("SELECT delivered_at FROM ledger WHERE request_id = 'req_1'")[0][0]
         flaky.down = True
-        refused = money.settle_each([(None, entry("req_3", key.id), "total"),
-                                     (None, entry("req_4", key.id), "total")])
-        assert all(isinstance(exc, DatabaseUnavailable) for exc in refused)
-        assert len(store.deferred) == 2
+        refused = money.write_each([(None, entry("req_3", key.id), "total"),
+                                    (None, entry("req_4", key.id), "total"),
+                                    Delivered("req_2")])
+        assert all(isinstance(exc, DatabaseUnavailable) for exc in refused[:2])
+        assert refused[2] is None  # a mark is kept quietly, as alone
+        assert len(store.deferred) == 3
         flaky.down = False
-        assert store.deferred.retry() == 2
+        assert store.deferred.retry() == 3
         assert spent_and_held(store, key.id) == (Decimal("0.07"), Decimal(0))
+        assert store.db.query("SELECT delivered_at FROM ledger WHERE request_id = 'req_2'")[0][0]
 
 
 def test_a_settle_committed_then_cut_off_is_no_bill_for_the_503_the_client_got(

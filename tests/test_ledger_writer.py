@@ -150,7 +150,7 @@ def test_writes_queued_together_go_to_their_each_as_one_list() -> None:
 
     outcomes = asyncio.run(go())
     writer.shutdown()
-    assert calls == [[0, 1, 2, 3], [9]]  # one call for the four answered, the later one after
+    assert calls == [[0, 1, 2, 3, 9]]  # one call: the four answered, the later one with them
     assert outcomes[:2] == [None, None] and outcomes[3] is None
     assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "item 2"
 

@@ -33,7 +33,7 @@ from proxy.api.request_log import request_line
 from proxy.billing.journal import Call
 from proxy.billing.keys import KeyRecord
 from proxy.billing.limits import Limited
-from proxy.billing.money import BILLED, Entry, micros, period_label, usd
+from proxy.billing.money import BILLED, Delivered, Entry, Settle, micros, period_label, usd
 from proxy.billing.pricing import DEFAULT_PLAN, Plan
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, Policy, Served
@@ -363,7 +363,7 @@ class _Ledger:
         """After the response went out: mark the row delivered and refresh the budget gauge
         on a ledger thread, with the next ledger write (nothing waits for either, and a
         write of their own would wake a thread for each request)."""
-        self.svc.ledger_writes.later_each(_mark_delivered, self)
+        self.svc.ledger_writes.later_each(_write_each, (self, None))
 
     async def _write(self, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)` on a ledger thread: database I/O stays off the event loop."""
@@ -373,8 +373,8 @@ class _Ledger:
         metrics.LEDGER_BACKLOG.inc()
         try:
             with tracing.ledger(entry):
-                await self.svc.ledger_writes.each(self.svc.store.money.settle_each,
-                                                  (reservation, entry, self.period))
+                await self.svc.ledger_writes.each(_write_each,
+                                                  (self, (reservation, entry, self.period)))
         finally:
             metrics.LEDGER_BACKLOG.dec()
 
@@ -392,17 +392,18 @@ class _Ledger:
             idempotency_key=self.idempotency_key, created_at=int(time.time()))
 
 
-def _mark_delivered(ledgers: list[_Ledger]) -> list[BaseException | None]:
-    """On a ledger thread: mark the rows delivered (one transaction for those that went
-    together) and refresh the budget gauge once per key and window among them."""
-    svc = ledgers[0].svc
-    done = svc.store.money.delivered_each([ledger.request_id for ledger in ledgers])
-    budgets = {(ledger.key.id, ledger.period): ledger for ledger in ledgers
-               if ledger.key.limits.budget_usd is not None}
-    for ledger in budgets.values():
+def _write_each(writes: list[tuple[_Ledger, Settle | None]]) -> list[BaseException | None]:
+    """On a ledger thread: the settles and delivered marks (None) that went together, in one
+    transaction; then the budget gauge of each key and window among the marks, once."""
+    money = writes[0][0].svc.store.money
+    done = money.write_each([Delivered(ledger.request_id) if settle is None else settle
+                             for ledger, settle in writes])
+    marked = {(ledger.key.id, ledger.period): ledger for ledger, settle in writes
+              if settle is None and ledger.key.limits.budget_usd is not None}
+    for ledger in marked.values():
         budget = ledger.key.limits.budget_usd
         assert budget is not None
-        spent, held = svc.store.money.spent(ledger.key.id, ledger.period)
-        metrics.BUDGET_REMAINING.labels(_key_label(svc, ledger.key)).set(
+        spent, held = money.spent(ledger.key.id, ledger.period)
+        metrics.BUDGET_REMAINING.labels(_key_label(ledger.svc, ledger.key)).set(
             float(budget - spent - held))
     return done

@@ -96,6 +96,13 @@ _MARK = "UPDATE ledger SET delivered_at = ? WHERE request_id = ?"
 Settle = tuple[str | None, Entry, str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A request's delivered mark, written with the settles it goes with (write_each)."""
+
+    request_id: str
+
+
 class Money:
     def __init__(self, db: Database, deferred: Deferred | None = None) -> None:
         self._db = db
@@ -166,22 +173,44 @@ class Money:
             self._deferred.add(self._refused, reservation, unbilled(entry), period)
             raise
 
-    def settle_each(self, settles: list[Settle]) -> list[BaseException | None]:
-        """`settle` for the requests the ledger writer took together, in one transaction (one
-        commit, and its pages, for all). If the database refuses it, every one is refused as
-        `settle` refuses one; if it fails otherwise, each is settled alone, so a request fails
-        only for its own row."""
-        if len(settles) > 1:
+    def write_each(self, writes: list[Settle | Delivered]) -> list[BaseException | None]:
+        """Settles and delivered marks the ledger writer took together, in one transaction
+        (one commit, and its pages, for all). If the database refuses it, each is refused as
+        `settle` or `delivered` refuses one; if it fails otherwise, each is written alone, so
+        a request fails only for its own row."""
+        if len(writes) > 1:
             try:
-                retry_lost(lambda: self._settle_all(settles))
-                return [None] * len(settles)
+                retry_lost(lambda: self._write_all(writes, int(time.time())))
+                return [None] * len(writes)
             except DatabaseUnavailable as exc:
-                for reservation, entry, period in settles:
-                    self._deferred.add(self._refused, reservation, unbilled(entry), period)
-                return [DatabaseUnavailable(str(exc)) for _ in settles]
+                return [self._kept(write, exc) for write in writes]
             except Exception:  # each alone, below: only its own row fails a request
                 pass
-        return [_met(self.settle, *settle) for settle in settles]
+        return [_met(self._write_one, write) for write in writes]
+
+    def _write_all(self, writes: list[Settle | Delivered], when: int) -> None:
+        with self._db.transaction() as cur:
+            for write in writes:
+                if isinstance(write, Delivered):
+                    cur.execute(_MARK, (when, write.request_id))
+                else:
+                    self._settle_in(cur, *write)
+
+    def _write_one(self, write: Settle | Delivered) -> None:
+        if isinstance(write, Delivered):
+            self.delivered(write.request_id)
+        else:
+            self.settle(*write)
+
+    def _kept(self, write: Settle | Delivered, exc: DatabaseUnavailable) -> BaseException | None:
+        """A write the database refused, kept for when it is back: a mark quietly, a settle
+        refused (its request answers an error), as alone."""
+        if isinstance(write, Delivered):
+            self._deferred.add(self._mark, write.request_id, int(time.time()))
+            return None
+        reservation, entry, period = write
+        self._deferred.add(self._refused, reservation, unbilled(entry), period)
+        return DatabaseUnavailable(str(exc))
 
     def _refused(self, reservation: str | None, entry: Entry, period: str | None) -> None:
         """The settle of a request that answered an error, once the database is back. If the
@@ -207,11 +236,6 @@ class Money:
         with self._db.transaction() as cur:
             self._settle_in(cur, reservation, entry, period)
 
-    def _settle_all(self, settles: list[Settle]) -> None:
-        with self._db.transaction() as cur:
-            for reservation, entry, period in settles:
-                self._settle_in(cur, reservation, entry, period)
-
     def _settle_in(self, cur: Cursor, reservation: str | None, entry: Entry,
                    period: str | None) -> None:
         # Its fields in order (astuple would deep-copy each one first).
@@ -236,23 +260,10 @@ class Money:
     def delivered(self, request_id: str) -> None:
         """The response was handed to the client's connection. A success row without this
         was written but its response never left (the process died in between)."""
-        self.delivered_each([request_id])
-
-    def delivered_each(self, request_ids: list[str]) -> list[BaseException | None]:
-        """`delivered` for the responses the ledger writer took together, in one transaction;
-        kept for later (never refused) while the database is away."""
-        when = int(time.time())
         try:
-            if len(request_ids) == 1:
-                self._mark(request_ids[0], when)
-            else:
-                with self._db.transaction() as cur:
-                    for request_id in request_ids:
-                        cur.execute(_MARK, (when, request_id))
+            self._mark(request_id, int(time.time()))
         except DatabaseUnavailable:
-            for request_id in request_ids:
-                self._deferred.add(self._mark, request_id, when)
-        return [None] * len(request_ids)
+            self._deferred.add(self._mark, request_id, int(time.time()))
 
     def _mark(self, request_id: str, when: int) -> None:
         self._db.execute(_MARK, (when, request_id))

@@ -10,9 +10,10 @@ its traceback (never its message: values may hold secrets) and counted as a back
 (loop `delivered_marks`), and the thread goes on.
 
 Group commit: a thread takes every write queued behind the one it woke for (up to MAX_BATCH),
-and the writes of one `Each` function queued side by side (`each`, `later_each`: a settle, a
-delivered mark) go to it as one list, which it writes in one transaction. Under load a commit,
-and the pages it writes, is paid once per batch instead of once per request.
+and the writes of one `Each` function that follow each other (`each`, then the `later_each`
+ones that rode along: settles, then delivered marks) go to it as one list, which it writes in
+one transaction. A commit, and the pages it writes, is paid once per batch instead of once
+per settle and once per mark.
 """
 
 from __future__ import annotations
@@ -116,15 +117,14 @@ class Writer:
         stop = False
         while not stop and (job := self._queue.get()) is not None:
             jobs, stop = self._behind(job)
-            for call, args, batched, answers in _grouped([job[:4] for job in jobs]):
+            steps: list[_Step] = [job[:4] for job in jobs]
+            steps += [(*call, None) for job in jobs for call in job[4]]  # the later ones
+            for call, args, batched, answers in _grouped(steps):
                 for answer, outcome in zip(answers, _outcomes(call, args, batched), strict=True):
                     if answer is not None:
                         _answer(answer, *outcome)
-            later: list[_Step] = [(*call, None) for job in jobs for call in job[4]]
-            for call, args, batched, _ in _grouped(later):
-                for settle, value in _outcomes(call, args, batched):
-                    if settle is _fail:
-                        self._failures.failed(value)
+                    elif outcome[0] is _fail:
+                        self._failures.failed(outcome[1])
                     else:
                         self._failures.succeeded()
 
