@@ -25,7 +25,7 @@ from proxy.billing import db as db_module
 from proxy.billing import postgres
 from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable
 from proxy.billing.idempotency import Claim, Claimed, Idempotency, Stored
-from proxy.billing.keys import KeyLimits
+from proxy.billing.keys import KeyLimits, KeyRecord
 from proxy.billing.money import Delivered, Money, Settle, micros
 from proxy.billing.store import Store
 from tests.conftest import free_socket, make_config, serve
@@ -71,16 +71,22 @@ class Flaky:
         self.db.close()
 
 
+def held_on_flaky(store: Store) -> tuple[KeyRecord, Flaky, Money, str | None]:
+    """A key with a $10 budget, its money on a Flaky database, and a $0.05 hold on it."""
+    key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(10)))[0]
+    flaky = Flaky(store.db)
+    money = Money(flaky, store.deferred)
+    return key, flaky, money, money.reserve(key.id, "total", micros(Decimal("0.05")),
+                                            micros(Decimal(10)))
+
+
 def spent_and_held(store: Store, key_id: str) -> tuple[Decimal, Decimal]:
     return store.money.spent(key_id, "total")
 
 
 def test_a_settle_whose_answer_was_lost_is_tried_again_and_bills_once(database: str) -> None:
     with Store(database) as store:
-        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(10)))[0]
-        flaky = Flaky(store.db)
-        money = Money(flaky, store.deferred)
-        held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal(10)))
+        key, flaky, money, held = held_on_flaky(store)
         flaky.lose_next = True  # committed, then ConnectionLost: settled again, a no-op
         money.settle(held, entry("req_1", key.id, "0.05"))
         assert spent_and_held(store, key.id) == (Decimal("0.05"), Decimal(0))
@@ -109,10 +115,7 @@ def test_a_hold_whose_answer_was_lost_is_given_back_and_taken_once_more(
 def test_a_refused_settle_leaves_no_hold_and_no_bill_once_the_database_is_back(
         database: str) -> None:
     with Store(database) as store:
-        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(10)))[0]
-        flaky = Flaky(store.db)
-        money = Money(flaky, store.deferred)
-        held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal(10)))
+        key, flaky, money, held = held_on_flaky(store)
         flaky.down = True
         with pytest.raises(DatabaseUnavailable):
             money.settle(held, entry("req_1", key.id, "0.05"))
@@ -133,10 +136,7 @@ def test_a_refused_settle_leaves_no_hold_and_no_bill_once_the_database_is_back(
 def test_settles_written_together_bill_each_once_and_are_refused_together(
         database: str) -> None:
     with Store(database) as store:
-        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(10)))[0]
-        flaky = Flaky(store.db)
-        money = Money(flaky, store.deferred)
-        held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal(10)))
+        key, flaky, money, held = held_on_flaky(store)
         writes: list[Settle | Delivered] = [
             (held, entry("req_1", key.id, "0.05"), "total"),
             (None, entry("req_2", key.id, "0.02"), "total"),
@@ -164,10 +164,7 @@ def test_a_settle_committed_then_cut_off_is_no_bill_for_the_503_the_client_got(
     client hears 503. Once the database is back the bill is taken back (it was kept: a retry
     by the client then paid twice)."""
     with Store(database) as store:
-        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(10)))[0]
-        flaky = Flaky(store.db)
-        money = Money(flaky, store.deferred)
-        held = money.reserve(key.id, "total", micros(Decimal("0.05")), micros(Decimal(10)))
+        key, flaky, money, held = held_on_flaky(store)
         flaky.lose_next = True
         real = flaky.transaction
 
