@@ -17,7 +17,7 @@ from proxy.api.openai_schema import Body, from_json, model_name, parse
 from proxy.api.policy import HEADER, request_policy
 from proxy.api.render import Origin
 from proxy.billing.keys import KeyRecord
-from proxy.domain import InputImage
+from proxy.domain import ImageRequest, InputImage
 from proxy.services import Services, services
 
 
@@ -94,7 +94,7 @@ async def _from_json(request: Request, svc: Services, key: KeyRecord, endpoint: 
     rest, stream, partials = image_stream.taken(
         data if data is not None else await _json_object(request), form=False)
     model, asked = from_json(svc, key, endpoint, rest, request.headers.get(HEADER))
-    return surface.Translated(model, replace(asked, partial_images=partials), stream=stream)
+    return surface.Translated(model, _with_partials(asked, partials), stream=stream)
 
 
 async def _edit(request: Request, svc: Services, key: KeyRecord,
@@ -115,8 +115,14 @@ async def _edit(request: Request, svc: Services, key: KeyRecord,
                           code="missing_required_parameter")
     model, suffix = resolve_model(svc.catalog, model_name(body.data), key)
     policy = request_policy(body.data.get("route"), request.headers.get(HEADER), suffix)
-    return surface.Translated(model, replace(parse("edit", body, model, policy, images, mask),
-                                             partial_images=partials), stream=stream)
+    return surface.Translated(model, _with_partials(parse("edit", body, model, policy, images,
+                                                          mask), partials), stream=stream)
+
+
+def _with_partials(asked: ImageRequest, partials: int) -> ImageRequest:
+    """`asked` with its partial image count, rebuilt only when a stream asks for some (its
+    two dozen frozen fields cost a request more than the check)."""
+    return asked if asked.partial_images == partials else replace(asked, partial_images=partials)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
