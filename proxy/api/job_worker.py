@@ -30,7 +30,8 @@ from proxy import supervise, tracing
 from proxy.api.batches import finalize
 from proxy.api.errors import ApiError, internal, render
 from proxy.api.job_webhooks import Signer, Webhooks
-from proxy.api.metering import charge, count_abandoned
+from proxy.api.ledger import count_abandoned
+from proxy.api.metering import charge
 from proxy.api.openai_schema import from_json
 from proxy.api.render import Origin
 from proxy.billing.db import DatabaseUnavailable
