@@ -303,7 +303,9 @@ def test_sqlite_locked_while_async_jobs_wait_then_they_all_complete(tmp_path: Pa
     failed = [loop for loop, count in counted.items() if count]
     print(f"\nSQLite locked 12 s: background errors {counted}; late requests "
           f"{[r.status_code for r in late]}")
-    assert {"job_claims", "job_runs"} & set(failed), counted
+    # Which loops meet the lock is a matter of timing (writes that queue behind the ledger's one
+    # SQLite thread may wait it out within their busy timeout), but some do, and go on.
+    assert failed, counted
     for loop in failed:
         assert f"background loop {loop} failed (DatabaseUnavailable), and goes on\n" \
                f"Traceback (most recent call last)" in log
