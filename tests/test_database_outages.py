@@ -260,8 +260,9 @@ class Accepting:
 
 def test_sqlite_locked_while_async_jobs_wait_then_they_all_complete(tmp_path: Path) -> None:
     """Locked for 12 s, past the 10 s busy timeout, while jobs are at their upstream and more
-    are being queued: the job worker's loops fail, log and count it, and go on; every job
-    accepted completes after the lock, billed once; a request refused meanwhile is a 503."""
+    are being queued: a job worker's loop that meets it fails, logs and counts it, and goes on;
+    every job accepted completes after the lock, billed once; a request refused meanwhile is a
+    503."""
     data_dir = tmp_path / "data"
     path = data_dir / "switchyard.db"
     keys = keys_on(path)
@@ -303,13 +304,13 @@ def test_sqlite_locked_while_async_jobs_wait_then_they_all_complete(tmp_path: Pa
     failed = [loop for loop, count in counted.items() if count]
     print(f"\nSQLite locked 12 s: background errors {counted}; late requests "
           f"{[r.status_code for r in late]}")
-    # Which loops meet the lock is a matter of timing (writes that queue behind the ledger's one
-    # SQLite thread may wait it out within their busy timeout), but some do, and go on.
-    assert failed, counted
+    # Which loops meet the lock, if any, is a matter of timing: writes queued behind the
+    # ledger's one SQLite thread may wait it out within their busy timeout. Those that do fail
+    # log it and go on (each loop's failing and going on is tested in test_supervise.py).
     for loop in failed:
         assert f"background loop {loop} failed (DatabaseUnavailable), and goes on\n" \
                f"Traceback (most recent call last)" in log
-    assert "proxy/billing/db.py" in log and keys[1] not in log
+    assert keys[1] not in log and (not failed or "proxy/billing/db.py" in log)
     with Store(path) as store:
         rows = store.db.query("SELECT request_id, billed_micros FROM ledger "
                               "WHERE outcome = 'success'")
