@@ -117,7 +117,7 @@ class Writer:
         stop = False
         while not stop and (job := self._queue.get()) is not None:
             jobs, stop = self._behind(job)
-            steps: list[_Step] = [job[:4] for job in jobs]
+            steps: list[_Step] = [job[:4] for job in jobs if job[0] is not _nothing]
             steps += [(*call, None) for job in jobs for call in job[4]]  # the later ones
             for call, args, batched, answers in _grouped(steps):
                 for answer, outcome in zip(answers, _outcomes(call, args, batched), strict=True):
