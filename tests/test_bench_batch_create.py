@@ -12,11 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from proxy.bench.batch_create import in_window
+from proxy.bench.batch_create import in_window, tree_cpu_s
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = r"p50 +[\d.]+ +p99 +[\d.]+ +max +[\d.]+ ms +\((\d+) ok, (\d+) failed\)"
@@ -45,7 +46,25 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = done.stdout
     baseline = re.search(rf"round 1 +{ROOT.name}: baseline +{FIGURES}", report)
-    during = re.search(rf"during +{FIGURES}; created in [\d.]+ s", report)
-    assert baseline and during, report
-    assert int(baseline[1]) > 0 and int(during[1]) > 0 and baseline[2] == during[2] == "0"
-    assert re.search(rf"{ROOT.name}: +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+ s", report), report
+    during = re.search(rf"during +{FIGURES}; created in [\d.]+ s, [\d.]+ cores above", report)
+    control = re.search(rf"control +{FIGURES}", report)
+    assert baseline and during and control, report
+    assert int(baseline[1]) > 0 and int(during[1]) > 0 and int(control[1]) > 0
+    assert baseline[2] == during[2] == control[2] == "0", report
+    assert re.search(rf"{ROOT.name}: +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+ +[\d.]+x +[\d.]+ s",
+                     report), report
+
+
+def test_the_cpu_of_a_server_counts_its_worker_processes() -> None:
+    """The control burns what the creation took, and the checking runs in a child of serve."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + "
+                              "0.4\nwhile time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        before = tree_cpu_s(os.getpid())
+        deadline = time.monotonic() + 20
+        while tree_cpu_s(os.getpid()) - before < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tree_cpu_s(os.getpid()) - before >= 0.3  # the child's burn, seen live
+    finally:
+        child.kill()
+        child.wait()
