@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from proxy.bench import cache as bench_cache
@@ -231,20 +232,14 @@ def _bench_soak(config: Config, args: argparse.Namespace) -> int:
 
 
 def _bench_fleet(config: Config, args: argparse.Namespace) -> int:
-    from proxy.bench import fleet, procs
+    from proxy.bench import fleet
 
     try:
         options = fleet.options(args)
     except ValueError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
-    try:
-        with procs.stopped_by_sigterm():
-            print(fleet.main(options))
-    except procs.BenchError as exc:
-        print(f"switchyard: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _reported(lambda: fleet.main(options))
 
 
 def _bench_hostile(config: Config, args: argparse.Namespace) -> int:
@@ -256,13 +251,21 @@ def _bench_hostile(config: Config, args: argparse.Namespace) -> int:
 
 
 def _bench_batch_create(config: Config, args: argparse.Namespace) -> int:
-    from proxy.bench import batch_create, procs
+    from proxy.bench import batch_create
 
     options = batch_create.Options(args.lines, args.rounds, args.seconds, args.workers,
                                    args.rate, tuple(args.code))
+    return _reported(lambda: batch_create.main(options))
+
+
+def _reported(report: Callable[[], str]) -> int:
+    """Print a benchmark's report (the processes it started stop on SIGTERM too); a
+    BenchError is the exit status 1 with its message."""
+    from proxy.bench import procs
+
     try:
         with procs.stopped_by_sigterm():
-            print(batch_create.main(options))
+            print(report())
     except procs.BenchError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 1
