@@ -35,6 +35,11 @@ class ConnectionLost(DatabaseUnavailable):
     just before its answer was lost, so only an idempotent call may simply be tried again."""
 
 
+class Conflict(DatabaseUnavailable):
+    """The database rolled the transaction back for a conflict with another one (a deadlock,
+    a serialization failure): nothing of it was written, and tried again it goes through."""
+
+
 LOST_TRIES = 3  # tries of an idempotent call whose connection broke under it
 LOST_PAUSE_S = 0.05  # between them: a server ends all its connections within a moment
 

@@ -21,7 +21,14 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from proxy.billing.db import ConnectionLost, Cursor, Database, DatabaseUnavailable, retry_lost
+from proxy.billing.db import (
+    Conflict,
+    ConnectionLost,
+    Cursor,
+    Database,
+    DatabaseUnavailable,
+    retry_lost,
+)
 from proxy.billing.deferred import Deferred
 
 MICRO = Decimal("0.000001")
@@ -176,12 +183,14 @@ class Money:
     def write_each(self, writes: list[Settle | Delivered]) -> list[BaseException | None]:
         """Settles and delivered marks the ledger writer took together, in one transaction
         (one commit, and its pages, for all). If the database refuses it, each is refused as
-        `settle` or `delivered` refuses one; if it fails otherwise, each is written alone, so
-        a request fails only for its own row."""
+        `settle` or `delivered` refuses one; if it fails otherwise (a conflict with another
+        transaction too), each is written alone, so a request fails only for its own row."""
         if len(writes) > 1:
             try:
                 retry_lost(lambda: self._write_all(writes, int(time.time())))
                 return [None] * len(writes)
+            except Conflict:
+                pass  # each alone, below
             except DatabaseUnavailable as exc:
                 return [self._kept(write, exc) for write in writes]
             except Exception:  # each alone, below: only its own row fails a request
@@ -189,8 +198,11 @@ class Money:
         return [_met(self._write_one, write) for write in writes]
 
     def _write_all(self, writes: list[Settle | Delivered], when: int) -> None:
+        """In one order for every transaction: the settles by key and window (each locks its
+        key's budget row: two batches that took two keys' rows in opposite orders deadlocked
+        on PostgreSQL), then the marks."""
         with self._db.transaction() as cur:
-            for write in writes:
+            for write in sorted(writes, key=_lock_order):
                 if isinstance(write, Delivered):
                     cur.execute(_MARK, (when, write.request_id))
                 else:
@@ -320,3 +332,10 @@ def _close(cur: Cursor, reservation: str, billed_micros: int) -> None:
                 "spent_micros = spent_micros + ? WHERE key_id = ? AND period = ?",
                 (int(amount), billed_micros, key_id, period))
     cur.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+
+
+def _lock_order(write: Settle | Delivered) -> tuple[int, str, str]:
+    if isinstance(write, Delivered):
+        return 1, "", ""
+    _, entry, period = write
+    return 0, entry.key_id, period or ""

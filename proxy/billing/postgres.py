@@ -18,7 +18,14 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable, Row, retry_lost
+from proxy.billing.db import (
+    Conflict,
+    ConnectionLost,
+    Cursor,
+    DatabaseUnavailable,
+    Row,
+    retry_lost,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -70,6 +77,7 @@ class PostgresDatabase:
             raise RuntimeError("a PostgreSQL database_url needs the postgres extra: "
                                "pip install 'switchyard[postgres]'") from None
         self._errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        self._conflicts = psycopg.errors.TransactionRollback  # a deadlock, a serialization
         self._timeout = psycopg_pool.PoolTimeout
         # psycopg.pool's own lines are quieted in proxy.logs; the transitions are logged here
         # instead, once each.
@@ -124,7 +132,8 @@ class PostgresDatabase:
             lost = conn.broken
             if lost:
                 self._went_down(type(exc).__name__)
-            kind = ConnectionLost if lost else DatabaseUnavailable
+            kind = ConnectionLost if lost else Conflict if isinstance(
+                exc, self._conflicts) else DatabaseUnavailable
             raise kind(f"PostgreSQL is unavailable ({type(exc).__name__})") from None
         finally:
             self._pool.putconn(conn)
