@@ -63,3 +63,30 @@ def test_one_keys_webhooks_in_flight_stay_bounded_across_replicas(
         good.stop()
     assert in_flight == PER_KEY_SENDING, (in_flight, [log[-1500:] for log in logs])
     assert all("Traceback" not in log for log in logs)
+
+
+def test_a_replica_that_stops_hands_its_webhook_leases_back(tmp_path: Path) -> None:
+    """A graceful stop cancels the attempts in flight and makes them due again at once: left
+    to run out (WEBHOOK_LEASE_S), their leases kept the key's share of the fleet's bound from
+    every other replica meanwhile."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with Store(data_dir / "switchyard.db") as store:
+        key = store.create_key("slow")[1]
+    hanging = Hanging(OPENED)
+    try:
+        with Served(data_dir, env={"SWITCHYARD_CALLBACK_ALLOW_CIDRS": f"{OPENED}/32"}) as one:
+            for i in range(2):
+                hook = f"http://{OPENED}:{hanging.port}/hooks/{i}"
+                assert _submit(one, key, hook).status_code == 202
+            assert _until(lambda: hanging.accepted >= 2, 15), hanging.accepted
+            stopped_at = time.time()
+            one.stop()
+    finally:
+        hanging.stop()
+    with Store(data_dir / "switchyard.db") as store:
+        rows = store.db.query("SELECT webhook_state, webhook_after, webhook_attempts FROM jobs")
+    assert len(rows) == 2
+    for state, after, attempts in rows:
+        assert (state, attempts) == ("due", 0), rows  # was: 'sending' for WEBHOOK_LEASE_S
+        assert int(after) <= stopped_at + 5, rows

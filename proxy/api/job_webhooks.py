@@ -22,6 +22,7 @@ the checked one with the name kept as Host and TLS server name. Redirects are no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -81,7 +82,7 @@ class Webhooks:
             timeout=WEBHOOK_TIMEOUT_S, follow_redirects=False,
             limits=httpx.Limits(max_connections=MAX_SENDING, max_keepalive_connections=0))
         self._failures = Failures("webhooks")
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[None], tuple[str, int]] = {}  # -> (job id, lease end)
 
     async def deliver_due(self) -> None:
         """Claim the attempts that are due, as far as there is room (in this process, and for
@@ -94,12 +95,19 @@ class Webhooks:
                                           PER_KEY_SENDING)
         for job in claimed:
             task = asyncio.create_task(self._attempt(job, until))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending[task] = (job.id, until)
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._sending.pop(task, None)
 
     async def settle(self) -> None:
         """Wait for the attempts in flight (tests; a shutdown cancels them instead)."""
         await asyncio.gather(*self._sending, return_exceptions=True)
+
+    def _return(self, stopped: list[tuple[str, int]]) -> None:
+        for job_id, until in stopped:
+            self._jobs.webhook_returned(job_id, until)
 
     async def _attempt(self, job: Job, until: int) -> None:
         """One attempt; if its outcome cannot be written (the database is away), that is
@@ -159,10 +167,15 @@ class Webhooks:
             return answer.status_code
 
     async def aclose(self) -> None:
-        """Cancel the attempts in flight (their leases run out and they are sent again)."""
-        for task in self._sending:
+        """Cancel the attempts in flight and hand their leases back: they are due again at
+        once, for any replica (left to run out, they held their keys' share of the fleet's
+        bound for WEBHOOK_LEASE_S). If the database is away, the leases run out instead."""
+        stopped = list(self._sending.values())
+        for task in list(self._sending):
             task.cancel()
         await asyncio.gather(*self._sending, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the database away too: the leases run out
+            await asyncio.to_thread(self._return, stopped)
         await self._client.aclose()
         if self._resolver is not None:
             self._resolver.close()

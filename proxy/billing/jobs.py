@@ -223,6 +223,15 @@ class Jobs:
             "webhook_after = ? WHERE id = ? AND webhook_state = 'sending' AND webhook_after = ?",
             (state, int(time.time() + (retry_in_s or 0)), job_id, until)) == 1
 
+    def webhook_returned(self, job_id: str, until: int) -> bool:
+        """An attempt under the lease that ends `until` stopped unfinished (the process is
+        shutting down): due again now, for any process, without counting as an attempt. The
+        lease would hold the key's share of the fleet's bound until it ran out."""
+        return self._db.execute(
+            "UPDATE jobs SET webhook_state = 'due', webhook_after = ? WHERE id = ? AND "
+            "webhook_state = 'sending' AND webhook_after = ?",
+            (int(time.time()), job_id, until)) == 1
+
     def count(self, state: str) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,))[0][0])
 
