@@ -117,3 +117,21 @@ def test_a_batch_being_written_costs_a_claim_nothing_however_big(tmp_path) -> No
             assert sorted(claimed) == sorted([big, big, other])  # the single jobs, no item
             assert {store.jobs.get(job.id).state for job in (before, single)} == {"processing"}
     assert costs[3000] <= costs[300] * 1.5 + 5, costs
+
+
+def test_many_batches_being_written_never_make_a_claim_too_big(database: str) -> None:
+    """Each batch still being written cuts its key's due jobs at its second: hundreds of them
+    (many creations at once, or left by crashes until the stale sweep) must not pass SQLite's
+    500 terms of one compound SELECT (every claim failed, and the queue stopped)."""
+    with Store(database) as store:
+        key = store.create_key("busy")[0].id
+        past = int(time.time()) - 2000
+        for n in range(300):
+            staged = store.batches.stage(key, "/v1/images/generations", "file-x", "24h", None,
+                                         [(f"item-{n}", BODY)], b"")
+            store.db.execute("UPDATE batches SET created_at = ? WHERE id = ?",
+                             (past + 3 * n, staged.id))
+            store.db.execute("UPDATE jobs SET run_after = ? WHERE batch_id = ?",
+                             (past + 3 * n, staged.id))
+        single = store.jobs.enqueue(key, "generations", BODY)
+        assert [job.id for job in store.jobs.claim_many(600, 4)] == [single.id]

@@ -37,6 +37,7 @@ SELECT key_id, (SELECT run_after FROM jobs WHERE state = 'queued' AND jobs.key_i
                 queued.key_id ORDER BY run_after LIMIT 1)
 FROM queued WHERE key_id IS NOT NULL
 """
+MAX_TERMS = 400  # SELECTs in the due jobs' UNION ALL (SQLite takes 500 at most)
 _STAGING = "SELECT key_id, created_at FROM batches WHERE status = 'validating'"
 # A key's single jobs due in one second. `|| ''` and `+ 0` keep both engines off the
 # indexes that lead with key_id and run_after: those would read every item of a batch being
@@ -73,9 +74,17 @@ def due_in_turn(cur: Cursor, now_s: int, limit: int, skip: Collection[str] = ())
     staging: dict[str, set[int]] = {}
     for key, created in cur.query(_STAGING):
         staging.setdefault(str(key), set()).add(int(created))
+    # Within SQLite's 500 terms of one compound SELECT: past MAX_TERMS, a key's staged
+    # items are left out row by row again (slower, never wrong: _DUE filters them too).
+    budget = MAX_TERMS - len(chosen)
+    cuts: dict[str, list[int]] = {}
+    for key in chosen:
+        mine = sorted(t for t in staging.get(key, ()) if t <= now_s)
+        if 2 * len(mine) <= budget:
+            cuts[key], budget = mine, budget - 2 * len(mine)
     ranges = [(key, low, high) for key in chosen
-              for low, high in _around(staging.get(key, set()), now_s)]
-    seconds = [(key, t) for key in chosen for t in sorted(staging.get(key, ())) if t <= now_s]
+              for low, high in _around(cuts.get(key, ()), now_s)]
+    seconds = [(key, t) for key in chosen for t in cuts.get(key, ())]
     rows = cur.query(
         " UNION ALL ".join([_DUE.format(n=n) for n in range(len(ranges))]
                            + [_SAME_SECOND.format(n=n) for n in range(len(seconds))]),
