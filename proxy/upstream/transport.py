@@ -302,13 +302,38 @@ async def _connect(target: Target, tls: ssl.SSLContext | None, timeout_s: float 
 
 
 def _plain(sink_for: SinkFor) -> SinkFor:
-    """`sink_for`, for bodies sent as they are: a compressed one is read whole and decoded."""
+    """`sink_for`, given decoded bytes: a gzip or deflate body (a host that compresses an
+    event stream though asked not to) is inflated as it arrives; any other coding is read
+    whole and decoded."""
     def plain(status: int, headers: list[tuple[bytes, bytes]]) -> Sink | None:
-        if any(name.lower() == b"content-encoding" and value.strip().lower() != b"identity"
-               for name, value in headers):
+        codings = [c.strip().lower() for name, value in headers
+                   if name.lower() == b"content-encoding" for c in value.split(b",")]
+        codings = [c for c in codings if c and c != b"identity"]
+        if len(codings) > 1 or (codings and codings[0] not in (b"gzip", b"deflate")):
             return None
-        return sink_for(status, headers)
+        sink = sink_for(status, headers)
+        return _inflating(sink, codings[0]) if sink is not None and codings else sink
     return plain
+
+
+def _inflating(sink: Sink, coding: bytes) -> Sink:
+    """A sink that inflates its bytes for `sink`, a piece at a time (a small bomb never
+    becomes one big buffer: the sink bounds what it keeps, as it does for a plain stream)."""
+    stream: list[Any] = []  # the decompressor, made on the first bytes (deflate: which kind)
+
+    def feed(piece: bytes) -> None:
+        if not stream:
+            wbits = zlib.MAX_WBITS | 16 if coding == b"gzip" else \
+                zlib.MAX_WBITS if piece[:1] == b"\x78" else -zlib.MAX_WBITS
+            stream.append(zlib.decompressobj(wbits))
+        try:
+            while piece:
+                sink(stream[0].decompress(piece, _INFLATE_PIECE))
+                piece = stream[0].unconsumed_tail
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"{coding.decode()} body does not decode: {exc}") \
+                from None
+    return feed
 
 
 def _pieces(head: bytes, body: bytes) -> list[bytes]:
