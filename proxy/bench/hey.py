@@ -20,14 +20,14 @@ from proxy.bench.load import PATH, percentile
 from proxy.bench.procs import BenchError
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """Every hey process's rows together."""
+class Tally:
+    """What follows from a load run's latencies, statuses and wall time (hey's Result, a
+    benchmark side's Run)."""
 
+    __slots__ = ()
     latencies_s: tuple[float, ...]  # sorted, every answered request
     statuses: Counter[str]
-    wall_s: float  # from the first request sent to the last answer
-    cpu_s: float  # hey's own user and system time
+    wall_s: float
 
     @property
     def answered(self) -> int:
@@ -44,6 +44,16 @@ class Result:
 
     def percentile(self, q: float) -> float:
         return percentile(self.latencies_s, q)
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Tally):
+    """Every hey process's rows together."""
+
+    latencies_s: tuple[float, ...]  # sorted, every answered request
+    statuses: Counter[str]
+    wall_s: float  # from the first request sent to the last answer
+    cpu_s: float  # hey's own user and system time
 
 
 def shares(total: int, parts: int) -> list[int]:

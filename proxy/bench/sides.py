@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.bench import hey, machine
-from proxy.bench.load import PATH, percentile
+from proxy.bench.load import PATH
 from proxy.bench.procs import BenchError, cpu_seconds
 
 
 @dataclass(frozen=True, slots=True)
-class Run:
+class Run(hey.Tally):
     """One side's run: every latency (sorted), the statuses, and the CPU each party spent."""
 
     wall_s: float
@@ -35,15 +35,6 @@ class Run:
     server_cpu_s: float  # the side's server processes
     busy_s: float  # the whole machine, every core
     elapsed_s: float  # hey's whole life, over which the CPU figures were taken
-
-    @property
-    def ok(self) -> int:
-        return self.statuses["200"]
-
-    @property
-    def throughput(self) -> float:
-        """Requests answered 200 per second."""
-        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def errors_5xx(self) -> int:
@@ -59,11 +50,7 @@ class Run:
 
     @property
     def cpu_per_request_s(self) -> float:
-        answered = len(self.latencies_s)
-        return self.server_cpu_s / answered if answered else 0.0
-
-    def percentile(self, q: float) -> float:
-        return percentile(self.latencies_s, q)
+        return self.server_cpu_s / self.answered if self.answered else 0.0
 
 
 @dataclass(frozen=True, slots=True)
