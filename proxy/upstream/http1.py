@@ -13,16 +13,23 @@ it fails before a byte is buffered, any other body as soon as it grows past it.
 from __future__ import annotations
 
 import asyncio
-import enum
 import mmap
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 import httpx
 
-MAX_HEAD = 64 * 1024  # status line and headers
+from proxy.upstream.framing import (
+    MAX_HEAD,
+    Framing,
+    Head,
+    body_framing,
+    chunk_size,
+    parse_head,
+    short_line,
+)
+
 PIECE = 64 * 1024  # a chunked or close-delimited body is kept in pieces of about this size
 SCRATCH = 64 * 1024  # the receive buffer for everything but a Content-Length body
 # A Content-Length body this big is received into its own anonymous mapping: its memory is
@@ -35,7 +42,6 @@ _NO_BODY = frozenset({204, 304})
 # a sink for the body's bytes, or None to receive the body whole as usual.
 Sink = Callable[[bytes], None]
 SinkFor = Callable[[int, list[tuple[bytes, bytes]]], Sink | None]
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class ReplyTooLarge(httpx.RemoteProtocolError):
@@ -52,22 +58,6 @@ class Reply:
     reusable: bool
 
 
-class _Framing(enum.Enum):
-    HEAD = 0  # reading the status line and headers
-    LENGTH = 1  # a Content-Length body, into one buffer
-    CHUNKED = 2
-    CLOSE = 3  # the body ends when the server closes
-    COUNTED = 4  # a Content-Length body handed to a sink piece by piece
-    DONE = 5
-
-
-@dataclass(slots=True)
-class _Head:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    keep_alive: bool
-
-
 class Connection(asyncio.BufferedProtocol):
     """One connection; `request` sends one request and waits for its whole reply."""
 
@@ -78,8 +68,8 @@ class Connection(asyncio.BufferedProtocol):
         self.idle_since = 0.0
         self._scratch = memoryview(bytearray(SCRATCH))
         self._pending = bytearray()  # received, not yet parsed (head, chunk framing)
-        self._framing = _Framing.DONE
-        self._head: _Head | None = None
+        self._framing = Framing.DONE
+        self._head: Head | None = None
         # CHUNKED and CLOSE bodies, as received: pieces joined once at the end (a growing
         # bytearray would copy itself as it grows, twice the memory at the worst moment).
         self._pieces: list[bytes] = []
@@ -114,7 +104,7 @@ class Connection(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiter = waiter
-        self._framing, self._head, self._head_only, self._seen = _Framing.HEAD, None, head_only, 0
+        self._framing, self._head, self._head_only, self._seen = Framing.HEAD, None, head_only, 0
         self._sink_for, self._sink = sink_for, None
         for piece in data:
             self.transport.write(piece)
@@ -128,7 +118,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._timer.cancel()
             self._timer = self._waiter = None
             self._sink_for = self._sink = None
-            if self._framing is not _Framing.DONE:
+            if self._framing is not Framing.DONE:
                 self.close()  # cancelled or failed mid-reply: its bytes would confuse the next
 
     def close(self) -> None:
@@ -197,7 +187,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _finish(self, body: bytes | bytearray) -> None:
         assert self._head is not None
-        head, self._framing = self._head, _Framing.DONE
+        head, self._framing = self._head, Framing.DONE
         reusable = head.keep_alive and not self._pending and not self.closed
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(Reply(head.status, head.headers, body, reusable))
@@ -238,7 +228,7 @@ class Connection(asyncio.BufferedProtocol):
         self.closed = True
         if self._waiter is None or self._waiter.done():
             return
-        if self._framing is _Framing.CLOSE and exc is None:
+        if self._framing is Framing.CLOSE and exc is None:
             self._finish(b"" if self._sink is not None else self._take_body())
         elif isinstance(exc, OSError):
             self._fail(httpx.ReadError(str(exc) or type(exc).__name__))
@@ -253,17 +243,17 @@ class Connection(asyncio.BufferedProtocol):
 
     def _parse(self) -> None:
         while True:
-            if self._waiter is None or self._waiter.done() or self._framing is _Framing.DONE:
+            if self._waiter is None or self._waiter.done() or self._framing is Framing.DONE:
                 if self._pending:  # bytes nobody asked for: this connection is not reusable
                     self.close()
                 return
-            if self._framing is _Framing.HEAD:
+            if self._framing is Framing.HEAD:
                 if not self._parse_head():
                     return
-            elif self._framing is _Framing.CHUNKED:
+            elif self._framing is Framing.CHUNKED:
                 if not self._parse_chunks():
                     return
-            elif self._framing is _Framing.COUNTED:
+            elif self._framing is Framing.COUNTED:
                 take = min(self._left, len(self._pending))
                 if take:
                     self._keep(self._pending[:take])
@@ -292,7 +282,7 @@ class Connection(asyncio.BufferedProtocol):
         self._start_body(head)
         return True
 
-    def _start_body(self, head: _Head) -> None:
+    def _start_body(self, head: Head) -> None:
         if self._head_only or head.status in _NO_BODY:
             self._finish(b"")
             return
@@ -300,11 +290,11 @@ class Connection(asyncio.BufferedProtocol):
         self._framing = framing
         if self._sink_for is not None:
             self._sink = self._sink_for(head.status, head.headers)
-        if framing is _Framing.LENGTH and self._sink is not None:
-            self._framing, self._left = _Framing.COUNTED, length
-        elif framing is _Framing.CHUNKED:
+        if framing is Framing.LENGTH and self._sink is not None:
+            self._framing, self._left = Framing.COUNTED, length
+        elif framing is Framing.CHUNKED:
             self._pieces, self._piece, self._held, self._chunk_left = [], bytearray(), 0, -1
-        elif framing is _Framing.LENGTH:
+        elif framing is Framing.LENGTH:
             if self.max_body is not None and length > self.max_body:
                 raise self._too_large()
             self._fixed = mmap.mmap(-1, length) if length >= MAPPED else bytearray(length)
@@ -315,7 +305,7 @@ class Connection(asyncio.BufferedProtocol):
             if self._got == length:
                 self._finish(self._take_body())
         else:  # the connection ends the body, so it cannot carry another request
-            self._head = _Head(head.status, head.headers, keep_alive=False)
+            self._head = Head(head.status, head.headers, keep_alive=False)
 
     def _parse_chunks(self) -> bool:
         pending = self._pending
@@ -323,14 +313,14 @@ class Connection(asyncio.BufferedProtocol):
             if self._chunk_left == -1:  # the size line
                 end = pending.find(b"\r\n")
                 if end < 0:
-                    return _short_line(pending)
-                size = _chunk_size(bytes(pending[:end]))
+                    return short_line(pending)
+                size = chunk_size(bytes(pending[:end]))
                 del pending[:end + 2]
                 self._chunk_left = size if size else -2
             elif self._chunk_left == -2:  # trailers, up to an empty line
                 end = pending.find(b"\r\n")
                 if end < 0:
-                    return _short_line(pending)
+                    return short_line(pending)
                 del pending[:end + 2]
                 if end == 0:
                     self._finish(self._take_body())
@@ -351,58 +341,3 @@ class Connection(asyncio.BufferedProtocol):
                 self._chunk_left -= take
                 if not self._chunk_left:
                     self._chunk_left = -3
-
-
-def parse_head(raw: bytes) -> _Head:
-    """The status line and headers of a response head (without its final blank line)."""
-    lines = raw.split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
-    code = rest[:3]
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise httpx.RemoteProtocolError("malformed response status line")
-    headers = []
-    keep_alive = version == b"HTTP/1.1"
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b" " in name:
-            raise httpx.RemoteProtocolError("malformed response header")
-        value = value.strip(b" \t")
-        headers.append((name, value))
-        if name.lower() == b"connection" and b"close" in value.lower():
-            keep_alive = False
-    return _Head(int(code), headers, keep_alive)
-
-
-def body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[_Framing, int]:
-    """How the body is delimited (RFC 9112 6.3): chunked, a length, or the connection's end.
-    Both a Transfer-Encoding and a Content-Length is refused, as h11 does (request smuggling)."""
-    lengths: set[bytes] = set()
-    codings = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"transfer-encoding":
-            codings.append(value.lower().strip())
-        elif lowered == b"content-length":
-            lengths.update(v.strip() for v in value.split(b","))
-    if codings and lengths:
-        raise httpx.RemoteProtocolError("both Transfer-Encoding and Content-Length")
-    if codings:
-        return (_Framing.CHUNKED if codings[-1].endswith(b"chunked") else _Framing.CLOSE), 0
-    if not lengths:
-        return _Framing.CLOSE, 0
-    if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
-        raise httpx.RemoteProtocolError("malformed Content-Length")
-    return _Framing.LENGTH, int(lengths.pop())
-
-
-def _chunk_size(line: bytes) -> int:
-    text = line.partition(b";")[0].strip(b" \t")
-    if not _HEX.fullmatch(text):
-        raise httpx.RemoteProtocolError("malformed chunk size")
-    return int(text, 16)
-
-
-def _short_line(pending: bytearray) -> bool:
-    if len(pending) > MAX_HEAD:
-        raise httpx.RemoteProtocolError("chunk framing line too long")
-    return False
