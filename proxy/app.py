@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from proxy import catalog as catalog_module
 from proxy import config as config_module
-from proxy import logs, shared, supervise, tracing
+from proxy import heap, logs, shared, supervise, tracing
 from proxy import state as state_module
 from proxy.api import (
     admin,
@@ -237,6 +237,9 @@ def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[as
     async def images() -> None:
         await asyncio.to_thread(media.sweep)
 
+    async def heap_trim() -> None:
+        await asyncio.to_thread(heap.trim)
+
     async def deferred() -> None:
         if store.deferred:  # nothing kept: no thread hop
             await asyncio.to_thread(store.deferred.retry)
@@ -244,7 +247,8 @@ def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[as
     return [asyncio.create_task(supervise.forever("budget_sweep", reservations,
                                                   SWEEP_INTERVAL_S)),
             asyncio.create_task(supervise.forever("media_sweep", images, SWEEP_INTERVAL_S)),
-            asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S))]
+            asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S)),
+            asyncio.create_task(supervise.forever("heap_trim", heap_trim, heap.TRIM_EVERY_S))]
 
 
 async def _last_deferred(store: Store) -> None:

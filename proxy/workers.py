@@ -21,6 +21,8 @@ from types import FrameType
 
 import uvicorn
 
+from proxy import heap
+
 log = logging.getLogger("switchyard.workers")
 _CHECK_S = 0.5  # how often the parent looks for a worker that died
 _STOP_S = 10.0  # how long a worker may take to finish before it is killed
@@ -38,6 +40,7 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 def _worker(config: uvicorn.Config) -> None:
     """One worker: its own socket on the port (uvicorn listens on it), its own app."""
+    heap.tune()
     sock = reuse_port_socket(config.host, config.port)
     uvicorn.Server(config).run(sockets=[sock])
 
