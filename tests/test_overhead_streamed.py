@@ -40,12 +40,17 @@ def test_the_pieces_are_what_orjson_would_write(document: dict[str, Any]) -> Non
 
 
 def test_base64_goes_out_unescaped_and_anything_else_escaped() -> None:
-    """The plain path (no second escaping pass) is taken only by strings JSON leaves alone."""
-    pieces = streamed.split({"data": [{"b64_json": BIG}, {"b64_json": BIG + "\x01"},
-                                      {"b64_json": "é" + BIG}]})
-    assert pieces is not None
-    assert [plain for part, plain in zip(pieces.parts, pieces.plain, strict=True)
-            if isinstance(part, str)] == [True, False, False]
+    """The plain paths (no second escaping pass) are taken only by strings JSON leaves alone:
+    up to WHOLE_MAX from one escaped copy, longer ones encoded slice by slice."""
+    huge = BIG * (streamed.WHOLE_MAX // len(BIG) + 1)
+    document = {"data": [{"b64_json": BIG}, {"b64_json": BIG + "\x01"}, {"b64_json": "é" + BIG},
+                         {"b64_json": huge}]}
+    pieces = streamed.split(document)
+    assert pieces is not None and pieces.join() == orjson.dumps(document)
+    kinds = [("copy" if isinstance(part, memoryview) else "plain" if plain else "escaped")
+             for part, plain in zip(pieces.parts, pieces.plain, strict=True)
+             if not isinstance(part, bytes)]
+    assert kinds == ["copy", "escaped", "escaped", "plain"]
 
 
 def test_a_small_document_is_not_split() -> None:
