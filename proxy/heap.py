@@ -28,8 +28,8 @@ def tune() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    took = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
+    took: bool = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                  and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
     _libc = libc if took else None
     return took
 

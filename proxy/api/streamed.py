@@ -36,10 +36,11 @@ class Pieces:
         # Strings that escape to themselves (base64 always does) go out as plain ASCII: one
         # escaping pass to count them, where counting and then escaping again took two.
         self.plain: list[bool] = []
-        for part in parts:
-            if isinstance(part, str) and len(part) <= WHOLE_MAX and part.isascii():
-                whole = memoryview(orjson.dumps(part))[1:-1]
-                if len(whole) == len(part):  # escaped to itself: sent as that copy, sliced
+        for given in parts:
+            part: bytes | memoryview | str = given
+            if isinstance(given, str) and len(given) <= WHOLE_MAX and given.isascii():
+                whole = memoryview(orjson.dumps(given))[1:-1]
+                if len(whole) == len(given):  # escaped to itself: sent as that copy, sliced
                     part = whole
             size = len(part) if not isinstance(part, str) else escaped_length(part)
             self.parts.append(part)
