@@ -1,5 +1,5 @@
-"""Settles written together (the ledger writer's group commit) on PostgreSQL, where eight
-writer threads write batches side by side: two batches holding the same keys in opposite
+"""Settles written together (the ledger writer's group commit) on PostgreSQL, where more
+than one writer thread writes batches side by side: two batches holding the same keys in opposite
 orders must not deadlock, and a transaction the database rolls back for a conflict is each
 request's own settle tried again, never a 503 for every request in the batch."""
 
