@@ -1,11 +1,13 @@
-"""A JSON response whose big strings (an image's base64) go out in slices, straight from the str.
+"""A JSON response whose big strings (an image's base64) go out in slices.
 
-orjson.dumps of an ImagesResponse makes one more full copy of every image (and reserves
-several times its size while it works), and the whole body then waits in the server's send
-buffer for a slow client. Here the JSON around the big strings is serialized once with
-placeholders; each big string is escaped (by orjson, so any content stays valid JSON) a slice
-at a time as the client drains the previous one. Content-Length is exact: a first pass
-counts each slice's escaped length.
+orjson.dumps of an ImagesResponse reserves several times the whole document while it works,
+and the whole body then waits in the server's send buffer for a slow client. Here the JSON
+around the big strings is serialized once with placeholders, and each big string goes out a
+slice at a time as the client drains the previous one, escaped by orjson so any content stays
+valid JSON. A string of up to WHOLE_MAX characters that escapes to itself (base64 always
+does) is escaped in one pass and sent as slices of that copy; a longer one is escaped slice by
+slice, after a first pass that counts its escaped length, so it never exists twice whole.
+Content-Length is exact either way.
 """
 
 from __future__ import annotations
