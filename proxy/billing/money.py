@@ -201,7 +201,7 @@ class Money:
         (one commit, and its pages, for all). If the database refuses it, each is refused as
         `settle` or `delivered` refuses one; if it fails otherwise (a conflict with another
         transaction too), each is written alone, so a request fails only for its own row."""
-        if len(writes) > 1:
+        if len(writes) > 1 or self._db.engine == "postgres":  # there one round trip anyway
             try:
                 retry_lost(lambda: self._write_all(writes, int(time.time())))
                 return [None] * len(writes)
