@@ -12,7 +12,7 @@ import pytest
 
 from proxy import cli
 from proxy.billing.keys import KeyLimits, digest
-from proxy.billing.money import Entry
+from proxy.billing.rows import Entry
 from proxy.billing.store import Store
 
 

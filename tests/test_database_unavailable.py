@@ -26,7 +26,8 @@ from proxy.billing import postgres
 from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable
 from proxy.billing.idempotency import Claim, Claimed, Idempotency, Stored
 from proxy.billing.keys import KeyLimits, KeyRecord
-from proxy.billing.money import Delivered, Money, Settle, micros
+from proxy.billing.money import Money, micros
+from proxy.billing.rows import Delivered, Settle
 from proxy.billing.store import Store
 from tests.conftest import free_socket, make_config, serve
 from tests.databases import POSTGRES_URL
@@ -63,6 +64,15 @@ class Flaky:
         if self.lose_next:
             self.lose_next = False
             raise ConnectionLost("test: committed, then the answer was lost")
+
+    def script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+        """PostgreSQL's one-round-trip transaction (money's path there), lost alike."""
+        self._check()
+        rows: list[tuple[Any, ...]] = self.db.script(statements)  # type: ignore[attr-defined]
+        if self.lose_next:
+            self.lose_next = False
+            raise ConnectionLost("test: committed, then the answer was lost")
+        return rows
 
     def ping(self, timeout_s: float) -> None:
         self._check()

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from proxy.billing.db import Conflict, Cursor
-from proxy.billing.money import Money, Settle
+from proxy.billing.money import Money
+from proxy.billing.rows import Settle
 from proxy.billing.store import Store
 from tests.test_billing_store import entry
 

@@ -20,7 +20,7 @@ import pytest
 from openai.types import ImageGenCompletedEvent
 
 from proxy.billing.keys import KeyLimits
-from proxy.billing.money import Entry
+from proxy.billing.rows import Entry
 from tests.conftest import Running, make_config, serve
 from tests.fakes.sim_wrap import Wrapped, wrapped
 from tests.test_batches import finished, jsonl, lines_of

@@ -16,7 +16,7 @@ import pytest
 from proxy import cli
 from proxy.app import load_catalog
 from proxy.billing import activity, savings
-from proxy.billing.money import Entry
+from proxy.billing.rows import Entry
 from proxy.billing.store import Store
 from proxy.catalog import CatalogError, inventory
 from proxy.providers import ADAPTERS

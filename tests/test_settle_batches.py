@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from proxy.billing.money import Delivered, Settle
+from proxy.billing.rows import Delivered, Settle
 from proxy.billing.store import Store
 from tests.test_billing_store import entry
 

@@ -13,7 +13,8 @@ from proxy.api.errors import ApiError
 from proxy.api.request_log import request_line
 from proxy.billing.journal import Call
 from proxy.billing.keys import KeyRecord
-from proxy.billing.money import BILLED, Delivered, Entry, Settle, micros, period_label, usd
+from proxy.billing.money import micros, period_label, usd
+from proxy.billing.rows import BILLED, Delivered, Entry, Settle
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, Served
 from proxy.providers.resume import Resume

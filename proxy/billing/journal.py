@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from proxy.billing.db import Cursor, Database, retry_lost
-from proxy.billing.money import Entry
+from proxy.billing.rows import Entry
 
 ABANDONED = "abandoned"  # the ledger outcome of a call cut off with its outcome unknown
 

@@ -17,10 +17,11 @@ import datetime as dt
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, cast
 
+from proxy.billing import pg_money
 from proxy.billing.db import (
     Conflict,
     ConnectionLost,
@@ -30,11 +31,24 @@ from proxy.billing.db import (
     retry_lost,
 )
 from proxy.billing.deferred import Deferred
+from proxy.billing.rows import (
+    BILLED,
+    BILLED_SQL,
+    FIELDS,
+    LEDGER_COLUMNS,
+    LEDGER_INSERT,
+    MARK,
+    Delivered,
+    Entry,
+    Settle,
+    lock_order,
+)
 
 if TYPE_CHECKING:
     from proxy.billing.postgres import PostgresDatabase
 
 MICRO = Decimal("0.000001")
+UNAVAILABLE = "database_unavailable"  # the outcome of a request whose settle was refused
 
 
 def micros(amount: Decimal) -> int:
@@ -59,71 +73,6 @@ def period_label(period: str, now: float) -> str:
     return day.strftime("%Y-%m") if period == "monthly" else day.strftime("%Y-%m-%d")
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One ledger row: a request's outcome, what it was billed and what it cost upstream."""
-
-    request_id: str
-    key_id: str
-    tenant: str
-    model: str
-    provider: str | None
-    route: str | None
-    tier: str
-    n_asked: int
-    n_delivered: int
-    billed_micros: int
-    upstream_micros: int
-    latency_ms: int
-    outcome: str  # success | cache_hit | coalesced | a failure class
-    failure: str | None
-    attempts: int
-    upstream_id: str | None
-    idempotency_key: str | None
-    created_at: int
-
-
-# The outcomes of a request that was answered and billed: a host's images, the response
-# cache's, or those of an identical request in flight (proxy/api/caching.py).
-BILLED: tuple[str, ...] = ("success", "cache_hit", "coalesced")
-_BILLED_SQL = "(" + ", ".join(f"'{outcome}'" for outcome in BILLED) + ")"
-_FIELDS = tuple(Entry.__dataclass_fields__)
-_LEDGER_COLUMNS = ", ".join(_FIELDS)
-# One row per request id. A success is never replaced (a request is billed once); anything
-# else (a cancelled run of a job that ran again, say) gives way to the later outcome. It
-# changes no row when the request's success is already there: then nothing more is billed.
-_LEDGER_INSERT = (f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
-                  f"({', '.join('?' * len(Entry.__dataclass_fields__))}) "
-                  f"ON CONFLICT (request_id) DO UPDATE SET "
-                  + ", ".join(f"{c} = excluded.{c}" for c in Entry.__dataclass_fields__
-                              if c != "request_id")
-                  + f" WHERE ledger.outcome NOT IN {_BILLED_SQL}")
-
-
-# PostgreSQL's settle as one statement (written out for it: SQLite has no writes in WITH): the
-# row, then the budget window's `spent` (or the reservation's move into it) only if the row
-# was written, so a batch of settles needs no answer between its statements (_script).
-_PG_ROW = f"WITH written AS ({_LEDGER_INSERT} RETURNING 1) "
-_PG_SPENT = (_PG_ROW + "INSERT INTO budget_counters (key_id, period, spent_micros) "
-             "SELECT ?, ?, ? FROM written ON CONFLICT (key_id, period) DO UPDATE SET "
-             "spent_micros = budget_counters.spent_micros + excluded.spent_micros")
-_PG_CLOSE = (_PG_ROW + ", held AS (DELETE FROM reservations WHERE id = ? "
-             "RETURNING key_id, period, amount_micros) "
-             "UPDATE budget_counters SET reserved_micros = reserved_micros - held.amount_micros, "
-             "spent_micros = spent_micros + CASE WHEN EXISTS (SELECT 1 FROM written) THEN ? ELSE 0 "
-             "END FROM held WHERE budget_counters.key_id = held.key_id "
-             "AND budget_counters.period = held.period")
-UNAVAILABLE = "database_unavailable"  # the outcome of a request whose settle was refused
-_MARK = "UPDATE ledger SET delivered_at = ? WHERE request_id = ?"
-# A request's settle: its reservation (None without a budget), its row, its budget window.
-Settle = tuple[str | None, Entry, str | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """A request's delivered mark, written with the settles it goes with (write_each)."""
-
-    request_id: str
 
 
 class Money:
@@ -162,6 +111,12 @@ class Money:
 
     def _reserve(self, reservation: str, key_id: str, period: str, amount_micros: int,
                  budget_micros: int | None, hold_s: float | None) -> str | None:
+        now = int(time.time())
+        expires = now + int(hold_s) if hold_s is not None else None
+        if self._db.engine == "postgres":  # one round trip, where each statement took one
+            held = cast("PostgresDatabase", self._db).script(pg_money.reservation(
+                reservation, key_id, period, amount_micros, budget_micros, now, expires))
+            return reservation if held else None
         with self._db.transaction() as cur:
             cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
                         "ON CONFLICT (key_id, period) DO NOTHING", (key_id, period))
@@ -174,11 +129,9 @@ class Money:
                     "AND spent_micros + reserved_micros + ? <= ?",
                     (amount_micros, key_id, period, amount_micros, budget_micros)) != 1:
                 return None
-            now = int(time.time())
             cur.execute("INSERT INTO reservations (id, key_id, period, amount_micros, "
                         "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (reservation, key_id, period, amount_micros, now,
-                         now + int(hold_s) if hold_s is not None else None))
+                        (reservation, key_id, period, amount_micros, now, expires))
         return reservation
 
     def settle(self, reservation: str | None, entry: Entry, period: str | None = None) -> None:
@@ -218,12 +171,12 @@ class Money:
         key's budget row: two batches that took two keys' rows in opposite orders deadlocked
         on PostgreSQL), then the marks."""
         if self._db.engine == "postgres":  # one round trip, where each statement took one
-            cast("PostgresDatabase", self._db).script(_script(writes, when))
+            cast("PostgresDatabase", self._db).script(pg_money.settles(writes, when))
             return
         with self._db.transaction() as cur:
-            for write in sorted(writes, key=_lock_order):
+            for write in sorted(writes, key=lock_order):
                 if isinstance(write, Delivered):
-                    cur.execute(_MARK, (when, write.request_id))
+                    cur.execute(MARK, (when, write.request_id))
                 else:
                     self._settle_in(cur, *write)
 
@@ -251,7 +204,7 @@ class Money:
         with self._db.transaction() as cur:
             if entry.outcome == UNAVAILABLE:
                 rows = cur.query("SELECT billed_micros FROM ledger WHERE request_id = ? AND "
-                                 f"outcome IN {_BILLED_SQL} AND delivered_at IS NULL",
+                                 f"outcome IN {BILLED_SQL} AND delivered_at IS NULL",
                                  (entry.request_id,))
                 if rows:
                     cur.execute("UPDATE ledger SET outcome = ?, failure = ?, n_delivered = 0, "
@@ -270,7 +223,7 @@ class Money:
     def _settle_in(self, cur: Cursor, reservation: str | None, entry: Entry,
                    period: str | None) -> None:
         # Its fields in order (astuple would deep-copy each one first).
-        if not cur.execute(_LEDGER_INSERT, tuple(getattr(entry, name) for name in _FIELDS)):
+        if not cur.execute(LEDGER_INSERT, tuple(getattr(entry, name) for name in FIELDS)):
             # This request's success is in the ledger already: it is billed nothing more.
             if reservation is not None:
                 _close(cur, reservation, 0)
@@ -297,7 +250,7 @@ class Money:
             self._deferred.add(self._mark, request_id, int(time.time()))
 
     def _mark(self, request_id: str, when: int) -> None:
-        self._db.execute(_MARK, (when, request_id))
+        self._db.execute(MARK, (when, request_id))
 
     def sweep(self, older_than_s: float) -> int:
         """Release reservations older than any request can live (left by a crash), or past
@@ -317,7 +270,7 @@ class Money:
         return (usd(int(rows[0][0])), usd(int(rows[0][1]))) if rows else (Decimal(0), Decimal(0))
 
     def entry(self, request_id: str) -> Entry | None:
-        rows = self._db.query(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE request_id = ?",
+        rows = self._db.query(f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE request_id = ?",
                               (request_id,))
         return Entry(*rows[0]) if rows else None
 
@@ -351,29 +304,3 @@ def _close(cur: Cursor, reservation: str, billed_micros: int) -> None:
                 "spent_micros = spent_micros + ? WHERE key_id = ? AND period = ?",
                 (int(amount), billed_micros, key_id, period))
     cur.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
-
-
-def _script(writes: list[Settle | Delivered], when: int) -> list[tuple[str, tuple[Any, ...]]]:
-    """The writes as PostgreSQL statements that need no answer from one another, in the
-    order `_settle_in` and the marks are written in."""
-    statements: list[tuple[str, tuple[Any, ...]]] = []
-    for write in sorted(writes, key=_lock_order):
-        if isinstance(write, Delivered):
-            statements.append((_MARK, (when, write.request_id)))
-            continue
-        reservation, entry, period = write
-        row = tuple(getattr(entry, name) for name in _FIELDS)
-        if reservation is not None:
-            statements.append((_PG_CLOSE, (*row, reservation, entry.billed_micros)))
-        elif period is not None and entry.billed_micros:
-            statements.append((_PG_SPENT, (*row, entry.key_id, period, entry.billed_micros)))
-        else:
-            statements.append((_LEDGER_INSERT, row))
-    return statements
-
-
-def _lock_order(write: Settle | Delivered) -> tuple[int, str, str]:
-    if isinstance(write, Delivered):
-        return 1, "", ""
-    _, entry, period = write
-    return 0, entry.key_id, period or ""

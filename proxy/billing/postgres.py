@@ -112,17 +112,20 @@ class PostgresDatabase:
         with self._connection() as conn, conn.transaction():
             yield _PostgresCursor(conn)
 
-    def script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    def script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Row]:
         """Statements that need no answer from one another, in one transaction and one round
         trip: bound here (psycopg's ClientCursor quotes each value) and sent as one query,
-        which the server runs as one transaction. Each statement of a round trip of its own
-        cost a ledger batch about 0.1 ms of CPU in psycopg."""
+        which the server runs as one transaction. The last statement's rows, if it has any.
+        Each statement of a round trip of its own cost about 0.1 ms of CPU in psycopg."""
         import psycopg
 
         sql = "; ".join(_pg(statement) for statement, _ in statements)
         args = tuple(arg for _, given in statements for arg in given)
         with self._connection() as conn, psycopg.ClientCursor(conn) as cur:
             cur.execute(sql, args)
+            while cur.nextset():
+                pass
+            return list(cur.fetchall()) if cur.description is not None else []
 
     def ping(self, timeout_s: float) -> None:
         """A round trip on a pooled connection (one the server hung up on is replaced first)."""

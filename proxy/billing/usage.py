@@ -12,7 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.billing.db import Database
-from proxy.billing.money import BILLED, dollars, usd
+from proxy.billing.money import dollars, usd
+from proxy.billing.rows import BILLED
 
 # group name -> portable SQL expression (days are whole UTC days since the epoch)
 GROUPS: dict[str, str] = {"day": "created_at / 86400", "model": "model",

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from proxy.billing.money import Entry
+    from proxy.billing.rows import Entry
     from proxy.catalog import Route
     from proxy.domain import ImageRequest, ImageResult, Served
     from proxy.providers.base import UpstreamCall, UpstreamReply

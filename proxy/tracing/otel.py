@@ -30,7 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.billing.money import Entry
+from proxy.billing.rows import Entry
 from proxy.catalog import Route
 from proxy.domain import ImageRequest, ImageResult, Served
 from proxy.providers.base import UpstreamCall, UpstreamReply

@@ -1,0 +1,67 @@
+"""A ledger row (Entry) and the SQL that writes it, on both engines: one row per request id,
+and a success is never replaced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger row: a request's outcome, what it was billed and what it cost upstream."""
+
+    request_id: str
+    key_id: str
+    tenant: str
+    model: str
+    provider: str | None
+    route: str | None
+    tier: str
+    n_asked: int
+    n_delivered: int
+    billed_micros: int
+    upstream_micros: int
+    latency_ms: int
+    outcome: str  # success | cache_hit | coalesced | a failure class
+    failure: str | None
+    attempts: int
+    upstream_id: str | None
+    idempotency_key: str | None
+    created_at: int
+
+
+# The outcomes of a request that was answered and billed: a host's images, the response
+# cache's, or those of an identical request in flight (proxy/api/caching.py).
+BILLED: tuple[str, ...] = ("success", "cache_hit", "coalesced")
+BILLED_SQL = "(" + ", ".join(f"'{outcome}'" for outcome in BILLED) + ")"
+FIELDS = tuple(Entry.__dataclass_fields__)
+LEDGER_COLUMNS = ", ".join(FIELDS)
+# One row per request id. A success is never replaced (a request is billed once); anything
+# else (a cancelled run of a job that ran again, say) gives way to the later outcome. It
+# changes no row when the request's success is already there: then nothing more is billed.
+LEDGER_INSERT = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
+                  f"({', '.join('?' * len(Entry.__dataclass_fields__))}) "
+                  f"ON CONFLICT (request_id) DO UPDATE SET "
+                  + ", ".join(f"{c} = excluded.{c}" for c in Entry.__dataclass_fields__
+                              if c != "request_id")
+                  + f" WHERE ledger.outcome NOT IN {BILLED_SQL}")
+MARK = "UPDATE ledger SET delivered_at = ? WHERE request_id = ?"
+# A request's settle: its reservation (None without a budget), its row, its budget window.
+Settle = tuple[str | None, Entry, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A request's delivered mark, written with the settles it goes with (write_each)."""
+
+    request_id: str
+
+
+def lock_order(write: Settle | Delivered) -> tuple[int, str, str]:
+    """One order for every transaction: settles by key and window (each locks its key's
+    budget row: two batches that took two keys' rows in opposite orders deadlocked on
+    PostgreSQL), then the marks."""
+    if isinstance(write, Delivered):
+        return 1, "", ""
+    _, entry, period = write
+    return 0, entry.key_id, period or ""
