@@ -8,13 +8,17 @@ half-written one is discarded, and the cap counts a batch still being written.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import orjson
 import pytest
 
+from proxy.billing.db import Cursor
 from proxy.billing.queue_cap import QueueFull
 from proxy.billing.store import Store
 from tests.fakes.counting_host import MODEL
@@ -110,15 +114,34 @@ def test_the_cap_counts_jobs_and_a_batch_still_being_written(database: str) -> N
 def test_a_batch_being_written_leaves_the_database_half_its_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After each step of a batch's writing, a pause as long as the step took (on a slow disk
-    a fixed 2 ms pause left other requests' writes queueing behind it: their p99 tripled)."""
-    step_s = 0.03  # each step "takes" this long, on a clock that moves only when read
-    clock = iter(range(10_000))
-    pauses: list[float] = []
-    monkeypatch.setattr(time, "monotonic", lambda: next(clock) * step_s)
-    monkeypatch.setattr(time, "sleep", pauses.append)
+    a fixed 2 ms pause left other requests' writes queueing behind it: their p99 tripled).
+    The step's checkpoint, which holds nothing others wait for, is part of the pause."""
+    step_s = 0.03  # each step's transaction takes this long, on a clock moved by hand
+    now = [0.0]
+    steps: list[tuple[float, float]] = []
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
     with Store(tmp_path / "s.db") as store:
         key = store.create_key("k")[0].id
+        transaction, checkpoint = store.db.transaction, store.db.checkpoint  # type: ignore[attr-defined]
+
+        @contextlib.contextmanager
+        def slow() -> Iterator[Cursor]:
+            began = now[0]
+            with transaction() as cur:
+                yield cur
+            now[0] += step_s
+            steps.append((began, now[0]))
+
+        def slow_checkpoint() -> None:
+            now[0] += step_s / 3
+            checkpoint()
+
+        monkeypatch.setattr(store.db, "transaction", slow)
+        monkeypatch.setattr(store.db, "checkpoint", slow_checkpoint)
         items = [(f"item-{i}", BODY) for i in range(450)]
         store.batches.stage(key, ENDPOINT, "file-x", "24h", None, items, b"")
-    assert len(pauses) == 5  # 100 items a step
-    assert all(pause >= step_s for pause in pauses), pauses
+    writes = steps[1:]  # the first wrote the batch's own row
+    assert len(writes) == 5  # 100 items a step
+    gaps = [after[0] - before[1] for before, after in itertools.pairwise(writes)]
+    assert all(gap >= step_s for gap in gaps), gaps

@@ -105,7 +105,8 @@ _SQLITE_UNAVAILABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
 
 
 class SqliteDatabase:
-    """One connection behind a lock; WAL so the CLI can write while the server reads.
+    """One connection behind a lock, shared by every call; WAL so the CLI can write while the
+    server reads. An aside connection of its own copies the log back (checkpoint).
 
     synchronous=NORMAL in WAL mode survives a killed process (only an OS crash can lose the
     last commits), which is the durability the ledger promises. A call waits at most the
@@ -122,6 +123,9 @@ class SqliteDatabase:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._busy(BUSY_TIMEOUT_S)
         self._cursor = _SqliteCursor(self._db)
+        self._path = path
+        self._side_lock = threading.Lock()
+        self._side: sqlite3.Connection | None = None  # the aside connection (checkpoint)
 
     # Locking and error mapping are written out in each call (not a context manager): this
     # is every ledger write's path, and a generator-based one cost it a microsecond a call.
@@ -181,7 +185,37 @@ class SqliteDatabase:
         finally:
             self._lock.release()
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log's pages into the database file now, through the aside
+        connection, so that no commit on the shared one meets the log past
+        wal_autocheckpoint (1000 pages) and copies them itself, holding every other call
+        behind the lock for tens of milliseconds meanwhile. PASSIVE: no write and no read
+        waits for it (what a reader still needs stays in the log, for a later checkpoint).
+        For a bulk writer between its steps; skipped while another thread uses the aside
+        connection."""
+        if self._side_lock.acquire(blocking=False):
+            self._aside("PRAGMA wal_checkpoint(PASSIVE)", ())
+
+    def _aside(self, sql: str, args: Sequence[Any]) -> list[Row]:
+        """`sql` on the aside connection (opened at its first use); the caller holds its
+        lock, released here."""
+        try:
+            if self._side is None:
+                self._side = sqlite3.connect(self._path, check_same_thread=False,
+                                             isolation_level=None)
+                self._side.execute("PRAGMA synchronous=NORMAL")
+                self._side.execute(f"PRAGMA busy_timeout={round(BUSY_TIMEOUT_S * 1000)}")
+            return list(self._side.execute(sql, tuple(args)).fetchall())
+        except sqlite3.OperationalError as exc:
+            _unavailable(exc)
+            raise
+        finally:
+            self._side_lock.release()
+
     def close(self) -> None:
+        with self._side_lock:
+            if self._side is not None:
+                self._side.close()
         with self._lock:
             self._db.close()
 

@@ -1,0 +1,56 @@
+"""A batch's creation keeps off SQLite's shared connection, which every request's ledger write
+waits for: its items are written in short steps (batches.py: stage). What that is worth is
+shown by `switchyard bench batch-create`; here, the properties it rests on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from proxy.billing import batches
+from proxy.billing.store import Store
+
+ENDPOINT = "/v1/images/generations"
+PAGE = 4096  # SQLite's default page size
+AUTOCHECKPOINT = 1000  # pages: SQLite's default wal_autocheckpoint
+
+
+def items(count: int) -> list[tuple[str, bytes]]:
+    return [(f"line-{i}", b'{"model": "test-image", "prompt": "p%d"}' % i)
+            for i in range(count)]
+
+
+def staged_ids(store: Store, batch_id: str) -> list[str]:
+    """The batch's job ids in the order of its lines."""
+    rows = store.db.query("SELECT custom_id, id FROM jobs WHERE batch_id = ?", (batch_id,))
+    return [job_id for _, job_id in sorted(rows, key=lambda row: int(row[0].split("-")[1]))]
+
+
+def test_a_batchs_item_ids_follow_its_lines(database: str) -> None:
+    """Ordered ids put a step's rows on a few neighbouring pages of the jobs' primary key
+    index (random ones dirtied a page per row); they still look like any job id, and two
+    batches share none."""
+    with Store(database) as store:
+        key = store.create_key("big")[0]
+        first, second = (store.batches.stage(key.id, ENDPOINT, "file-x", "24h", None,
+                                             items(2 * batches.STAGE_ROWS + 5), b"")
+                         for _ in range(2))
+        ids, others = staged_ids(store, first.id), staged_ids(store, second.id)
+    assert len(ids) == 2 * batches.STAGE_ROWS + 5
+    assert ids == sorted(ids), "ids in the order of the lines"
+    assert all(re.fullmatch(r"imgjob_[0-9a-f]{24}", job_id) for job_id in ids + others)
+    assert not set(ids) & set(others)
+
+
+def test_staging_copies_the_log_back_as_it_goes(tmp_path: Path) -> None:
+    """SQLite: every step's pages go back to the database file before the next step, off the
+    shared connection, so the write-ahead log never grows to wal_autocheckpoint's 1000 pages;
+    a commit that found it there copied them itself, holding the connection (and every request
+    waiting for it) for tens of milliseconds. The log file's size is its high-water mark."""
+    with Store(tmp_path / "switchyard.db") as store:
+        key = store.create_key("big")[0]
+        store.batches.stage(key.id, ENDPOINT, "file-x", "24h", None,
+                            items(60 * batches.STAGE_ROWS), b"")
+        wal = (tmp_path / "switchyard.db-wal").stat().st_size  # closing removes it
+    assert wal < AUTOCHECKPOINT * PAGE / 4, f"the log grew to {wal // PAGE} pages"
+
