@@ -120,14 +120,14 @@ async def create_batch(request: Request) -> Response:
                                          svc.config.max_queued_per_key, tracing.traceparent())
     except QueueFull as exc:
         raise queue_full(exc, "input_file_id") from None
-    if once is None:
-        return _json(await _batch_object(svc, await asyncio.to_thread(table.open, staged)))
+    if once is None:  # just opened, nothing run yet: no counting 50,000 items meanwhile
+        return _json(await _batch_object(svc, await asyncio.to_thread(table.open, staged), {}))
     batch_id, replayed = await idempotent.create_once(
         svc, once, lambda cur: table.open(staged, cur).id)
     if replayed:  # another request with the key made it first
         await asyncio.to_thread(table.discard, staged.id)
         return await _replayed(svc, batch_id)
-    return _json(await _batch_object(svc, await _found(svc, batch_id)))
+    return _json(await _batch_object(svc, await _found(svc, batch_id), {}))
 
 
 async def _once(request: Request, key: KeyRecord) -> Once | None:
@@ -150,8 +150,11 @@ async def _found(svc: Services, batch_id: str) -> Batch:
     return batch
 
 
-async def _batch_object(svc: Services, batch: Batch) -> dict[str, Any]:
-    counts = await asyncio.to_thread(svc.store.batches.counts, batch.id)
+async def _batch_object(svc: Services, batch: Batch,
+                        counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """The Batch object; its items' `counts` by state are read unless given."""
+    if counts is None:
+        counts = await asyncio.to_thread(svc.store.batches.counts, batch.id)
     bad = batch.errors.count(b"\n")
     return {
         "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": None,

@@ -95,8 +95,11 @@ class Batches:
         return stored
 
     def file(self, file_id: str, key_id: str) -> StoredFile | None:
-        rows = self._db.query(f"SELECT {_FILE} FROM files WHERE id = ? AND key_id = ?",
-                              (file_id, key_id))
+        """The file with its content: on SQLite read aside, off the shared connection (a
+        50,000-line input file held it 20-40 ms, every other request waiting)."""
+        sql = f"SELECT {_FILE} FROM files WHERE id = ? AND key_id = ?"
+        rows = self._db.query_aside(sql, (file_id, key_id)) \
+            if isinstance(self._db, SqliteDatabase) else self._db.query(sql, (file_id, key_id))
         return _file(rows[0]) if rows else None
 
     def set_size(self, file_id: str, size: int) -> None:
