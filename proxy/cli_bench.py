@@ -113,6 +113,8 @@ def _add_bench_batch_create(bench: argparse._SubParsersAction[argparse.ArgumentP
     create.add_argument("--code", action="append", default=[],
                         help="serve the code of this checkout root instead of the installed "
                              "one; repeat it to compare trees, interleaved round by round")
+    create.add_argument("--database-url", help="serve on this PostgreSQL server, a database of "
+                        "the round's own, dropped after (default: SQLite)")
     create.set_defaults(run=_bench_batch_create, config=None, data_dir=None)
 
 
@@ -254,7 +256,7 @@ def _bench_batch_create(config: Config, args: argparse.Namespace) -> int:
     from proxy.bench import batch_create
 
     options = batch_create.Options(args.lines, args.rounds, args.seconds, args.workers,
-                                   args.rate, tuple(args.code))
+                                   args.rate, tuple(args.code), args.database_url)
     return _reported(lambda: batch_create.main(options))
 
 

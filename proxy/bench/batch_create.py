@@ -1,14 +1,15 @@
 """`switchyard bench batch-create`: other tenants' latency while a 50,000-line batch is created
 (issue 18.3: "other requests' p99 unchanged"), through a real `serve`.
 
-Each round, for each code tree, a fresh `serve` (a data dir of its own) in front of the fake
-upstream: one key uploads a batch input file and creates a 10-line batch (so both sides start
-warm), then hey sends another key's image requests at a steady rate (workers x requests/s
-each, well below what the server can do, so latency is the server's, not a queue's) for
-`seconds`: the baseline. Then hey again, and meanwhile the big batch is created; the requests
-in flight at any moment of that creation are the "during" figures. Several `--code` trees
-(checkout roots: `git archive` of two commits, say) are served in turn, the first side
-rotating each round, because a shared machine's noise drifts.
+Each round, for each code tree, a fresh `serve` (a data dir of its own; with `database_url`,
+a PostgreSQL database of its own too) in front of the fake upstream: one key uploads a batch
+input file and creates a 10-line batch (so both sides start warm), then hey sends another
+key's image requests at a steady rate (workers x requests/s each, well below what the server
+can do, so latency is the server's, not a queue's) for `seconds`: the baseline. Then hey
+again, and meanwhile the big batch is created; the requests in flight at any moment of that
+creation are the "during" figures. Several `--code` trees (checkout roots: `git archive` of
+two commits, say) are served in turn, the first side rotating each round, because a shared
+machine's noise drifts.
 
 A control follows in each round: hey once more while other processes burn the CPU the creation
 took above the baseline's (the serve process and its worker, as /proc counts them), spread
@@ -19,6 +20,7 @@ work that must run somewhere slows the others by itself; the control shows how m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -27,16 +29,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import orjson
 
-from proxy.bench import procs
+from proxy.bench import fleet_procs, procs
 from proxy.bench.hey import require
 from proxy.bench.load import PATH, percentile
+from proxy.billing.store import Store
 
 BODY = orjson.dumps({"model": procs.MODEL, "prompt": "bench payload=2000",
                      "size": "1024x1024"})
@@ -51,6 +54,7 @@ class Options:
     workers: int = 4  # hey -c
     rate: float = 25.0  # requests/s per worker (hey -q)
     codes: tuple[str, ...] = ()  # checkout roots; () is this installation's code
+    database_url: str | None = None  # a PostgreSQL server (a database per round); or SQLite
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +131,25 @@ def _cancel(http: httpx.Client, batch_id: str) -> None:
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def _served(root: Path, code: str, options: Options) -> Iterator[tuple[procs.Server, str, str]]:
+    """A fresh `serve` of `code` on a database of its own, and two keys."""
+    data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=root))
+    settings = {"PYTHONPATH": code, "PYTHONSAFEPATH": "1"} if code else {}
+    with contextlib.ExitStack() as stack:
+        target: str | Path = data_dir / "switchyard.db"
+        if options.database_url:
+            target = settings["SWITCHYARD_DATABASE_URL"] = stack.enter_context(
+                fleet_procs.own_database(options.database_url, "switchyard_batch_create"))
+        with Store(target) as store:
+            tenant, other = store.create_key("bench")[1], store.create_key("bench")[1]
+        yield stack.enter_context(procs.switchyard(root / "routes", data_dir,
+                                                   settings=settings)), tenant, other
+
+
 def _round(root: Path, code: str, options: Options, content: bytes) -> Round:
     """One fresh `serve` of `code`: its baseline, then its figures during a creation."""
-    data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=root))
-    tenant, other = procs.create_key(data_dir), procs.create_key(data_dir)
-    settings = {"PYTHONPATH": code, "PYTHONSAFEPATH": "1"} if code else {}
-    with procs.switchyard(root / "routes", data_dir, settings=settings) as server, \
+    with _served(root, code, options) as (server, tenant, other), \
             httpx.Client(base_url=server.base_url, timeout=MAX_CREATE_S,
                          headers={"authorization": f"Bearer {tenant}"}) as http:
         _create(http, 10)
