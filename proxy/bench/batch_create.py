@@ -15,7 +15,8 @@ A control follows in each round: hey once more while other processes burn the CP
 took above the baseline's (the serve process and its worker, as /proc counts them), spread
 over as long as it took. On a machine whose every core is shared with hey and the fake host,
 work that must run somewhere slows the others by itself; the control shows how much, so the
-"during" figures can be read against it.
+"during" figures can be read against it. With `database_url` the control misses PostgreSQL's
+own CPU (its processes are not the server's), so it reads low.
 """
 
 from __future__ import annotations
