@@ -126,7 +126,7 @@ class SqliteDatabase:
         self._cursor = _SqliteCursor(self._db)
         self._path = path
         self._side_lock = threading.Lock()
-        self._side: sqlite3.Connection | None = None  # the aside connection (checkpoint)
+        self._side: sqlite3.Connection | None = None  # the aside one, opened at its first use
 
     # Locking and error mapping are written out in each call (not a context manager): this
     # is every ledger write's path, and a generator-based one cost it a microsecond a call.
