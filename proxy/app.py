@@ -45,7 +45,6 @@ from proxy.api.context import Endpoint, RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
 from proxy.billing import pricing, savings
-from proxy.billing.db import CHECKPOINT_S, SqliteDatabase
 from proxy.billing.keys import KeyFinder
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
@@ -231,8 +230,7 @@ def one_path(path: str, handlers: Mapping[str, Endpoint]) -> Route:
 def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[asyncio.Task[None]]:
     """Supervised loops, off the event loop: now and then, delete expired image files and
     release budget reservations no live request can still hold (a crashed process left them);
-    every second, the writes kept while the database was away (store.deferred) and, on
-    SQLite, a checkpoint."""
+    every second, the writes kept while the database was away (store.deferred)."""
     async def reservations() -> None:
         await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
 
@@ -246,19 +244,7 @@ def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[as
         if store.deferred:  # nothing kept: no thread hop
             await asyncio.to_thread(store.deferred.retry)
 
-    loops = []
-    if isinstance(store.db, SqliteDatabase):  # its log copied back aside, never in a commit
-        sqlite = store.db
-        sqlite.hand_off_checkpoints()
-
-        async def checkpoint() -> None:
-            await asyncio.to_thread(sqlite.checkpoint)
-
-        loops.append(asyncio.create_task(supervise.forever("wal_checkpoint", checkpoint,
-                                                           CHECKPOINT_S)))
-
-    return [*loops,
-            asyncio.create_task(supervise.forever("budget_sweep", reservations,
+    return [asyncio.create_task(supervise.forever("budget_sweep", reservations,
                                                   SWEEP_INTERVAL_S)),
             asyncio.create_task(supervise.forever("media_sweep", images, SWEEP_INTERVAL_S)),
             asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S)),

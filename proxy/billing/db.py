@@ -21,7 +21,6 @@ from typing import Any, Protocol, TypeVar
 
 Row = tuple[Any, ...]
 T = TypeVar("T")
-CHECKPOINT_S = 1.0  # how often a server copies SQLite's log back (hand_off_checkpoints)
 BUSY_TIMEOUT_S = 10.0  # how long an SQLite call waits for another process's write lock
 
 
@@ -197,12 +196,6 @@ class SqliteDatabase:
         connection."""
         if self._side_lock.acquire(blocking=False):
             self._aside("PRAGMA wal_checkpoint(PASSIVE)", ())
-
-    def hand_off_checkpoints(self) -> None:
-        """From now on no commit on the shared connection copies the log back itself (one in
-        about every 3 s of ledger writes did, 15-20 ms behind the lock): the caller runs
-        `checkpoint` every CHECKPOINT_S instead, off the lock."""
-        self.execute("PRAGMA wal_autocheckpoint=0")
 
     def query_aside(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         """A read through the aside connection, not the shared one: for a big one (a
