@@ -294,13 +294,17 @@ def unbilled(entry: Entry) -> Entry:
 
 
 def _close(cur: Cursor, reservation: str, billed_micros: int) -> None:
-    """Move a reservation's amount out of `reserved`, and what was billed into `spent`."""
+    """Move a reservation's amount out of `reserved`, and what was billed into `spent`.
+    The reservation's row goes first, as in pg_money's settle: a release
+    and a settle of one hold then meet on that row (one of them finds it gone) and take the
+    rows they share in one order. A read, then an update, then the delete let a release
+    racing a settle free the hold twice, and lock the rows in the other order (deadlock).
+    (A reservation's row never changes: what the read sees is what the delete removes.)"""
     rows = cur.query("SELECT key_id, period, amount_micros FROM reservations WHERE id = ?",
                      (reservation,))
-    if not rows:
-        return  # already settled or swept
+    if not rows or cur.execute("DELETE FROM reservations WHERE id = ?", (reservation,)) != 1:
+        return  # already settled or swept (or just now, by another transaction)
     key_id, period, amount = rows[0]
     cur.execute("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
                 "spent_micros = spent_micros + ? WHERE key_id = ? AND period = ?",
                 (int(amount), billed_micros, key_id, period))
-    cur.execute("DELETE FROM reservations WHERE id = ?", (reservation,))

@@ -77,7 +77,11 @@ class PostgresDatabase:
             raise RuntimeError("a PostgreSQL database_url needs the postgres extra: "
                                "pip install 'switchyard[postgres]'") from None
         self._errors = (psycopg.OperationalError, psycopg.InterfaceError)
-        self._conflicts = psycopg.errors.TransactionRollback  # a deadlock, a serialization
+        # A deadlock or a serialization failure: the transaction may be tried again. psycopg
+        # makes their own classes subclasses of OperationalError only, not of
+        # TransactionRollback, so each is named.
+        self._conflicts = (psycopg.errors.TransactionRollback, psycopg.errors.DeadlockDetected,
+                           psycopg.errors.SerializationFailure)
         self._timeout = psycopg_pool.PoolTimeout
         # psycopg.pool's own lines are quieted in proxy.logs; the transitions are logged here
         # instead, once each.
