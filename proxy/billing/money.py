@@ -73,12 +73,12 @@ def period_label(period: str, now: float) -> str:
     return day.strftime("%Y-%m") if period == "monthly" else day.strftime("%Y-%m-%d")
 
 
-
-
 class Money:
     def __init__(self, db: Database, deferred: Deferred | None = None) -> None:
         self._db = db
         self._deferred = deferred if deferred is not None else Deferred()
+        # PostgreSQL's one-round-trip transactions (pg_money); None on SQLite.
+        self._script = cast("PostgresDatabase", db).script if db.engine == "postgres" else None
 
     def reserve(self, key_id: str, period: str, amount_micros: int,
                 budget_micros: int | None, hold_s: float | None = None) -> str | None:
@@ -113,9 +113,9 @@ class Money:
                  budget_micros: int | None, hold_s: float | None) -> str | None:
         now = int(time.time())
         expires = now + int(hold_s) if hold_s is not None else None
-        if self._db.engine == "postgres":  # one round trip, where each statement took one
-            held = cast("PostgresDatabase", self._db).script(pg_money.reservation(
-                reservation, key_id, period, amount_micros, budget_micros, now, expires))
+        if self._script is not None:  # one round trip, where each statement took one
+            held = self._script(pg_money.reservation(reservation, key_id, period,
+                                                     amount_micros, budget_micros, now, expires))
             return reservation if held else None
         with self._db.transaction() as cur:
             cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
@@ -154,7 +154,7 @@ class Money:
         (one commit, and its pages, for all). If the database refuses it, each is refused as
         `settle` or `delivered` refuses one; if it fails otherwise (a conflict with another
         transaction too), each is written alone, so a request fails only for its own row."""
-        if len(writes) > 1 or self._db.engine == "postgres":  # there one round trip anyway
+        if len(writes) > 1 or self._script is not None:  # there one round trip anyway
             try:
                 retry_lost(lambda: self._write_all(writes, int(time.time())))
                 return [None] * len(writes)
@@ -170,8 +170,8 @@ class Money:
         """In one order for every transaction: the settles by key and window (each locks its
         key's budget row: two batches that took two keys' rows in opposite orders deadlocked
         on PostgreSQL), then the marks."""
-        if self._db.engine == "postgres":  # one round trip, where each statement took one
-            cast("PostgresDatabase", self._db).script(pg_money.settles(writes, when))
+        if self._script is not None:  # one round trip, where each statement took one
+            self._script(pg_money.settles(writes, when))
             return
         with self._db.transaction() as cur:
             for write in sorted(writes, key=lock_order):
