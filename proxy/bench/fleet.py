@@ -70,7 +70,7 @@ class Options:
     replicas: tuple[int, ...] = (1, 2, 3)
     rounds: int = 3
     latency_requests: int = 200  # per run of a latency pair
-    items: int = 2000  # batch size
+    items: int = 10_000  # batch size, as `bench batch`
     time_scale: float = 0.1  # the batch hosts' latencies are multiplied by this
 
     @property
