@@ -22,8 +22,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy import catalog as catalog_module
+from proxy import collector, heap, logs, shared, supervise, tracing
 from proxy import config as config_module
-from proxy import heap, logs, shared, supervise, tracing
 from proxy import state as state_module
 from proxy.api import (
     admin,
@@ -144,6 +144,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
         sweepers = _sweep(media, store, config.request_timeout_s)
         worker = Worker(app.state.services, shared.webhook_secret(config, store.db))
         working = asyncio.create_task(worker.run())
+        collector.started()
         try:
             yield
         finally:
