@@ -7,7 +7,6 @@ more than its routing does. Their errors are rendered exactly as the exception h
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.exceptions import HTTPException
@@ -15,6 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy import ids
 from proxy.api.errors import ApiError, internal, log, on_http_exception, render, render_for
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -31,7 +31,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + secrets.token_hex(12)
+        request_id = ids.ordered("req_")
         scope.setdefault("state", {})["request_id"] = request_id
         received = 0
 

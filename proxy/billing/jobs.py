@@ -8,12 +8,12 @@ twice (its worker died after the upstream answered) is still billed once.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from proxy import ids
 from proxy.billing import journal
 from proxy.billing.db import Cursor, Database
 from proxy.billing.fairness import due_in_turn
@@ -79,7 +79,7 @@ class Jobs:
         target = into or self._db
         make_room(target, self._db.engine, key_id, 1, most)
         now = int(time.time())
-        job = Job("imgjob_" + secrets.token_hex(12), key_id, endpoint, request, "queued", 0,
+        job = Job(ids.ordered("imgjob_"), key_id, endpoint, request, "queued", 0,
                   callback_url=callback_url, created_at=now, traceparent=traceparent)
         target.execute(
             "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, callback_url, "

@@ -14,13 +14,13 @@ error, and its hold is released, with a $0 row, as soon as the database is back 
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, cast
 
+from proxy import ids
 from proxy.billing import pg_money
 from proxy.billing.db import (
     Conflict,
@@ -87,7 +87,7 @@ class Money:
         `hold_s`: how long the hold must outlive a crash (a batch item at a deferred host
         settles hours later); None: as long as any request can run."""
         def once() -> str | None:
-            reservation = "res_" + secrets.token_hex(8)
+            reservation = ids.ordered("res_")
             try:
                 return self._reserve(reservation, key_id, period, amount_micros,
                                      budget_micros, hold_s)
