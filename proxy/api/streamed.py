@@ -4,9 +4,10 @@ orjson.dumps of an ImagesResponse reserves several times the whole document whil
 and the whole body then waits in the server's send buffer for a slow client. Here the JSON
 around the big strings is serialized once with placeholders, and each big string goes out a
 slice at a time as the client drains the previous one, escaped by orjson so any content stays
-valid JSON. A string of up to WHOLE_MAX characters that escapes to itself (base64 always
-does) is escaped in one pass and sent as slices of that copy; a longer one is escaped slice by
-slice, after a first pass that counts its escaped length, so it never exists twice whole.
+valid JSON. Strings that escape to themselves (base64 always does) are escaped in one pass each
+and sent as slices of that copy, up to WHOLE_MAX characters per response; the rest are escaped
+slice by slice, after a first pass that counts their escaped length, so a response of many big
+images never holds more than WHOLE_MAX characters twice.
 Content-Length is exact either way.
 """
 
@@ -24,8 +25,8 @@ from starlette.types import Receive, Scope, Send
 SLICE = 256 * 1024  # characters escaped and sent at a time
 # Strings shorter than this are serialized in place: slicing pays off only for images.
 MIN_STREAMED = 64 * 1024
-# Strings up to this many characters are escaped in one pass and sent as slices of that copy
-# (half the CPU of escaping slice by slice); longer ones never exist as a second full copy.
+# Characters per response escaped in one pass and sent as slices of that copy (half the CPU of
+# escaping slice by slice); past it, strings never exist as a second full copy.
 WHOLE_MAX = 2_000_000
 
 
@@ -38,12 +39,14 @@ class Pieces:
         # Strings that escape to themselves (base64 always does) go out as plain ASCII: one
         # escaping pass to count them, where counting and then escaping again took two.
         self.plain: list[bool] = []
+        copied = 0  # characters held twice: as given and as their escaped copy
         for given in parts:
             part: bytes | memoryview | str = given
-            if isinstance(given, str) and len(given) <= WHOLE_MAX and given.isascii():
+            if isinstance(given, str) and copied + len(given) <= WHOLE_MAX and given.isascii():
                 whole = memoryview(orjson.dumps(given))[1:-1]
                 if len(whole) == len(given):  # escaped to itself: sent as that copy, sliced
                     part = whole
+                    copied += len(given)
             size = len(part) if not isinstance(part, str) else escaped_length(part)
             self.parts.append(part)
             self.length += size
