@@ -213,5 +213,7 @@ def finalize(svc: Services) -> None:
     table.discard_stale()
     for batch in table.open_batches():
         counts = table.counts(batch.id)  # a read first: most rounds find items still to run
-        if not (counts.get("queued") or counts.get("processing")):
+        if batch.status == "cancelling" and counts.get("queued"):
+            table.cancel_queued(batch.id)  # a cancel that a crash cut short
+        elif not (counts.get("queued") or counts.get("processing")):
             table.finalize(batch.id)

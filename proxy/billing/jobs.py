@@ -50,6 +50,10 @@ _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, c
 _HOOK_DUE = "webhook_state IN ('due', 'sending') AND webhook_after <= ?"
 _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
              "(state = 'processing' AND lease_until < ?))")
+# A queued item of a batch being cancelled, whose items end in steps (batches.py), is not
+# claimed; one that was running when its process died runs again, as it did before a cancel.
+_NOT_CANCELLED = ("(batch_id IS NULL OR state = 'processing' OR NOT EXISTS (SELECT 1 FROM "
+                  "batches WHERE batches.id = jobs.batch_id AND batches.status = 'cancelling'))")
 
 
 def _job(row: tuple[Any, ...]) -> Job:
@@ -107,7 +111,8 @@ class Jobs:
             with self._db.transaction() as cur:
                 for job_id in ids:
                     if cur.execute(f"UPDATE jobs SET state = 'processing', lease_until = ?, "
-                                   f"attempts = attempts + 1 WHERE id = ? AND {_RUNNABLE}",
+                                   f"attempts = attempts + 1 WHERE id = ? AND {_RUNNABLE} "
+                                   f"AND {_NOT_CANCELLED}",
                                    (now_s + int(lease_s), job_id, now_s, now_s)) == 1:
                         won.append(job_id)
         return [job for job in map(self.get, won) if job is not None]
