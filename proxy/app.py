@@ -45,6 +45,7 @@ from proxy.api.context import Endpoint, RequestContext
 from proxy.api.errors import ApiError, on_api_error, on_http_exception
 from proxy.api.job_worker import Worker
 from proxy.billing import pricing, savings
+from proxy.billing.db import SqliteDatabase
 from proxy.billing.keys import KeyFinder
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
@@ -66,6 +67,10 @@ log = logging.getLogger("switchyard")
 
 SWEEP_INTERVAL_S = 60.0
 DEFERRED_S = 1.0  # how often writes kept while the database was away are tried again
+# SQLite: how often the write-ahead log is copied back through the aside connection. A commit
+# that finds 1000 pages in the log copies them itself, holding the shared connection (every
+# ledger write) meanwhile; copied as they come, it finds a few.
+CHECKPOINT_S = 0.5
 
 
 def load_catalog(config: Config, env: Mapping[str, str] | None = None) -> Catalog:
@@ -231,7 +236,8 @@ def one_path(path: str, handlers: Mapping[str, Endpoint]) -> Route:
 def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[asyncio.Task[None]]:
     """Supervised loops, off the event loop: now and then, delete expired image files and
     release budget reservations no live request can still hold (a crashed process left them);
-    every second, the writes kept while the database was away (store.deferred)."""
+    every second, the writes kept while the database was away (store.deferred); on SQLite,
+    twice a second, copy the write-ahead log back (CHECKPOINT_S)."""
     async def reservations() -> None:
         await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
 
@@ -245,11 +251,21 @@ def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[as
         if store.deferred:  # nothing kept: no thread hop
             await asyncio.to_thread(store.deferred.retry)
 
-    return [asyncio.create_task(supervise.forever("budget_sweep", reservations,
-                                                  SWEEP_INTERVAL_S)),
-            asyncio.create_task(supervise.forever("media_sweep", images, SWEEP_INTERVAL_S)),
-            asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S)),
-            asyncio.create_task(supervise.forever("heap_trim", heap_trim, heap.TRIM_EVERY_S))]
+    db = store.db
+
+    async def checkpoint() -> None:
+        if isinstance(db, SqliteDatabase):
+            await asyncio.to_thread(db.checkpoint)
+
+    loops = [asyncio.create_task(supervise.forever("budget_sweep", reservations,
+                                                   SWEEP_INTERVAL_S)),
+             asyncio.create_task(supervise.forever("media_sweep", images, SWEEP_INTERVAL_S)),
+             asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S)),
+             asyncio.create_task(supervise.forever("heap_trim", heap_trim, heap.TRIM_EVERY_S))]
+    if isinstance(db, SqliteDatabase):
+        loops.append(asyncio.create_task(supervise.forever("wal_checkpoint", checkpoint,
+                                                           CHECKPOINT_S)))
+    return loops
 
 
 async def _last_deferred(store: Store) -> None:

@@ -192,8 +192,8 @@ class SqliteDatabase:
         wal_autocheckpoint (1000 pages) and copies them itself, holding every other call
         behind the lock for tens of milliseconds meanwhile. PASSIVE: no write and no read
         waits for it (what a reader still needs stays in the log, for a later checkpoint).
-        For a bulk writer between its steps; skipped while another thread uses the aside
-        connection."""
+        For a bulk writer between its steps, and the app twice a second (app.py: CHECKPOINT_S);
+        skipped while another thread uses the aside connection."""
         if self._side_lock.acquire(blocking=False):
             self._aside("PRAGMA wal_checkpoint(PASSIVE)", ())
 
