@@ -17,6 +17,7 @@ from proxy.billing import batches
 from proxy.billing.db import Cursor
 from proxy.billing.store import Store
 from tests.test_batch_staging import ENDPOINT, items
+from tests.test_journal import call
 
 ITEMS = 3 * batches.STAGE_ROWS + 5
 
@@ -87,7 +88,29 @@ def test_no_claim_takes_a_queued_item_of_a_cancelling_batch(
         assert [job.id for job in claimed] == [lone.id]
         assert states(store, batch_id) == {"queued": ITEMS}
         finalize(types.SimpleNamespace(store=store))  # type: ignore[arg-type]
+        assert states(store, batch_id) == {"queued": ITEMS}, "the cancel's own call may be on it"
+        store.db.execute("UPDATE batches SET cancelling_at = cancelling_at - ? WHERE id = ?",
+                         (batches.CANCEL_CUT_S + 1, batch_id))
+        finalize(types.SimpleNamespace(store=store))  # type: ignore[arg-type]
         assert states(store, batch_id) == {"cancelled": ITEMS}
         finalize(types.SimpleNamespace(store=store))  # type: ignore[arg-type]
         batch = store.batches.get(batch_id)
         assert batch is not None and batch.status == "cancelled"
+
+
+def test_an_item_handed_back_after_the_cancel_runs_again(database: str) -> None:
+    """An item running when its batch was cancelled, then handed back to the queue (a process
+    stopping) with its upstream call journaled, is claimed again and takes up its call; the
+    cancel does not end it (nor write its call off as abandoned)."""
+    with Store(database) as store:
+        batch_id = opened(store, 3)
+        (running,) = store.jobs.claim_many(60, 1)
+        store.journal.begin(call(ticket=running.id))
+        store.batches.cancel(batch_id)
+        store.jobs.retry_later(running.id, 0, False)  # job_worker._stop
+        store.db.execute("UPDATE batches SET cancelling_at = cancelling_at - ? WHERE id = ?",
+                         (batches.CANCEL_CUT_S + 1, batch_id))
+        finalize(types.SimpleNamespace(store=store))  # type: ignore[arg-type]
+        assert [job.id for job in store.jobs.claim_many(60, 64)] == [running.id]
+        assert states(store, batch_id) == {"cancelled": 2, "processing": 1}
+        assert store.db.query("SELECT COUNT(*) FROM ledger") == [(0,)]

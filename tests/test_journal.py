@@ -88,17 +88,22 @@ def test_a_job_that_ends_without_running_again_reports_what_a_crash_left(store: 
     assert [row[0] for row in ledger(store)] == [cut.id] and store.journal.count() == 0
 
 
-def test_cancelling_a_batch_reports_what_a_crash_left_for_its_queued_items(
-        store: Store) -> None:
-    queued, running = (store.jobs.enqueue("key_1", "generations", b"{}") for _ in range(2))
-    store.db.execute("UPDATE jobs SET batch_id = 'batch_1' WHERE id IN (?, ?)",
-                     (queued.id, running.id))
+def test_cancelling_a_batch_spares_its_started_items(store: Store) -> None:
+    """An item with a journaled upstream call has started: running, or handed back to the
+    queue by a stopping process. The cancel ends only the unstarted one; the started ones run
+    on and take up their calls (paid for upstream), nothing is written off as abandoned."""
+    fresh, handed_back, running = (store.jobs.enqueue("key_1", "generations", b"{}")
+                                   for _ in range(3))
+    store.db.execute("UPDATE jobs SET batch_id = 'batch_1' WHERE id IN (?, ?, ?)",
+                     (fresh.id, handed_back.id, running.id))
     store.db.execute("UPDATE jobs SET state = 'processing' WHERE id = ?", (running.id,))
-    for one in (left := call(ticket=queued.id), live := call(ticket=running.id)):
+    for one in (call(ticket=handed_back.id), call(ticket=running.id)):
         store.journal.begin(one)
     store.batches.cancel("batch_1")
-    assert [row[0] for row in ledger(store)] == [left.id]
-    assert store.journal.count() == 1 and store.journal.count(live.ticket) == 1
+    states = dict(store.db.query("SELECT id, state FROM jobs"))
+    assert states == {fresh.id: "cancelled", handed_back.id: "queued", running.id: "processing"}
+    assert ledger(store) == [] and store.journal.count() == 2
+    assert [job.id for job in store.jobs.claim_many(60, 10)] == [handed_back.id]
 
 
 def test_usage_counts_abandoned_calls_as_spend_not_as_requests(store: Store) -> None:

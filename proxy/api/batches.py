@@ -9,6 +9,7 @@ Items are queued jobs (job_worker.py runs them); request_counts are read live fr
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from proxy.api import batch_inputs, batch_lines, idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.jobs import queue_full
-from proxy.billing.batches import Batch, StoredFile
+from proxy.billing.batches import CANCEL_CUT_S, Batch, StoredFile
 from proxy.billing.idempotency import Once
 from proxy.billing.keys import KeyRecord
 from proxy.billing.queue_cap import QueueFull
@@ -213,7 +214,8 @@ def finalize(svc: Services) -> None:
     table.discard_stale()
     for batch in table.open_batches():
         counts = table.counts(batch.id)  # a read first: most rounds find items still to run
-        if batch.status == "cancelling" and counts.get("queued"):
+        if batch.status == "cancelling" and counts.get("queued") and \
+                (batch.times.get("cancelling_at") or 0) < time.time() - CANCEL_CUT_S:
             table.cancel_queued(batch.id)  # a cancel that a crash cut short
         elif not (counts.get("queued") or counts.get("processing")):
             table.finalize(batch.id)

@@ -30,6 +30,9 @@ STAGE_PAUSE_S = 0.002
 # again every step, 10 ms of Python holding the GIL, half the CPU of writing a batch.
 PG_ROWS = 5
 STALE_S = 3600  # a batch still `validating` this long after its creation was left by a crash
+# A cancel the API call has not finished after this long was cut short by a crash: the
+# finalize round finishes it (a cancel of 50,000 items takes about 2 s).
+CANCEL_CUT_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,18 +203,19 @@ class Batches:
         return {state: int(n) for state, n in rows}
 
     def cancel(self, batch_id: str) -> None:
-        """Queued items will not run; items already running finish; then the batch ends.
-        The batch is `cancelling` first, and no claim takes a queued item of it from then
-        on (jobs.py: claim_many); then its queued items end, in steps (cancel_queued)."""
+        """Items not yet started will not run; started ones finish (running now, or handed
+        back to the queue by a stopping process with their upstream calls journaled: that
+        work is paid for upstream); then the batch ends. The batch is `cancelling` first, and
+        no claim takes an unstarted item of it from then on (jobs.py: claim_many); then its
+        unstarted items end, in steps (cancel_queued)."""
         self._db.execute("UPDATE batches SET status = 'cancelling', cancelling_at = ? "
                          "WHERE id = ? AND status = 'in_progress'", (int(time.time()), batch_id))
         self.cancel_queued(batch_id)
 
     def cancel_queued(self, batch_id: str) -> int:
-        """End a cancelling batch's queued items, STAGE_ROWS a transaction, each followed by a
-        pause as long as it took: in one transaction, 50,000 items held SQLite's shared
-        connection (every request's ledger write) for 0.6-0.8 s. Upstream calls a crash cut
-        off for an item go to the ledger as abandoned. Also run by every process's finalize
+        """End a cancelling batch's unstarted items, STAGE_ROWS a transaction, each followed by
+        a pause as long as it took: in one transaction, 50,000 items held SQLite's shared
+        connection (every request's ledger write) for 0.6-0.8 s. Also run by the finalize
         round, for a cancel a crash cut short. How many items it ended."""
         # By primary key: on `state` SQLite's planner took the jobs_runnable index and walked
         # every queued job of every batch for each step (9 ms a step at 50,000); unary + keeps
@@ -222,14 +226,13 @@ class Batches:
             began = time.monotonic()
             with self._db.transaction() as cur:
                 ids = [str(row[0]) for row in cur.query(
-                    "SELECT id FROM jobs WHERE batch_id = ? AND state = 'queued' LIMIT ?",
-                    (batch_id, STAGE_ROWS))]
-                marks = ", ".join("?" * len(ids))
+                    f"SELECT id FROM jobs WHERE batch_id = ? AND state = 'queued' AND "
+                    f"{journal.UNSTARTED} LIMIT ?", (batch_id, STAGE_ROWS))]
                 if ids:
-                    journal.settle(cur, f"SELECT id FROM jobs WHERE id IN ({marks})", ids)
-                    ended += cur.execute(f"UPDATE jobs SET state = 'cancelled', finished_at = ? "
-                                         f"WHERE id IN ({marks}) AND {queued}",
-                                         (int(time.time()), *ids))
+                    ended += cur.execute(
+                        f"UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id IN "
+                        f"({', '.join('?' * len(ids))}) AND {queued} AND {journal.UNSTARTED}",
+                        (int(time.time()), *ids))
             if len(ids) < STAGE_ROWS:
                 return ended
             self._pause(began)

@@ -50,10 +50,11 @@ _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, c
 _HOOK_DUE = "webhook_state IN ('due', 'sending') AND webhook_after <= ?"
 _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
              "(state = 'processing' AND lease_until < ?))")
-# A queued item of a batch being cancelled, whose items end in steps (batches.py), is not
-# claimed; one that was running when its process died runs again, as it did before a cancel.
+# An unstarted item of a batch being cancelled, whose items end in steps (batches.py), is not
+# claimed; a started one runs again (its process died, or handed it back), as before a cancel.
 _NOT_CANCELLED = ("(batch_id IS NULL OR state = 'processing' OR NOT EXISTS (SELECT 1 FROM "
-                  "batches WHERE batches.id = jobs.batch_id AND batches.status = 'cancelling'))")
+                  "batches WHERE batches.id = jobs.batch_id AND batches.status = 'cancelling') "
+                  f"OR NOT {journal.UNSTARTED})")
 
 
 def _job(row: tuple[Any, ...]) -> Job:

@@ -26,6 +26,8 @@ from proxy.billing.db import Cursor, Database, retry_lost
 from proxy.billing.rows import Entry
 
 ABANDONED = "abandoned"  # the ledger outcome of a call cut off with its outcome unknown
+# SQL on `jobs`: the job has not started, no upstream call of it is journaled.
+UNSTARTED = "NOT EXISTS (SELECT 1 FROM upstream_calls WHERE upstream_calls.ticket = jobs.id)"
 
 
 @dataclass(frozen=True, slots=True)
