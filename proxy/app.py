@@ -106,15 +106,17 @@ def from_environment() -> Starlette:
     """The app of one worker process of `serve --workers N`: its settings come from the
     environment the parent prepared. Its logging is its own: spawned, it inherits none."""
     logs.configure()
-    return build_app(config_module.load())
+    return build_app(config_module.load(), own_process=True)
 
 
 def build_app(config: Config, catalog: Catalog | None = None,
               transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
-              tracer: Tracer | None = None) -> Starlette:
+              tracer: Tracer | None = None, own_process: bool = False) -> Starlette:
     """The ASGI app. `catalog` defaults to loading routes/; `transports` (provider name ->
     httpx transport) lets tests put fake upstreams where the network would be. `tracer`
-    defaults to the environment's (OTEL_EXPORTER_OTLP_ENDPOINT): None, traces off."""
+    defaults to the environment's (OTEL_EXPORTER_OTLP_ENDPOINT): None, traces off.
+    `own_process`: the app is the whole process (`serve`, a worker), whose garbage collector
+    it tunes once started (proxy/collector.py)."""
     tracer = tracer or tracing.from_environment(os.environ)
 
     @contextlib.asynccontextmanager
@@ -149,7 +151,8 @@ def build_app(config: Config, catalog: Catalog | None = None,
         sweepers = _sweep(media, store, config.request_timeout_s)
         worker = Worker(app.state.services, shared.webhook_secret(config, store.db))
         working = asyncio.create_task(worker.run())
-        collector.started()
+        if own_process:
+            collector.settle()
         try:
             yield
         finally:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import __version__, cli_batch, cli_bench, cli_billing, collector, heap, logs
+from proxy import __version__, cli_batch, cli_bench, cli_billing, heap, logs
 from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.store import Store
 from proxy.catalog import Catalog, CatalogError, Provider
@@ -174,8 +174,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
             http=http, h11_max_incomplete_event_size=limits.max_header_bytes), config.workers)
         return 0
     heap.tune()
-    collector.tune()
-    uvicorn.run(build_app(config, catalog), host=config.host, port=config.port,
+    uvicorn.run(build_app(config, catalog, own_process=True), host=config.host, port=config.port,
                 access_log=config.access_log, log_config=None, log_level="info",
                 loop=args.loop, http=http, h11_max_incomplete_event_size=limits.max_header_bytes)
     return 0

@@ -21,20 +21,11 @@ import gc
 # requests' worth. The older generations are passed every 20 passes of the one below.
 THRESHOLDS = (20_000, 20, 20)
 
-_tuned = False
 
-
-def tune() -> None:
-    """Collect less often; called by `serve` and by each worker process, never in tests'
-    in-process apps."""
-    global _tuned
+def settle() -> None:
+    """The app has started and is the whole process (`serve`, a worker; never a test's app
+    in the test runner's process): collect less often from now on, and what is alive now,
+    which lives as long as the process, leaves the collector's passes."""
     gc.set_threshold(*THRESHOLDS)
-    _tuned = True
-
-
-def started() -> None:
-    """The app has started: what is alive now lives as long as the process, so it leaves the
-    collector's passes. Nothing unless `tune` ran in this process."""
-    if _tuned:
-        gc.collect()
-        gc.freeze()
+    gc.collect()
+    gc.freeze()

@@ -21,7 +21,7 @@ from types import FrameType
 
 import uvicorn
 
-from proxy import collector, heap
+from proxy import heap
 
 log = logging.getLogger("switchyard.workers")
 _CHECK_S = 0.5  # how often the parent looks for a worker that died
@@ -41,7 +41,6 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 def _worker(config: uvicorn.Config) -> None:
     """One worker: its own socket on the port (uvicorn listens on it), its own app."""
     heap.tune()
-    collector.tune()
     sock = reuse_port_socket(config.host, config.port)
     uvicorn.Server(config).run(sockets=[sock])
 

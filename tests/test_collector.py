@@ -55,13 +55,27 @@ def test_a_served_process_collects_rarely() -> None:
     assert passes["0"] < 3, passes  # 14 before, 0 to 1 now
 
 
-def test_startup_objects_leave_the_collector_only_in_a_tuned_process() -> None:
-    """`started` freezes nothing in a process `tune` did not run in (tests' in-process apps)."""
-    script = ("import gc; from proxy import collector; collector.started(); "
-              "untuned = gc.get_freeze_count(); collector.tune(); collector.started(); "
-              "print(untuned, gc.get_freeze_count(), gc.get_threshold()[0])")
-    untuned, frozen, threshold = subprocess.run(
+def test_only_an_app_that_is_the_whole_process_tunes_the_collector(tmp_path: Path) -> None:
+    """A test's app in the test runner's process leaves its collector alone (`serve` run by
+    tests/test_cli.py without uvicorn once tuned it for every app started after); an app
+    built as the whole process tunes it once started, with what is alive then frozen."""
+    script = f"""
+import gc
+from proxy.app import build_app
+from tests.conftest import make_config, serve
+from pathlib import Path
+before = gc.get_threshold()
+with serve(make_config(Path({str(tmp_path / "a")!r}))):
+    pass
+shared = (gc.get_threshold(), gc.get_freeze_count())
+app = build_app(make_config(Path({str(tmp_path / "b")!r})), own_process=True)
+from starlette.testclient import TestClient
+with TestClient(app):
+    pass
+print(before == shared[0], shared[1], gc.get_threshold()[0], gc.get_freeze_count())
+"""
+    same, frozen_shared, threshold, frozen = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True,
-        timeout=60).stdout.split()
-    assert (int(untuned), int(threshold)) == (0, 20_000)
-    assert int(frozen) > 1_000  # what the modules imported by then hold
+        timeout=120, cwd=Path(__file__).parent.parent).stdout.split()
+    assert (same, frozen_shared) == ("True", "0")
+    assert int(threshold) == 20_000 and int(frozen) > 1_000
