@@ -12,9 +12,10 @@ client, so no balancer process costs CPU or adds a hop (proxy/bench/hey.py says 
    SWITCHYARD_REDIS_URL, same PostgreSQL) and fleets of N replicas, in turn, against a
    zero-delay host capped at 64 (so the cap never limits); medians over rounds. Each run also
    reads Redis's command counters (round trips per request) and where the CPU went.
-2. Added latency: pairs of runs at 1 concurrent, single then fleet (alternating order), each
-   with one httpx client (microsecond timing; hey's is 0.1 ms); the median of the pairs' p50
-   differences is what fleet mode adds.
+2. Added latency: pairs of runs at 1 concurrent with one httpx client per side (microsecond
+   timing; hey's is 0.1 ms), single and fleet interleaved request by request (which goes first
+   alternating), so both meet the same moments of the machine's load; the median of the
+   pairs' p50 differences is what fleet mode adds.
 3. A capped run: the fleet against two hosts capped at 4 and 2 calls with 50 ms latency, more
    workers than the caps, to show each host's peak against its cap.
 4. A batch through the fleet against capped hosts with realistic latencies, beside one process
@@ -211,15 +212,28 @@ async def _pairs(single_url: str, fleet_url: str, key: str, requests: int) -> tu
     try:
         for target in (single, fleet):
             await target.run(body, 100, 20, 1)  # a warm pool on each side
-        for i in range(LATENCY_PAIRS):
-            first, second = (single, fleet) if i % 2 == 0 else (fleet, single)
-            one = await first.run(body, 100, requests, 1)
-            other = await second.run(body, 100, requests, 1)
-            pairs.append(Pair(one, other) if first is single else Pair(other, one))
+        for _ in range(LATENCY_PAIRS):
+            pairs.append(Pair(*await _interleaved((single, fleet), body, requests)))
     finally:
         await single.aclose()
         await fleet.aclose()
     return tuple(pairs)
+
+
+async def _interleaved(targets: tuple[Target, Target], body: bytes, requests: int
+                       ) -> tuple[Run, Run]:
+    """`requests` requests to each target one at a time, in turn, which goes first
+    alternating: run by run, the machine's load drifted by more than fleet mode adds (pairs of
+    whole runs differed by -0.51 to +1.37 ms in one bench)."""
+    timed: tuple[list[float], list[float]] = ([], [])
+    began = time.perf_counter()
+    for i in range(requests):
+        for side in (0, 1) if i % 2 == 0 else (1, 0):
+            started = time.perf_counter()
+            await targets[side].one(body, 100)
+            timed[side].append(time.perf_counter() - started)
+    half = (time.perf_counter() - began) / 2
+    return Run(half, tuple(sorted(timed[0])), 0.0), Run(half, tuple(sorted(timed[1])), 0.0)
 
 
 def write_routes(routes_dir: Path, fast: CountingHost, capped: Sequence[CountingHost]) -> None:

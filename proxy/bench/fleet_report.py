@@ -144,7 +144,7 @@ def _latency(m: Measured) -> list[str]:
     trips, usec = path_round_trips(m.parts.rows)
     return [
         f"added latency at 1 concurrent ({LATENCY_PAIRS} pairs of {m.options.latency_requests} "
-        f"requests from one httpx client, single and fleet x1 in alternating order): single "
+        f"requests to each of single and fleet x1, interleaved one by one): single "
         f"p50 {single * MS:.2f} ms, fleet p50 {fleet * MS:.2f} ms; fleet less single per pair "
         + ", ".join(f"{p.added_s * MS:+.2f}" for p in m.parts.pairs)
         + f" ms; median {added * MS:+.2f} ms",
