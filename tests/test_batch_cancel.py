@@ -17,7 +17,7 @@ from proxy.billing import batches
 from proxy.billing.db import Cursor
 from proxy.billing.store import Store
 from tests.test_batch_staging import ENDPOINT, items
-from tests.test_journal import call
+from tests.test_journal import ANSWER, call
 
 ITEMS = 3 * batches.STAGE_ROWS + 5
 
@@ -98,19 +98,30 @@ def test_no_claim_takes_a_queued_item_of_a_cancelling_batch(
         assert batch is not None and batch.status == "cancelled"
 
 
-def test_an_item_handed_back_after_the_cancel_runs_again(database: str) -> None:
-    """An item running when its batch was cancelled, then handed back to the queue (a process
-    stopping) with its upstream call journaled, is claimed again and takes up its call; the
-    cancel does not end it (nor write its call off as abandoned)."""
+@pytest.mark.parametrize("kept", [True, False], ids=["task", "sync"])
+def test_an_item_handed_back_after_the_cancel(database: str, kept: bool) -> None:
+    """An item running when its batch was cancelled, then handed back to the queue by a
+    stopping process (job_worker._stop). With its submit's reply journaled (a task upstream)
+    it is claimed again and polls that task; with a synchronous call cut off (no reply kept)
+    a run would send the call again, so the finalize round ends it and writes the call off
+    as abandoned (at c808685 both were ended; at d6502f8 both ran again, the synchronous one
+    paying its host twice)."""
     with Store(database) as store:
         batch_id = opened(store, 3)
         (running,) = store.jobs.claim_many(60, 1)
-        store.journal.begin(call(ticket=running.id))
+        store.journal.begin(submitted := call(ticket=running.id))
+        if kept:
+            store.journal.answer(submitted.id, ANSWER)
         store.batches.cancel(batch_id)
-        store.jobs.retry_later(running.id, 0, False)  # job_worker._stop
+        store.jobs.retry_later(running.id, 0, False)
         store.db.execute("UPDATE batches SET cancelling_at = cancelling_at - ? WHERE id = ?",
                          (batches.CANCEL_CUT_S + 1, batch_id))
         finalize(types.SimpleNamespace(store=store))  # type: ignore[arg-type]
-        assert [job.id for job in store.jobs.claim_many(60, 64)] == [running.id]
-        assert states(store, batch_id) == {"cancelled": 2, "processing": 1}
-        assert store.db.query("SELECT COUNT(*) FROM ledger") == [(0,)]
+        claimed = [job.id for job in store.jobs.claim_many(60, 64)]
+        abandoned = store.db.query("SELECT request_id FROM ledger WHERE outcome = 'abandoned'")
+        if kept:
+            assert claimed == [running.id] and abandoned == []
+            assert states(store, batch_id) == {"cancelled": 2, "processing": 1}
+        else:
+            assert claimed == [] and [row[0] for row in abandoned] == [submitted.id]
+            assert states(store, batch_id) == {"cancelled": 3}

@@ -88,22 +88,27 @@ def test_a_job_that_ends_without_running_again_reports_what_a_crash_left(store: 
     assert [row[0] for row in ledger(store)] == [cut.id] and store.journal.count() == 0
 
 
-def test_cancelling_a_batch_spares_its_started_items(store: Store) -> None:
-    """An item with a journaled upstream call has started: running, or handed back to the
-    queue by a stopping process. The cancel ends only the unstarted one; the started ones run
-    on and take up their calls (paid for upstream), nothing is written off as abandoned."""
-    fresh, handed_back, running = (store.jobs.enqueue("key_1", "generations", b"{}")
-                                   for _ in range(3))
-    store.db.execute("UPDATE jobs SET batch_id = 'batch_1' WHERE id IN (?, ?, ?)",
-                     (fresh.id, handed_back.id, running.id))
+def test_cancelling_a_batch_spares_the_items_with_a_task_to_take_up(store: Store) -> None:
+    """An item whose submit is journaled with its reply has a task upstream a run can poll
+    (paid for): running, or handed back to the queue by a stopping process, it runs on. One
+    whose call was cut off with no reply kept (a synchronous call) would send it again: the
+    cancel ends it and writes the cut-off call to the ledger as abandoned, as for a crash."""
+    fresh, polled, cut, running = (store.jobs.enqueue("key_1", "generations", b"{}")
+                                   for _ in range(4))
+    store.db.execute("UPDATE jobs SET batch_id = 'batch_1' WHERE id IN (?, ?, ?, ?)",
+                     (fresh.id, polled.id, cut.id, running.id))
     store.db.execute("UPDATE jobs SET state = 'processing' WHERE id = ?", (running.id,))
-    for one in (call(ticket=handed_back.id), call(ticket=running.id)):
-        store.journal.begin(one)
+    store.journal.begin(submitted := call(ticket=polled.id))
+    store.journal.answer(submitted.id, ANSWER)
+    store.journal.begin(left := call(ticket=cut.id, route="m/sync-host"))
+    store.journal.begin(call(ticket=running.id))
     store.batches.cancel("batch_1")
     states = dict(store.db.query("SELECT id, state FROM jobs"))
-    assert states == {fresh.id: "cancelled", handed_back.id: "queued", running.id: "processing"}
-    assert ledger(store) == [] and store.journal.count() == 2
-    assert [job.id for job in store.jobs.claim_many(60, 10)] == [handed_back.id]
+    assert states == {fresh.id: "cancelled", polled.id: "queued", cut.id: "cancelled",
+                      running.id: "processing"}
+    assert [row[0] for row in ledger(store)] == [left.id]  # abandoned
+    assert store.journal.count(polled.id) == 1 and store.journal.count(running.id) == 1
+    assert [job.id for job in store.jobs.claim_many(60, 10)] == [polled.id]
 
 
 def test_usage_counts_abandoned_calls_as_spend_not_as_requests(store: Store) -> None:

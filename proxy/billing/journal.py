@@ -26,8 +26,11 @@ from proxy.billing.db import Cursor, Database, retry_lost
 from proxy.billing.rows import Entry
 
 ABANDONED = "abandoned"  # the ledger outcome of a call cut off with its outcome unknown
-# SQL on `jobs`: the job has not started, no upstream call of it is journaled.
-UNSTARTED = "NOT EXISTS (SELECT 1 FROM upstream_calls WHERE upstream_calls.ticket = jobs.id)"
+# SQL on `jobs`: the job has nothing to take up, no upstream call of it journaled with its
+# reply kept (a submit whose task a run can poll). A call without one (a synchronous call cut
+# off, its outcome unknown) would be abandoned and sent again by the next run.
+UNSTARTED = ("NOT EXISTS (SELECT 1 FROM upstream_calls WHERE upstream_calls.ticket = jobs.id "
+             "AND upstream_calls.status IS NOT NULL)")
 
 
 @dataclass(frozen=True, slots=True)
