@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -254,18 +255,13 @@ def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[as
         if store.deferred:  # nothing kept: no thread hop
             await asyncio.to_thread(store.deferred.retry)
 
-    db = store.db
-
-    async def checkpoint() -> None:
-        if isinstance(db, SqliteDatabase):
-            await asyncio.to_thread(db.checkpoint)
-
     loops = [asyncio.create_task(supervise.forever("budget_sweep", reservations,
                                                    SWEEP_INTERVAL_S)),
              asyncio.create_task(supervise.forever("media_sweep", images, SWEEP_INTERVAL_S)),
              asyncio.create_task(supervise.forever("deferred_writes", deferred, DEFERRED_S)),
              asyncio.create_task(supervise.forever("heap_trim", heap_trim, heap.TRIM_EVERY_S))]
-    if isinstance(db, SqliteDatabase):
+    if isinstance(store.db, SqliteDatabase):
+        checkpoint = functools.partial(asyncio.to_thread, store.db.checkpoint)
         loops.append(asyncio.create_task(supervise.forever("wal_checkpoint", checkpoint,
                                                            CHECKPOINT_S)))
     return loops

@@ -50,9 +50,9 @@ _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, c
 _HOOK_DUE = "webhook_state IN ('due', 'sending') AND webhook_after <= ?"
 _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
              "(state = 'processing' AND lease_until < ?))")
-# A queued item of a batch being cancelled with nothing to take up (journal.UNSTARTED), whose
-# like end in steps (batches.py), is not claimed; one with an upstream task to poll, or one
-# whose process died running it, runs again, as before a cancel.
+# A queued item of a batch being cancelled is not claimed if it has nothing to take up
+# (journal.UNSTARTED): the cancel ends such items in steps (batches.py). One with an upstream
+# task to poll, or one whose process died running it, runs again, as before a cancel.
 _NOT_CANCELLED = ("(batch_id IS NULL OR state = 'processing' OR NOT EXISTS (SELECT 1 FROM "
                   "batches WHERE batches.id = jobs.batch_id AND batches.status = 'cancelling') "
                   f"OR NOT {journal.UNSTARTED})")
