@@ -12,10 +12,11 @@ client, so no balancer process costs CPU or adds a hop (proxy/bench/hey.py says 
    SWITCHYARD_REDIS_URL, same PostgreSQL) and fleets of N replicas, in turn, against a
    zero-delay host capped at 64 (so the cap never limits); medians over rounds. Each run also
    reads Redis's command counters (round trips per request) and where the CPU went.
-2. Added latency: pairs of runs at 1 concurrent with one httpx client per side (microsecond
-   timing; hey's is 0.1 ms), single and fleet interleaved request by request (which goes first
-   alternating), so both meet the same moments of the machine's load; the median of the
-   pairs' p50 differences is what fleet mode adds.
+2. Added latency: pairs of runs at 1 concurrent with one lean blocking client per side
+   (microsecond timing, where hey's is 0.1 ms, and tens of microseconds of its own), single
+   and fleet interleaved request by request (which goes first alternating), so both meet the
+   same moments of the machine's load; the median of the pairs' p50 differences is what
+   fleet mode adds.
 3. A capped run: the fleet against two hosts capped at 4 and 2 calls with 50 ms latency, more
    workers than the caps, to show each host's peak against its cap.
 4. A batch through the fleet against capped hosts with realistic latencies, beside one process
@@ -25,7 +26,6 @@ client, so no balancer process costs CPU or adds a hop (proxy/bench/hey.py says 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import statistics
 import tempfile
@@ -50,8 +50,10 @@ from proxy.bench.fleet_procs import (
     replicas,
     say,
 )
-from proxy.bench.load import Run, Target
+from proxy.bench.lean_client import LeanClient
+from proxy.bench.load import Run
 from proxy.bench.machine import CpuSplit
+from proxy.bench.procs import BenchError
 from proxy.billing.store import Store
 
 FAST = "bench"  # procs.write_routes's provider: the zero-delay host, capped at 64
@@ -200,40 +202,47 @@ class Bench:
 
     def pairs(self) -> tuple[Pair, ...]:
         say(f"latency at 1 concurrent: {LATENCY_PAIRS} pairs")
-        return asyncio.run(_pairs(self.single.base_url, self.fleet[0].base_url, self.key,
-                                  self.options.latency_requests))
+        return _pairs(self.single.base_url, self.fleet[0].base_url, self.key,
+                      self.options.latency_requests)
 
 
-async def _pairs(single_url: str, fleet_url: str, key: str, requests: int) -> tuple[Pair, ...]:
-    headers = {"authorization": f"Bearer {key}"}
-    single, fleet = Target(single_url, 1, headers), Target(fleet_url, 1, headers)
+def _pairs(single_url: str, fleet_url: str, key: str, requests: int) -> tuple[Pair, ...]:
     body = load.request_body(2_000)
-    pairs = []
+    headers = {"authorization": f"Bearer {key}"}
+    sides = (LeanClient(single_url, load.PATH, body, headers),
+             LeanClient(fleet_url, load.PATH, body, headers))
     try:
-        for target in (single, fleet):
-            await target.run(body, 100, 20, 1)  # a warm pool on each side
-        for _ in range(LATENCY_PAIRS):
-            pairs.append(Pair(*await _interleaved((single, fleet), body, requests)))
+        for side in sides:  # a warm connection and warm caches on each side
+            for _ in range(20):
+                _checked(side.one())
+        return tuple(Pair(*_interleaved(sides, requests)) for _ in range(LATENCY_PAIRS))
     finally:
-        await single.aclose()
-        await fleet.aclose()
-    return tuple(pairs)
+        for side in sides:
+            side.close()
 
 
-async def _interleaved(targets: tuple[Target, Target], body: bytes, requests: int
-                       ) -> tuple[Run, Run]:
-    """`requests` requests to each target one at a time, in turn, which goes first
+def _interleaved(sides: tuple[LeanClient, LeanClient], requests: int) -> tuple[Run, Run]:
+    """`requests` requests to each side one at a time, in turn, which goes first
     alternating: run by run, the machine's load drifted by more than fleet mode adds (pairs of
-    whole runs differed by -0.51 to +1.37 ms in one bench)."""
+    whole runs differed by -0.51 to +1.37 ms in one bench). The client is a blocking socket
+    (proxy/bench/lean_client.py): an httpx client's own millisecond of Python per request
+    drifted with the machine as much as what it measured."""
     timed: tuple[list[float], list[float]] = ([], [])
     began = time.perf_counter()
     for i in range(requests):
         for side in (0, 1) if i % 2 == 0 else (1, 0):
             started = time.perf_counter()
-            await targets[side].one(body, 100)
+            _checked(sides[side].one())
             timed[side].append(time.perf_counter() - started)
     half = (time.perf_counter() - began) / 2
     return Run(half, tuple(sorted(timed[0])), 0.0), Run(half, tuple(sorted(timed[1])), 0.0)
+
+
+def _checked(reply: tuple[int, bytes]) -> None:
+    status, body = reply
+    if status != 200 or len(body) < 100:
+        raise BenchError(f"{load.PATH} answered {status} with {len(body)} bytes: "
+                         f"{body[:300].decode(errors='replace')}")
 
 
 def write_routes(routes_dir: Path, fast: CountingHost, capped: Sequence[CountingHost]) -> None:
