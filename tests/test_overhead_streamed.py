@@ -36,7 +36,9 @@ def test_the_pieces_are_what_orjson_would_write(document: dict[str, Any]) -> Non
     assert pieces is not None
     expected = orjson.dumps(document)
     assert pieces.join() == expected and pieces.length == len(expected)
-    assert max(len(chunk) for chunk in pieces.chunks()) <= 2 * streamed.SLICE
+    copies = [part for part in pieces.parts if isinstance(part, memoryview)]
+    for chunk in pieces.chunks():  # an escaped copy goes whole: it is held whole anyway
+        assert len(chunk) <= 2 * streamed.SLICE or any(chunk is copy for copy in copies)
 
 
 def test_base64_goes_out_unescaped_and_anything_else_escaped() -> None:
@@ -62,6 +64,29 @@ def test_a_response_of_many_images_holds_at_most_whole_max_characters_twice() ->
     copies = [part for part in pieces.parts if isinstance(part, memoryview)]
     assert sum(len(copy) for copy in copies) <= streamed.WHOLE_MAX
     assert len(copies) == streamed.WHOLE_MAX // len(BIG)  # as many as fit: the first two
+
+
+def test_an_escaped_copy_is_sent_in_one_send_and_the_rest_in_slices() -> None:
+    """Sliced, a copy cost a pause and a resume of the response per slice: 12% of the CPU of
+    a 1.4 MB response and 0.4 ms of its latency."""
+    huge = BIG * (streamed.WHOLE_MAX // len(BIG) + 1)
+    document = {"data": [{"b64_json": BIG}, {"b64_json": huge}]}
+    pieces = streamed.split(document)
+    assert pieces is not None
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    response = streamed.PiecesResponse(pieces)
+    asyncio.run(response({"type": "http"}, receive, send))
+    bodies = [m["body"] for m in sent if m["type"] == "http.response.body"]
+    assert b"".join(bytes(body) for body in bodies) == orjson.dumps(document)
+    assert [len(body) for body in bodies if len(body) == len(BIG)] == [len(BIG)]
+    assert max(len(body) for body in bodies if len(body) != len(BIG)) <= streamed.SLICE
 
 
 def test_a_small_document_is_not_split() -> None:
