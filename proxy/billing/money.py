@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, cast
@@ -41,7 +41,10 @@ from proxy.billing.rows import (
     Delivered,
     Entry,
     Settle,
+    in_runs,
+    ledger_insert_rows,
     lock_order,
+    mark_rows,
 )
 
 if TYPE_CHECKING:
@@ -158,7 +161,7 @@ class Money:
             try:
                 retry_lost(lambda: self._write_all(writes, int(time.time())))
                 return [None] * len(writes)
-            except Conflict:
+            except (Conflict, _RowByRow):
                 pass  # each alone, below
             except DatabaseUnavailable as exc:
                 return [self._kept(write, exc) for write in writes]
@@ -173,12 +176,21 @@ class Money:
         if self._script is not None:  # one round trip, where each statement took one
             self._script(pg_money.settles(writes, when))
             return
+        ordered = sorted(writes, key=lock_order)
+        settles = [write for write in ordered if not isinstance(write, Delivered)]
+        marked = [write.request_id for write in ordered if isinstance(write, Delivered)]
         with self._db.transaction() as cur:
-            for write in sorted(writes, key=lock_order):
-                if isinstance(write, Delivered):
-                    cur.execute(MARK, (when, write.request_id))
-                else:
-                    self._settle_in(cur, *write)
+            # The rows in a few statements, not one each: every statement let the writer
+            # thread hand the GIL to the event loop and take it back (at 2 KB x 64, one
+            # statement less per request cut 5% of the server's CPU).
+            written = sum(cur.execute(ledger_insert_rows(len(run)), _values(run))
+                          for run in in_runs(settles))
+            if written != len(settles):  # a request's success is there: billed no more
+                raise _RowByRow
+            for reservation, entry, period in settles:
+                self._billed(cur, reservation, entry, period)
+            for ids_run in in_runs(marked):
+                cur.execute(mark_rows(len(ids_run)), (when, *ids_run))
 
     def _write_one(self, write: Settle | Delivered) -> None:
         if isinstance(write, Delivered):
@@ -228,6 +240,12 @@ class Money:
             if reservation is not None:
                 _close(cur, reservation, 0)
             return
+        self._billed(cur, reservation, entry, period)
+
+    def _billed(self, cur: Cursor, reservation: str | None, entry: Entry,
+                period: str | None) -> None:
+        """After the row is written: its hold becomes what was billed, or (a key with a
+        budget window and no hold) what was billed is added to the window."""
         if reservation is not None:
             _close(cur, reservation, entry.billed_micros)
         elif period is not None and entry.billed_micros:
@@ -273,6 +291,17 @@ class Money:
         rows = self._db.query(f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE request_id = ?",
                               (request_id,))
         return Entry(*rows[0]) if rows else None
+
+
+class _RowByRow(Exception):
+    """A batch's rows met a request already billed: written again one by one, each as
+    `settle` writes it (that one billed nothing more)."""
+
+
+def _values(settles: Sequence[Settle]) -> list[Any]:
+    """The fields of the settles' rows in order, one row after another (astuple would
+    deep-copy each one first)."""
+    return [getattr(entry, name) for _, entry, _ in settles for name in FIELDS]
 
 
 def _met(call: Callable[..., None], *args: Any) -> BaseException | None:

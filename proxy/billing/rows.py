@@ -3,7 +3,12 @@ and a success is never replaced."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,30 @@ LEDGER_INSERT = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
                               if c != "request_id")
                   + f" WHERE ledger.outcome NOT IN {BILLED_SQL}")
 MARK = "UPDATE ledger SET delivered_at = ? WHERE request_id = ?"
+_ROW = f"({', '.join('?' * len(FIELDS))})"
+
+
+@functools.cache
+def ledger_insert_rows(count: int) -> str:
+    """LEDGER_INSERT for `count` rows in one statement. Its row count is how many rows it
+    wrote: one less for each request whose success was there already."""
+    return LEDGER_INSERT.replace(f"VALUES {_ROW}", "VALUES " + ", ".join([_ROW] * count), 1)
+
+
+@functools.cache
+def mark_rows(count: int) -> str:
+    """MARK for `count` request ids in one statement."""
+    return MARK.replace("request_id = ?", f"request_id IN ({', '.join('?' * count)})", 1)
+
+
+def in_runs(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`items` in runs of powers of two, longest first (a batch of 23: 16, 4, 2, 1), so a
+    statement for every count is a handful of texts that stay prepared."""
+    start, left = 0, len(items)
+    while left:
+        size = 1 << (left.bit_length() - 1)
+        yield items[start:start + size]
+        start, left = start + size, left - size
 # A request's settle: its reservation (None without a budget), its row, its budget window.
 Settle = tuple[str | None, Entry, str | None]
 

@@ -1,0 +1,70 @@
+"""On SQLite, the settles and delivered marks the ledger writer takes together go in a few
+multi-row statements (proxy/billing/rows.py: runs of powers of two), not one statement each:
+every statement let the writer thread hand the GIL to the event loop and take it back. What
+each request is billed stays exactly what one settle at a time bills."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from proxy.billing.rows import Delivered, Settle, in_runs
+from proxy.billing.store import Store
+from tests.test_billing_store import entry
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "switchyard.db") as opened:
+        yield opened
+
+
+def _ledger_statements(store: Store) -> list[str]:
+    """Every statement that writes the ledger from now on (the shared connection's trace)."""
+    seen: list[str] = []
+    connection: sqlite3.Connection = store.db._db  # type: ignore[attr-defined]
+    connection.set_trace_callback(
+        lambda sql: seen.append(sql) if "ledger" in sql and "SELECT" not in sql else None)
+    return seen
+
+
+def test_runs_are_powers_of_two_longest_first() -> None:
+    assert [len(run) for run in in_runs(list(range(23)))] == [16, 4, 2, 1]
+    assert [len(run) for run in in_runs(list(range(64)))] == [64]
+    assert list(in_runs([])) == []
+    assert [x for run in in_runs(list(range(45))) for x in run] == list(range(45))
+
+
+def test_a_batch_of_settles_and_marks_takes_a_statement_per_run(store: Store) -> None:
+    key = store.create_key("k")[0].id
+    settles: list[Settle] = [(None, entry(f"req_{i}", key), None) for i in range(23)]
+    seen = _ledger_statements(store)
+    assert store.money.write_each(settles) == [None] * 23  # type: ignore[arg-type]
+    marks = [Delivered(f"req_{i}") for i in range(23)]
+    assert store.money.write_each(marks) == [None] * 23  # type: ignore[arg-type]
+    assert len(seen) == 8, seen  # 16 + 4 + 2 + 1 rows, twice; one each took 46
+    rows = store.db.query("SELECT COUNT(*), SUM(billed_micros), COUNT(delivered_at) "
+                          "FROM ledger WHERE outcome = 'success'")
+    assert tuple(rows[0]) == (23, 23 * 50_000, 23)
+
+
+def test_a_request_billed_already_in_a_batch_is_billed_nothing_more(store: Store) -> None:
+    """Its row stays as it was and its hold goes back unbilled; the others of its batch are
+    billed as usual (the batch is written again one settle at a time)."""
+    record = store.create_key("budgeted")[0]
+    key, period = record.id, "total"
+    holds = [store.money.reserve(key, period, 50_000, 10_000_000) for _ in range(5)]
+    assert None not in holds
+    store.money.settle(holds[0], entry("req_0", key), period)  # the first try, committed
+    again = store.money.reserve(key, period, 50_000, 10_000_000)  # its retry's hold
+    settles: list[Settle] = [(again, entry("req_0", key, billed="0.09"), period)]
+    settles += [(hold, entry(f"req_{i}", key), period) for i, hold in enumerate(holds[1:], 1)]
+    assert store.money.write_each(settles) == [None] * 5  # type: ignore[arg-type]
+    spent, reserved = store.money.spent(key, period)
+    assert (spent, reserved) == (Decimal("0.25"), Decimal("0"))  # five requests at 0.05
+    rows = store.db.query("SELECT request_id, billed_micros FROM ledger ORDER BY request_id")
+    assert [tuple(row) for row in rows] == [(f"req_{i}", 50_000) for i in range(5)]
