@@ -54,9 +54,39 @@ class BatchingHandler(logging.Handler):
 
     def flush(self) -> None:
         with self._drain_lock:
+            records = []
             while self._queue:
-                self.target.handle(self._queue.popleft())
+                records.append(self._queue.popleft())
+            if records:
+                self._write(records)
             self.target.flush()
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        """A stream's batch goes in one write: written record by record, each line was a
+        system call of this thread (stderr is line-buffered), and each let the event loop's
+        thread hand this thread the GIL and wait to get it back. Other handlers take each
+        record as usual."""
+        target = self.target
+        if type(target) is not logging.StreamHandler:
+            for record in records:
+                target.handle(record)
+            return
+        lines = []
+        for record in records:
+            if target.filter(record):
+                try:
+                    lines.append(target.format(record) + target.terminator)
+                except Exception:
+                    target.handleError(record)
+        if not lines:
+            return
+        target.acquire()
+        try:
+            target.stream.write("".join(lines))
+        except Exception:
+            target.handleError(records[-1])
+        finally:
+            target.release()
 
     def write_through(self) -> None:
         """From now on each record is written as it comes: at shutdown, when the process may

@@ -59,6 +59,35 @@ def test_the_caller_does_not_write() -> None:
         handler.close()
 
 
+class CountedWrites(io.StringIO):
+    """A stream that counts the writes it is given."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_batch_goes_to_the_stream_in_one_write() -> None:
+    """Line by line, each record was a system call of the log thread (stderr is
+    line-buffered) and a hand-off of the GIL to the event loop and back."""
+    out = CountedWrites()
+    handler = handler_into(out, interval_s=60)
+    handler.target.addFilter(lambda record: "secret" not in record.getMessage())
+    log = logger_with(handler, "test.logs.batch")
+    try:
+        for i in range(100):
+            log.info("line %d", i)
+        log.info("a secret line")  # the stream's own filters still apply
+        handler.flush()
+        assert out.writes == 1
+        assert out.getvalue().splitlines() == [f"test.logs.batch line {i}" for i in range(100)]
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
 def test_close_writes_what_is_still_queued() -> None:
     out = io.StringIO()
     handler = handler_into(out, interval_s=60)
