@@ -9,8 +9,14 @@ A connection's clock runs only while it is the client's turn:
 - reading a body: 408 (or a plain close once the response has begun) when no byte came for
   body_s, unless Switchyard itself stopped reading (flow control);
 - idle after a response: closed after keep_alive_s (uvicorn's own timer, set to ours);
-- a response the client does not take: dropped once the send buffer stayed full for body_s.
+- a response the client does not take: dropped once the send buffer stayed full for body_s
+  with less than DRAIN_STEP of it taken (a client reading slowly but steadily is served, however
+  much Switchyard handed over in one send).
 A header block over max_header_bytes is answered 431 before the parser buffers more of it.
+
+On uvloop, httptools connections tell the app (ASGI scope extension WHOLE_SENDS) that a send
+is kept by reference until it is written: a response may then hand over a big body in one send
+(proxy/api/streamed.py) without a second copy of it waiting in the server.
 
 One sweep a process checks every connection's clock each tick (a quarter of the shortest
 limit, at most a second), so a request pays for no timer of its own: deadlines hold to
@@ -33,6 +39,7 @@ from uvicorn.server import ServerState
 
 from proxy import metrics
 from proxy.api import errors
+from proxy.api.streamed import WHOLE_SENDS
 from proxy.config import Config
 
 # After a 431 the rest of what the client sends is read and dropped this long before the
@@ -40,6 +47,8 @@ from proxy.config import Config
 LINGER_S = 2.0
 HEADER_END = b"\r\n\r\n"
 MAX_TICK_S = 1.0
+# A client that takes this much of a response it was paused on restarts its send clock.
+DRAIN_STEP = 256 * 1024
 
 # What a connection reads now. Plain ints: an enum member costs ~0.3 µs a lookup on Python
 # 3.11, and a request makes several.
@@ -119,6 +128,8 @@ class Guarded(asyncio.Protocol):
     _previous: bytes  # the last read of these headers: their blank line may straddle two
     _refused: bool
     _unread_since: float | None  # since when the client has taken nothing of a response
+    _unsent_mark: int  # bytes waiting to be sent when that clock last started
+    _keeps_sends: bool  # the loop's transports keep unsent data by reference (uvloop's)
 
     def guard(self, limits: Limits, sweep: Sweep) -> None:
         """Set up before uvicorn makes the connection."""
@@ -129,6 +140,9 @@ class Guarded(asyncio.Protocol):
         self._previous = b""
         self._refused = False
         self._unread_since = None
+        self._unsent_mark = 0
+        # asyncio's transports copy what they could not send yet into a buffer of their own.
+        self._keeps_sends = type(self.loop).__module__.startswith("uvloop")
 
     def _phase(self) -> int:
         raise NotImplementedError
@@ -167,6 +181,7 @@ class Guarded(asyncio.Protocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         self._unread_since = self.loop.time()
+        self._unsent_mark = self.transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -191,11 +206,16 @@ class Guarded(asyncio.Protocol):
         if self.transport.get_protocol() is not self:  # upgraded to a WebSocket: not ours
             self._sweep.connections.discard(self)
             return
-        if self._unread_since is not None and now - self._unread_since > limits.body_s:
-            # A close would wait for the send buffer to drain, which is what does not happen.
-            metrics.CONNECTIONS_CUT.labels("send_timeout").inc()
-            self.transport.abort()
-            return
+        if self._unread_since is not None:
+            unsent = self.transport.get_write_buffer_size()
+            if self._unsent_mark - unsent >= DRAIN_STEP:  # taken, slowly: a new clock
+                self._unread_since, self._unsent_mark = now, unsent
+            elif now - self._unread_since > limits.body_s:
+                # A close would wait for the send buffer to drain, which is what does not
+                # happen.
+                metrics.CONNECTIONS_CUT.labels("send_timeout").inc()
+                self.transport.abort()
+                return
         if self._refused or self.transport.is_closing():
             return
         phase = self._reading
@@ -253,6 +273,8 @@ class GuardedHttpTools(Guarded, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading = BODY
+        if self._keeps_sends:  # (h11, not here, joins each send into new bytes)
+            self.scope.setdefault("extensions", {})[WHOLE_SENDS] = {}
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

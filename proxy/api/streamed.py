@@ -4,12 +4,14 @@ orjson.dumps of an ImagesResponse reserves several times the whole document whil
 and the whole body then waits in the server's send buffer for a slow client. Here the JSON
 around the big strings is serialized once with placeholders, and each big string is escaped
 by orjson so any content stays valid JSON. Strings that escape to themselves (base64 always
-does) are escaped in one pass each, up to WHOLE_MAX characters per response, and each such
-copy is handed to the server in one send: it exists whole anyway, and sent in slices it cost
-a pause and a resume of the response per slice (a 1.4 MB image used 12% more CPU and waited
-0.4 ms longer). The rest are escaped slice by slice, each slice sent as the client drains the
-previous one, after a first pass that counts their escaped length, so a response of many big
-images never holds more than WHOLE_MAX characters twice.
+does) are escaped in one pass each, up to WHOLE_MAX characters per response. Where the server
+keeps a send by reference until it is written (uvloop with httptools: the ASGI scope extension
+WHOLE_SENDS, set by proxy/connections.py), each such copy goes in one send: it exists whole
+anyway, and sent in slices it cost a pause and a resume of the response per slice (a 1.4 MB
+image used 12% more CPU and waited 0.4 ms longer); elsewhere (asyncio's loop, h11) a send is
+copied while it waits, so the copy goes in SLICE pieces as the client drains them. The rest
+are escaped slice by slice the same way, after a first pass that counts their escaped length,
+so a response of many big images never holds more than WHOLE_MAX characters twice.
 Content-Length is exact either way.
 """
 
@@ -30,6 +32,8 @@ MIN_STREAMED = 64 * 1024
 # Characters per response escaped in one pass and sent as slices of that copy (half the CPU of
 # escaping slice by slice); past it, strings never exist as a second full copy.
 WHOLE_MAX = 2_000_000
+# The ASGI scope extension of a server that keeps each send by reference until it is written.
+WHOLE_SENDS = "switchyard.whole_sends"
 
 
 class Pieces:
@@ -54,14 +58,15 @@ class Pieces:
             self.length += size
             self.plain.append(isinstance(part, str) and part.isascii() and size == len(part))
 
-    def chunks(self) -> Iterator[bytes | memoryview]:
-        """The document: each escaped copy whole, anything else a few hundred KB at a
-        time."""
+    def chunks(self, whole: bool = False) -> Iterator[bytes | memoryview]:
+        """The document a few hundred KB at a time; with `whole`, each escaped copy in one
+        piece."""
         for part, is_plain in zip(self.parts, self.plain, strict=True):
-            if isinstance(part, bytes):
+            if isinstance(part, bytes) or (whole and isinstance(part, memoryview)):
                 yield part
             elif isinstance(part, memoryview):
-                yield part
+                for start in range(0, len(part), SLICE):
+                    yield part[start:start + SLICE]
             elif is_plain:
                 for start in range(0, len(part), SLICE):
                     yield part[start:start + SLICE].encode("ascii")
@@ -141,7 +146,8 @@ class PiecesResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
-        for chunk in self.pieces.chunks():
+        whole = WHOLE_SENDS in scope.get("extensions", {})
+        for chunk in self.pieces.chunks(whole):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
