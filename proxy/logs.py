@@ -76,6 +76,8 @@ class BatchingHandler(logging.Handler):
             if target.filter(record):
                 try:
                     lines.append(target.format(record) + target.terminator)
+                except RecursionError:  # as StreamHandler.emit: not an error of this record
+                    raise
                 except Exception:
                     target.handleError(record)
         if not lines:

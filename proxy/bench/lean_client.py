@@ -37,21 +37,23 @@ class LeanClient:
             self.sock = None
 
     def one(self) -> tuple[int, bytes]:
-        """The status and body of one request (once more on a fresh connection if the kept
-        one turns out closed before any reply came)."""
-        for attempt in (0, 1):
-            sock = self._connected()
-            try:
-                sock.sendall(self.request)
-                return self._reply(sock)
-            except (ConnectionError, _Closed):
-                self.close()
-                if attempt:
-                    raise
-            except BaseException:  # a reply read in part leaves nothing to reuse
-                self.close()
-                raise
-        raise AssertionError("unreachable")
+        """The status and body of one request. A kept connection that the server closed
+        before any byte of a reply came is made again, once; a request is never sent twice
+        once a reply has begun."""
+        kept = self.sock is not None
+        sock = self._connected()
+        try:
+            sock.sendall(self.request)
+            return self._reply(sock)
+        except (BrokenPipeError, _Closed):
+            self.close()
+            if not kept:
+                raise BenchError("the server closed a new connection without a reply") \
+                    from None
+        except BaseException:  # a reply read in part leaves nothing to reuse
+            self.close()
+            raise
+        return self.one()
 
     def _connected(self) -> socket.socket:
         if self.sock is None:
@@ -68,11 +70,13 @@ class LeanClient:
         fields = dict(line.split(":", 1) for line in head[1:])
         length = int(next((v for k, v in fields.items() if k.lower() == "content-length"),
                           "-1"))
-        if length < 0:
-            raise BenchError("the lean client reads Content-Length replies only")
+        if length < 0 or status < 200:
+            raise BenchError("the lean client reads final Content-Length replies only")
         body = received[end + 4:]
         while len(body) < length:
             body += self._recv(sock, True)
+        if len(body) > length:
+            raise BenchError("the server sent more than its Content-Length")
         if any(k.lower() == "connection" and v.strip().lower() == "close"
                for k, v in fields.items()):
             self.close()
@@ -80,7 +84,10 @@ class LeanClient:
 
     @staticmethod
     def _recv(sock: socket.socket, begun: bool) -> bytes:
-        data = sock.recv(1 << 20)
+        try:
+            data = sock.recv(1 << 20)
+        except ConnectionResetError:
+            data = b""
         if not data:
             if begun:
                 raise BenchError("the server closed the connection mid-reply")

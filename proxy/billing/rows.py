@@ -67,12 +67,17 @@ def mark_rows(count: int) -> str:
     return MARK.replace("request_id = ?", f"request_id IN ({', '.join('?' * count)})", 1)
 
 
+# Rows a statement writes at most: 32 ledger rows bind 576 values, under the 999 that SQLite
+# allowed before 3.32.
+MOST_ROWS = 32
+
+
 def in_runs(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    """`items` in runs of powers of two, longest first (a batch of 23: 16, 4, 2, 1), so a
-    statement for every count is a handful of texts that stay prepared."""
+    """`items` in runs of powers of two up to MOST_ROWS, longest first (a batch of 23: 16, 4,
+    2, 1), so a statement for every count is a handful of texts that stay prepared."""
     start, left = 0, len(items)
     while left:
-        size = 1 << (left.bit_length() - 1)
+        size = min(MOST_ROWS, 1 << (left.bit_length() - 1))
         yield items[start:start + size]
         start, left = start + size, left - size
 # A request's settle: its reservation (None without a budget), its row, its budget window.
