@@ -76,9 +76,7 @@ class BatchingHandler(logging.Handler):
             if target.filter(record):
                 try:
                     lines.append(target.format(record) + target.terminator)
-                except RecursionError:  # as StreamHandler.emit: not an error of this record
-                    raise
-                except Exception:
+                except Exception:  # RecursionError too: raised here, it would end this thread
                     target.handleError(record)
         if not lines:
             return

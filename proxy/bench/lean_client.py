@@ -43,7 +43,10 @@ class LeanClient:
         kept = self.sock is not None
         sock = self._connected()
         try:
-            sock.sendall(self.request)
+            try:
+                sock.sendall(self.request)
+            except ConnectionResetError:
+                raise _Closed from None
             return self._reply(sock)
         except (BrokenPipeError, _Closed):
             self.close()
