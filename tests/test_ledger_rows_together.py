@@ -54,7 +54,7 @@ def test_a_batch_of_settles_and_marks_takes_a_statement_per_run(store: Store) ->
 
 def test_a_request_billed_already_in_a_batch_is_billed_nothing_more(store: Store) -> None:
     """Its row stays as it was and its hold goes back unbilled; the others of its batch are
-    billed as usual (the batch is written again one settle at a time)."""
+    billed as usual, in the batch's own statements."""
     record = store.create_key("budgeted")[0]
     key, period = record.id, "total"
     holds = [store.money.reserve(key, period, 50_000, 10_000_000) for _ in range(5)]
@@ -68,3 +68,24 @@ def test_a_request_billed_already_in_a_batch_is_billed_nothing_more(store: Store
     assert (spent, reserved) == (Decimal("0.25"), Decimal("0"))  # five requests at 0.05
     rows = store.db.query("SELECT request_id, billed_micros FROM ledger ORDER BY request_id")
     assert [tuple(row) for row in rows] == [(f"req_{i}", 50_000) for i in range(5)]
+
+
+def test_a_request_twice_in_one_batch_is_billed_once(store: Store) -> None:
+    """Row by row, as the writes came, in the batch's transaction (never each alone): the
+    second success of one request bills nothing."""
+    key = store.create_key("k")[0].id
+
+    def alone(write: object) -> None:
+        raise AssertionError(f"the batch fell back to writing {write!r} alone")
+
+    store.money._write_one = alone  # type: ignore[method-assign]
+    settles: list[Settle] = [(None, entry("req_a", key, outcome="timeout"), "total"),
+                             (None, entry("req_a", key), "total"),
+                             (None, entry("req_a", key, billed="0.09"), "total"),
+                             (None, entry("req_b", key), "total")]
+    assert store.money.write_each(settles) == [None] * 4  # type: ignore[arg-type]
+    assert store.money.spent(key, "total") == (Decimal("0.10"), Decimal("0"))
+    rows = store.db.query("SELECT request_id, outcome, billed_micros FROM ledger "
+                          "ORDER BY request_id")
+    assert [tuple(row) for row in rows] == [("req_a", "success", 50_000),
+                                            ("req_b", "success", 50_000)]

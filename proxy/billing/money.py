@@ -41,10 +41,12 @@ from proxy.billing.rows import (
     Delivered,
     Entry,
     Settle,
+    billed_among,
     in_runs,
     ledger_insert_rows,
     lock_order,
     mark_rows,
+    padded,
 )
 
 if TYPE_CHECKING:
@@ -180,17 +182,33 @@ class Money:
         settles = [write for write in ordered if not isinstance(write, Delivered)]
         marked = [write.request_id for write in ordered if isinstance(write, Delivered)]
         with self._db.transaction() as cur:
-            # The rows in a few statements, not one each: every statement let the writer
-            # thread hand the GIL to the event loop and take it back (at 2 KB x 64, one
-            # statement less per request cut 5% of the server's CPU).
-            written = sum(cur.execute(ledger_insert_rows(len(run)), _values(run))
-                          for run in in_runs(settles))
-            if written != len(settles):  # a request's success is there: billed no more
-                raise _RowByRow
-            for reservation, entry, period in settles:
-                self._billed(cur, reservation, entry, period)
+            self._settle_all(cur, settles)
             for ids_run in in_runs(marked):
                 cur.execute(mark_rows(len(ids_run)), (when, *ids_run))
+
+    def _settle_all(self, cur: Cursor, settles: list[Settle]) -> None:
+        """The settles' rows in a few statements, not one each: every statement let the
+        writer thread hand the GIL to the event loop and take it back (at 2 KB x 64, one
+        statement less per request cut 5% of the server's CPU). A request whose success is
+        in the ledger already is billed nothing more, its hold given back, as `settle` does;
+        a request twice in one batch goes row by row, each row seeing the one before."""
+        ids = [entry.request_id for _, entry, _ in settles]
+        if len(set(ids)) != len(ids):
+            for settle in settles:
+                self._settle_in(cur, *settle)
+            return
+        billed = {row[0] for row in cur.query(billed_among(len(padded(ids))), padded(ids))} \
+            if ids else set()
+        fresh = [settle for settle in settles if settle[1].request_id not in billed]
+        written = sum(cur.execute(ledger_insert_rows(len(run)), _values(run))
+                      for run in in_runs(fresh))
+        if written != len(fresh):  # never under the write lock; should it be, row by row
+            raise _RowByRow
+        for reservation, entry, period in settles:
+            if entry.request_id not in billed:
+                self._billed(cur, reservation, entry, period)
+            elif reservation is not None:
+                _close(cur, reservation, 0)
 
     def _write_one(self, write: Settle | Delivered) -> None:
         if isinstance(write, Delivered):

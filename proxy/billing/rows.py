@@ -62,6 +62,21 @@ def ledger_insert_rows(count: int) -> str:
 
 
 @functools.cache
+def billed_among(count: int) -> str:
+    """The request ids, of `count` given, whose success is in the ledger already."""
+    return (f"SELECT request_id FROM ledger WHERE outcome IN {BILLED_SQL} "
+            f"AND request_id IN ({', '.join('?' * count)})")
+
+
+def padded(items: Sequence[T]) -> list[T]:
+    """`items` made as long as the next power of two by repeating the last (for an IN list:
+    a handful of statement texts for every count)."""
+    if not items:
+        return []
+    return [*items, *[items[-1]] * ((1 << (len(items) - 1).bit_length()) - len(items))]
+
+
+@functools.cache
 def mark_rows(count: int) -> str:
     """MARK for `count` request ids in one statement."""
     return MARK.replace("request_id = ?", f"request_id IN ({', '.join('?' * count)})", 1)
