@@ -42,8 +42,14 @@ class BatchingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         # The message is fixed now, as logging.handlers.QueueHandler does: its arguments may
-        # change before the thread formats it.
-        record.msg, record.args = record.getMessage(), None
+        # change before the thread formats it. A message its arguments do not fit is reported
+        # as any handler reports it, never raised into the request that logged it.
+        try:
+            record.msg, record.args = record.getMessage(), None
+        except Exception:
+            record.args = None  # the report prints them, and they may hold a secret
+            self.handleError(record)
+            return
         if self._stopped.is_set():
             self.flush()  # what was queued before goes first
             self.target.handle(record)

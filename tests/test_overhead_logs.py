@@ -88,6 +88,24 @@ def test_a_batch_goes_to_the_stream_in_one_write() -> None:
         handler.close()
 
 
+def test_a_message_its_arguments_do_not_fit_is_not_raised_into_the_caller(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """As StreamHandler does: the error is reported on stderr and the caller goes on."""
+    out = io.StringIO()
+    handler = handler_into(out, interval_s=60)
+    log = logger_with(handler, "test.logs.misfit")
+    try:
+        log.warning("%d items", "sk-secret")  # raised a TypeError into the caller
+        log.info("next")
+        handler.flush()
+        assert out.getvalue() == "test.logs.misfit next\n"
+        reported = capsys.readouterr().err
+        assert "Logging error" in reported and "sk-secret" not in reported
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
 def test_close_writes_what_is_still_queued() -> None:
     out = io.StringIO()
     handler = handler_into(out, interval_s=60)
