@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.billing.rows import Delivered, Settle, in_runs
+from proxy.billing.rows import Delivered, Settle, in_runs, padded
 from proxy.billing.store import Store
 from tests.test_billing_store import entry
 
@@ -32,6 +32,11 @@ def _ledger_statements(store: Store) -> list[str]:
     return seen
 
 
+def test_an_in_list_is_padded_to_a_power_of_two() -> None:
+    assert padded([1, 2, 3]) == [1, 2, 3, 3] and padded([7]) == [7] and padded([]) == []
+    assert len(padded(list(range(33)))) == 64
+
+
 def test_runs_are_powers_of_two_longest_first() -> None:
     assert [len(run) for run in in_runs(list(range(23)))] == [16, 4, 2, 1]
     assert [len(run) for run in in_runs(list(range(64)))] == [32, 32]  # 999 values at most
@@ -46,7 +51,7 @@ def test_a_batch_of_settles_and_marks_takes_a_statement_per_run(store: Store) ->
     assert store.money.write_each(settles) == [None] * 23  # type: ignore[arg-type]
     marks = [Delivered(f"req_{i}") for i in range(23)]
     assert store.money.write_each(marks) == [None] * 23  # type: ignore[arg-type]
-    assert len(seen) == 8, seen  # 16 + 4 + 2 + 1 rows, twice; one each took 46
+    assert len(seen) == 5, seen  # rows 16 + 4 + 2 + 1, then one for the marks; one each took 46
     rows = store.db.query("SELECT COUNT(*), SUM(billed_micros), COUNT(delivered_at) "
                           "FROM ledger WHERE outcome = 'success'")
     assert tuple(rows[0]) == (23, 23 * 50_000, 23)

@@ -183,8 +183,8 @@ class Money:
         marked = [write.request_id for write in ordered if isinstance(write, Delivered)]
         with self._db.transaction() as cur:
             self._settle_all(cur, settles)
-            for ids_run in in_runs(marked):
-                cur.execute(mark_rows(len(ids_run)), (when, *ids_run))
+            if marked:  # one statement: a repeated id in an IN list changes nothing
+                cur.execute(mark_rows(len(padded(marked))), (when, *padded(marked)))
 
     def _settle_all(self, cur: Cursor, settles: list[Settle]) -> None:
         """The settles' rows in a few statements, not one each: every statement let the
@@ -197,8 +197,8 @@ class Money:
             for settle in settles:
                 self._settle_in(cur, *settle)
             return
-        billed = {row[0] for row in cur.query(billed_among(len(padded(ids))), padded(ids))} \
-            if ids else set()
+        asked = padded(ids)
+        billed = {row[0] for row in cur.query(billed_among(len(asked)), asked)} if ids else set()
         fresh = [settle for settle in settles if settle[1].request_id not in billed]
         written = sum(cur.execute(ledger_insert_rows(len(run)), _values(run))
                       for run in in_runs(fresh))

@@ -69,8 +69,8 @@ def billed_among(count: int) -> str:
 
 
 def padded(items: Sequence[T]) -> list[T]:
-    """`items` made as long as the next power of two by repeating the last (for an IN list:
-    a handful of statement texts for every count)."""
+    """`items` made as long as the next power of two by repeating the last: an IN list of
+    any length (up to a writer batch's 64) in one of a handful of statement texts."""
     if not items:
         return []
     return [*items, *[items[-1]] * ((1 << (len(items) - 1).bit_length()) - len(items))]
