@@ -1,8 +1,10 @@
 """A request's budget reservation and its one ledger row, written by the ledger's writer
-thread: the settle before the response, the delivered mark after it, with the next settle."""
+thread (or, for a request alone in the process on SQLite, on the event loop's thread): the
+settle before the response, the delivered mark after it, with the next settle."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -22,6 +24,7 @@ from proxy.routing.router import RoutesFailed
 from proxy.services import Services
 
 T = TypeVar("T")
+log = logging.getLogger("switchyard.ledger")
 
 
 def key_label(svc: Services, key: KeyRecord) -> str:
@@ -114,8 +117,8 @@ class Ledger:
 
     async def delivered(self) -> None:
         """After the response went out: mark the row delivered and refresh the budget gauge
-        on a ledger thread, with the next ledger write (nothing waits for either, and a
-        write of their own would wake a thread for each request)."""
+        with the next ledger write (nothing waits for either, and a write of their own would
+        cost a commit and wake a thread for each request)."""
         self.svc.ledger_writes.later_each(_write_each, (self, None))
 
     async def _write(self, call: Callable[..., T], *args: Any) -> T:
@@ -126,8 +129,8 @@ class Ledger:
         metrics.LEDGER_BACKLOG.inc()
         try:
             with tracing.ledger(entry):
-                await self.svc.ledger_writes.each(_write_each,
-                                                  (self, (reservation, entry, self.period)))
+                await self.svc.ledger_writes.each(
+                    _write_each, (self, (reservation, entry, self.period)), _write_now)
         finally:
             metrics.LEDGER_BACKLOG.dec()
 
@@ -159,12 +162,34 @@ def _write_each(writes: list[tuple[Ledger, Settle | None]]) -> list[BaseExceptio
     return done
 
 
+def _write_now(writes: list[tuple[Ledger, Settle | None]]) -> None:
+    """_write_each's transaction on the event loop's thread, if SQLite's write lock is free
+    this instant (else it raises, nothing written, and the writer sends them to its thread),
+    the budget gauges read in it."""
+    budgets = _budgets([ledger for ledger, settle in writes if settle is None])
+    figures = writes[0][0].svc.store.money.write_now(
+        [Delivered(ledger.request_id) if settle is None else settle for ledger, settle in writes],
+        [(ledger.key.id, ledger.period) for ledger in budgets])
+    try:
+        for ledger, (spent, held) in zip(budgets, figures, strict=True):
+            _show_budget(ledger, spent, held)
+    except Exception:  # written already: raising here would have the thread write them again
+        log.exception("a budget gauge could not be set")
+
+
 def _refresh_budgets(marked: list[Ledger]) -> None:
-    budgets = {(ledger.key.id, ledger.period): ledger for ledger in marked
-               if ledger.key.limits.budget_usd is not None}
-    for ledger in budgets.values():
-        budget = ledger.key.limits.budget_usd
-        assert budget is not None
-        spent, held = ledger.svc.store.money.spent(ledger.key.id, ledger.period)
-        metrics.BUDGET_REMAINING.labels(key_label(ledger.svc, ledger.key)).set(
-            float(budget - spent - held))
+    for ledger in _budgets(marked):
+        _show_budget(ledger, *ledger.svc.store.money.spent(ledger.key.id, ledger.period))
+
+
+def _budgets(marked: list[Ledger]) -> list[Ledger]:
+    """One of the marked requests for each key and window with a budget."""
+    return list({(ledger.key.id, ledger.period): ledger for ledger in marked
+                 if ledger.key.limits.budget_usd is not None}.values())
+
+
+def _show_budget(ledger: Ledger, spent: Decimal, held: Decimal) -> None:
+    budget = ledger.key.limits.budget_usd
+    assert budget is not None
+    metrics.BUDGET_REMAINING.labels(key_label(ledger.svc, ledger.key)).set(
+        float(budget - spent - held))

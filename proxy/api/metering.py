@@ -76,22 +76,23 @@ async def charged(origin: Origin, svc: Services, key: KeyRecord, model: Model,
     """Plan, admit, reserve, run and bill `asked`; its body made by `render`. `running` is
     resolved once the request is admitted and paid for and only the run is left (a stream
     starts then: every refusal before it is still a plain HTTP error)."""
-    ledger = Ledger(origin.request_id, svc, key, asked, idempotency_key)
-    first = await ledger.take_up(resume, model) if resume is not None else ()
-    try:
-        prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy,
-                                                           lane=key.limits.lane), first)
-    except NoRoute as exc:
-        raise bad_request(exc.param, exc.message, code="unsupported_value") from None
-    plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
-    quote = _quote(plan, model, asked, prepared)
-    role = await _cache_role(svc, key, model, asked, prepared) if not first else None
-    try:
-        return await _admitted(_Run(origin, svc, ledger, model, prepared, plan, quote, render,
-                                    role), running)
-    finally:
-        if role is not None:
-            role.close()
+    with svc.ledger_writes.writing():  # alone, its row is written on the loop's thread
+        ledger = Ledger(origin.request_id, svc, key, asked, idempotency_key)
+        first = await ledger.take_up(resume, model) if resume is not None else ()
+        try:
+            prepared = svc.router.prepare(model, asked, Policy(strategy=key.limits.strategy,
+                                                               lane=key.limits.lane), first)
+        except NoRoute as exc:
+            raise bad_request(exc.param, exc.message, code="unsupported_value") from None
+        plan = svc.plans.get(key.limits.plan or "default", DEFAULT_PLAN)
+        quote = _quote(plan, model, asked, prepared)
+        role = await _cache_role(svc, key, model, asked, prepared) if not first else None
+        try:
+            return await _admitted(_Run(origin, svc, ledger, model, prepared, plan, quote,
+                                        render, role), running)
+        finally:
+            if role is not None:
+                role.close()
 
 
 async def _cache_role(svc: Services, key: KeyRecord, model: Model, asked: ImageRequest,

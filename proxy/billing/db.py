@@ -35,6 +35,11 @@ class ConnectionLost(DatabaseUnavailable):
     just before its answer was lost, so only an idempotent call may simply be tried again."""
 
 
+class Busy(Exception):
+    """The database is taken this instant (transaction_now): nothing was written, and the
+    same write goes through the usual way, which waits its turn."""
+
+
 class Conflict(DatabaseUnavailable):
     """The database rolled the transaction back for a conflict with another one (a deadlock,
     a serialization failure): nothing of it was written, and tried again it goes through."""
@@ -72,6 +77,8 @@ class Database(Protocol):
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         """A read (retried while its connection breaks under it)."""
     def transaction(self) -> contextlib.AbstractContextManager[Cursor]: ...
+    def transaction_now(self) -> contextlib.AbstractContextManager[Cursor]:
+        """A transaction that never waits: Busy at once if the database is taken."""
     def ping(self, timeout_s: float) -> None:
         """Return if the database takes a write now, within about `timeout_s`; else raise
         DatabaseUnavailable (readiness probes)."""
@@ -105,9 +112,10 @@ _SQLITE_UNAVAILABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
 
 
 class SqliteDatabase:
-    """One connection behind a lock, shared by every call; WAL so the CLI can write while the
+    """One connection behind a lock, shared by most calls; WAL so the CLI can write while the
     server reads. An aside connection of its own copies the log back (checkpoint) and takes
-    big reads (query_aside).
+    big reads (query_aside), and a third, for the event loop's own thread, never waits for a
+    lock (transaction_now).
 
     synchronous=NORMAL in WAL mode survives a killed process (only an OS crash can lose the
     last commits), which is the durability the ledger promises. A call waits at most the
@@ -127,6 +135,8 @@ class SqliteDatabase:
         self._path = path
         self._side_lock = threading.Lock()
         self._side: sqlite3.Connection | None = None  # the aside one, opened at its first use
+        self._now_lock = threading.Lock()
+        self._now: sqlite3.Connection | None = None  # transaction_now's, opened at first use
 
     # Locking and error mapping are written out in each call (not a context manager): this
     # is every ledger write's path, and a generator-based one cost it a microsecond a call.
@@ -168,6 +178,39 @@ class SqliteDatabase:
             raise
         finally:
             self._lock.release()
+
+    @contextlib.contextmanager
+    def transaction_now(self) -> Iterator[Cursor]:
+        """BEGIN IMMEDIATE on a connection of its own whose busy timeout is 0: Busy at once
+        if any connection, of this process or another, holds the write lock (the shared one
+        on a thread, say), where `transaction` would wait up to BUSY_TIMEOUT_S. For the
+        event loop's thread, which must never wait on a lock."""
+        if not self._now_lock.acquire(blocking=False):
+            raise Busy("the SQLite database is in use on another thread")
+        try:
+            if self._now is None:
+                self._now = sqlite3.connect(self._path, timeout=0, check_same_thread=False,
+                                            isolation_level=None)
+                self._now.execute("PRAGMA synchronous=NORMAL")
+                self._now.execute("PRAGMA busy_timeout=0")
+                # Its commits never copy the log back themselves (a checkpoint fsyncs): the
+                # aside connection does, off the loop (checkpoint).
+                self._now.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                self._now.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise Busy("the SQLite database is being written") from None
+                raise
+            try:
+                yield _SqliteCursor(self._now)
+                self._now.execute("COMMIT")
+            except BaseException:
+                if self._now.in_transaction:
+                    self._now.execute("ROLLBACK")
+                raise
+        finally:
+            self._now_lock.release()
 
     def ping(self, timeout_s: float) -> None:
         """Take the write lock for a moment (readers are never blocked in WAL mode: a lock
@@ -228,6 +271,9 @@ class SqliteDatabase:
         with self._side_lock:
             if self._side is not None:
                 self._side.close()
+        with self._now_lock:
+            if self._now is not None:
+                self._now.close()
         with self._lock:
             self._db.close()
 

@@ -171,20 +171,33 @@ class Money:
                 pass
         return [_met(self._write_one, write) for write in writes]
 
+    def write_now(self, writes: list[Settle | Delivered],
+                  windows: Sequence[tuple[str, str]] = ()) -> list[tuple[Decimal, Decimal]]:
+        """write_each's one transaction, on the caller's thread and only if the database is
+        free this instant (db.Busy, or any other error, if not: nothing was written, and
+        write_each is the way to write them); with `spent` of each (key id, period) of
+        `windows`, read in it."""
+        with self._db.transaction_now() as cur:
+            self._write_in(cur, writes, int(time.time()))
+            return [_spent_in(cur, key_id, period) for key_id, period in windows]
+
     def _write_all(self, writes: list[Settle | Delivered], when: int) -> None:
-        """In one order for every transaction: the settles by key and window (each locks its
-        key's budget row: two batches that took two keys' rows in opposite orders deadlocked
-        on PostgreSQL), then the marks."""
         if self._script is not None:  # one round trip, where each statement took one
             self._script(pg_money.settles(writes, when))
             return
+        with self._db.transaction() as cur:
+            self._write_in(cur, writes, when)
+
+    def _write_in(self, cur: Cursor, writes: list[Settle | Delivered], when: int) -> None:
+        """In one order for every transaction: the settles by key and window (each locks its
+        key's budget row: two batches that took two keys' rows in opposite orders deadlocked
+        on PostgreSQL), then the marks."""
         ordered = sorted(writes, key=lock_order)
         settles = [write for write in ordered if not isinstance(write, Delivered)]
         marked = [write.request_id for write in ordered if isinstance(write, Delivered)]
-        with self._db.transaction() as cur:
-            self._settle_all(cur, settles)
-            if marked:  # one statement: a repeated id in an IN list changes nothing
-                cur.execute(mark_rows(len(padded(marked))), (when, *padded(marked)))
+        self._settle_all(cur, settles)
+        if marked:  # one statement: a repeated id in an IN list changes nothing
+            cur.execute(mark_rows(len(padded(marked))), (when, *padded(marked)))
 
     def _settle_all(self, cur: Cursor, settles: list[Settle]) -> None:
         """The settles' rows in a few statements, not one each: every statement let the
@@ -301,9 +314,7 @@ class Money:
 
     def spent(self, key_id: str, period: str) -> tuple[Decimal, Decimal]:
         """(spent, reserved) in US dollars for a key's budget window."""
-        rows = self._db.query("SELECT spent_micros, reserved_micros FROM budget_counters "
-                              "WHERE key_id = ? AND period = ?", (key_id, period))
-        return (usd(int(rows[0][0])), usd(int(rows[0][1]))) if rows else (Decimal(0), Decimal(0))
+        return _spent_in(self._db, key_id, period)
 
     def entry(self, request_id: str) -> Entry | None:
         rows = self._db.query(f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE request_id = ?",
@@ -320,6 +331,12 @@ def _values(settles: Sequence[Settle]) -> list[Any]:
     """The fields of the settles' rows in order, one row after another (astuple would
     deep-copy each one first)."""
     return [getattr(entry, name) for _, entry, _ in settles for name in FIELDS]
+
+
+def _spent_in(cur: Cursor, key_id: str, period: str) -> tuple[Decimal, Decimal]:
+    rows = cur.query("SELECT spent_micros, reserved_micros FROM budget_counters "
+                     "WHERE key_id = ? AND period = ?", (key_id, period))
+    return (usd(int(rows[0][0])), usd(int(rows[0][1]))) if rows else (Decimal(0), Decimal(0))
 
 
 def _met(call: Callable[..., None], *args: Any) -> BaseException | None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proxy.billing.db import (
+    Busy,
     Conflict,
     ConnectionLost,
     Cursor,
@@ -115,6 +116,10 @@ class PostgresDatabase:
     def transaction(self) -> Iterator[Cursor]:
         with self._connection() as conn, conn.transaction():
             yield _PostgresCursor(conn)
+
+    def transaction_now(self) -> contextlib.AbstractContextManager[Cursor]:
+        """Never: a transaction here is a network round trip, which no event loop waits on."""
+        raise Busy("PostgreSQL is written from the ledger threads")
 
     def script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Row]:
         """Statements that need no answer from one another, in one transaction and one round

@@ -14,14 +14,27 @@ and the writes of one `Each` function that follow each other (`each`, then the `
 ones that rode along: settles, then delivered marks) go to it as one list, which it writes in
 one transaction. A commit, and the pages it writes, is paid once per batch instead of once
 per settle and once per mark.
+
+On SQLite, a request alone in the process writes on the event loop's own thread (`each`'s
+`now`): a commit there is a few page writes into the log, no fsync (WAL, synchronous=NORMAL),
+and it spares the thread's wake-up and the loop's, the GIL passed back and forth, and the
+caller's pause, which cost more than the write (at 1 concurrent: 0.1 to 0.3 ms of CPU a
+request, and as much p50). With company, the threads write as above: there writes share
+commits, and the SQLite work leaves the loop, which then has others to serve (at 1.4 MB x 8
+on the loop it cost 8% of requests/s). A write on the loop never waits for a lock: a database
+taken by a thread or another process makes it Busy at once, and it goes to a thread. One
+that took longer than SLOW_NOW_S (a disk that stalls), written or not, sends every write to
+the threads for REST_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
@@ -37,14 +50,22 @@ _Call = tuple[Callable[..., Any], tuple[Any, ...], bool]
 # (call, its args, batched, who waits for it, calls that were waiting to go with the next write)
 _Job = tuple[Callable[..., Any], tuple[Any, ...], bool, "asyncio.Future[Any] | None",
              list[_Call]]
+# Writes all of its items in one go on the caller's thread, or raises (nothing written).
+Now = Callable[[list[Any]], None]
 LATER_S = 0.05  # the longest a `later` write waits for company
 MAX_BATCH = 64  # writes one thread takes at a time
+SLOW_NOW_S = 0.01  # a write on the loop's thread that took longer ...
+REST_S = 30.0  # ... sends the writes to the threads for this long
+
+log = logging.getLogger("switchyard.ledger")
 
 
 class Writer:
     """`count` threads running database calls in the order they were queued (per thread)."""
 
-    def __init__(self, count: int, name: str = "switchyard-ledger") -> None:
+    def __init__(self, count: int, name: str = "switchyard-ledger",
+                 inline: bool = False) -> None:
+        """`inline`: `each` tries a write with a `now` on the event loop's thread first."""
         self._queue: SimpleQueue[_Job | None] = SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(count)]
@@ -52,6 +73,9 @@ class Writer:
         self._later: list[_Call] = []  # filled and taken on the event loop's thread
         self._timer: asyncio.TimerHandle | None = None
         self._failures = Failures("delivered_marks")
+        self._inline = inline
+        self._resting_until = 0.0  # after a slow write on the loop's thread
+        self._parties = 0  # callers in `writing`
 
     def _put(self, job: _Job) -> None:
         if not self._started:
@@ -67,16 +91,55 @@ class Writer:
         self._put((call, args, False, answer, self._take_later()))
         return await answer
 
-    async def each(self, batch: Each, item: Any) -> None:
+    async def each(self, batch: Each, item: Any, now: Now | None = None) -> None:
         """`batch([item, ...])` on a writer thread, with the items of other callers queued
-        beside this one; raises what this item met."""
+        beside this one; raises what this item met.
+
+        With `now`, on an `inline` writer, a caller alone (see `writing`) first tries
+        `now([item, ...])` on this thread, with the `later` items of `batch` waiting: if it
+        raises, nothing was written, and the items go to a thread as above."""
+        if now is not None and self._parties <= 1 and self._inline and \
+                time.monotonic() >= self._resting_until and self._now(batch, now, [item]):
+            return
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._put((batch, (item,), True, answer, self._take_later()))
         await answer
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A caller that will write soon (a request, from its start to its end). While
+        it is the only one, its writes go on the event loop's thread; while there are more,
+        to a thread, where theirs share commits and the loop, the busy one, goes on."""
+        self._parties += 1
+        try:
+            yield
+        finally:
+            self._parties -= 1
+
+    def _now(self, batch: Each, now: Now, items: list[Any]) -> bool:
+        """`now(items)` with the `later` items of `batch`: True if they were written (the
+        `later` ones are then done), False if it raised."""
+        riding = [call for call in self._later if call[2] and call[0] == batch]
+        started = time.monotonic()
+        try:
+            now([*items, *(args[0] for _, args, _ in riding)])
+        except Exception:  # nothing written: a thread writes them, and reports any failure
+            return False
+        finally:  # slow, written or not (a disk that stalls, then fails)
+            took = time.monotonic() - started
+            if took > SLOW_NOW_S:
+                self._resting_until = started + took + REST_S
+                log.info("a ledger write on the event loop took %.0f ms: writes go to the "
+                         "ledger thread for the next %.0f s", took * 1000, REST_S)
+        if riding:
+            self._later = [call for call in self._later if not (call[2] and call[0] == batch)]
+            self._failures.succeeded()  # as the thread reports marks it wrote
+        return True
+
     def later(self, call: Callable[..., Any], *args: Any) -> None:
-        """`call(*args)` with the next write `run` sends, after that one is answered, or
-        within LATER_S; nobody waits, and a failure is logged and counted."""
+        """`call(*args)` with the next write (after it, on a thread; `later_each` items may
+        also go in a write on the loop's thread), or within LATER_S; nobody waits, and a
+        failure is logged and counted."""
         self._add_later((call, args, False))
 
     def later_each(self, batch: Each, item: Any) -> None:
