@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from proxy.billing import writer as writer_module
-from proxy.billing.db import Busy, SqliteDatabase
+from proxy.billing.db import NOW_CHECKPOINT_PAGES, Busy, SqliteDatabase
 from proxy.billing.store import Store
 from proxy.billing.writer import Writer
 from tests.conftest import free_socket
@@ -101,7 +101,7 @@ def test_a_writer_not_inline_never_writes_on_the_callers_thread() -> None:
 
 def test_a_slow_write_on_the_loop_sends_the_next_ones_to_the_thread(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(writer_module, "SLOW_NOW_S", 0.0)  # every write is slow
+    monkeypatch.setattr(writer_module, "SLOW_NOW_S", -1.0)  # every write is slow
     writer, calls = Writer(1, inline=True), Calls()
 
     async def go() -> None:
@@ -121,7 +121,7 @@ def test_a_slow_write_that_fails_sends_the_next_ones_to_the_thread_too(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A disk that stalls and then fails (review, helper-36): it must not stall the loop
     again on the next request."""
-    monkeypatch.setattr(writer_module, "SLOW_NOW_S", 0.0)
+    monkeypatch.setattr(writer_module, "SLOW_NOW_S", -1.0)
     writer, calls = Writer(1, inline=True), Calls()
     calls.refuse = OSError("disk I/O error")
 
@@ -177,10 +177,44 @@ def test_transaction_now_is_busy_at_once_while_another_connection_writes(
         waited = time.monotonic() - started
     finally:
         other.execute("ROLLBACK")
+        other.close()
     with db.transaction_now() as cur:
         cur.execute("INSERT INTO t VALUES (2)")
     assert db.query("SELECT v FROM t") == [(2,)]
     assert waited < 5  # it did not wait out the busy timeout (10 s) as `transaction` does
+    db.close()
+
+
+def test_a_connection_that_failed_to_set_up_is_not_kept(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One kept with SQLite's defaults (synchronous FULL, autocheckpoint 1000) would fsync on
+    the loop (review, helper-37)."""
+    db = SqliteDatabase(tmp_path / "ledger.db")
+    real, made = sqlite3.connect, []
+
+    class FailsToSetUp:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("PRAGMA synchronous"):
+                raise sqlite3.OperationalError("unable to open database file")
+            return self.conn.execute(sql, *args)
+
+        def close(self) -> None:
+            self.conn.close()
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        made.append(real(*args, **kwargs))
+        return FailsToSetUp(made[-1]) if len(made) == 1 else made[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(sqlite3.OperationalError), db.transaction_now():
+        pass
+    with db.transaction_now() as cur:
+        settings = (cur.query("PRAGMA synchronous"), cur.query("PRAGMA wal_autocheckpoint"))
+    assert len(made) == 2
+    assert settings == ([(1,)], [(NOW_CHECKPOINT_PAGES,)])  # NORMAL, and its own bound
     db.close()
 
 
@@ -262,4 +296,5 @@ def test_a_gauge_that_fails_after_the_commit_does_not_send_the_writes_again(
     with caplog.at_level(logging.ERROR, "switchyard.ledger"):
         ledger_module._write_now([(marked, None)])  # type: ignore[list-item]
     assert len(written) == 1 and written[0][1] == [("key_1", "2026-12")]
-    assert "a budget gauge could not be set" in caplog.text
+    assert "a budget gauge could not be set (ValueError)" in caplog.text
+    assert "no gauge" not in caplog.text

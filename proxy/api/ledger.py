@@ -173,8 +173,9 @@ def _write_now(writes: list[tuple[Ledger, Settle | None]]) -> None:
     try:
         for ledger, (spent, held) in zip(budgets, figures, strict=True):
             _show_budget(ledger, spent, held)
-    except Exception:  # written already: raising here would have the thread write them again
-        log.exception("a budget gauge could not be set")
+    except Exception as exc:  # written: raising would have the thread write them again
+        # Its kind, not its message (values may hold secrets).
+        log.error("a budget gauge could not be set (%s)", type(exc).__name__)
 
 
 def _refresh_budgets(marked: list[Ledger]) -> None:

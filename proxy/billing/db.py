@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 Row = tuple[Any, ...]
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 10.0  # how long an SQLite call waits for another process's write lock
+NOW_CHECKPOINT_PAGES = 10_000  # transaction_now's autocheckpoint (40 MB of log; default 1000)
 
 
 class DatabaseUnavailable(Exception):
@@ -189,13 +190,7 @@ class SqliteDatabase:
             raise Busy("the SQLite database is in use on another thread")
         try:
             if self._now is None:
-                self._now = sqlite3.connect(self._path, timeout=0, check_same_thread=False,
-                                            isolation_level=None)
-                self._now.execute("PRAGMA synchronous=NORMAL")
-                self._now.execute("PRAGMA busy_timeout=0")
-                # Its commits never copy the log back themselves (a checkpoint fsyncs): the
-                # aside connection does, off the loop (checkpoint).
-                self._now.execute("PRAGMA wal_autocheckpoint=0")
+                self._now = self._now_connection()
             try:
                 self._now.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -211,6 +206,24 @@ class SqliteDatabase:
                 raise
         finally:
             self._now_lock.release()
+
+    def _now_connection(self) -> sqlite3.Connection:
+        """transaction_now's connection, kept only once it is set up whole (one that kept
+        the defaults would fsync every commit, on the loop)."""
+        conn = sqlite3.connect(self._path, timeout=0, check_same_thread=False,
+                               isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=0")
+            # Its commits seldom copy the log back themselves (a checkpoint fsyncs): the
+            # server's CHECKPOINT_S loop does (checkpoint, off the loop). Without that loop
+            # the log still stops growing, at NOW_CHECKPOINT_PAGES (a write that slow sends
+            # the next ones to the writer thread for a while: proxy/billing/writer.py).
+            conn.execute(f"PRAGMA wal_autocheckpoint={NOW_CHECKPOINT_PAGES}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def ping(self, timeout_s: float) -> None:
         """Take the write lock for a moment (readers are never blocked in WAL mode: a lock
@@ -274,6 +287,7 @@ class SqliteDatabase:
         with self._now_lock:
             if self._now is not None:
                 self._now.close()
+                self._now = None
         with self._lock:
             self._db.close()
 
