@@ -51,8 +51,8 @@ class Services:
 
 def ledger_writer(engine: str) -> Writer:
     """SQLite is one connection behind a lock: a second thread would only queue on it (and
-    take writes a batch could have carried), and a write is tried on the event loop's thread
-    first (proxy/billing/writer.py); on PostgreSQL, LEDGER_THREADS."""
+    take writes a batch could have carried), and a request alone in the process writes on
+    the event loop's thread (proxy/billing/writer.py); on PostgreSQL, LEDGER_THREADS."""
     if engine == "sqlite":
         return Writer(1, inline=True)
     return Writer(LEDGER_THREADS)
