@@ -190,7 +190,11 @@ class SqliteDatabase:
             raise Busy("the SQLite database is in use on another thread")
         try:
             if self._now is None:
-                self._now = self._now_connection()
+                # Its commits seldom copy the log back themselves (a checkpoint fsyncs): the
+                # server's CHECKPOINT_S loop does (checkpoint, off the loop). Without that
+                # loop the log still stops growing, at NOW_CHECKPOINT_PAGES (a write that
+                # slow sends the next ones to the writer thread a while: billing/writer.py).
+                self._now = _connection(self._path, 0.0, NOW_CHECKPOINT_PAGES)
             try:
                 self._now.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -206,24 +210,6 @@ class SqliteDatabase:
                 raise
         finally:
             self._now_lock.release()
-
-    def _now_connection(self) -> sqlite3.Connection:
-        """transaction_now's connection, kept only once it is set up whole (one that kept
-        the defaults would fsync every commit, on the loop)."""
-        conn = sqlite3.connect(self._path, timeout=0, check_same_thread=False,
-                               isolation_level=None)
-        try:
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=0")
-            # Its commits seldom copy the log back themselves (a checkpoint fsyncs): the
-            # server's CHECKPOINT_S loop does (checkpoint, off the loop). Without that loop
-            # the log still stops growing, at NOW_CHECKPOINT_PAGES (a write that slow sends
-            # the next ones to the writer thread for a while: proxy/billing/writer.py).
-            conn.execute(f"PRAGMA wal_autocheckpoint={NOW_CHECKPOINT_PAGES}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     def ping(self, timeout_s: float) -> None:
         """Take the write lock for a moment (readers are never blocked in WAL mode: a lock
@@ -269,10 +255,7 @@ class SqliteDatabase:
         lock, released here."""
         try:
             if self._side is None:
-                self._side = sqlite3.connect(self._path, check_same_thread=False,
-                                             isolation_level=None)
-                self._side.execute("PRAGMA synchronous=NORMAL")
-                self._side.execute(f"PRAGMA busy_timeout={round(BUSY_TIMEOUT_S * 1000)}")
+                self._side = _connection(self._path, BUSY_TIMEOUT_S)
             return list(self._side.execute(sql, tuple(args)).fetchall())
         except sqlite3.OperationalError as exc:
             _unavailable(exc)
@@ -298,6 +281,23 @@ class SqliteDatabase:
         """This process's lock on the connection, or DatabaseUnavailable after `timeout_s`."""
         if not self._lock.acquire(timeout=timeout_s):
             raise DatabaseUnavailable(f"the SQLite database stayed busy for {timeout_s:g} s")
+
+
+def _connection(path: Path, busy_s: float, checkpoint_pages: int | None = None
+                ) -> sqlite3.Connection:
+    """A further connection to the file (aside, or transaction_now's), returned only once
+    set up whole: one that kept SQLite's defaults would fsync every commit."""
+    conn = sqlite3.connect(path, timeout=busy_s, check_same_thread=False,
+                           isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={round(busy_s * 1000)}")
+        if checkpoint_pages is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> None:
