@@ -94,3 +94,36 @@ def test_a_request_twice_in_one_batch_is_billed_once(store: Store) -> None:
                           "ORDER BY request_id")
     assert [tuple(row) for row in rows] == [("req_a", "success", 50_000),
                                             ("req_b", "success", 50_000)]
+
+
+def _now_statements(store: Store) -> list[str]:
+    """Every statement of transaction_now's connection (a lone request's, on the loop)."""
+    store.money.write_now([])  # opens it
+    seen: list[str] = []
+    connection: sqlite3.Connection = store.db._now  # type: ignore[attr-defined]
+    connection.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_lone_settle_with_a_mark_takes_two_statements_and_no_select(store: Store) -> None:
+    """Its INSERT's row count says whether it was billed already: no SELECT before it."""
+    key = store.create_key("k")[0].id
+    store.money.write_each([(None, entry("req_0", key), None)])  # type: ignore[list-item]
+    seen = _now_statements(store)
+    store.money.write_now([(None, entry("req_1", key), None), Delivered("req_0")])
+    assert [sql.split()[0] for sql in seen] == ["BEGIN", "INSERT", "UPDATE", "COMMIT"], seen
+    rows = store.db.query("SELECT request_id, billed_micros, delivered_at IS NOT NULL "
+                          "FROM ledger ORDER BY request_id")
+    assert [tuple(row) for row in rows] == [("req_0", 50_000, 1), ("req_1", 50_000, 0)]
+
+
+def test_a_lone_settle_billed_already_is_billed_nothing_more(store: Store) -> None:
+    record = store.create_key("budgeted")[0]
+    key, period = record.id, "total"
+    first = store.money.reserve(key, period, 50_000, 10_000_000)
+    store.money.settle(first, entry("req_0", key), period)  # the first try, committed
+    again = store.money.reserve(key, period, 50_000, 10_000_000)  # its retry's hold
+    store.money.write_now([(again, entry("req_0", key, billed="0.09"), period)])
+    assert store.money.spent(key, period) == (Decimal("0.05"), Decimal("0"))
+    rows = store.db.query("SELECT billed_micros FROM ledger WHERE request_id = 'req_0'")
+    assert [tuple(row) for row in rows] == [(50_000,)]

@@ -204,9 +204,11 @@ class Money:
         writer thread hand the GIL to the event loop and take it back (at 2 KB x 64, one
         statement less per request cut 5% of the server's CPU). A request whose success is
         in the ledger already is billed nothing more, its hold given back, as `settle` does;
-        a request twice in one batch goes row by row, each row seeing the one before."""
+        a request twice in one batch goes row by row, each row seeing the one before, and
+        one alone (a lone request's write on the loop) too: its INSERT's row count says
+        whether it was billed already, with no SELECT before it."""
         ids = [entry.request_id for _, entry, _ in settles]
-        if len(set(ids)) != len(ids):
+        if len(ids) == 1 or len(set(ids)) != len(ids):
             for settle in settles:
                 self._settle_in(cur, *settle)
             return
