@@ -23,6 +23,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 #       id, then the released lease ids (one per release key)
 # Returns {refused (0 admitted, 1 requests, 2 images, 3 concurrency), requests used,
 #          images used, ms until the window next shrinks, leases live, 1 if the slot is held}
+# The totals always match the window's entries: a refused request's trim is written too
+# (else the entries it dropped stayed counted until the list emptied, and a busy key was
+# refused under its rpm).
 ADMIT = _NOW + """
 for k = 5, #KEYS do redis.call('ZREM', KEYS[k], ARGV[k + 6]) end
 local rpm, ipm, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -31,14 +34,21 @@ local window, merge = tonumber(ARGV[7]), tonumber(ARGV[8])
 local requests = tonumber(redis.call('HGET', KEYS[2], 'requests') or '0')
 local pictures = tonumber(redis.call('HGET', KEYS[2], 'images') or '0')
 local head = redis.call('LINDEX', KEYS[1], 0)
+local trimmed = false
 while head do
   local first, last, r, i = string.match(head, '(%d+) (%d+) (%d+) (%d+)')
   if tonumber(last) > now - window then break end
   redis.call('LPOP', KEYS[1])
+  trimmed = true
   requests, pictures = requests - tonumber(r), pictures - tonumber(i)
   head = redis.call('LINDEX', KEYS[1], 0)
 end
-if not head then requests, pictures = 0, 0 end
+if not head then
+  requests, pictures = 0, 0
+  redis.call('DEL', KEYS[2])
+elseif trimmed then  -- kept even if this request is refused: the entries are gone
+  redis.call('HSET', KEYS[2], 'requests', requests, 'images', pictures)
+end
 local function reset()
   local entry = redis.call('LINDEX', KEYS[1], 0)
   if not entry then return 0 end
