@@ -36,10 +36,12 @@ CAP = 4
 
 
 class Fleet:
-    def __init__(self, replicas: list[Served], database: str, host: CountingHost) -> None:
+    def __init__(self, replicas: list[Served], database: str, host: CountingHost,
+                 env: dict[str, str]) -> None:
         self.replicas = replicas
         self.database = database
         self.host = host
+        self.env = env  # what another replica of this fleet is started with
 
     def key(self, limits: KeyLimits | None = None) -> str:
         with Store(self.database) as store:
@@ -71,7 +73,7 @@ def started(tmp_path: Path, redis_prefix: str, cap: int, replicas: int,
             for replica in served:
                 assert httpx.get(f"{replica.base}/readyz").json()["fleet"] == {
                     "mode": "fleet", "redis": "shared"}
-            yield Fleet(served, database, host)
+            yield Fleet(served, database, host, env)
 
 
 @pytest.fixture
@@ -219,3 +221,26 @@ def test_a_host_failing_on_one_replica_is_avoided_by_the_others(
         assert broken.calls == 5, f"replicas 1 and 2 still called the broken host " \
                                   f"{broken.calls - 5} times"
         assert spare.answered == 15
+
+
+def test_a_replica_started_later_keeps_away_from_a_host_the_fleet_rests(
+        tmp_path: Path, redis_prefix: str) -> None:
+    """The cheap host answers 429 with Retry-After: 60 on replica 0, which fails over to the
+    spare; a replica started after that (a rolling deploy) never heard the message, yet it
+    reads the rest from Redis and does not call the host either."""
+    with counting_host() as spare, \
+            started(tmp_path, redis_prefix, CAP, 1, spare=spare) as fleet:
+        limited, key = fleet.host, fleet.key()
+        limited.status, limited.retry_after = 429, "60"
+        with fleet.client(0, key) as first:
+            assert generate(first)[0] == 200
+        assert limited.calls == 1 and spare.answered == 1
+        time.sleep(0.5)  # a flush and a hop, with room to spare
+        with Served(tmp_path / "late", env=fleet.env) as late:
+            late_client = openai.OpenAI(base_url=f"{late.base}/v1", api_key=key,
+                                        max_retries=0, timeout=30)
+            with late_client:
+                assert [generate(late_client)[0] for _ in range(5)] == [200] * 5
+        assert limited.calls == 1, f"the replica started later called the resting host " \
+                                   f"{limited.calls - 1} times"
+        assert spare.answered == 6

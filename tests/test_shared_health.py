@@ -20,7 +20,7 @@ from proxy.routing.health import Health, Outcome, State
 from proxy.state import shared_slots
 from proxy.state.leases import Leases
 from proxy.state.link import open_link
-from proxy.state.shared_health import HealthFeed, decode, encode
+from proxy.state.shared_health import HealthFeed, decode, encode, held_out
 from proxy.state.shared_slots import SharedSlots
 from tests.fakes import scripted
 from tests.redis_servers import REDIS_URL, PrivateRedis, private_redis, redis_prefix
@@ -167,6 +167,51 @@ def test_latency_samples_are_the_fleet_s() -> None:
     seen = b.snapshots([ROUTE], "1K")[ROUTE.id]
     assert seen.samples == 10 and 2.9 < seen.p95_s < 3.1 and 2.5 < seen.expected_s < 3.1
     assert seen.in_flight == 0
+
+
+def test_a_replica_that_starts_later_learns_the_fleet_s_open_breaker(
+        redis_prefix: str) -> None:
+    """A message reaches only the replicas listening then: one started after (a rolling
+    deploy) reads the breakers open from Redis, for the time they have left, then probes as
+    any replica does."""
+    async def go() -> None:
+        async with replica(redis_prefix) as a:
+            for _ in range(5):
+                attempt(a, BROKEN)
+            assert a.of(ROUTE).state is State.OPEN
+            left_s = a.of(ROUTE).held_out()[0]
+            await asyncio.sleep(0.3)  # published
+            clock = Clock()
+            async with replica(redis_prefix, clock=clock) as b:
+                assert b.of(ROUTE).state is State.OPEN
+                assert not b.snapshots([ROUTE], "1K")[ROUTE.id].available
+                assert 0 < b.of(ROUTE).held_out()[0] <= left_s
+                clock.ahead_s = left_s  # the fleet's open period is over: a probe is due
+                assert b.of(ROUTE).state is State.HALF_OPEN
+                assert b.snapshots([ROUTE], "1K")[ROUTE.id].available
+    asyncio.run(go())
+
+
+def test_a_replica_that_starts_later_keeps_the_fleet_s_rest(redis_prefix: str) -> None:
+    """A Retry-After rests the host for a replica started during it too, for what is left
+    of it (not a fresh 30 s)."""
+    async def go() -> None:
+        async with replica(redis_prefix) as a:
+            attempt(a, Failure(Kind.RATE_LIMITED, "429", retry_after_s=30))
+            await asyncio.sleep(0.5)
+            async with replica(redis_prefix) as b:
+                assert not b.snapshots([ROUTE], "1K")[ROUTE.id].available
+                assert b.of(ROUTE).state is State.CLOSED  # a rest, not a broken host
+                open_s, rest_s = b.of(ROUTE).held_out()
+                assert open_s == 0 and 25 < rest_s <= 29.6
+    asyncio.run(go())
+
+
+def test_what_redis_holds_out_is_read_whatever_its_shape() -> None:
+    assert held_out([1, b"m/a", 1500, 2, b"m/a", 30000, b"m/b", 20]) == [
+        ("m/a", 1.5, 30.0), ("m/b", 0.0, 0.02)]
+    assert held_out([0, 0]) == [] and held_out(None) == [] and held_out([3, b"m/a"]) == []
+    assert held_out([1, b"m/a", -5, 1, 7, 9]) == []  # ended, and an id that is no string
 
 
 def test_what_is_no_evidence_is_not_published_and_junk_is_not_applied() -> None:

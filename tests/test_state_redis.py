@@ -28,9 +28,8 @@ from proxy.billing.limits import Admission, Limited, Limits
 from proxy.catalog import Provider
 from proxy.config import Config, Secret
 from proxy.routing.slots import Slots
-from proxy.state import State, build
+from proxy.state import State, build, shared_limits
 from proxy.state import link as link_module
-from proxy.state import shared_limits
 from proxy.state.fleet import FleetLimits, FleetSlots
 from proxy.state.leases import Leases
 from proxy.state.link import Link, open_link

@@ -20,6 +20,7 @@ from proxy.bench.loopback import LoopbackServer, client_left, on_own_loop, read_
 class CountingHost(LoopbackServer):
     delay_s: float = 0.0  # how long each call takes, read when it starts
     status: int = 200  # what each call answers: another status is OpenAI's error body
+    retry_after: str | None = None  # an error's Retry-After header, when set
     port: int = 0
     now: int = 0  # calls being served
     peak: int = 0
@@ -61,7 +62,9 @@ class CountingHost(LoopbackServer):
         if self.status == 200:
             return json_reply(images_body(self.image))
         body = b'{"error": {"message": "the host is broken", "type": "server_error"}}'
-        return json_reply(body).replace(b"200 OK", f"{self.status} Error".encode(), 1)
+        extra = b"" if self.retry_after is None else \
+            f"retry-after: {self.retry_after}\r\n".encode()
+        return json_reply(body, extra).replace(b"200 OK", f"{self.status} Error".encode(), 1)
 
 
 @contextlib.contextmanager

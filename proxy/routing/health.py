@@ -112,6 +112,24 @@ class RouteHealth:
         self._apply(now, now - outcome.seconds, outcome.tier, outcome.seconds, outcome.ok,
                     outcome.rest_s)
 
+    def held_out(self) -> tuple[float, float]:
+        """Seconds left of this route's open breaker and of its rest (0.0: none)."""
+        now = self._clock()
+        self._refresh(now)
+        open_s = self._open_until - now if self._state is State.OPEN else 0.0
+        return max(0.0, open_s), max(0.0, self._resting_until - now)
+
+    def hold_out(self, open_s: float, rest_s: float) -> None:
+        """What the fleet knew before this replica listened: the breaker open for `open_s`
+        (then half-open, its probe due, as anywhere) and a rest of `rest_s`."""
+        now = self._clock()
+        self._refresh(now)
+        if open_s > 0 and (self._state is not State.OPEN or now + open_s > self._open_until):
+            self._state, self._probing = State.OPEN, False
+            self._open_until = now + open_s
+        if rest_s > 0:
+            self._resting_until = max(self._resting_until, now + rest_s)
+
     def _apply(self, now: float, started: float, tier: str, seconds: float, ok: bool | None,
                rest: float) -> None:
         if rest:
@@ -294,6 +312,10 @@ class Health:
             return None
         found.observe(outcome)
         return found.provider
+
+    def known(self, route_id: str) -> RouteHealth | None:
+        """The health of a route this process knows, by its id (another replica's news)."""
+        return self._routes.get(route_id)
 
     def snapshots(self, routes: Iterable[Route], tier: str) -> dict[str, Snapshot]:
         return {r.id: self.of(r).snapshot(tier) for r in routes}

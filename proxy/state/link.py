@@ -104,6 +104,14 @@ class Link:
     async def count(self, keys: list[str]) -> list[int]:
         return _integers(await self._call(scripts.COUNT, keys, []))
 
+    async def hold(self, keys: list[str], args: list[str | int]) -> None:
+        """Routes kept out of traffic, for replicas that listen later (scripts.HOLD)."""
+        await self._call(scripts.HOLD, keys, args)
+
+    async def held(self, keys: list[str]) -> object:
+        """What `hold` kept that has not ended (scripts.HELD)."""
+        return await self._call(scripts.HELD, keys, [])
+
     async def _call(self, script: str, keys: list[str], args: list[str | int]) -> object:
         try:  # bounded by the wire's timeout: connect, then the reply
             return await self._wire.evalsha(script, keys, args)

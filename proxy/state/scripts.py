@@ -145,3 +145,39 @@ for k = 1, #KEYS do
 end
 return #KEYS
 """
+
+# Routes kept out of traffic, for a replica that starts (or listens again after Redis was
+# away) and so missed the outcomes published before: a breaker open, or a rest (Retry-After),
+# until a time on Redis's clock; the later end wins (proxy/state/shared_health.py).
+# KEYS: the open set, the rest set (route ids scored by their end, ms)
+# ARGV: per route, three: 'o' (open) or 'r' (rest), its id, ms from now
+HOLD = _NOW + """
+for k = 1, 2 do redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now) end
+for i = 1, #ARGV, 3 do
+  local key = KEYS[ARGV[i] == 'o' and 1 or 2]
+  local ends = now + tonumber(ARGV[i + 2])
+  if ends > tonumber(redis.call('ZSCORE', key, ARGV[i + 1]) or '0') then
+    redis.call('ZADD', key, ends, ARGV[i + 1])
+  end
+end
+for k = 1, 2 do
+  local last = redis.call('ZRANGE', KEYS[k], -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', KEYS[k], tonumber(last[2])) end
+end
+return 0
+"""
+
+# What HOLD kept that has not ended. KEYS: the open set, the rest set. Returns, per set, how
+# many routes, then each one's id and ms left.
+HELD = _NOW + """
+local out = {}
+for k = 1, 2 do
+  local found = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. now, '+inf', 'WITHSCORES')
+  out[#out + 1] = #found / 2
+  for j = 1, #found, 2 do
+    out[#out + 1] = found[j]
+    out[#out + 1] = tonumber(found[j + 1]) - now
+  end
+end
+return out
+"""

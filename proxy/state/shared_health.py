@@ -7,6 +7,12 @@ the same failures open the same breakers everywhere, a Retry-After rests the hos
 latency and success samples are the fleet's, and a probe that finds a host recovered closes
 its breaker on every replica. While Redis is away each replica goes on with its own evidence.
 
+A message reaches only the replicas listening when it is sent, so what keeps a host out of
+traffic is also kept in Redis: each breaker open and each rest, until it ends (the later end
+wins). A replica that starts (a rolling deploy, autoscaling), or listens again after Redis
+was away, reads them first: it does not send a host the fleet found broken its own five
+failures, nor call one that asked the fleet to wait.
+
 An attempt that ended elsewhere also freed a slot of its host there: requests waiting here for
 one of that host's slots try again at once, instead of at their next poll.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -42,6 +49,8 @@ class HealthFeed:
         self._health = health
         self._freed = freed  # hears the provider of each attempt that ended elsewhere
         self._channel = f"{link.prefix}:health"
+        # The routes held out (breaker open, resting): one hash slot, as scripts need
+        self._held = [f"{link.prefix}:{{health}}:open", f"{link.prefix}:{{health}}:rest"]
         self._replica = secrets.token_hex(6)
         self._pending: list[Outcome] = []
         self._wake = asyncio.Event()
@@ -77,6 +86,26 @@ class HealthFeed:
 
     async def _publish(self, batch: list[Outcome]) -> None:
         await self._link.client.publish(self._channel, encode(self._replica, batch))
+        held: list[str | int] = []
+        for route_id in dict.fromkeys(outcome.route_id for outcome in batch):
+            route = self._health.known(route_id)
+            if route is None:
+                continue
+            open_s, rest_s = route.held_out()
+            for kind, left_s in (("o", open_s), ("r", rest_s)):
+                if left_s > 0:
+                    held += [kind, route_id, math.ceil(left_s * 1000)]
+        if held:
+            await self._link.hold(self._held, held)
+
+    async def _catch_up(self) -> None:
+        """The breakers open and the rests the fleet holds now, for the time they have left
+        (outcomes published before this replica listened never reached it)."""
+        reply = await self._link.held(self._held)
+        for route_id, open_s, rest_s in held_out(reply):
+            route = self._health.known(route_id)
+            if route is not None:
+                route.hold_out(open_s, rest_s)
 
     async def _listening(self) -> None:
         """Subscribe and apply; after a lost connection (Redis restarted), subscribe again
@@ -107,6 +136,7 @@ class HealthFeed:
 
     async def _apply_until_lost(self, pubsub: PubSub) -> None:
         await pubsub.subscribe(self._channel)
+        await self._catch_up()  # after subscribing: nothing falls between the two
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                timeout=LISTEN_S)
@@ -120,6 +150,24 @@ class HealthFeed:
                 if provider is not None and self._freed is not None:
                     self._freed(provider)
             self.received += len(outcomes)
+
+
+def held_out(reply: object) -> list[tuple[str, float, float]]:
+    """scripts.HELD's reply as (route id, open s, rest s) per route; junk is skipped."""
+    found: dict[str, list[float]] = {}
+    items = reply if isinstance(reply, list) else []
+    at = 0
+    for which in (0, 1):  # the open set, then the rest set
+        if at >= len(items) or not isinstance(items[at], int):
+            break
+        count, at = items[at], at + 1
+        pairs = zip(items[at:at + 2 * count:2], items[at + 1:at + 2 * count:2], strict=False)
+        for route_id, left_ms in pairs:
+            if isinstance(route_id, bytes) and isinstance(left_ms, int) and left_ms > 0:
+                found.setdefault(route_id.decode(errors="replace"), [0.0, 0.0])[which] = \
+                    left_ms / 1000
+        at += 2 * count
+    return [(route_id, open_s, rest_s) for route_id, (open_s, rest_s) in found.items()]
 
 
 def encode(replica: str, outcomes: list[Outcome]) -> bytes:
