@@ -43,7 +43,7 @@ def test_leases_renew_and_a_requeue_may_cost_no_attempt(database: str) -> None:
         key = store.create_key("k")[0].id
         job = store.jobs.enqueue(key, "generations", BODY)
         (claimed,) = store.jobs.claim_many(-1, 5)  # a lease that has already run out
-        store.jobs.renew([claimed.id], 600)
+        store.jobs.renew([(claimed.id, claimed.claim)], 600)  # type: ignore[list-item]
         assert store.jobs.claim_many(60, 5) == [], "a renewed lease keeps its job"
         store.jobs.retry_later(job.id, 0, counted=False)
         (again,) = store.jobs.claim_many(60, 5)

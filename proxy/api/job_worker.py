@@ -149,9 +149,9 @@ class Worker:
     async def _renew_leases(self) -> None:
         """A job at a deferred host runs for hours; its lease is kept fresh while this
         process lives, so only a crashed worker's jobs are claimed again."""
-        ids = [job.id for job in self._running.values()]
-        if ids:
-            await asyncio.to_thread(self._svc.store.jobs.renew, ids, self._lease)
+        claims = [(job.id, job.claim) for job in self._running.values() if job.claim]
+        if claims:
+            await asyncio.to_thread(self._svc.store.jobs.renew, claims, self._lease)
 
     async def _stop(self) -> None:
         """Cancel running jobs and hand each back to the queue before the store closes (a
@@ -164,7 +164,8 @@ class Worker:
             if task.cancelled():
                 # A database that is away leaves the job's lease to run out instead.
                 with contextlib.suppress(DatabaseUnavailable):
-                    await asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0, False)
+                    await asyncio.to_thread(self._svc.store.jobs.retry_later, job.id, 0, False,
+                                            job.claim)
         await self._webhooks.aclose()
 
     async def _claim(self, limit: int) -> list[Job]:
@@ -178,7 +179,7 @@ class Worker:
         except asyncio.CancelledError:
             with contextlib.suppress(DatabaseUnavailable):  # else their leases run out
                 for job in await claiming:
-                    await asyncio.to_thread(jobs.retry_later, job.id, 0, False)
+                    await asyncio.to_thread(jobs.retry_later, job.id, 0, False, job.claim)
             raise
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -199,7 +200,7 @@ class Worker:
             # Shutting down: hand the job back now rather than when its lease runs out.
             with contextlib.suppress(DatabaseUnavailable):
                 await asyncio.shield(asyncio.to_thread(
-                    self._svc.store.jobs.retry_later, job.id, 0, False))
+                    self._svc.store.jobs.retry_later, job.id, 0, False, job.claim))
             raise
         except DatabaseUnavailable as exc:
             # Not the job's fault: back to the queue, uncounted, once the database answers.
@@ -218,18 +219,23 @@ class Worker:
         """The job's outcome, or its return to the queue, written once the database takes
         it (the outcome waits here meanwhile, so a finished job is not run again). The
         outcome settles the journal of the job's upstream calls with it: back in the queue,
-        the job's next run takes them up."""
+        the job's next run takes them up. Both hold only while the job is this run's claim:
+        a write tried again after its first commit's answer was lost finds it written."""
         jobs = self._svc.store.jobs
         while True:
             try:
                 if retry is not None:
-                    await asyncio.to_thread(jobs.retry_later, job.id, *retry)
+                    await asyncio.to_thread(jobs.retry_later, job.id, *retry, job.claim)
                     return
                 abandoned = await asyncio.to_thread(jobs.finish, job.id, *outcome,
-                                                    resume.accounted())
+                                                    resume.accounted(), job.claim)
                 break
             except DatabaseUnavailable as exc:
                 await asyncio.sleep(self._runs.failed(exc))
+        if abandoned is None:  # written already, or the job is another run's now
+            log.info("job %s: nothing more written (its outcome was, by a first write whose "
+                     "answer was lost, or another run holds the job now)", job.id)
+            return
         count_abandoned(self._svc, abandoned)
         log.info("job %s finished: %s", job.id, outcome[0])
 

@@ -4,10 +4,18 @@ A job is claimed with a lease; a worker that dies leaves its lease to run out an
 claimed again, so nothing is lost across restarts. A finished job keeps its response (status
 and body) and is never run again; its ledger row is keyed by the job id, so a job that did run
 twice (its worker died after the upstream answered) is still billed once.
+
+Each claim gets a token of its own (`Job.claim`), and a run's later writes (its outcome, its
+return to the queue, its lease renewals) hold only while the job is still that claim's: a run
+whose lease ran out while it went on (cut off from the database, stalled) cannot overwrite the
+outcome of the run that took the job over, nor hand that run's job back to the queue; and an
+outcome written again after its first commit's answer was lost (a connection that broke)
+changes nothing, where it re-armed a webhook already delivered.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -41,11 +49,13 @@ class Job:
     # Earlier runs left upstream calls in the journal (proxy/billing/journal.py) to take up.
     calls_left: bool = False
     traceparent: str | None = None  # the trace of the request that queued it (tracing on)
+    claim: str | None = None  # the claim's token, while a run holds the job
 
 
 _COLUMNS = ("id, key_id, endpoint, request, state, attempts, status, response, callback_url, "
             "created_at, finished_at, webhook_attempts, batch_id, "
-            "EXISTS (SELECT 1 FROM upstream_calls WHERE ticket = jobs.id), traceparent")
+            "EXISTS (SELECT 1 FROM upstream_calls WHERE ticket = jobs.id), traceparent, "
+            "claim_token")
 # A webhook attempt that is due, or whose sender's lease ran out.
 _HOOK_DUE = "webhook_state IN ('due', 'sending') AND webhook_after <= ?"
 _RUNNABLE = ("((state = 'queued' AND run_after <= ?) OR "
@@ -60,12 +70,12 @@ _NOT_CANCELLED = ("(batch_id IS NULL OR state = 'processing' OR NOT EXISTS (SELE
 
 def _job(row: tuple[Any, ...]) -> Job:
     (job_id, key_id, endpoint, request, state, attempts, status, response, callback, created,
-     finished, hooks, batch_id, calls_left, traceparent) = row
+     finished, hooks, batch_id, calls_left, traceparent, claim) = row
     return Job(job_id, key_id, endpoint, bytes(request), state, int(attempts),
                int(status) if status is not None else None,
                bytes(response) if response is not None else None, callback or None,
                int(created), int(finished) if finished is not None else None, int(hooks),
-               batch_id or None, bool(calls_left), traceparent or None)
+               batch_id or None, bool(calls_left), traceparent or None, claim or None)
 
 
 class Jobs:
@@ -113,51 +123,66 @@ class Jobs:
             with self._db.transaction() as cur:
                 for job_id in ids:
                     if cur.execute(f"UPDATE jobs SET state = 'processing', lease_until = ?, "
-                                   f"attempts = attempts + 1 WHERE id = ? AND {_RUNNABLE} "
-                                   f"AND {_NOT_CANCELLED}",
-                                   (now_s + int(lease_s), job_id, now_s, now_s)) == 1:
+                                   f"attempts = attempts + 1, claim_token = ? WHERE id = ? "
+                                   f"AND {_RUNNABLE} AND {_NOT_CANCELLED}",
+                                   (now_s + int(lease_s), secrets.token_hex(8), job_id,
+                                    now_s, now_s)) == 1:
                         won.append(job_id)
         return [job for job in map(self.get, won) if job is not None]
 
-    def renew(self, job_ids: Collection[str], lease_s: float) -> None:
-        """Extend the leases of jobs still running here (a batch item at a deferred host
-        runs for hours): only a worker that died lets its jobs' leases run out."""
-        ids = list(job_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+    def renew(self, claims: Collection[tuple[str, str]], lease_s: float) -> None:
+        """Extend the leases of jobs still running here, each (job id, claim token) (a batch
+        item at a deferred host runs for hours): only a worker that died lets its jobs'
+        leases run out. A job another claim holds now is left alone."""
+        pairs = list(claims)
+        for start in range(0, len(pairs), 200):
+            chunk = pairs[start:start + 200]
             self._db.execute(f"UPDATE jobs SET lease_until = ? WHERE state = 'processing' AND "
-                             f"id IN ({', '.join('?' * len(chunk))})",
-                             (int(time.time() + lease_s), *chunk))
+                             f"({' OR '.join(['(id = ? AND claim_token = ?)'] * len(chunk))})",
+                             (int(time.time() + lease_s), *[x for pair in chunk for x in pair]))
 
     def finish(self, job_id: str, status: int, response: bytes,
-               accounted: Collection[str] = ()) -> list[Call]:
+               accounted: Collection[str] = (), claim: str | None = None) -> list[Call] | None:
         """The job's outcome (a success or a final error), kept for GET and the webhook. Its
         ledger row (keyed by the job id) is marked delivered in the same transaction: a
         stored result is as good as a response on the wire. So are its upstream calls'
         journal rows settled: those its last run `accounted` for go, any other is written to
-        the ledger as abandoned (a crash cut it off and no run took it up); those calls."""
+        the ledger as abandoned (a crash cut it off and no run took it up); those calls.
+
+        With the run's `claim`, only while the job is still that claim's: None, and nothing
+        written, if it is not (finished already, or claimed again after its lease ran out).
+        Without one (tests, tools) it is written whatever holds the job."""
         succeeded = 200 <= status < 300
         now = int(time.time())
+        fence, fenced = ("AND state = 'processing' AND claim_token = ?", (claim,)) \
+            if claim is not None else ("", ())
         with self._db.transaction() as cur:
+            if not cur.execute(
+                    "UPDATE jobs SET state = ?, status = ?, response = ?, lease_until = NULL, "
+                    "claim_token = NULL, finished_at = ?, webhook_state = CASE WHEN "
+                    "callback_url IS NULL THEN NULL ELSE 'due' END, webhook_after = ? "
+                    f"WHERE id = ? {fence}",
+                    ("succeeded" if succeeded else "failed", status, response, now, now,
+                     job_id, *fenced)) and claim is not None:
+                return None
             abandoned = journal.settle(cur, "?", (job_id,), accounted)
-            cur.execute(
-                "UPDATE jobs SET state = ?, status = ?, response = ?, lease_until = NULL, "
-                "finished_at = ?, webhook_state = CASE WHEN callback_url IS NULL THEN NULL "
-                "ELSE 'due' END, webhook_after = ? WHERE id = ?",
-                ("succeeded" if succeeded else "failed", status, response, now, now, job_id))
             if succeeded:
                 cur.execute("UPDATE ledger SET delivered_at = ? WHERE request_id = ?",
                             (now, job_id))
         return abandoned
 
-    def retry_later(self, job_id: str, seconds: float, counted: bool = True) -> None:
+    def retry_later(self, job_id: str, seconds: float, counted: bool = True,
+                    claim: str | None = None) -> bool:
         """Back to the queue (every route full, the key's rate limit, or a shutdown): run
-        again later. Only a job still running goes back: a finished one stays finished. A
-        run that never reached a host (its turn simply had not come) is not `counted` as an
-        attempt."""
-        self._db.execute("UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = ?, "
-                         "attempts = attempts - ? WHERE id = ? AND state = 'processing'",
-                         (int(time.time() + seconds), 0 if counted else 1, job_id))
+        again later. Only a job still running goes back: a finished one stays finished; with
+        the run's `claim`, only while the job is that claim's (one claimed again after its
+        lease ran out runs on). A run that never reached a host (its turn simply had not
+        come) is not `counted` as an attempt. False if nothing went back."""
+        fence, fenced = (" AND claim_token = ?", (claim,)) if claim is not None else ("", ())
+        return self._db.execute(
+            "UPDATE jobs SET state = 'queued', lease_until = NULL, claim_token = NULL, "
+            "run_after = ?, attempts = attempts - ? WHERE id = ? AND state = 'processing'"
+            + fence, (int(time.time() + seconds), 0 if counted else 1, job_id, *fenced)) == 1
 
     def remember(self, job_ids: list[str], upstream_ref: str) -> None:
         """The upstream job (a batch API's batch) these jobs were sent in: a job re-claimed

@@ -214,6 +214,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE api_keys ADD COLUMN lane TEXT;
     """,
+    # Each claim of a job its own token: a run's later writes hold only while the job is
+    # still that claim's (proxy/billing/jobs.py).
+    """
+    ALTER TABLE jobs ADD COLUMN claim_token TEXT;
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}
