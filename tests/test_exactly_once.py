@@ -15,7 +15,10 @@ import orjson
 import pytest
 
 from proxy.api.batches import finalize
-from proxy.api.job_webhooks import Signer, Webhooks
+from proxy import supervise
+from proxy.api.job_webhooks import WEBHOOK_LEASE_S, Signer, Webhooks
+from proxy.billing.db import DatabaseUnavailable
+from proxy.billing.jobs import Jobs
 from proxy.billing.store import Store
 from proxy.egress import Policy, allow_list
 from tests.receivers import Receiver
@@ -163,6 +166,42 @@ def test_a_sender_that_lost_its_lease_says_so_and_writes_nothing(
         asyncio.run(late())
         assert _state(store, job_id) == ("sending", 0, second)
         assert "its lease ran out" in caplog.text
+
+
+class BlipsOnce(Jobs):
+    """The jobs table, except that writing the first attempt's outcome fails once (the
+    database away for a moment)."""
+
+    blips = 0
+
+    def webhook_done(self, job_id: str, until: int, delivered: bool,
+                     retry_in_s: float | None) -> bool:
+        if not self.blips:
+            self.blips += 1
+            raise DatabaseUnavailable("PostgreSQL is unavailable (no connection came)")
+        return super().webhook_done(job_id, until, delivered, retry_in_s)
+
+
+def test_an_outcome_the_database_refused_once_is_written_before_the_lease_ends(
+        database: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Left unwritten, the attempt stayed `sending` and was POSTed again by whichever replica
+    claimed it once its lease ran out."""
+    monkeypatch.setattr(supervise, "FIRST_PAUSE_S", 0.01)
+    with Store(database) as store:
+        (job_id,) = _finished(store, 1, receiver.url)
+        blipping = BlipsOnce(store.db)
+
+        async def send() -> None:
+            sender = Webhooks(blipping, Signer(SECRET), LOOPBACK)
+            await sender.deliver_due()
+            await sender.settle()
+            await sender.aclose()
+
+        asyncio.run(send())
+        assert blipping.blips == 1 and receiver.ids() == [job_id]
+        assert _state(store, job_id)[:2] == ("delivered", 1)
+        later = time.time() + WEBHOOK_LEASE_S + 1
+        assert store.jobs.claim_webhooks(int(later) + 60, now=later) == []
 
 
 def _batch(store: Store, items: int) -> str:

@@ -30,6 +30,7 @@ import httpx
 import orjson
 
 from proxy.api.jobs import describe
+from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.jobs import Job, Jobs
 from proxy.billing.webhook_secrets import KeySecrets, WebhookSecrets
 from proxy.egress import Policy, Refused, Resolve, Resolver, Target, parse
@@ -110,8 +111,9 @@ class Webhooks:
             self._jobs.webhook_returned(job_id, until)
 
     async def _attempt(self, job: Job, until: int) -> None:
-        """One attempt; if its outcome cannot be written (the database is away), that is
-        logged and counted, and the attempt is claimed again when its lease runs out."""
+        """One attempt; if its outcome cannot be written before its lease runs out (the
+        database stays away), that is logged and counted, and the attempt is claimed again
+        then."""
         try:
             await self.deliver(job, until)
         except Exception as exc:
@@ -128,10 +130,26 @@ class Webhooks:
         log.info("webhook for job %s, attempt %d: %s", job.id, attempt + 1,
                  "delivered" if delivered else f"{outcome}, next in {retry}s" if retry
                  else f"{outcome}, giving up")
-        if not await asyncio.to_thread(self._jobs.webhook_done, job.id, until, delivered,
-                                       retry):
-            log.warning("webhook for job %s: its lease ran out before this attempt's outcome "
-                        "was written; the process that took it over writes its own", job.id)
+        if not await self._outcome(job.id, until, delivered, retry):
+            log.warning("webhook for job %s: this attempt's outcome was not written: its "
+                        "lease ran out first (the process that took it over writes its own), "
+                        "or a first write whose answer was lost wrote it", job.id)
+
+    async def _outcome(self, job_id: str, until: int, delivered: bool,
+                       retry: float | None) -> bool:
+        """webhook_done, tried again while the database is away and the lease lasts: an
+        attempt whose outcome is never written is POSTed again once its lease runs out. (It
+        is fenced by the lease: a write whose answer was lost, tried again, writes nothing.)
+        Raises DatabaseUnavailable if the lease would end first."""
+        while True:
+            try:
+                return await asyncio.to_thread(self._jobs.webhook_done, job_id, until,
+                                               delivered, retry)
+            except DatabaseUnavailable as exc:
+                pause = self._failures.failed(exc)
+                if time.time() + pause >= until:
+                    raise
+                await asyncio.sleep(pause)
 
     async def _send(self, job: Job) -> tuple[bool, str, bool]:
         """(delivered, what happened, whether to give up now). Whatever the sending raises
