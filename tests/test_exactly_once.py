@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from proxy.api.batches import finalize
 from proxy import supervise
+from proxy.api.batches import finalize
 from proxy.api.job_webhooks import WEBHOOK_LEASE_S, Signer, Webhooks
 from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.jobs import Jobs
