@@ -12,15 +12,22 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 
+from proxy import state as fleet_state
+from proxy.catalog import Route
+from proxy.config import Secret
 from proxy.failures import Failure, Kind
 from proxy.routing.health import Health, Outcome, State
+from proxy.routing.slots import Slots
 from proxy.state import shared_slots
+from proxy.state.held import held_out
 from proxy.state.leases import Leases
 from proxy.state.link import open_link
-from proxy.state.shared_health import HealthFeed, decode, encode, held_out
+from proxy.state.local import LocalLimits
+from proxy.state.shared_health import HealthFeed, decode, encode
 from proxy.state.shared_slots import SharedSlots
 from tests.fakes import scripted
 from tests.redis_servers import REDIS_URL, PrivateRedis, private_redis, redis_prefix
@@ -42,9 +49,9 @@ class Clock:
 
 
 @contextlib.asynccontextmanager
-async def replica(prefix: str, url: str = REDIS_URL,
-                  clock: Clock | None = None) -> AsyncIterator[Health]:
-    health = Health([ROUTE], clock=clock or Clock())
+async def replica(prefix: str, url: str = REDIS_URL, clock: Clock | None = None,
+                  routes: tuple[Route, ...] = (ROUTE,)) -> AsyncIterator[Health]:
+    health = Health(routes, clock=clock or Clock())
     link = open_link(url, prefix, Leases())
     feed = HealthFeed(link, health)
     await link.start()
@@ -199,11 +206,90 @@ def test_a_replica_that_starts_later_keeps_the_fleet_s_rest(redis_prefix: str) -
         async with replica(redis_prefix) as a:
             attempt(a, Failure(Kind.RATE_LIMITED, "429", retry_after_s=30))
             await asyncio.sleep(0.5)
-            async with replica(redis_prefix) as b:
+            clock = Clock()
+            async with replica(redis_prefix, clock=clock) as b:
                 assert not b.snapshots([ROUTE], "1K")[ROUTE.id].available
                 assert b.of(ROUTE).state is State.CLOSED  # a rest, not a broken host
-                open_s, rest_s = b.of(ROUTE).held_out()
-                assert open_s == 0 and 25 < rest_s <= 29.6
+                clock.ahead_s = 29.0
+                assert not b.snapshots([ROUTE], "1K")[ROUTE.id].available
+                clock.ahead_s = 29.8  # past what was left (at most 29.5 s): not a fresh 30
+                assert b.snapshots([ROUTE], "1K")[ROUTE.id].available
+    asyncio.run(go())
+
+
+def test_a_breaker_other_replicas_outcomes_opened_is_kept_too(redis_prefix: str) -> None:
+    """Failures spread over replicas (three here, two there, within one flush) open the
+    breaker on each one that hears them all, though none was open when it published its
+    own: what a replica opens on others' outcomes is kept too, for a later replica to read.
+    (Here the failures come from a sender that keeps nothing itself.)"""
+    async def go() -> None:
+        async with replica(redis_prefix) as b:
+            publisher = open_link(REDIS_URL, redis_prefix, Leases())
+            failed = Outcome(ROUTE.id, "1K", 0.1, False)
+            for _ in range(5):
+                await publisher.client.publish(f"{redis_prefix}:health",
+                                               encode("elsewhere", [failed]))
+            await until(lambda: b.of(ROUTE).state is State.OPEN)
+            await asyncio.sleep(0.3)  # b's publisher's turn
+            await publisher.close()
+            async with replica(redis_prefix) as late:
+                assert late.of(ROUTE).state is State.OPEN
+    asyncio.run(go())
+
+
+def test_a_starting_replica_has_read_what_is_held_out_before_it_serves(
+        redis_prefix: str) -> None:
+    """State.start returns (and the app starts serving) once the feed has read Redis."""
+    async def go() -> None:
+        async with replica(redis_prefix) as a:
+            attempt(a, Failure(Kind.RATE_LIMITED, "429", retry_after_s=30))
+            await asyncio.sleep(0.3)
+            health = Health([ROUTE])
+            link = open_link(REDIS_URL, redis_prefix, Leases())
+            state = fleet_state.State(LocalLimits(), Slots([ROUTE.provider]), link,
+                                      HealthFeed(link, health))
+            await state.start()
+            try:
+                assert not health.snapshots([ROUTE], "1K")[ROUTE.id].available
+            finally:
+                await state.aclose()
+    asyncio.run(go())
+
+
+def test_a_breaker_closed_before_its_end_is_taken_out(redis_prefix: str) -> None:
+    """A's probe finds the host well while B's open period still runs: B closes and takes
+    the entry out, so a replica that starts then does not keep a well host out."""
+    async def go() -> None:
+        ahead = Clock()
+        async with replica(redis_prefix, clock=ahead) as a, replica(redis_prefix) as b:
+            for _ in range(5):
+                attempt(a, BROKEN)
+            await until(lambda: b.of(ROUTE).state is State.OPEN)
+            await asyncio.sleep(0.3)
+            ahead.ahead_s = 10  # A only: past its cooldown, its probe goes
+            attempt(a, None)
+            await until(lambda: b.of(ROUTE).state is State.CLOSED)
+            await asyncio.sleep(0.3)
+            async with replica(redis_prefix) as late:
+                assert late.of(ROUTE).state is State.CLOSED
+                assert late.snapshots([ROUTE], "1K")[ROUTE.id].available
+    asyncio.run(go())
+
+
+def test_a_refused_credential_s_rest_is_not_kept(redis_prefix: str) -> None:
+    """A host that refused the key rests it 300 s on the replicas that heard; a replica that
+    starts later (after the key was fixed, say) does not inherit it."""
+    plain = scripted.route("keyed-host", "0.02")
+    keyed = replace(plain, provider=replace(plain.provider, key=Secret("sk-old")))
+
+    async def go() -> None:
+        async with replica(redis_prefix, routes=(keyed,)) as a:
+            route = a.of(keyed)
+            route.end(route.begin(), "1K", Failure(Kind.AUTH, "401 from the host"))
+            assert a.snapshots([keyed], "1K")[keyed.id].refused
+            await asyncio.sleep(0.3)
+            async with replica(redis_prefix, routes=(keyed,)) as late:
+                assert late.snapshots([keyed], "1K")[keyed.id].available
     asyncio.run(go())
 
 
@@ -212,6 +298,7 @@ def test_what_redis_holds_out_is_read_whatever_its_shape() -> None:
         ("m/a", 1.5, 30.0), ("m/b", 0.0, 0.02)]
     assert held_out([0, 0]) == [] and held_out(None) == [] and held_out([3, b"m/a"]) == []
     assert held_out([1, b"m/a", -5, 1, 7, 9]) == []  # ended, and an id that is no string
+    assert held_out([-5]) == [] and held_out([-1, 2, b"m/a", 9, 1, b"m/b", 7]) == []
 
 
 def test_what_is_no_evidence_is_not_published_and_junk_is_not_applied() -> None:

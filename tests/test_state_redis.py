@@ -186,6 +186,21 @@ def test_a_refused_request_s_trim_is_kept_in_the_totals(
     assert run(fleet) == alone
 
 
+def test_totals_lost_alone_are_counted_again_from_the_window(redis_prefix: str) -> None:
+    """A totals hash evicted while its window's list lived (Redis under maxmemory) is counted
+    again from the entries, and kept with an expiry: not taken as zero."""
+    async def go() -> None:
+        async with replica(redis_prefix) as link:
+            shared, record = SharedLimits(link), key(ipm=3)
+            await shared.admit(record, 2)
+            totals = f"{redis_prefix}:key:{{{record.id}}}:totals"
+            await link.client.delete(totals)
+            assert "used 2, requested 2" in (await refused(shared.admit(record, 2))).message
+            assert await link.client.hgetall(totals) == {b"requests": b"1", b"images": b"2"}
+            assert await link.client.pttl(totals) > 0
+    run(go)
+
+
 def test_a_host_cap_holds_across_replicas(redis_prefix: str) -> None:
     async def go() -> None:
         async with replica(redis_prefix) as a, replica(redis_prefix) as b:

@@ -57,6 +57,7 @@ class RouteHealth:
         self._probing = False
         self._promised_until = 0.0  # a plan put this half-open route first: its probe
         self._resting_until = 0.0  # Retry-After
+        self._limited_until = 0.0  # the part of it a host asked this replica for (a 429)
         self._refused_until = 0.0  # a refused credential (also a rest)
         self._starts: dict[int, float] = {}
         self._next_token = 0
@@ -93,6 +94,8 @@ class RouteHealth:
                 self._refused_until = max(self._refused_until, now + rest)
             else:  # a token command's token: the next attempt fetches a fresh one
                 rest = self._settings.rate_limit_cooldown_s
+        elif rest:
+            self._limited_until = max(self._limited_until, now + rest)
         if failure is not None and failure.shared is not None:
             if failure.shared in self._shared:
                 ok = None  # a batch's one failed create, counted with its first member
@@ -113,11 +116,12 @@ class RouteHealth:
                     outcome.rest_s)
 
     def held_out(self) -> tuple[float, float]:
-        """Seconds left of this route's open breaker and of its rest (0.0: none)."""
+        """Seconds left of this route's open breaker, and of a rest its host asked this
+        replica for (a 429; not a refused credential's, which a new key ends) (0.0: none)."""
         now = self._clock()
         self._refresh(now)
         open_s = self._open_until - now if self._state is State.OPEN else 0.0
-        return max(0.0, open_s), max(0.0, self._resting_until - now)
+        return max(0.0, open_s), max(0.0, self._limited_until - now)
 
     def hold_out(self, open_s: float, rest_s: float) -> None:
         """What the fleet knew before this replica listened: the breaker open for `open_s`

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from proxy.state.link import Link
     from proxy.state.shared_health import HealthFeed
 
+# A starting replica waits this long at most for what the fleet holds out (Redis answers in
+# well under a millisecond when it answers at all).
+CATCH_UP_S = 1.0
 
 
 class RateLimits(Protocol):
@@ -90,6 +93,7 @@ class State:
             await self.link.start()
         if self.feed is not None:
             self.feed.start()
+            await self.feed.caught_up(CATCH_UP_S)
 
     async def aclose(self) -> None:
         if self.feed is not None:

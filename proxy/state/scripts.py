@@ -31,10 +31,18 @@ for k = 5, #KEYS do redis.call('ZREM', KEYS[k], ARGV[k + 6]) end
 local rpm, ipm, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local images, ttl = tonumber(ARGV[4]), tonumber(ARGV[6])
 local window, merge = tonumber(ARGV[7]), tonumber(ARGV[8])
-local requests = tonumber(redis.call('HGET', KEYS[2], 'requests') or '0')
+local requests = tonumber(redis.call('HGET', KEYS[2], 'requests') or '-1')
 local pictures = tonumber(redis.call('HGET', KEYS[2], 'images') or '0')
-local head = redis.call('LINDEX', KEYS[1], 0)
 local trimmed = false
+if requests < 0 then  -- no totals (a key seen first, or its hash evicted alone): the entries'
+  requests = 0
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    local _, _, r, i = string.match(entry, '(%d+) (%d+) (%d+) (%d+)')
+    requests, pictures = requests + tonumber(r), pictures + tonumber(i)
+    trimmed = true  -- written back below, with its expiry
+  end
+end
+local head = redis.call('LINDEX', KEYS[1], 0)
 while head do
   local first, last, r, i = string.match(head, '(%d+) (%d+) (%d+) (%d+)')
   if tonumber(last) > now - window then break end
@@ -48,6 +56,7 @@ if not head then
   redis.call('DEL', KEYS[2])
 elseif trimmed then  -- kept even if this request is refused: the entries are gone
   redis.call('HSET', KEYS[2], 'requests', requests, 'images', pictures)
+  redis.call('PEXPIRE', KEYS[2], window + merge)
 end
 local function reset()
   local entry = redis.call('LINDEX', KEYS[1], 0)
@@ -150,13 +159,16 @@ return #KEYS
 # away) and so missed the outcomes published before: a breaker open, or a rest (Retry-After),
 # until a time on Redis's clock; the later end wins (proxy/state/shared_health.py).
 # KEYS: the open set, the rest set (route ids scored by their end, ms)
-# ARGV: per route, three: 'o' (open) or 'r' (rest), its id, ms from now
+# ARGV: per route, three: 'o' (open), 'r' (rest) or 'c' (its breaker closed), its id, ms
+#       from now
 HOLD = _NOW + """
 for k = 1, 2 do redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now) end
 for i = 1, #ARGV, 3 do
-  local key = KEYS[ARGV[i] == 'o' and 1 or 2]
+  local key = KEYS[ARGV[i] == 'r' and 2 or 1]
   local ends = now + tonumber(ARGV[i + 2])
-  if ends > tonumber(redis.call('ZSCORE', key, ARGV[i + 1]) or '0') then
+  if ARGV[i] == 'c' then
+    redis.call('ZREM', key, ARGV[i + 1])
+  elseif ends > tonumber(redis.call('ZSCORE', key, ARGV[i + 1]) or '0') then
     redis.call('ZADD', key, ends, ARGV[i + 1])
   end
 end

@@ -8,10 +8,11 @@ latency and success samples are the fleet's, and a probe that finds a host recov
 its breaker on every replica. While Redis is away each replica goes on with its own evidence.
 
 A message reaches only the replicas listening when it is sent, so what keeps a host out of
-traffic is also kept in Redis: each breaker open and each rest, until it ends (the later end
-wins). A replica that starts (a rolling deploy, autoscaling), or listens again after Redis
-was away, reads them first: it does not send a host the fleet found broken its own five
-failures, nor call one that asked the fleet to wait.
+traffic is also kept in Redis (proxy/state/held.py), written before the message goes out. A
+replica that starts (a rolling deploy, autoscaling), or listens again after Redis was away,
+reads it once its subscription is confirmed, and a starting one before it serves: it does not
+send a host the fleet found broken its own five failures, nor call one that asked the fleet
+to wait.
 
 An attempt that ended elsewhere also freed a slot of its host there: requests waiting here for
 one of that host's slots try again at once, instead of at their next poll.
@@ -22,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from proxy import supervise
 from proxy.routing.health import Health, Outcome
+from proxy.state.held import Held
 from proxy.state.link import CHECK_S, Link
 
 if TYPE_CHECKING:
@@ -53,7 +54,9 @@ class HealthFeed:
         self._held = [f"{link.prefix}:{{health}}:open", f"{link.prefix}:{{health}}:rest"]
         self._replica = secrets.token_hex(6)
         self._pending: list[Outcome] = []
+        self._holding = Held(health)
         self._wake = asyncio.Event()
+        self._caught_up = asyncio.Event()  # the first read of what Redis holds was made
         self._tasks: list[asyncio.Task[None]] = []
         self.received = 0  # outcomes applied from other replicas
         health.listen(self._heard)
@@ -61,6 +64,12 @@ class HealthFeed:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._publishing()),
                        asyncio.create_task(self._listening())]
+
+    async def caught_up(self, within_s: float) -> None:
+        """Return once what the fleet holds out was read (or Redis is away), or after
+        `within_s`: a replica that starts serves knowing it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caught_up.wait(), within_s)
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -81,31 +90,22 @@ class HealthFeed:
             self._wake.clear()
             batch, self._pending = self._pending, []
             if not self._link.shared:
+                self._holding.forget()
                 continue  # each replica on its own evidence until Redis answers again
-            await self._guarded(failures, self._publish(batch))
+            self._holding.review(outcome.route_id for outcome in batch)
+            await self._guarded(failures, self._publish(batch, self._holding.take()))
 
-    async def _publish(self, batch: list[Outcome]) -> None:
-        await self._link.client.publish(self._channel, encode(self._replica, batch))
-        held: list[str | int] = []
-        for route_id in dict.fromkeys(outcome.route_id for outcome in batch):
-            route = self._health.known(route_id)
-            if route is None:
-                continue
-            open_s, rest_s = route.held_out()
-            for kind, left_s in (("o", open_s), ("r", rest_s)):
-                if left_s > 0:
-                    held += [kind, route_id, math.ceil(left_s * 1000)]
-        if held:
-            await self._link.hold(self._held, held)
-
-    async def _catch_up(self) -> None:
-        """The breakers open and the rests the fleet holds now, for the time they have left
-        (outcomes published before this replica listened never reached it)."""
-        reply = await self._link.held(self._held)
-        for route_id, open_s, rest_s in held_out(reply):
-            route = self._health.known(route_id)
-            if route is not None:
-                route.hold_out(open_s, rest_s)
+    async def _publish(self, batch: list[Outcome], held: list[str | int]) -> None:
+        """What is held out first, then the message: a replica that subscribes in between
+        reads the one or hears the other."""
+        try:
+            if held:
+                await self._link.hold(self._held, held)
+            if batch:
+                await self._link.client.publish(self._channel, encode(self._replica, batch))
+        except BaseException:
+            self._holding.forget()
+            raise
 
     async def _listening(self) -> None:
         """Subscribe and apply; after a lost connection (Redis restarted), subscribe again
@@ -113,9 +113,10 @@ class HealthFeed:
         failures = supervise.Failures("fleet_health_listen")
         while True:
             if not self._link.shared:
+                self._caught_up.set()  # nothing to read: the replica starts on its own
                 await asyncio.sleep(CHECK_S)
                 continue
-            pubsub = self._link.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._link.client.pubsub()
             try:
                 await self._guarded(failures, self._apply_until_lost(pubsub))
             finally:
@@ -136,38 +137,30 @@ class HealthFeed:
 
     async def _apply_until_lost(self, pubsub: PubSub) -> None:
         await pubsub.subscribe(self._channel)
-        await self._catch_up()  # after subscribing: nothing falls between the two
+        # Read what Redis holds only once the subscription is confirmed: whatever is written
+        # (then published) after that, this replica hears.
+        while (message := await pubsub.get_message(timeout=LISTEN_S)) is None or \
+                message.get("type") != "subscribe":
+            self._apply(message)
+        self._holding.restore(await self._link.held(self._held))
+        self._caught_up.set()
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                               timeout=LISTEN_S)
-            if message is None or message.get("type") != "message":
-                continue
-            sender, outcomes = decode(message["data"])
-            if sender in ("", self._replica):
-                continue
-            for outcome in outcomes:
-                provider = self._health.observe(outcome)
-                if provider is not None and self._freed is not None:
-                    self._freed(provider)
-            self.received += len(outcomes)
+            self._apply(await pubsub.get_message(timeout=LISTEN_S))
 
-
-def held_out(reply: object) -> list[tuple[str, float, float]]:
-    """scripts.HELD's reply as (route id, open s, rest s) per route; junk is skipped."""
-    found: dict[str, list[float]] = {}
-    items = reply if isinstance(reply, list) else []
-    at = 0
-    for which in (0, 1):  # the open set, then the rest set
-        if at >= len(items) or not isinstance(items[at], int):
-            break
-        count, at = items[at], at + 1
-        pairs = zip(items[at:at + 2 * count:2], items[at + 1:at + 2 * count:2], strict=False)
-        for route_id, left_ms in pairs:
-            if isinstance(route_id, bytes) and isinstance(left_ms, int) and left_ms > 0:
-                found.setdefault(route_id.decode(errors="replace"), [0.0, 0.0])[which] = \
-                    left_ms / 1000
-        at += 2 * count
-    return [(route_id, open_s, rest_s) for route_id, (open_s, rest_s) in found.items()]
+    def _apply(self, message: dict[str, Any] | None) -> None:
+        """Another replica's outcomes, as if this one had seen them."""
+        if message is None or message.get("type") != "message":
+            return
+        sender, outcomes = decode(message["data"])
+        if sender in ("", self._replica):
+            return
+        for outcome in outcomes:
+            provider = self._health.observe(outcome)
+            if provider is not None and self._freed is not None:
+                self._freed(provider)
+        self.received += len(outcomes)
+        if self._holding.review(outcome.route_id for outcome in outcomes):
+            self._wake.set()  # a breaker they opened here: the publisher writes it
 
 
 def encode(replica: str, outcomes: list[Outcome]) -> bytes:
