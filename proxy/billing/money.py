@@ -278,10 +278,11 @@ class Money:
     def _billed(self, cur: Cursor, reservation: str | None, entry: Entry,
                 period: str | None) -> None:
         """After the row is written: its hold becomes what was billed, or (a key with a
-        budget window and no hold) what was billed is added to the window."""
-        if reservation is not None:
-            _close(cur, reservation, entry.billed_micros)
-        elif period is not None and entry.billed_micros:
+        budget window and no hold, or whose hold the sweep released meanwhile) what was
+        billed is added to the window."""
+        if reservation is not None and _close(cur, reservation, entry.billed_micros):
+            return
+        if period is not None and entry.billed_micros:
             cur.execute("INSERT INTO budget_counters (key_id, period, spent_micros) "
                         "VALUES (?, ?, ?) ON CONFLICT (key_id, period) DO UPDATE SET "
                         "spent_micros = budget_counters.spent_micros + "
@@ -359,18 +360,21 @@ def unbilled(entry: Entry) -> Entry:
                    billed_micros=0)
 
 
-def _close(cur: Cursor, reservation: str, billed_micros: int) -> None:
+def _close(cur: Cursor, reservation: str, billed_micros: int) -> bool:
     """Move a reservation's amount out of `reserved`, and what was billed into `spent`.
     The reservation's row goes first, as in pg_money's settle: a release
     and a settle of one hold then meet on that row (one of them finds it gone) and take the
     rows they share in one order. A read, then an update, then the delete let a release
     racing a settle free the hold twice, and lock the rows in the other order (deadlock).
-    (A reservation's row never changes: what the read sees is what the delete removes.)"""
+    (A reservation's row never changes: what the read sees is what the delete removes.)
+    False if it was gone: settled, or released by the sweep (or just now, by another
+    transaction)."""
     rows = cur.query("SELECT key_id, period, amount_micros FROM reservations WHERE id = ?",
                      (reservation,))
     if not rows or cur.execute("DELETE FROM reservations WHERE id = ?", (reservation,)) != 1:
-        return  # already settled or swept (or just now, by another transaction)
+        return False
     key_id, period, amount = rows[0]
     cur.execute("UPDATE budget_counters SET reserved_micros = reserved_micros - ?, "
                 "spent_micros = spent_micros + ? WHERE key_id = ? AND period = ?",
                 (int(amount), billed_micros, key_id, period))
+    return True

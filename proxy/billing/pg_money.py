@@ -21,12 +21,18 @@ _PG_ROW = f"WITH written AS ({LEDGER_INSERT} RETURNING 1) "
 _PG_SPENT = (_PG_ROW + "INSERT INTO budget_counters (key_id, period, spent_micros) "
              "SELECT ?, ?, ? FROM written ON CONFLICT (key_id, period) DO UPDATE SET "
              "spent_micros = budget_counters.spent_micros + excluded.spent_micros")
+# A hold the sweep released meanwhile (it outlived any request, by this replica's clock or
+# another's) is gone: what was billed then goes into `spent` as without one.
 _PG_CLOSE = (_PG_ROW + ", held AS (DELETE FROM reservations WHERE id = ? "
-             "RETURNING key_id, period, amount_micros) "
-             "UPDATE budget_counters SET reserved_micros = reserved_micros - held.amount_micros, "
+             "RETURNING key_id, period, amount_micros), moved AS (UPDATE budget_counters "
+             "SET reserved_micros = reserved_micros - held.amount_micros, "
              "spent_micros = spent_micros + CASE WHEN EXISTS (SELECT 1 FROM written) THEN ? ELSE 0 "
              "END FROM held WHERE budget_counters.key_id = held.key_id "
-             "AND budget_counters.period = held.period")
+             "AND budget_counters.period = held.period RETURNING 1) "
+             "INSERT INTO budget_counters (key_id, period, spent_micros) SELECT ?, ?, ? "
+             "FROM written WHERE NOT EXISTS (SELECT 1 FROM held) AND ? > 0 "
+             "ON CONFLICT (key_id, period) DO UPDATE SET "
+             "spent_micros = budget_counters.spent_micros + excluded.spent_micros")
 # ... and a reservation: the window's row made if need be, then the hold only where it fits.
 _PG_WINDOW = ("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
               "ON CONFLICT (key_id, period) DO NOTHING")
@@ -47,7 +53,9 @@ def settles(writes: list[Settle | Delivered], when: int) -> list[Statement]:
         reservation, entry, period = write
         row = tuple(getattr(entry, name) for name in FIELDS)
         if reservation is not None:
-            statements.append((_PG_CLOSE, (*row, reservation, entry.billed_micros)))
+            statements.append((_PG_CLOSE, (*row, reservation, entry.billed_micros,
+                                           entry.key_id, period, entry.billed_micros,
+                                           entry.billed_micros if period is not None else 0)))
         elif period is not None and entry.billed_micros:
             statements.append((_PG_SPENT, (*row, entry.key_id, period, entry.billed_micros)))
         else:
