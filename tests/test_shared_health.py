@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
+from redis.asyncio import Redis
 
 from proxy import state as fleet_state
 from proxy.catalog import Route
@@ -67,6 +68,20 @@ async def replica(prefix: str, url: str = REDIS_URL, clock: Clock | None = None,
 def attempt(health: Health, failure: Failure | None) -> None:
     route = health.of(ROUTE)
     route.end(route.begin(), "1K", failure)
+
+
+async def kept(prefix: str, which: str, route_id: str = ROUTE.id,
+               present: bool = True) -> None:
+    """Wait until Redis holds the route out (`which`: "open" or "rest"), or no longer does."""
+    client = Redis.from_url(REDIS_URL)
+    try:
+        started = time.monotonic()
+        while (await client.zscore(f"{prefix}:{{health}}:{which}", route_id) is not None) \
+                is not present:
+            assert time.monotonic() - started < 2.0, f"never {'kept' if present else 'gone'}"
+            await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
 
 
 async def until(check: Callable[[], bool], within_s: float = 2.0) -> float:
@@ -187,7 +202,7 @@ def test_a_replica_that_starts_later_learns_the_fleet_s_open_breaker(
                 attempt(a, BROKEN)
             assert a.of(ROUTE).state is State.OPEN
             left_s = a.of(ROUTE).held_out()[0]
-            await asyncio.sleep(0.3)  # published
+            await kept(redis_prefix, "open")
             clock = Clock()
             async with replica(redis_prefix, clock=clock) as b:
                 assert b.of(ROUTE).state is State.OPEN
@@ -204,8 +219,10 @@ def test_a_replica_that_starts_later_keeps_the_fleet_s_rest(redis_prefix: str) -
     of it (not a fresh 30 s)."""
     async def go() -> None:
         async with replica(redis_prefix) as a:
+            told = time.monotonic()
             attempt(a, Failure(Kind.RATE_LIMITED, "429", retry_after_s=30))
-            await asyncio.sleep(0.5)
+            await kept(redis_prefix, "rest")
+            await asyncio.sleep(0.5 - (time.monotonic() - told))
             clock = Clock()
             async with replica(redis_prefix, clock=clock) as b:
                 assert not b.snapshots([ROUTE], "1K")[ROUTE.id].available
@@ -230,7 +247,7 @@ def test_a_breaker_other_replicas_outcomes_opened_is_kept_too(redis_prefix: str)
                 await publisher.client.publish(f"{redis_prefix}:health",
                                                encode("elsewhere", [failed]))
             await until(lambda: b.of(ROUTE).state is State.OPEN)
-            await asyncio.sleep(0.3)  # b's publisher's turn
+            await kept(redis_prefix, "open")  # b's publisher's turn
             await publisher.close()
             async with replica(redis_prefix) as late:
                 assert late.of(ROUTE).state is State.OPEN
@@ -243,7 +260,7 @@ def test_a_starting_replica_has_read_what_is_held_out_before_it_serves(
     async def go() -> None:
         async with replica(redis_prefix) as a:
             attempt(a, Failure(Kind.RATE_LIMITED, "429", retry_after_s=30))
-            await asyncio.sleep(0.3)
+            await kept(redis_prefix, "rest")
             health = Health([ROUTE])
             link = open_link(REDIS_URL, redis_prefix, Leases())
             state = fleet_state.State(LocalLimits(), Slots([ROUTE.provider]), link,
@@ -265,11 +282,11 @@ def test_a_breaker_closed_before_its_end_is_taken_out(redis_prefix: str) -> None
             for _ in range(5):
                 attempt(a, BROKEN)
             await until(lambda: b.of(ROUTE).state is State.OPEN)
-            await asyncio.sleep(0.3)
+            await kept(redis_prefix, "open")
             ahead.ahead_s = 10  # A only: past its cooldown, its probe goes
             attempt(a, None)
             await until(lambda: b.of(ROUTE).state is State.CLOSED)
-            await asyncio.sleep(0.3)
+            await kept(redis_prefix, "open", present=False)
             async with replica(redis_prefix) as late:
                 assert late.of(ROUTE).state is State.CLOSED
                 assert late.snapshots([ROUTE], "1K")[ROUTE.id].available
