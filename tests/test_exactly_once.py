@@ -204,6 +204,42 @@ def test_an_outcome_the_database_refused_once_is_written_before_the_lease_ends(
         assert store.jobs.claim_webhooks(int(later) + 60, now=later) == []
 
 
+class AwayAWhile(Jobs):
+    """The jobs table, except that an attempt's outcome is refused while `away`."""
+
+    away = True
+    refused = 0
+
+    def webhook_done(self, job_id: str, until: int, delivered: bool,
+                     retry_in_s: float | None) -> bool:
+        if self.away:
+            self.refused += 1
+            raise DatabaseUnavailable("PostgreSQL is unavailable (PoolTimeout)")
+        return super().webhook_done(job_id, until, delivered, retry_in_s)
+
+
+def test_a_sent_attempt_stopped_while_its_outcome_waits_is_not_sent_again(
+        database: str, receiver: Receiver) -> None:
+    """The process stops while the outcome of a delivered attempt waits for the database:
+    handing its lease back made it due at once, and another replica POSTed it again."""
+    with Store(database) as store:
+        (job_id,) = _finished(store, 1, receiver.url)
+        jobs = AwayAWhile(store.db)
+
+        async def send_then_stop() -> None:
+            sender = Webhooks(jobs, Signer(SECRET), LOOPBACK)
+            await sender.deliver_due()
+            while not jobs.refused:
+                await asyncio.sleep(0.01)
+            jobs.away = False  # the database answers again as the process stops
+            await sender.aclose()
+
+        asyncio.run(send_then_stop())
+        assert receiver.ids() == [job_id]
+        assert _state(store, job_id)[:2] == ("delivered", 1)
+        assert store.jobs.claim_webhooks(int(time.time()) + 60) == []
+
+
 def _batch(store: Store, items: int) -> str:
     key = store.create_key("k")[0].id
     stored = store.batches.add_file(key, "batch", "in.jsonl", b"")

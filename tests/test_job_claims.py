@@ -20,6 +20,7 @@ from proxy import supervise
 from proxy.api.job_worker import Worker
 from proxy.billing.db import ConnectionLost, Database
 from proxy.billing.jobs import Jobs
+from proxy.billing.journal import Call
 from proxy.billing.store import Store
 
 BODY = orjson.dumps({"model": "test-image", "prompt": "x"})
@@ -76,6 +77,41 @@ def test_a_stale_run_cannot_hand_back_or_renew_the_job_another_run_holds(
         assert b.jobs.retry_later(job.id, 0, counted=False, claim=running.claim)
         (again,) = c.jobs.claim_many(LEASE_S, 1)
         assert again.attempts == 2 and again.claim not in (stale.claim, running.claim)
+
+
+def test_a_stale_claim_does_not_renew_the_lease_of_the_claim_that_holds_the_job(
+        database: str) -> None:
+    with Store(database) as a, Store(database) as b:
+        key = a.create_key("k")[0].id
+        job = a.jobs.enqueue(key, "generations", BODY)
+        now = time.time()
+        (stale,) = a.jobs.claim_many(-10, 1, now=now)  # its lease ran out at once
+        (running,) = b.jobs.claim_many(-5, 1, now=now)  # and so did this one's
+        a.jobs.renew([(job.id, stale.claim)], 600)  # type: ignore[list-item]
+        (row,) = a.db.query("SELECT lease_until FROM jobs WHERE id = ?", (job.id,))
+        assert int(row[0]) < now, "the stale claim renewed the holding claim's lease"
+        b.jobs.renew([(job.id, running.claim)], 600)  # type: ignore[list-item]
+        (row,) = a.db.query("SELECT lease_until FROM jobs WHERE id = ?", (job.id,))
+        assert int(row[0]) > now + 500
+
+
+def test_a_stale_run_s_accounted_calls_leave_the_journal(database: str) -> None:
+    """Its finish writes nothing of the job, but the calls it accounted for (in the ledger
+    already) go: the job is finished, and no run would ever settle them."""
+    with Store(database) as a, Store(database) as b:
+        key = a.create_key("k")[0].id
+        job = a.jobs.enqueue(key, "generations", BODY)
+        started = time.time()
+        (stale,) = a.jobs.claim_many(LEASE_S, 1, now=started)
+        (taken,) = b.jobs.claim_many(LEASE_S, 1, now=started + LEASE_S + 1)
+        assert b.jobs.finish(job.id, 200, b"{}", (), claim=taken.claim) == []
+        call = Call(f"{job.id}.aaaa", job.id, "m/p", 0, 0, "p", key, "t", "m", "1K", 1,
+                    40_000, int(time.time()))
+        a.journal.begin(call)
+        assert a.jobs.finish(job.id, 500, b"{}", {call.id}, claim=stale.claim) is None
+        done = a.jobs.get(job.id)
+        assert done is not None and done.state == "succeeded" and not done.calls_left
+        assert a.journal.count(job.id) == 0
 
 
 class AnswerLost:

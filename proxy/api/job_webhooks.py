@@ -84,6 +84,8 @@ class Webhooks:
             limits=httpx.Limits(max_connections=MAX_SENDING, max_keepalive_connections=0))
         self._failures = Failures("webhooks")
         self._sending: dict[asyncio.Task[None], tuple[str, int]] = {}  # -> (job id, lease end)
+        # Attempts sent whose outcome is not written yet: job id -> (delivered, retry in s)
+        self._unwritten: dict[str, tuple[bool, float | None]] = {}
 
     async def deliver_due(self) -> None:
         """Claim the attempts that are due, as far as there is room (in this process, and for
@@ -107,8 +109,15 @@ class Webhooks:
         await asyncio.gather(*self._sending, return_exceptions=True)
 
     def _return(self, stopped: list[tuple[str, int]]) -> None:
+        """The stopped attempts' leases handed back; one that was sent (its outcome still
+        being written) gets its outcome instead: handed back, it was sent again at once."""
         for job_id, until in stopped:
-            self._jobs.webhook_returned(job_id, until)
+            outcome = self._unwritten.pop(job_id, None)
+            with contextlib.suppress(Exception):  # the database away: the lease runs out
+                if outcome is not None:
+                    self._jobs.webhook_done(job_id, until, *outcome)
+                else:
+                    self._jobs.webhook_returned(job_id, until)
 
     async def _attempt(self, job: Job, until: int) -> None:
         """One attempt; if its outcome cannot be written before its lease runs out (the
@@ -130,7 +139,14 @@ class Webhooks:
         log.info("webhook for job %s, attempt %d: %s", job.id, attempt + 1,
                  "delivered" if delivered else f"{outcome}, next in {retry}s" if retry
                  else f"{outcome}, giving up")
-        if not await self._outcome(job.id, until, delivered, retry):
+        self._unwritten[job.id] = delivered, retry
+        try:
+            written = await self._outcome(job.id, until, delivered, retry)
+        except DatabaseUnavailable:
+            self._unwritten.pop(job.id, None)
+            raise
+        self._unwritten.pop(job.id, None)
+        if not written:
             log.warning("webhook for job %s: this attempt's outcome was not written: its "
                         "lease ran out first (the process that took it over writes its own), "
                         "or a first write whose answer was lost wrote it", job.id)
@@ -187,7 +203,8 @@ class Webhooks:
     async def aclose(self) -> None:
         """Cancel the attempts in flight and hand their leases back: they are due again at
         once, for any replica (left to run out, they held their keys' share of the fleet's
-        bound for WEBHOOK_LEASE_S). If the database is away, the leases run out instead."""
+        bound for WEBHOOK_LEASE_S); one already sent gets its outcome written instead. If
+        the database is away, the leases run out instead."""
         stopped = list(self._sending.values())
         for task in list(self._sending):
             task.cancel()

@@ -149,9 +149,10 @@ class Jobs:
         journal rows settled: those its last run `accounted` for go, any other is written to
         the ledger as abandoned (a crash cut it off and no run took it up); those calls.
 
-        With the run's `claim`, only while the job is still that claim's: None, and nothing
-        written, if it is not (finished already, or claimed again after its lease ran out).
-        Without one (tests, tools) it is written whatever holds the job."""
+        With the run's `claim`, only while the job is still that claim's: None if it is not
+        (finished already, or claimed again after its lease ran out), and nothing written
+        but the end of the journal rows this run `accounted` for. Without one (tests,
+        tools) it is written whatever holds the job."""
         succeeded = 200 <= status < 300
         now = int(time.time())
         fence, fenced = ("AND state = 'processing' AND claim_token = ?", (claim,)) \
@@ -164,6 +165,7 @@ class Jobs:
                     f"WHERE id = ? {fence}",
                     ("succeeded" if succeeded else "failed", status, response, now, now,
                      job_id, *fenced)) and claim is not None:
+                journal.drop(cur, accounted)  # this run's, in the ledger: no one else's to settle
                 return None
             abandoned = journal.settle(cur, "?", (job_id,), accounted)
             if succeeded:

@@ -123,12 +123,18 @@ def settle(cur: Cursor, tickets: str, args: Sequence[Any], accounted: Collection
     """Within a transaction that ends jobs (`tickets`: SQL selecting their ids, with `args`):
     drop the rows their last runs `accounted` for (what those runs did is in their ledger
     rows), and write every other row left to the ledger as abandoned; those calls."""
+    drop(cur, accounted)
+    rows = cur.query(f"SELECT {_COLUMNS} FROM upstream_calls WHERE ticket IN ({tickets})", args)
+    return [_abandon(cur, _call(row)) for row in rows]
+
+
+def drop(cur: Cursor, accounted: Collection[str]) -> None:
+    """Drop the rows a run `accounted` for: what it did is in its ledger rows, whichever run
+    ends the job."""
     ids = list(accounted)
     for chunk in _chunks(ids):
         cur.execute(f"DELETE FROM upstream_calls WHERE id IN ({', '.join('?' * len(chunk))})",
                     chunk)
-    rows = cur.query(f"SELECT {_COLUMNS} FROM upstream_calls WHERE ticket IN ({tickets})", args)
-    return [_abandon(cur, _call(row)) for row in rows]
 
 
 def _abandon(cur: Cursor, call: Call) -> Call:
