@@ -77,6 +77,9 @@ class Flaky:
     def ping(self, timeout_s: float) -> None:
         self._check()
 
+    def clock(self) -> float:
+        return self.db.clock()
+
     def close(self) -> None:
         self.db.close()
 

@@ -93,7 +93,7 @@ class Webhooks:
         room = MAX_SENDING - len(self._sending)
         if room <= 0:
             return
-        until = int(time.time() + WEBHOOK_LEASE_S)
+        until = int(await asyncio.to_thread(self._jobs.clock) + WEBHOOK_LEASE_S)
         claimed = await asyncio.to_thread(self._jobs.claim_webhooks, until, room,
                                           PER_KEY_SENDING)
         for job in claimed:
@@ -163,7 +163,7 @@ class Webhooks:
                                                delivered, retry)
             except DatabaseUnavailable as exc:
                 pause = self._failures.failed(exc)
-                if time.time() + pause >= until:
+                if self._jobs.clock() + pause >= until:  # no I/O: the last measured clock
                     raise
                 await asyncio.sleep(pause)
 

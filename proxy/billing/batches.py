@@ -128,7 +128,7 @@ class Batches:
         off the shared connection); gone again if a write fails. QueueFull, and nothing
         written, if the items would take the key past `most` (queue_cap.py). Each item keeps
         the `traceparent` of the request that made the batch."""
-        now = int(time.time())
+        now = int(self._db.clock())  # its items' run_after, which claims compare on it
         batch = Batch("batch_" + secrets.token_hex(12), key_id, endpoint, input_file_id, window,
                       "validating", len(items), now, now + WINDOW_S[window], metadata, errors)
         with self._db.transaction() as cur:

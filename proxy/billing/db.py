@@ -84,6 +84,9 @@ class Database(Protocol):
     def ping(self, timeout_s: float) -> None:
         """Return if the database takes a write now, within about `timeout_s`; else raise
         DatabaseUnavailable (readiness probes)."""
+    def clock(self) -> float:
+        """Now (epoch seconds) on the one clock every process of this database reads: a
+        lease one process writes, another compares with its own now."""
     def close(self) -> None: ...
 
 
@@ -277,6 +280,10 @@ class SqliteDatabase:
             raise
         finally:
             self._side_lock.release()
+
+    def clock(self) -> float:
+        """This machine's clock: every process of an SQLite database runs on it."""
+        return time.time()
 
     def close(self) -> None:
         with self._side_lock:

@@ -5,8 +5,9 @@ see "busy" and wait for the first instead of generating twice. The claim is a le
 LEASE_S that its holder renews while it lives: a holder killed mid-request (kill -9, a lost
 replica) stops renewing, and a retry takes the key over within seconds. Each claim carries
 its holder's token, so a holder whose lease was taken over can neither keep nor give up the
-new holder's claim. Leases are compared with each process's own clock, as job leases are:
-a fleet's clocks must agree to within about a second.
+new holder's claim. Leases are written and compared on the database's clock (Database.clock:
+on PostgreSQL, the server's), as job leases are: replicas whose own clocks disagree by
+seconds still agree on whose claim is live.
 
 Only successes are kept: a failed first attempt gives the key up, and a retry may try again.
 The same key with a different request body is refused rather than answered with the wrong
@@ -22,7 +23,6 @@ the database is back, so a retry is answered from the kept response, or may try 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -89,7 +89,7 @@ class Idempotency:
 
     def claim(self, claim: Claim, fingerprint: str,
               now: float | None = None) -> tuple[Claimed, Stored | None]:
-        now = time.time() if now is None else now
+        now = self._db.clock() if now is None else now
         with self._db.transaction() as cur:
             _clear_stale(cur, claim.key_id, claim.idem_key, now)
             # ON CONFLICT: a concurrent claim (another process) wins without an error here.
@@ -112,7 +112,7 @@ class Idempotency:
     def renew(self, claim: Claim, now: float | None = None) -> bool:
         """Extend a live holder's lease; False if it is no longer this holder's (it lapsed
         and was taken over, or was completed)."""
-        now = time.time() if now is None else now
+        now = self._db.clock() if now is None else now
         return self._db.execute(
             "UPDATE idempotency SET lease_until = ? WHERE key_id = ? AND idem_key = ? AND "
             "holder = ? AND state = 'pending'",
@@ -129,7 +129,7 @@ class Idempotency:
     def created(self, once: Once, now: float | None = None) -> str | None:
         """The id of what this key created before (a job, a batch), if it did; KeyReused if
         it was used for a different request."""
-        now = time.time() if now is None else now
+        now = self._db.clock() if now is None else now
         rows = self._db.query("SELECT fingerprint, ref FROM idempotency WHERE key_id = ? AND "
                               "idem_key = ? AND created_at >= ?",
                               (once.key_id, once.idem_key, int(now - TTL_S)))
@@ -144,7 +144,7 @@ class Idempotency:
         before: (its id, True) then. Both in one transaction, so concurrent duplicates in any
         process create one thing between them. KeyReused if the key was used for a
         different request."""
-        now = time.time()
+        now = self._db.clock()
         with self._db.transaction() as cur:
             _clear_stale(cur, once.key_id, once.idem_key, now)
             # The key's row first: a concurrent duplicate waits here for this transaction.

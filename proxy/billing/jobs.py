@@ -11,12 +11,14 @@ whose lease ran out while it went on (cut off from the database, stalled) cannot
 outcome of the run that took the job over, nor hand that run's job back to the queue; and an
 outcome written again after its first commit's answer was lost (a connection that broke)
 changes nothing, where it re-armed a webhook already delivered.
+
+Leases and due times are the database's clock (Database.clock): one replica writes them,
+another compares them with its now, and replicas' own clocks may disagree.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +84,10 @@ class Jobs:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    def clock(self) -> float:
+        """Now on the clock the leases are written in (call it off the event loop)."""
+        return self._db.clock()
+
     def enqueue(self, key_id: str, endpoint: str, request: bytes,
                 callback_url: str | None = None, into: Cursor | None = None,
                 most: int | None = None, traceparent: str | None = None) -> Job:
@@ -94,7 +100,7 @@ class Jobs:
                                     traceparent)
         target = into or self._db
         make_room(target, self._db.engine, key_id, 1, most)
-        now = int(time.time())
+        now = int(self._db.clock())
         job = Job(ids.ordered("imgjob_"), key_id, endpoint, request, "queued", 0,
                   callback_url=callback_url, created_at=now, traceparent=traceparent)
         target.execute(
@@ -116,7 +122,7 @@ class Jobs:
 
         Safe across processes: each UPDATE re-checks that its job is still runnable, so two
         claimers never get the same job; one transaction keeps a claim of many cheap."""
-        now_s = int(time.time() if now is None else now)
+        now_s = int(self._db.clock() if now is None else now)
         ids = due_in_turn(self._db, now_s, limit, frozenset(skip_keys))
         won: list[str] = []
         if ids:
@@ -139,7 +145,8 @@ class Jobs:
             chunk = pairs[start:start + 200]
             self._db.execute(f"UPDATE jobs SET lease_until = ? WHERE state = 'processing' AND "
                              f"({' OR '.join(['(id = ? AND claim_token = ?)'] * len(chunk))})",
-                             (int(time.time() + lease_s), *[x for pair in chunk for x in pair]))
+                             (int(self._db.clock() + lease_s),
+                              *[x for pair in chunk for x in pair]))
 
     def finish(self, job_id: str, status: int, response: bytes,
                accounted: Collection[str] = (), claim: str | None = None) -> list[Call] | None:
@@ -154,7 +161,7 @@ class Jobs:
         but the end of the journal rows this run `accounted` for. Without one (tests,
         tools) it is written whatever holds the job."""
         succeeded = 200 <= status < 300
-        now = int(time.time())
+        now = int(self._db.clock())
         fence, fenced = ("AND state = 'processing' AND claim_token = ?", (claim,)) \
             if claim is not None else ("", ())
         with self._db.transaction() as cur:
@@ -184,7 +191,7 @@ class Jobs:
         return self._db.execute(
             "UPDATE jobs SET state = 'queued', lease_until = NULL, claim_token = NULL, "
             "run_after = ?, attempts = attempts - ? WHERE id = ? AND state = 'processing'"
-            + fence, (int(time.time() + seconds), 0 if counted else 1, job_id, *fenced)) == 1
+            + fence, (int(self._db.clock() + seconds), 0 if counted else 1, job_id, *fenced)) == 1
 
     def remember(self, job_ids: list[str], upstream_ref: str) -> None:
         """The upstream job (a batch API's batch) these jobs were sent in: a job re-claimed
@@ -219,7 +226,7 @@ class Jobs:
         key's row, as queue_cap.py takes). A key with many due webhooks cannot crowd out the
         others, whose turns come in the same claim; a replica that dies holds its turns only
         until their leases run out."""
-        now_s = int(time.time() if now is None else now)
+        now_s = int(self._db.clock() if now is None else now)
         bound = per_key or limit
         full = [key for key, n in _in_flight(self._db, now_s).items() if n >= bound] \
             if per_key is not None else []
@@ -255,7 +262,7 @@ class Jobs:
         return self._db.execute(
             "UPDATE jobs SET webhook_state = ?, webhook_attempts = webhook_attempts + 1, "
             "webhook_after = ? WHERE id = ? AND webhook_state = 'sending' AND webhook_after = ?",
-            (state, int(time.time() + (retry_in_s or 0)), job_id, until)) == 1
+            (state, int(self._db.clock() + (retry_in_s or 0)), job_id, until)) == 1
 
     def webhook_returned(self, job_id: str, until: int) -> bool:
         """An attempt under the lease that ends `until` stopped unfinished (the process is
@@ -264,7 +271,7 @@ class Jobs:
         return self._db.execute(
             "UPDATE jobs SET webhook_state = 'due', webhook_after = ? WHERE id = ? AND "
             "webhook_state = 'sending' AND webhook_after = ?",
-            (int(time.time()), job_id, until)) == 1
+            (int(self._db.clock()), job_id, until)) == 1
 
     def count(self, state: str) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,))[0][0])

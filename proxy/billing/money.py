@@ -116,7 +116,7 @@ class Money:
 
     def _reserve(self, reservation: str, key_id: str, period: str, amount_micros: int,
                  budget_micros: int | None, hold_s: float | None) -> str | None:
-        now = int(time.time())
+        now = int(self._db.clock())  # the sweep compares it on its own replica
         expires = now + int(hold_s) if hold_s is not None else None
         if self._script is not None:  # one round trip, where each statement took one
             held = self._script(pg_money.reservation(reservation, key_id, period,
@@ -307,7 +307,7 @@ class Money:
     def sweep(self, older_than_s: float) -> int:
         """Release reservations older than any request can live (left by a crash), or past
         the hold they were made with."""
-        now = int(time.time())
+        now = int(self._db.clock())
         stale = self._db.query("SELECT id FROM reservations WHERE (expires_at IS NULL AND "
                                "created_at < ?) OR expires_at < ?",
                                (now - int(older_than_s), now))

@@ -43,6 +43,7 @@ SLICE_S = 0.1  # a waiting caller looks this often whether the server went away 
 # So while the server is away it is tried about this often while anyone waits (one attempt
 # at a time per process), and service resumes within about this long once it is back.
 RECONNECT_S = 0.5
+CLOCK_S = 60.0  # how often a process measures its clock against the server's
 
 
 def _pg(sql: str) -> str:
@@ -93,6 +94,9 @@ class PostgresDatabase:
                 reconnect_timeout=RECONNECT_S, name="switchyard")
         self._down_since: float | None = None
         self._state = threading.Lock()
+        self._wall = time.time  # this process's clock (tests skew it)
+        self._offset = 0.0  # the server's clock less this process's, measured ...
+        self._clock_due = 0.0  # ... again from this monotonic time
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except psycopg_pool.PoolTimeout:
@@ -120,6 +124,21 @@ class PostgresDatabase:
     def transaction_now(self) -> contextlib.AbstractContextManager[Cursor]:
         """Never: a transaction here is a network round trip, which no event loop waits on."""
         raise Busy("PostgreSQL is written from the ledger threads")
+
+    def clock(self) -> float:
+        """The server's clock: this process's plus their difference, measured at startup
+        and then every CLOCK_S on a call's own connection (no I/O here). Replicas' own
+        clocks may disagree by seconds, and a lease one writes (an Idempotency-Key's lasts
+        5 s), another compares."""
+        return self._wall() + self._offset
+
+    def _measure(self, conn: psycopg.Connection[Row]) -> None:
+        before = self._wall()
+        row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()
+        after = self._wall()
+        if row is not None:
+            self._offset = float(row[0]) - (before + after) / 2
+        self._clock_due = time.monotonic() + CLOCK_S
 
     def script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Row]:
         """Statements that need no answer from one another, in one transaction and one round
@@ -151,6 +170,8 @@ class PostgresDatabase:
         broken connection goes back to the pool, which replaces it."""
         conn = self._checkout(wait_s)
         try:
+            if time.monotonic() >= self._clock_due:
+                self._measure(conn)
             yield conn
         except self._errors as exc:
             lost = conn.broken
