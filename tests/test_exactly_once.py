@@ -240,6 +240,38 @@ def test_a_sent_attempt_stopped_while_its_outcome_waits_is_not_sent_again(
         assert store.jobs.claim_webhooks(int(time.time()) + 60) == []
 
 
+class BreaksOnce(Jobs):
+    """The jobs table, except that writing the first attempt's outcome breaks (a bug)."""
+
+    broke = 0
+
+    def webhook_done(self, job_id: str, until: int, delivered: bool,
+                     retry_in_s: float | None) -> bool:
+        if not self.broke:
+            self.broke += 1
+            raise RuntimeError("a bug")
+        return super().webhook_done(job_id, until, delivered, retry_in_s)
+
+
+def test_an_outcome_that_broke_is_not_kept_for_a_later_stop(
+        database: str, receiver: Receiver) -> None:
+    """Kept, it was written at the next stop in place of a later attempt's hand-back."""
+    with Store(database) as store:
+        (job_id,) = _finished(store, 1, receiver.url)
+        breaking = BreaksOnce(store.db)
+
+        async def send() -> dict[object, object]:
+            sender = Webhooks(breaking, Signer(SECRET), LOOPBACK)
+            await sender.deliver_due()
+            await sender.settle()
+            left = dict(sender._unwritten)  # what aclose would write
+            await sender.aclose()
+            return left
+
+        assert asyncio.run(send()) == {} and breaking.broke == 1
+        assert _state(store, job_id)[:2] == ("sending", 0)  # its lease runs out, as before
+
+
 def _batch(store: Store, items: int) -> str:
     key = store.create_key("k")[0].id
     stored = store.batches.add_file(key, "batch", "in.jsonl", b"")

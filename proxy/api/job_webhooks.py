@@ -84,8 +84,9 @@ class Webhooks:
             limits=httpx.Limits(max_connections=MAX_SENDING, max_keepalive_connections=0))
         self._failures = Failures("webhooks")
         self._sending: dict[asyncio.Task[None], tuple[str, int]] = {}  # -> (job id, lease end)
-        # Attempts sent whose outcome is not written yet: job id -> (delivered, retry in s)
-        self._unwritten: dict[str, tuple[bool, float | None]] = {}
+        # Attempts sent whose outcome is not written yet: (job id, lease end) -> (delivered,
+        # retry in s)
+        self._unwritten: dict[tuple[str, int], tuple[bool, float | None]] = {}
 
     async def deliver_due(self) -> None:
         """Claim the attempts that are due, as far as there is room (in this process, and for
@@ -112,7 +113,7 @@ class Webhooks:
         """The stopped attempts' leases handed back; one that was sent (its outcome still
         being written) gets its outcome instead: handed back, it was sent again at once."""
         for job_id, until in stopped:
-            outcome = self._unwritten.pop(job_id, None)
+            outcome = self._unwritten.pop((job_id, until), None)
             with contextlib.suppress(Exception):  # the database away: the lease runs out
                 if outcome is not None:
                     self._jobs.webhook_done(job_id, until, *outcome)
@@ -139,13 +140,15 @@ class Webhooks:
         log.info("webhook for job %s, attempt %d: %s", job.id, attempt + 1,
                  "delivered" if delivered else f"{outcome}, next in {retry}s" if retry
                  else f"{outcome}, giving up")
-        self._unwritten[job.id] = delivered, retry
+        self._unwritten[job.id, until] = delivered, retry
         try:
             written = await self._outcome(job.id, until, delivered, retry)
-        except DatabaseUnavailable:
-            self._unwritten.pop(job.id, None)
+        except asyncio.CancelledError:  # stopping: aclose writes the outcome kept here
             raise
-        self._unwritten.pop(job.id, None)
+        except BaseException:
+            self._unwritten.pop((job.id, until), None)
+            raise
+        self._unwritten.pop((job.id, until), None)
         if not written:
             log.warning("webhook for job %s: this attempt's outcome was not written: its "
                         "lease ran out first (the process that took it over writes its own), "

@@ -270,7 +270,7 @@ class Worker:
         if ends is None:
             batch = await asyncio.to_thread(self._svc.store.batches.get, job.batch_id)
             ends = self._batch_ends[job.batch_id] = batch.expires_at if batch else 0
-        left = ends - time.time()
+        left = ends - self._svc.store.jobs.clock()  # the database's, as `stage` wrote it
         if left <= 0:
             raise ApiError(408, "the batch's completion window ended before this request "
                                 "could run", code="batch_expired")

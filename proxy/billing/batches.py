@@ -177,7 +177,7 @@ class Batches:
     def discard_stale(self, now: float | None = None) -> int:
         """Batches a process that died left half written (STALE_S on): how many."""
         rows = self._db.query("SELECT id FROM batches WHERE status = 'validating' AND "
-                              "created_at < ?", (int((now or time.time()) - STALE_S),))
+                              "created_at < ?", (int((now or self._db.clock()) - STALE_S),))
         for (batch_id,) in rows:
             self.discard(batch_id)
         return len(rows)

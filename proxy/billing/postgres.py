@@ -94,8 +94,9 @@ class PostgresDatabase:
                 reconnect_timeout=RECONNECT_S, name="switchyard")
         self._down_since: float | None = None
         self._state = threading.Lock()
-        self._wall = time.time  # this process's clock (tests skew it)
-        self._offset = 0.0  # the server's clock less this process's, measured ...
+        # The server's clock less this process's monotonic one, measured (at the first call
+        # and every CLOCK_S) ...
+        self._base = time.time() - time.monotonic()
         self._clock_due = 0.0  # ... again from this monotonic time
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
@@ -126,19 +127,20 @@ class PostgresDatabase:
         raise Busy("PostgreSQL is written from the ledger threads")
 
     def clock(self) -> float:
-        """The server's clock: this process's plus their difference, measured at startup
-        and then every CLOCK_S on a call's own connection (no I/O here). Replicas' own
-        clocks may disagree by seconds, and a lease one writes (an Idempotency-Key's lasts
-        5 s), another compares."""
-        return self._wall() + self._offset
+        """The server's clock, carried on this process's monotonic clock: their difference
+        is measured at the first call and then every CLOCK_S on a call's own connection (no
+        I/O here). Replicas' own clocks may disagree by seconds, and a lease one writes (an
+        Idempotency-Key's lasts 5 s), another compares; and this machine's wall clock may
+        step (NTP, a restored VM), which the monotonic one never does."""
+        return time.monotonic() + self._base
 
     def _measure(self, conn: psycopg.Connection[Row]) -> None:
-        before = self._wall()
+        before = time.monotonic()
         row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()
-        after = self._wall()
+        after = time.monotonic()
         if row is not None:
-            self._offset = float(row[0]) - (before + after) / 2
-        self._clock_due = time.monotonic() + CLOCK_S
+            self._base = float(row[0]) - (before + after) / 2
+        self._clock_due = after + CLOCK_S
 
     def script(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Row]:
         """Statements that need no answer from one another, in one transaction and one round
