@@ -70,15 +70,16 @@ def attempt(health: Health, failure: Failure | None) -> None:
     route.end(route.begin(), "1K", failure)
 
 
-async def kept(prefix: str, which: str, route_id: str = ROUTE.id,
-               present: bool = True) -> None:
+async def kept(prefix: str, which: str, route_id: str = ROUTE.id, present: bool = True,
+               url: str = REDIS_URL, within_s: float = 2.0) -> None:
     """Wait until Redis holds the route out (`which`: "open" or "rest"), or no longer does."""
-    client = Redis.from_url(REDIS_URL)
+    client = Redis.from_url(url)
     try:
         started = time.monotonic()
         while (await client.zscore(f"{prefix}:{{health}}:{which}", route_id) is not None) \
                 is not present:
-            assert time.monotonic() - started < 2.0, f"never {'kept' if present else 'gone'}"
+            assert time.monotonic() - started < within_s, \
+                f"never {'kept' if present else 'gone'}"
             await asyncio.sleep(0.01)
     finally:
         await client.aclose()

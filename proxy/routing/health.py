@@ -321,6 +321,9 @@ class Health:
         """The health of a route this process knows, by its id (another replica's news)."""
         return self._routes.get(route_id)
 
+    def route_ids(self) -> list[str]:
+        return list(self._routes)
+
     def snapshots(self, routes: Iterable[Route], tier: str) -> dict[str, Snapshot]:
         return {r.id: self.of(r).snapshot(tier) for r in routes}
 

@@ -6,7 +6,9 @@ holds now, for the time it has left (scripts.HOLD and HELD, on Redis's clock): e
 open, whoever's outcomes opened it (every replica writes what it sees open; the later end
 wins), and each rest a host asked for (Retry-After), written by the replica it told. A
 refused credential's rest is not kept: a restart with a new key must not inherit it. A breaker
-that closes before its end (another replica's probe found the host well) is taken out.
+that closes (a probe found the host well) is taken out by every replica that saw it open,
+whoever wrote the end Redis holds. After a subscription (Redis back, maybe empty) a replica
+writes again everything it holds out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Held:
         self._health = health
         self._written: dict[tuple[str, str], float] = {}  # (kind, route id) -> end (health's clock)
         self._changes: list[str | int] = []  # HOLD's arguments, not sent yet
+        self._opened: set[str] = set()  # routes seen not closed (open, half-open) here
 
     def review(self, route_ids: Iterable[str]) -> bool:
         """After outcomes about these routes (this replica's or another's): what changed
@@ -35,6 +38,11 @@ class Held:
             if route is None:
                 continue
             open_s, rest_s = route.held_out()
+            if route.state is not State.CLOSED:
+                self._opened.add(route_id)
+            elif route_id in self._opened:  # closed since: Redis may hold anyone's end
+                self._opened.discard(route_id)
+                self._changes += ["c", route_id, 0]
             for kind, left_s in (("o", open_s), ("r", rest_s)):
                 written = self._written.get((kind, route_id))
                 if left_s > 0:
@@ -43,8 +51,6 @@ class Held:
                         self._written[(kind, route_id)] = now + left_s
                 elif written is not None:
                     del self._written[(kind, route_id)]
-                    if kind == "o" and written > now and route.state is State.CLOSED:
-                        self._changes += ["c", route_id, 0]
         return len(self._changes) > before
 
     def take(self) -> list[str | int]:
@@ -53,9 +59,15 @@ class Held:
 
     def forget(self) -> None:
         """What was written may not be there (a write failed, Redis restarted empty): the
-        next review writes what it finds again."""
+        next review writes what it finds again (which routes were seen open stays known)."""
         self._written.clear()
         self._changes.clear()
+
+    def again(self) -> bool:
+        """After a subscription: everything held out here, written again (Redis may have
+        come back empty). True if there is anything."""
+        self.forget()
+        return self.review(self._health.route_ids())
 
     def restore(self, reply: object) -> None:
         """HELD's reply applied to this replica's routes (others are not in its catalog)."""
@@ -63,6 +75,8 @@ class Held:
             route = self._health.known(route_id)
             if route is not None:
                 route.hold_out(open_s, rest_s)
+                if open_s > 0:
+                    self._opened.add(route_id)
 
 
 def held_out(reply: object) -> list[tuple[str, float, float]]:

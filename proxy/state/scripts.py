@@ -35,7 +35,7 @@ local requests = tonumber(redis.call('HGET', KEYS[2], 'requests') or '-1')
 local pictures = tonumber(redis.call('HGET', KEYS[2], 'images') or '0')
 local trimmed = false
 if requests < 0 then  -- no totals (a key seen first, or its hash evicted alone): the entries'
-  requests = 0
+  requests, pictures = 0, 0
   for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     local _, _, r, i = string.match(entry, '(%d+) (%d+) (%d+) (%d+)')
     requests, pictures = requests + tonumber(r), pictures + tonumber(i)

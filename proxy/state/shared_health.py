@@ -144,6 +144,8 @@ class HealthFeed:
             self._apply(message)
         self._holding.restore(await self._link.held(self._held))
         self._caught_up.set()
+        if self._holding.again():  # Redis may have come back empty
+            self._wake.set()
         while True:
             self._apply(await pubsub.get_message(timeout=LISTEN_S))
 
