@@ -17,7 +17,7 @@ import pytest
 from proxy import supervise
 from proxy.api.batches import finalize
 from proxy.api.job_webhooks import WEBHOOK_LEASE_S, Signer, Webhooks
-from proxy.billing.db import DatabaseUnavailable
+from proxy.billing.db import Database, DatabaseUnavailable
 from proxy.billing.jobs import Jobs
 from proxy.billing.store import Store
 from proxy.egress import Policy, allow_list
@@ -168,17 +168,20 @@ def test_a_sender_that_lost_its_lease_says_so_and_writes_nothing(
         assert "its lease ran out" in caplog.text
 
 
-class BlipsOnce(Jobs):
-    """The jobs table, except that writing the first attempt's outcome fails once (the
-    database away for a moment)."""
+class OutcomeRefused(Jobs):
+    """The jobs table, except that writing an attempt's outcome raises `error`: once, or
+    while `refusing` (each refusal counted)."""
 
-    blips = 0
+    def __init__(self, db: Database, error: Exception, once: bool = True) -> None:
+        super().__init__(db)
+        self.error, self.once, self.refusing, self.refused = error, once, True, 0
 
     def webhook_done(self, job_id: str, until: int, delivered: bool,
                      retry_in_s: float | None) -> bool:
-        if not self.blips:
-            self.blips += 1
-            raise DatabaseUnavailable("PostgreSQL is unavailable (no connection came)")
+        if self.refusing:
+            self.refused += 1
+            self.refusing = not self.once
+            raise self.error
         return super().webhook_done(job_id, until, delivered, retry_in_s)
 
 
@@ -189,7 +192,7 @@ def test_an_outcome_the_database_refused_once_is_written_before_the_lease_ends(
     monkeypatch.setattr(supervise, "FIRST_PAUSE_S", 0.01)
     with Store(database) as store:
         (job_id,) = _finished(store, 1, receiver.url)
-        blipping = BlipsOnce(store.db)
+        blipping = OutcomeRefused(store.db, DatabaseUnavailable("PostgreSQL is unavailable"))
 
         async def send() -> None:
             sender = Webhooks(blipping, Signer(SECRET), LOOPBACK)
@@ -198,24 +201,10 @@ def test_an_outcome_the_database_refused_once_is_written_before_the_lease_ends(
             await sender.aclose()
 
         asyncio.run(send())
-        assert blipping.blips == 1 and receiver.ids() == [job_id]
+        assert blipping.refused == 1 and receiver.ids() == [job_id]
         assert _state(store, job_id)[:2] == ("delivered", 1)
         later = time.time() + WEBHOOK_LEASE_S + 1
         assert store.jobs.claim_webhooks(int(later) + 60, now=later) == []
-
-
-class AwayAWhile(Jobs):
-    """The jobs table, except that an attempt's outcome is refused while `away`."""
-
-    away = True
-    refused = 0
-
-    def webhook_done(self, job_id: str, until: int, delivered: bool,
-                     retry_in_s: float | None) -> bool:
-        if self.away:
-            self.refused += 1
-            raise DatabaseUnavailable("PostgreSQL is unavailable (PoolTimeout)")
-        return super().webhook_done(job_id, until, delivered, retry_in_s)
 
 
 def test_a_sent_attempt_stopped_while_its_outcome_waits_is_not_sent_again(
@@ -224,14 +213,15 @@ def test_a_sent_attempt_stopped_while_its_outcome_waits_is_not_sent_again(
     handing its lease back made it due at once, and another replica POSTed it again."""
     with Store(database) as store:
         (job_id,) = _finished(store, 1, receiver.url)
-        jobs = AwayAWhile(store.db)
+        jobs = OutcomeRefused(store.db, DatabaseUnavailable("PostgreSQL is unavailable"),
+                              once=False)
 
         async def send_then_stop() -> None:
             sender = Webhooks(jobs, Signer(SECRET), LOOPBACK)
             await sender.deliver_due()
             while not jobs.refused:
                 await asyncio.sleep(0.01)
-            jobs.away = False  # the database answers again as the process stops
+            jobs.refusing = False  # the database answers again as the process stops
             await sender.aclose()
 
         asyncio.run(send_then_stop())
@@ -240,25 +230,12 @@ def test_a_sent_attempt_stopped_while_its_outcome_waits_is_not_sent_again(
         assert store.jobs.claim_webhooks(int(time.time()) + 60) == []
 
 
-class BreaksOnce(Jobs):
-    """The jobs table, except that writing the first attempt's outcome breaks (a bug)."""
-
-    broke = 0
-
-    def webhook_done(self, job_id: str, until: int, delivered: bool,
-                     retry_in_s: float | None) -> bool:
-        if not self.broke:
-            self.broke += 1
-            raise RuntimeError("a bug")
-        return super().webhook_done(job_id, until, delivered, retry_in_s)
-
-
 def test_an_outcome_that_broke_is_not_kept_for_a_later_stop(
         database: str, receiver: Receiver) -> None:
     """Kept, it was written at the next stop in place of a later attempt's hand-back."""
     with Store(database) as store:
         (job_id,) = _finished(store, 1, receiver.url)
-        breaking = BreaksOnce(store.db)
+        breaking = OutcomeRefused(store.db, RuntimeError("a bug"))
 
         async def send() -> dict[object, object]:
             sender = Webhooks(breaking, Signer(SECRET), LOOPBACK)
@@ -268,7 +245,7 @@ def test_an_outcome_that_broke_is_not_kept_for_a_later_stop(
             await sender.aclose()
             return left
 
-        assert asyncio.run(send()) == {} and breaking.broke == 1
+        assert asyncio.run(send()) == {} and breaking.refused == 1
         assert _state(store, job_id)[:2] == ("sending", 0)  # its lease runs out, as before
 
 
