@@ -94,7 +94,7 @@ class Webhooks:
         room = MAX_SENDING - len(self._sending)
         if room <= 0:
             return
-        until = int(await asyncio.to_thread(self._jobs.clock) + WEBHOOK_LEASE_S)
+        until = int(self._jobs.clock() + WEBHOOK_LEASE_S)
         claimed = await asyncio.to_thread(self._jobs.claim_webhooks, until, room,
                                           PER_KEY_SENDING)
         for job in claimed:
@@ -141,11 +141,9 @@ class Webhooks:
                  "delivered" if delivered else f"{outcome}, next in {retry}s" if retry
                  else f"{outcome}, giving up")
         self._unwritten[job.id, until] = delivered, retry
-        try:
+        try:  # cancelled (stopping), it stays: aclose writes it
             written = await self._outcome(job.id, until, delivered, retry)
-        except asyncio.CancelledError:  # stopping: aclose writes the outcome kept here
-            raise
-        except BaseException:
+        except Exception:
             self._unwritten.pop((job.id, until), None)
             raise
         self._unwritten.pop((job.id, until), None)
@@ -166,7 +164,7 @@ class Webhooks:
                                                delivered, retry)
             except DatabaseUnavailable as exc:
                 pause = self._failures.failed(exc)
-                if self._jobs.clock() + pause >= until:  # no I/O: the last measured clock
+                if self._jobs.clock() + pause >= until:
                     raise
                 await asyncio.sleep(pause)
 

@@ -85,7 +85,7 @@ class Jobs:
         self._db = db
 
     def clock(self) -> float:
-        """Now on the clock the leases are written in (call it off the event loop)."""
+        """Now on the clock the leases are written in (no I/O: any thread may ask)."""
         return self._db.clock()
 
     def enqueue(self, key_id: str, endpoint: str, request: bytes,
