@@ -218,6 +218,34 @@ def test_sigterm_stops_the_processes_the_benchmark_started() -> None:
                 os.kill(child, signal.SIGKILL)
 
 
+_STARTED_AS_IT_CAME = """
+import os, signal, subprocess, sys, time
+from proxy.bench import procs
+with procs.stopped_by_sigterm():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(child.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # before any block that would stop it
+    time.sleep(30)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
+def test_sigterm_stops_a_process_the_benchmark_had_just_started() -> None:
+    """The signal may land between a process's start and the block that stops it (the CI
+    run that caught it sent SIGTERM as the third child appeared): it is stopped all the
+    same."""
+    bench = subprocess.run([sys.executable, "-c", _STARTED_AS_IT_CAME], capture_output=True,
+                           text=True, timeout=30, check=False)
+    child = int(bench.stdout.split()[0])
+    try:
+        assert bench.returncode == 128 + signal.SIGTERM
+        assert not Path(f"/proc/{child}").exists(), "the child was left running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_the_workers_ceiling_is_what_the_cores_leave_after_the_others() -> None:
     def run(server_cpu_s: float, busy_s: float) -> Run:
         return Run(1.0, (0.001,) * 1000, Counter({"200": 1000}), 0.2, server_cpu_s, busy_s, 1.0)

@@ -86,15 +86,37 @@ def throwaway_cert(directory: Path) -> Cert:
 @contextlib.contextmanager
 def stopped_by_sigterm() -> Iterator[None]:
     """SIGTERM unwinds the benchmark as Ctrl-C does, so the processes it started are stopped
-    too, not left behind listening; the previous handler is put back after."""
+    too, not left behind listening; the previous handler is put back after. The signal may
+    land between a process's start and the block that stops it (Popen has forked, the
+    `try` is not entered yet): what is left of this process's children is stopped then."""
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
+    except SystemExit as exc:
+        if exc.code == 128 + signal.SIGTERM:
+            _stop_all(children(os.getpid()))
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_all(pids: Sequence[int]) -> None:
+    """Terminate the processes (this one's children), kill those still there after 5 s."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -222,6 +244,25 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 # --- /proc ------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """`pid`'s child processes, read from /proc (those of each of its threads)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children(current)
+    return found
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:

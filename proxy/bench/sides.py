@@ -21,7 +21,7 @@ from pathlib import Path
 
 from proxy.bench import hey, machine
 from proxy.bench.load import PATH
-from proxy.bench.procs import BenchError, cpu_seconds
+from proxy.bench.procs import BenchError, cpu_seconds, descendants
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +70,6 @@ class Side:
             with contextlib.suppress(OSError):
                 total += cpu_seconds(pid)
         return total
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it, read from /proc (children of each thread)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 def child_running(module: str) -> int:
