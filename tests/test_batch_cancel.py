@@ -125,3 +125,40 @@ def test_an_item_handed_back_after_the_cancel(database: str, kept: bool) -> None
         else:
             assert claimed == [] and [row[0] for row in abandoned] == [submitted.id]
             assert states(store, batch_id) == {"cancelled": 3}
+
+
+def test_an_item_in_a_shared_upstream_batch_handed_back_after_the_cancel(database: str) -> None:
+    """An item riding a shared Gemini batch (proxy/providers/grouping.py remembers it in
+    jobs.upstream_ref, with no journal row) handed back by a stopping process, then its batch
+    cancelled: it was paid for in that upstream batch, so it runs again to read its answer
+    (before: the cancel ended it, and the upstream batch it was paid in was never read)."""
+    with Store(database) as store:
+        batch_id = opened(store, 3)
+        (running,) = store.jobs.claim_many(60, 1)
+        store.jobs.remember([running.id], "batches/abc123")
+        store.jobs.retry_later(running.id, 0, False, running.claim)
+        store.batches.cancel(batch_id)
+        store.db.execute("UPDATE batches SET cancelling_at = cancelling_at - ? WHERE id = ?",
+                         (batches.CANCEL_CUT_S + 1, batch_id))
+        finalize(types.SimpleNamespace(store=store))  # type: ignore[arg-type]
+        assert [job.id for job in store.jobs.claim_many(60, 64)] == [running.id]
+        assert states(store, batch_id) == {"cancelled": 2, "processing": 1}
+
+
+def test_a_cancel_while_the_batch_is_validating(database: str) -> None:
+    """A cancel that comes while the batch's items are still being written (GET /v1/batches
+    lists it `validating`) is kept, and the batch opens `cancelling`, its items ended (before:
+    its items written so far were ended, the batch opened `in_progress` and ended `completed`,
+    every item of it "cancelled")."""
+    with Store(database) as store:
+        key = store.create_key("k")[0].id
+        staged = store.batches.stage(key, ENDPOINT, "file-x", "24h", None, items(3), b"")
+        store.batches.cancel(staged.id)
+        assert states(store, staged.id) == {"queued": 3}  # nothing ended before it opens
+        opened_batch = store.batches.open(staged)
+        assert opened_batch.status == "cancelling"
+        assert store.jobs.claim_many(60, 64) == []
+        assert store.batches.cancel_queued(staged.id) == 3
+        assert store.batches.finalize(staged.id)
+        batch = store.batches.get(staged.id)
+        assert batch is not None and batch.status == "cancelled"

@@ -11,6 +11,7 @@ import pytest
 
 from proxy.billing.journal import Answer, Call, Journal
 from proxy.billing.store import Store
+from tests.test_batch_staging import ENDPOINT
 
 
 @pytest.fixture
@@ -95,14 +96,16 @@ def test_cancelling_a_batch_spares_the_items_with_a_task_to_take_up(store: Store
     cancel ends it and writes the cut-off call to the ledger as abandoned, as for a crash."""
     fresh, polled, cut, running = (store.jobs.enqueue("key_1", "generations", b"{}")
                                    for _ in range(4))
-    store.db.execute("UPDATE jobs SET batch_id = 'batch_1' WHERE id IN (?, ?, ?, ?)",
-                     (fresh.id, polled.id, cut.id, running.id))
+    batch_id = store.batches.open(store.batches.stage("key_1", ENDPOINT, "file-x", "24h", None,
+                                                      [], b"")).id
+    store.db.execute("UPDATE jobs SET batch_id = ? WHERE id IN (?, ?, ?, ?)",
+                     (batch_id, fresh.id, polled.id, cut.id, running.id))
     store.db.execute("UPDATE jobs SET state = 'processing' WHERE id = ?", (running.id,))
     store.journal.begin(submitted := call(ticket=polled.id))
     store.journal.answer(submitted.id, ANSWER)
     store.journal.begin(left := call(ticket=cut.id, route="m/sync-host"))
     store.journal.begin(call(ticket=running.id))
-    store.batches.cancel("batch_1")
+    store.batches.cancel(batch_id)
     states = dict(store.db.query("SELECT id, state FROM jobs"))
     assert states == {fresh.id: "cancelled", polled.id: "queued", cut.id: "cancelled",
                       running.id: "processing"}

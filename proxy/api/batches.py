@@ -121,14 +121,19 @@ async def create_batch(request: Request) -> Response:
                                          svc.config.max_queued_per_key, tracing.traceparent())
     except QueueFull as exc:
         raise queue_full(exc, "input_file_id") from None
-    if once is None:  # just opened, nothing run yet: no counting 50,000 items meanwhile
-        return _json(await _batch_object(svc, await asyncio.to_thread(table.open, staged), {}))
-    batch_id, replayed = await idempotent.create_once(
-        svc, once, lambda cur: table.open(staged, cur).id)
-    if replayed:  # another request with the key made it first
-        await asyncio.to_thread(table.discard, staged.id)
-        return await _replayed(svc, batch_id)
-    return _json(await _batch_object(svc, await _found(svc, batch_id), {}))
+    if once is None:
+        batch = await asyncio.to_thread(table.open, staged)
+    else:
+        batch_id, replayed = await idempotent.create_once(
+            svc, once, lambda cur: table.open(staged, cur).id)
+        if replayed:  # another request with the key made it first
+            await asyncio.to_thread(table.discard, staged.id)
+            return await _replayed(svc, batch_id)
+        batch = await _found(svc, batch_id)
+    if batch.status != "cancelling":  # nothing run yet: no counting 50,000 items
+        return _json(await _batch_object(svc, batch, {}))
+    await asyncio.to_thread(table.cancel_queued, batch.id)  # cancelled while validating
+    return _json(await _batch_object(svc, batch))
 
 
 async def _once(request: Request, key: KeyRecord) -> Once | None:

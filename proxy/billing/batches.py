@@ -12,7 +12,7 @@ import contextlib
 import json
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.billing import journal
@@ -161,11 +161,13 @@ class Batches:
         """A staged batch's items may run from now: in the transaction `into` if given (an
         Idempotency-Key's)."""
         now = int(time.time())
-        if (into or self._db).execute(
-                "UPDATE batches SET status = 'in_progress', in_progress_at = ? "
-                "WHERE id = ? AND status = 'validating'", (now, batch.id)) != 1:
+        on = into or self._db
+        if on.execute("UPDATE batches SET in_progress_at = ?, status = CASE WHEN cancelling_at "
+                      "IS NULL THEN 'in_progress' ELSE 'cancelling' END "
+                      "WHERE id = ? AND status = 'validating'", (now, batch.id)) != 1:
             raise LookupError(f"batch {batch.id} was discarded while it was written")
-        return replace(batch, status="in_progress", times={"in_progress_at": now})
+        rows = on.query(f"SELECT {_BATCH} FROM batches WHERE id = ?", (batch.id,))
+        return _batch(rows[0])
 
     def discard(self, batch_id: str) -> None:
         """A staged batch that will not be opened, with its items."""
@@ -210,10 +212,15 @@ class Batches:
         ends. The batch is `cancelling` first, and no claim takes a queued item of it with
         nothing to take up from then on (jobs.py: claim_many); such items end in steps
         (cancel_queued), a synchronous call a stop cut off written to the ledger as
-        abandoned, as a crash's are."""
-        self._db.execute("UPDATE batches SET status = 'cancelling', cancelling_at = ? "
-                         "WHERE id = ? AND status = 'in_progress'", (int(time.time()), batch_id))
-        self.cancel_queued(batch_id)
+        abandoned, as a crash's are.
+        A batch still `validating` (its items being written) keeps the cancel for `open`,
+        which opens it `cancelling`."""
+        now = int(time.time())
+        self._db.execute("UPDATE batches SET cancelling_at = ? WHERE id = ? AND "
+                         "status = 'validating' AND cancelling_at IS NULL", (now, batch_id))
+        if self._db.execute("UPDATE batches SET status = 'cancelling', cancelling_at = ? "
+                            "WHERE id = ? AND status = 'in_progress'", (now, batch_id)):
+            self.cancel_queued(batch_id)
 
     def cancel_queued(self, batch_id: str) -> int:
         """End a cancelling batch's unstarted items, STAGE_ROWS a transaction, each followed by

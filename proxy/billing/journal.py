@@ -27,10 +27,12 @@ from proxy.billing.rows import Entry
 
 ABANDONED = "abandoned"  # the ledger outcome of a call cut off with its outcome unknown
 # SQL on `jobs`: the job has nothing to take up, no upstream call of it journaled with its
-# reply kept (a submit whose task a run can poll). A call without one (a synchronous call cut
-# off, its outcome unknown) would be abandoned and sent again by the next run.
-UNSTARTED = ("NOT EXISTS (SELECT 1 FROM upstream_calls WHERE upstream_calls.ticket = jobs.id "
-             "AND upstream_calls.status IS NOT NULL)")
+# reply kept (a submit whose task a run can poll) and no upstream job it rides with others (a
+# batch API's shared batch, remembered in upstream_ref: proxy/providers/grouping.py). A call
+# without a reply (a synchronous call cut off, its outcome unknown) would be abandoned and
+# sent again by the next run.
+UNSTARTED = ("(jobs.upstream_ref IS NULL AND NOT EXISTS (SELECT 1 FROM upstream_calls WHERE "
+             "upstream_calls.ticket = jobs.id AND upstream_calls.status IS NOT NULL))")
 
 
 @dataclass(frozen=True, slots=True)
