@@ -21,7 +21,7 @@ from proxy.providers import flows
 from proxy.providers.gemini_batch import ADAPTER
 from proxy.providers.grouping import SENDING, Groups
 from proxy.routing.health import Health, State
-from tests.fakes.gemini_batch import GEMINI_BASE, FakeGeminiBatch
+from tests.fakes.gemini_batch import GEMINI_BASE, WALK, FakeGeminiBatch
 from tests.protocol_kit import decoded, make_request
 from tests.test_gemini_batch import make_route
 
@@ -39,6 +39,10 @@ class Remembered:
 
     def recall(self, ticket: str) -> str | None:
         return self.refs.get(ticket)
+
+    def forget(self, ticket: str, name: str) -> None:
+        if self.refs.get(ticket) == name:
+            del self.refs[ticket]
 
 
 def deferred(options: dict[str, Any] | None = None) -> Route:
@@ -224,3 +228,17 @@ def test_a_member_stops_waiting_at_its_own_deadline() -> None:
         return caught.value
 
     assert asyncio.run(go()).failure.kind is Kind.TIMEOUT
+
+
+def test_a_retry_of_a_member_whose_batch_failed_goes_up_in_a_new_batch() -> None:
+    """A shared batch that failed (RESOURCE_EXHAUSTED: Google's quota of enqueued batch
+    tokens, which the job worker retries) leaves its members in no batch: their retry joins a
+    new one (before: each retry polled the dead batch again and failed the same way)."""
+    quota = {"code": 8, "message": "You exceeded your current quota of enqueued batch tokens."}
+    fake, refs = FakeGeminiBatch(states=("PENDING", "FAILED"), failed_error=quota), Remembered()
+    (first,) = asyncio.run(send_all(fake, items(1), deferred(), Groups(flows.run_steps, refs)))
+    assert isinstance(first, UpstreamError) and refs.refs == {}
+    fake.states = WALK  # the quota has room again
+    (again,) = asyncio.run(send_all(fake, items(1), deferred(), Groups(flows.run_steps, refs)))
+    assert isinstance(again, ImageResult), again
+    assert fake.creates == 2

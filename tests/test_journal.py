@@ -130,3 +130,14 @@ def test_usage_counts_abandoned_calls_as_spend_not_as_requests(store: Store) -> 
 
 def test_journal_is_on_the_store(store: Store) -> None:
     assert isinstance(store.journal, Journal)
+
+
+def test_a_job_forgets_only_the_upstream_batch_it_still_remembers(store: Store) -> None:
+    """A member whose shared batch ended without its answer forgets it (grouping.py), but not
+    a batch it has been sent in since."""
+    job = store.jobs.enqueue("key_1", "generations", b"{}")
+    store.jobs.remember([job.id], "batches/new")
+    store.jobs.forget(job.id, "batches/old")
+    assert store.jobs.recall(job.id) == "batches/new"
+    store.jobs.forget(job.id, "batches/new")
+    assert store.jobs.recall(job.id) is None

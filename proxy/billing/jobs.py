@@ -205,6 +205,12 @@ class Jobs:
         rows = self._db.query("SELECT upstream_ref FROM jobs WHERE id = ?", (job_id,))
         return str(rows[0][0]) if rows and rows[0][0] else None
 
+    def forget(self, job_id: str, upstream_ref: str) -> None:
+        """The job is in no upstream job any more (`upstream_ref` ended without its answer),
+        unless it has been sent in another since."""
+        self._db.execute("UPDATE jobs SET upstream_ref = NULL WHERE id = ? AND upstream_ref = ?",
+                         (job_id, upstream_ref))
+
     def get(self, job_id: str, key_id: str | None = None) -> Job | None:
         """A job by id; with `key_id`, only that key's (a key never sees another's jobs)."""
         where, args = ("id = ? AND key_id = ?", (job_id, key_id)) if key_id else \

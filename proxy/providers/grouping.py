@@ -43,6 +43,9 @@ class Refs(Protocol):
 
     def recall(self, ticket: str) -> str | None: ...
 
+    def forget(self, ticket: str, name: str) -> None:
+        """The member is in no upstream job, if `name` is still the one it remembers."""
+
 
 @dataclass
 class _Open:
@@ -99,8 +102,17 @@ class Groups:
         try:
             return grouping.answer(ended, ticket, request)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-            raise UpstreamError(Failure(Kind.UPSTREAM_BROKEN,
-                                        "upstream reply was malformed")) from None
+            failure = UpstreamError(Failure(Kind.UPSTREAM_BROKEN, "upstream reply was malformed"))
+        except UpstreamError as exc:
+            failure = exc
+        # The job has ended without this member's answer (a batch that failed, expired or was
+        # cancelled): a retry of it must join a new job, not wait for this one again.
+        if request.ticket and self._refs is not None:
+            try:
+                await asyncio.to_thread(self._refs.forget, ticket, name)
+            except Exception as exc:
+                self._failures.failed(exc)
+        raise failure
 
     async def _recall(self, grouping: Grouping, route: Route, request: ImageRequest,
                       client: httpx.AsyncClient, deadline: float) -> str | None:
