@@ -4,13 +4,16 @@ A lease is written with an expiry (LEASE_S) and renewed with every other live le
 replica in one round trip every second (LEASE_S / RENEWALS), so a replica killed with -9
 holds nothing once its leases run out. A release leaves the renewal set at once; its ZREM
 rides on the replica's next admission (no round trip of its own) or is sent by the loop that
-renews, and never while a renewal that could write it back is on its way.
+renews, and never while a renewal that could write it back is on its way. While Redis is away
+a release waits for it a lease's time: a Redis that was frozen or cut off (not restarted empty)
+still holds the lease until then, and a key at its concurrency would be refused for it.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -19,6 +22,8 @@ from proxy.state import scripts
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+# A lease set, a lease id, and when it was released (time.monotonic()).
+Released = tuple[str, str, float]
 LEASE_S = 5.0  # a dead replica's slots come back within this
 RENEWALS = 5  # renewals per lease time (every second): a late one or two cost nothing
 
@@ -30,7 +35,7 @@ class Leases:
         self._prefix = secrets.token_hex(6)  # this process; ids never repeat across replicas
         self._ids = itertools.count()
         self._held: defaultdict[str, set[str]] = defaultdict(set)  # lease set -> ids
-        self._released: list[tuple[str, str]] = []
+        self._released: list[Released] = []
         self._renewing = False  # a renewal is on its way: releases wait for the loop
 
     def new_id(self) -> str:
@@ -46,7 +51,7 @@ class Leases:
             held.discard(lease)
             if not held:
                 del self._held[where]
-        self._released.append((where, lease))
+        self._released.append((where, lease, time.monotonic()))
 
     @property
     def pending(self) -> bool:
@@ -56,7 +61,7 @@ class Leases:
     def count(self) -> int:
         return sum(len(ids) for ids in self._held.values())
 
-    def take_released(self) -> list[tuple[str, str]]:
+    def take_released(self) -> list[Released]:
         """The releases not yet sent, for a call about to go (none while a renewal that
         holds some of them may still land after it)."""
         if self._renewing or not self._released:
@@ -64,21 +69,22 @@ class Leases:
         released, self._released = self._released, []
         return released
 
-    def give_back(self, released: list[tuple[str, str]]) -> None:
-        """Releases taken for a call that failed: the loop sends them (or, with Redis away,
-        they run out there)."""
+    def give_back(self, released: list[Released]) -> None:
+        """Releases taken for a call that failed: the loop sends them when Redis answers."""
         self._released[:0] = released
 
-    def forget_released(self) -> None:
-        """Redis is away: what was released will run out there by itself."""
-        self._released.clear()
+    def forget_expired(self, now: float) -> None:
+        """Redis is away: a release older than a lease has run out there by itself (nothing
+        renews it meanwhile); the others wait for Redis."""
+        oldest = now - self.lease_ms / 1000
+        self._released = [release for release in self._released if release[2] > oldest]
 
     async def flush(self, client: Redis) -> None:
         """Send the releases made so far, in one pipelined round trip."""
         released, self._released = self._released, []
         if released:
             async with client.pipeline(transaction=False) as pipe:
-                for where, lease in released:
+                for where, lease, _ in released:
                     pipe.zrem(where, lease)
                 await pipe.execute()
 

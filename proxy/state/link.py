@@ -95,8 +95,8 @@ class Link:
         released = self.leases.take_released()
         try:
             return _integers(await self._call(
-                script, keys + [where for where, _ in released],
-                args + [lease for _, lease in released]))
+                script, keys + [where for where, _, _ in released],
+                args + [lease for _, lease, _ in released]))
         except BaseException:
             self.leases.give_back(released)
             raise
@@ -180,7 +180,7 @@ class Link:
         """Send releases, and renew (or check) when due; returns when the next turn is due."""
         now = time.monotonic()
         if not self.shared:
-            self.leases.forget_released()
+            self.leases.forget_expired(now)
             if now < due:
                 return due
             await self.check()  # back: renew at once, what still runs counts again

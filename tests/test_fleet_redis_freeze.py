@@ -1,0 +1,77 @@
+"""Redis frozen (or cut off) rather than restarted empty: its data outlives the outage, so what
+a replica released meanwhile must be removed there once it answers again. Before, a release
+made while Redis was away was dropped ("it runs out there by itself"): a key at its
+`concurrency` was refused, and a host's slots looked taken fleet-wide, until the leases ran out
+up to 5 s later (helper-44)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.state.leases import Leases
+from tests.redis_servers import PrivateRedis, private_redis
+from tests.test_state_redis import HOST, fleet_state, key, run, until
+
+__all__ = ["private_redis"]  # a fixture
+
+
+def test_a_request_ended_during_a_freeze_frees_its_concurrency_once_redis_answers(
+        private_redis: PrivateRedis) -> None:
+    async def go() -> None:
+        state = fleet_state(private_redis.url, "fleet", [HOST])
+        await state.start()
+        try:
+            record = key(concurrency=1)
+            first = await state.limits.admit(record, 1)
+            assert first.fleet
+            await asyncio.sleep(1.1)  # renewed: its lease lives 5 s from now
+            private_redis.freeze()
+            await state.limits.admit(key("key_other"), 1)  # finds Redis away
+            assert state.describe()["redis"] == "unreachable"
+            await state.limits.done(first)  # it ends while Redis is away
+            await asyncio.sleep(0.1)
+            private_redis.thaw()
+            await until(lambda: state.describe()["redis"] == "shared", 3.0)
+            await asyncio.sleep(0.2)
+            second = await state.limits.admit(record, 1)  # nothing of the key runs anywhere
+            assert second.fleet
+            await state.limits.done(second)
+        finally:
+            await state.aclose()
+    run(go)
+
+
+def test_a_slot_released_during_a_freeze_is_free_once_redis_answers(
+        private_redis: PrivateRedis) -> None:
+    async def go() -> None:
+        state = fleet_state(private_redis.url, "fleet", [HOST])  # HOST's cap is 2
+        await state.start()
+        try:
+            held = [await state.slots.acquire(HOST, 0) for _ in range(2)]
+            assert all(slot is not None and slot.lease for slot in held)
+            await asyncio.sleep(1.1)
+            private_redis.freeze()
+            await state.limits.admit(key("key_other"), 1)
+            assert state.describe()["redis"] == "unreachable"
+            for slot in held:
+                state.slots.release(slot)
+            await asyncio.sleep(0.1)
+            private_redis.thaw()
+            await until(lambda: state.describe()["redis"] == "shared", 3.0)
+            await asyncio.sleep(0.2)
+            assert await state.slots.free() == 2, "released slots still held in Redis"
+        finally:
+            await state.aclose()
+    run(go)
+
+
+def test_while_redis_is_away_only_releases_older_than_a_lease_are_dropped() -> None:
+    """They have run out in Redis by then (nothing renews them): keeping them would only
+    grow."""
+    leases = Leases(lease_s=5.0)
+    leases.release("live", "old")
+    leases.forget_expired(time.monotonic() + 1.0)
+    assert leases.pending
+    leases.forget_expired(time.monotonic() + 5.1)
+    assert not leases.pending
