@@ -61,15 +61,17 @@ class PrivateRedis:
     """A redis-server of the test's own on a free port: stop it, freeze it, start it again
     (empty, as a restart without persistence leaves it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.options = options  # more of redis-server's options
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--appendonly", "no", *self.options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not _ping(self.url):
             assert time.monotonic() < deadline, "redis-server did not start"

@@ -120,7 +120,7 @@ class Link:
             raise
 
     async def remove(self, where: str, lease: str) -> None:
-        """Remove a released lease at once, if Redis answers (else it runs out by itself)."""
+        """Remove a released lease at once, if Redis answers (else the loop does once it does)."""
         if not self.shared:
             return
         try:
@@ -147,10 +147,11 @@ class Link:
             log.info("fleet: Redis answers: rate limits and host slots are shared by the fleet")
 
     async def check(self) -> None:
-        """Redis answers on both connections: the request path's own and redis-py's."""
+        """Redis answers on both connections (the request path's own and redis-py's), and
+        takes a script's write."""
         try:
             async with asyncio.timeout(TIMEOUT_S * 2):
-                await self._wire.call("PING")
+                await self._wire.evalsha(scripts.PROBE, [f"{self.prefix}:probe"], [])
                 await self.client.ping()
         except self.errors as exc:
             self.lost(exc)

@@ -193,3 +193,10 @@ for k = 1, 2 do
 end
 return out
 """
+
+# Whether Redis takes the scripts' writes: a replica that a failover left read-only, or one
+# out of memory, answers PING but refuses every admission.
+PROBE = """
+redis.call('SET', KEYS[1], '1', 'PX', 1000)
+return 1
+"""

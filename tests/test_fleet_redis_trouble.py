@@ -1,16 +1,28 @@
-"""Redis frozen (or cut off) rather than restarted empty: its data outlives the outage, so what
-a replica released meanwhile must be removed there once it answers again. Before, a release
-made while Redis was away was dropped ("it runs out there by itself"): a key at its
-`concurrency` was refused, and a host's slots looked taken fleet-wide, until the leases ran out
-up to 5 s later (helper-44)."""
+"""Redis in trouble without being restarted empty (issue 17, point 6).
+
+Frozen or cut off: its data outlives the outage, so what a replica released meanwhile must be
+removed there once it answers again. Before, a release made while Redis was away was dropped
+("it runs out there by itself"): a key at its `concurrency` was refused, and a host's slots
+looked taken fleet-wide, until the leases ran out up to 5 s later (helper-44).
+
+Answering PING but refusing writes (a replica left read-only by a failover, or one out of
+memory): the fleet's scripts all fail there, so it is Redis away, said once. Before, the check
+(a PING) called it back every second and the next request lost it again: two log lines and a
+fallback counted each second.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
+
+from proxy import metrics
 from proxy.state.leases import Leases
 from tests.redis_servers import PrivateRedis, private_redis
+from tests.serving import free_port
 from tests.test_state_redis import HOST, fleet_state, key, run, until
 
 __all__ = ["private_redis"]  # a fixture
@@ -75,3 +87,32 @@ def test_while_redis_is_away_only_releases_older_than_a_lease_are_dropped() -> N
     assert leases.pending
     leases.forget_expired(time.monotonic() + 5.1)
     assert not leases.pending
+
+
+def test_a_redis_that_refuses_writes_is_one_fallback_not_one_a_second(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A replica of a master nobody serves: it answers PING, and refuses every write.
+    server = PrivateRedis("--replicaof", "127.0.0.1", str(free_port()))
+    server.start()
+    caplog.set_level(logging.INFO, "switchyard.fleet")
+
+    async def go() -> None:
+        state = fleet_state(server.url, "fleet", [HOST])
+        await state.start()
+        fallbacks = metrics.FLEET_FALLBACKS._value.get()
+        try:
+            ends = time.monotonic() + 3.5
+            while time.monotonic() < ends:  # a request every 20 ms
+                admission = await state.limits.admit(key("k", rpm=100_000), 1)
+                await state.limits.done(admission)
+                await asyncio.sleep(0.02)
+            assert state.describe()["redis"] == "unreachable"
+        finally:
+            await state.aclose()
+        lines = [r.getMessage() for r in caplog.records if r.name == "switchyard.fleet"]
+        assert not [line for line in lines if "Redis answers" in line], lines[:6]
+        assert metrics.FLEET_FALLBACKS._value.get() - fallbacks <= 1
+    try:
+        run(go)
+    finally:
+        server.kill()
