@@ -78,7 +78,10 @@ class PostgresDatabase:
         except ImportError:
             raise RuntimeError("a PostgreSQL database_url needs the postgres extra: "
                                "pip install 'switchyard[postgres]'") from None
-        self._errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        # A server that takes no writes (a standby a failover left behind, or one set
+        # read-only) is unavailable as much as one that is down: InternalError, in psycopg.
+        self._read_only = psycopg.errors.ReadOnlySqlTransaction
+        self._errors = (psycopg.OperationalError, psycopg.InterfaceError, self._read_only)
         # A deadlock or a serialization failure: the transaction may be tried again. psycopg
         # makes their own classes subclasses of OperationalError only, not of
         # TransactionRollback, so each is named.
@@ -158,9 +161,13 @@ class PostgresDatabase:
             return list(cur.fetchall()) if cur.description is not None else []
 
     def ping(self, timeout_s: float) -> None:
-        """A round trip on a pooled connection (one the server hung up on is replaced first)."""
+        """A round trip on a pooled connection (one the server hung up on is replaced first)
+        to a server that takes writes: not a standby, nor read-only."""
         with self._connection(timeout_s) as conn:
-            conn.execute("SELECT 1")
+            row = conn.execute("SELECT pg_is_in_recovery() OR "
+                               "current_setting('transaction_read_only') = 'on'").fetchone()
+        if row is None or row[0]:
+            raise DatabaseUnavailable("PostgreSQL takes no writes (a standby, or read-only)")
 
     def close(self) -> None:
         self._pool.close()
@@ -179,6 +186,8 @@ class PostgresDatabase:
             lost = conn.broken
             if lost:
                 self._went_down(type(exc).__name__)
+            elif isinstance(exc, self._read_only):
+                conn.close()  # the pool opens another: it may reach the new primary
             kind = ConnectionLost if lost else Conflict if isinstance(
                 exc, self._conflicts) else DatabaseUnavailable
             raise kind(f"PostgreSQL is unavailable ({type(exc).__name__})") from None

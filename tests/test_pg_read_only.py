@@ -1,0 +1,88 @@
+"""A PostgreSQL that takes no writes (the old primary back as a standby after a failover, or a
+database set read-only) is a database away, as a down one is: a request that would write
+answers 503 `database_unavailable` (billed nothing), never a 500, and /readyz says not ready.
+Before (helper-44, helper-46): psycopg's ReadOnlySqlTransaction (an InternalError) escaped as a
+500 `internal_error` from the ledger's settle and the image store, and readiness, a bare
+SELECT 1, said ready."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from proxy.billing.db import DatabaseUnavailable
+from proxy.billing.images import Images
+from proxy.billing.postgres import PostgresDatabase
+from proxy.billing.store import Store
+from tests.conftest import make_config, serve
+from tests.databases import POSTGRES_URL, own_database, postgres_url
+
+__all__ = ["postgres_url"]  # a fixture
+
+
+def test_a_read_only_server_is_unavailable_to_writes_and_not_ready(postgres_url: str) -> None:
+    with Store(postgres_url):
+        pass  # the schema, made while it takes writes
+    read_only = postgres_url + "%20-cdefault_transaction_read_only%3Don"
+    db = PostgresDatabase(read_only, size=1)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            Images(db, 3600).put("a.png", b"\x89PNG", "image/png")
+        with pytest.raises(DatabaseUnavailable, match="takes no writes"):
+            db.ping(1.0)
+    finally:
+        db.close()
+    writable = PostgresDatabase(postgres_url, size=1)
+    try:
+        writable.ping(1.0)
+    finally:
+        writable.close()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with own_database("sy_read_only") as url:
+        yield url
+
+
+def _read_only(url: str, on: bool) -> None:
+    """The database turns read-only (or back) for every new session; the sessions it has are
+    ended, as a failover ends them."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = "
+                      f"{'on' if on else 'off'}")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+def test_requests_while_the_database_is_read_only_answer_503(tmp_path: Path,
+                                                            database: str) -> None:
+    with serve(make_config(tmp_path / "data", database_url=database)) as server:
+        auth = {"authorization": f"Bearer {server.new_key('k')}"}
+        asks = [{"model": "test-image", "prompt": "p", "response_format": "url"},
+                {"model": "test-image", "prompt": "p"}]
+        for ask in asks:
+            assert httpx.post(server.v1 + "/images/generations", json=ask, headers=auth,
+                              timeout=30).status_code == 200
+        _read_only(database, True)
+        try:
+            for ask in asks:
+                answer = httpx.post(server.v1 + "/images/generations", json=ask, headers=auth,
+                                    timeout=30)
+                assert answer.status_code == 503, (ask, answer.status_code, answer.text)
+                assert answer.json()["error"]["code"] == "database_unavailable"
+            assert httpx.get(server.base_url + "/readyz", timeout=10).status_code == 503
+        finally:
+            _read_only(database, False)
+        deadline = time.monotonic() + 10  # its connections made again reach a writable server
+        while httpx.get(server.base_url + "/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "not ready again"
+            time.sleep(0.1)
+        assert httpx.post(server.v1 + "/images/generations", json=asks[1], headers=auth,
+                          timeout=30).status_code == 200
