@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -91,13 +92,21 @@ class DirectoryImages:
         return removed
 
 
+def _wall_clock() -> float:
+    return time.time()
+
+
 class MediaStore:
     """Stores image bytes and mints signed, expiring links to them."""
 
-    def __init__(self, images: ImageStore, secret: bytes, ttl_s: int) -> None:
+    def __init__(self, images: ImageStore, secret: bytes, ttl_s: int,
+                 clock: Callable[[], float] | None = None) -> None:
         self._images = images
         self._secret = secret
         self.ttl_s = ttl_s
+        # A fleet's links expire on its database's clock, whichever replica minted or checks
+        # them (replicas' own clocks may disagree).
+        self._clock = clock or _wall_clock
 
     async def put(self, data: bytes, mime: str) -> str:
         """Store an image; returns its name (random, with the format as extension)."""
@@ -106,7 +115,7 @@ class MediaStore:
         return name
 
     def link(self, base_url: str, name: str, now: float | None = None) -> str:
-        expires = int((time.time() if now is None else now) + self.ttl_s)
+        expires = int((self._clock() if now is None else now) + self.ttl_s)
         return f"{base_url}/images/{name}?expires={expires}&sig={self._sign(name, expires)}"
 
     def _sign(self, name: str, expires: int) -> str:
@@ -115,7 +124,7 @@ class MediaStore:
 
     def verify(self, name: str, expires: str, signature: str, now: float | None = None) -> bool:
         # ASCII digits, and few: "²".isdigit() is true, and int() refuses 5,000 digits.
-        if not _EXPIRES.fullmatch(expires) or int(expires) < (time.time() if now is None
+        if not _EXPIRES.fullmatch(expires) or int(expires) < (self._clock() if now is None
                                                                   else now):
             return False
         return hmac.compare_digest(self._sign(name, int(expires)), signature)

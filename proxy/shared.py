@@ -27,7 +27,7 @@ WEBHOOK_SIGNING = "webhook-signing"
 def media_store(config: Config, db: Database) -> MediaStore:
     """Signed links with the shared key, to images in the shared store."""
     return MediaStore(image_store(config, db), _secret(config, db, URL_SIGNING),
-                      config.image_url_ttl_s)
+                      config.image_url_ttl_s, db.clock)
 
 
 def image_store(config: Config, db: Database) -> ImageStore:

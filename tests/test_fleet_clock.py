@@ -9,15 +9,21 @@ replica wrote its lease."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
 
 from proxy.billing.idempotency import Claim, Claimed
 from proxy.billing.store import Store
+from proxy.config import load
+from proxy.shared import media_store
 
 AHEAD_S = 400.0  # past a job's lease (request_timeout_s + 60) and an Idempotency-Key's (5 s)
+TTL_S = 300  # an image link's lifetime, under AHEAD_S
 
 
 def _step_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,3 +63,20 @@ def test_the_difference_to_the_server_s_clock_is_measured_again(postgres_url: st
         store.db._clock_due = 0.0  # type: ignore[attr-defined]
         store.count_keys()
         assert abs(store.db.clock() - time.time()) < 5
+
+
+def test_a_replica_whose_clock_steps_ahead_keeps_images_and_links_that_are_live(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images behind links expire on the server's clock too: before, a replica whose clock ran
+    ahead swept images whose links the others still honoured (404 on the replica that minted
+    the link) and refused those links itself (helper-44)."""
+    config = load(env={}, data_dir=Path("/nonexistent"), image_url_ttl_s=TTL_S)
+    with Store(postgres_url) as first, Store(postgres_url) as later:
+        minting = media_store(config, first.db)
+        name = asyncio.run(minting.put(b"\x89PNG", "image/png"))
+        link = parse_qs(urlsplit(minting.link("http://a", name)).query)
+        _step_ahead(monkeypatch)  # past the link's lifetime, on this replica's clock only
+        sweeping = media_store(config, later.db)
+        assert sweeping.verify(name, link["expires"][0], link["sig"][0])
+        assert sweeping.sweep() == 0, "an image whose link is live was swept"
+        assert asyncio.run(sweeping.read(name)) is not None
