@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -192,8 +193,10 @@ class Worker:
 
     async def _run_one(self, job: Job) -> None:
         store = self._svc.store
+        holds = functools.partial(store.jobs.holds, job.id, job.claim, self._lease) \
+            if job.claim else None
         resume = Resume(store.journal, store.deferred, job.id, left=job.calls_left,
-                        run=self._svc.ledger_writes.run)
+                        run=self._svc.ledger_writes.run, holds=holds)
         try:
             status, body, retry = await self._execute(job, resume)
         except asyncio.CancelledError:

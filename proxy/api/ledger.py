@@ -5,15 +5,17 @@ settle before the response, the delivered mark after it, with the next settle.""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from proxy import metrics, tracing
 from proxy.api.errors import ApiError
 from proxy.api.request_log import request_line
-from proxy.billing.journal import Call
+from proxy.billing.journal import ABANDONED, Call
 from proxy.billing.keys import KeyRecord
 from proxy.billing.money import micros, period_label, usd
 from proxy.billing.rows import BILLED, Delivered, Entry, Settle
@@ -73,7 +75,7 @@ class Ledger:
             return None
         reservation = await self._write(
             self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
-            micros(budget), _hold(self.asked))
+            micros(budget), _hold(self.asked), self.asked.ticket)
         if reservation is None:
             metrics.KEY_REJECTIONS.labels(key_label(self.svc, self.key), "budget").inc()
             metrics.REQUESTS.labels(self.asked.model, "none", "quota").inc()
@@ -126,6 +128,13 @@ class Ledger:
         return await self.svc.ledger_writes.run(call, *args)
 
     async def _settle(self, reservation: str | None, entry: Entry) -> None:
+        if self.resume is not None and not await self.resume.ours():
+            # Another run holds the job now (this one's lease ran out while it went on): that
+            # run bills it and writes its outcome. This one's upstream spend is kept under a
+            # row of its own, billed nothing; its hold goes back.
+            entry = replace(entry, request_id=f"{entry.request_id}.{secrets.token_hex(4)}",
+                            outcome=ABANDONED, failure=ABANDONED, n_delivered=0,
+                            billed_micros=0)
         metrics.LEDGER_BACKLOG.inc()
         try:
             with tracing.ledger(entry):

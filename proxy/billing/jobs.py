@@ -148,6 +148,16 @@ class Jobs:
                              (int(self._db.clock() + lease_s),
                               *[x for pair in chunk for x in pair]))
 
+    def holds(self, job_id: str, claim: str, lease_s: float) -> bool:
+        """Whether the job is still this claim's, its lease renewed if so. A run asks before
+        it settles its ledger row (proxy/api/ledger.py): one whose lease ran out while it
+        went on (cut off from the database, stalled) must not bill for a job whose outcome
+        the run that took it over writes; and the renewal keeps it the claim's until its
+        outcome is written, a moment later."""
+        return self._db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND "
+                                "claim_token = ? AND state = 'processing'",
+                                (int(self._db.clock() + lease_s), job_id, claim)) == 1
+
     def finish(self, job_id: str, status: int, response: bytes,
                accounted: Collection[str] = (), claim: str | None = None) -> list[Call] | None:
         """The job's outcome (a success or a final error), kept for GET and the webhook. Its

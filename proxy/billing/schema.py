@@ -219,6 +219,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN claim_token TEXT;
     """,
+    # The queued request (job) a budget hold is for: a run of it releases the holds its earlier
+    # runs left (proxy/billing/money.py).
+    """
+    ALTER TABLE reservations ADD COLUMN ticket TEXT;
+    CREATE INDEX reservations_ticket ON reservations (ticket) WHERE ticket IS NOT NULL;
+    """,
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}

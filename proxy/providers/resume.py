@@ -39,16 +39,28 @@ class Resume:
     """One run of one queued request (its `ticket`: the job id); implements flows.Submits."""
 
     def __init__(self, journal: Journal, deferred: Deferred, ticket: str,
-                 left: bool = True, run: Run = asyncio.to_thread) -> None:
+                 left: bool = True, run: Run = asyncio.to_thread,
+                 holds: Callable[[], bool] | None = None) -> None:
         self._journal = journal
         self._deferred = deferred
         self._left = left  # whether earlier runs may have left calls (else nothing to read)
         self._run = run  # runs a journal call off the event loop
+        self._holds = holds  # whether this run still holds its job (Jobs.holds)
         self._payer = (ticket, "", "")  # (ticket, key id, tenant): who the calls are for
         # (route id, part, ordinal) -> (call id, its reply): submits to answer from the journal
         self._kept: dict[tuple[str, int, int], tuple[str, UpstreamReply]] = {}
         self._ours: set[str] = set()  # rows this run wrote or took up, and did not drop
         self.resumed: frozenset[str] = frozenset()
+
+    async def ours(self) -> bool:
+        """Whether the job is still this run's, to bill (the database away: as if it were,
+        the settle then meets the same outage)."""
+        if self._holds is None:
+            return True
+        try:
+            return bool(await self._run(self._holds))
+        except DatabaseUnavailable:
+            return True
 
     async def open(self, routes: Sequence[str], key_id: str, tenant: str) -> list[Call]:
         """Take up what earlier runs left: the calls with a kept reply on one of `routes` are
