@@ -281,3 +281,10 @@ def test_routes_list_says_the_mode_and_whether_redis_answers(
     last = out.splitlines()[-1]
     assert code == 0 and "redis://:***@127.0.0.1:1/0" in last, last
     assert "does not answer (ConnectionError)" in last and "hunter2" not in out
+
+    # redis-py takes a password from the query string too (before: printed as given)
+    monkeypatch.setenv("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:1/0?db=0&password=hunter2")
+    code, out, _ = _run(capsys, tmp_path / "data", "routes", "list")
+    last = out.splitlines()[-1]
+    assert code == 0 and "redis://127.0.0.1:1/0?db=0&password=***" in last, last
+    assert "hunter2" not in out

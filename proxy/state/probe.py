@@ -34,11 +34,16 @@ def mode_line(config: Config) -> str:
 
 
 def without_password(url: str) -> str:
-    """The URL to print: a password in it becomes ***."""
+    """The URL to print: a password in it becomes *** (redis-py takes one from the query
+    string, `?password=`, as well as from user:password@)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+    query = "&".join(f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
+                     for name, eq, value in (item.partition("=")
+                                             for item in parts.query.split("&") if item))
+    parts = parts._replace(query=query)
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        parts = parts._replace(netloc=f"{user}:***@{host}{port}")
+    return parts.geturl()
