@@ -212,11 +212,18 @@ def _banner(config: Config, catalog: Catalog, lines: list[str]) -> None:
 
 
 def _first_key(config: Config, catalog: Catalog, store: Store, base: str) -> None:
-    if store.count_keys() == 0:
+    """On a laptop's first start, a key to try it with. Not on a server reachable from other
+    machines: there this output is a container's log, which others read and ship."""
+    if store.count_keys() == 0 and not is_loopback(config.host):
+        print("\nNo tenant keys yet: create one with `switchyard keys create NAME`, or "
+              "POST /admin/keys with the admin key (none is made and printed here: this "
+              "output is a log others may read).\n")
+    elif store.count_keys() == 0:
         record, key = store.create_key("default")
         model = catalog.models[0].name if catalog.models else "MODEL"
+        where = "the PostgreSQL database" if config.database_url else config.database_path
         print(f"\nFirst start: created tenant key {record.id} ('default'). It is shown once "
-              f"and stored hashed in {config.data_dir}.\n\n    {key}\n")
+              f"and stored hashed in {where}.\n\n    {key}\n")
         print("Try it from another shell:\n")
         print(f"    export OPENAI_BASE_URL={base} OPENAI_API_KEY={key}")
         print(f"    {sys.executable} -c \"import base64, openai; "

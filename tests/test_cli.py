@@ -210,6 +210,29 @@ def test_banner_creates_one_key_on_first_start_only(
     assert "switchyard keys list" in again
 
 
+def test_a_server_reachable_from_other_machines_makes_and_prints_no_key(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Its output is a container's log (before: a working key, printed there, with no
+    budget; and said to be stored in the data directory on PostgreSQL too)."""
+    config = load(env={"SWITCHYARD_HOST": "0.0.0.0", "SWITCHYARD_ADMIN_KEY": "adm-secret"},
+                  data_dir=tmp_path)
+    demo = catalog.load(default_routes_dir(), {}, None, ADAPTERS)
+    cli._banner(config, demo, [])
+    out = capsys.readouterr().out
+    assert KEY_LINE.search(out) is None and "switchyard keys create NAME" in out
+    with Store(config.database_path) as store:
+        assert store.count_keys() == 0
+
+
+def test_the_first_key_says_where_it_is_stored(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path, postgres_url: str) -> None:
+    config = load(env={"SWITCHYARD_DATABASE_URL": postgres_url}, data_dir=tmp_path)
+    demo = catalog.load(default_routes_dir(), {}, None, ADAPTERS)
+    cli._banner(config, demo, [])
+    out = capsys.readouterr().out
+    assert "stored hashed in the PostgreSQL database" in out and str(tmp_path) not in out
+
+
 def _real_tree(root: Path) -> Path:
     """routes/ with one keyed provider (simulated protocol, standing in for a real host) and the
     shipped demo beside it."""
