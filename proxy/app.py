@@ -29,6 +29,7 @@ from proxy import state as state_module
 from proxy.api import (
     admin,
     batches,
+    budget_gauges,
     callbacks,
     chat,
     console,
@@ -244,6 +245,7 @@ def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[as
     twice a second, copy the write-ahead log back (CHECKPOINT_S)."""
     async def reservations() -> None:
         await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
+        await asyncio.to_thread(budget_gauges.refresh, store)
 
     async def images() -> None:
         await asyncio.to_thread(media.sweep)

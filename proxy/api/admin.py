@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import inputs, usage
+from proxy.api import budget_gauges, inputs, usage
 from proxy.api.errors import ApiError, bad_request
 from proxy.billing.keys import KeyLimits, KeyRecord, LimitError, describe, parse_limits
 from proxy.billing.webhook_secrets import GRACE_S, MAX_GRACE_HOURS
@@ -97,6 +97,7 @@ async def update_key(request: Request) -> Response:
     limits = _limits(await _object(request), record.limits, svc)
     updated = await asyncio.to_thread(svc.store.update_limits, record.id, limits)
     svc.keys.forget_id(record.id)
+    await asyncio.to_thread(budget_gauges.refresh, svc.store, [record.id])
     return _json(describe(updated or record))
 
 
@@ -105,6 +106,7 @@ async def revoke_key(request: Request) -> Response:
     record = await _found(svc, inputs.path_param(request, "key_id"))
     revoked = await asyncio.to_thread(svc.store.revoke_key, record.id)
     svc.keys.forget_id(record.id)
+    await asyncio.to_thread(budget_gauges.refresh, svc.store, [record.id])
     return _json({**describe(await _found(svc, record.id)), "revoked": revoked})
 
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from proxy import metrics, tracing
+from proxy.api import budget_gauges
 from proxy.api.errors import ApiError
 from proxy.api.request_log import request_line
 from proxy.billing.journal import ABANDONED, Call
@@ -199,7 +200,4 @@ def _budgets(marked: list[Ledger]) -> list[Ledger]:
 
 
 def _show_budget(ledger: Ledger, spent: Decimal, held: Decimal) -> None:
-    budget = ledger.key.limits.budget_usd
-    assert budget is not None
-    metrics.BUDGET_REMAINING.labels(key_label(ledger.svc, ledger.key)).set(
-        float(budget - spent - held))
+    budget_gauges.show(key_label(ledger.svc, ledger.key), ledger.key, spent, held)
