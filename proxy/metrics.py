@@ -103,8 +103,10 @@ BUDGET_REMAINING = Gauge(
 )
 BACKGROUND_ERRORS = Counter(
     "switchyard_background_errors", "Exceptions in background loops, by loop (job_claims, "
-    "job_runs, job_leases, webhooks, batch_finalize, batch_gather, budget_sweep, media_sweep, "
-    "deferred_writes, delivered_marks): each is logged with its traceback and the loop goes on.",
+    "job_runs, job_leases, webhooks, batch_finalize, batch_gather, submit_journal, "
+    "budget_sweep, media_sweep, deferred_writes, delivered_marks, heap_trim, wal_checkpoint, "
+    "fleet_state, fleet_health_publish, fleet_health_listen): each is logged with its "
+    "traceback and the loop goes on.",
     ["loop"],
 )
 CONNECTIONS_CUT = Counter(
@@ -161,7 +163,7 @@ HOST_IN_FLIGHT = Gauge(
 )
 HOST_MAX_IN_FLIGHT = Gauge(
     "switchyard_host_max_in_flight", "A host's max_in_flight: the most calls the whole fleet "
-    "sends it at once.", ["provider"],
+    "sends it at once (with Redis; without it, each replica).", ["provider"],
     multiprocess_mode="livemax",
 )
 FLEET_SHARED = Gauge(
