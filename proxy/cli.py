@@ -171,7 +171,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         workers.run(uvicorn.Config(
             "proxy.app:from_environment", factory=True, host=config.host, port=config.port,
             access_log=config.access_log, log_config=None, log_level="info", loop=args.loop,
-            http=http, h11_max_incomplete_event_size=limits.max_header_bytes), config.workers)
+            http=http, h11_max_incomplete_event_size=limits.max_header_bytes), config.workers,
+            config.request_timeout_s)
         return 0
     heap.tune()
     uvicorn.run(build_app(config, catalog, own_process=True), host=config.host, port=config.port,

@@ -16,6 +16,7 @@ import multiprocessing
 import signal
 import socket
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -25,7 +26,9 @@ from proxy import heap
 
 log = logging.getLogger("switchyard.workers")
 _CHECK_S = 0.5  # how often the parent looks for a worker that died
-_STOP_S = 10.0  # how long a worker may take to finish before it is killed
+# A stopping worker finishes what it serves (an image may take request_timeout_s); past
+# that and this much more, it is killed.
+STOP_MARGIN_S = 10.0
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -45,9 +48,10 @@ def _worker(config: uvicorn.Config) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def run(config: uvicorn.Config, workers: int) -> None:
+def run(config: uvicorn.Config, workers: int, request_timeout_s: float) -> None:
     """Serve with `workers` processes until SIGINT or SIGTERM; `config.app` must be an import
-    string (each worker builds its own app)."""
+    string (each worker builds its own app). On a stop, each worker may take as long as a
+    request may (as one process does): killed 10 s after it, a worker cut its answers off."""
     holder = reuse_port_socket(config.host, config.port)
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
@@ -72,8 +76,9 @@ def run(config: uvicorn.Config, workers: int) -> None:
     finally:
         for process in processes:
             process.terminate()  # SIGTERM: uvicorn finishes what it serves, then exits
+        until = time.monotonic() + request_timeout_s + STOP_MARGIN_S
         for process in processes:
-            process.join(_STOP_S)
+            process.join(max(0.0, until - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()

@@ -108,3 +108,25 @@ def test_workers_without_redis_each_take_their_share_of_a_host_cap(tmp_path: Pat
                                                 extra_headers={"connection": "close"})
             list(pool.map(one, range(12)))
     assert 1 <= host.peak <= 2, f"the host saw {host.peak} calls at once"
+
+
+def test_a_stop_lets_the_workers_finish_what_they_serve(tmp_path: Path) -> None:
+    """SIGTERM to `serve --workers 2` (as Kubernetes sends it, to the parent only) while an
+    image takes 12 s: it is answered, as one process answers it, within request_timeout_s
+    (before: the parent killed its workers 10 s after the signal, and the request was cut)."""
+    data_dir = tmp_path / "data"
+    with Store(data_dir / "switchyard.db") as store:
+        key = store.create_key("w")[1]
+    # sim-cheap takes 1 s of simulated time: 12 s here.
+    with Served(data_dir, "--workers", "2",
+                env={"SWITCHYARD_SIMULATION_TIME_SCALE": "12"}) as served, \
+            ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(httpx.post, f"{served.base}/v1/images/generations",
+                            json={"model": "test-image", "prompt": "x",
+                                  "route": {"only": ["sim-cheap"]}},
+                            headers={"authorization": f"Bearer {key}"}, timeout=60)
+        time.sleep(1.5)
+        assert served.process is not None
+        served.process.send_signal(signal.SIGTERM)
+        assert asked.result().status_code == 200
+        assert served.process.wait(30) == 0
