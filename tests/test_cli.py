@@ -311,3 +311,6 @@ def test_routes_list_says_the_mode_and_whether_redis_answers(
     last = out.splitlines()[-1]
     assert code == 0 and "redis://127.0.0.1:1/0?db=0&password=***" in last, last
     assert "hunter2" not in out
+    monkeypatch.setenv("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:1/0?pass%77ord=hunter2")
+    code, out, _ = _run(capsys, tmp_path / "data", "routes", "list")
+    assert code == 0 and "hunter2" not in out  # the name as redis-py reads it

@@ -18,6 +18,7 @@ import logging
 import time
 
 import pytest
+import redis
 
 from proxy import metrics
 from proxy.state.leases import Leases
@@ -116,3 +117,33 @@ def test_a_redis_that_refuses_writes_is_one_fallback_not_one_a_second(
         run(go)
     finally:
         server.kill()
+
+
+def test_slots_released_while_redis_refuses_writes_are_free_once_it_takes_them(
+        private_redis: PrivateRedis) -> None:
+    """Redis turns read-only (a failover) before the replica has noticed anything: the
+    releases its loop then sends are refused, and wait for Redis too (helper-47: they were
+    dropped, and the slots stayed taken until their leases ran out)."""
+    admin = redis.Redis.from_url(private_redis.url)
+
+    async def go() -> None:
+        state = fleet_state(private_redis.url, "fleet", [HOST])  # HOST's cap is 2
+        await state.start()
+        try:
+            held = [await state.slots.acquire(HOST, 0) for _ in range(2)]
+            assert all(slot is not None and slot.lease for slot in held)
+            await asyncio.sleep(1.1)  # renewed: the leases live 5 s from now
+            admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # data kept
+            for slot in held:
+                state.slots.release(slot)  # the loop's flush sends them and is refused
+            await until(lambda: state.describe()["redis"] == "unreachable", 3.0)
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+            await until(lambda: state.describe()["redis"] == "shared", 3.0)
+            await asyncio.sleep(0.3)
+            assert await state.slots.free() == 2, "released slots still held in Redis"
+        finally:
+            await state.aclose()
+    try:
+        run(go)
+    finally:
+        admin.close()

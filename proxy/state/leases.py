@@ -83,10 +83,14 @@ class Leases:
         """Send the releases made so far, in one pipelined round trip."""
         released, self._released = self._released, []
         if released:
-            async with client.pipeline(transaction=False) as pipe:
-                for where, lease, _ in released:
-                    pipe.zrem(where, lease)
-                await pipe.execute()
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for where, lease, _ in released:
+                        pipe.zrem(where, lease)
+                    await pipe.execute()
+            except BaseException:  # Redis refused or is away: they wait for it
+                self.give_back(released)
+                raise
 
     async def renew(self, client: Redis) -> None:
         """Write every live lease of this replica again with a fresh expiry."""

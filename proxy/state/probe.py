@@ -4,7 +4,7 @@ whether Redis answers now, so an operator sees a fleet that would run on its own
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from proxy.config import Config
 
@@ -37,7 +37,8 @@ def without_password(url: str) -> str:
     """The URL to print: a password in it becomes *** (redis-py takes one from the query
     string, `?password=`, as well as from user:password@)."""
     parts = urlsplit(url)
-    query = "&".join(f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
+    query = "&".join(f"{name}=***" if unquote_plus(name).lower() == "password"
+                     else f"{name}{eq}{value}"
                      for name, eq, value in (item.partition("=")
                                              for item in parts.query.split("&") if item))
     parts = parts._replace(query=query)
