@@ -39,16 +39,44 @@ def _until(condition: Callable[[], bool], what: str, within_s: float = 20) -> No
         time.sleep(0.05)
 
 
-def test_a_new_run_releases_the_holds_earlier_runs_of_its_ticket_left(database: str) -> None:
+def test_a_new_run_releases_the_holds_of_runs_that_no_longer_hold_the_job(
+        database: str) -> None:
     with Store(database) as store:
         key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal("0.03")))[0].id
         budget = micros(Decimal("0.03"))
-        assert store.money.reserve(key, "total", 20_000, budget, 3600, "imgjob_1") is not None
-        # The run died; the next one's hold fits where a second hold would not.
-        assert store.money.reserve(key, "total", 20_000, budget, 3600, "imgjob_2") is None
-        held = store.money.reserve(key, "total", 20_000, budget, 3600, "imgjob_1")
-        assert held is not None
+        job = store.jobs.enqueue(key, "generations", b"{}")
+        now = store.jobs.clock()
+        died = store.jobs.claim(1, now=now)
+        assert died is not None
+        assert store.money.reserve(key, "total", 20_000, budget, 3600, job.id,
+                                   died.claim) is not None
+        # Its replica died; the run that takes the job over fits where a second hold would not.
+        taken = store.jobs.claim(60, now=now + 10)
+        assert taken is not None and taken.claim != died.claim
+        assert store.money.reserve(key, "total", 20_000, budget, 3600, "imgjob_other") is None
+        assert store.money.reserve(key, "total", 20_000, budget, 3600, job.id,
+                                   taken.claim) is not None
         assert store.money.spent(key, "total") == (Decimal(0), Decimal("0.02"))
+
+
+def test_a_stale_run_s_reserve_leaves_the_hold_of_the_run_that_holds_the_job(
+        database: str) -> None:
+    """A run that stalled between its claim and its reserve, past its lease, reserves after
+    the run that took the job over: the live run's hold stays (helper-47: it was released, and
+    the key could then overspend by what the live run bills)."""
+    with Store(database) as store:
+        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(1)))[0].id
+        dollar = micros(Decimal(1))
+        job = store.jobs.enqueue(key, "generations", b"{}")
+        now = store.jobs.clock()
+        stale = store.jobs.claim(1, now=now)
+        live = store.jobs.claim(60, now=now + 10)
+        assert stale is not None and live is not None
+        assert store.money.reserve(key, "total", dollar, dollar, None, job.id,
+                                   live.claim) is not None
+        late = store.money.reserve(key, "total", dollar, dollar, None, job.id, stale.claim)
+        assert late is None  # the live run's hold stands: no room for a second
+        assert store.money.reserve(key, "total", dollar, dollar) is None
 
 
 def test_a_run_whose_lease_ran_out_bills_nothing(tmp_path: Path) -> None:

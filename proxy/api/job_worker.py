@@ -196,7 +196,7 @@ class Worker:
         holds = functools.partial(store.jobs.holds, job.id, job.claim, self._lease) \
             if job.claim else None
         resume = Resume(store.journal, store.deferred, job.id, left=job.calls_left,
-                        run=self._svc.ledger_writes.run, holds=holds)
+                        run=self._svc.ledger_writes.run, claim=job.claim, holds=holds)
         try:
             status, body, retry = await self._execute(job, resume)
         except asyncio.CancelledError:

@@ -76,7 +76,8 @@ class Ledger:
             return None
         reservation = await self._write(
             self.svc.store.money.reserve, self.key.id, self.period, micros(quote),
-            micros(budget), _hold(self.asked), self.asked.ticket)
+            micros(budget), _hold(self.asked), self.asked.ticket,
+            self.resume.claim if self.resume is not None else None)
         if reservation is None:
             metrics.KEY_REJECTIONS.labels(key_label(self.svc, self.key), "budget").inc()
             metrics.REQUESTS.labels(self.asked.model, "none", "quota").inc()

@@ -87,20 +87,21 @@ class Money:
 
     def reserve(self, key_id: str, period: str, amount_micros: int,
                 budget_micros: int | None, hold_s: float | None = None,
-                ticket: str | None = None) -> str | None:
+                ticket: str | None = None, claim: str | None = None) -> str | None:
         """Hold `amount` of the key's budget for `period`; None if it would overspend.
         Keys without a budget are reserved too, so `spent` is right if one is set later.
         `hold_s`: how long the hold must outlive a crash (a batch item at a deferred host
-        settles hours later); None: as long as any request can run. With `ticket` (a run of
-        a queued request) the holds its earlier runs left are released first, in the same
-        transaction: a run whose replica died, or whose lease ran out, never settles its own,
-        and a batch item's lives a day (two holds for one item refused one the budget
-        covered once)."""
+        settles hours later); None: as long as any request can run. With `ticket` and
+        `claim` (the run `claim` of a queued request) the holds of its runs that no longer
+        hold the job are released first, in the same transaction: a run whose replica died,
+        or whose lease ran out, never settles its own, and a batch item's lives a day (two
+        holds for one item refused one the budget covered once). The hold of the run that
+        holds the job stays, even when a stale run reserves."""
         def once() -> str | None:
             reservation = ids.ordered("res_")
             try:
                 return self._reserve(reservation, key_id, period, amount_micros,
-                                     budget_micros, hold_s, ticket)
+                                     budget_micros, hold_s, ticket, claim)
             except ConnectionLost as exc:
                 # It may have been committed: it is given back before another try (or,
                 # if the database refuses, once it is back, and no more tries).
@@ -121,17 +122,19 @@ class Money:
 
     def _reserve(self, reservation: str, key_id: str, period: str, amount_micros: int,
                  budget_micros: int | None, hold_s: float | None,
-                 ticket: str | None) -> str | None:
+                 ticket: str | None, claim: str | None) -> str | None:
         now = int(self._db.clock())  # the sweep compares it on its own replica
         expires = now + int(hold_s) if hold_s is not None else None
         if self._script is not None:  # one round trip, where each statement took one
             held = self._script(pg_money.reservation(reservation, key_id, period, amount_micros,
-                                                     budget_micros, now, expires, ticket))
+                                                     budget_micros, now, expires, ticket,
+                                                     claim))
             return reservation if held else None
         with self._db.transaction() as cur:
             if ticket is not None:
-                for (earlier,) in cur.query("SELECT id FROM reservations WHERE ticket = ?",
-                                            (ticket,)):
+                for (earlier,) in cur.query(
+                        "SELECT id FROM reservations WHERE ticket = ? AND claim IS NOT "
+                        "(SELECT claim_token FROM jobs WHERE id = ?)", (ticket, ticket)):
                     _close(cur, str(earlier), 0)
             cur.execute("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
                         "ON CONFLICT (key_id, period) DO NOTHING", (key_id, period))
@@ -145,8 +148,9 @@ class Money:
                     (amount_micros, key_id, period, amount_micros, budget_micros)) != 1:
                 return None
             cur.execute("INSERT INTO reservations (id, key_id, period, amount_micros, "
-                        "created_at, expires_at, ticket) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (reservation, key_id, period, amount_micros, now, expires, ticket))
+                        "created_at, expires_at, ticket, claim) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (reservation, key_id, period, amount_micros, now, expires, ticket,
+                         claim))
         return reservation
 
     def settle(self, reservation: str | None, entry: Entry, period: str | None = None) -> None:

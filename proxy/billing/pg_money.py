@@ -39,9 +39,11 @@ _PG_WINDOW = ("INSERT INTO budget_counters (key_id, period) VALUES (?, ?) "
 _PG_HOLD = ("WITH fits AS (UPDATE budget_counters SET reserved_micros = reserved_micros + ? "
             "WHERE key_id = ? AND period = ? AND {fits} RETURNING 1) "
             "INSERT INTO reservations (id, key_id, period, amount_micros, created_at, "
-            "expires_at, ticket) SELECT ?, ?, ?, ?, ?, ?, ? FROM fits RETURNING id")
-# ... after the holds an earlier run of the same queued request left (money.Money.reserve).
-_PG_RELEASE_TICKET = ("WITH gone AS (DELETE FROM reservations WHERE ticket = ? "
+            "expires_at, ticket, claim) SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM fits RETURNING id")
+# ... after the holds of the same queued request that runs no longer holding it left
+# (money.Money.reserve).
+_PG_RELEASE_TICKET = ("WITH gone AS (DELETE FROM reservations WHERE ticket = ? AND claim IS "
+                      "DISTINCT FROM (SELECT claim_token FROM jobs WHERE id = ?) "
                       "RETURNING key_id, period, amount_micros), summed AS (SELECT key_id, "
                       "period, SUM(amount_micros) AS amount FROM gone GROUP BY key_id, period) "
                       "UPDATE budget_counters SET reserved_micros = reserved_micros - "
@@ -72,13 +74,14 @@ def settles(writes: list[Settle | Delivered], when: int) -> list[Statement]:
 
 def reservation(reservation_id: str, key_id: str, period: str, amount_micros: int,
                 budget_micros: int | None, now: int, expires: int | None,
-                ticket: str | None = None) -> list[Statement]:
-    """A hold of `amount_micros` where it fits the budget (any, without one), for `ticket`
-    whose earlier holds it replaces; the script's last statement answers a row only if it
-    was taken."""
+                ticket: str | None = None, claim: str | None = None) -> list[Statement]:
+    """A hold of `amount_micros` where it fits the budget (any, without one), for the run
+    `claim` of `ticket`, replacing the holds of runs that no longer hold it; the script's
+    last statement answers a row only if it was taken."""
     fits = "TRUE" if budget_micros is None else "spent_micros + reserved_micros + ? <= ?"
     over = () if budget_micros is None else (amount_micros, budget_micros)
-    earlier = [(_PG_RELEASE_TICKET, (ticket,))] if ticket is not None else []
+    earlier = [(_PG_RELEASE_TICKET, (ticket, ticket))] if ticket is not None else []
     return [*earlier, (_PG_WINDOW, (key_id, period)),
             (_PG_HOLD.format(fits=fits), (amount_micros, key_id, period, *over, reservation_id,
-                                          key_id, period, amount_micros, now, expires, ticket))]
+                                          key_id, period, amount_micros, now, expires, ticket,
+                                          claim))]

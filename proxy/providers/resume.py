@@ -40,11 +40,12 @@ class Resume:
 
     def __init__(self, journal: Journal, deferred: Deferred, ticket: str,
                  left: bool = True, run: Run = asyncio.to_thread,
-                 holds: Callable[[], bool] | None = None) -> None:
+                 claim: str | None = None, holds: Callable[[], bool] | None = None) -> None:
         self._journal = journal
         self._deferred = deferred
         self._left = left  # whether earlier runs may have left calls (else nothing to read)
         self._run = run  # runs a journal call off the event loop
+        self.claim = claim  # this run's claim of the job (Jobs.claim_many)
         self._holds = holds  # whether this run still holds its job (Jobs.holds)
         self._payer = (ticket, "", "")  # (ticket, key id, tenant): who the calls are for
         # (route id, part, ordinal) -> (call id, its reply): submits to answer from the journal
