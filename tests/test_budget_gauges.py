@@ -7,6 +7,8 @@ SwitchyardBudgetNearlySpent alert fired for good (helper-46)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -52,3 +54,35 @@ def test_the_gauge_follows_a_revoke_and_a_budget_change(tmp_path: Path) -> None:
         budget_gauges.refresh(store)
         shown = httpx.get(server.base_url + "/metrics", headers=admin).text
         assert (_gauge(shown, raised[0].id) or 99) < 1
+
+
+SCRIPT = r"""
+import os, sys
+from decimal import Decimal
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from proxy.api import budget_gauges
+from proxy.billing.keys import KeyLimits
+from proxy.billing.store import Store
+
+with Store(sys.argv[2]) as store:
+    record, _ = store.create_key("k", limits=KeyLimits(budget_usd=Decimal("0.5")))
+    budget_gauges.show(record.id, record, Decimal("0.1"), Decimal(0))
+    store.revoke_key(record.id)
+    budget_gauges.refresh(store, [record.id])
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+print("".join(line for line in generate_latest(registry).decode().splitlines()
+              if record.id in line))
+"""
+
+
+def test_under_workers_a_revoked_key_s_gauge_is_nan(tmp_path: Path) -> None:
+    """A worker's values stay in its file (prometheus multiprocess mode), so there a revoked
+    key's gauge is NaN, which no alert compares true (helper-47: it stayed at its last
+    value)."""
+    (tmp_path / "metrics").mkdir()
+    shown = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "metrics"),
+                            str(tmp_path / "db.sqlite")], capture_output=True, text=True,
+                           timeout=120, check=True).stdout.strip()
+    assert shown.startswith("switchyard_budget_remaining_usd{") and shown.endswith(" NaN"), shown

@@ -97,7 +97,7 @@ async def update_key(request: Request) -> Response:
     limits = _limits(await _object(request), record.limits, svc)
     updated = await asyncio.to_thread(svc.store.update_limits, record.id, limits)
     svc.keys.forget_id(record.id)
-    await asyncio.to_thread(budget_gauges.refresh, svc.store, [record.id])
+    await _refresh_gauge(svc, record.id)
     return _json(describe(updated or record))
 
 
@@ -106,8 +106,14 @@ async def revoke_key(request: Request) -> Response:
     record = await _found(svc, inputs.path_param(request, "key_id"))
     revoked = await asyncio.to_thread(svc.store.revoke_key, record.id)
     svc.keys.forget_id(record.id)
-    await asyncio.to_thread(budget_gauges.refresh, svc.store, [record.id])
+    await _refresh_gauge(svc, record.id)
     return _json({**describe(await _found(svc, record.id)), "revoked": revoked})
+
+
+async def _refresh_gauge(svc: Services, key_id: str) -> None:
+    """Its remaining budget as it is now (a revoked key's gauge goes away)."""
+    if svc.config.metrics_per_key:
+        await asyncio.to_thread(budget_gauges.refresh, svc.store, [key_id])
 
 
 async def rotate_key(request: Request) -> Response:
