@@ -20,8 +20,9 @@ def test_a_small_batch_benchmark_runs_and_reports_every_figure() -> None:
     batch_api = re.search(r"with the Gemini Batch API .*: 80/80 items, 80 of them in (\d+) "
                           r"upstream batches", report)
     # At this clock a group gathers for 25 ms, so how many groups 80 items make depends on the
-    # machine's speed (2 or 3 here): the check is that they go up grouped, not one by one.
-    assert batch_api and int(batch_api.group(1)) <= 4, report
+    # machine's speed (2 or 3 here; 6 in a CI run beside two other test runs): the check is
+    # that they go up grouped, not one by one.
+    assert batch_api and int(batch_api.group(1)) <= 16, report
     assert re.search(r"\d+% less than all interactive", report)
     assert re.search(r"scheduler overhead: 40 items .* ms CPU per item", report)
     for line in report.splitlines():  # every host row: peak within its cap
