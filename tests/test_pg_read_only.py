@@ -7,6 +7,7 @@ SELECT 1, said ready."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +87,25 @@ def test_requests_while_the_database_is_read_only_answer_503(tmp_path: Path,
             time.sleep(0.1)
         assert httpx.post(server.v1 + "/images/generations", json=asks[1], headers=auth,
                           timeout=30).status_code == 200
+
+
+def test_an_images_stream_whose_settle_finds_the_database_read_only_answers_503(
+        tmp_path: Path, database: str) -> None:
+    """The run of an images stream ends before its first byte (well before the first
+    keep-alive) and its settle cannot be written: a plain 503 in OpenAI's shape, as chat and
+    Gemini streams answer (helper-49: uvicorn's text/plain 500, with no request id)."""
+    config = make_config(tmp_path / "data", database_url=database, simulation_time_scale=1.5)
+    with serve(config) as server:
+        auth = {"authorization": f"Bearer {server.new_key('k')}"}
+        turning = threading.Timer(0.4, _read_only, (database, True))
+        turning.start()
+        try:
+            answer = httpx.post(server.v1 + "/images/generations", headers=auth, timeout=30,
+                                json={"model": "test-image", "prompt": "p", "stream": True,
+                                      "route": {"only": ["sim-cheap"]}})
+        finally:
+            turning.join()
+            _read_only(database, False)
+        assert answer.status_code == 503, (answer.status_code, answer.text[:200])
+        assert answer.json()["error"]["code"] == "database_unavailable"
+        assert answer.headers["retry-after"] == "2" and "x-request-id" in answer.headers

@@ -89,14 +89,25 @@ class RequestContext:
             _unhandled(exc, scope, request_id)
             response = render(internal(exc))
         response.raw_headers.append((b"x-request-id", request_id.encode()))
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await response(scope, receive, send)
+            await response(scope, receive, tracking_send)
         except ApiError as exc:  # an event stream's refusal, raised before its first byte
             error = render(exc)
             error.raw_headers.append((b"x-request-id", request_id.encode()))
             await error(scope, receive, send)
-        except Exception as exc:  # the response had started: nothing more can be said
+        except Exception as exc:
             _unhandled(exc, scope, request_id)
+            if not started:  # an event stream's run that failed before its first byte
+                error = render(internal(exc))
+                error.raw_headers.append((b"x-request-id", request_id.encode()))
+                await error(scope, receive, send)
 
     def _too_large(self) -> ApiError:
         return ApiError(413, f"request body is larger than the limit of {self.max_body_bytes} "
