@@ -72,10 +72,11 @@ async def charge(origin: Origin, svc: Services, key: KeyRecord, model: Model,
 async def charged(origin: Origin, svc: Services, key: KeyRecord, model: Model,
                   asked: ImageRequest, idempotency_key: str | None = None,
                   resume: Resume | None = None, *, render: Renderer = images_body,
-                  running: asyncio.Future[None] | None = None) -> Charged:
+                  running: asyncio.Future[dict[str, str]] | None = None) -> Charged:
     """Plan, admit, reserve, run and bill `asked`; its body made by `render`. `running` is
-    resolved once the request is admitted and paid for and only the run is left (a stream
-    starts then: every refusal before it is still a plain HTTP error)."""
+    resolved once the request is admitted and paid for and only the run is left, with the
+    admission's headers (a stream starts then, with them: every refusal before it is still a
+    plain HTTP error)."""
     with svc.ledger_writes.writing():  # alone, its row is written on the loop's thread
         ledger = Ledger(origin.request_id, svc, key, asked, idempotency_key)
         first = await ledger.take_up(resume, model) if resume is not None else ()
@@ -107,7 +108,7 @@ async def _cache_role(svc: Services, key: KeyRecord, model: Model, asked: ImageR
                                  prepared.policy.strategy or "cheapest")
 
 
-async def _admitted(run: _Run, running: asyncio.Future[None] | None) -> Charged:
+async def _admitted(run: _Run, running: asyncio.Future[dict[str, str]] | None) -> Charged:
     """Admit (rate limits, and in fleet mode the first host's slot), reserve, run."""
     svc, key, asked, model = run.svc, run.ledger.key, run.ledger.asked, run.model
     role = run.role
@@ -135,8 +136,12 @@ async def _admitted(run: _Run, running: asyncio.Future[None] | None) -> Charged:
         reservation = await run.ledger.reserve(quote)
         slot = None  # the router's from here: it uses the slot or releases it
         if running is not None and not running.done():
-            running.set_result(None)
-        done = await _run(run, reservation, admission.slot)
+            running.set_result(dict(admission.headers))
+        try:
+            done = await _run(run, reservation, admission.slot)
+        except ApiError as exc:  # admitted and counted: a limited key's figures go with it
+            exc.headers = {**admission.headers, **exc.headers}
+            raise
         done.headers.update(admission.headers)
         return done
     finally:

@@ -102,8 +102,10 @@ class EventStream(Response):
             return
         if self.work.done() and not self._relayed():  # a plain answer, headers and all
             done = self.work.result()  # a refusal is raised to the surface's handler
-            self.raw_headers += [(k.encode("latin-1"), v.encode("latin-1"))
-                                 for k, v in done.headers.items()]
+            given = {name for name, _ in self.raw_headers}  # the admission's, say
+            self.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                 for k, v in done.headers.items()
+                                 if k.lower().encode("latin-1") not in given]
             await self._start(send)
             await self._answer(send, done)
             return

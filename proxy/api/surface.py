@@ -75,7 +75,7 @@ async def _answer(request: Request, svc: Services, key: KeyRecord, ask: Translat
             raise bad_request(idempotent.HEADER, "Idempotency-Key is not taken with a streamed "
                                                  "answer; send the request without streaming",
                               code="unsupported_value")
-        running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        running: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
         asked, relay = ask.asked, None
         if surface.partial is not None and asked.partial_images:
             relay = Relay(functools.partial(surface.partial, asked))
@@ -90,7 +90,8 @@ async def _answer(request: Request, svc: Services, key: KeyRecord, ask: Translat
             raise
         if work.done():
             work.result()  # refused before the run (a bad route, a limit): a plain error
-        return EventStream(work, surface.style, extra, origin.request_id, relay)
+        admitted = running.result() if running.done() else {}  # a limited key's figures
+        return EventStream(work, surface.style, {**admitted, **extra}, origin.request_id, relay)
 
     async def produce() -> Response:
         done = await charged(origin, svc, key, ask.model, ask.asked, idem_key,
