@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -55,15 +56,21 @@ def test_a_request_ended_during_a_freeze_frees_its_concurrency_once_redis_answer
     run(go)
 
 
+async def _both_slots(state: Any) -> list[Any]:
+    """HOST's two slots, held and renewed once: their leases live 5 s from now."""
+    await state.start()
+    held = [await state.slots.acquire(HOST, 0) for _ in range(2)]
+    assert all(slot is not None and slot.lease for slot in held)
+    await asyncio.sleep(1.1)
+    return held
+
+
 def test_a_slot_released_during_a_freeze_is_free_once_redis_answers(
         private_redis: PrivateRedis) -> None:
     async def go() -> None:
         state = fleet_state(private_redis.url, "fleet", [HOST])  # HOST's cap is 2
-        await state.start()
         try:
-            held = [await state.slots.acquire(HOST, 0) for _ in range(2)]
-            assert all(slot is not None and slot.lease for slot in held)
-            await asyncio.sleep(1.1)
+            held = await _both_slots(state)
             private_redis.freeze()
             await state.limits.admit(key("key_other"), 1)
             assert state.describe()["redis"] == "unreachable"
@@ -128,11 +135,8 @@ def test_slots_released_while_redis_refuses_writes_are_free_once_it_takes_them(
 
     async def go() -> None:
         state = fleet_state(private_redis.url, "fleet", [HOST])  # HOST's cap is 2
-        await state.start()
         try:
-            held = [await state.slots.acquire(HOST, 0) for _ in range(2)]
-            assert all(slot is not None and slot.lease for slot in held)
-            await asyncio.sleep(1.1)  # renewed: the leases live 5 s from now
+            held = await _both_slots(state)
             admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # data kept
             for slot in held:
                 state.slots.release(slot)  # the loop's flush sends them and is refused
