@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.billing import journal
-from proxy.billing.db import Cursor, Database, DatabaseUnavailable, SqliteDatabase
+from proxy.billing.db import (
+    Cursor,
+    Database,
+    DatabaseUnavailable,
+    SqliteDatabase,
+    retry_lost,
+)
 from proxy.billing.queue_cap import make_room
 
 MAX_REQUESTS = 50_000  # at most 0x10000: item ids number the items in 4 hex digits
@@ -159,14 +165,20 @@ class Batches:
 
     def open(self, batch: Batch, into: Cursor | None = None) -> Batch:
         """A staged batch's items may run from now: in the transaction `into` if given (an
-        Idempotency-Key's)."""
-        now = int(time.time())
-        on = into or self._db
-        if on.execute("UPDATE batches SET in_progress_at = ?, status = CASE WHEN cancelling_at "
-                      "IS NULL THEN 'in_progress' ELSE 'cancelling' END "
-                      "WHERE id = ? AND status = 'validating'", (now, batch.id)) != 1:
-            raise LookupError(f"batch {batch.id} was discarded while it was written")
+        Idempotency-Key's). Without it, an open whose answer was lost (its commit made) is
+        found open, not taken for a failure: the client told 503 would create the batch again,
+        and both would run and be billed."""
+        if into is not None:
+            return self._open(into, batch)
+        return retry_lost(lambda: self._open(self._db, batch))
+
+    def _open(self, on: Cursor | Database, batch: Batch) -> Batch:
+        on.execute("UPDATE batches SET in_progress_at = ?, status = CASE WHEN cancelling_at "
+                   "IS NULL THEN 'in_progress' ELSE 'cancelling' END "
+                   "WHERE id = ? AND status = 'validating'", (int(time.time()), batch.id))
         rows = on.query(f"SELECT {_BATCH} FROM batches WHERE id = ?", (batch.id,))
+        if not rows:
+            raise LookupError(f"batch {batch.id} was discarded while it was written")
         return _batch(rows[0])
 
     def discard(self, batch_id: str) -> None:

@@ -25,10 +25,11 @@ from typing import Any
 
 from proxy import ids
 from proxy.billing import journal
-from proxy.billing.db import Cursor, Database
+from proxy.billing.db import Cursor, Database, retry_lost
 from proxy.billing.fairness import due_in_turn
 from proxy.billing.journal import Call
 from proxy.billing.queue_cap import make_room
+from proxy.billing.rows import JOB_PREFIX
 
 STATES = ("queued", "processing", "succeeded", "failed")
 
@@ -93,20 +94,31 @@ class Jobs:
                 most: int | None = None, traceparent: str | None = None) -> Job:
         """A new queued job; written in the transaction `into` if given (an
         Idempotency-Key's: proxy/billing/idempotency.py). With `most`, QueueFull instead if
-        the key has that many unfinished jobs and batch items already (queue_cap.py)."""
-        if into is None and most is not None:  # the cap's count and the insert as one
-            with self._db.transaction() as cur:
-                return self.enqueue(key_id, endpoint, request, callback_url, cur, most,
-                                    traceparent)
-        target = into or self._db
-        make_room(target, self._db.engine, key_id, 1, most)
+        the key has that many unfinished jobs and batch items already (queue_cap.py).
+        Without `into`, a commit whose answer was lost (a connection cut at that instant) is
+        found, not taken for a failure: the client told 503 would send it again, and both
+        would run and be billed."""
         now = int(self._db.clock())
-        job = Job(ids.ordered("imgjob_"), key_id, endpoint, request, "queued", 0,
+        job = Job(ids.ordered(JOB_PREFIX), key_id, endpoint, request, "queued", 0,
                   callback_url=callback_url, created_at=now, traceparent=traceparent)
-        target.execute(
+        if into is not None:
+            return self._insert(into, job, most)
+
+        def once() -> Job:
+            with self._db.transaction() as cur:
+                if cur.query("SELECT 1 FROM jobs WHERE id = ?", (job.id,)):
+                    return job  # an earlier try's commit, whose answer was lost
+                return self._insert(cur, job, most)
+
+        return retry_lost(once)
+
+    def _insert(self, cur: Cursor, job: Job, most: int | None) -> Job:
+        make_room(cur, self._db.engine, job.key_id, 1, most)
+        cur.execute(
             "INSERT INTO jobs (id, key_id, endpoint, request, state, run_after, callback_url, "
             "created_at, traceparent) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-            (job.id, key_id, endpoint, request, now, callback_url, now, traceparent))
+            (job.id, job.key_id, job.endpoint, job.request, job.created_at, job.callback_url,
+             job.created_at, job.traceparent))
         return job
 
     def claim(self, lease_s: float, now: float | None = None) -> Job | None:

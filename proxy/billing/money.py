@@ -35,6 +35,7 @@ from proxy.billing.rows import (
     BILLED,
     BILLED_SQL,
     FIELDS,
+    JOB_PREFIX,
     LEDGER_COLUMNS,
     LEDGER_INSERT,
     MARK,
@@ -259,9 +260,11 @@ class Money:
         """The settle of a request that answered an error, once the database is back. If the
         first try had committed before its answer was lost, the client was billed for an
         error: that row, never delivered, is turned into the unbilled one and its bill taken
-        back out of `spent`."""
+        back out of `spent`. Not a job's: every run of a job settles under its id, and the
+        row may be that of the run that took the job up again since (the job goes back to the
+        queue on this error), its success billed."""
         with self._db.transaction() as cur:
-            if entry.outcome == UNAVAILABLE:
+            if entry.outcome == UNAVAILABLE and not entry.request_id.startswith(JOB_PREFIX):
                 rows = cur.query("SELECT billed_micros FROM ledger WHERE request_id = ? AND "
                                  f"outcome IN {BILLED_SQL} AND delivered_at IS NULL",
                                  (entry.request_id,))

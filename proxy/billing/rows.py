@@ -38,6 +38,8 @@ class Entry:
 # The outcomes of a request that was answered and billed: a host's images, the response
 # cache's, or those of an identical request in flight (proxy/api/caching.py).
 BILLED: tuple[str, ...] = ("success", "cache_hit", "coalesced")
+# A queued job's id, which is also its ledger row's request id (every run of it settles there).
+JOB_PREFIX = "imgjob_"
 BILLED_SQL = "(" + ", ".join(f"'{outcome}'" for outcome in BILLED) + ")"
 FIELDS = tuple(Entry.__dataclass_fields__)
 LEDGER_COLUMNS = ", ".join(FIELDS)
