@@ -227,6 +227,10 @@ def test_a_postgres_restart_is_fast_503s_then_service_resumes_by_itself(
         assert starting.wait(60) == 0
         answers += [answer, *(post(client, keys[i % 2], "after") for i in range(4))]
         ready_again(served)
+        log = served.log()
+    # Said once (helper-48: each refused request also logged an ERROR line of its own).
+    assert "unhandled" not in log, log
+    assert log.count("switchyard.database: PostgreSQL is unavailable") == 1, log
     assert back.at is not None
     recovery_s = served_at - back.at
     print(f"\nPostgreSQL restart: 503s within {max(a.seconds for a in during):.2f} s while it "

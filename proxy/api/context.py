@@ -7,6 +7,7 @@ more than its routing does. Their errors are rendered exactly as the exception h
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.exceptions import HTTPException
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import ids
 from proxy.api.errors import ApiError, internal, log, on_http_exception, render, render_for
+from proxy.billing.db import DatabaseUnavailable
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -115,6 +117,9 @@ class RequestContext:
 
 
 def _unhandled(exc: Exception, scope: Scope, request_id: str) -> None:
-    # The type only (values may hold secrets); never a traceback to client or log.
-    log.error("unhandled %s on %s %s (request %s)", type(exc).__name__, scope.get("method"),
-              scope.get("path"), request_id)
+    # The type only (values may hold secrets); never a traceback to client or log. A database
+    # away is the 503 it should be, and the database's own log says so once per change
+    # (proxy/billing/postgres.py), not once per request it refuses.
+    level = logging.DEBUG if isinstance(exc, DatabaseUnavailable) else logging.ERROR
+    log.log(level, "unhandled %s on %s %s (request %s)", type(exc).__name__,
+            scope.get("method"), scope.get("path"), request_id)
