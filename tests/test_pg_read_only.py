@@ -3,10 +3,11 @@ database set read-only) is a database away, as a down one is: a request that wou
 answers 503 `database_unavailable` (billed nothing), never a 500, and /readyz says not ready.
 Before (helper-44, helper-46): psycopg's ReadOnlySqlTransaction (an InternalError) escaped as a
 500 `internal_error` from the ledger's settle and the image store, and readiness, a bare
-SELECT 1, said ready."""
+SELECT 1, said ready. And backends ended under connections in use are one outage in the log."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -109,3 +110,46 @@ def test_an_images_stream_whose_settle_finds_the_database_read_only_answers_503(
         assert answer.status_code == 503, (answer.status_code, answer.text[:200])
         assert answer.json()["error"]["code"] == "database_unavailable"
         assert answer.headers["retry-after"] == "2" and "x-request-id" in answer.headers
+
+
+def test_one_termination_is_one_outage_in_the_log(database: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """pg_terminate_backend with a connection in use: another caller replaces its stale idle
+    connection and the database is back; then the one in use fails too. One outage, said once
+    (helper-48: each connection in use at the blip logged an unavailable/available pair)."""
+    db = PostgresDatabase(database, size=2)
+    try:
+        db.query("SELECT 1")
+        holding, terminated, done = threading.Event(), threading.Event(), threading.Event()
+        failed: list[BaseException] = []
+
+        def in_a_transaction() -> None:
+            try:
+                with db.transaction() as cur:
+                    cur.query("SELECT 1")
+                    holding.set()
+                    terminated.wait(10)
+                    cur.query("SELECT 2")  # its backend was ended meanwhile
+            except DatabaseUnavailable as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=in_a_transaction).start()
+        assert holding.wait(10)
+        with caplog.at_level(logging.WARNING, logger="switchyard.database"):
+            _terminate(database)
+            assert db.query("SELECT 3") == [(3,)]  # the other connection, replaced
+            terminated.set()
+            assert done.wait(10) and failed
+            assert db.query("SELECT 4") == [(4,)]
+        said = [r.getMessage() for r in caplog.records if r.name == "switchyard.database"]
+        assert sum("is unavailable" in line for line in said) == 1, said
+    finally:
+        db.close()
+
+
+def _terminate(url: str) -> None:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (url.rsplit("/", 1)[1],))

@@ -15,6 +15,7 @@ import logging
 import select
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +95,13 @@ class PostgresDatabase:
             psycopg_pool.ConnectionPool(
                 url, kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
                 min_size=size, max_size=size, open=False, timeout=WAIT_S,
+                configure=lambda conn: self._born.__setitem__(conn, time.monotonic()),
                 reconnect_timeout=RECONNECT_S, name="switchyard")
         self._down_since: float | None = None
+        self._back_at = 0.0  # when it last came back (time.monotonic())
+        # When each pooled connection was made: one older than the last comeback is a casualty.
+        self._born: weakref.WeakKeyDictionary[psycopg.Connection[Row], float] = \
+            weakref.WeakKeyDictionary()
         self._state = threading.Lock()
         # The server's clock less this process's monotonic one, measured (at the first call
         # and every CLOCK_S) ...
@@ -185,7 +191,7 @@ class PostgresDatabase:
         except self._errors as exc:
             lost = conn.broken
             if lost:
-                self._went_down(type(exc).__name__)
+                self._went_down(type(exc).__name__, conn)
             elif isinstance(exc, self._read_only):
                 conn.close()  # the pool opens another: it may reach the new primary
             kind = ConnectionLost if lost else Conflict if isinstance(
@@ -216,7 +222,7 @@ class PostgresDatabase:
                                           f"({type(exc).__name__})") from None
             if self._usable(conn):
                 return conn
-            self._went_down("it hung up")  # restarting, or only this backend was ended
+            self._went_down("it hung up", conn)  # restarting, or only this backend was ended
             conn.close()  # the pool discards a closed connection and opens another
             self._pool.putconn(conn)
 
@@ -235,9 +241,14 @@ class PostgresDatabase:
             return False
         return True
 
-    def _went_down(self, why: str) -> None:
+    def _went_down(self, why: str, conn: psycopg.Connection[Row] | None = None) -> None:
+        """Said once per outage: a connection made before the server last came back that
+        breaks now broke in the outage already said (one pg_terminate_backend was logged as
+        one outage per connection in use at that moment)."""
         with self._state:
             if self._down_since is not None:
+                return
+            if conn is not None and self._born.get(conn, 0.0) < self._back_at:
                 return
             self._down_since = time.monotonic()
         log.warning("PostgreSQL is unavailable (%s): calls fail fast until it answers", why)
@@ -247,6 +258,7 @@ class PostgresDatabase:
             return
         with self._state:
             since, self._down_since = self._down_since, None
+            self._back_at = time.monotonic()
         if since is not None:
             log.warning("PostgreSQL is available again after %.1f s", time.monotonic() - since)
 
