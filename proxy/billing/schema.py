@@ -219,12 +219,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN claim_token TEXT;
     """,
-    # The queued request (job) a budget hold is for, and the claim of the run that made it: a
-    # run releases the holds that runs no longer holding the job left (proxy/billing/money.py).
+    # The queued request (job) a budget hold is for: a run of it releases the holds its earlier
+    # runs left (proxy/billing/money.py) ...
     """
     ALTER TABLE reservations ADD COLUMN ticket TEXT;
-    ALTER TABLE reservations ADD COLUMN claim TEXT;
     CREATE INDEX reservations_ticket ON reservations (ticket) WHERE ticket IS NOT NULL;
+    """,
+    # ... those of runs that no longer hold the job: the claim of the run that made each.
+    """
+    ALTER TABLE reservations ADD COLUMN claim TEXT;
     """,
 )
 
