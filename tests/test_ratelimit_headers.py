@@ -5,6 +5,8 @@ on every surface. Before (helper-49), both went without them."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import httpx
 import pytest
 
@@ -58,4 +60,15 @@ def test_an_error_after_the_admission_says_the_key_s_figures(slow: Running,
     answer = httpx.post(slow.base_url + path, json=body, timeout=30,
                         headers=_auth(path, key))
     assert answer.status_code not in (200, 500), answer.text  # the host failed it
+    assert _figures(answer.headers)["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_a_budget_refusal_after_the_admission_says_the_key_s_figures(slow: Running) -> None:
+    """The key was admitted and counted, then its budget could not cover the request
+    (helper-50: the 429 insufficient_quota went without them)."""
+    key = slow.new_key("poor", KeyLimits(rpm=10, budget_usd=Decimal("0.001")))
+    answer = httpx.post(slow.v1 + "/images/generations", timeout=30,
+                        json={"model": "test-image", "prompt": "p"},
+                        headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 429 and answer.json()["error"]["code"] == "insufficient_quota"
     assert _figures(answer.headers)["x-ratelimit-remaining-requests"] == "9"

@@ -133,11 +133,11 @@ async def _admitted(run: _Run, running: asyncio.Future[dict[str, str]] | None) -
                        headers=exc.headers) from None
     slot = admission.slot  # fleet mode: the first host's slot, taken with the admission
     try:
-        reservation = await run.ledger.reserve(quote)
-        slot = None  # the router's from here: it uses the slot or releases it
-        if running is not None and not running.done():
-            running.set_result(dict(admission.headers))
         try:
+            reservation = await run.ledger.reserve(quote)
+            slot = None  # the router's from here: it uses the slot or releases it
+            if running is not None and not running.done():
+                running.set_result(dict(admission.headers))
             done = await _run(run, reservation, admission.slot)
         except ApiError as exc:  # admitted and counted: a limited key's figures go with it
             exc.headers = {**admission.headers, **exc.headers}

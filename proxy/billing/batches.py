@@ -21,7 +21,7 @@ from proxy.billing.db import (
     Database,
     DatabaseUnavailable,
     SqliteDatabase,
-    retry_lost,
+    retry_until_known,
 )
 from proxy.billing.queue_cap import make_room
 
@@ -170,7 +170,7 @@ class Batches:
         and both would run and be billed."""
         if into is not None:
             return self._open(into, batch)
-        return retry_lost(lambda: self._open(self._db, batch))
+        return retry_until_known(lambda: self._open(self._db, batch))
 
     def _open(self, on: Cursor | Database, batch: Batch) -> Batch:
         on.execute("UPDATE batches SET in_progress_at = ?, status = CASE WHEN cancelling_at "

@@ -49,6 +49,9 @@ class Conflict(DatabaseUnavailable):
 
 LOST_TRIES = 3  # tries of an idempotent call whose connection broke under it
 LOST_PAUSE_S = 0.05  # between them: a server ends all its connections within a moment
+# How long a write whose commit's answer was lost goes on asking whether it was made, through
+# a restart or failover that follows (retry_until_known).
+KNOWN_WITHIN_S = 10.0
 
 
 def retry_lost(call: Callable[[], T]) -> T:
@@ -63,6 +66,25 @@ def retry_lost(call: Callable[[], T]) -> T:
                 raise
             time.sleep(LOST_PAUSE_S)
     raise AssertionError("unreachable")
+
+
+def retry_until_known(call: Callable[[], T], within_s: float = KNOWN_WITHIN_S) -> T:
+    """retry_lost for a call that first looks for what it makes (a queued job): once a
+    connection broke under it, the answer may have been lost after the commit, and a 503 then
+    would have the client make it again; so it goes on through DatabaseUnavailable too (the
+    server restarting, or failing over) for up to `within_s`, until it is known."""
+    lost_at = None
+    while True:
+        try:
+            return call()
+        except ConnectionLost:
+            lost_at = lost_at or time.monotonic()
+        except DatabaseUnavailable:
+            if lost_at is None:
+                raise  # nothing was sent: a plain 503 is right
+        if time.monotonic() - lost_at > within_s:
+            raise DatabaseUnavailable("PostgreSQL is unavailable (a write's answer was lost)")
+        time.sleep(LOST_PAUSE_S * 4)
 
 
 class Cursor(Protocol):

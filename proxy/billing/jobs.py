@@ -25,7 +25,7 @@ from typing import Any
 
 from proxy import ids
 from proxy.billing import journal
-from proxy.billing.db import Cursor, Database, retry_lost
+from proxy.billing.db import Cursor, Database, retry_until_known
 from proxy.billing.fairness import due_in_turn
 from proxy.billing.journal import Call
 from proxy.billing.queue_cap import make_room
@@ -110,7 +110,7 @@ class Jobs:
                     return job  # an earlier try's commit, whose answer was lost
                 return self._insert(cur, job, most)
 
-        return retry_lost(once)
+        return retry_until_known(once)
 
     def _insert(self, cur: Cursor, job: Job, most: int | None) -> Job:
         make_room(cur, self._db.engine, job.key_id, 1, most)

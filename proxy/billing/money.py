@@ -260,11 +260,11 @@ class Money:
         """The settle of a request that answered an error, once the database is back. If the
         first try had committed before its answer was lost, the client was billed for an
         error: that row, never delivered, is turned into the unbilled one and its bill taken
-        back out of `spent`. Not a job's: every run of a job settles under its id, and the
-        row may be that of the run that took the job up again since (the job goes back to the
-        queue on this error), its success billed."""
+        back out of `spent`. Not a job's while a run of it is under way or it succeeded: every
+        run of a job settles under its id (the job goes back to the queue on this error), and
+        the row may then be that of the run that took it up again, its success billed."""
         with self._db.transaction() as cur:
-            if entry.outcome == UNAVAILABLE and not entry.request_id.startswith(JOB_PREFIX):
+            if entry.outcome == UNAVAILABLE and not _taken_up(cur, entry.request_id):
                 rows = cur.query("SELECT billed_micros FROM ledger WHERE request_id = ? AND "
                                  f"outcome IN {BILLED_SQL} AND delivered_at IS NULL",
                                  (entry.request_id,))
@@ -366,6 +366,13 @@ def _met(call: Callable[..., None], *args: Any) -> BaseException | None:
     except Exception as exc:
         return exc
     return None
+
+
+def _taken_up(cur: Cursor, request_id: str) -> bool:
+    """Whether `request_id` is a job that a run holds now, or one that succeeded."""
+    return request_id.startswith(JOB_PREFIX) and bool(cur.query(
+        "SELECT 1 FROM jobs WHERE id = ? AND state IN ('processing', 'succeeded')",
+        (request_id,)))
 
 
 def unbilled(entry: Entry) -> Entry:
