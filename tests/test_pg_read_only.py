@@ -153,3 +153,23 @@ def _terminate(url: str) -> None:
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                       "WHERE datname = %s AND pid <> pg_backend_pid()", (url.rsplit("/", 1)[1],))
+
+
+def test_a_second_outage_is_said_again(database: str,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Two separate outages, the second breaking the connection made after the first: both
+    said, and the second's calls fail fast (helper-50: the connection made in the recovery was
+    taken for a casualty of the first, so the second went unsaid and its first call waited
+    5 s)."""
+    db = PostgresDatabase(database, size=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="switchyard.database"):
+            for _ in range(2):
+                db.query("SELECT 1")
+                time.sleep(0.1)
+                _terminate(database)
+                assert db.query("SELECT 2") == [(2,)]
+        said = [r.getMessage() for r in caplog.records if r.name == "switchyard.database"]
+        assert sum("is unavailable" in line for line in said) == 2, said
+    finally:
+        db.close()

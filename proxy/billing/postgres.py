@@ -98,8 +98,8 @@ class PostgresDatabase:
                 configure=lambda conn: self._born.__setitem__(conn, time.monotonic()),
                 reconnect_timeout=RECONNECT_S, name="switchyard")
         self._down_since: float | None = None
-        self._back_at = 0.0  # when it last came back (time.monotonic())
-        # When each pooled connection was made: one older than the last comeback is a casualty.
+        self._last_down = 0.0  # when the last outage began (time.monotonic())
+        # When each pooled connection was made: one older than the last outage is a casualty.
         self._born: weakref.WeakKeyDictionary[psycopg.Connection[Row], float] = \
             weakref.WeakKeyDictionary()
         self._state = threading.Lock()
@@ -242,15 +242,16 @@ class PostgresDatabase:
         return True
 
     def _went_down(self, why: str, conn: psycopg.Connection[Row] | None = None) -> None:
-        """Said once per outage: a connection made before the server last came back that
-        breaks now broke in the outage already said (one pg_terminate_backend was logged as
-        one outage per connection in use at that moment)."""
+        """Said once per outage: a connection made before the last outage began that breaks
+        after the server came back broke in that outage, already said (one
+        pg_terminate_backend was logged as one outage per connection in use at that
+        moment)."""
         with self._state:
             if self._down_since is not None:
                 return
-            if conn is not None and self._born.get(conn, 0.0) < self._back_at:
+            if conn is not None and self._born.get(conn, 0.0) < self._last_down:
                 return
-            self._down_since = time.monotonic()
+            self._down_since = self._last_down = time.monotonic()
         log.warning("PostgreSQL is unavailable (%s): calls fail fast until it answers", why)
 
     def _came_back(self) -> None:
@@ -258,7 +259,6 @@ class PostgresDatabase:
             return
         with self._state:
             since, self._down_since = self._down_since, None
-            self._back_at = time.monotonic()
         if since is not None:
             log.warning("PostgreSQL is available again after %.1f s", time.monotonic() - since)
 
