@@ -29,7 +29,6 @@ from proxy import state as state_module
 from proxy.api import (
     admin,
     batches,
-    budget_gauges,
     callbacks,
     chat,
     console,
@@ -52,7 +51,6 @@ from proxy.billing.keys import KeyFinder
 from proxy.billing.store import Store
 from proxy.catalog import Catalog
 from proxy.config import Config
-from proxy.media import MediaStore
 from proxy.providers import ADAPTERS, check_routes, flows
 from proxy.providers.callbacks import Callbacks
 from proxy.providers.grouping import Groups
@@ -150,7 +148,7 @@ def build_app(config: Config, catalog: Catalog | None = None,
         for line in describe(live):
             log.info("%s", line)
         log.info("%s", metrics.describe(config))
-        sweepers = _sweep(media, store, config.request_timeout_s)
+        sweepers = _sweep(app.state.services, config.request_timeout_s)
         worker = Worker(app.state.services, shared.webhook_secret(config, store.db))
         working = asyncio.create_task(worker.run())
         if own_process:
@@ -238,14 +236,16 @@ def one_path(path: str, handlers: Mapping[str, Endpoint]) -> Route:
     return Route(path, endpoint, methods=list(handlers))
 
 
-def _sweep(media: MediaStore, store: Store, request_timeout_s: float) -> list[asyncio.Task[None]]:
+def _sweep(svc: Services, request_timeout_s: float) -> list[asyncio.Task[None]]:
     """Supervised loops, off the event loop: now and then, delete expired image files and
     release budget reservations no live request can still hold (a crashed process left them);
     every second, the writes kept while the database was away (store.deferred); on SQLite,
     twice a second, copy the write-ahead log back (CHECKPOINT_S)."""
+    media, store = svc.media, svc.store
+
     async def reservations() -> None:
         await asyncio.to_thread(store.money.sweep, request_timeout_s + SWEEP_INTERVAL_S)
-        await asyncio.to_thread(budget_gauges.refresh, store)
+        await asyncio.to_thread(svc.budget_gauges.refresh, store)
 
     async def images() -> None:
         await asyncio.to_thread(media.sweep)

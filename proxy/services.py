@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from proxy.api.budget_gauges import BudgetGauges
 from proxy.api.caching import Flights
 from proxy.billing.keys import KeyFinder
 from proxy.billing.pricing import Plan
@@ -43,6 +44,8 @@ class Services:
     flights: Flights = field(default_factory=Flights)
     # A process for CPU-bound work (a batch's lines checked), started when first needed.
     offload: Offload = field(default_factory=Offload)
+    # The remaining-budget gauge of each key this process has shown.
+    budget_gauges: BudgetGauges = field(default_factory=BudgetGauges)
 
     @property
     def limits(self) -> RateLimits:

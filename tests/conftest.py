@@ -64,6 +64,7 @@ def validate() -> Callable[[str, Any], None]:
 class Running:
     base_url: str
     config: Config
+    app: Any = None  # the Starlette app, for what tests reach into (app.state.services)
 
     @property
     def v1(self) -> str:
@@ -106,7 +107,7 @@ def serve(config: Config, catalog: Catalog | None = None,
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     try:
-        yield Running(f"http://127.0.0.1:{port}", config)
+        yield Running(f"http://127.0.0.1:{port}", config, app)
     finally:
         server.should_exit = True
         thread.join(10)

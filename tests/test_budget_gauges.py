@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 
-from proxy.api import budget_gauges
 from proxy.billing.keys import KeyLimits
 from proxy.billing.store import Store
 from tests.conftest import make_config, serve
@@ -51,7 +50,7 @@ def test_the_gauge_follows_a_revoke_and_a_budget_change(tmp_path: Path) -> None:
 
         # Another replica lowers it: this one's budget sweep sets the gauge again.
         store.update_limits(raised[0].id, replace(raised[0].limits, budget_usd=Decimal(1)))
-        budget_gauges.refresh(store)
+        server.app.state.services.budget_gauges.refresh(store)
         shown = httpx.get(server.base_url + "/metrics", headers=admin).text
         assert (_gauge(shown, raised[0].id) or 99) < 1
 
@@ -61,15 +60,16 @@ import os, sys
 from decimal import Decimal
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
-from proxy.api import budget_gauges
+from proxy.api.budget_gauges import BudgetGauges
 from proxy.billing.keys import KeyLimits
 from proxy.billing.store import Store
 
+gauges = BudgetGauges()
 with Store(sys.argv[2]) as store:
     record, _ = store.create_key("k", limits=KeyLimits(budget_usd=Decimal("0.5")))
-    budget_gauges.show(record.id, record, Decimal("0.1"), Decimal(0))
+    gauges.show(record.id, record, Decimal("0.1"), Decimal(0))
     store.revoke_key(record.id)
-    budget_gauges.refresh(store, [record.id])
+    gauges.refresh(store, [record.id])
 registry = CollectorRegistry()
 multiprocess.MultiProcessCollector(registry)
 print("".join(line for line in generate_latest(registry).decode().splitlines()

@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api import budget_gauges, inputs, usage
+from proxy.api import inputs, usage
 from proxy.api.errors import ApiError, bad_request
 from proxy.billing.keys import KeyLimits, KeyRecord, LimitError, describe, parse_limits
 from proxy.billing.webhook_secrets import GRACE_S, MAX_GRACE_HOURS
@@ -113,7 +113,7 @@ async def revoke_key(request: Request) -> Response:
 async def _refresh_gauge(svc: Services, key_id: str) -> None:
     """Its remaining budget as it is now (a revoked key's gauge goes away)."""
     if svc.config.metrics_per_key:
-        await asyncio.to_thread(budget_gauges.refresh, svc.store, [key_id])
+        await asyncio.to_thread(svc.budget_gauges.refresh, svc.store, [key_id])
 
 
 async def rotate_key(request: Request) -> Response:

@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from proxy import metrics, tracing
-from proxy.api import budget_gauges
 from proxy.api.errors import ApiError
 from proxy.api.request_log import request_line
 from proxy.billing.journal import ABANDONED, Call
@@ -201,4 +200,4 @@ def _budgets(marked: list[Ledger]) -> list[Ledger]:
 
 
 def _show_budget(ledger: Ledger, spent: Decimal, held: Decimal) -> None:
-    budget_gauges.show(key_label(ledger.svc, ledger.key), ledger.key, spent, held)
+    ledger.svc.budget_gauges.show(key_label(ledger.svc, ledger.key), ledger.key, spent, held)
