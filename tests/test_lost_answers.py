@@ -9,13 +9,18 @@ must not unbill (helper-48)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from proxy.billing.batches import Batches
-from proxy.billing.db import ConnectionLost, Database, DatabaseUnavailable
+from proxy.billing.db import ConnectionLost, Database, DatabaseUnavailable, until_known
 from proxy.billing.jobs import Jobs
 from proxy.billing.keys import KeyLimits
 from proxy.billing.money import micros, unbilled
@@ -83,7 +88,9 @@ def test_a_job_queued_whose_answer_was_lost_in_a_restart_is_queued_once(
     job is looked for until it answers (helper-50: after three quick tries, a 503)."""
     with Store(database) as store:
         flaky = AnswerLost(store.db, "INSERT INTO jobs", then_away=5)
-        job = Jobs(flaky).enqueue("key_1", "generations", b"{}", most=100)  # type: ignore[arg-type]
+        jobs = Jobs(flaky)  # type: ignore[arg-type]
+        job = asyncio.run(until_known(functools.partial(
+            jobs.queue, jobs.new("key_1", "generations", b"{}"), 100)))
         assert store.db.query("SELECT id FROM jobs") == [(job.id,)]
 
 
@@ -91,8 +98,9 @@ def test_a_batch_opened_whose_answer_was_lost_is_open(database: str) -> None:
     with Store(database) as store:
         key = store.create_key("k")[0].id
         staged = store.batches.stage(key, ENDPOINT, "file-x", "24h", None, items(3), b"")
-        flaky = AnswerLost(store.db, "UPDATE batches SET in_progress_at")
-        opened = Batches(flaky).open(staged)  # type: ignore[arg-type]
+        flaky = AnswerLost(store.db, "UPDATE batches SET in_progress_at", then_away=3)
+        batches = Batches(flaky)  # type: ignore[arg-type]
+        opened = asyncio.run(until_known(functools.partial(batches.open, staged)))
         assert flaky.lost == 1 and opened.status == "in_progress"
 
 
@@ -105,7 +113,8 @@ def test_a_refused_settle_written_late_leaves_a_later_run_s_success_billed(
         first = store.money.reserve(key, "total", price, budget)
         assert store.jobs.claim(60) is not None  # the rerun, under way
         second = store.money.reserve(key, "total", price, budget)
-        store.money.settle(second, entry(job.id, key, "0.02"), "total")  # the rerun's success
+        rerun = entry(job.id, key, "0.02", when=int(time.time()) + 5)
+        store.money.settle(second, rerun, "total")  # the rerun's success
         # The first run's refused settle, written once the database is back.
         store.money._refused(first, unbilled(entry(job.id, key, "0.02")), "total")
         row = store.money.entry(job.id)
@@ -113,18 +122,49 @@ def test_a_refused_settle_written_late_leaves_a_later_run_s_success_billed(
         assert store.money.spent(key, "total") == (Decimal("0.02"), Decimal(0))
 
 
-def test_a_refused_settle_written_late_unbills_a_job_no_run_holds(database: str) -> None:
-    """The first try had committed, its answer lost: the job went back to the queue and, say,
-    failed since. Its billed row is unbilled as a request's is (helper-50: it stayed billed
-    for a job that failed)."""
+@pytest.mark.parametrize("since", ["failed", "still running"])
+def test_a_refused_settle_written_late_unbills_its_own_committed_row(database: str,
+                                                                    since: str) -> None:
+    """The first try had committed, its answer lost: its own billed row is unbilled as a
+    request's is, whether the job failed since (helper-50) or is still the refused run's,
+    waiting to go back to the queue (helper-51): a failure's row cannot replace a billed one,
+    so the job would have ended failed and billed."""
     with Store(database) as store:
         key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(1)))[0].id
         job = store.jobs.enqueue(key, "generations", b"{}")
         budget, price = micros(Decimal(1)), micros(Decimal("0.02"))
+        assert store.jobs.claim(60) is not None  # the refused run
         first = store.money.reserve(key, "total", price, budget)
         store.money.settle(first, entry(job.id, key, "0.02"), "total")  # committed, then lost
-        assert store.jobs.finish(job.id, 502, b'{"error": {}}') == []  # a later run failed it
+        if since == "failed":
+            assert store.jobs.finish(job.id, 502, b'{"error": {}}') == []
         store.money._refused(first, unbilled(entry(job.id, key, "0.02")), "total")
         row = store.money.entry(job.id)
         assert row is not None and (row.outcome, row.billed_micros) == ("database_unavailable", 0)
         assert store.money.spent(key, "total") == (Decimal(0), Decimal(0))
+
+
+def test_writes_looking_for_themselves_hold_no_thread_while_they_wait() -> None:
+    """Many queued jobs lost their answers as the server went away: their waits are the event
+    loop's, so other calls of the process still find a thread (helper-51: each wait held one
+    of the loop's few threads for 10 s, and every other thread hop of the process waited)."""
+    tries: list[int] = []
+
+    def lost_then_away() -> None:
+        tries.append(1)
+        if len(tries) <= 8:
+            raise ConnectionLost("PostgreSQL is unavailable (OperationalError)")
+        raise DatabaseUnavailable("PostgreSQL is unavailable (no connection came)")
+
+    async def meanwhile() -> float:
+        waiting = [asyncio.ensure_future(until_known(lost_then_away, within_s=1.0))
+                   for _ in range(8)]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await asyncio.to_thread(lambda: None)
+        took = time.monotonic() - started
+        assert all(isinstance(r, DatabaseUnavailable)
+                   for r in await asyncio.gather(*waiting, return_exceptions=True))
+        return took
+
+    assert asyncio.run(meanwhile()) < 0.2

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
+from proxy.billing import schema
 from proxy.billing.schema import MIGRATIONS
+from proxy.billing.store import Store
 
 APPLIED = (
     "b7098270f771ae93",
@@ -34,3 +38,17 @@ def test_no_migration_on_main_changed() -> None:
     digests = tuple(hashlib.sha256(m.encode()).hexdigest()[:16] for m in MIGRATIONS)
     assert digests[:len(APPLIED)] == APPLIED
     assert len(digests) == len(APPLIED), "a new migration: append its digest to APPLIED"
+
+
+def test_a_database_migrated_with_claim_in_the_ticket_s_migration_starts(
+        database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From c2ed05d to cca3092 main added reservations.claim in the migration that adds
+    reservations.ticket; such a database, at that version with the column, passes over the
+    migration that adds it now (helper-51: a duplicate column, and the server did not start)."""
+    combined = schema.MIGRATIONS[-2] + schema.MIGRATIONS[-1]
+    with monkeypatch.context() as then:
+        then.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS[:-2], combined))
+        Store(database).close()
+    with Store(database) as store:
+        job = store.jobs.enqueue("key_1", "generations", b"{}")
+        assert store.money.reserve("key_1", "total", 1, None, None, job.id, "claim-1")

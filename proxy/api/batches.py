@@ -9,6 +9,7 @@ Items are queued jobs (job_worker.py runs them); request_counts are read live fr
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import replace
 from typing import Any
@@ -23,6 +24,7 @@ from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
 from proxy.api.jobs import queue_full
 from proxy.billing.batches import CANCEL_CUT_S, Batch, StoredFile
+from proxy.billing.db import until_known
 from proxy.billing.idempotency import Once
 from proxy.billing.keys import KeyRecord
 from proxy.billing.queue_cap import QueueFull
@@ -122,7 +124,7 @@ async def create_batch(request: Request) -> Response:
     except QueueFull as exc:
         raise queue_full(exc, "input_file_id") from None
     if once is None:
-        batch = await asyncio.to_thread(table.open, staged)
+        batch = await until_known(functools.partial(table.open, staged))
     else:
         batch_id, replayed = await idempotent.create_once(
             svc, once, lambda cur: table.open(staged, cur).id)

@@ -10,6 +10,7 @@ it has finished), never a second job.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from proxy import tracing
 from proxy.api import idempotent, inputs
 from proxy.api.auth import authenticate
 from proxy.api.errors import ApiError, bad_request
+from proxy.billing.db import until_known
 from proxy.billing.idempotency import Once
 from proxy.billing.jobs import Job
 from proxy.billing.keys import KeyRecord
@@ -55,8 +57,8 @@ async def accept(svc: Services, key: KeyRecord, endpoint: str, data: dict[str, A
     most, trace = svc.config.max_queued_per_key, tracing.traceparent()
     try:
         if once is None:
-            job = await asyncio.to_thread(table.enqueue, key.id, endpoint, body, hook,
-                                          most=most, traceparent=trace)
+            job = await until_known(functools.partial(
+                table.queue, table.new(key.id, endpoint, body, hook, trace), most))
             return _accepted(job, replayed=False)
         job_id, replayed = await idempotent.create_once(
             svc, once, lambda cur: table.enqueue(key.id, endpoint, body, hook, cur, most,

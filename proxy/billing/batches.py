@@ -21,7 +21,6 @@ from proxy.billing.db import (
     Database,
     DatabaseUnavailable,
     SqliteDatabase,
-    retry_until_known,
 )
 from proxy.billing.queue_cap import make_room
 
@@ -165,12 +164,10 @@ class Batches:
 
     def open(self, batch: Batch, into: Cursor | None = None) -> Batch:
         """A staged batch's items may run from now: in the transaction `into` if given (an
-        Idempotency-Key's). Without it, an open whose answer was lost (its commit made) is
-        found open, not taken for a failure: the client told 503 would create the batch again,
-        and both would run and be billed."""
-        if into is not None:
-            return self._open(into, batch)
-        return retry_until_known(lambda: self._open(self._db, batch))
+        Idempotency-Key's). Without it, tried again, an open whose answer was lost (its commit
+        made) finds the batch open, not a failure: the client told 503 would create the batch
+        again, and both would run and be billed (db.until_known tries again)."""
+        return self._open(into or self._db, batch)
 
     def _open(self, on: Cursor | Database, batch: Batch) -> Batch:
         on.execute("UPDATE batches SET in_progress_at = ?, status = CASE WHEN cancelling_at "

@@ -11,6 +11,7 @@ answers 503 and background loops try again, so an outage lasts as long as the da
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import threading
@@ -68,15 +69,16 @@ def retry_lost(call: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def retry_until_known(call: Callable[[], T], within_s: float = KNOWN_WITHIN_S) -> T:
-    """retry_lost for a call that first looks for what it makes (a queued job): once a
-    connection broke under it, the answer may have been lost after the commit, and a 503 then
-    would have the client make it again; so it goes on through DatabaseUnavailable too (the
-    server restarting, or failing over) for up to `within_s`, until it is known."""
+async def until_known(call: Callable[[], T], within_s: float = KNOWN_WITHIN_S) -> T:
+    """`call()` on a thread, for a call that first looks for what it makes (a queued job):
+    once a connection broke under it, the answer may have been lost after the commit, and a
+    503 then would have the client make it again; so it is tried again through
+    DatabaseUnavailable too (the server restarting, or failing over) for up to `within_s`,
+    until it is known. The waits are the event loop's: a thread is held only by a try."""
     lost_at = None
     while True:
         try:
-            return call()
+            return await asyncio.to_thread(call)
         except ConnectionLost:
             lost_at = lost_at or time.monotonic()
         except DatabaseUnavailable:
@@ -84,7 +86,7 @@ def retry_until_known(call: Callable[[], T], within_s: float = KNOWN_WITHIN_S) -
                 raise  # nothing was sent: a plain 503 is right
         if time.monotonic() - lost_at > within_s:
             raise DatabaseUnavailable("PostgreSQL is unavailable (a write's answer was lost)")
-        time.sleep(LOST_PAUSE_S * 4)
+        await asyncio.sleep(LOST_PAUSE_S * 4)
 
 
 class Cursor(Protocol):

@@ -25,7 +25,7 @@ from typing import Any
 
 from proxy import ids
 from proxy.billing import journal
-from proxy.billing.db import Cursor, Database, retry_until_known
+from proxy.billing.db import Cursor, Database, retry_lost
 from proxy.billing.fairness import due_in_turn
 from proxy.billing.journal import Call
 from proxy.billing.queue_cap import make_room
@@ -94,23 +94,28 @@ class Jobs:
                 most: int | None = None, traceparent: str | None = None) -> Job:
         """A new queued job; written in the transaction `into` if given (an
         Idempotency-Key's: proxy/billing/idempotency.py). With `most`, QueueFull instead if
-        the key has that many unfinished jobs and batch items already (queue_cap.py).
-        Without `into`, a commit whose answer was lost (a connection cut at that instant) is
-        found, not taken for a failure: the client told 503 would send it again, and both
-        would run and be billed."""
-        now = int(self._db.clock())
-        job = Job(ids.ordered(JOB_PREFIX), key_id, endpoint, request, "queued", 0,
-                  callback_url=callback_url, created_at=now, traceparent=traceparent)
+        the key has that many unfinished jobs and batch items already (queue_cap.py)."""
+        job = self.new(key_id, endpoint, request, callback_url, traceparent)
         if into is not None:
             return self._insert(into, job, most)
+        return retry_lost(lambda: self.queue(job, most))
 
-        def once() -> Job:
-            with self._db.transaction() as cur:
-                if cur.query("SELECT 1 FROM jobs WHERE id = ?", (job.id,)):
-                    return job  # an earlier try's commit, whose answer was lost
-                return self._insert(cur, job, most)
+    def new(self, key_id: str, endpoint: str, request: bytes, callback_url: str | None = None,
+            traceparent: str | None = None) -> Job:
+        """A job to `queue`, not written yet."""
+        now = int(self._db.clock())
+        return Job(ids.ordered(JOB_PREFIX), key_id, endpoint, request, "queued", 0,
+                   callback_url=callback_url, created_at=now, traceparent=traceparent)
 
-        return retry_until_known(once)
+    def queue(self, job: Job, most: int | None = None) -> Job:
+        """Write `job` (from `new`) queued, if an earlier try has not: a commit whose answer
+        was lost (a connection cut at that instant) is found, not taken for a failure, or the
+        client told 503 would send it again and both would run and be billed
+        (db.until_known tries again)."""
+        with self._db.transaction() as cur:
+            if cur.query("SELECT 1 FROM jobs WHERE id = ?", (job.id,)):
+                return job  # an earlier try's commit, whose answer was lost
+            return self._insert(cur, job, most)
 
     def _insert(self, cur: Cursor, job: Job, most: int | None) -> Job:
         make_room(cur, self._db.engine, job.key_id, 1, most)

@@ -35,7 +35,6 @@ from proxy.billing.rows import (
     BILLED,
     BILLED_SQL,
     FIELDS,
-    JOB_PREFIX,
     LEDGER_COLUMNS,
     LEDGER_INSERT,
     MARK,
@@ -260,14 +259,17 @@ class Money:
         """The settle of a request that answered an error, once the database is back. If the
         first try had committed before its answer was lost, the client was billed for an
         error: that row, never delivered, is turned into the unbilled one and its bill taken
-        back out of `spent`. Not a job's while a run of it is under way or it succeeded: every
-        run of a job settles under its id (the job goes back to the queue on this error), and
-        the row may then be that of the run that took it up again, its success billed."""
+        back out of `spent`. Only that row: every run of a job settles under the job's id, and
+        the row may be that of a run that took the job up again since, its success billed (it
+        is told by its own time, latency and upstream id)."""
         with self._db.transaction() as cur:
-            if entry.outcome == UNAVAILABLE and not _taken_up(cur, entry.request_id):
+            if entry.outcome == UNAVAILABLE:
                 rows = cur.query("SELECT billed_micros FROM ledger WHERE request_id = ? AND "
-                                 f"outcome IN {BILLED_SQL} AND delivered_at IS NULL",
-                                 (entry.request_id,))
+                                 f"outcome IN {BILLED_SQL} AND delivered_at IS NULL AND "
+                                 "created_at = ? AND latency_ms = ? AND "
+                                 "COALESCE(upstream_id, '') = COALESCE(?, '')",
+                                 (entry.request_id, entry.created_at, entry.latency_ms,
+                                  entry.upstream_id))
                 if rows:
                     cur.execute("UPDATE ledger SET outcome = ?, failure = ?, n_delivered = 0, "
                                 "billed_micros = 0 WHERE request_id = ?",
@@ -366,13 +368,6 @@ def _met(call: Callable[..., None], *args: Any) -> BaseException | None:
     except Exception as exc:
         return exc
     return None
-
-
-def _taken_up(cur: Cursor, request_id: str) -> bool:
-    """Whether `request_id` is a job that a run holds now, or one that succeeded."""
-    return request_id.startswith(JOB_PREFIX) and bool(cur.query(
-        "SELECT 1 FROM jobs WHERE id = ? AND state IN ('processing', 'succeeded')",
-        (request_id,)))
 
 
 def unbilled(entry: Entry) -> Entry:

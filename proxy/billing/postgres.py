@@ -95,12 +95,13 @@ class PostgresDatabase:
             psycopg_pool.ConnectionPool(
                 url, kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
                 min_size=size, max_size=size, open=False, timeout=WAIT_S,
-                configure=lambda conn: self._born.__setitem__(conn, time.monotonic()),
+                configure=lambda conn: self._good.__setitem__(conn, time.monotonic()),
                 reconnect_timeout=RECONNECT_S, name="switchyard")
         self._down_since: float | None = None
         self._last_down = 0.0  # when the last outage began (time.monotonic())
-        # When each pooled connection was made: one older than the last outage is a casualty.
-        self._born: weakref.WeakKeyDictionary[psycopg.Connection[Row], float] = \
+        # When each pooled connection was made or last served a call: one that has not since
+        # the last outage began is a casualty of it.
+        self._good: weakref.WeakKeyDictionary[psycopg.Connection[Row], float] = \
             weakref.WeakKeyDictionary()
         self._state = threading.Lock()
         # The server's clock less this process's monotonic one, measured (at the first call
@@ -188,6 +189,7 @@ class PostgresDatabase:
             if time.monotonic() >= self._clock_due:
                 self._measure(conn)
             yield conn
+            self._good[conn] = time.monotonic()  # it served this call
         except self._errors as exc:
             lost = conn.broken
             if lost:
@@ -242,14 +244,14 @@ class PostgresDatabase:
         return True
 
     def _went_down(self, why: str, conn: psycopg.Connection[Row] | None = None) -> None:
-        """Said once per outage: a connection made before the last outage began that breaks
-        after the server came back broke in that outage, already said (one
+        """Said once per outage: a connection that has served no call since the last outage
+        began, and breaks after the server came back, broke in that outage, already said (one
         pg_terminate_backend was logged as one outage per connection in use at that
         moment)."""
         with self._state:
             if self._down_since is not None:
                 return
-            if conn is not None and self._born.get(conn, 0.0) < self._last_down:
+            if conn is not None and self._good.get(conn, 0.0) < self._last_down:
                 return
             self._down_since = self._last_down = time.monotonic()
         log.warning("PostgreSQL is unavailable (%s): calls fail fast until it answers", why)

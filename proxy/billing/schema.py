@@ -7,6 +7,8 @@ place; a migration runs once, under a lock that other processes respect.
 
 from __future__ import annotations
 
+import re
+
 from proxy.billing.db import Cursor, Database
 
 MIGRATIONS: tuple[str, ...] = (
@@ -232,6 +234,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 _BLOB = {"sqlite": "BLOB", "postgres": "BYTEA"}
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
 
 
 def migrate(db: Database) -> None:
@@ -245,10 +248,25 @@ def migrate(db: Database) -> None:
         version = _version(db, cur)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in script.format(blob=_BLOB[db.engine]).split(";"):
-                if statement.strip():
+                if statement.strip() and not _added_already(db, cur, statement):
                     cur.execute(statement)
             cur.execute("DELETE FROM schema_version")
             cur.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+
+def _added_already(db: Database, cur: Cursor, statement: str) -> bool:
+    """Whether `statement` adds a column the table has: reservations.claim came with the
+    ticket's migration on main for a while (c2ed05d), then in one of its own, which such a
+    database must pass over (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+    added = _ADD_COLUMN.match(statement.strip())
+    if added is None:
+        return False
+    table, column = added.groups()
+    if db.engine == "sqlite":
+        return any(row[1] == column for row in cur.query(f"PRAGMA table_info({table})"))
+    return bool(cur.query("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                          "current_schema() AND table_name = ? AND column_name = ?",
+                          (table, column)))
 
 
 def _version(db: Database, cur: Cursor) -> int:
