@@ -51,7 +51,7 @@ class Conflict(DatabaseUnavailable):
 LOST_TRIES = 3  # tries of an idempotent call whose connection broke under it
 LOST_PAUSE_S = 0.05  # between them: a server ends all its connections within a moment
 # How long a write whose commit's answer was lost goes on asking whether it was made, through
-# a restart or failover that follows (retry_until_known).
+# a restart or failover that follows (until_known).
 KNOWN_WITHIN_S = 10.0
 
 
