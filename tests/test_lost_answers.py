@@ -35,15 +35,25 @@ class AnswerLost:
 
     def __init__(self, db: Database, marker: str, then_away: int = 0) -> None:
         self._db, self._marker, self.lost = db, marker, 0
-        self._away = then_away  # transactions refused after the loss (a restart under way)
+        self.away = then_away  # calls refused after the loss (a restart under way)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
 
     def execute(self, sql: str, args: Any = ()) -> int:
+        self._refuse()
         done = self._db.execute(sql, args)
         self._lose(sql)
         return done
+
+    def query(self, sql: str, args: Any = ()) -> list[Any]:
+        self._refuse()
+        return list(self._db.query(sql, args))
+
+    def _refuse(self) -> None:
+        if self.lost and self.away:
+            self.away -= 1
+            raise DatabaseUnavailable("PostgreSQL is unavailable (no connection came)")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -60,9 +70,7 @@ class AnswerLost:
             def query(self, sql: str, args: Any = ()) -> list[Any]:
                 return list(self._cur.query(sql, args))
 
-        if self.lost and self._away:
-            self._away -= 1
-            raise DatabaseUnavailable("PostgreSQL is unavailable (no connection came)")
+        self._refuse()
         with self._db.transaction() as cur:
             yield Cur(cur)
         for sql in wrote:
@@ -102,6 +110,7 @@ def test_a_batch_opened_whose_answer_was_lost_is_open(database: str) -> None:
         batches = Batches(flaky)  # type: ignore[arg-type]
         opened = asyncio.run(until_known(functools.partial(batches.open, staged)))
         assert flaky.lost == 1 and opened.status == "in_progress"
+        assert flaky.away == 0  # every refusal was met (helper-52: none were)
 
 
 def test_a_refused_settle_written_late_leaves_a_later_run_s_success_billed(
@@ -168,3 +177,72 @@ def test_writes_looking_for_themselves_hold_no_thread_while_they_wait() -> None:
         return took
 
     assert asyncio.run(meanwhile()) < 0.2
+
+
+class AwayAfterUpdate:
+    """The database, away right after a batch's open UPDATE commits."""
+
+    def __init__(self, db: Database) -> None:
+        self._db, self.away = db, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def execute(self, sql: str, args: Any = ()) -> int:
+        self._refuse()
+        done = self._db.execute(sql, args)
+        self.away = sql.startswith("UPDATE batches SET in_progress_at")
+        return done
+
+    def query(self, sql: str, args: Any = ()) -> list[Any]:
+        self._refuse()
+        return list(self._db.query(sql, args))
+
+    def transaction(self) -> Any:
+        self._refuse()
+        return self._db.transaction()
+
+    def _refuse(self) -> None:
+        if self.away:
+            raise DatabaseUnavailable("PostgreSQL is unavailable (no connection came)")
+
+
+def test_an_open_answered_unavailable_left_the_batch_unopened(database: str) -> None:
+    """The open's commit and its read of the batch are one transaction: the database going
+    away between them cannot tell the client 503 for a batch that is open and runs
+    (helper-52: they went on two connections)."""
+    with Store(database) as store:
+        key = store.create_key("k")[0].id
+        staged = store.batches.stage(key, ENDPOINT, "file-x", "24h", None, items(3), b"")
+        batches = Batches(AwayAfterUpdate(store.db))  # type: ignore[arg-type]
+        try:
+            told = asyncio.run(until_known(functools.partial(batches.open, staged))).status
+        except DatabaseUnavailable:
+            told = "unavailable"
+        batch = store.batches.get(staged.id)
+        assert batch is not None
+        assert (told == "unavailable") == (batch.status == "validating"), (told, batch.status)
+
+
+def test_a_rerun_s_success_that_met_the_refused_run_s_row_stays_billed(database: str) -> None:
+    """Run 1's success committed, its answer lost; run 2's success then finds that row and
+    bills nothing more (its bill is that row); run 1's refused write comes late. The row
+    became run 2's, so it stays billed once (helper-52: unbilled, the job succeeded at $0)."""
+    with Store(database) as store:
+        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(1)))[0].id
+        job = store.jobs.enqueue(key, "generations", b"{}")
+        budget, price = micros(Decimal(1)), micros(Decimal("0.02"))
+        assert store.jobs.claim(60) is not None  # run 1
+        first = store.money.reserve(key, "total", price, budget)
+        run1 = entry(job.id, key, "0.02")
+        store.money.settle(first, run1, "total")  # committed, its answer lost
+        assert store.jobs.retry_later(job.id, 0, counted=False)
+        assert store.jobs.claim(60) is not None  # run 2
+        second = store.money.reserve(key, "total", price, budget)
+        rerun = entry(job.id, key, "0.02", when=int(time.time()) + 5)
+        assert store.money.write_each([(second, rerun, "total")]) == [None]  # as the writer
+        store.money._refused(first, unbilled(run1), "total")
+        assert store.jobs.finish(job.id, 200, b'{"data": []}') == []
+        row = store.money.entry(job.id)
+        assert row is not None and (row.outcome, row.billed_micros) == ("success", price)
+        assert store.money.spent(key, "total") == (Decimal("0.02"), Decimal(0))

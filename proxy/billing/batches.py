@@ -167,7 +167,10 @@ class Batches:
         Idempotency-Key's). Without it, tried again, an open whose answer was lost (its commit
         made) finds the batch open, not a failure: the client told 503 would create the batch
         again, and both would run and be billed (db.until_known tries again)."""
-        return self._open(into or self._db, batch)
+        if into is not None:
+            return self._open(into, batch)
+        with self._db.transaction() as cur:  # a lost commit shows as ConnectionLost
+            return self._open(cur, batch)
 
     def _open(self, on: Cursor | Database, batch: Batch) -> Batch:
         on.execute("UPDATE batches SET in_progress_at = ?, status = CASE WHEN cancelling_at "

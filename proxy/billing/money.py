@@ -32,6 +32,7 @@ from proxy.billing.db import (
 )
 from proxy.billing.deferred import Deferred
 from proxy.billing.rows import (
+    ADOPT,
     BILLED,
     BILLED_SQL,
     FIELDS,
@@ -41,6 +42,7 @@ from proxy.billing.rows import (
     Delivered,
     Entry,
     Settle,
+    adopting,
     billed_among,
     in_runs,
     ledger_insert_rows,
@@ -236,7 +238,9 @@ class Money:
         for reservation, entry, period in settles:
             if entry.request_id not in billed:
                 self._billed(cur, reservation, entry, period)
-            elif reservation is not None:
+                continue
+            _adopt(cur, entry)
+            if reservation is not None:
                 _close(cur, reservation, 0)
 
     def _write_one(self, write: Settle | Delivered) -> None:
@@ -289,6 +293,7 @@ class Money:
         # Its fields in order (astuple would deep-copy each one first).
         if not cur.execute(LEDGER_INSERT, tuple(getattr(entry, name) for name in FIELDS)):
             # This request's success is in the ledger already: it is billed nothing more.
+            _adopt(cur, entry)
             if reservation is not None:
                 _close(cur, reservation, 0)
             return
@@ -377,6 +382,11 @@ def unbilled(entry: Entry) -> Entry:
         return entry
     return replace(entry, outcome=UNAVAILABLE, failure=UNAVAILABLE, n_delivered=0,
                    billed_micros=0)
+
+
+def _adopt(cur: Cursor, entry: Entry) -> None:
+    if (args := adopting(entry)) is not None:
+        cur.execute(ADOPT, args)
 
 
 def _close(cur: Cursor, reservation: str, billed_micros: int) -> bool:

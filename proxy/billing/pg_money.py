@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.billing.rows import FIELDS, LEDGER_INSERT, MARK, Delivered, Settle, lock_order
+from proxy.billing.rows import (
+    ADOPT,
+    FIELDS,
+    LEDGER_INSERT,
+    MARK,
+    Delivered,
+    Settle,
+    adopting,
+    lock_order,
+)
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -61,6 +70,8 @@ def settles(writes: list[Settle | Delivered], when: int) -> list[Statement]:
             continue
         reservation, entry, period = write
         row = tuple(getattr(entry, name) for name in FIELDS)
+        if (adopted := adopting(entry)) is not None:  # first: the row may be an earlier run's
+            statements.append((ADOPT, adopted))
         if reservation is not None:
             statements.append((_PG_CLOSE, (*row, reservation, entry.billed_micros,
                                            entry.key_id, period, entry.billed_micros,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -53,6 +53,19 @@ LEDGER_INSERT = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
                               if c != "request_id")
                   + f" WHERE ledger.outcome NOT IN {BILLED_SQL}")
 MARK = "UPDATE ledger SET delivered_at = ? WHERE request_id = ?"
+# A job's success settled where an earlier run's success, never delivered, is the row already
+# (that run's commit made, its answer lost): the row becomes this run's, billed once, so the
+# earlier run's late refused write (money.Money._refused, which tells its own row by these
+# fields) no longer takes it for its own and unbills it.
+ADOPT = (f"UPDATE ledger SET created_at = ?, latency_ms = ?, upstream_id = ? WHERE "
+         f"request_id = ? AND outcome IN {BILLED_SQL} AND delivered_at IS NULL")
+
+
+def adopting(entry: Entry) -> tuple[Any, ...] | None:
+    """ADOPT's arguments for `entry`, if it is a job's success (only a job has runs)."""
+    if entry.outcome not in BILLED or not entry.request_id.startswith(JOB_PREFIX):
+        return None
+    return (entry.created_at, entry.latency_ms, entry.upstream_id, entry.request_id)
 _ROW = f"({', '.join('?' * len(FIELDS))})"
 
 
