@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +26,7 @@ from proxy.billing.db import ConnectionLost, Database, DatabaseUnavailable, unti
 from proxy.billing.jobs import Jobs
 from proxy.billing.keys import KeyLimits
 from proxy.billing.money import micros, unbilled
+from proxy.billing.rows import FIELDS, LEDGER_INSERT
 from proxy.billing.store import Store
 from tests.test_batch_staging import ENDPOINT, items
 from tests.test_billing_store import entry
@@ -239,10 +242,71 @@ def test_a_rerun_s_success_that_met_the_refused_run_s_row_stays_billed(database:
         assert store.jobs.retry_later(job.id, 0, counted=False)
         assert store.jobs.claim(60) is not None  # run 2
         second = store.money.reserve(key, "total", price, budget)
-        rerun = entry(job.id, key, "0.02", when=int(time.time()) + 5)
+        rerun = replace(entry(job.id, key, "0.02", when=int(time.time()) + 5),
+                        latency_ms=900, upstream_id="up-2")  # its own call
         assert store.money.write_each([(second, rerun, "total")]) == [None]  # as the writer
         store.money._refused(first, unbilled(run1), "total")
         assert store.jobs.finish(job.id, 200, b'{"data": []}') == []
         row = store.money.entry(job.id)
         assert row is not None and (row.outcome, row.billed_micros) == ("success", price)
         assert store.money.spent(key, "total") == (Decimal("0.02"), Decimal(0))
+
+
+def test_an_adopted_row_keeps_the_budget_window_of_its_bill(database: str) -> None:
+    """Run 1 billed the job on day 1 (its answer lost), run 2 made the row its own on day 2
+    and lost its answer too; both late writes come. The bill stays where it went, day 1, and
+    no window is taken below what it holds (helper-53: run 2's late write unbilled the row
+    and took the bill out of day 2, where it never was)."""
+    with Store(database) as store:
+        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(1),
+                                                     budget_period="daily"))[0].id
+        job = store.jobs.enqueue(key, "generations", b"{}")
+        budget, price = micros(Decimal(1)), micros(Decimal("0.02"))
+        day1, day2 = "2026-12-01", "2026-12-02"
+        assert store.jobs.claim(60) is not None
+        first = store.money.reserve(key, day1, price, budget)
+        run1 = entry(job.id, key, "0.02")
+        store.money.settle(first, run1, day1)
+        assert store.jobs.retry_later(job.id, 0, counted=False)
+        assert store.jobs.claim(60) is not None
+        second = store.money.reserve(key, day2, price, budget)
+        run2 = replace(entry(job.id, key, "0.02", when=int(time.time()) + 86_400),
+                       latency_ms=900, upstream_id="up-2")
+        assert store.money.write_each([(second, run2, day2)]) == [None]
+        store.money._refused(first, unbilled(run1), day1)
+        store.money._refused(second, unbilled(run2), day2)
+        row = store.money.entry(job.id)
+        assert row is not None
+        spent1, spent2 = store.money.spent(key, day1)[0], store.money.spent(key, day2)[0]
+        assert (micros(spent1 + spent2), spent2 >= 0) == (row.billed_micros, True), (
+            row.outcome, row.billed_micros, spent1, spent2)
+
+
+def test_a_rerun_adopts_a_row_that_commits_while_its_settle_waits(postgres_url: str) -> None:
+    """PostgreSQL: run 1's transaction, told refused, still holds its uncommitted row while
+    run 2's settle runs; run 2's insert waits for it and finds it billed. The adoption comes
+    after the insert, so it reads that row (helper-53: before it, it saw none, and run 1's
+    late write then unbilled the job run 2 delivered)."""
+    import psycopg
+
+    with Store(postgres_url) as store:
+        key = store.create_key("k", limits=KeyLimits(budget_usd=Decimal(1)))[0].id
+        job = store.jobs.enqueue(key, "generations", b"{}")
+        run1 = entry(job.id, key, "0.02")
+        run2 = replace(entry(job.id, key, "0.02", when=int(time.time()) + 5), latency_ms=900,
+                       upstream_id="up-2")
+        with psycopg.connect(postgres_url) as other:  # run 1's, not committed yet
+            other.execute(LEDGER_INSERT.replace("?", "%s"),
+                          tuple(getattr(run1, name) for name in FIELDS))
+            done: list[object] = []
+            writer = threading.Thread(target=lambda: done.append(
+                store.money.write_each([(None, run2, None)])))
+            writer.start()
+            time.sleep(0.5)
+            assert writer.is_alive()  # waiting on run 1's row
+            other.commit()
+        writer.join(10)
+        assert done == [[None]]
+        store.money._refused(None, unbilled(run1), None)
+        row = store.money.entry(job.id)
+        assert row is not None and (row.outcome, row.billed_micros) == ("success", 20_000)

@@ -70,8 +70,6 @@ def settles(writes: list[Settle | Delivered], when: int) -> list[Statement]:
             continue
         reservation, entry, period = write
         row = tuple(getattr(entry, name) for name in FIELDS)
-        if (adopted := adopting(entry)) is not None:  # first: the row may be an earlier run's
-            statements.append((ADOPT, adopted))
         if reservation is not None:
             statements.append((_PG_CLOSE, (*row, reservation, entry.billed_micros,
                                            entry.key_id, period, entry.billed_micros,
@@ -80,6 +78,8 @@ def settles(writes: list[Settle | Delivered], when: int) -> list[Statement]:
             statements.append((_PG_SPENT, (*row, entry.key_id, period, entry.billed_micros)))
         else:
             statements.append((LEDGER_INSERT, row))
+        if (adopted := adopting(entry)) is not None:  # after it: the row it met, committed
+            statements.append((ADOPT, adopted))
     return statements
 
 

@@ -55,9 +55,11 @@ LEDGER_INSERT = (f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES "
 MARK = "UPDATE ledger SET delivered_at = ? WHERE request_id = ?"
 # A job's success settled where an earlier run's success, never delivered, is the row already
 # (that run's commit made, its answer lost): the row becomes this run's, billed once, so the
-# earlier run's late refused write (money.Money._refused, which tells its own row by these
-# fields) no longer takes it for its own and unbills it.
-ADOPT = (f"UPDATE ledger SET created_at = ?, latency_ms = ?, upstream_id = ? WHERE "
+# earlier run's late refused write (money.Money._refused, which tells its own row by its time,
+# latency and upstream id) no longer takes it for its own and unbills it. Its time stays: the
+# bill went into the budget window of that time, and no refused write of a later run (whose
+# time differs) takes the row for its own either.
+ADOPT = (f"UPDATE ledger SET latency_ms = ?, upstream_id = ? WHERE "
          f"request_id = ? AND outcome IN {BILLED_SQL} AND delivered_at IS NULL")
 
 
@@ -65,7 +67,7 @@ def adopting(entry: Entry) -> tuple[Any, ...] | None:
     """ADOPT's arguments for `entry`, if it is a job's success (only a job has runs)."""
     if entry.outcome not in BILLED or not entry.request_id.startswith(JOB_PREFIX):
         return None
-    return (entry.created_at, entry.latency_ms, entry.upstream_id, entry.request_id)
+    return (entry.latency_ms, entry.upstream_id, entry.request_id)
 _ROW = f"({', '.join('?' * len(FIELDS))})"
 
 
