@@ -16,8 +16,8 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.billing import savings
+from proxy.billing.amounts import dollars, period_label
 from proxy.billing.keys import KeyLimits, KeyRecord, LimitError, describe, parse_limits
-from proxy.billing.money import dollars, period_label
 from proxy.billing.store import Store
 from proxy.billing.usage import CSV_COLUMNS, GROUPS, as_csv, cells
 from proxy.billing.webhook_secrets import GRACE_S, MAX_GRACE_HOURS

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from proxy.billing import db as db_module
+from proxy.billing.amounts import micros, period_label, usd
 from proxy.billing.idempotency import Claim, Claimed, Stored
 from proxy.billing.keys import KeyLimits, digest
-from proxy.billing.money import micros, period_label, usd
 from proxy.billing.rows import Entry
 from proxy.billing.schema import migrate
 from proxy.billing.store import Store

@@ -23,10 +23,11 @@ import pytest
 from proxy.api.errors import internal
 from proxy.billing import db as db_module
 from proxy.billing import postgres
+from proxy.billing.amounts import micros
 from proxy.billing.db import ConnectionLost, Cursor, DatabaseUnavailable
 from proxy.billing.idempotency import Claim, Claimed, Idempotency, Stored
 from proxy.billing.keys import KeyLimits, KeyRecord
-from proxy.billing.money import Money, micros
+from proxy.billing.money import Money
 from proxy.billing.rows import Delivered, Settle
 from proxy.billing.store import Store
 from tests.conftest import free_socket, make_config, serve

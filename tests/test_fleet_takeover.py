@@ -20,8 +20,8 @@ import httpx
 import openai
 import pytest
 
+from proxy.billing.amounts import micros
 from proxy.billing.keys import KeyLimits
-from proxy.billing.money import micros
 from proxy.billing.store import Store
 from tests.conftest import make_config, serve
 from tests.databases import own_database

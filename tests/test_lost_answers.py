@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from proxy.billing.amounts import micros
 from proxy.billing.batches import Batches
 from proxy.billing.db import ConnectionLost, Database, DatabaseUnavailable, until_known
 from proxy.billing.jobs import Jobs
 from proxy.billing.keys import KeyLimits
-from proxy.billing.money import micros, unbilled
+from proxy.billing.money import unbilled
 from proxy.billing.rows import FIELDS, LEDGER_INSERT
 from proxy.billing.store import Store
 from tests.test_batch_staging import ENDPOINT, items

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from proxy import metrics
+from proxy.billing.amounts import period_label
 from proxy.billing.keys import KeyRecord
-from proxy.billing.money import period_label
 from proxy.billing.store import Store
 
 

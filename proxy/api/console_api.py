@@ -23,7 +23,7 @@ from proxy.api.admin import admin_services
 from proxy.api.auth import authenticate
 from proxy.api.errors import bad_request
 from proxy.billing import activity
-from proxy.billing.money import dollars, period_label
+from proxy.billing.amounts import dollars, period_label
 from proxy.billing.store import Store
 from proxy.catalog import STRATEGIES, Model, Route
 from proxy.domain import Geometry, ImageRequest

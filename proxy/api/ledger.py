@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from proxy import metrics, tracing
 from proxy.api.errors import ApiError
 from proxy.api.request_log import request_line
+from proxy.billing.amounts import micros, period_label, usd
 from proxy.billing.journal import ABANDONED, Call
 from proxy.billing.keys import KeyRecord
-from proxy.billing.money import micros, period_label, usd
 from proxy.billing.rows import BILLED, Delivered, Entry, Settle
 from proxy.catalog import Model
 from proxy.domain import ImageRequest, Served

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from proxy.api.auth import authenticate
 from proxy.api.errors import bad_request
 from proxy.billing import savings
-from proxy.billing.money import dollars
+from proxy.billing.amounts import dollars
 from proxy.billing.usage import GROUPS, UsageRow, as_csv
 from proxy.services import Services, services
 

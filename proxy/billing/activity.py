@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from proxy.billing.amounts import usd
 from proxy.billing.db import Database
-from proxy.billing.money import usd
 
 # The latencies behind the observed p50/p95: this many of the latest successes, so the read
 # costs the same at any traffic (an index walk on ledger_time).

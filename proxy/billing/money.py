@@ -13,15 +13,15 @@ error, and its hold is released, with a $0 row, as soon as the database is back 
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
 from proxy import ids
 from proxy.billing import pg_money
+from proxy.billing.amounts import usd
 from proxy.billing.db import (
     Conflict,
     ConnectionLost,
@@ -54,30 +54,7 @@ from proxy.billing.rows import (
 if TYPE_CHECKING:
     from proxy.billing.postgres import PostgresDatabase
 
-MICRO = Decimal("0.000001")
 UNAVAILABLE = "database_unavailable"  # the outcome of a request whose settle was refused
-
-
-def micros(amount: Decimal) -> int:
-    """US dollars to integer micro-dollars (half a micro-dollar rounds up)."""
-    return int((amount / MICRO).to_integral_value(ROUND_HALF_UP))
-
-
-def usd(amount_micros: int) -> Decimal:
-    return Decimal(amount_micros).scaleb(-6)
-
-
-def dollars(amount: Decimal) -> str:
-    """An amount as plain text without trailing zeros: '5', '0.0672'."""
-    return format(amount.normalize(), "f")
-
-
-def period_label(period: str, now: float) -> str:
-    """The budget window a moment falls in: 'total', '2026-11' (monthly) or '2026-11-22'."""
-    if period not in ("monthly", "daily"):
-        return "total"  # most keys: no date to format on every request
-    day = dt.datetime.fromtimestamp(now, dt.UTC)
-    return day.strftime("%Y-%m") if period == "monthly" else day.strftime("%Y-%m-%d")
 
 
 class Money:

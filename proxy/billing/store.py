@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.billing import db as db_module
+from proxy.billing.amounts import micros, usd
 from proxy.billing.batches import Batches
 from proxy.billing.cache_store import CacheStore
 from proxy.billing.deferred import Deferred
@@ -22,7 +23,7 @@ from proxy.billing.idempotency import Idempotency
 from proxy.billing.jobs import Jobs
 from proxy.billing.journal import Journal
 from proxy.billing.keys import KeyLimits, KeyRecord, digest, hint, new_key, new_key_id
-from proxy.billing.money import Money, micros, usd
+from proxy.billing.money import Money
 from proxy.billing.schema import migrate
 from proxy.billing.usage import Usage
 from proxy.billing.webhook_secrets import WebhookSecrets, new_secret

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from proxy.billing.amounts import dollars, usd
 from proxy.billing.db import Database
-from proxy.billing.money import dollars, usd
 from proxy.billing.rows import BILLED
 
 # group name -> portable SQL expression (days are whole UTC days since the epoch)

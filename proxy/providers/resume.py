@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 
+from proxy.billing.amounts import micros
 from proxy.billing.db import DatabaseUnavailable
 from proxy.billing.deferred import Deferred
 from proxy.billing.journal import Answer, Call, Journal
-from proxy.billing.money import micros
 from proxy.catalog import Route
 from proxy.domain import ImageRequest
 from proxy.providers.base import UpstreamReply
