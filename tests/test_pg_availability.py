@@ -144,10 +144,15 @@ def test_one_termination_is_one_outage_in_the_log(database: str,
             terminated.set()
             assert done.wait(10) and failed
             assert db.query("SELECT 4") == [(4,)]
-        said = [r.getMessage() for r in caplog.records if r.name == "switchyard.database"]
-        assert sum("is unavailable" in line for line in said) == 1, said
+        assert _outages(caplog) == 1, caplog.text
     finally:
         db.close()
+
+
+def _outages(caplog: pytest.LogCaptureFixture) -> int:
+    """How many outages the database's log said."""
+    return sum("is unavailable" in record.getMessage() for record in caplog.records
+               if record.name == "switchyard.database")
 
 
 def _terminate(url: str) -> None:
@@ -170,8 +175,7 @@ def test_a_second_outage_is_said_again(database: str,
                 time.sleep(0.1)
                 _terminate(database)
                 assert db.query("SELECT 2") == [(2,)]
-        said = [r.getMessage() for r in caplog.records if r.name == "switchyard.database"]
-        assert sum("is unavailable" in line for line in said) == 2, said
+        assert _outages(caplog) == 2, caplog.text
     finally:
         db.close()
 
@@ -204,7 +208,6 @@ def test_an_outage_after_a_busy_pool_is_said(database: str, caplog: pytest.LogCa
             assert db.query("SELECT 3") == [(3,)]
             _terminate(database)
             assert db.query("SELECT 4") == [(4,)]
-        said = [r.getMessage() for r in caplog.records if r.name == "switchyard.database"]
-        assert sum("is unavailable" in line for line in said) == 2, said
+        assert _outages(caplog) == 2, caplog.text
     finally:
         db.close()
