@@ -193,10 +193,9 @@ class Worker:
 
     async def _run_one(self, job: Job) -> None:
         store = self._svc.store
-        holds = functools.partial(store.jobs.holds, job.id, job.claim, self._lease) \
-            if job.claim else None
         resume = Resume(store.journal, store.deferred, job.id, left=job.calls_left,
-                        run=self._svc.ledger_writes.run, claim=job.claim, holds=holds)
+                        run=self._svc.ledger_writes.run, claim=job.claim,
+                        holds=functools.partial(store.jobs.holds, lease_s=self._lease))
         try:
             status, body, retry = await self._execute(job, resume)
         except asyncio.CancelledError:

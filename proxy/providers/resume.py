@@ -40,13 +40,14 @@ class Resume:
 
     def __init__(self, journal: Journal, deferred: Deferred, ticket: str,
                  left: bool = True, run: Run = asyncio.to_thread,
-                 claim: str | None = None, holds: Callable[[], bool] | None = None) -> None:
+                 claim: str | None = None,
+                 holds: Callable[[str, str], bool] | None = None) -> None:
         self._journal = journal
         self._deferred = deferred
         self._left = left  # whether earlier runs may have left calls (else nothing to read)
         self._run = run  # runs a journal call off the event loop
         self.claim = claim  # this run's claim of the job (Jobs.claim_many)
-        self._holds = holds  # whether this run still holds its job (Jobs.holds)
+        self._holds = holds  # (job id, claim) -> whether that claim still holds the job
         self._payer = (ticket, "", "")  # (ticket, key id, tenant): who the calls are for
         # (route id, part, ordinal) -> (call id, its reply): submits to answer from the journal
         self._kept: dict[tuple[str, int, int], tuple[str, UpstreamReply]] = {}
@@ -56,10 +57,10 @@ class Resume:
     async def ours(self) -> bool:
         """Whether the job is still this run's, to bill (the database away: as if it were,
         the settle then meets the same outage)."""
-        if self._holds is None:
+        if self._holds is None or self.claim is None:
             return True
         try:
-            return bool(await self._run(self._holds))
+            return bool(await self._run(self._holds, self._payer[0], self.claim))
         except DatabaseUnavailable:
             return True
 
