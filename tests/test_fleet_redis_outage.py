@@ -16,10 +16,12 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import redis
 
 from proxy.billing.keys import KeyLimits
 from proxy.billing.store import Store
 from tests.redis_servers import PrivateRedis, private_redis
+from tests.serving import free_port
 from tests.test_fleet_limits import Fleet, generate, started
 
 __all__ = ["private_redis"]  # a fixture
@@ -97,3 +99,26 @@ def test_redis_stopped_and_restarted_empty_mid_load_loses_nothing(
                 log.count(LOST), log.count(BACK))
         print(f"\n{len(answers)} requests, {during} before Redis came back; all 200, "
               f"each in the ledger once; shared again {back_after:.2f} s after the restart")
+
+
+def test_a_redis_that_turns_read_only_is_said_once_by_a_real_replica(
+        tmp_path: Path, private_redis: PrivateRedis) -> None:
+    """`switchyard serve` whose Redis turns into a replica of a master nobody serves (a
+    failover's leftover: it answers PING, and refuses every write): its requests go on on its
+    own state, and its log says so once, not every second (the check was a PING, which called
+    Redis back each time, and the next request lost it again)."""
+    with started(tmp_path, "fleet", 8, 1, redis_url=private_redis.url) as fleet:
+        key = fleet.key(KeyLimits(rpm=100_000))
+        admin = redis.Redis.from_url(private_redis.url)
+        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        admin.close()
+        statuses: Counter[int] = Counter()
+        with fleet.client(0, key) as client:
+            ends = time.monotonic() + 3.5
+            while time.monotonic() < ends:
+                statuses[generate(client)[0]] += 1
+                time.sleep(0.05)
+        assert set(statuses) == {200}, statuses
+        assert shared(fleet) == ["unreachable"]
+        log = fleet.replicas[0].log()
+        assert (log.count(LOST), log.count(BACK)) == (1, 1)  # BACK: at its start
