@@ -88,12 +88,15 @@ class Ledger:
         return reservation
 
     async def succeeded(self, reservation: str | None, served: Served, billed: Decimal,
-                        started: float, outcome: str = "success") -> None:
+                        started: float, outcome: str = "success") -> Decimal:
+        """The row of a delivered request; what it billed (nothing, if this run no longer
+        held its job: see _settle)."""
         upstream = served.cost_usd + served.hedge_cost_usd
-        await self._settle(reservation, self._entry(
+        written = await self._settle(reservation, self._entry(
             started, outcome, served.provider, served.route_id, len(served.result.images),
             micros(billed), micros(upstream), len(served.attempts),
             served.result.upstream_id))
+        return usd(written.billed_micros)
 
     async def failed(self, reservation: str | None, exc: RoutesFailed, started: float) -> None:
         last = exc.attempts[-1] if exc.attempts else None
@@ -128,7 +131,7 @@ class Ledger:
         """`call(*args)` on a ledger thread: database I/O stays off the event loop."""
         return await self.svc.ledger_writes.run(call, *args)
 
-    async def _settle(self, reservation: str | None, entry: Entry) -> None:
+    async def _settle(self, reservation: str | None, entry: Entry) -> Entry:
         if self.resume is not None and not await self.resume.ours():
             # Another run holds the job now (this one's lease ran out while it went on): that
             # run bills it and writes its outcome. This one's upstream spend is kept under a
@@ -143,6 +146,7 @@ class Ledger:
                     _write_each, (self, (reservation, entry, self.period)), _write_now)
         finally:
             metrics.LEDGER_BACKLOG.dec()
+        return entry
 
     def _entry(self, started: float, outcome: str, provider: str | None, route: str | None,
                delivered: int, billed: int, upstream: int, attempts: int,

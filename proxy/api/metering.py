@@ -229,11 +229,12 @@ async def _run(run: _Run, reservation: str | None, slot: Slot | None) -> Charged
     else:
         billed = min(run.quote, run.plan.cached(model.name, tier, reuse.made_for, delivered))
         outcome = caching.OUTCOMES[reuse.how]
-    await ledger.succeeded(reservation, served, billed, started, outcome)
-    ledger.log(outcome, started, served.provider, len(served.attempts), billed,
+    # What the row billed: nothing if this run lost its job meanwhile (the metric follows).
+    written = await ledger.succeeded(reservation, served, billed, started, outcome)
+    ledger.log(outcome, started, served.provider, len(served.attempts), written,
                served.cost_usd + served.hedge_cost_usd)
     label = key_label(svc, ledger.key)
-    metrics.BILLED.labels(label, model.name, served.provider).inc(float(billed))
+    metrics.BILLED.labels(label, model.name, served.provider).inc(float(written))
     metrics.UPSTREAM_COST.labels(label, model.name, served.provider).inc(
         float(served.cost_usd + served.hedge_cost_usd))
     headers = image_headers(ledger.asked, served)
