@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Literal, Protocol
 
@@ -155,6 +155,20 @@ class Usage:
     input_image_tokens: int = 0
     output_image_tokens: int = 0
 
+    @staticmethod
+    def total(usages: Iterable[Usage | None]) -> Usage | None:
+        """The counts of several calls' results added up (None if no call reported any). If
+        some said their image tokens and others did not, the sum covers only some images:
+        it holds none then, and the bill falls back to the price per image for all."""
+        each = list(usages)
+        known = [u for u in each if u is not None]
+        if not known:
+            return None
+        summed = Usage(*(sum(getattr(u, f.name) for u in known) for f in fields(Usage)))
+        if all(u is not None and u.output_image_tokens for u in each):
+            return summed
+        return Usage(summed.input_tokens, summed.output_tokens, summed.input_image_tokens, 0)
+
 
 @dataclass(frozen=True, slots=True)
 class ImageResult:
@@ -169,6 +183,17 @@ class ImageResult:
     # Words the host sent beside the images (Gemini's text parts): chat and Gemini answers
     # carry them; an images response has no place for them.
     text: str | None = None
+    # How many images the host made, where it made more than were asked and the extra ones
+    # were cut (proxy.verify): it bills them all, the tenant pays for those delivered.
+    made: int | None = None
+    # The host served it at another tier than the route is priced at (Gemini's Priority lane
+    # past its limits serves, and bills, at the standard tier): its cost is the route's price
+    # times this.
+    price_factor: Decimal | None = None
+
+    @property
+    def images_made(self) -> int:
+        return self.made if self.made is not None else len(self.images)
 
 
 @dataclass(frozen=True, slots=True)

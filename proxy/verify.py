@@ -45,18 +45,18 @@ async def checked(result: ImageResult, request: ImageRequest,
     """The result with every image verified (its mime type set from its magic bytes, and its
     bytes decoded when a link needs them), cut to the n asked; UpstreamError if any is not an
     image Switchyard can deliver."""
-    images = result.images
+    images, made = result.images, result.made
     if len(images) > request.n:
         log.warning("upstream returned %d images for n=%d; delivering %d", len(images),
                     request.n, request.n)
-        images = images[:request.n]
+        images, made = images[:request.n], result.images_made
     verified = [_verified(image, max_pixels) for image in images]
     images = tuple(image for image, _ in verified)
     if request.response_format == "url":
         images = tuple([await decoded(image) for image in images])
     # The size the header gave, so proxy.convert need not read the header again.
     size = result.size or (f"{verified[0][1][0]}x{verified[0][1][1]}" if verified else None)
-    return replace(result, images=images, size=size)
+    return replace(result, images=images, size=size, made=made)
 
 
 def header_checked(image: Image, max_pixels: int) -> Image:

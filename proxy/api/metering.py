@@ -222,8 +222,11 @@ async def _run(run: _Run, reservation: str | None, slot: Slot | None) -> Charged
         raise
     delivered, tier = len(served.result.images), ledger.asked.geometry.tier
     if reuse is None:
+        # Each image at what the host charged per image it made (it may have made more
+        # than were asked: those were cut, and are not the tenant's to pay).
+        made = served.result.images_made
         billed = min(run.quote, run.plan.per_image(model.name, tier,
-                                                   served.cost_usd / delivered) * delivered)
+                                                   served.cost_usd / made) * delivered)
         outcome = "success"
         observe(model, ledger.asked, served, time.monotonic() - started)
     else:

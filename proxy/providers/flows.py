@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import fields, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -136,7 +137,8 @@ async def _fan_out(adapter: Adapter, route: Route, request: ImageRequest,
         raise first
     return ImageResult(images=tuple(i for r in results for i in r.images), size=results[0].size,
                        upstream_id=results[0].upstream_id,
-                       usage=_total_usage(r.usage for r in results),
+                       usage=Usage.total(r.usage for r in results),
+                       price_factor=_price_factor(results),
                        text=" ".join(r.text for r in results if r.text) or None)
 
 
@@ -166,12 +168,13 @@ async def _one(adapter: Adapter, route: Route, request: ImageRequest,
         callbacks.close(token)
 
 
-def _total_usage(usages: Iterable[Usage | None]) -> Usage | None:
-    """Token counts of parallel calls, added up (None if no call reported any)."""
-    known = [u for u in usages if u is not None]
-    if not known:
+def _price_factor(results: list[ImageResult]) -> Decimal | None:
+    """The calls' price factors, weighed by their images (one request's images are all of
+    one size, so each costs the same at its call's tier); None if no call had one."""
+    if all(r.price_factor is None for r in results):
         return None
-    return Usage(*(sum(getattr(u, f.name) for u in known) for f in fields(Usage)))
+    weighed = sum(((r.price_factor or Decimal(1)) * len(r.images) for r in results), Decimal(0))
+    return weighed / sum(len(r.images) for r in results)
 
 
 def _with_n(request: ImageRequest, n: int) -> ImageRequest:

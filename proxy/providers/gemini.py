@@ -10,6 +10,8 @@ import contextlib
 import mimetypes
 import re
 from collections.abc import Mapping
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -25,6 +27,8 @@ from proxy.providers.base import Adapter, Flow, UpstreamCall, UpstreamReply, che
 # override this map (option `image_sizes`); a tier missing from it sends no imageSize at all.
 IMAGE_SIZES: Mapping[str, str] = {"0.5K": "512", "1K": "1K", "2K": "2K", "4K": "4K"}
 RESPONSE_MODALITIES: tuple[str, ...] = ("IMAGE",)
+# The tier that served a call, where it may differ from the one asked (Priority past its limits).
+SERVED_TIER = "x-gemini-service-tier"
 # Finish reasons that mean "the model would not draw this": the client's outcome, not ours.
 REFUSED: frozenset[str] = frozenset({
     "SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST",
@@ -122,10 +126,24 @@ def build(request: ImageRequest, route: Route) -> UpstreamCall:
                         headers={"x-goog-api-key": api_key(route)}, json=body(request, route))
 
 
-def respond(call: UpstreamCall) -> Flow:
-    """Send one generateContent call and turn its reply into images or a failure."""
+def respond(call: UpstreamCall, downgraded: Decimal | None = None) -> Flow:
+    """Send one generateContent call and turn its reply into images or a failure.
+    `downgraded`: what the answer costs, as a multiple of the route's price, if Google says
+    it served the call at the standard tier (a Priority lane past its limits)."""
     reply = check((yield call), classify)
-    return parse(reply.json())
+    result = parse(reply.json())
+    if downgraded is not None and reply.headers.get(SERVED_TIER) == "standard":
+        return replace(result, price_factor=downgraded)
+    return result
+
+
+def _downgraded(route: Route) -> Decimal | None:
+    """On the Priority lane, options.standard_tier_factor: the standard tier's price as a
+    multiple of the route's."""
+    if option(route, "service_tier", None) != "priority":
+        return None
+    factor = option(route, "standard_tier_factor", None)
+    return Decimal(str(factor)) if factor is not None else None
 
 
 def parse(reply: Any) -> ImageResult:
@@ -272,7 +290,7 @@ def _clean(text: str, limit: int = 300) -> str:
 
 
 def flow(request: ImageRequest, route: Route) -> Flow:
-    return (yield from respond(build(request, route)))
+    return (yield from respond(build(request, route), _downgraded(route)))
 
 
 ADAPTER = Adapter("gemini", flow, images_per_call=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -258,11 +258,9 @@ def outcome(operation: Mapping[str, Any], keys: tuple[str, ...]) -> ImageResult:
             errors.append(exc)
     if not results:
         raise errors[0]
-    usages = [r.usage for r in results if r.usage is not None]
-    usage = Usage(*(sum(getattr(u, f.name) for u in usages) for f in fields(Usage))) \
-        if usages else None
     return ImageResult(images=tuple(i for r in results for i in r.images), size=results[0].size,
-                       upstream_id=batch_name(operation), usage=usage)
+                       upstream_id=batch_name(operation),
+                       usage=Usage.total(r.usage for r in results))
 
 
 def flow(request: ImageRequest, route: Route) -> Flow:

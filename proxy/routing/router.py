@@ -113,8 +113,10 @@ class Router:
             route, result = await run.execute()
             waited = self._clock() - started
             cost = pricing.actual(route.unit_price(request.geometry.tier, request.quality),
-                                  len(result.images), route.usd_per_image_token,
+                                  result.images_made, route.usd_per_image_token,
                                   result.usage.output_image_tokens if result.usage else None)
+            if result.price_factor is not None:  # served, and billed, at another tier
+                cost *= result.price_factor
             served = Served(result, route.id, route.provider.name, route.upstream_model, cost,
                             tuple(run.attempts), result.converted_from,
                             strategy=policy.strategy or "cheapest",

@@ -1,0 +1,166 @@
+"""What a token-priced host charged, billed exactly: for the images delivered when the host
+made more than were asked, for every image when only some of a request's calls said their
+image tokens, and at the tier Google served when its Priority lane fell back to standard."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+
+from tests import protocol_kit as kit
+from tests.conftest import make_config, serve
+from tests.fakes.gemini import FakeGemini
+from tests.fakes.openai_images import image_b64
+
+OPENAI = """
+[openai]
+protocol = "openai_images"
+base_url = "https://api.openai.com/v1"
+key_env = "OPENAI_API_KEY"
+"""
+FLARE = """
+name = "gpt-image-2.5-flare"
+created = 2026-09-08
+[capabilities]
+aspect_ratios = ["1:1"]
+max_n = 10
+output_formats = ["png"]
+qualities = ["auto", "low", "medium", "high"]
+
+[[routes]]
+provider = "openai"
+upstream_model = "gpt-image-2.5-flare"
+typical_latency_s = 15
+price.per_token = { usd_per_million = 30, tokens = { "1K" = 1756 } }
+price.quality = { low = 0.112, medium = 0.25 }
+options.sizes = ["1024x1024"]
+"""
+MEDIUM = 439  # output image tokens of one 1024x1024 image at quality medium
+GOOGLE = """
+[google]
+protocol = "gemini"
+base_url = "https://generativelanguage.googleapis.com/v1beta"
+key_env = "GEMINI_API_KEY"
+
+[google-priority]
+protocol = "gemini"
+base_url = "https://generativelanguage.googleapis.com/v1beta"
+key_env = "GEMINI_API_KEY"
+lane = "priority"
+options = { service_tier = "priority", standard_tier_factor = 0.5 }
+"""
+BANANA = """
+name = "nano-banana-2"
+created = 2026-02-26
+[capabilities]
+aspect_ratios = ["1:1"]
+max_n = 4
+output_formats = ["png"]
+
+[[routes]]
+provider = "{provider}"
+upstream_model = "gemini-3.1-flash-image"
+typical_latency_s = 12
+price.per_token = {{ usd_per_million = {rate}, tokens = {{ "1K" = 1120 }} }}
+"""
+ONE_1K_IMAGE = 67_200  # micro-dollars: 1120 tokens at $60/M
+
+
+class TooMany(httpx.AsyncBaseTransport):
+    """An OpenAI-shaped host that makes n + 1 images and reports the tokens of all it made."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        fields: dict[str, Any] = orjson.loads(await request.aread())
+        made = int(fields.get("n", 1)) + 1
+        tokens = MEDIUM * made
+        return httpx.Response(200, json={
+            "created": int(time.time()), "size": "1024x1024", "quality": "medium",
+            "data": [{"b64_json": image_b64(1024, 1024, "png", str(i))} for i in range(made)],
+            "usage": {"input_tokens": 20, "output_tokens": tokens, "total_tokens": tokens + 20,
+                      "input_tokens_details": {"text_tokens": 20, "image_tokens": 0},
+                      "output_tokens_details": {"image_tokens": tokens, "text_tokens": 0}}})
+
+
+class SometimesUnsplit(FakeGemini):
+    """Every second reply's usageMetadata has no per-modality split (as Google's own Batch
+    example answers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        reply = await super().handle_async_request(request)
+        self.answered += 1
+        if self.answered % 2:
+            return reply
+        body = orjson.loads(await reply.aread())
+        body["usageMetadata"].pop("candidatesTokensDetails", None)
+        return httpx.Response(200, json=body)
+
+
+class Served(FakeGemini):
+    """Says in x-gemini-service-tier which tier served the call."""
+
+    def __init__(self, tier: str) -> None:
+        super().__init__()
+        self.tier = tier
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert orjson.loads(await request.aread()).get("serviceTier") == "priority"
+        reply = await super().handle_async_request(request)
+        headers = {k: v for k, v in reply.headers.items() if k != "content-length"}
+        return httpx.Response(reply.status_code, content=await reply.aread(),
+                              headers={**headers, "x-gemini-service-tier": self.tier})
+
+
+def _generate(tmp_path: Path, providers: str, model: str, text: str, transport: Any,
+              **asked: Any) -> tuple[httpx.Headers, Any]:
+    catalog = kit.write_catalog(tmp_path / "routes", providers, {model: text},
+                                {"OPENAI_API_KEY": "test-key", "GEMINI_API_KEY": "test-key"})
+    provider = "openai" if "openai" in providers else \
+        ("google-priority" if "google-priority" in text else "google")
+    with serve(make_config(tmp_path / "data"), catalog, {provider: transport}) as running:
+        with openai.OpenAI(base_url=running.v1, api_key=running.new_key(),
+                           max_retries=0) as sdk:
+            raw = sdk.images.with_raw_response.generate(model=model, prompt="a red fox",
+                                                        size="1024x1024", **asked)
+        with running.store() as store:
+            row = store.money.entry(raw.headers["x-request-id"])
+    assert row is not None and row.outcome == "success"
+    assert row.n_delivered == len(raw.http_response.json()["data"])
+    return raw.headers, row
+
+
+def test_images_cut_to_n_are_not_the_tenants_to_pay(tmp_path: Path) -> None:
+    headers, row = _generate(tmp_path, OPENAI, "gpt-image-2.5-flare", FLARE, TooMany())
+    assert row.n_delivered == 1
+    assert row.billed_micros == MEDIUM * 30, headers["x-switchyard-billed-usd"]
+    assert row.upstream_micros == 2 * MEDIUM * 30  # what the host charged: both it made
+
+
+def test_calls_that_did_not_all_say_their_image_tokens_bill_every_image(tmp_path: Path) -> None:
+    banana = BANANA.format(provider="google", rate=60)
+    headers, row = _generate(tmp_path, GOOGLE, "nano-banana-2", banana, SometimesUnsplit(), n=2)
+    assert row.n_delivered == 2
+    assert row.billed_micros == 2 * ONE_1K_IMAGE, headers["x-switchyard-billed-usd"]
+    assert row.upstream_micros == 2 * ONE_1K_IMAGE
+
+
+def test_a_priority_call_served_at_the_standard_tier_is_billed_at_it(tmp_path: Path) -> None:
+    banana = BANANA.format(provider="google-priority", rate=120)
+    headers, row = _generate(tmp_path, GOOGLE, "nano-banana-2", banana, Served("standard"))
+    assert Decimal(headers["x-switchyard-cost-usd"]) == Decimal("0.0672")
+    assert row.upstream_micros == ONE_1K_IMAGE and row.billed_micros == ONE_1K_IMAGE
+
+
+def test_a_priority_call_served_at_priority_is_billed_at_it(tmp_path: Path) -> None:
+    banana = BANANA.format(provider="google-priority", rate=120)
+    _, row = _generate(tmp_path, GOOGLE, "nano-banana-2", banana, Served("priority"))
+    assert row.upstream_micros == 2 * ONE_1K_IMAGE and row.billed_micros == 2 * ONE_1K_IMAGE
