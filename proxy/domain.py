@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 TIERS: tuple[str, ...] = ("0.5K", "1K", "2K", "4K")
 # Long edge of a square image at each tier; other aspect ratios keep about the same pixel count.
@@ -144,6 +144,23 @@ class Image:
     b64: str
     revised_prompt: str | None = None
     data: bytes | None = field(default=None, repr=False)
+
+
+# More tokens than any image request could use: a count past it is not one a host could bill.
+MAX_TOKENS = 100_000_000
+
+
+def token_count(value: Any) -> int:
+    """A token count as a host reported it: a whole number from 0 to MAX_TOKENS. Anything
+    else (negative, past it, not a number) is taken as not reported (0), so the bill falls
+    back to the route's price per image; a bill never goes below zero or past the ledger's
+    columns on a host's word."""
+    whole = isinstance(value, float) and value.is_integer()
+    if whole or (isinstance(value, str) and value.isascii() and value.isdigit()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        return 0
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ DEFAULT_MAX_PIXELS = 36_000_000
 _PNG_END = b"IEND\xaeB`\x82"
 _TAIL_CHARS = 1368  # the last 1 KB of an image, as base64: room for bytes after a JPEG's EOI
 _DECODE_IN_THREAD = 256 * 1024  # base64 longer than this is decoded off the event loop
+_MAX_UPSTREAM_ID = 200  # characters of a host's id for its job kept in the ledger
 
 
 def broken(message: str) -> UpstreamError:
@@ -56,7 +57,21 @@ async def checked(result: ImageResult, request: ImageRequest,
         images = tuple([await decoded(image) for image in images])
     # The size the header gave, so proxy.convert need not read the header again.
     size = result.size or (f"{verified[0][1][0]}x{verified[0][1][1]}" if verified else None)
-    return replace(result, images=images, size=size, made=made)
+    return replace(result, images=images, size=size, made=made,
+                   upstream_id=upstream_id(result.upstream_id))
+
+
+def upstream_id(value: object) -> str | None:
+    """A host's id for its job as the ledger keeps it: text (a number is spelled), without
+    control characters (PostgreSQL refuses a NUL), at most _MAX_UPSTREAM_ID long; None for
+    anything else (a host that sent an object: the id only helps to find its job)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    text = value if value.isprintable() else "".join(c for c in value if c.isprintable())
+    text = text[:_MAX_UPSTREAM_ID]
+    return text or None
 
 
 def header_checked(image: Image, max_pixels: int) -> Image:

@@ -19,7 +19,7 @@ import httpx
 
 from proxy import failures, geometry, imaging
 from proxy.catalog import Route
-from proxy.domain import Image, ImageRequest, ImageResult, InputImage, Usage
+from proxy.domain import Image, ImageRequest, ImageResult, InputImage, Usage, token_count
 from proxy.failures import Failure, Kind, UpstreamError
 from proxy.providers.base import Adapter, Flow, UpstreamCall, UpstreamReply, check
 
@@ -218,17 +218,19 @@ def usage(meta: Any) -> Usage | None:
     if not isinstance(meta, dict):
         return None
     return Usage(
-        input_tokens=int(meta.get("promptTokenCount", 0)),
-        output_tokens=int(meta.get("candidatesTokenCount", 0))
-        + int(meta.get("thoughtsTokenCount", 0)),
+        input_tokens=token_count(meta.get("promptTokenCount")),
+        output_tokens=token_count(meta.get("candidatesTokenCount"))
+        + token_count(meta.get("thoughtsTokenCount")),
         input_image_tokens=_modality(meta.get("promptTokensDetails"), "IMAGE"),
         output_image_tokens=_modality(meta.get("candidatesTokensDetails"), "IMAGE"),
     )
 
 
 def _modality(details: Any, modality: str) -> int:
-    return sum(int(d.get("tokenCount", 0)) for d in details or ()
-               if isinstance(d, dict) and d.get("modality") == modality)
+    if not isinstance(details, list):
+        return 0
+    return token_count(sum(token_count(d.get("tokenCount")) for d in details
+                           if isinstance(d, dict) and d.get("modality") == modality))
 
 
 def classify(reply: UpstreamReply) -> Failure | None:

@@ -9,7 +9,6 @@ completed ones are, even when the stream broke after them (n > 1).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 from proxy.domain import Image, ImageResult, PartialImage, Usage
@@ -49,7 +48,7 @@ def result(reply: UpstreamReply, kinds: Mapping[str, Kind], asked_format: str) -
     failed; a stream with none raises its error event's failure, or UPSTREAM_BROKEN if it
     just ended."""
     images: list[Image] = []
-    usages: list[Usage] = []
+    usages: list[Usage | None] = []
     size: str | None = None
     failure: Failure | None = None
     for event in events.decode_all(reply.body):
@@ -62,15 +61,13 @@ def result(reply: UpstreamReply, kinds: Mapping[str, Kind], asked_format: str) -
             images.append(Image(mime or fallback or "image/png", str(data["b64_json"])))
             size = size or api.valid_size(data.get("size")) or (
                 f"{dims[0]}x{dims[1]}" if dims else None)
-            if (found := api.usage(data)) is not None:
-                usages.append(found)
+            usages.append(api.usage(data))
     if not images:
         raise UpstreamError(failure or Failure(
             Kind.UPSTREAM_BROKEN, "the host's stream ended before an image was completed"))
     # [U] how OpenAI counts tokens across the completed events of n > 1: each event's own.
-    total = Usage(*(sum(getattr(u, f.name) for u in usages) for f in fields(Usage))) \
-        if usages else None
-    return ImageResult(tuple(images), size, reply.headers.get("x-request-id"), total)
+    return ImageResult(tuple(images), size, reply.headers.get("x-request-id"),
+                       Usage.total(usages))
 
 
 def _object(event: ServerEvent) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from proxy import geometry, imaging
 from proxy.catalog import Route
-from proxy.domain import Image, ImageRequest, ImageResult, InputImage, Usage
+from proxy.domain import Image, ImageRequest, ImageResult, InputImage, Usage, token_count
 from proxy.failures import Failure, Kind, UpstreamError, from_status, retry_after
 from proxy.providers.base import Flow, Step, UpstreamCall, UpstreamReply, check
 
@@ -162,7 +162,9 @@ def collect(items: list[Any], fallback_mime: str, kinds: Mapping[str, Kind]) -> 
         else:
             failures.append(Failure(Kind.UPSTREAM_BROKEN, "upstream returned an empty image"))
             continue
-        images.append(Image(image.mime, image.b64, item.get("revised_prompt") or None))
+        revised = item.get("revised_prompt")  # text, or none at all: it goes to clients
+        images.append(Image(image.mime, image.b64, revised if isinstance(revised, str) and
+                            revised else None))
         size = size or valid_size(item.get("size")) or found
     return Delivered(tuple(images), tuple(failures), size)
 
@@ -199,12 +201,13 @@ def usage(body: Mapping[str, Any]) -> Usage | None:
     raw = body.get("usage")
     if not isinstance(raw, Mapping):
         return None
-    output = int(raw.get("output_tokens") or 0)
-    in_details = raw.get("input_tokens_details") or {}
+    output = token_count(raw.get("output_tokens"))
+    in_details = raw.get("input_tokens_details")
     out_details = raw.get("output_tokens_details")
-    return Usage(input_tokens=int(raw.get("input_tokens") or 0), output_tokens=output,
-                 input_image_tokens=int(in_details.get("image_tokens") or 0),
-                 output_image_tokens=int(out_details.get("image_tokens") or 0)
+    return Usage(input_tokens=token_count(raw.get("input_tokens")), output_tokens=output,
+                 input_image_tokens=token_count(in_details.get("image_tokens"))
+                 if isinstance(in_details, Mapping) else 0,
+                 output_image_tokens=token_count(out_details.get("image_tokens"))
                  if isinstance(out_details, Mapping) else output)
 
 
