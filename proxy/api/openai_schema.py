@@ -53,7 +53,7 @@ _COMMON = frozenset({
 })
 FIELDS: dict[str, frozenset[str]] = {
     "generate": _COMMON | {"moderation", "style"},
-    "edit": _COMMON | {"image", "image[]", "images", "mask", "input_fidelity", "moderation"},
+    "edit": _COMMON | {"images", "mask", "input_fidelity", "moderation"},
 }
 
 
@@ -114,7 +114,11 @@ def parse(kind: Kind, body: Body, model: Model, policy: Policy,
           images: tuple[InputImage, ...] = (), mask: InputImage | None = None) -> ImageRequest:
     """Validate every field of an images request against the spec and the model's shapes."""
     for name in body.data:
-        if name not in FIELDS[kind] and not name.startswith("image["):
+        if name not in FIELDS[kind]:
+            if name == "image" or name.startswith("image["):  # a multipart edit's files
+                raise bad_request(name, f"'{name}' is an uploaded file of a multipart edit; "
+                                        "as JSON, an edit takes 'images': [{image_url}] and "
+                                        "a generation 'image_urls'")
             raise bad_request(name, f"unrecognized request argument supplied: {name}",
                               code="unknown_parameter")
     if body.boolean("stream"):

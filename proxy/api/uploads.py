@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from proxy import imaging
-from proxy.api import inputs
+from proxy.api import form_fields, inputs
 from proxy.api.errors import bad_request
 from proxy.domain import InputImage
 
@@ -69,11 +69,12 @@ def json_images(value: Any) -> tuple[InputImage, ...]:
     return tuple(json_image(item, f"images[{i}]") for i, item in enumerate(value))
 
 
-async def read_form(request: Request) -> tuple[dict[str, str], list[InputImage],
+async def read_form(request: Request) -> tuple[dict[str, Any], list[InputImage],
                                                InputImage | None]:
     """Fields, images and mask of a multipart edit, as the official SDK sends it: `image` for
-    one file, repeated `image[]` for several (and, defensively, `image[0]`, `image[1]`…)."""
-    fields: dict[str, str] = {}
+    one file, repeated `image[]` for several (and, defensively, `image[0]`, `image[1]`…);
+    nested fields (`route[strategy]`) folded back into objects and lists."""
+    texts: list[tuple[str, str]] = []
     images: list[InputImage] = []
     mask = None
     async with request.form(max_files=MAX_IMAGES + 1, max_fields=100) as form:
@@ -83,12 +84,12 @@ async def read_form(request: Request) -> tuple[dict[str, str], list[InputImage],
             elif name == "mask":
                 mask = await _file(value, "mask")
             elif isinstance(value, str):
-                fields[inputs.text(name, name)] = inputs.text(value, name)
+                texts.append((inputs.text(name, name), inputs.text(value, name)))
             else:
                 raise bad_request(name, f"'{name}' must be a form field, not a file")
     if len(images) > MAX_IMAGES:
         raise bad_request("image", f"at most {MAX_IMAGES} images can be edited at once")
-    return fields, images, mask
+    return form_fields.nested(texts), images, mask
 
 
 async def _file(value: str | UploadFile, param: str) -> InputImage:
