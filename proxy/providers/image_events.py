@@ -32,9 +32,10 @@ def partial(event: ServerEvent) -> PartialImage | None:
         return None
     b64 = data["b64_json"]
     mime, _ = api.peek(b64)
+    if mime is None:  # not an image: a preview is never relayed unchecked (nor commits a run)
+        return None
     index = data.get("partial_image_index")
-    return PartialImage(b64, index if isinstance(index, int) else 0,
-                        mime or api.MIME.get(str(data.get("output_format")), "image/png"),
+    return PartialImage(b64, index if isinstance(index, int) else 0, mime,
                         _text(data.get("size")), _text(data.get("quality")),
                         _text(data.get("background")))
 
