@@ -156,6 +156,13 @@ BAD: list[tuple[dict[str, Any], int, str, str | None]] = [
      "image_config.aspect_ratio"),
     ({"image_config": {"image_size": "4K"}}, 400, "unsupported_value",
      "image_config.image_size"),
+    # Sampling hints are ignored, but typed as OpenAI's spec types them (were taken whole).
+    ({"temperature": "hot"}, 400, "invalid_value", "temperature"),
+    ({"max_tokens": 1.5}, 400, "invalid_value", "max_tokens"),
+    ({"stop": [1]}, 400, "invalid_value", "stop"),
+    ({"store": "yes"}, 400, "invalid_value", "store"),
+    ({"messages": [{"role": "user", "content": "x", "name": 5}]}, 400, "invalid_value",
+     "messages[0].name"),
 ]
 
 

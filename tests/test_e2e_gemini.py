@@ -195,6 +195,10 @@ BAD: list[tuple[Any, dict[str, str], int, str, str | None]] = [
     ({"contents": [{"parts": [{"text": "  "}]}]}, {}, 400, "INVALID_ARGUMENT", "contents"),
     ({"contents": [{"role": "tool", "parts": [{"text": "x"}]}]}, {}, 400, "INVALID_ARGUMENT",
      "contents[0].role"),
+    ({"contents": [{"role": {}, "parts": [{"text": "x"}]}]}, {}, 400, "INVALID_ARGUMENT",
+     "contents[0].role"),  # was read as "user"
+    ({"contents": [{"parts": [{"text": "x", "thought": "yes"}]}]}, {}, 400,
+     "INVALID_ARGUMENT", "contents[0].parts[0].thought"),
     ({"contents": [{"parts": [{"functionCall": {"name": "f"}}]}]}, {}, 400,
      "INVALID_ARGUMENT", "contents[0].parts[0].functionCall"),
     ({"contents": [{"parts": [{"inlineData": {"mimeType": "image/png",

@@ -22,11 +22,18 @@ from proxy.domain import ASPECT_RATIOS, TIERS, ImageRequest, InputImage, Policy
 
 FIELDS = frozenset({"model", "messages", "modalities", "image_config", "stream",
                     "stream_options", "n", "seed", "user", "route"})
-# Sampling hints: taken, named in the ignored header.
-HINTS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "frequency_penalty",
-         "presence_penalty", "stop", "logit_bias", "store", "metadata", "service_tier",
-         "reasoning_effort", "verbosity", "parallel_tool_calls", "safety_identifier",
-         "prompt_cache_key")
+# Sampling hints: taken, named in the ignored header, each checked for the JSON type OpenAI's
+# spec gives it (a client's mistake in one is a 400 there, and here).
+_NUMBER, _INTEGER, _TEXT, _FLAG, _OBJECT = "a number", "an integer", "a string", \
+    "a boolean", "an object"
+_HINT_TYPES = {"temperature": _NUMBER, "top_p": _NUMBER, "max_tokens": _INTEGER,
+               "max_completion_tokens": _INTEGER, "frequency_penalty": _NUMBER,
+               "presence_penalty": _NUMBER, "stop": "a string or a list of strings",
+               "logit_bias": _OBJECT, "store": _FLAG, "metadata": _OBJECT,
+               "service_tier": _TEXT, "reasoning_effort": _TEXT, "verbosity": _TEXT,
+               "parallel_tool_calls": _FLAG, "safety_identifier": _TEXT,
+               "prompt_cache_key": _TEXT}
+HINTS = tuple(_HINT_TYPES)
 # What an image answer cannot be: refused unless empty or false.
 REFUSED = {"tools": "tool calls", "tool_choice": "tool calls", "functions": "tool calls",
            "function_call": "tool calls", "response_format": "a response format",
@@ -47,6 +54,9 @@ def translate(model: Model, data: dict[str, Any], policy: Policy) -> Translated:
         if name not in FIELDS and name not in HINTS and name not in REFUSED:
             raise bad_request(name, f"Unrecognized request argument supplied: {name}",
                               code="unknown_parameter")
+    for name in HINTS:
+        if (value := data.get(name)) is not None and not _is(value, _HINT_TYPES[name]):
+            raise bad_request(name, f"'{name}' must be {_HINT_TYPES[name]}")
     body = Body(data, form=False)
     stream = body.boolean("stream")
     _stream_options(data.get("stream_options"), stream)
@@ -64,6 +74,21 @@ def translate(model: Model, data: dict[str, Any], policy: Policy) -> Translated:
                       with_text=_modalities(data.get("modalities")))
 
 
+def _is(value: Any, kind: str) -> bool:
+    if kind == _NUMBER:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == _INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _FLAG:
+        return isinstance(value, bool)
+    if kind == _OBJECT:
+        return isinstance(value, dict)
+    if kind == _TEXT:
+        return isinstance(value, str)
+    return isinstance(value, str) or (isinstance(value, list) and  # stop
+                                      all(isinstance(item, str) for item in value))
+
+
 def _conversation(messages: Any) -> tuple[list[str], list[InputImage]]:
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages", "'messages' is required: a list of messages",
@@ -79,6 +104,8 @@ def _conversation(messages: Any) -> tuple[list[str], list[InputImage]]:
                 raise bad_request(f"{where}.{name}", f"'{where}.{name}' is not supported "
                                                      "for image models",
                                   code="unsupported_parameter")
+        if not isinstance(message.get("name", ""), str):
+            raise bad_request(f"{where}.name", f"'{where}.name' must be a string")
         role = message.get("role")
         if role not in ROLES:
             raise bad_request(f"{where}.role", f"'{where}.role' must be one of "

@@ -116,7 +116,8 @@ def _conversation(top: dict[str, Any]) -> tuple[list[str], list[InputImage]]:
                                       "'parts'", code="missing_required_parameter")
     for i, content in enumerate(contents):
         turn = fields(content, f"contents[{i}]", frozenset({"role", "parts"}))
-        role = turn.get("role") or "user"
+        role = turn.get("role")
+        role = "user" if role is None or role == "" else role  # Google's default
         if role not in ("user", "model"):
             raise bad_request(f"contents[{i}].role", f"'contents[{i}].role' must be 'user' or "
                                                      f"'model'; got {role!r}")
@@ -136,6 +137,8 @@ class _Part:
     def __init__(self, value: Any, path: str) -> None:
         self.fields = fields(value, path, _PART)
         self.path = path
+        if not isinstance(self.fields.get("thought", False), bool):
+            raise bad_request(f"{path}.thought", f"'{path}.thought' must be a boolean")
         kinds = [k for k in ("text", "inlineData", "fileData") if k in self.fields]
         if len(kinds) != 1 and not self.fields.get("thought"):
             raise bad_request(path, f"'{path}' must hold exactly one of text, inlineData, "
