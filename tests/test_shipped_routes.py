@@ -9,6 +9,7 @@ import io
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,24 @@ def test_nano_banana_models_answer_to_their_ga_and_preview_ids(name: str) -> Non
     assert model is not None and model is live.resolve(ga) is live.resolve(f"{ga}-preview")
     google = next(r for r in model.routes if r.provider.name == "google")
     assert google.upstream_model == ga
+
+
+# Nano Banana 2 per image at 1K / 2K / 4K, as our providers' price sheet gives it for the hosts
+# that bill per image (shared/providers/README.md): a route priced below its bill is routed to
+# first and bills a pass-through tenant less than it costs.
+SHEET_NANO_BANANA_2 = {
+    "together": ("0.10", "0.15", "0.20"), "segmind": ("0.084", "0.126", "0.168"),
+    "replicate": ("0.067", "0.101", "0.151"), "toapis": ("0.065", "0.098", "0.145"),
+    "apertis": ("0.055", "0.085", "0.125"),
+}
+
+
+@pytest.mark.parametrize("host", sorted(SHEET_NANO_BANANA_2))
+def test_nano_banana_2_per_image_hosts_are_priced_as_the_sheet_says(host: str) -> None:
+    (model,) = [m for m in everything() if m.name == "nano-banana-2"]
+    (route,) = [r for r in model.routes if r.provider.name == host]
+    assert [route.price_per_image[tier] for tier in ("1K", "2K", "4K")] == \
+        [Decimal(price) for price in SHEET_NANO_BANANA_2[host]]
 
 
 def test_every_shipped_route_passes_its_protocols_checks() -> None:
