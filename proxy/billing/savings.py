@@ -42,9 +42,13 @@ def reference_routes(models: Iterable[Model], chosen: Mapping[str, str]) -> dict
 
 
 def reference_prices(models: Iterable[Model], chosen: Mapping[str, str]) -> Reference:
-    """model -> tier -> USD per image on its reference route."""
+    """model -> tier -> USD per image on its reference route. A model whose reference prices
+    each quality apart (price.quality) has none: the ledger does not keep the quality a
+    request asked, so its images are not priced against a reference and save nothing,
+    where the tier price (that of quality high) made up savings of up to 89%."""
     return {name: dict(route.price_per_image)
-            for name, route in reference_routes(models, chosen).items()}
+            for name, route in reference_routes(models, chosen).items()
+            if not route.quality_factors}
 
 
 def describe(models: Iterable[Model], chosen: Mapping[str, str]) -> dict[str, str]:
