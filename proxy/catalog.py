@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy import key_pools
 from proxy.billing import pricing
+from proxy.billing.pricing import TokenRates
 from proxy.config import Secret
 from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS
 
@@ -115,7 +116,7 @@ class Route:
     typical_latency_s: float = 10.0
     options: Mapping[str, Any] = field(default_factory=dict)
     price_terms: str = "per image"  # how the host itself bills (tokens, credits, packs)
-    usd_per_image_token: Decimal | None = None  # per-token routes bill the reported usage
+    token_rates: TokenRates | None = None  # per-token routes bill the reported usage
     # `price.quality`: an image of that quality costs this multiple of the tier price.
     quality_factors: Mapping[str, Decimal] = field(default_factory=dict)
     # What adapters derive from the route alone (auth headers, URLs, size choices), computed
@@ -310,6 +311,7 @@ def _route(model: str, spec: dict[str, Any], provider: Provider, base_caps: Mapp
     try:
         prices = pricing.per_image(spec.get("price"), where)
         factors = pricing.quality_factors(spec["price"], where)
+        rates = pricing.token_rates(spec["price"], where)
     except pricing.PriceError as exc:
         raise CatalogError(str(exc)) from None
     caps = _capabilities({**base_caps, **spec.get("capabilities", {})}, tuple(prices), where)
@@ -321,7 +323,7 @@ def _route(model: str, spec: dict[str, Any], provider: Provider, base_caps: Mapp
         id=f"{model}/{provider.name}", model=model, provider=provider,
         upstream_model=_require(spec, "upstream_model", str, where),
         price_per_image=prices, price_terms=pricing.terms(spec["price"]),
-        usd_per_image_token=pricing.token_rate(spec["price"]), quality_factors=factors,
+        token_rates=rates, quality_factors=factors,
         capabilities=caps, typical_latency_s=_number(spec, "typical_latency_s", 10.0, where),
         options=dict(spec.get("options", {})),
     )

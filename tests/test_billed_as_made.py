@@ -16,7 +16,7 @@ import orjson
 from tests import protocol_kit as kit
 from tests.conftest import make_config, serve
 from tests.fakes.gemini import FakeGemini
-from tests.fakes.openai_images import image_b64
+from tests.fakes.openai_images import image_b64, image_bytes
 
 OPENAI = """
 [openai]
@@ -164,3 +164,48 @@ def test_a_priority_call_served_at_priority_is_billed_at_it(tmp_path: Path) -> N
     banana = BANANA.format(provider="google-priority", rate=120)
     _, row = _generate(tmp_path, GOOGLE, "nano-banana-2", banana, Served("priority"))
     assert row.upstream_micros == 2 * ONE_1K_IMAGE and row.billed_micros == 2 * ONE_1K_IMAGE
+
+
+PRO = """
+name = "nano-banana-pro"
+created = 2025-11-20
+[capabilities]
+aspect_ratios = ["1:1"]
+max_n = 4
+edits = true
+max_reference_images = 14
+output_formats = ["png"]
+
+[[routes]]
+provider = "google"
+upstream_model = "gemini-3-pro-image"
+typical_latency_s = 25
+price.per_token = {{ usd_per_million = 120, {input}, tokens = {{ "1K" = 1120 }} }}
+""".format(input="input_usd_per_million = 2, text_usd_per_million = 12, "
+           "input_tokens_per_image = 560")
+
+
+def test_an_edits_input_and_text_tokens_are_billed_as_google_bills_them(tmp_path: Path) -> None:
+    catalog = kit.write_catalog(tmp_path / "routes", GOOGLE, {"nano-banana-pro": PRO},
+                                {"GEMINI_API_KEY": "test-key"})
+    prompt = "put the eight of them on one poster"
+    with serve(make_config(tmp_path / "data"), catalog, {"google": FakeGemini()}) as running:
+        with openai.OpenAI(base_url=running.v1, api_key=running.new_key(),
+                           max_retries=0) as sdk:
+            raw = sdk.images.with_raw_response.edit(
+                model="nano-banana-pro", prompt=prompt, size="1024x1024",
+                image=[(f"ref{i}.png", image_bytes(64, 64, "png", str(i)), "image/png")
+                       for i in range(8)])
+        with running.store() as store:
+            row = store.money.entry(raw.headers["x-request-id"])
+    assert row is not None and row.outcome == "success"
+    # What the fake (as Google) reported: 560 input tokens per reference and one per word of
+    # the prompt, 1120 output image tokens and 5 of text.
+    tokens_in = 8 * 560 + len(prompt.split())
+    charged = 1120 * 120 + 5 * 12 + tokens_in * 2  # micro-dollars, at $/M
+    assert row.upstream_micros == charged
+    # The quote covers the input (a token per three characters of the prompt), not the text
+    # the host may write: the bill is never more than the quote.
+    quoted = 1120 * 120 + (8 * 560 + -(-len(prompt) // 3)) * 2
+    assert charged - 60 < quoted < charged
+    assert row.billed_micros == quoted

@@ -399,8 +399,10 @@ def test_each_nano_banana_has_a_half_price_deferred_batch_route(model: str) -> N
     assert batch.typical_latency_s == 1800
     assert batch.capabilities.tiers == google.capabilities.tiers
     assert {t: p * 2 for t, p in batch.price_per_image.items()} == google.price_per_image
-    assert google.usd_per_image_token is not None
-    assert batch.usd_per_image_token == google.usd_per_image_token / 2
+    assert google.token_rates is not None and batch.token_rates is not None
+    assert batch.token_rates.image == google.token_rates.image / 2
+    assert batch.token_rates.input == google.token_rates.input / 2
+    assert batch.token_rates.text == google.token_rates.text / 2
     assert batch.options.get("image_sizes") == google.options.get("image_sizes")
     assert check_routes([catalog_module.Model(model, (), "google", 0, "cheapest",
                                               (batch,))]) == []

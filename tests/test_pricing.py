@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from proxy.billing import pricing
+from proxy.domain import Usage
 
 D = Decimal
 
@@ -66,18 +67,36 @@ def test_mistakes_name_the_field(price: Any, needle: str) -> None:
     assert "models/x.toml routes[0]" in str(caught.value) and needle in str(caught.value)
 
 
-@pytest.mark.parametrize(("rate", "tokens", "expected"), [
-    (D(60) / 1_000_000, 2 * 1120, D("0.1344")),  # two 1K images as the host reported them
-    (D(60) / 1_000_000, None, D("0.1344")),  # no usage reported: the per-image price
-    (D(60) / 1_000_000, 0, D("0.1344")),
-    (None, 5000, D("0.1344")),  # a per-image route ignores tokens
+NB2 = pricing.TokenRates(D(60) / 1_000_000)
+# Nano Banana Pro as Google bills it: input $2/M (560 per input image), text output $12/M.
+PRO = pricing.TokenRates(D(120) / 1_000_000, D(2) / 1_000_000, D(12) / 1_000_000, 560)
+
+
+@pytest.mark.parametrize(("rates", "usage", "expected"), [
+    (NB2, Usage(output_tokens=2240, output_image_tokens=2 * 1120), D("0.1344")),  # as reported
+    (NB2, None, D("0.1344")),  # no usage reported: the per-image price
+    (NB2, Usage(input_tokens=9, output_tokens=9), D("0.1344")),  # no image tokens said
+    (None, Usage(output_image_tokens=5000), D("0.1344")),  # a per-image route ignores tokens
+    # A Pro edit with 8 references: 4480 image and 8 text input tokens, 5 words of text out.
+    (PRO, Usage(input_tokens=4488, output_tokens=2245, input_image_tokens=4480,
+                output_image_tokens=2240), D("0.2688") + D("0.008976") + D("0.00006")),
 ])
 def test_actual_cost_follows_reported_tokens_on_per_token_routes(
-        rate: Decimal | None, tokens: int | None, expected: Decimal) -> None:
-    assert pricing.actual(D("0.0672"), 2, rate, tokens) == expected
+        rates: pricing.TokenRates | None, usage: Usage | None, expected: Decimal) -> None:
+    assert pricing.actual(D("0.0672"), 2, rates, usage) == expected
 
 
-def test_only_per_token_prices_have_a_token_rate() -> None:
-    assert pricing.token_rate({"per_token": {"usd_per_million": 120, "tokens": {}}}) == \
-        D("0.00012")
-    assert pricing.token_rate({"per_image": {"1K": 1}}) is None
+def test_only_per_token_prices_have_token_rates() -> None:
+    assert pricing.token_rates({"per_token": {"usd_per_million": 120, "tokens": {}}}) == \
+        pricing.TokenRates(D("0.00012"))
+    assert pricing.token_rates({"per_token": {
+        "usd_per_million": 120, "input_usd_per_million": 2, "text_usd_per_million": 12,
+        "input_tokens_per_image": 560, "tokens": {}}}) == PRO
+    assert pricing.token_rates({"per_image": {"1K": 1}}) is None
+    with pytest.raises(pricing.PriceError, match="input_usd_per_million"):
+        pricing.token_rates({"per_token": {"usd_per_million": 1, "input_usd_per_million": -1}})
+
+
+def test_the_input_a_call_is_quoted_covers_its_references_and_prompt() -> None:
+    assert PRO.before("x" * 30, 8) == D(2) / 1_000_000 * (8 * 560 + 10)
+    assert NB2.before("x" * 30, 8) == 0

@@ -40,6 +40,7 @@ from proxy.providers.resume import Resume
 from proxy.routing.planning import NoRoute, Prepared
 from proxy.routing.router import RoutesFailed
 from proxy.routing.slots import Slot
+from proxy.routing.strategies import quote
 from proxy.services import Services
 
 T = TypeVar("T")
@@ -153,12 +154,12 @@ async def _admitted(run: _Run, running: asyncio.Future[dict[str, str]] | None) -
 
 
 def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) -> Decimal:
-    """The price before the call: the plan's price on the route the router will try first,
-    times n. It is also the most the request is billed: if a failover lands on a dearer route,
-    Switchyard absorbs the difference, so a budget is never overspent."""
-    tier = asked.geometry.tier
-    first = prepared.routes[0]
-    return plan.per_image(model.name, tier, first.unit_price(tier, asked.quality)) * asked.n
+    """The price before the call: the plan's price on the route the router will try first
+    (its images, and the input a route that bills input tokens charges), times n. It is also
+    the most the request is billed: if a failover lands on a dearer route, Switchyard absorbs
+    the difference, so a budget is never overspent."""
+    upstream = quote(prepared.routes[0], asked) / asked.n
+    return plan.per_image(model.name, asked.geometry.tier, upstream) * asked.n
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from proxy.domain import TIERS
+from proxy.domain import TIERS, Usage
 
 MILLION = Decimal(1_000_000)
 
@@ -27,7 +27,9 @@ def per_image(price: Any, where: str) -> dict[str, Decimal]:
     """Dollars per image by tier from a route's `price` table, which holds exactly one of:
 
     - `per_image = { "1K" = 0.067, ... }`
-    - `per_token = { usd_per_million = 60, tokens = { "1K" = 1120, ... } }` (output image tokens)
+    - `per_token = { usd_per_million = 60, tokens = { "1K" = 1120, ... } }` (output image
+      tokens; and optionally input_usd_per_million, text_usd_per_million and
+      input_tokens_per_image: see TokenRates)
     - `credits = { per_image = { "1K" = 18, ... }, pack_usd = 60, pack_credits = 8000 }`
       (or `usd_per_credit = 0.0075` in place of the pack)
     - `token_pack = { pack_usd = 30.10, pack_tokens = 7000000, tokens = { "2K" = 16384 } }`
@@ -55,19 +57,53 @@ def per_image(price: Any, where: str) -> dict[str, Decimal]:
     return _tiers(spec.get("tokens"), f"{at}.tokens", lambda v, w: _amount(v, w) * usd)
 
 
-def token_rate(price: Mapping[str, Any]) -> Decimal | None:
-    """Dollars per output image token, for a per-token route (its bill follows the usage the
-    host reports); None for every other kind of price."""
+@dataclass(frozen=True, slots=True)
+class TokenRates:
+    """Dollars per token on a per-token route, whose bill follows the usage the host reports:
+    output image tokens (`usd_per_million`), and, where the host bills them (Google's
+    formula: prompt tokens x input price + text output, thoughts included, x text price +
+    image tokens x image price), input tokens (`input_usd_per_million`) and text output
+    (`text_usd_per_million`). `reference_tokens` (`input_tokens_per_image`): what one input
+    image costs in input tokens, for the quote before the call."""
+
+    image: Decimal
+    input: Decimal = Decimal(0)
+    text: Decimal = Decimal(0)
+    reference_tokens: int = 0
+
+    def cost(self, usage: Usage) -> Decimal:
+        text = max(usage.output_tokens - usage.output_image_tokens, 0)
+        return (self.image * usage.output_image_tokens + self.input * usage.input_tokens
+                + self.text * text)
+
+    def before(self, prompt: str, references: int) -> Decimal:
+        """The input a call is expected to cost: its reference images, and its prompt at
+        one token for every three characters (more than any tokenizer counts)."""
+        tokens = references * self.reference_tokens + -(-len(prompt) // 3)
+        return self.input * tokens
+
+
+def token_rates(price: Mapping[str, Any], where: str = "route") -> TokenRates | None:
+    """A per-token route's rates; None for every other kind of price."""
     spec = price.get("per_token")
-    return Decimal(str(spec["usd_per_million"])) / MILLION if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return None
+    at = f"{where} price.per_token"
+
+    def rate(name: str) -> Decimal:
+        return _amount(spec.get(name, 0), f"{at}.{name}") / MILLION
+
+    count = _amount(spec.get("input_tokens_per_image", 0), f"{at}.input_tokens_per_image")
+    return TokenRates(rate("usd_per_million"), rate("input_usd_per_million"),
+                      rate("text_usd_per_million"), int(count))
 
 
-def actual(per_image_usd: Decimal, images: int, rate: Decimal | None,
-           image_tokens: int | None) -> Decimal:
-    """What a delivered result costs: reported image tokens x rate on a per-token route that
-    reported them, else the per-image price x images delivered."""
-    if rate is not None and image_tokens:
-        return rate * image_tokens
+def actual(per_image_usd: Decimal, images: int, rates: TokenRates | None,
+           usage: Usage | None) -> Decimal:
+    """What a delivered result costs: its reported tokens at the rates of a per-token route
+    whose host reported its image tokens, else the per-image price x images made."""
+    if rates is not None and usage is not None and usage.output_image_tokens:
+        return rates.cost(usage)
     return per_image_usd * images
 
 

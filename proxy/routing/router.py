@@ -113,8 +113,7 @@ class Router:
             route, result = await run.execute()
             waited = self._clock() - started
             cost = pricing.actual(route.unit_price(request.geometry.tier, request.quality),
-                                  result.images_made, route.usd_per_image_token,
-                                  result.usage.output_image_tokens if result.usage else None)
+                                  result.images_made, route.token_rates, result.usage)
             if result.price_factor is not None:  # served, and billed, at another tier
                 cost *= result.price_factor
             served = Served(result, route.id, route.provider.name, route.upstream_model, cost,

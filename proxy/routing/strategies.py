@@ -27,8 +27,14 @@ class Unmet(Exception):
 
 
 def quote(route: Route, request: ImageRequest) -> Decimal:
-    """The upstream price of this request on this route, before the call."""
-    return route.unit_price(request.geometry.tier, request.quality) * request.n
+    """The upstream price of this request on this route, before the call: its images, and
+    on a route that bills input tokens, its input, once per image (a host that makes one
+    image a call is sent the prompt and references n times)."""
+    images = route.unit_price(request.geometry.tier, request.quality) * request.n
+    rates = route.token_rates
+    if rates is None or not rates.input:
+        return images
+    return images + rates.before(request.prompt, len(request.images)) * request.n
 
 
 def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
