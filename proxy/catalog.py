@@ -19,7 +19,7 @@ from proxy import key_pools
 from proxy.billing import pricing
 from proxy.billing.pricing import TokenRates
 from proxy.config import Secret
-from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS
+from proxy.domain import ASPECT_RATIOS, OUTPUT_FORMATS, TIERS, ImageRequest
 
 STRATEGIES: tuple[str, ...] = ("cheapest", "fastest", "balanced", "ordered")
 BACKGROUNDS: tuple[str, ...] = ("auto", "opaque", "transparent")
@@ -126,6 +126,16 @@ class Route:
     def unit_price(self, tier: str, quality: str = "auto") -> Decimal:
         """Dollars per image at a tier and quality, before the call."""
         return self.price_per_image[tier] * self.quality_factors.get(quality, 1)
+
+    def quote(self, request: ImageRequest) -> Decimal:
+        """The upstream price of this request here, before the call: its images, and on a
+        route that bills input tokens and text output, what it is expected to send and get
+        back besides, once per image (a host that makes one image a call is sent the prompt
+        and references n times)."""
+        images = self.unit_price(request.geometry.tier, request.quality) * request.n
+        if self.token_rates is None:
+            return images
+        return images + self.token_rates.before(request.prompt, len(request.images)) * request.n
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,11 @@ from typing import Any
 import httpx
 import openai
 import orjson
+import pytest
 
+from proxy.billing.amounts import micros
+from proxy.domain import InputImage
+from proxy.providers.resume import Resume
 from tests import protocol_kit as kit
 from tests.conftest import make_config, serve
 from tests.fakes.gemini import FakeGemini
@@ -182,7 +186,7 @@ upstream_model = "gemini-3-pro-image"
 typical_latency_s = 25
 price.per_token = {{ usd_per_million = 120, {input}, tokens = {{ "1K" = 1120 }} }}
 """.format(input="input_usd_per_million = 2, text_usd_per_million = 12, "
-           "input_tokens_per_image = 560")
+           "input_tokens_per_image = 560, text_tokens_per_call = 500")
 
 
 def test_an_edits_input_and_text_tokens_are_billed_as_google_bills_them(tmp_path: Path) -> None:
@@ -204,8 +208,80 @@ def test_an_edits_input_and_text_tokens_are_billed_as_google_bills_them(tmp_path
     tokens_in = 8 * 560 + len(prompt.split())
     charged = 1120 * 120 + 5 * 12 + tokens_in * 2  # micro-dollars, at $/M
     assert row.upstream_micros == charged
-    # The quote covers the input (a token per three characters of the prompt), not the text
-    # the host may write: the bill is never more than the quote.
-    quoted = 1120 * 120 + (8 * 560 + -(-len(prompt) // 3)) * 2
-    assert charged - 60 < quoted < charged
-    assert row.billed_micros == quoted
+    assert row.billed_micros == charged  # the quote covered it: nothing capped away
+    quoted = 1120 * 120 + (8 * 560 + -(-len(prompt) // 3)) * 2 + 500 * 12
+    assert raw.headers["x-switchyard-quote-usd"] == f"{quoted / 1e6:.6f}"
+
+
+def _pro_edit(tmp_path: Path, fake: FakeGemini, references: int,
+              **extra: Any) -> tuple[httpx.Headers, Any]:
+    catalog = kit.write_catalog(tmp_path / "routes", GOOGLE, {"nano-banana-pro": PRO},
+                                {"GEMINI_API_KEY": "test-key"})
+    with serve(make_config(tmp_path / "data"), catalog, {"google": fake}) as running:
+        with openai.OpenAI(base_url=running.v1, api_key=running.new_key(),
+                           max_retries=0) as sdk:
+            raw = sdk.images.with_raw_response.edit(
+                model="nano-banana-pro", prompt="put them on one poster", size="1024x1024",
+                image=[(f"r{i}.png", image_bytes(64, 64, "png", str(i)), "image/png")
+                       for i in range(references)], extra_body=extra or None)
+        with running.store() as store:
+            row = store.money.entry(raw.headers["x-request-id"])
+    assert row is not None and row.outcome == "success"
+    return raw.headers, row
+
+
+class UnsplitGemini(FakeGemini):
+    """Google's answer without the per-modality split of its output tokens."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        reply = await super().handle_async_request(request)
+        body = orjson.loads(await reply.aread())
+        body["usageMetadata"].pop("candidatesTokensDetails", None)
+        self.prompt_tokens = body["usageMetadata"]["promptTokenCount"]
+        return httpx.Response(200, json=body)
+
+
+def test_the_input_google_reported_is_billed_without_the_output_split(tmp_path: Path) -> None:
+    fake = UnsplitGemini()
+    _, row = _pro_edit(tmp_path, fake, 8)
+    assert row.upstream_micros == 1120 * 120 + fake.prompt_tokens * 2
+
+
+def test_a_thinking_models_thoughts_are_quoted_and_billed(tmp_path: Path) -> None:
+    headers, row = _pro_edit(tmp_path, FakeGemini().then("thoughts"), 1)
+    assert row.attempts == 1 and row.billed_micros == row.upstream_micros
+    assert Decimal(headers["x-switchyard-quote-usd"]) * 1_000_000 > row.upstream_micros
+
+
+def test_max_price_is_all_an_image_costs(tmp_path: Path) -> None:
+    # The route's image price is $0.1344 at 1K; quoted with its input and thoughts, $0.1494
+    # with eight references and $0.1415 with one.
+    with pytest.raises(openai.BadRequestError) as refused:
+        _pro_edit(tmp_path / "8", FakeGemini(), 8, route={"max_price": 0.145})
+    assert refused.value.param == "route.max_price"
+    _, row = _pro_edit(tmp_path / "1", FakeGemini(), 1, route={"max_price": 0.145})
+    assert row.billed_micros <= 145_000
+
+
+def test_a_cache_hit_of_a_cut_answer_costs_what_the_miss_did(tmp_path: Path) -> None:
+    catalog = kit.write_catalog(tmp_path / "routes", OPENAI, {"gpt-image-2.5-flare": FLARE},
+                                {"OPENAI_API_KEY": "test-key"})
+    with serve(make_config(tmp_path / "data"), catalog, {"openai": TooMany()}) as running, \
+            openai.OpenAI(base_url=running.v1, api_key=running.new_key(),
+                          max_retries=0) as sdk:
+        answers = [sdk.images.with_raw_response.generate(
+            model="gpt-image-2.5-flare", prompt="a red fox", size="1024x1024",
+            extra_body={"cache": {"ttl_s": 3600}}).headers for _ in range(2)]
+    assert [(h["x-switchyard-cache"], h["x-switchyard-billed-usd"]) for h in answers] == \
+        [("miss", f"{MEDIUM * 30 / 1e6:.6f}"), ("hit", f"{MEDIUM * 30 / 1e6:.6f}")]
+
+
+def test_an_abandoned_calls_upstream_spend_is_its_quote(tmp_path: Path) -> None:
+    catalog = kit.write_catalog(tmp_path / "routes", GOOGLE, {"nano-banana-pro": PRO},
+                                {"GEMINI_API_KEY": "test-key"})
+    (route,) = catalog.resolve("nano-banana-pro").routes  # type: ignore[union-attr]
+    request = kit.edit_request(*[InputImage("image/png", data=kit.PNG)] * 8,
+                               model="nano-banana-pro")
+    call = Resume(None, None, "imgjob_x")._call(route, request, 0, 0)  # type: ignore[arg-type]
+    assert call.upstream_micros == micros(route.quote(request)) > micros(
+        route.unit_price("1K"))

@@ -255,3 +255,11 @@ def test_a_chat_request_is_served_by_a_real_protocol_host(tmp_path: Path) -> Non
         (submit,) = fake.submits()
         assert submit.json["image_urls"] == [upload]
         assert images_of(raw.parse().choices[0])
+
+
+def test_a_null_hint_or_name_is_none_given(server: Running, api_key: str) -> None:
+    body = {"model": "test-image", "temperature": None,
+            "messages": [{"role": "user", "content": "a lighthouse", "name": None}]}
+    answer = httpx.post(f"{server.v1}/chat/completions", json=body, timeout=30,
+                        headers={"authorization": f"Bearer {api_key}"})
+    assert answer.status_code == 200, answer.text

@@ -379,3 +379,10 @@ def test_openai_surfaces_answer_openai_errors_whatever_key_comes_along(
     error = answer.json()["error"]
     assert isinstance(error["message"], str) and "status" not in error, answer.text
     assert "type" in error and "code" in error, answer.text
+
+
+def test_a_null_is_a_field_left_unset(server: Running, api_key: str) -> None:
+    """proto3 JSON: a role or thought of null is no role or thought (was a 400 for thought)."""
+    body = {"contents": [{"role": None, "parts": [{"text": "a lighthouse", "thought": None}]}]}
+    answer = post(server, GENERATE, body, api_key)
+    assert answer.status_code == 200, answer.text

@@ -18,6 +18,7 @@ from proxy.app import load_catalog
 from proxy.billing import activity, savings
 from proxy.billing.rows import Entry
 from proxy.billing.store import Store
+from proxy.billing.usage import Reference
 from proxy.catalog import CatalogError, inventory
 from proxy.providers import ADAPTERS
 from tests.conftest import FIXTURES, make_config, serve
@@ -34,7 +35,7 @@ def entry(request_id: str, model: str, tier: str, images: int, upstream: int,
 
 
 def test_each_tier_is_priced_on_the_reference_route(tmp_path: Path) -> None:
-    reference = {"m": {"1K": D("0.05"), "2K": D("0.08")}}
+    reference = Reference({"m": {"1K": D("0.05"), "2K": D("0.08")}})
     with Store(tmp_path / "s.db") as store:
         store.money.settle(None, entry("r1", "m", "1K", 2, 40_000))  # $0.04 for 2 images
         store.money.settle(None, entry("r2", "m", "2K", 1, 40_000, when=DAY + 86400))
@@ -51,6 +52,21 @@ def test_each_tier_is_priced_on_the_reference_route(tmp_path: Path) -> None:
     assert [(r.group["day"], r.reference_usd, r.saved_usd) for r in by_day] == [
         ("2025-11-08", D("0.407"), D("0.05")), ("2025-11-09", D("0.08"), D("0.04"))]
     assert all(r.saved_usd == 0 for r in plain), "without a reference, nothing is saved"
+
+
+def test_a_request_the_reference_route_served_alone_is_priced_at_its_cost(
+        tmp_path: Path) -> None:
+    """A route that bills input tokens costs more than its price per image: the reference
+    must not show routing losing what the reference route itself charged."""
+    reference = Reference({"m": {"1K": D("0.1344")}}, {"m": "m/sim-cheap"})
+    with Store(tmp_path / "s.db") as store:
+        store.money.settle(None, entry("r1", "m", "1K", 1, 143_430))  # its input billed too
+        (alone,) = store.usage.report(["model"], reference=reference)
+        store.money.settle(None, dataclasses.replace(  # a failover: priced on the reference
+            entry("r2", "m", "1K", 1, 150_000), attempts=2))
+        (both,) = store.usage.report(["model"], reference=reference)
+    assert (alone.reference_usd, alone.saved_usd) == (D("0.14343"), 0)
+    assert (both.reference_usd, both.saved_usd) == (D("0.14343") + D("0.1344"), D("-0.0156"))
 
 
 def test_the_reference_is_the_first_route_unless_configured() -> None:

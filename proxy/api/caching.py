@@ -114,14 +114,15 @@ class Reuse:
     """An answer served again, from the cache or from the identical request in flight."""
 
     served: Served  # as this request gets it: no attempts, no upstream cost
-    made_for: Decimal  # what the upstream charged when it was made
+    made_for: Decimal  # what the upstream charged for these images when it made them
     how: str  # "hit" | "coalesced"
 
 
 def reused(served: Served, how: str) -> Reuse:
     again = replace(served, cost_usd=Decimal(0), attempts=(), quote_usd=Decimal(0),
                     upstream_s=0.0)
-    return Reuse(again, served.cost_usd, how)
+    result = served.result  # a host that made more than were asked charged for the rest too
+    return Reuse(again, served.cost_usd * len(result.images) / result.images_made, how)
 
 
 def pack(served: Served) -> bytes:
@@ -133,7 +134,7 @@ def pack(served: Served) -> bytes:
         "usage": None if usage is None else [usage.input_tokens, usage.output_tokens,
                                              usage.input_image_tokens,
                                              usage.output_image_tokens],
-        "converted_from": served.converted_from, "route": served.route_id,
+        "made": result.made, "converted_from": served.converted_from, "route": served.route_id,
         "provider": served.provider, "upstream_model": served.upstream_model,
         "cost_usd": str(served.cost_usd)})
 
@@ -145,7 +146,7 @@ def unpack(body: bytes, strategy: str) -> Reuse:
         images=tuple(Image(mime, b64, revised) for mime, b64, revised in data["images"]),
         size=data["size"], upstream_id=data["upstream_id"], text=data["text"],
         usage=Usage(*usage) if usage is not None else None,
-        converted_from=data["converted_from"])
+        converted_from=data["converted_from"], made=data.get("made"))
     served = Served(result, data["route"], data["provider"], data["upstream_model"],
                     Decimal(data["cost_usd"]), (), data["converted_from"], strategy=strategy)
     return reused(served, "hit")

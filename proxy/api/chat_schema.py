@@ -104,7 +104,7 @@ def _conversation(messages: Any) -> tuple[list[str], list[InputImage]]:
                 raise bad_request(f"{where}.{name}", f"'{where}.{name}' is not supported "
                                                      "for image models",
                                   code="unsupported_parameter")
-        if not isinstance(message.get("name", ""), str):
+        if message.get("name") is not None and not isinstance(message["name"], str):
             raise bad_request(f"{where}.name", f"'{where}.name' must be a string")
         role = message.get("role")
         if role not in ROLES:

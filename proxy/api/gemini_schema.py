@@ -137,7 +137,8 @@ class _Part:
     def __init__(self, value: Any, path: str) -> None:
         self.fields = fields(value, path, _PART)
         self.path = path
-        if not isinstance(self.fields.get("thought", False), bool):
+        if self.fields.get("thought") is not None and \
+                not isinstance(self.fields["thought"], bool):  # null: unset, as in proto3
             raise bad_request(f"{path}.thought", f"'{path}.thought' must be a boolean")
         kinds = [k for k in ("text", "inlineData", "fileData") if k in self.fields]
         if len(kinds) != 1 and not self.fields.get("thought"):

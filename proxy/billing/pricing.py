@@ -63,13 +63,16 @@ class TokenRates:
     output image tokens (`usd_per_million`), and, where the host bills them (Google's
     formula: prompt tokens x input price + text output, thoughts included, x text price +
     image tokens x image price), input tokens (`input_usd_per_million`) and text output
-    (`text_usd_per_million`). `reference_tokens` (`input_tokens_per_image`): what one input
-    image costs in input tokens, for the quote before the call."""
+    (`text_usd_per_million`). For the quote before the call: `reference_tokens`
+    (`input_tokens_per_image`), what one input image costs in input tokens, and
+    `text_tokens` (`text_tokens_per_call`), the text a call is expected to write at most
+    (a model that thinks before it draws is billed its thoughts as text)."""
 
     image: Decimal
     input: Decimal = Decimal(0)
     text: Decimal = Decimal(0)
     reference_tokens: int = 0
+    text_tokens: int = 0
 
     def cost(self, usage: Usage) -> Decimal:
         text = max(usage.output_tokens - usage.output_image_tokens, 0)
@@ -77,10 +80,11 @@ class TokenRates:
                 + self.text * text)
 
     def before(self, prompt: str, references: int) -> Decimal:
-        """The input a call is expected to cost: its reference images, and its prompt at
-        one token for every three characters (more than any tokenizer counts)."""
+        """What a call is expected to cost besides its image: its reference images and its
+        prompt (one token for every three characters: more than any tokenizer counts) as
+        input, and its text."""
         tokens = references * self.reference_tokens + -(-len(prompt) // 3)
-        return self.input * tokens
+        return self.input * tokens + self.text * self.text_tokens
 
 
 def token_rates(price: Mapping[str, Any], where: str = "route") -> TokenRates | None:
@@ -93,17 +97,23 @@ def token_rates(price: Mapping[str, Any], where: str = "route") -> TokenRates | 
     def rate(name: str) -> Decimal:
         return _amount(spec.get(name, 0), f"{at}.{name}") / MILLION
 
-    count = _amount(spec.get("input_tokens_per_image", 0), f"{at}.input_tokens_per_image")
+    def count(name: str) -> int:
+        return int(_amount(spec.get(name, 0), f"{at}.{name}"))
+
     return TokenRates(rate("usd_per_million"), rate("input_usd_per_million"),
-                      rate("text_usd_per_million"), int(count))
+                      rate("text_usd_per_million"), count("input_tokens_per_image"),
+                      count("text_tokens_per_call"))
 
 
 def actual(per_image_usd: Decimal, images: int, rates: TokenRates | None,
            usage: Usage | None) -> Decimal:
     """What a delivered result costs: its reported tokens at the rates of a per-token route
-    whose host reported its image tokens, else the per-image price x images made."""
-    if rates is not None and usage is not None and usage.output_image_tokens:
-        return rates.cost(usage)
+    whose host reported its image tokens, else the per-image price x images made (and the
+    input tokens reported, on a route that bills them: only the output went unsplit)."""
+    if rates is not None and usage is not None:
+        if usage.output_image_tokens:
+            return rates.cost(usage)
+        return per_image_usd * images + rates.input * usage.input_tokens
     return per_image_usd * images
 
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from proxy.billing.usage import Reference
+from proxy.billing.usage import Prices, Reference
 from proxy.catalog import Model, Route, inventory
 
 
@@ -41,7 +41,7 @@ def reference_routes(models: Iterable[Model], chosen: Mapping[str, str]) -> dict
     return found
 
 
-def reference_prices(models: Iterable[Model], chosen: Mapping[str, str]) -> Reference:
+def reference_prices(models: Iterable[Model], chosen: Mapping[str, str]) -> Prices:
     """model -> tier -> USD per image on its reference route. A model whose reference prices
     each quality apart (price.quality) has none: the ledger does not keep the quality a
     request asked, so its images are not priced against a reference and save nothing,
@@ -63,4 +63,5 @@ def for_config(routes_dir: Path, chosen: Mapping[str, str],
     from proxy.providers import ADAPTERS  # the protocols the catalog is checked against
 
     models = inventory(routes_dir, os.environ if env is None else env, ADAPTERS)
-    return reference_prices(models, chosen)
+    return Reference(reference_prices(models, chosen),
+                     {name: route.id for name, route in reference_routes(models, chosen).items()})

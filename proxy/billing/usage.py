@@ -7,7 +7,7 @@ import csv
 import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -19,11 +19,24 @@ from proxy.billing.rows import BILLED
 GROUPS: dict[str, str] = {"day": "created_at / 86400", "model": "model",
                           "provider": "provider", "key": "key_id"}
 # model -> tier -> USD per image on the model's reference route (proxy/billing/savings.py)
-Reference = Mapping[str, Mapping[str, Decimal]]
+Prices = Mapping[str, Mapping[str, Decimal]]
 # Answered and billed (a host's images, or the response cache's): `succeeded`.
 BILLED_SQL = "(" + ", ".join(f"'{outcome}'" for outcome in BILLED) + ")"
+# A request answered in one attempt (no failover, no hedge): its cost is its route's price.
+ALONE = f"CASE WHEN attempts = 1 AND outcome IN {BILLED_SQL} THEN 1 ELSE 0 END"
 CSV_COLUMNS = ("requests", "succeeded", "images", "billed_usd", "upstream_usd",
                "reference_usd", "saved_usd")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What a report prices delivered images on: each model's reference route's price per
+    image, and that route's id. A request that route served in one attempt is priced at what
+    it cost, which is its price there: the tier price alone leaves out what a route that
+    bills input tokens charged besides, and would show routing losing it."""
+
+    prices: Prices
+    routes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +70,9 @@ class Usage:
         if unknown:
             raise ValueError(f"unknown group {unknown[0]!r} (known: {', '.join(GROUPS)})")
         where, args = _filters(start, end, key_id)
-        # Priced per model and tier, then folded into the groups asked for.
-        fine = [GROUPS[g] for g in group_by] + [e for e in ("model", "tier")
+        # Priced per model, tier and route (apart: requests served in one attempt), then
+        # folded into the groups asked for.
+        fine = [GROUPS[g] for g in group_by] + [e for e in ("model", "tier", "route", ALONE)
                                                  if e not in [GROUPS[g] for g in group_by]]
         columns = [f"{expr} AS g{i}" for i, expr in enumerate(fine)]
         # An abandoned call (cut off by a crash, run again) is upstream spend, no request.
@@ -68,19 +82,23 @@ class Usage:
         listed = ", ".join(fine)
         rows = self._db.query(f"SELECT {select} FROM ledger{where} GROUP BY {listed} "
                               f"ORDER BY {listed}", args)
-        return _fold(group_by, fine, rows, reference or {})
+        return _fold(group_by, fine, rows, reference or Reference({}))
 
 
 def _fold(group_by: Sequence[str], fine: Sequence[str], rows: Sequence[tuple[Any, ...]],
           reference: Reference) -> list[UsageRow]:
     n, m = len(group_by), len(fine)
     model_at, tier_at = fine.index("model"), fine.index("tier")
+    route_at, alone_at = fine.index("route"), fine.index(ALONE)
     totals: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
         requests, succeeded, images, billed, upstream = (int(v or 0) for v in row[m:])
         if not requests and not upstream:
             continue
-        price = reference.get(row[model_at], {}).get(row[tier_at])
+        model = row[model_at]
+        price = reference.prices.get(model, {}).get(row[tier_at])
+        if row[alone_at] and row[route_at] == reference.routes.get(model):
+            price = None  # served there, in one go: what it cost is its price there
         priced = usd(upstream) if price is None else price * images
         sums = totals.setdefault(tuple(row[:n]), [0, 0, 0, 0, 0, Decimal(0)])
         for i, value in enumerate((requests, succeeded, images, billed, upstream, priced)):

@@ -98,7 +98,7 @@ class Resume:
         tier = request.geometry.tier
         return Call(f"{ticket}.{secrets.token_hex(6)}", ticket, route.id, part, ordinal,
                     route.provider.name, key_id, tenant, request.model, tier, request.n,
-                    micros(route.unit_price(tier, request.quality) * request.n),
+                    micros(route.quote(request)),
                     int(time.time()))
 
     async def _begin(self, call: Call) -> None:

@@ -27,14 +27,8 @@ class Unmet(Exception):
 
 
 def quote(route: Route, request: ImageRequest) -> Decimal:
-    """The upstream price of this request on this route, before the call: its images, and
-    on a route that bills input tokens, its input, once per image (a host that makes one
-    image a call is sent the prompt and references n times)."""
-    images = route.unit_price(request.geometry.tier, request.quality) * request.n
-    rates = route.token_rates
-    if rates is None or not rates.input:
-        return images
-    return images + rates.before(request.prompt, len(request.images)) * request.n
+    """The upstream price of this request on this route, before the call (Route.quote)."""
+    return route.quote(request)
 
 
 def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
@@ -48,8 +42,8 @@ def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
         ("route.ignore", bool(policy.ignore),
          lambda r: r.provider.family not in policy.ignore,
          "every route of this model is on an ignored provider"),
-        ("route.max_price", policy.max_price is not None,
-         lambda r: r.unit_price(tier, request.quality) <= (policy.max_price or 0),
+        ("route.max_price", policy.max_price is not None,  # all it costs, per image
+         lambda r: r.quote(request) <= (policy.max_price or 0) * request.n,
          f"no route serves {tier} at or below max_price {policy.max_price} USD per image"),
         ("route.max_latency_s", policy.max_latency_s is not None,
          lambda r: snapshots[r.id].p95_s <= (policy.max_latency_s or 0),
