@@ -31,6 +31,9 @@ class Kind(StrEnum):
 
 # An upstream's Retry-After beyond this is read as "not soon": one hour.
 MAX_RETRY_AFTER_S = 3600.0
+# A run of this many of a key's first characters, or more, is cut out of a message: a text cut
+# short may hold most of a key, and leave its end out of a whole-key match.
+KEY_HEAD = 6
 
 # A refused credential is Switchyard's trouble, not the client's: the next route (another
 # host, or another key of the same one) serves the request, and the refused one rests.
@@ -63,15 +66,31 @@ class Failure:
 
     def without(self, secret: str) -> Failure:
         """This failure with `secret` cut out of its message: a host may quote a key back, and
-        a text cut short ("…") may end in the key's first characters."""
+        a text cut short may hold the key's first characters, at its end ("…") or anywhere
+        (a code added after the cut)."""
         if len(secret) < 4:
             return self
-        message = self.message.replace(secret, "[key]")
+        message = _heads_out(self.message.replace(secret, "[key]"), secret)
         if message.endswith("…"):
             head = message[:-1]
             cut = next((n for n in range(len(secret) - 1, 3, -1) if head.endswith(secret[:n])), 0)
             message = f"{head[:len(head) - cut]}[key]…" if cut else message
         return self if message == self.message else replace(self, message=message)
+
+
+def _heads_out(message: str, secret: str) -> str:
+    """`message` with every run of the secret's first KEY_HEAD or more characters replaced."""
+    probe = secret[:KEY_HEAD]
+    if len(probe) < KEY_HEAD or probe not in message:
+        return message
+    out, pos = [], 0
+    while (at := message.find(probe, pos)) >= 0:
+        end = at + len(probe)
+        while end < len(message) and end - at < len(secret) and message[end] == secret[end - at]:
+            end += 1
+        out += [message[pos:at], "[key]"]
+        pos = end
+    return "".join([*out, message[pos:]])
 
 
 class UpstreamError(Exception):

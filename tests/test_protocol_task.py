@@ -592,7 +592,8 @@ def switchyard(tmp_path: Path) -> Iterator[Start]:
         yield start
 
 
-COSTS = {"toapis": "0.050000", "openoctopus": "0.200000", "newportai": "0.210000",
+COSTS = {"toapis": "0.130000",  # two 1K images at the sheet's $0.065
+         "openoctopus": "0.200000", "newportai": "0.210000",
          "apipass": "0.091000"}
 
 

@@ -1,0 +1,77 @@
+"""A host that quotes Switchyard's provider key in an error text: the text is cut to 300
+characters before the key is cut out, so a key that straddles the cut was left as a long
+prefix (only a whole key was replaced), and relayed to the tenant in the error body."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from proxy.failures import Failure, Kind
+from tests import protocol_kit as kit
+
+FAL_KEY = "a1b2c3d4-e5f6-4890-abcd-ef1234567890:0123456789abcdef0123456789abcdef"
+
+PROVIDERS_TOML = """
+[fal]
+protocol = "fal"
+base_url = "https://queue.fal.run"
+key_env = "FAL_KEY"
+timeout_s = 60
+max_in_flight = 8
+allowed_hosts = ["fal.media", "*.fal.media"]
+options = { poll_interval_s = 0.01, poll_interval_max_s = 0.05, max_wait_s = 30 }
+"""
+MODEL_TOML = kit.nano_banana_2("""
+[[routes]]
+provider = "fal"
+upstream_model = "fal-ai/nano-banana-2"
+typical_latency_s = 15
+price.per_image = { "0.5K" = 0.06, "1K" = 0.08, "2K" = 0.12, "4K" = 0.16 }
+""")
+
+
+def echoing_host(pad: int) -> httpx.MockTransport:
+    """A 422 whose detail quotes the request's Authorization header after `pad` characters
+    (e.g. the echoed prompt or input), as a misbehaving gateway might."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        detail = "x" * pad + " rejected; headers were Authorization: " + \
+            request.headers["authorization"]
+        return httpx.Response(422, content=orjson.dumps({"detail": detail}),
+                              headers={"content-type": "application/json"})
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("into_key", [6, 20, 60])
+def test_no_part_of_the_key_survives_a_cut(tmp_path: Path, into_key: int) -> None:
+    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS_TOML,
+                                {"nano-banana-2": MODEL_TOML}, {"FAL_KEY": FAL_KEY})
+    prefix_len = len(" rejected; headers were Authorization: Key ")
+    pad = 299 - prefix_len - into_key  # the cut falls this far into the key
+    with contextlib.ExitStack() as stack:
+        sdk = kit.sdk_on(stack, tmp_path / "data", catalog, {"fal": echoing_host(pad)})
+        try:
+            sdk.images.generate(model="nano-banana-2", prompt="a red fox")
+        except openai.APIStatusError as exc:
+            message = exc.response.json()["error"]["message"]
+        else:
+            raise AssertionError("expected an error")
+    assert FAL_KEY[:5] not in message, message[-120:]
+    assert "[key]" in message
+
+
+@pytest.mark.parametrize("message,shown", [
+    ("bad key sk-abcdef123456 (code 401)", "bad key [key] (code 401)"),  # whole
+    ("bad key sk-abcdef12… (code 401)", "bad key [key]… (code 401)"),  # cut, a code after
+    ("bad key sk-abcdef12…", "bad key [key]…"),
+    ("bad key sk-ab…", "bad key [key]…"),  # four characters at a cut's end
+    ("sk-abcdef1 and sk-abcdef123456", "[key] and [key]"),
+    ("nothing of it: sk-ab", "nothing of it: sk-ab"),  # fewer than KEY_HEAD stay
+])
+def test_a_failure_keeps_no_run_of_the_keys_head(message: str, shown: str) -> None:
+    failure = Failure(Kind.AUTH, message).without("sk-abcdef123456")
+    assert failure.message == shown
