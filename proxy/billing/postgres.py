@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import select
 import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from proxy.billing.db import (
     Busy,
@@ -282,8 +284,20 @@ def _why_not(url: str, psycopg: Any) -> str:
         psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0].rpartition("failed: ")[2].strip()
-        secret = psycopg.conninfo.conninfo_to_dict(url).get("password") or ""
-        if len(secret) >= 4:
+        for secret in _passwords(url, psycopg):
             reason = reason.replace(secret, "[password]")
         return f": {reason}" if reason else f" ({type(exc).__name__})"
     return ""
+
+
+def _passwords(url: str, psycopg: Any) -> list[str]:
+    """The password of `url` in each spelling an error may quote it: as libpq reads it, and as
+    written (a URL libpq cannot parse, a stray `%` in it, has its password quoted whole)."""
+    found = []
+    with contextlib.suppress(Exception):  # the error being explained may be this parse's
+        found.append(psycopg.conninfo.conninfo_to_dict(url).get("password") or "")
+    with contextlib.suppress(ValueError):
+        written = urlsplit(url).password or ""
+        found += [written, unquote(written)]
+    found += re.findall(r"password\s*=\s*'?([^'\s]+)", url)  # key=value conninfo
+    return sorted({p for p in found if len(p) >= 4}, key=len, reverse=True)
