@@ -64,10 +64,12 @@ class DirectoryImages:
     def __init__(self, root: Path, ttl_s: int) -> None:
         self._root = root
         self._ttl_s = ttl_s
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a link is the only way in
 
     def put(self, name: str, data: bytes, mime: str) -> None:
-        (self._root / name).write_bytes(data)
+        fd = os.open(self._root / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
 
     def read(self, name: str) -> StoredImage | None:
         if "/" in name or name.startswith("."):
