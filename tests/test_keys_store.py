@@ -62,7 +62,7 @@ def test_hint_reveals_at_most_eleven_characters_of_a_real_key() -> None:
 def test_create_and_find(store: Store) -> None:
     record, key = store.create_key("alice")
     assert key.startswith("sy-")
-    assert (record.name, record.tenant, record.hint) == ("alice", "alice", hint(key))
+    assert (record.name, record.tenant, record.hint) == ("alice", record.id, hint(key))
     assert record.active and record.revoked_at is None
     assert abs(record.created_at - time.time()) < 60
     found = store.find_key(digest(key))

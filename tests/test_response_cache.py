@@ -72,6 +72,18 @@ def images(raw: Any) -> list[str]:
     return [item["b64_json"] for item in raw.http_response.json()["data"]]
 
 
+@pytest.mark.parametrize("tenants,second", [((None, None), "miss"),  # own tenants
+                                             (("acme", "acme"), "hit")])
+def test_the_cache_is_a_tenants_not_a_names(server: Server, tenants: tuple[Any, Any],
+                                            second: str) -> None:
+    """Two customers' keys may both be named "prod": a key made without a tenant is its own,
+    where its name was its tenant and so the other's cache scope."""
+    with server.running.store() as store:
+        keys = [store.create_key("prod", tenant)[1] for tenant in tenants]
+    answers = [server.generate(key, "acme's unreleased logo", **CACHE) for key in keys]
+    assert [raw.headers["x-switchyard-cache"] for raw in answers] == ["miss", second]
+
+
 def test_a_miss_calls_the_host_and_the_same_request_again_is_a_hit(server: Server) -> None:
     key = server.running.new_key()
     first = server.generate(key, "a lighthouse at dawn", **CACHE)
@@ -154,7 +166,8 @@ def test_a_tenant_never_gets_another_tenants_image(server: Server) -> None:
     bob = server.running.new_key("bob")
     alices_other = server.running.new_key("alice-2", None)
     with server.running.store() as store:  # a second key of alice's tenant
-        store.db.execute("UPDATE api_keys SET tenant = 'alice' WHERE name = 'alice-2'")
+        store.db.execute("UPDATE api_keys SET tenant = (SELECT tenant FROM api_keys WHERE "
+                         "name = 'alice') WHERE name = 'alice-2'")
     server.generate(alice, "a private map", **CACHE)
     assert server.generate(bob, "a private map", **CACHE).headers["x-switchyard-cache"] == \
         "miss"

@@ -67,9 +67,11 @@ class Store:
     def create_key(self, name: str, tenant: str | None = None,
                    limits: KeyLimits | None = None) -> tuple[KeyRecord, str]:
         """A new key, with a webhook signing secret of its own (webhook_secrets.py); the plain
-        key is returned once and never stored."""
-        key = new_key()
-        record = KeyRecord(new_key_id(), name, tenant or name, hint(key), int(time.time()),
+        key is returned once and never stored. Without a tenant it is a tenant of its own (its
+        id): a name is a free label two customers' keys may share, and what a tenant's keys
+        share (the response cache) must not reach another's."""
+        key, key_id = new_key(), new_key_id()
+        record = KeyRecord(key_id, name, tenant or key_id, hint(key), int(time.time()),
                            limits=limits or KeyLimits())
         self.db.execute(
             f"INSERT INTO api_keys ({_COLUMNS}, key_hash, webhook_secret) "
