@@ -7,25 +7,16 @@ never billed (and the run that takes the job over counts its own bill again)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client import REGISTRY
 
 from proxy.billing.keys import KeyLimits
 from proxy.billing.store import Store
 from tests.conftest import make_config, serve
-
-
-def _until(condition: Callable[[], bool], what: str, within_s: float = 20) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from tests.test_fleet_takeover import _until
 
 
 def billed_metric() -> Decimal:

@@ -13,26 +13,10 @@ import pytest
 
 from proxy.failures import Failure, Kind
 from tests import protocol_kit as kit
+from tests.test_protocol_fal import MODEL_TOML, PROVIDERS_TOML
 
 FAL_KEY = "a1b2c3d4-e5f6-4890-abcd-ef1234567890:0123456789abcdef0123456789abcdef"
 
-PROVIDERS_TOML = """
-[fal]
-protocol = "fal"
-base_url = "https://queue.fal.run"
-key_env = "FAL_KEY"
-timeout_s = 60
-max_in_flight = 8
-allowed_hosts = ["fal.media", "*.fal.media"]
-options = { poll_interval_s = 0.01, poll_interval_max_s = 0.05, max_wait_s = 30 }
-"""
-MODEL_TOML = kit.nano_banana_2("""
-[[routes]]
-provider = "fal"
-upstream_model = "fal-ai/nano-banana-2"
-typical_latency_s = 15
-price.per_image = { "0.5K" = 0.06, "1K" = 0.08, "2K" = 0.12, "4K" = 0.16 }
-""")
 
 
 def echoing_host(pad: int) -> httpx.MockTransport:

@@ -17,33 +17,8 @@ import orjson
 from tests import protocol_kit as kit
 from tests.conftest import make_config, serve
 from tests.fakes.openai_images import image_b64
+from tests.test_billed_as_made import FLARE, OPENAI
 
-PROVIDERS = """
-[openai]
-protocol = "openai_images"
-base_url = "https://api.openai.com/v1"
-key_env = "OPENAI_API_KEY"
-"""
-MODEL = """
-name = "gpt-image-2.5-flare"
-created = 2026-09-08
-[capabilities]
-aspect_ratios = ["1:1"]
-max_n = 10
-edits = true
-max_reference_images = 16
-output_formats = ["png"]
-backgrounds = ["auto", "opaque"]
-qualities = ["auto", "low", "medium", "high", "xhigh", "max"]
-
-[[routes]]
-provider = "openai"
-upstream_model = "gpt-image-2.5-flare"
-typical_latency_s = 15
-price.per_token = { usd_per_million = 30, tokens = { "1K" = 1756 } }
-price.quality = { low = 0.112, medium = 0.25, xhigh = 1.778, max = 4 }
-options.sizes = ["1024x1024"]
-"""
 # Output image tokens at 1024x1024 per quality (the catalog's own measured figures).
 TOKENS = {"low": 196, "medium": 439, "high": 1756, "auto": 1756}
 
@@ -63,7 +38,7 @@ class OpenAI(httpx.AsyncBaseTransport):
 
 
 def test_a_single_route_model_reports_no_routing_savings(tmp_path: Path) -> None:
-    catalog = kit.write_catalog(tmp_path / "routes", PROVIDERS, {"gpt-image-2.5-flare": MODEL},
+    catalog = kit.write_catalog(tmp_path / "routes", OPENAI, {"gpt-image-2.5-flare": FLARE},
                                 {"OPENAI_API_KEY": "test-key"})
     # The usage report reads the catalog under routes_dir for its reference prices.
     config = make_config(tmp_path / "data", routes_dir=tmp_path / "routes")
