@@ -96,7 +96,7 @@ class Ledger:
             started, outcome, served.provider, served.route_id, len(served.result.images),
             micros(billed), micros(upstream), len(served.attempts),
             served.result.upstream_id))
-        return usd(written.billed_micros)
+        return Decimal(0) if written.outcome == ABANDONED else billed
 
     async def failed(self, reservation: str | None, exc: RoutesFailed, started: float) -> None:
         last = exc.attempts[-1] if exc.attempts else None
