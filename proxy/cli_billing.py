@@ -76,7 +76,8 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _limit_flags(parser: argparse.ArgumentParser, tenant: bool = True) -> None:
     if tenant:
-        parser.add_argument("--tenant", help="tenant name (default: the key's name)")
+        parser.add_argument("--tenant", help="tenant name: keys of one tenant share its "
+                                              "response cache (default: a tenant of its own)")
     parser.add_argument("--budget", metavar="USD", help="budget in US dollars")
     parser.add_argument("--period", help="budget period: total, monthly or daily")
     parser.add_argument("--rpm", help="requests per minute")

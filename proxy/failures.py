@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from urllib.parse import quote
 
 import httpx
 
@@ -70,7 +71,12 @@ class Failure:
         (a code added after the cut)."""
         if len(secret) < 4:
             return self
-        message = _heads_out(self.message.replace(secret, "[key]"), secret)
+        spellings = dict.fromkeys((quote(secret, safe=""), secret))  # URL-encoded too
+        message = self.message
+        for spelling in spellings:  # whole first: a head cut out would break a whole match
+            message = message.replace(spelling, "[key]")
+        for spelling in spellings:
+            message = _heads_out(message, spelling)
         if message.endswith("…"):
             head = message[:-1]
             cut = next((n for n in range(len(secret) - 1, 3, -1) if head.endswith(secret[:n])), 0)

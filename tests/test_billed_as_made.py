@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from proxy.billing.amounts import micros
+from proxy.config import default_routes_dir
 from proxy.domain import InputImage
 from proxy.providers.resume import Resume
 from tests import protocol_kit as kit
@@ -285,3 +286,31 @@ def test_an_abandoned_calls_upstream_spend_is_its_quote(tmp_path: Path) -> None:
     call = Resume(None, None, "imgjob_x")._call(route, request, 0, 0)  # type: ignore[arg-type]
     assert call.upstream_micros == micros(route.quote(request)) > micros(
         route.unit_price("1K"))
+
+
+def _google_route_only(model: str) -> str:
+    """A shipped model's file with its first route (Google's) alone."""
+    head, first, *_ = (default_routes_dir() / "models" / f"{model}.toml").read_text() \
+        .split("[[routes]]")
+    return f"{head}[[routes]]{first}"
+
+
+@pytest.mark.parametrize("model", ["nano-banana", "nano-banana-2", "nano-banana-pro"])
+def test_the_shipped_google_quotes_cover_references_and_thoughts(tmp_path: Path,
+                                                                 model: str) -> None:
+    """Every shipped Google route bills its input and text, and quotes enough of both that
+    the bill, never more than the quote, is what Google charged."""
+    catalog = kit.write_catalog(tmp_path / "routes", GOOGLE, {model: _google_route_only(model)},
+                                {"GEMINI_API_KEY": "test-key"})
+    with serve(make_config(tmp_path / "data"), catalog,
+               {"google": FakeGemini().then("thoughts")}) as running:
+        with openai.OpenAI(base_url=running.v1, api_key=running.new_key(),
+                           max_retries=0) as sdk:
+            raw = sdk.images.with_raw_response.edit(
+                model=model, prompt="put them on one poster", size="1024x1024",
+                image=[(f"r{i}.png", image_bytes(64, 64, "png", str(i)), "image/png")
+                       for i in range(3)])
+        with running.store() as store:
+            row = store.money.entry(raw.headers["x-request-id"])
+    assert row is not None and row.outcome == "success"
+    assert row.billed_micros == row.upstream_micros

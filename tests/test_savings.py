@@ -20,6 +20,7 @@ from proxy.billing.rows import Entry
 from proxy.billing.store import Store
 from proxy.billing.usage import Reference
 from proxy.catalog import CatalogError, inventory
+from proxy.config import default_routes_dir
 from proxy.providers import ADAPTERS
 from tests.conftest import FIXTURES, make_config, serve
 
@@ -58,7 +59,7 @@ def test_a_request_the_reference_route_served_alone_is_priced_at_its_cost(
         tmp_path: Path) -> None:
     """A route that bills input tokens costs more than its price per image: the reference
     must not show routing losing what the reference route itself charged."""
-    reference = Reference({"m": {"1K": D("0.1344")}}, {"m": "m/sim-cheap"})
+    reference = Reference({"m": {"1K": D("0.1344")}}, {"m": "sim-cheap"})
     with Store(tmp_path / "s.db") as store:
         store.money.settle(None, entry("r1", "m", "1K", 1, 143_430))  # its input billed too
         (alone,) = store.usage.report(["model"], reference=reference)
@@ -67,6 +68,27 @@ def test_a_request_the_reference_route_served_alone_is_priced_at_its_cost(
         (both,) = store.usage.report(["model"], reference=reference)
     assert (alone.reference_usd, alone.saved_usd) == (D("0.14343"), 0)
     assert (both.reference_usd, both.saved_usd) == (D("0.14343") + D("0.1344"), D("-0.0156"))
+
+
+def test_every_member_of_a_reference_key_pool_is_the_reference(tmp_path: Path) -> None:
+    """A key pool splits a provider into members, routes of their own (`model/google.<id>`):
+    each is the reference, in the server's report and in one made without the keys."""
+    pool = {"GEMINI_API_KEY": "AIzaSyFIRST000000000000000000000000000,"
+                              "AIzaSySECOND00000000000000000000000000"}
+    shipped = default_routes_dir()
+    (model,) = [m for m in inventory(shipped, pool, ADAPTERS) if m.name == "nano-banana-pro"]
+    members = [r for r in model.routes if r.provider.family == "google"]
+    assert len(members) == 2
+    cost = 1120 * 120 + 600 * 2  # its image and 600 input tokens, as Google billed them
+    with Store(tmp_path / "s.db") as store:
+        for i, route in enumerate(members):
+            store.money.settle(None, dataclasses.replace(
+                entry(f"r{i}", model.name, "1K", 1, cost), provider=route.provider.name,
+                route=route.id))
+        reports = [store.usage.report(["provider"], reference=savings.for_config(
+            shipped, chosen, env)) for env in (pool, {}) for chosen in ({}, {model.name:
+                                                                          "google"})]
+    assert [[row.saved_usd for row in rows] for rows in reports] == [[0, 0]] * 4
 
 
 def test_the_reference_is_the_first_route_unless_configured() -> None:

@@ -298,6 +298,7 @@ def _passwords(url: str, psycopg: Any) -> list[str]:
         found.append(psycopg.conninfo.conninfo_to_dict(url).get("password") or "")
     with contextlib.suppress(ValueError):
         written = urlsplit(url).password or ""
-        found += [written, unquote(written)]
+        # An unescaped @ ends it for libpq, which then quotes the rest as part of the host.
+        found += [written, unquote(written), *written.split("@")]
     found += re.findall(r"password\s*=\s*'?([^'\s]+)", url)  # key=value conninfo
     return sorted({p for p in found if len(p) >= 4}, key=len, reverse=True)

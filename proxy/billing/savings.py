@@ -29,9 +29,9 @@ def reference_routes(models: Iterable[Model], chosen: Mapping[str, str]) -> dict
         model = by_name.get(model_name)
         if model is None:
             raise ReferenceError(f"reference_routes: no model {model_name!r} in the catalog")
-        route = next((r for r in model.routes if r.provider.name == provider), None)
+        route = next((r for r in model.routes if r.provider.family == provider), None)
         if route is None:
-            known = ", ".join(r.provider.name for r in model.routes)
+            known = ", ".join(dict.fromkeys(r.provider.family for r in model.routes))
             raise ReferenceError(f"reference_routes: model {model_name!r} has no route on "
                                  f"{provider!r} (its routes: {known})")
         found[model_name] = route
@@ -53,7 +53,7 @@ def reference_prices(models: Iterable[Model], chosen: Mapping[str, str]) -> Pric
 
 def describe(models: Iterable[Model], chosen: Mapping[str, str]) -> dict[str, str]:
     """model -> the reference route's provider, for reports that say what they compare to."""
-    return {name: route.provider.name
+    return {name: route.provider.family
             for name, route in reference_routes(models, chosen).items()}
 
 
@@ -64,4 +64,5 @@ def for_config(routes_dir: Path, chosen: Mapping[str, str],
 
     models = inventory(routes_dir, os.environ if env is None else env, ADAPTERS)
     return Reference(reference_prices(models, chosen),
-                     {name: route.id for name, route in reference_routes(models, chosen).items()})
+                     {name: route.provider.family
+                      for name, route in reference_routes(models, chosen).items()})

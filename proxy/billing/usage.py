@@ -31,12 +31,21 @@ CSV_COLUMNS = ("requests", "succeeded", "images", "billed_usd", "upstream_usd",
 @dataclass(frozen=True, slots=True)
 class Reference:
     """What a report prices delivered images on: each model's reference route's price per
-    image, and that route's id. A request that route served in one attempt is priced at what
-    it cost, which is its price there: the tier price alone leaves out what a route that
-    bills input tokens charged besides, and would show routing losing it."""
+    image, and that route's provider (each member of its key pool alike). A request that
+    route served in one attempt is priced at what it cost, which is its price there: the
+    tier price alone leaves out what a route that bills input tokens charged besides, and
+    would show routing losing it."""
 
     prices: Prices
-    routes: Mapping[str, str] = field(default_factory=dict)
+    providers: Mapping[str, str] = field(default_factory=dict)
+
+    def served(self, model: str, route: str | None) -> bool:
+        """Whether `route` (a ledger row's route id) is the model's reference route."""
+        provider = self.providers.get(model)
+        if provider is None or route is None:
+            return False
+        own = f"{model}/{provider}"
+        return route == own or route.startswith(own + ".")  # a pool member: `google.<id>`
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +106,7 @@ def _fold(group_by: Sequence[str], fine: Sequence[str], rows: Sequence[tuple[Any
             continue
         model = row[model_at]
         price = reference.prices.get(model, {}).get(row[tier_at])
-        if row[alone_at] and row[route_at] == reference.routes.get(model):
+        if row[alone_at] and reference.served(model, row[route_at]):
             price = None  # served there, in one go: what it cost is its price there
         priced = usd(upstream) if price is None else price * images
         sums = totals.setdefault(tuple(row[:n]), [0, 0, 0, 0, 0, Decimal(0)])
