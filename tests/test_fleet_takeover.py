@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from proxy.billing.amounts import micros
 from proxy.billing.keys import KeyLimits
@@ -86,6 +87,7 @@ def test_a_run_whose_lease_ran_out_bills_nothing(tmp_path: Path) -> None:
     config = make_config(tmp_path / "data", simulation_time_scale=1)
     with serve(config) as server, Store(config.database) as store:
         key, secret = store.create_key("k", limits=KeyLimits(budget_usd=BUDGET))
+        billed_before = billed_metric()
         answer = httpx.post(server.v1 + "/images/generations",
                             json={"model": "test-image", "prompt": "p"},
                             headers={"authorization": f"Bearer {secret}",
@@ -104,12 +106,21 @@ def test_a_run_whose_lease_ran_out_bills_nothing(tmp_path: Path) -> None:
             "the first run's settle")
         assert store.money.entry(job_id) is None
         assert store.money.spent(key.id, "total") == (Decimal(0), Decimal(0))
+        # switchyard_billed_usd_total counts what the ledger billed (it counted this bill).
+        assert billed_metric() == billed_before
         # The run that holds the job now fails it: nothing was billed for it.
         assert store.jobs.finish(job_id, 400, b'{"error": {}}', claim="taken-over") == []
         assert store.money.spent(key.id, "total") == (Decimal(0), Decimal(0))
         (row,) = store.db.query("SELECT outcome, billed_micros, upstream_micros FROM ledger "
                                 "WHERE request_id LIKE ?", (job_id + ".%",))
         assert (row[0], int(row[1])) == ("abandoned", 0) and int(row[2]) > 0
+
+
+def billed_metric() -> float:
+    """switchyard_billed_usd_total of this process, over every label."""
+    return sum(sample.value for family in REGISTRY.collect()
+               if family.name == "switchyard_billed_usd" for sample in family.samples
+               if sample.name == "switchyard_billed_usd_total")
 
 
 def test_an_item_taken_over_from_a_killed_replica_is_not_refused_by_its_old_hold(
