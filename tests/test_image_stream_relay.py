@@ -27,8 +27,9 @@ from openai.types import (
 from proxy import catalog
 from proxy.providers import ADAPTERS
 from tests.conftest import Running, make_config, serve
+from tests.fakes import openai_stream
 from tests.fakes.openai_stream import KEY_ENV, MODEL, StreamHost, catalog_files, on_own_loop
-from tests.surfaces import key_id, ledger, picture
+from tests.surfaces import key_id, ledger, opened, picture
 
 Scripts = dict[str, Sequence[str]]
 
@@ -180,3 +181,25 @@ def test_without_partial_images_the_host_is_not_asked_to_stream(
         got = list(sdk.images.generate(model=MODEL, prompt="a fox", stream=True))
         assert [type(event) for event in got] == [ImageGenCompletedEvent]
         assert "stream" not in host.calls[0][1]
+
+
+def test_a_partial_that_is_not_an_image_is_not_relayed(
+        tmp_path: Path, host: StreamHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host's partial whose b64_json is not an image (its completed image is checked and
+    would fail over) was relayed as it was, and committed the run to that host."""
+    real = openai_stream._event
+
+    def junk(kind: str, step: str, partials: Iterator[int]) -> bytes:
+        if step != "junk":
+            return real(kind, step, partials)
+        head, _, rest = real(kind, "partial", partials).partition(b'"b64_json":"')
+        return head + b'"b64_json":"' + base64.b64encode(b"<html>oops</html>") + b'"' + \
+            rest.partition(b'"')[2]
+
+    monkeypatch.setattr(openai_stream, "_event", junk)
+    with switchyard(tmp_path, host, {"a": ("junk", "completed"),
+                                     "b": ("partial", "completed")}) as (_, sdk):
+        events = list(sdk.images.generate(model=MODEL, prompt="a fox", stream=True,
+                                          partial_images=1))
+    assert [event.type for event in events] == ["image_generation.completed"]
+    assert opened(base64.b64decode(events[-1].b64_json))
