@@ -250,6 +250,8 @@ def _provider(name: str, spec: Any, env: Mapping[str, str], protocols: Collectio
     where = f"{path} [{name}]"
     if not isinstance(spec, dict):
         raise CatalogError(f"{where}: expected a table")
+    if "." in name or "/" in name:  # a key pool's members are `<name>.<label>`
+        raise CatalogError(f"{where}: a provider's name holds no '.' or '/'")
     protocol = _require(spec, "protocol", str, where)
     if protocol not in protocols:
         raise CatalogError(f"{where}: unknown protocol {protocol!r} "

@@ -71,12 +71,11 @@ class Failure:
         (a code added after the cut)."""
         if len(secret) < 4:
             return self
-        spellings = dict.fromkeys((quote(secret, safe=""), secret))  # URL-encoded too
+        spellings = tuple(dict.fromkeys((quote(secret, safe=""), secret)))  # URL-encoded too
         message = self.message
         for spelling in spellings:  # whole first: a head cut out would break a whole match
             message = message.replace(spelling, "[key]")
-        for spelling in spellings:
-            message = _heads_out(message, spelling)
+        message = _heads_out(message, spellings)
         if message.endswith("…"):
             head = message[:-1]
             cut = next((n for n in range(len(secret) - 1, 3, -1) if head.endswith(secret[:n])), 0)
@@ -84,19 +83,27 @@ class Failure:
         return self if message == self.message else replace(self, message=message)
 
 
-def _heads_out(message: str, secret: str) -> str:
-    """`message` with every run of the secret's first KEY_HEAD or more characters replaced."""
-    probe = secret[:KEY_HEAD]
-    if len(probe) < KEY_HEAD or probe not in message:
-        return message
+def _heads_out(message: str, spellings: tuple[str, ...]) -> str:
+    """`message` with every run of KEY_HEAD or more of a spelling's first characters replaced,
+    the longest run any spelling matches at each place (a raw key's run stops where its
+    URL-encoded spelling goes on, and the other way round)."""
+    probes = {spelling[:KEY_HEAD] for spelling in spellings if len(spelling) >= KEY_HEAD}
     out, pos = [], 0
-    while (at := message.find(probe, pos)) >= 0:
-        end = at + len(probe)
-        while end < len(message) and end - at < len(secret) and message[end] == secret[end - at]:
-            end += 1
+    while found := [at for at in (message.find(p, pos) for p in probes) if at >= 0]:
+        at = min(found)
+        end = max(_run(message, at, spelling) for spelling in spellings)
         out += [message[pos:at], "[key]"]
         pos = end
     return "".join([*out, message[pos:]])
+
+
+def _run(message: str, at: int, spelling: str) -> int:
+    """Where the run of `spelling`'s first characters that starts at `at` ends (`at`: none
+    of KEY_HEAD)."""
+    end = at
+    while end < len(message) and end - at < len(spelling) and message[end] == spelling[end - at]:
+        end += 1
+    return end if end - at >= KEY_HEAD else at
 
 
 class UpstreamError(Exception):

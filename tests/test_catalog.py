@@ -185,6 +185,9 @@ _ROUTE = MODEL.split("[[routes]]")[0] + "[[routes]]\n"
      "upstream_model"),
     ("acme-image.toml", PROVIDERS, MODEL + 'capabilities.output_formats = ["gif"]\n', "gif"),
     ("acme-image.toml", PROVIDERS, MODEL + "this is = not toml\n", "line"),
+    # A key pool's members are `<provider>.<label>`: a dot would pass for one.
+    ("providers.toml", PROVIDERS.replace("[acme]", '["acme.eu"]', 1),
+     MODEL.replace('provider = "acme"', 'provider = "acme.eu"'), "no '.'"),
 ])
 def test_mistakes_raise_catalog_error_naming_the_file(
         tmp_path: Path, file: str, providers: str, model: str, needle: str) -> None:

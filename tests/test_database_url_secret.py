@@ -17,7 +17,8 @@ from proxy.bench.procs import _free_port
 
 
 @pytest.mark.parametrize("password,parts", [("s3cr%tPassw0rd", ("s3cr%tPassw0rd", "s3cr")),
-                                             ("s3cret@Sup3rTail9", ("s3cret", "Sup3rTail9"))])
+                                             ("s3cret@Sup3rTail9", ("s3cret", "Sup3rTail9")),
+                                             ("correct-horse@x7", ("correct-horse", "x7@"))])
 def test_serve_never_prints_the_database_password(tmp_path: Path, password: str,
                                                   parts: tuple[str, ...]) -> None:
     env = {**os.environ, "SWITCHYARD_DATA_DIR": str(tmp_path / "data"),

@@ -56,8 +56,11 @@ def test_no_part_of_the_key_survives_a_cut(tmp_path: Path, into_key: int) -> Non
     ("sk-abcdef1 and sk-abcdef123456", "[key] and [key]"),
     ("nothing of it: sk-ab", "nothing of it: sk-ab"),  # fewer than KEY_HEAD stay
     ("quoted as a form: sk-abcdef%3A123456", "quoted as a form: [key]"),  # URL-encoded
+    ("cut past its colon: sk-abcdef:1234 (code 401)", "cut past its colon: [key] (code 401)"),
+    ("cut past its colon: sk-abcdef:1234…", "cut past its colon: [key]…"),
 ])
 def test_a_failure_keeps_no_run_of_the_keys_head(message: str, shown: str) -> None:
-    secret = "sk-abcdef:123456" if "%3A" in message else "sk-abcdef123456"
+    secret = "sk-abcdef:123456" if "%3A" in message or "colon" in message else \
+        "sk-abcdef123456"
     failure = Failure(Kind.AUTH, message).without(secret)
     assert failure.message == shown

@@ -91,6 +91,13 @@ def test_every_member_of_a_reference_key_pool_is_the_reference(tmp_path: Path) -
     assert [[row.saved_usd for row in rows] for rows in reports] == [[0, 0]] * 4
 
 
+def test_only_the_reference_and_its_pool_members_are_the_reference() -> None:
+    reference = Reference({}, {"m": "google"})
+    assert reference.served("m", "m/google") and reference.served("m", "m/google.a21b2f")
+    assert not reference.served("m", "m/google-batch")
+    assert not reference.served("m", "m/google.eu.a21b2f") and not reference.served("m", None)
+
+
 def test_the_reference_is_the_first_route_unless_configured() -> None:
     models = inventory(ROUTES, {}, ADAPTERS)
     assert savings.describe(models, {})["test-image"] == "sim-cheap"

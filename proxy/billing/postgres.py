@@ -286,7 +286,17 @@ def _why_not(url: str, psycopg: Any) -> str:
         reason = str(exc).strip().splitlines()[0].rpartition("failed: ")[2].strip()
         for secret in _passwords(url, psycopg):
             reason = reason.replace(secret, "[password]")
+        if stray := _after_at(url):  # libpq took it for the host's start, and quotes it
+            reason = reason.replace(f"{stray}@", "[password]@")
         return f": {reason}" if reason else f" ({type(exc).__name__})"
+    return ""
+
+
+def _after_at(url: str) -> str:
+    """What follows the first @ of a password with an unescaped @ in it, whatever its length:
+    libpq ends the password there and reads the rest as the host's start."""
+    with contextlib.suppress(ValueError):
+        return (urlsplit(url).password or "").partition("@")[2]
     return ""
 
 

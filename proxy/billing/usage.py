@@ -45,7 +45,8 @@ class Reference:
         if provider is None or route is None:
             return False
         own = f"{model}/{provider}"
-        return route == own or route.startswith(own + ".")  # a pool member: `google.<id>`
+        # A pool member is `<provider>.<label>`; a provider's own name holds no dot.
+        return route == own or (route.startswith(own + ".") and "." not in route[len(own) + 1:])
 
 
 @dataclass(frozen=True, slots=True)
