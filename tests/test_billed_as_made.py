@@ -92,21 +92,21 @@ class TooMany(httpx.AsyncBaseTransport):
                       "output_tokens_details": {"image_tokens": tokens, "text_tokens": 0}}})
 
 
-class SometimesUnsplit(FakeGemini):
-    """Every second reply's usageMetadata has no per-modality split (as Google's own Batch
-    example answers)."""
+class Unsplit(FakeGemini):
+    """Every `every`-th reply's usageMetadata has no per-modality split of its output tokens
+    (as Google's own Batch example answers); `prompt_tokens`: the last reply's input."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = 1) -> None:
         super().__init__()
-        self.answered = 0
+        self.every, self.answered, self.prompt_tokens = every, 0, 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         reply = await super().handle_async_request(request)
         self.answered += 1
-        if self.answered % 2:
-            return reply
         body = orjson.loads(await reply.aread())
-        body["usageMetadata"].pop("candidatesTokensDetails", None)
+        self.prompt_tokens = body["usageMetadata"]["promptTokenCount"]
+        if self.answered % self.every == 0:
+            body["usageMetadata"].pop("candidatesTokensDetails", None)
         return httpx.Response(200, json=body)
 
 
@@ -152,7 +152,7 @@ def test_images_cut_to_n_are_not_the_tenants_to_pay(tmp_path: Path) -> None:
 
 def test_calls_that_did_not_all_say_their_image_tokens_bill_every_image(tmp_path: Path) -> None:
     banana = BANANA.format(provider="google", rate=60)
-    headers, row = _generate(tmp_path, GOOGLE, "nano-banana-2", banana, SometimesUnsplit(), n=2)
+    headers, row = _generate(tmp_path, GOOGLE, "nano-banana-2", banana, Unsplit(every=2), n=2)
     assert row.n_delivered == 2
     assert row.billed_micros == 2 * ONE_1K_IMAGE, headers["x-switchyard-billed-usd"]
     assert row.upstream_micros == 2 * ONE_1K_IMAGE
@@ -231,19 +231,8 @@ def _pro_edit(tmp_path: Path, fake: FakeGemini, references: int,
     return raw.headers, row
 
 
-class UnsplitGemini(FakeGemini):
-    """Google's answer without the per-modality split of its output tokens."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        reply = await super().handle_async_request(request)
-        body = orjson.loads(await reply.aread())
-        body["usageMetadata"].pop("candidatesTokensDetails", None)
-        self.prompt_tokens = body["usageMetadata"]["promptTokenCount"]
-        return httpx.Response(200, json=body)
-
-
 def test_the_input_google_reported_is_billed_without_the_output_split(tmp_path: Path) -> None:
-    fake = UnsplitGemini()
+    fake = Unsplit()
     _, row = _pro_edit(tmp_path, fake, 8)
     assert row.upstream_micros == 1120 * 120 + fake.prompt_tokens * 2
 

@@ -183,7 +183,7 @@ def test_every_catalog_strategy_has_a_ranking() -> None:
     (SWIFT, "4K", 10, Decimal("1.60")),
 ])
 def test_quote(route: Route, tier: str, n: int, expected: Decimal) -> None:
-    assert strategies.quote(route, _request(tier=tier, n=n)) == expected
+    assert route.quote(_request(tier=tier, n=n)) == expected
 
 
 EDITOR = _route("editor", {"1K": "0.05", "2K": "0.07"}, edits=True, max_reference_images=2,

@@ -40,7 +40,6 @@ from proxy.providers.resume import Resume
 from proxy.routing.planning import NoRoute, Prepared
 from proxy.routing.router import RoutesFailed
 from proxy.routing.slots import Slot
-from proxy.routing.strategies import quote
 from proxy.services import Services
 
 T = TypeVar("T")
@@ -158,7 +157,7 @@ def _quote(plan: Plan, model: Model, asked: ImageRequest, prepared: Prepared) ->
     (its images, and the input a route that bills input tokens charges), times n. It is also
     the most the request is billed: if a failover lands on a dearer route, Switchyard absorbs
     the difference, so a budget is never overspent."""
-    upstream = quote(prepared.routes[0], asked) / asked.n
+    upstream = prepared.routes[0].quote(asked) / asked.n
     return plan.per_image(model.name, asked.geometry.tier, upstream) * asked.n
 
 

@@ -30,7 +30,6 @@ from proxy.routing.health import Health
 from proxy.routing.planning import Prepared, effective_policy, plan
 from proxy.routing.run import RoutesFailed, Run
 from proxy.routing.slots import Slot, Slots
-from proxy.routing.strategies import quote
 from proxy.upstream.credentials import Credentials
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class Router:
             served = Served(result, route.id, route.provider.name, route.upstream_model, cost,
                             tuple(run.attempts), result.converted_from,
                             strategy=policy.strategy or "cheapest",
-                            quote_usd=quote(route, request), upstream_s=waited)
+                            quote_usd=route.quote(request), upstream_s=waited)
             span.served(served)
         return served
 

@@ -31,7 +31,6 @@ from proxy.routing.attempts import (
 )
 from proxy.routing.health import State
 from proxy.routing.slots import Slot
-from proxy.routing.strategies import quote
 
 __all__ = ["DEADLINE_GRACE_S", "PATIENT_RECHECK_S", "SATURATED_RETRY_AFTER_S", "Live",
            "RoutesFailed", "Run"]
@@ -352,4 +351,4 @@ class Run:
         """A cancelled attempt's record: hosts bill work they started, so at its quote."""
         self.attempts.append(Attempt(live.route.id, live.route.provider.name, "hedged",
                                      self.router._clock() - live.started,
-                                     quote(live.route, self.request)))
+                                     live.route.quote(self.request)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from decimal import Decimal
 from itertools import groupby
 
 from proxy.catalog import Route
@@ -24,11 +23,6 @@ class Unmet(Exception):
         super().__init__(message)
         self.param = param
         self.message = message
-
-
-def quote(route: Route, request: ImageRequest) -> Decimal:
-    """The upstream price of this request on this route, before the call (Route.quote)."""
-    return route.quote(request)
 
 
 def constrain(routes: Sequence[Route], policy: Policy, request: ImageRequest,
@@ -68,19 +62,19 @@ def hedge_pays(strategy: str, request: ImageRequest, first: Snapshot, spare_rout
     if strategy == "fastest":
         return True
     saving_s = max(0.0, first.expected_s - spare.expected_s)
-    return VALUE_OF_TIME_USD_PER_S * request.n * saving_s >= float(quote(spare_route, request))
+    return VALUE_OF_TIME_USD_PER_S * request.n * saving_s >= float(spare_route.quote(request))
 
 
 def _cheapest(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
-    return (float(quote(route, request)), snap.expected_s)
+    return (float(route.quote(request)), snap.expected_s)
 
 
 def _fastest(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
-    return (snap.expected_s, float(quote(route, request)))
+    return (snap.expected_s, float(route.quote(request)))
 
 
 def _balanced(route: Route, request: ImageRequest, snap: Snapshot) -> tuple[float, ...]:
-    cost = float(quote(route, request)) + VALUE_OF_TIME_USD_PER_S * request.n * snap.expected_s
+    cost = float(route.quote(request)) + VALUE_OF_TIME_USD_PER_S * request.n * snap.expected_s
     return (cost / max(snap.success_ratio, MIN_SUCCESS),)
 
 

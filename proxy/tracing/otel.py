@@ -34,7 +34,6 @@ from proxy.billing.rows import Entry
 from proxy.catalog import Route
 from proxy.domain import ImageRequest, ImageResult, Served
 from proxy.providers.base import UpstreamCall, UpstreamReply
-from proxy.routing.strategies import quote
 from proxy.tracing import ACTIVE
 
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -150,7 +149,7 @@ class Tracer:
             "switchyard.upstream_model": route.upstream_model,
             "switchyard.tier": request.geometry.tier}
         with contextlib.suppress(KeyError):  # a route without a price for the tier: none
-            attributes["switchyard.price_usd"] = float(quote(route, request))
+            attributes["switchyard.price_usd"] = float(route.quote(request))
         return Handle(self.start(f"attempt {route.provider.name}", SpanKind.INTERNAL,
                                  attributes))
 
